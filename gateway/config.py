@@ -1,0 +1,313 @@
+"""``gateway.yaml``: the validated gateway configuration.
+
+Paths inside the file are relative to the file. ``load_config`` reports every
+problem of the gateway file and of the ``slos.yaml`` it names at once, each as
+``file:line:column: field: message``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from slo.configfile import ConfigError, Loc, Problem, Source, read_yaml, validate
+from slo.spec import NAME_RE, DurationS, Slo, load_slos
+
+FACILITY_ID_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+# Label values the gateway itself uses: a configured facility must not take one.
+RESERVED_FACILITY_IDS = frozenset({"unknown", "other", "*"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _listen(value: str) -> str:
+    m = re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})", value)
+    if not m or not 0 <= int(m.group(2)) <= 65535:
+        raise ValueError(f"must be host:port, such as 127.0.0.1:8080 (got {value!r})")
+    return value
+
+
+ListenAddr = Annotated[str, AfterValidator(_listen)]
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class TimeoutConfig(_Strict):
+    connect: DurationS = 2.0
+    read: DurationS | None = None
+    total: DurationS = 30.0
+
+
+class UpstreamConfig(_Strict):
+    url: str
+    timeout: TimeoutConfig = Field(default_factory=TimeoutConfig)
+    ca_file: str | None = None
+    max_connections: int = Field(default=100, ge=1, le=10000)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL (got {v!r})")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or fragment")
+        return v.rstrip("/")
+
+
+class RouteConfig(_Strict):
+    prefix: str
+    upstream: str
+    kind: Literal["fhir", "generic"] = "generic"
+    templates: list[str] = Field(default_factory=list)
+    operations: list[str] = Field(default_factory=list)
+    """Extra FHIR operation names (without ``$``) accepted as route labels."""
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v.startswith("/") or not v.endswith("/"):
+            raise ValueError(f"must start and end with '/' (got {v!r})")
+        return v
+
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if not t.startswith("/"):
+                raise ValueError(f"templates must start with '/' (got {t!r})")
+        return v
+
+
+class FacilitySource(_Strict):
+    header: str | None = None
+    path_segment: int | None = Field(default=None, ge=0, le=32)
+    jwt_claim: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> FacilitySource:
+        if sum(x is not None for x in (self.header, self.path_segment, self.jwt_claim)) != 1:
+            raise ValueError("exactly one of 'header', 'path_segment' or 'jwt_claim' is required")
+        return self
+
+
+class FacilityConfig(_Strict):
+    name: str
+    timezone: str = "UTC"
+    sla: float | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {v!r} (e.g. America/Chicago)") from None
+        return v
+
+    @field_validator("sla")
+    @classmethod
+    def _sla(cls, v: float | None) -> float | None:
+        if v is not None and not 0 < v <= 100:
+            raise ValueError(f"must be a percentage between 0 and 100 (got {v})")
+        return v
+
+
+class FacilitiesConfig(_Strict):
+    from_: list[FacilitySource] = Field(default_factory=list, alias="from")
+    known: dict[str, FacilityConfig] = Field(default_factory=dict)
+
+    @field_validator("known")
+    @classmethod
+    def _ids(cls, v: dict[str, FacilityConfig]) -> dict[str, FacilityConfig]:
+        for key in v:
+            if not re.fullmatch(FACILITY_ID_RE, key):
+                raise ValueError(f"facility id {key!r} must be lowercase letters, digits, '-' or '_'")
+        return v
+
+
+class AccessLogConfig(_Strict):
+    path: str = "-"
+    queue_size: int = Field(default=65536, ge=16)
+
+
+class TracesConfig(_Strict):
+    otlp_endpoint: str | None = None
+    sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    service_name: str = "vitalgate"
+    queue_size: int = Field(default=8192, ge=16)
+    export_timeout: DurationS = 5.0
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None:
+            parts = urlsplit(v)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"must be an http:// or https:// base URL (got {v!r})")
+            return v.rstrip("/")
+        return v
+
+
+class StoreConfig(_Strict):
+    path: str = "var/vitalgate.db"
+
+
+class MetricsConfig(_Strict):
+    max_label_sets: int = Field(default=20000, ge=10)
+    """Cardinality budget of the request histogram; new label sets past it fold into 'other'."""
+
+
+class TelemetryConfig(_Strict):
+    access_log: AccessLogConfig = Field(default_factory=AccessLogConfig)
+    traces: TracesConfig = Field(default_factory=TracesConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+
+class TokenConfig(_Strict):
+    name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    role: Literal["sre", "engineer", "account_manager"]
+    facilities: list[str] = Field(default_factory=list)
+
+
+class AdminConfig(_Strict):
+    listen: ListenAddr = "127.0.0.1:9464"
+    tokens: list[TokenConfig] = Field(default_factory=list)
+
+
+class TlsConfig(_Strict):
+    cert_file: str
+    key_file: str
+
+
+class LimitsConfig(_Strict):
+    max_header_size: int = Field(default=16384, ge=1024)
+    shutdown_timeout: DurationS = 30.0
+
+
+class GatewayConfig(_Strict):
+    version: Literal[1]
+    listen: ListenAddr = "127.0.0.1:8080"
+    tls: TlsConfig | None = None
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    upstreams: dict[str, UpstreamConfig]
+    routes: list[RouteConfig]
+    facilities: FacilitiesConfig = Field(default_factory=FacilitiesConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    slos: str | None = None
+
+    @field_validator("upstreams")
+    @classmethod
+    def _names(cls, v: dict[str, UpstreamConfig]) -> dict[str, UpstreamConfig]:
+        for key in v:
+            if not re.fullmatch(NAME_RE, key) or key == "none":
+                raise ValueError(f"upstream name {key!r} must be lowercase letters, digits or '-'")
+        return v
+
+
+class Config:
+    """A loaded gateway config: the validated file, its directory, and its SLOs."""
+
+    def __init__(self, path: Path, gateway: GatewayConfig, slos: list[Slo]) -> None:
+        self.path = path
+        self.base_dir = path.parent
+        self.gateway = gateway
+        self.slos = slos
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the config, relative to the config file's directory."""
+        p = Path(relative)
+        return p if p.is_absolute() else self.base_dir / p
+
+
+def _items(value: Any) -> list[tuple[Any, Any]]:
+    if isinstance(value, dict):
+        return list(value.items())
+    if isinstance(value, list):
+        return list(enumerate(value))
+    return []
+
+
+def _cross_check(data: Any, source: Source, base: Path) -> list[Problem]:
+    """Checks across fields, on the raw document so they run even when other fields are wrong."""
+    if not isinstance(data, dict):
+        return []
+    problems = []
+    upstreams = data.get("upstreams") if isinstance(data.get("upstreams"), dict) else {}
+    facilities = data.get("facilities") if isinstance(data.get("facilities"), dict) else {}
+    known = facilities.get("known") if isinstance(facilities.get("known"), dict) else {}
+    for fid in known:
+        if fid in RESERVED_FACILITY_IDS:
+            problems.append(source.problem(("facilities", "known", fid), f"facility id {fid!r} is reserved"))
+    prefixes: set[str] = set()
+    for i, route in _items(data.get("routes")):
+        if not isinstance(route, dict):
+            continue
+        up = route.get("upstream")
+        if isinstance(up, str) and up not in upstreams:
+            names = ", ".join(sorted(upstreams)) or "none"
+            problems.append(source.problem(("routes", i, "upstream"), f"unknown upstream {up!r} (known: {names})"))
+        prefix = route.get("prefix")
+        if isinstance(prefix, str):
+            if prefix in prefixes:
+                problems.append(source.problem(("routes", i, "prefix"), f"duplicate prefix {prefix!r}"))
+            prefixes.add(prefix)
+            for j, t in _items(route.get("templates")):
+                if isinstance(t, str) and not t.startswith(prefix):
+                    problems.append(source.problem(("routes", i, "templates", j), f"template {t!r} is not under prefix {prefix!r}"))
+    admin = data.get("admin") if isinstance(data.get("admin"), dict) else {}
+    for i, tok in _items(admin.get("tokens")):
+        for j, fid in _items(tok.get("facilities") if isinstance(tok, dict) else None):
+            if fid not in known:
+                problems.append(source.problem(("admin", "tokens", i, "facilities", j), f"unknown facility {fid!r}"))
+    if admin.get("listen", "127.0.0.1:9464") == data.get("listen", "127.0.0.1:8080"):
+        problems.append(source.problem(("admin", "listen"), "must differ from the proxy's listen address"))
+    files: list[tuple[Loc, Any]] = []
+    tls = data.get("tls")
+    if isinstance(tls, dict):
+        files += [(("tls", k), tls.get(k)) for k in ("cert_file", "key_file")]
+    files += [(("upstreams", name, "ca_file"), u.get("ca_file")) for name, u in upstreams.items() if isinstance(u, dict)]
+    for loc, rel in files:
+        if isinstance(rel, str) and not (base / rel).is_file():
+            problems.append(source.problem(loc, f"file not found: {rel}"))
+    return problems
+
+
+def load_config(path: str | Path) -> Config:
+    """Load gateway.yaml and the slos.yaml it names; raise ConfigError with every problem."""
+    p = Path(path)
+    source = read_yaml(p)
+    problems: list[Problem] = []
+    cfg: GatewayConfig | None = None
+    try:
+        cfg = validate(GatewayConfig, source)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    problems.extend(_cross_check(source.data, source, p.parent))
+    slos: list[Slo] = []
+    data = source.data if isinstance(source.data, dict) else {}
+    slos_file = data.get("slos")
+    if isinstance(slos_file, str):
+        ups = data.get("upstreams")
+        services = set(ups) if isinstance(ups, dict) else None
+        slo_path = Path(slos_file) if Path(slos_file).is_absolute() else p.parent / slos_file
+        try:
+            slos = load_slos(slo_path, services=services)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems or cfg is None:
+        raise ConfigError(sorted(problems, key=lambda q: (q.file != str(p), q.file, q.line, q.column)))
+    return Config(p, cfg, slos)

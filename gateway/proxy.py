@@ -1,0 +1,282 @@
+"""The request path: route, attribute, forward, stream back, record.
+
+Per request the gateway resolves a route template and a facility (both
+bounded), opens a SERVER span and a CLIENT child span, forwards the request
+with its body streamed, streams the response back, and then records one
+histogram observation, one access log line and the spans. Nothing here waits
+on telemetry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import parse_qsl
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
+
+from gateway.accesslog import AccessLog
+from gateway.errors import ClientGone, GatewayError, UpstreamReset, translate
+from gateway.facility import FacilityResolver
+from gateway.fhir import CONTROL_PARAMETERS
+from gateway.metrics import GatewayMetrics
+from gateway.routes import Router
+from gateway.tracing import Tracing, format_traceparent, parse_traceparent
+from gateway.upstream import Upstream
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
+        "TE", "Trailer", "Transfer-Encoding", "Upgrade", "Expect", "Host",
+    )
+)
+_STRIP_RESPONSE = frozenset(h for h in HOP_BY_HOP if h != "host") | {"content-length"}
+_CHUNK = 1 << 16
+
+
+def redact_query(query_string: str) -> str:
+    """Parameter names, never values, except control parameters such as ``_count``."""
+    if not query_string:
+        return ""
+    out = []
+    for name, value in parse_qsl(query_string, keep_blank_values=True):
+        base = name.split(":", 1)[0]
+        out.append(f"{name}={value}" if base in CONTROL_PARAMETERS and len(value) <= 64 else f"{name}=REDACTED")
+    return "&".join(out)[:2048]
+
+
+class Proxy:
+    """The aiohttp handler for every proxied request."""
+
+    def __init__(
+        self,
+        router: Router,
+        facilities: FacilityResolver,
+        upstreams: dict[str, Upstream],
+        metrics: GatewayMetrics,
+        access_log: AccessLog,
+        tracing: Tracing,
+        scheme: str,
+        server_port: int,
+    ) -> None:
+        self.router = router
+        self.facilities = facilities
+        self.upstreams = upstreams
+        self.metrics = metrics
+        self.access_log = access_log
+        self.tracer = tracing.tracer
+        self.scheme = scheme
+        self.server_port = server_port
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.time()
+        t0 = time.perf_counter()
+        self.in_flight += 1
+        self.idle.clear()
+        raw = request.raw_path
+        path, _, query = raw.partition("?")
+        method = request.method if request.method in KNOWN_METHODS else "_OTHER"
+        match = self.router.match(path)
+        facility = self.facilities.resolve(request.headers, path)
+        service = match.service if match else "none"
+        route = match.route if match else ""
+        headers_in = request.headers
+        parent = parse_traceparent(headers_in.get("traceparent"), headers_in.get("tracestate"))
+        attrs: dict[str, Any] = {
+            "http.request.method": method,
+            "url.scheme": self.scheme,
+            "server.port": self.server_port,
+            "facility": facility,
+            "vitalgate.service": service,
+            "network.protocol.version": f"{request.version.major}.{request.version.minor}",
+        }
+        if route:
+            attrs["http.route"] = route
+        if query:
+            attrs["url.query"] = redact_query(query)
+        if method == "_OTHER":
+            attrs["http.request.method_original"] = request.method[:16]
+        span = self.tracer.start_span(
+            f"{method} {route}" if route else method,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes=attrs,
+            start_time=int(started * 1e9),
+        )
+        active = self.metrics.active_child(facility, service)
+        active.inc()
+        status = 500
+        error_type: str | None = None
+        upstream_ms: float | None = None
+        try:
+            if match is None:
+                status, error_type = 404, "no_route"
+                return web.json_response(
+                    {"error": "no route", "detail": "no configured route matches this path"}, status=404
+                )
+            response, status, error_type, upstream_ms = await self._forward(
+                request, match.upstream, route, method, span
+            )
+            return response
+        finally:
+            active.dec()
+            duration_s = time.perf_counter() - t0
+            ctx = span.get_span_context()
+            sampled = ctx.trace_flags.sampled
+            child = self.metrics.request_child(facility, service, route, method, status)
+            if sampled:
+                child.observe(duration_s, {"trace_id": f"{ctx.trace_id:032x}"})
+            else:
+                child.observe(duration_s)
+            if span.is_recording():
+                span.set_attribute("http.response.status_code", status)
+                if error_type is not None:
+                    span.set_attribute("error.type", error_type)
+                if status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+                span.end()
+            self.access_log.request(
+                started,
+                (
+                    f"{ctx.trace_id:032x}",
+                    f"{ctx.span_id:016x}",
+                    f"{int(ctx.trace_flags):02x}",
+                    facility,
+                    service,
+                    route,
+                    method,
+                    status,
+                    round(duration_s * 1000, 3),
+                    upstream_ms,
+                    error_type,
+                ),
+            )
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self.idle.set()
+
+    def _forward_headers(self, request: web.Request, traceparent: str) -> CIMultiDict[str]:
+        incoming = request.headers
+        hop = HOP_BY_HOP
+        connection = incoming.get("Connection")
+        if connection:
+            hop = hop | {h.strip().lower() for h in connection.split(",")}
+        out: CIMultiDict[str] = CIMultiDict()
+        for name, value in incoming.items():
+            lname = name.lower()
+            if lname not in hop and lname not in ("traceparent", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"):
+                out.add(name, value)
+        peer = request.remote or ""
+        prior = incoming.get("X-Forwarded-For")
+        out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+        out["X-Forwarded-Proto"] = incoming.get("X-Forwarded-Proto", self.scheme)
+        host = incoming.get("X-Forwarded-Host") or incoming.get("Host")
+        if host:
+            out["X-Forwarded-Host"] = host
+        out["traceparent"] = traceparent
+        return out
+
+    async def _forward(
+        self, request: web.Request, upstream_name: str, route: str, method: str, server_span: Any
+    ) -> tuple[web.StreamResponse, int, str | None, float | None]:
+        upstream = self.upstreams[upstream_name]
+        client_span = self.tracer.start_span(
+            f"{method} {route}",
+            context=set_span_in_context(server_span),
+            kind=SpanKind.CLIENT,
+            attributes={
+                "http.request.method": method,
+                "server.address": upstream.host,
+                "server.port": upstream.port,
+                "url.template": route,
+                "vitalgate.upstream": upstream_name,
+            },
+        )
+        headers = self._forward_headers(request, format_traceparent(client_span.get_span_context()))
+        body = request.content if request.can_read_body else None
+        u0 = time.perf_counter()
+        upstream_status: int | None = None
+        error: GatewayError | None = None
+        response: web.StreamResponse | None = None
+        try:
+            try:
+                upstream_response = await upstream.send(request.method, request.raw_path, headers, body)
+            except Exception as exc:
+                raise translate(exc) from exc
+            try:
+                upstream_status = upstream_response.status
+                response = web.StreamResponse(status=upstream_status, reason=upstream_response.reason)
+                for name, value in upstream_response.headers.items():
+                    if name.lower() not in _STRIP_RESPONSE:
+                        response.headers.add(name, value)
+                length = upstream_response.headers.get("Content-Length")
+                if length is not None and method != "HEAD":
+                    response.content_length = int(length)
+                elif length is not None:
+                    response.headers["Content-Length"] = length
+                try:
+                    await response.prepare(request)
+                except (ConnectionError, RuntimeError) as exc:
+                    raise ClientGone("client went away") from exc
+                if method != "HEAD" and upstream_status not in (204, 304):
+                    await self._copy_body(upstream_response, response)
+                try:
+                    await response.write_eof()
+                except ConnectionError as exc:
+                    raise ClientGone("client went away") from exc
+            finally:
+                upstream_response.release()
+        except GatewayError as exc:
+            error = exc
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+            error = translate(exc)
+        finally:
+            upstream_ms = round((time.perf_counter() - u0) * 1000, 3)
+            if client_span.is_recording():
+                if upstream_status is not None:
+                    client_span.set_attribute("http.response.status_code", upstream_status)
+                if error is not None:
+                    client_span.set_attribute("error.type", error.error_type)
+                if error is not None or (upstream_status or 0) >= 400:
+                    client_span.set_status(Status(StatusCode.ERROR))
+                client_span.end()
+        if error is None:
+            assert response is not None and upstream_status is not None
+            return response, upstream_status, None, upstream_ms
+        if response is not None and response.prepared:
+            # Headers already went out: the only honest signal left is to cut the connection.
+            if request.transport is not None:
+                request.transport.close()
+            status = error.status if isinstance(error, ClientGone) else 502
+            return response, status, error.error_type, upstream_ms
+        return (
+            web.json_response({"error": error.error_type, "detail": str(error)}, status=error.status),
+            error.status,
+            error.error_type,
+            upstream_ms,
+        )
+
+    async def _copy_body(self, upstream_response: aiohttp.ClientResponse, response: web.StreamResponse) -> None:
+        content = upstream_response.content
+        while True:
+            try:
+                chunk = await content.readany()
+            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+                raise translate(exc) from exc
+            if not chunk:
+                if not content.is_eof():
+                    raise UpstreamReset("upstream closed mid-body")
+                return
+            try:
+                await response.write(chunk)
+            except ConnectionError as exc:
+                raise ClientGone("client went away") from exc

@@ -1,0 +1,147 @@
+"""Route table: path prefix to upstream, and path to a bounded route template.
+
+A route template (``/fhir/Patient/{id}``) is what every label, log field and
+span name carries; the raw path never leaves the request. Templates are built
+only from names the gateway knows (FHIR resource types and operations, declared
+templates); anything else under a prefix folds into one value per route
+(``/fhir/{path}``), so a client cannot create label values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.config import RouteConfig
+from gateway.fhir import OPERATIONS, RESOURCE_TYPES
+
+NO_ROUTE = "none"
+"""Service and route label of a request that matched no route."""
+
+FACILITY_PLACEHOLDER = "{facility}"
+
+
+@dataclass(frozen=True)
+class Match:
+    service: str
+    upstream: str
+    route: str
+    """The route template: the ``http.route`` value."""
+    prefix: str
+
+
+class _Templates:
+    """Declared templates such as ``/scheduling/appointments/{id}``, matched by segment."""
+
+    def __init__(self, templates: list[str]) -> None:
+        self._by_len: dict[int, list[tuple[str, tuple[str | None, ...]]]] = {}
+        for t in templates:
+            parts = tuple(None if p.startswith("{") and p.endswith("}") else p for p in t.strip("/").split("/"))
+            self._by_len.setdefault(len(parts), []).append((t, parts))
+
+    def match(self, segments: list[str]) -> str | None:
+        for template, parts in self._by_len.get(len(segments), ()):
+            if all(p is None or p == s for p, s in zip(parts, segments, strict=True)):
+                return template
+        return None
+
+
+class Route:
+    """One configured route: a prefix, its upstream, and how it names paths."""
+
+    def __init__(self, cfg: RouteConfig, facility_segment: int | None = None) -> None:
+        self.prefix = cfg.prefix
+        self.upstream = cfg.upstream
+        self.service = cfg.upstream
+        self.kind = cfg.kind
+        self.fold = f"{cfg.prefix}{{path}}"
+        self._templates = _Templates(cfg.templates)
+        self._operations = OPERATIONS | frozenset(cfg.operations)
+        self._prefix_segments = len(cfg.prefix.strip("/").split("/"))
+        # Absolute index of a path segment that carries the facility (URL partition),
+        # relative to this route's remainder; None when the facility is not in the path.
+        self._facility_index: int | None = None
+        if facility_segment is not None and facility_segment >= self._prefix_segments:
+            self._facility_index = facility_segment - self._prefix_segments
+
+    def template(self, path: str) -> str:
+        rest = path[len(self.prefix) :]
+        segments = rest.split("/") if rest else []
+        if segments and segments[-1] == "":
+            segments.pop()  # trailing slash
+        head = self.prefix
+        if self._facility_index is not None:
+            if self._facility_index < len(segments):
+                # The tenant segment is replaced; a facility never appears as written.
+                before = segments[: self._facility_index]
+                if before:  # partitions deeper than the first segment: keep it simple and bounded
+                    return self.fold
+                segments = segments[self._facility_index + 1 :]
+                head = f"{self.prefix}{FACILITY_PLACEHOLDER}/"
+            else:
+                return self.fold
+        declared = self._templates.match([*self.prefix.strip("/").split("/"), *segments])
+        if declared is not None:
+            return declared
+        if self.kind == "fhir":
+            t = self._fhir(segments)
+            if t is not None:
+                return head + t
+        return self.fold
+
+    def _op(self, segment: str) -> str | None:
+        return segment if segment[:1] == "$" and segment[1:] in self._operations else None
+
+    def _fhir(self, s: list[str]) -> str | None:
+        n = len(s)
+        if n == 0:
+            return ""  # base: batch/transaction (POST), system search and history (GET)
+        first = s[0]
+        if n == 1:
+            if first in ("metadata", "_history", "_search"):
+                return first
+            if self._op(first):
+                return first
+            return first if first in RESOURCE_TYPES else None
+        if first not in RESOURCE_TYPES:
+            return None
+        second = s[1]
+        if n == 2:
+            if second in ("_search", "_history"):
+                return f"{first}/{second}"
+            if self._op(second):
+                return f"{first}/{second}"
+            return f"{first}/{{id}}" if not second.startswith(("$", "_")) else None
+        if second.startswith(("$", "_")):
+            return None
+        third = s[2]
+        if n == 3:
+            if third == "_history":
+                return f"{first}/{{id}}/_history"
+            if self._op(third):
+                return f"{first}/{{id}}/{third}"
+            if third in RESOURCE_TYPES:  # compartment search: Patient/{id}/Observation
+                return f"{first}/{{id}}/{third}"
+            return None
+        if n == 4 and third == "_history":
+            return f"{first}/{{id}}/_history/{{vid}}"
+        if n == 4 and third in RESOURCE_TYPES and s[3] == "_search":
+            return f"{first}/{{id}}/{third}/_search"
+        return None
+
+
+class Router:
+    """Longest-prefix route matching; built once from config."""
+
+    def __init__(self, routes: list[RouteConfig], facility_segment: int | None = None) -> None:
+        self._routes = sorted((Route(r, facility_segment) for r in routes), key=lambda r: -len(r.prefix))
+
+    def match(self, path: str) -> Match | None:
+        for r in self._routes:
+            if path.startswith(r.prefix) or path == r.prefix[:-1]:
+                route = r.template(path if path.startswith(r.prefix) else r.prefix)
+                return Match(r.service, r.upstream, route, r.prefix)
+        return None
+
+    @property
+    def services(self) -> list[str]:
+        return sorted({r.service for r in self._routes})

@@ -1,0 +1,189 @@
+"""Assembling and running the gateway: the proxy listener, the admin listener, shutdown.
+
+SIGTERM (or SIGINT) drains: the proxy stops accepting, ``/readyz`` turns 503,
+in-flight requests finish (up to ``limits.shutdown_timeout``), then the access
+log and the span queue are flushed and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from gateway.accesslog import AccessLog
+from gateway.config import Config, split_listen
+from gateway.facility import FacilityResolver
+from gateway.metrics import GatewayMetrics
+from gateway.proxy import Proxy
+from gateway.routes import Router
+from gateway.tracing import Tracing
+from gateway.upstream import Upstream
+from slo.spec import latency_thresholds_s
+
+log = logging.getLogger("vitalgate.gateway")
+
+
+class Gateway:
+    """One gateway process: build with a Config, ``start``, later ``stop``."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        cfg = config.gateway
+        self.registry = CollectorRegistry()
+        self.metrics = GatewayMetrics(
+            self.registry, latency_thresholds_s(config.slos), cfg.telemetry.metrics.max_label_sets
+        )
+        log_path = cfg.telemetry.access_log.path
+        self.access_log = AccessLog(
+            log_path if log_path == "-" else config.resolve(log_path),
+            cfg.telemetry.access_log.queue_size,
+            lambda n: self.metrics.drop("log", n),
+        )
+        self.tracing = Tracing(cfg.telemetry.traces, lambda n: self.metrics.drop("span", n))
+        self.facilities = FacilityResolver(cfg.facilities)
+        self.router = Router(cfg.routes, self.facilities.path_segment)
+        self.upstreams = {
+            name: Upstream(name, u, str(config.resolve(u.ca_file)) if u.ca_file else None)
+            for name, u in cfg.upstreams.items()
+        }
+        host, port = split_listen(cfg.listen)
+        self._host, self._port = host, port
+        self._admin_host, self._admin_port = split_listen(cfg.admin.listen)
+        self.proxy = Proxy(
+            self.router,
+            self.facilities,
+            self.upstreams,
+            self.metrics,
+            self.access_log,
+            self.tracing,
+            "https" if cfg.tls else "http",
+            port,
+        )
+        self.draining = False
+        self.ready = False
+        self._runner: web.ServerRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self.proxy_port = 0
+        self.admin_port = 0
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        tls = self.config.gateway.tls
+        if tls is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.config.resolve(tls.cert_file), self.config.resolve(tls.key_file))
+        return ctx
+
+    def admin_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        return app
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        body = encoder(self.registry)
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if self.ready and not self.draining:
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "draining" if self.draining else "starting"}, status=503)
+
+    async def start(self) -> None:
+        self.access_log.start()
+        for u in self.upstreams.values():
+            await u.start()
+        limits = self.config.gateway.limits
+        server = web.Server(
+            self.proxy.handle,  # type: ignore[arg-type]
+            max_field_size=limits.max_header_size,
+            max_line_size=limits.max_header_size,
+            access_log=None,
+        )
+        self._runner = web.ServerRunner(server, shutdown_timeout=1.0, handle_signals=False)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl_context())
+        await self._site.start()
+        self.proxy_port = _bound_port(self._runner)
+        self._admin_runner = web.AppRunner(self.admin_app(), access_log=None, handle_signals=False)
+        await self._admin_runner.setup()
+        await web.TCPSite(self._admin_runner, self._admin_host, self._admin_port).start()
+        self.admin_port = _bound_port(self._admin_runner)
+        self.ready = True
+
+    async def stop(self) -> None:
+        """Drain and flush; safe to call once after start."""
+        self.draining = True
+        if self._site is not None:
+            await self._site.stop()  # stop accepting; open connections finish their requests
+        timeout_s = self.config.gateway.limits.shutdown_timeout
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.proxy.idle.wait(), timeout_s)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for u in self.upstreams.values():
+            await u.close()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.tracing.shutdown)
+        await loop.run_in_executor(None, self.access_log.close)
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+
+
+def _bound_port(runner: web.BaseRunner) -> int:
+    for addr in runner.addresses:
+        if isinstance(addr, tuple):
+            return int(addr[1])
+    return 0
+
+
+async def serve(config: Config, on_ready: Callable[[Gateway], Awaitable[None]] | None = None) -> int:
+    """Run until SIGTERM or SIGINT, then drain. Returns the exit code."""
+    gateway = Gateway(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await gateway.start()
+    print(
+        f"vitalgate: proxy on {config.gateway.listen.rsplit(':', 1)[0]}:{gateway.proxy_port}, "
+        f"admin (metrics) on {config.gateway.admin.listen.rsplit(':', 1)[0]}:{gateway.admin_port}",
+        file=sys.stderr,
+        flush=True,
+    )
+    if not config.gateway.admin.tokens:
+        print("vitalgate: warning: no admin tokens configured; admin API is open", file=sys.stderr, flush=True)
+    if on_ready is not None:
+        await on_ready(gateway)
+    await stop.wait()
+    t0 = time.monotonic()
+    print("vitalgate: draining", file=sys.stderr, flush=True)
+    await gateway.stop()
+    print(f"vitalgate: stopped after {time.monotonic() - t0:.2f}s drain", file=sys.stderr, flush=True)
+    return 0
+
+
+def run(config: Config) -> int:
+    """Run the gateway on uvloop when it is installed."""
+    try:
+        import uvloop  # noqa: PLC0415
+
+        return uvloop.run(serve(config))  # type: ignore[no-any-return]
+    except ImportError:
+        return asyncio.run(serve(config))

@@ -1,0 +1,151 @@
+"""Loading YAML config files into pydantic models with errors that point at the file.
+
+Every problem is reported as ``file:line:column: field.path: message``, and all
+problems of a file are reported at once (validation never stops at the first).
+
+The YAML is composed into nodes first, so each value keeps the position it was
+written at; pydantic's error locations are then mapped back to those positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+Loc = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a config file."""
+
+    file: str
+    line: int
+    column: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A config file (or files) failed validation; ``problems`` lists every problem."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@dataclass(frozen=True)
+class Source:
+    """A parsed YAML document and where each of its values was written."""
+
+    path: str
+    data: Any
+    marks: Mapping[Loc, tuple[int, int]]
+
+    def position(self, loc: Loc) -> tuple[int, int]:
+        """Line and column (1-based) of the deepest written value on ``loc``."""
+        for n in range(len(loc), -1, -1):
+            mark = self.marks.get(tuple(loc[:n]))
+            if mark is not None:
+                return mark
+        return (1, 1)
+
+    def problem(self, loc: Loc, message: str) -> Problem:
+        line, column = self.position(loc)
+        return Problem(self.path, line, column, format_loc(loc), message)
+
+
+def format_loc(loc: Iterable[str | int]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _build(node: yaml.Node, loc: Loc, marks: dict[Loc, tuple[int, int]], path: str) -> Any:
+    marks[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = yaml.safe_load(yaml.serialize(key_node)) if key_node.tag != "tag:yaml.org,2002:str" else key_node.value
+            if key in out:
+                line = key_node.start_mark.line + 1
+                col = key_node.start_mark.column + 1
+                raise ConfigError([Problem(path, line, col, format_loc((*loc, str(key))), "duplicate key")])
+            child: Loc = (*loc, key if isinstance(key, str | int) else str(key))
+            out[key] = _build(value_node, child, marks, path)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(item, (*loc, i), marks, path) for i, item in enumerate(node.value)]
+    # Scalars: let the safe loader resolve the tag (int, float, bool, null, str).
+    return yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" else node.value
+
+
+def parse_yaml(text: str, path: str) -> Source:
+    """Parse one YAML document, keeping positions. Raises ConfigError on bad YAML."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise ConfigError([Problem(path, line, col, "", f"invalid YAML: {exc.problem}")]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError([Problem(path, 1, 1, "", f"invalid YAML: {exc}")]) from exc
+    if node is None:
+        raise ConfigError([Problem(path, 1, 1, "", "file is empty")])
+    marks: dict[Loc, tuple[int, int]] = {}
+    data = _build(node, (), marks, path)
+    return Source(path, data, marks)
+
+
+def read_yaml(path: str | Path) -> Source:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([Problem(str(path), 0, 0, "", f"cannot read: {exc.strerror}")]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([Problem(str(path), 1, 1, "", "not UTF-8 text")]) from exc
+    return parse_yaml(text, str(path))
+
+
+def _clean_message(err: Mapping[str, Any]) -> str:
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+    if err["type"] == "extra_forbidden":
+        return "unknown field"
+    if err["type"] == "missing":
+        return "required field is missing"
+    return msg
+
+
+def validate(model: type[M], source: Source) -> M:
+    """Validate ``source`` against ``model``; every problem raised at once."""
+    try:
+        return model.model_validate(source.data)
+    except ValidationError as exc:
+        problems = []
+        seen = set()
+        for err in exc.errors():
+            # Drop pydantic's union-branch and function-wrapper names from locations.
+            loc: Loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+            problem = source.problem(loc, _clean_message(err))
+            if (problem.field, problem.message) not in seen:
+                seen.add((problem.field, problem.message))
+                problems.append(problem)
+        raise ConfigError(sorted(problems, key=lambda p: (p.line, p.column))) from None

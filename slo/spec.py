@@ -1,0 +1,203 @@
+"""SLO specifications: the ``slos.yaml`` file and the model the engine computes with.
+
+The YAML shape (pydantic models, ``*Doc``) and the engine's model (frozen
+dataclasses) are different types: the file is validated, then mapped.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from slo.configfile import ConfigError, Problem, Source, read_yaml, validate
+from slo.durations import format_duration, parse_duration_s
+
+NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(f"must be a duration with a unit, such as '300ms' or '2s' (got {value!r})")
+    return parse_duration_s(value)
+
+
+DurationS = Annotated[float, BeforeValidator(_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AvailabilityDoc(_Strict):
+    bad_statuses: list[int] = Field(default_factory=list)
+    """Statuses below 500 that also count as bad (e.g. 429)."""
+
+    @field_validator("bad_statuses")
+    @classmethod
+    def _statuses(cls, v: list[int]) -> list[int]:
+        for s in v:
+            if not 100 <= s <= 599:
+                raise ValueError(f"must be HTTP statuses between 100 and 599 (got {s})")
+        return v
+
+
+class LatencyDoc(_Strict):
+    threshold: DurationS
+
+    @field_validator("threshold")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0 or v > 600:
+            raise ValueError("must be between 1ms and 10m")
+        return v
+
+
+class SliDoc(_Strict):
+    availability: AvailabilityDoc | None = None
+    latency: LatencyDoc | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> SliDoc:
+        if (self.availability is None) == (self.latency is None):
+            raise ValueError("exactly one of 'availability' or 'latency' is required")
+        return self
+
+
+class FilterDoc(_Strict):
+    methods: list[str] = Field(default_factory=list)
+    routes: list[str] = Field(default_factory=list)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        out = [m.upper() for m in v]
+        for m in out:
+            if m not in HTTP_METHODS:
+                raise ValueError(f"unknown HTTP method {m!r} (one of {', '.join(HTTP_METHODS)})")
+        return out
+
+
+class CalendarDoc(_Strict):
+    calendar: Literal["month", "quarter"]
+
+
+class SloDoc(_Strict):
+    name: str = Field(pattern=NAME_RE)
+    service: str = Field(pattern=NAME_RE)
+    description: str = ""
+    objective: float
+    window: str | CalendarDoc = "30d"
+    sli: SliDoc
+    filter: FilterDoc = Field(default_factory=FilterDoc)
+
+    @field_validator("objective")
+    @classmethod
+    def _objective(cls, v: float) -> float:
+        if not 0 < v < 100:
+            raise ValueError(f"must be between 0 and 100, exclusive (got {v})")
+        return v
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: str | CalendarDoc) -> str | CalendarDoc:
+        if isinstance(v, str) and not re.fullmatch(r"[1-9]\d*d", v):
+            raise ValueError(f"must be a rolling window in days such as '30d', or {{calendar: month}} (got {v!r})")
+        return v
+
+
+class SlosDoc(_Strict):
+    version: Literal[1]
+    slos: list[SloDoc] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Slo:
+    """One SLO as the engine sees it. Ratios are 0..1; durations in seconds."""
+
+    name: str
+    service: str
+    objective: float
+    window: str
+    window_s: float | None
+    calendar: str | None
+    kind: Literal["availability", "latency"]
+    threshold_s: float | None = None
+    bad_statuses: tuple[int, ...] = ()
+    methods: tuple[str, ...] = ()
+    routes: tuple[str, ...] = ()
+    description: str = ""
+    tags: tuple[str, ...] = field(default=())
+
+    @property
+    def error_budget(self) -> float:
+        return 1.0 - self.objective
+
+
+def _to_slo(doc: SloDoc) -> Slo:
+    if isinstance(doc.window, CalendarDoc):
+        window, window_s, calendar = doc.window.calendar, None, doc.window.calendar
+    else:
+        window, window_s, calendar = doc.window, parse_duration_s(doc.window), None
+    lat = doc.sli.latency
+    avail = doc.sli.availability
+    return Slo(
+        name=doc.name,
+        service=doc.service,
+        objective=doc.objective / 100.0,
+        window=window,
+        window_s=window_s,
+        calendar=calendar,
+        kind="latency" if lat else "availability",
+        threshold_s=lat.threshold if lat else None,
+        bad_statuses=tuple(avail.bad_statuses) if avail else (),
+        methods=tuple(doc.filter.methods),
+        routes=tuple(doc.filter.routes),
+        description=doc.description,
+    )
+
+
+def check_slos(data: Any, source: Source, services: set[str] | None = None) -> list[Problem]:
+    """Checks across SLOs (unique names, known services), on the raw document."""
+    problems = []
+    seen: set[str] = set()
+    items = data.get("slos") if isinstance(data, dict) else None
+    for i, s in enumerate(items if isinstance(items, list) else []):
+        if not isinstance(s, dict):
+            continue
+        name, service = s.get("name"), s.get("service")
+        if isinstance(name, str):
+            if name in seen:
+                problems.append(source.problem(("slos", i, "name"), f"duplicate SLO name {name!r}"))
+            seen.add(name)
+        if services is not None and isinstance(service, str) and service not in services:
+            known = ", ".join(sorted(services)) or "none"
+            problems.append(source.problem(("slos", i, "service"), f"unknown service {service!r} (upstreams: {known})"))
+    return problems
+
+
+def load_slos(path: str | Path, services: set[str] | None = None) -> list[Slo]:
+    """Load and validate ``slos.yaml``. ``services``: the upstream names SLOs may name."""
+    source = read_yaml(path)
+    problems: list[Problem] = []
+    doc: SlosDoc | None = None
+    try:
+        doc = validate(SlosDoc, source)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    problems.extend(check_slos(source.data, source, services))
+    if problems or doc is None:
+        raise ConfigError(sorted(problems, key=lambda p: (p.line, p.column)))
+    return [_to_slo(s) for s in doc.slos]
+
+
+def latency_thresholds_s(slos: list[Slo]) -> list[float]:
+    """Every latency threshold named by an SLO: the gateway adds each to its buckets."""
+    return sorted({s.threshold_s for s in slos if s.threshold_s is not None})
+
+
+__all__ = ["Slo", "SlosDoc", "format_duration", "latency_thresholds_s", "load_slos"]

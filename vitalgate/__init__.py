@@ -1,0 +1,3 @@
+"""vitalgate: the composition root (command line and demo); the only package that imports the others."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from vitalgate.cli import main
+
+raise SystemExit(main())
