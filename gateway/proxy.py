@@ -152,7 +152,7 @@ class Proxy:
                     f"{int(ctx.trace_flags):02x}",
                     facility,
                     service,
-                    route,
+                    route or None,
                     method,
                     status,
                     round(duration_s * 1000, 3),

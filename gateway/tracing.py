@@ -130,10 +130,9 @@ class Tracing:
         if self.enabled:
             sampler = ParentBased(TraceIdRatioBased(cfg.sample_ratio))
         else:
-            # No collector: spans still carry ids for logs and propagation, nothing is recorded.
-            sampler = ParentBased(
-                ALWAYS_OFF, remote_parent_sampled=ALWAYS_OFF, local_parent_sampled=ALWAYS_OFF
-            )
+            # No collector: new traces are not recorded, but ids still go to the log and
+            # upstream, and a caller's sampling decision is passed on unchanged.
+            sampler = ParentBased(ALWAYS_OFF)
         self.provider = TracerProvider(resource=resource, sampler=sampler)
         if cfg.otlp_endpoint is not None:
             exporter = OTLPSpanExporter(endpoint=f"{cfg.otlp_endpoint}/v1/traces", timeout=cfg.export_timeout)

@@ -1,0 +1,369 @@
+"""``vitalgate demo``: the gateway in front of a demo clinical upstream, with traffic.
+
+In one process tree: a FHIR-like upstream with scripted per-facility faults,
+the gateway (a ``vitalgate serve`` child process), an OTLP receiver for its
+traces, and a traffic generator for several facilities that sends realistic
+FHIR calls, PHI-like search parameters and bodies included. A live table,
+read from the gateway's own ``/metrics``, shows each facility's requests/s,
+error rate and p95 latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import yaml
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from vitalgate.otlpsink import OtlpSink
+
+FACILITIES = {
+    "st-marys": {"name": "St Mary's", "timezone": "America/Chicago", "sla": 99.9},
+    "riverside": {"name": "Riverside", "timezone": "America/New_York", "sla": 99.5},
+    "lakeside": {"name": "Lakeside Clinic", "timezone": "America/Denver", "sla": 99.5},
+    "northgate": {"name": "Northgate", "timezone": "Europe/London", "sla": 99.0},
+}
+FAMILY = ["Garcia", "Okafor", "Lindqvist", "Nakamura", "Haddad", "Kowalski", "Brennan"]
+GIVEN = ["Amara", "Jonas", "Priya", "Mateo", "Ingrid", "Kofi", "Sofia"]
+
+
+@dataclass(frozen=True)
+class Fault:
+    facility: str
+    kind: str  # "errors" | "latency" | "down"
+    start_s: float
+    end_s: float
+
+
+def fault_script(duration_s: float) -> list[Fault]:
+    """The scripted faults, placed as fractions of the run so any --duration shows them all."""
+    d = duration_s
+    down = min(60.0, 0.3 * d)
+    return [
+        Fault("riverside", "errors", 0.20 * d, 0.35 * d),
+        Fault("lakeside", "latency", 0.40 * d, 0.60 * d),
+        Fault("northgate", "down", 0.62 * d, 0.62 * d + down),
+    ]
+
+
+class DemoUpstream:
+    """A FHIR-like server that misbehaves on schedule for some facilities."""
+
+    def __init__(self, faults: list[Fault], t0: float) -> None:
+        self.faults = faults
+        self.t0 = t0
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=32 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    def _active(self, facility: str) -> str | None:
+        now = time.monotonic() - self.t0
+        for f in self.faults:
+            if f.facility == facility and f.start_s <= now < f.end_s:
+                return f.kind
+        return None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.can_read_body:
+            await request.read()
+        fault = self._active(request.headers.get("X-Facility-ID", ""))
+        await asyncio.sleep(random.uniform(0.002, 0.02))
+        if fault == "latency":
+            await asyncio.sleep(random.uniform(0.3, 0.9))
+        if fault == "errors" and random.random() < 0.35:
+            if random.random() < 0.15 and request.transport is not None:
+                request.transport.close()  # a reset: the gateway answers 502
+                return web.Response(status=500)
+            return web.json_response(_outcome("exception", "database unavailable"), status=500)
+        if fault == "down":
+            return web.json_response(_outcome("transient", "service unavailable"), status=503)
+        path = request.path
+        if path.endswith("/metadata"):
+            return web.json_response({"resourceType": "CapabilityStatement", "status": "active", "fhirVersion": "4.0.1"})
+        if request.method == "POST":
+            return web.json_response({"resourceType": "Patient", "id": str(random.randint(1000, 9999))}, status=201)
+        if "?" in request.path_qs or path.rstrip("/").endswith(("Observation", "Patient", "Appointment", "appointments")):
+            return web.json_response({"resourceType": "Bundle", "type": "searchset", "total": 3, "entry": []})
+        return web.json_response({"resourceType": "Patient", "id": path.rsplit("/", 1)[-1], "active": True})
+
+
+def _outcome(code: str, text: str) -> dict[str, object]:
+    return {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": code, "diagnostics": text}]}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_demo_config(out: Path, gateway_port: int, admin_port: int, upstream_port: int, otlp_port: int) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    gateway = {
+        "version": 1,
+        "listen": f"127.0.0.1:{gateway_port}",
+        "admin": {"listen": f"127.0.0.1:{admin_port}"},
+        "upstreams": {
+            "fhir": {"url": f"http://127.0.0.1:{upstream_port}", "timeout": {"connect": "1s", "total": "5s"}},
+            "scheduling": {"url": f"http://127.0.0.1:{upstream_port}", "timeout": {"connect": "1s", "total": "5s"}},
+        },
+        "routes": [
+            {"prefix": "/fhir/", "upstream": "fhir", "kind": "fhir"},
+            {
+                "prefix": "/scheduling/",
+                "upstream": "scheduling",
+                "templates": ["/scheduling/appointments", "/scheduling/appointments/{id}"],
+            },
+        ],
+        "facilities": {"from": [{"header": "X-Facility-ID"}], "known": FACILITIES},
+        "telemetry": {
+            "access_log": {"path": "access.log"},
+            "traces": {"otlp_endpoint": f"http://127.0.0.1:{otlp_port}", "sample_ratio": 1.0},
+            "store": {"path": "vitalgate.db"},
+        },
+        "slos": "slos.yaml",
+    }
+    slos = {
+        "version": 1,
+        "slos": [
+            {"name": "fhir-availability", "service": "fhir", "objective": 99.9, "window": "30d", "sli": {"availability": {}}},
+            {
+                "name": "fhir-read-latency",
+                "service": "fhir",
+                "objective": 99,
+                "window": "30d",
+                "filter": {"methods": ["GET"]},
+                "sli": {"latency": {"threshold": "300ms"}},
+            },
+        ],
+    }
+    header = "# Written by `vitalgate demo`; edit a copy, not this file.\n"
+    (out / "gateway.yaml").write_text(header + yaml.safe_dump(gateway, sort_keys=False))
+    (out / "slos.yaml").write_text(header + yaml.safe_dump(slos, sort_keys=False))
+    return out / "gateway.yaml"
+
+
+def demo_request(rng: random.Random) -> tuple[str, str, dict[str, str], bytes | None]:
+    """One realistic FHIR or scheduling call: method, path, extra headers, body."""
+    pid = rng.randint(10000, 99999)
+    family, given = rng.choice(FAMILY), rng.choice(GIVEN)
+    birth = f"19{rng.randint(30, 99)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+    r = rng.random()
+    if r < 0.35:
+        return "GET", f"/fhir/Patient/{pid}", {}, None
+    if r < 0.55:
+        return "GET", f"/fhir/Patient?family={family}&given={given}&birthdate={birth}&_count=10", {}, None
+    if r < 0.70:
+        return "GET", f"/fhir/Observation?subject=Patient/{pid}&category=vital-signs&_count=50", {}, None
+    if r < 0.78:
+        body = {"resourceType": "Patient", "name": [{"family": family, "given": [given]}], "birthDate": birth,
+                "identifier": [{"system": "urn:mrn", "value": f"MRN{pid}"}]}
+        return "POST", "/fhir/Patient", {"Content-Type": "application/fhir+json"}, json.dumps(body).encode()
+    if r < 0.84:
+        return "GET", f"/fhir/Patient/{pid}/$everything", {}, None
+    if r < 0.88:
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": []}
+        return "POST", "/fhir/", {"Content-Type": "application/fhir+json"}, json.dumps(bundle).encode()
+    if r < 0.92:
+        return "GET", "/fhir/metadata", {}, None
+    if r < 0.97:
+        return "GET", f"/scheduling/appointments/{pid}", {}, None
+    return "GET", f"/scheduling/appointments?patient={family}", {}, None
+
+
+async def traffic(base: str, rate: float, duration_s: float, seed: int = 7) -> dict[str, int]:
+    """Send about ``rate`` requests/s for ``duration_s``; returns requests sent per facility."""
+    rng = random.Random(seed)
+    sent: dict[str, int] = defaultdict(int)
+    facilities = list(FACILITIES)
+    weights = [0.35, 0.25, 0.2, 0.15]
+    sem = asyncio.Semaphore(64)
+    timeout = aiohttp.ClientTimeout(total=10)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(session: aiohttp.ClientSession, facility: str | None) -> None:
+        method, path, headers, body = demo_request(rng)
+        hdrs = {"Authorization": "Bearer demo-token-not-logged", **headers}
+        if facility is not None:
+            hdrs["X-Facility-ID"] = facility
+        async with sem:
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with session.request(method, base + path, headers=hdrs, data=body) as resp:
+                    await resp.read()
+
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        t0 = time.monotonic()
+        n = 0
+        while (now := time.monotonic() - t0) < duration_s:
+            due = int(now * rate)
+            while n < due:
+                n += 1
+                facility: str | None = rng.choices(facilities, weights)[0]
+                if rng.random() < 0.04:
+                    facility = rng.choice([None, "St-Unlisted-Hospital"])  # becomes "unknown"
+                sent[facility if facility in FACILITIES else "unknown"] += 1
+                task = asyncio.create_task(one(session, facility))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            await asyncio.sleep(0.01)
+        if tasks:
+            await asyncio.gather(*tasks)
+    return dict(sent)
+
+
+@dataclass
+class Snapshot:
+    total: dict[str, float]
+    errors: dict[str, float]
+    buckets: dict[str, dict[float, float]]
+
+
+def read_snapshot(metrics_text: str) -> Snapshot:
+    total: dict[str, float] = defaultdict(float)
+    errors: dict[str, float] = defaultdict(float)
+    buckets: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "http_server_request_duration_seconds":
+            continue
+        for s in family.samples:
+            fac = s.labels.get("facility", "")
+            if s.name.endswith("_count"):
+                total[fac] += s.value
+                if s.labels.get("http_response_status_code", "").startswith("5"):
+                    errors[fac] += s.value
+            elif s.name.endswith("_bucket"):
+                buckets[fac][float(s.labels["le"])] += s.value
+    return Snapshot(total, errors, buckets)
+
+
+def quantile(q: float, cumulative: dict[float, float]) -> float | None:
+    """Prometheus' histogram_quantile over cumulative bucket counts."""
+    les = sorted(cumulative)
+    if not les or cumulative[les[-1]] <= 0:
+        return None
+    rank = q * cumulative[les[-1]]
+    prev_le, prev_c = 0.0, 0.0
+    for le in les:
+        c = cumulative[le]
+        if c >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 0.0)
+        prev_le, prev_c = le, c
+    return les[-1]
+
+
+def render_table(prev: Snapshot, cur: Snapshot, dt: float, elapsed: float, duration: float, faults: list[Fault]) -> str:
+    lines = [
+        f"vitalgate demo  {elapsed:5.0f}s / {duration:.0f}s   (live, from the gateway's /metrics)",
+        "",
+        f"{'facility':<14}{'req/s':>8}{'error %':>10}{'p95 ms':>10}{'requests':>10}   now",
+    ]
+    for fac in [*FACILITIES, "unknown"]:
+        d_total = cur.total.get(fac, 0.0) - prev.total.get(fac, 0.0)
+        d_err = cur.errors.get(fac, 0.0) - prev.errors.get(fac, 0.0)
+        d_buckets = {le: c - prev.buckets.get(fac, {}).get(le, 0.0) for le, c in cur.buckets.get(fac, {}).items()}
+        p95 = quantile(0.95, d_buckets)
+        active = [f.kind for f in faults if f.facility == fac and f.start_s <= elapsed < f.end_s]
+        err = f"{100 * d_err / d_total:.1f}" if d_total else "-"
+        p95s = f"{p95 * 1000:.0f}" if p95 is not None else "-"
+        lines.append(
+            f"{fac:<14}{d_total / dt:>8.1f}{err:>10}{p95s:>10}{cur.total.get(fac, 0):>10.0f}   "
+            f"{'FAULT: ' + active[0] if active else ''}"
+        )
+    return "\n".join(lines)
+
+
+async def _demo(duration_s: float, out: Path, rate: float) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("access.log", "traces.jsonl", "gateway.stderr"):
+        (out / name).unlink(missing_ok=True)
+    ports = [_free_port() for _ in range(4)]
+    gw_port, admin_port, up_port, otlp_port = ports
+    config_path = write_demo_config(out, gw_port, admin_port, up_port, otlp_port)
+    faults = fault_script(duration_s)
+    t0 = time.monotonic()
+    upstream = DemoUpstream(faults, t0)
+    sink = OtlpSink(out_file=out / "traces.jsonl")
+    runners = []
+    for app, port in ((upstream.app(), up_port), (sink.app(), otlp_port)):
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runners.append(runner)
+    stderr = (out / "gateway.stderr").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vitalgate", "serve", "--config", str(config_path)],
+        stdout=stderr,
+        stderr=stderr,
+    )
+    admin = f"http://127.0.0.1:{admin_port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"{admin}/readyz") as r:
+                        if r.status == 200:
+                            break
+                if proc.poll() is not None:
+                    print(f"vitalgate demo: the gateway exited; see {out / 'gateway.stderr'}", file=sys.stderr)
+                    return 1
+                await asyncio.sleep(0.1)
+            upstream.t0 = t0 = time.monotonic()
+            gen = asyncio.create_task(traffic(f"http://127.0.0.1:{gw_port}", rate, duration_s))
+            tty = sys.stdout.isatty()
+            prev, prev_t = Snapshot({}, {}, {}), time.monotonic()
+            while not gen.done():
+                await asyncio.wait({gen}, timeout=2.0)
+                async with session.get(f"{admin}/metrics") as r:
+                    metrics_text = await r.text()
+                cur = read_snapshot(metrics_text)
+                now = time.monotonic()
+                table = render_table(prev, cur, max(now - prev_t, 1e-3), now - t0, duration_s, faults)
+                print(("\x1b[2J\x1b[H" if tty else "\n") + table, flush=True)
+                prev, prev_t = cur, now
+            sent = gen.result()
+            (out / "metrics.txt").write_text(metrics_text)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.get_running_loop().run_in_executor(None, proc.wait)
+        stderr.close()
+        await asyncio.sleep(0.6)  # the last span export
+        for runner in runners:
+            await runner.cleanup()
+    print()
+    print(f"{'facility':<14}{'sent':>8}{'counted':>9}{'errors':>8}")
+    for fac in [*FACILITIES, "unknown"]:
+        print(f"{fac:<14}{sent.get(fac, 0):>8}{cur.total.get(fac, 0):>9.0f}{cur.errors.get(fac, 0):>8.0f}")
+    print()
+    print(f"Metrics:  {admin}/metrics (Prometheus text; final copy in {out / 'metrics.txt'})")
+    print(f"Logs:     {out / 'access.log'} (one JSON line per request; trace_id links to the spans)")
+    print(f"Traces:   {out / 'traces.jsonl'} ({len(sink.spans)} spans received over OTLP/HTTP protobuf)")
+    print(f"Config:   {config_path}")
+    return 0 if proc.returncode == 0 else 1
+
+
+def run_demo(duration_s: float, out_dir: Path, rate: float) -> int:
+    out = out_dir.resolve()
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    try:
+        return asyncio.run(_demo(duration_s, out, rate))
+    except KeyboardInterrupt:
+        return 130
