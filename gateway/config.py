@@ -132,7 +132,9 @@ class FacilitiesConfig(_Strict):
     def _ids(cls, v: dict[str, FacilityConfig]) -> dict[str, FacilityConfig]:
         for key in v:
             if not re.fullmatch(FACILITY_ID_RE, key):
-                raise ValueError(f"facility id {key!r} must be lowercase letters, digits, '-' or '_'")
+                raise ValueError(
+                    f"facility id {key!r} must be lowercase letters, digits, '-' or '_'"
+                )
         return v
 
 
@@ -241,17 +243,23 @@ def _items(value: Any) -> list[tuple[Any, Any]]:
     return []
 
 
+def _mapping(data: dict[Any, Any], key: str) -> dict[Any, Any]:
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def _cross_check(data: Any, source: Source, base: Path) -> list[Problem]:
     """Checks across fields, on the raw document so they run even when other fields are wrong."""
     if not isinstance(data, dict):
         return []
     problems = []
-    upstreams = data.get("upstreams") if isinstance(data.get("upstreams"), dict) else {}
-    facilities = data.get("facilities") if isinstance(data.get("facilities"), dict) else {}
-    known = facilities.get("known") if isinstance(facilities.get("known"), dict) else {}
+    upstreams = _mapping(data, "upstreams")
+    known = _mapping(_mapping(data, "facilities"), "known")
     for fid in known:
         if fid in RESERVED_FACILITY_IDS:
-            problems.append(source.problem(("facilities", "known", fid), f"facility id {fid!r} is reserved"))
+            problems.append(
+                source.problem(("facilities", "known", fid), f"facility id {fid!r} is reserved")
+            )
     prefixes: set[str] = set()
     for i, route in _items(data.get("routes")):
         if not isinstance(route, dict):
@@ -259,27 +267,48 @@ def _cross_check(data: Any, source: Source, base: Path) -> list[Problem]:
         up = route.get("upstream")
         if isinstance(up, str) and up not in upstreams:
             names = ", ".join(sorted(upstreams)) or "none"
-            problems.append(source.problem(("routes", i, "upstream"), f"unknown upstream {up!r} (known: {names})"))
+            problems.append(
+                source.problem(
+                    ("routes", i, "upstream"), f"unknown upstream {up!r} (known: {names})"
+                )
+            )
         prefix = route.get("prefix")
         if isinstance(prefix, str):
             if prefix in prefixes:
-                problems.append(source.problem(("routes", i, "prefix"), f"duplicate prefix {prefix!r}"))
+                problems.append(
+                    source.problem(("routes", i, "prefix"), f"duplicate prefix {prefix!r}")
+                )
             prefixes.add(prefix)
             for j, t in _items(route.get("templates")):
                 if isinstance(t, str) and not t.startswith(prefix):
-                    problems.append(source.problem(("routes", i, "templates", j), f"template {t!r} is not under prefix {prefix!r}"))
-    admin = data.get("admin") if isinstance(data.get("admin"), dict) else {}
+                    problems.append(
+                        source.problem(
+                            ("routes", i, "templates", j),
+                            f"template {t!r} is not under prefix {prefix!r}",
+                        )
+                    )
+    admin = _mapping(data, "admin")
     for i, tok in _items(admin.get("tokens")):
         for j, fid in _items(tok.get("facilities") if isinstance(tok, dict) else None):
             if fid not in known:
-                problems.append(source.problem(("admin", "tokens", i, "facilities", j), f"unknown facility {fid!r}"))
+                problems.append(
+                    source.problem(
+                        ("admin", "tokens", i, "facilities", j), f"unknown facility {fid!r}"
+                    )
+                )
     if admin.get("listen", "127.0.0.1:9464") == data.get("listen", "127.0.0.1:8080"):
-        problems.append(source.problem(("admin", "listen"), "must differ from the proxy's listen address"))
+        problems.append(
+            source.problem(("admin", "listen"), "must differ from the proxy's listen address")
+        )
     files: list[tuple[Loc, Any]] = []
     tls = data.get("tls")
     if isinstance(tls, dict):
         files += [(("tls", k), tls.get(k)) for k in ("cert_file", "key_file")]
-    files += [(("upstreams", name, "ca_file"), u.get("ca_file")) for name, u in upstreams.items() if isinstance(u, dict)]
+    files += [
+        (("upstreams", name, "ca_file"), u.get("ca_file"))
+        for name, u in upstreams.items()
+        if isinstance(u, dict)
+    ]
     for loc, rel in files:
         if isinstance(rel, str) and not (base / rel).is_file():
             problems.append(source.problem(loc, f"file not found: {rel}"))
@@ -309,5 +338,7 @@ def load_config(path: str | Path) -> Config:
         except ConfigError as exc:
             problems.extend(exc.problems)
     if problems or cfg is None:
-        raise ConfigError(sorted(problems, key=lambda q: (q.file != str(p), q.file, q.line, q.column)))
+        raise ConfigError(
+            sorted(problems, key=lambda q: (q.file != str(p), q.file, q.line, q.column))
+        )
     return Config(p, cfg, slos)

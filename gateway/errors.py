@@ -72,7 +72,13 @@ def translate(exc: BaseException) -> GatewayError:
         err = UpstreamTlsError("TLS handshake with upstream failed")
     elif isinstance(exc, aiohttp.ClientConnectorError):
         err = UpstreamConnectError("cannot connect to upstream")
-    elif isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | aiohttp.ClientOSError | ConnectionError):
+    elif isinstance(
+        exc,
+        aiohttp.ServerDisconnectedError
+        | aiohttp.ClientPayloadError
+        | aiohttp.ClientOSError
+        | ConnectionError,
+    ):
         err = UpstreamReset("upstream closed the connection")
     elif isinstance(exc, aiohttp.ClientResponseError):
         err = UpstreamProtocolError("upstream sent an invalid response")

@@ -14,7 +14,22 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # OTel advisory boundaries for http.server.request.duration, in seconds.
-OTEL_DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+OTEL_DURATION_BUCKETS_S = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+)
 LABELS = ("facility", "service", "http_route", "http_request_method", "http_response_status_code")
 OTHER = "other"
 SIGNALS = ("log", "span", "store")
@@ -26,7 +41,9 @@ def duration_buckets_s(thresholds_s: list[float]) -> tuple[float, ...]:
 
 
 class GatewayMetrics:
-    def __init__(self, registry: CollectorRegistry, thresholds_s: list[float], max_label_sets: int) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, thresholds_s: list[float], max_label_sets: int
+    ) -> None:
         self.registry = registry
         self.buckets_s = duration_buckets_s(thresholds_s)
         self.duration = Histogram(
@@ -64,7 +81,9 @@ class GatewayMetrics:
         """Count ``n`` lost telemetry items; thread-safe (exporters call it)."""
         self.dropped[signal].inc(n)
 
-    def request_child(self, facility: str, service: str, route: str, method: str, status: int) -> Any:
+    def request_child(
+        self, facility: str, service: str, route: str, method: str, status: int
+    ) -> Any:
         key = (facility, service, route, method, status)
         child = self._children.get(key)
         if child is None:

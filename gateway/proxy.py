@@ -28,12 +28,23 @@ from gateway.routes import Router
 from gateway.tracing import Tracing, format_traceparent, parse_traceparent
 from gateway.upstream import Upstream
 
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
 HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
-        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
-        "TE", "Trailer", "Transfer-Encoding", "Upgrade", "Expect", "Host",
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Connection",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Expect",
+        "Host",
     )
 )
 _STRIP_RESPONSE = frozenset(h for h in HOP_BY_HOP if h != "host") | {"content-length"}
@@ -47,7 +58,11 @@ def redact_query(query_string: str) -> str:
     out = []
     for name, value in parse_qsl(query_string, keep_blank_values=True):
         base = name.split(":", 1)[0]
-        out.append(f"{name}={value}" if base in CONTROL_PARAMETERS and len(value) <= 64 else f"{name}=REDACTED")
+        out.append(
+            f"{name}={value}"
+            if base in CONTROL_PARAMETERS and len(value) <= 64
+            else f"{name}=REDACTED"
+        )
     return "&".join(out)[:2048]
 
 
@@ -121,7 +136,8 @@ class Proxy:
             if match is None:
                 status, error_type = 404, "no_route"
                 return web.json_response(
-                    {"error": "no route", "detail": "no configured route matches this path"}, status=404
+                    {"error": "no route", "detail": "no configured route matches this path"},
+                    status=404,
                 )
             response, status, error_type, upstream_ms = await self._forward(
                 request, match.upstream, route, method, span
@@ -173,7 +189,12 @@ class Proxy:
         out: CIMultiDict[str] = CIMultiDict()
         for name, value in incoming.items():
             lname = name.lower()
-            if lname not in hop and lname not in ("traceparent", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"):
+            if lname not in hop and lname not in (
+                "traceparent",
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+            ):
                 out.add(name, value)
         peer = request.remote or ""
         prior = incoming.get("X-Forwarded-For")
@@ -209,12 +230,16 @@ class Proxy:
         response: web.StreamResponse | None = None
         try:
             try:
-                upstream_response = await upstream.send(request.method, request.raw_path, headers, body)
+                upstream_response = await upstream.send(
+                    request.method, request.raw_path, headers, body
+                )
             except Exception as exc:
                 raise translate(exc) from exc
             try:
                 upstream_status = upstream_response.status
-                response = web.StreamResponse(status=upstream_status, reason=upstream_response.reason)
+                response = web.StreamResponse(
+                    status=upstream_status, reason=upstream_response.reason
+                )
                 for name, value in upstream_response.headers.items():
                     if name.lower() not in _STRIP_RESPONSE:
                         response.headers.add(name, value)
@@ -237,7 +262,7 @@ class Proxy:
                 upstream_response.release()
         except GatewayError as exc:
             error = exc
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
             error = translate(exc)
         finally:
             upstream_ms = round((time.perf_counter() - u0) * 1000, 3)
@@ -259,18 +284,22 @@ class Proxy:
             status = error.status if isinstance(error, ClientGone) else 502
             return response, status, error.error_type, upstream_ms
         return (
-            web.json_response({"error": error.error_type, "detail": str(error)}, status=error.status),
+            web.json_response(
+                {"error": error.error_type, "detail": str(error)}, status=error.status
+            ),
             error.status,
             error.error_type,
             upstream_ms,
         )
 
-    async def _copy_body(self, upstream_response: aiohttp.ClientResponse, response: web.StreamResponse) -> None:
+    async def _copy_body(
+        self, upstream_response: aiohttp.ClientResponse, response: web.StreamResponse
+    ) -> None:
         content = upstream_response.content
         while True:
             try:
                 chunk = await content.readany()
-            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+            except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
                 raise translate(exc) from exc
             if not chunk:
                 if not content.is_eof():

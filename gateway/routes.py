@@ -35,7 +35,10 @@ class _Templates:
     def __init__(self, templates: list[str]) -> None:
         self._by_len: dict[int, list[tuple[str, tuple[str | None, ...]]]] = {}
         for t in templates:
-            parts = tuple(None if p.startswith("{") and p.endswith("}") else p for p in t.strip("/").split("/"))
+            parts = tuple(
+                None if p.startswith("{") and p.endswith("}") else p
+                for p in t.strip("/").split("/")
+            )
             self._by_len.setdefault(len(parts), []).append((t, parts))
 
     def match(self, segments: list[str]) -> str | None:
@@ -133,7 +136,9 @@ class Router:
     """Longest-prefix route matching; built once from config."""
 
     def __init__(self, routes: list[RouteConfig], facility_segment: int | None = None) -> None:
-        self._routes = sorted((Route(r, facility_segment) for r in routes), key=lambda r: -len(r.prefix))
+        self._routes = sorted(
+            (Route(r, facility_segment) for r in routes), key=lambda r: -len(r.prefix)
+        )
 
     def match(self, path: str) -> Match | None:
         for r in self._routes:

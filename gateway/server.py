@@ -103,7 +103,9 @@ class Gateway:
     async def _readyz(self, request: web.Request) -> web.Response:
         if self.ready and not self.draining:
             return web.json_response({"status": "ready"})
-        return web.json_response({"status": "draining" if self.draining else "starting"}, status=503)
+        return web.json_response(
+            {"status": "draining" if self.draining else "starting"}, status=503
+        )
 
     async def start(self) -> None:
         self.access_log.start()
@@ -118,7 +120,9 @@ class Gateway:
         )
         self._runner = web.ServerRunner(server, shutdown_timeout=1.0, handle_signals=False)
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl_context())
+        self._site = web.TCPSite(
+            self._runner, self._host, self._port, ssl_context=self._ssl_context()
+        )
         await self._site.start()
         self.proxy_port = _bound_port(self._runner)
         self._admin_runner = web.AppRunner(self.admin_app(), access_log=None, handle_signals=False)
@@ -153,7 +157,9 @@ def _bound_port(runner: web.BaseRunner) -> int:
     return 0
 
 
-async def serve(config: Config, on_ready: Callable[[Gateway], Awaitable[None]] | None = None) -> int:
+async def serve(
+    config: Config, on_ready: Callable[[Gateway], Awaitable[None]] | None = None
+) -> int:
     """Run until SIGTERM or SIGINT, then drain. Returns the exit code."""
     gateway = Gateway(config)
     stop = asyncio.Event()
@@ -168,14 +174,20 @@ async def serve(config: Config, on_ready: Callable[[Gateway], Awaitable[None]] |
         flush=True,
     )
     if not config.gateway.admin.tokens:
-        print("vitalgate: warning: no admin tokens configured; admin API is open", file=sys.stderr, flush=True)
+        print(
+            "vitalgate: warning: no admin tokens configured; admin API is open",
+            file=sys.stderr,
+            flush=True,
+        )
     if on_ready is not None:
         await on_ready(gateway)
     await stop.wait()
     t0 = time.monotonic()
     print("vitalgate: draining", file=sys.stderr, flush=True)
     await gateway.stop()
-    print(f"vitalgate: stopped after {time.monotonic() - t0:.2f}s drain", file=sys.stderr, flush=True)
+    print(
+        f"vitalgate: stopped after {time.monotonic() - t0:.2f}s drain", file=sys.stderr, flush=True
+    )
     return 0
 
 
@@ -183,7 +195,6 @@ def run(config: Config) -> int:
     """Run the gateway on uvloop when it is installed."""
     try:
         import uvloop  # noqa: PLC0415
-
-        return uvloop.run(serve(config))  # type: ignore[no-any-return]
     except ImportError:
         return asyncio.run(serve(config))
+    return int(uvloop.run(serve(config)))

@@ -8,6 +8,7 @@ waits for a collector.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -19,7 +20,13 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, Tracer, set_span_in_context
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    TraceFlags,
+    Tracer,
+    set_span_in_context,
+)
 from opentelemetry.trace.span import TraceState
 
 from gateway.config import TracesConfig
@@ -108,10 +115,8 @@ class BoundedExportProcessor(SpanProcessor):
             return True
         done = threading.Event()
         self._flush_requests.put(done)
-        try:
+        with contextlib.suppress(queue.Full):
             self._queue.put_nowait(None)  # wake the thread
-        except queue.Full:
-            pass
         return done.wait(timeout_millis / 1000)
 
     def shutdown(self) -> None:
@@ -135,8 +140,12 @@ class Tracing:
             sampler = ParentBased(ALWAYS_OFF)
         self.provider = TracerProvider(resource=resource, sampler=sampler)
         if cfg.otlp_endpoint is not None:
-            exporter = OTLPSpanExporter(endpoint=f"{cfg.otlp_endpoint}/v1/traces", timeout=cfg.export_timeout)
-            self.provider.add_span_processor(BoundedExportProcessor(exporter, cfg.queue_size, on_drop))
+            exporter = OTLPSpanExporter(
+                endpoint=f"{cfg.otlp_endpoint}/v1/traces", timeout=cfg.export_timeout
+            )
+            self.provider.add_span_processor(
+                BoundedExportProcessor(exporter, cfg.queue_size, on_drop)
+            )
         self.tracer: Tracer = self.provider.get_tracer("vitalgate.gateway")
 
     def shutdown(self) -> None:
@@ -152,7 +161,12 @@ def parse_traceparent(value: str | None, tracestate: str | None = None) -> Conte
     if len(parts) < 4 or parts[0] == "ff" or len(parts[0]) != 2:
         return None
     version, trace_hex, span_hex, flags_hex = parts[0], parts[1], parts[2], parts[3]
-    if len(trace_hex) != 32 or len(span_hex) != 16 or len(flags_hex) != 2 or (version == "00" and len(parts) != 4):
+    if (
+        len(trace_hex) != 32
+        or len(span_hex) != 16
+        or len(flags_hex) != 2
+        or (version == "00" and len(parts) != 4)
+    ):
         return None
     try:
         trace_id = int(trace_hex, 16)
@@ -168,7 +182,9 @@ def parse_traceparent(value: str | None, tracestate: str | None = None) -> Conte
             state = TraceState.from_header([tracestate])
         except ValueError:
             state = None
-    sc = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 1), trace_state=state)
+    sc = SpanContext(
+        trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 1), trace_state=state
+    )
     return set_span_in_context(NonRecordingSpan(sc))
 
 

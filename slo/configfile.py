@@ -33,7 +33,9 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}:{self.column}"
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        return (
+            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        )
 
 
 class ConfigError(Exception):
@@ -80,18 +82,26 @@ def _build(node: yaml.Node, loc: Loc, marks: dict[Loc, tuple[int, int]], path: s
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.safe_load(yaml.serialize(key_node)) if key_node.tag != "tag:yaml.org,2002:str" else key_node.value
+            key = (
+                yaml.safe_load(yaml.serialize(key_node))
+                if key_node.tag != "tag:yaml.org,2002:str"
+                else key_node.value
+            )
             if key in out:
                 line = key_node.start_mark.line + 1
                 col = key_node.start_mark.column + 1
-                raise ConfigError([Problem(path, line, col, format_loc((*loc, str(key))), "duplicate key")])
+                raise ConfigError(
+                    [Problem(path, line, col, format_loc((*loc, str(key))), "duplicate key")]
+                )
             child: Loc = (*loc, key if isinstance(key, str | int) else str(key))
             out[key] = _build(value_node, child, marks, path)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_build(item, (*loc, i), marks, path) for i, item in enumerate(node.value)]
     # Scalars: let the safe loader resolve the tag (int, float, bool, null, str).
-    return yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" else node.value
+    return (
+        yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" else node.value
+    )
 
 
 def parse_yaml(text: str, path: str) -> Source:
@@ -143,7 +153,11 @@ def validate(model: type[M], source: Source) -> M:
         seen = set()
         for err in exc.errors():
             # Drop pydantic's union-branch and function-wrapper names from locations.
-            loc: Loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+            loc: Loc = tuple(
+                p
+                for p in err["loc"]
+                if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))
+            )
             problem = source.problem(loc, _clean_message(err))
             if (problem.field, problem.message) not in seen:
                 seen.add((problem.field, problem.message))

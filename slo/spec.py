@@ -106,7 +106,10 @@ class SloDoc(_Strict):
     @classmethod
     def _window(cls, v: str | CalendarDoc) -> str | CalendarDoc:
         if isinstance(v, str) and not re.fullmatch(r"[1-9]\d*d", v):
-            raise ValueError(f"must be a rolling window in days such as '30d', or {{calendar: month}} (got {v!r})")
+            raise ValueError(
+                "must be a rolling window in days such as '30d', "
+                f"or {{calendar: month}} (got {v!r})"
+            )
         return v
 
 
@@ -140,7 +143,7 @@ class Slo:
 
 def _to_slo(doc: SloDoc) -> Slo:
     if isinstance(doc.window, CalendarDoc):
-        window, window_s, calendar = doc.window.calendar, None, doc.window.calendar
+        window, window_s, calendar = str(doc.window.calendar), None, str(doc.window.calendar)
     else:
         window, window_s, calendar = doc.window, parse_duration_s(doc.window), None
     lat = doc.sli.latency
@@ -176,7 +179,11 @@ def check_slos(data: Any, source: Source, services: set[str] | None = None) -> l
             seen.add(name)
         if services is not None and isinstance(service, str) and service not in services:
             known = ", ".join(sorted(services)) or "none"
-            problems.append(source.problem(("slos", i, "service"), f"unknown service {service!r} (upstreams: {known})"))
+            problems.append(
+                source.problem(
+                    ("slos", i, "service"), f"unknown service {service!r} (upstreams: {known})"
+                )
+            )
     return problems
 
 

@@ -17,7 +17,6 @@ import os
 import random
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -95,16 +94,29 @@ class DemoUpstream:
             return web.json_response(_outcome("transient", "service unavailable"), status=503)
         path = request.path
         if path.endswith("/metadata"):
-            return web.json_response({"resourceType": "CapabilityStatement", "status": "active", "fhirVersion": "4.0.1"})
+            return web.json_response(
+                {"resourceType": "CapabilityStatement", "status": "active", "fhirVersion": "4.0.1"}
+            )
         if request.method == "POST":
-            return web.json_response({"resourceType": "Patient", "id": str(random.randint(1000, 9999))}, status=201)
-        if "?" in request.path_qs or path.rstrip("/").endswith(("Observation", "Patient", "Appointment", "appointments")):
-            return web.json_response({"resourceType": "Bundle", "type": "searchset", "total": 3, "entry": []})
-        return web.json_response({"resourceType": "Patient", "id": path.rsplit("/", 1)[-1], "active": True})
+            return web.json_response(
+                {"resourceType": "Patient", "id": str(random.randint(1000, 9999))}, status=201
+            )
+        if "?" in request.path_qs or path.rstrip("/").endswith(
+            ("Observation", "Patient", "Appointment", "appointments")
+        ):
+            return web.json_response(
+                {"resourceType": "Bundle", "type": "searchset", "total": 3, "entry": []}
+            )
+        return web.json_response(
+            {"resourceType": "Patient", "id": path.rsplit("/", 1)[-1], "active": True}
+        )
 
 
 def _outcome(code: str, text: str) -> dict[str, object]:
-    return {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": code, "diagnostics": text}]}
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": code, "diagnostics": text}],
+    }
 
 
 def _free_port() -> int:
@@ -113,15 +125,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_demo_config(out: Path, gateway_port: int, admin_port: int, upstream_port: int, otlp_port: int) -> Path:
+def write_demo_config(
+    out: Path, gateway_port: int, admin_port: int, upstream_port: int, otlp_port: int
+) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     gateway = {
         "version": 1,
         "listen": f"127.0.0.1:{gateway_port}",
         "admin": {"listen": f"127.0.0.1:{admin_port}"},
         "upstreams": {
-            "fhir": {"url": f"http://127.0.0.1:{upstream_port}", "timeout": {"connect": "1s", "total": "5s"}},
-            "scheduling": {"url": f"http://127.0.0.1:{upstream_port}", "timeout": {"connect": "1s", "total": "5s"}},
+            "fhir": {
+                "url": f"http://127.0.0.1:{upstream_port}",
+                "timeout": {"connect": "1s", "total": "5s"},
+            },
+            "scheduling": {
+                "url": f"http://127.0.0.1:{upstream_port}",
+                "timeout": {"connect": "1s", "total": "5s"},
+            },
         },
         "routes": [
             {"prefix": "/fhir/", "upstream": "fhir", "kind": "fhir"},
@@ -142,7 +162,13 @@ def write_demo_config(out: Path, gateway_port: int, admin_port: int, upstream_po
     slos = {
         "version": 1,
         "slos": [
-            {"name": "fhir-availability", "service": "fhir", "objective": 99.9, "window": "30d", "sli": {"availability": {}}},
+            {
+                "name": "fhir-availability",
+                "service": "fhir",
+                "objective": 99.9,
+                "window": "30d",
+                "sli": {"availability": {}},
+            },
             {
                 "name": "fhir-read-latency",
                 "service": "fhir",
@@ -168,18 +194,42 @@ def demo_request(rng: random.Random) -> tuple[str, str, dict[str, str], bytes | 
     if r < 0.35:
         return "GET", f"/fhir/Patient/{pid}", {}, None
     if r < 0.55:
-        return "GET", f"/fhir/Patient?family={family}&given={given}&birthdate={birth}&_count=10", {}, None
+        return (
+            "GET",
+            f"/fhir/Patient?family={family}&given={given}&birthdate={birth}&_count=10",
+            {},
+            None,
+        )
     if r < 0.70:
-        return "GET", f"/fhir/Observation?subject=Patient/{pid}&category=vital-signs&_count=50", {}, None
+        return (
+            "GET",
+            f"/fhir/Observation?subject=Patient/{pid}&category=vital-signs&_count=50",
+            {},
+            None,
+        )
     if r < 0.78:
-        body = {"resourceType": "Patient", "name": [{"family": family, "given": [given]}], "birthDate": birth,
-                "identifier": [{"system": "urn:mrn", "value": f"MRN{pid}"}]}
-        return "POST", "/fhir/Patient", {"Content-Type": "application/fhir+json"}, json.dumps(body).encode()
+        body = {
+            "resourceType": "Patient",
+            "name": [{"family": family, "given": [given]}],
+            "birthDate": birth,
+            "identifier": [{"system": "urn:mrn", "value": f"MRN{pid}"}],
+        }
+        return (
+            "POST",
+            "/fhir/Patient",
+            {"Content-Type": "application/fhir+json"},
+            json.dumps(body).encode(),
+        )
     if r < 0.84:
         return "GET", f"/fhir/Patient/{pid}/$everything", {}, None
     if r < 0.88:
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": []}
-        return "POST", "/fhir/", {"Content-Type": "application/fhir+json"}, json.dumps(bundle).encode()
+        return (
+            "POST",
+            "/fhir/",
+            {"Content-Type": "application/fhir+json"},
+            json.dumps(bundle).encode(),
+        )
     if r < 0.92:
         return "GET", "/fhir/metadata", {}, None
     if r < 0.97:
@@ -264,12 +314,16 @@ def quantile(q: float, cumulative: dict[float, float]) -> float | None:
         if c >= rank:
             if le == float("inf"):
                 return prev_le
-            return prev_le + (le - prev_le) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 0.0)
+            return prev_le + (le - prev_le) * (
+                (rank - prev_c) / (c - prev_c) if c > prev_c else 0.0
+            )
         prev_le, prev_c = le, c
     return les[-1]
 
 
-def render_table(prev: Snapshot, cur: Snapshot, dt: float, elapsed: float, duration: float, faults: list[Fault]) -> str:
+def render_table(
+    prev: Snapshot, cur: Snapshot, dt: float, elapsed: float, duration: float, faults: list[Fault]
+) -> str:
     lines = [
         f"vitalgate demo  {elapsed:5.0f}s / {duration:.0f}s   (live, from the gateway's /metrics)",
         "",
@@ -278,7 +332,10 @@ def render_table(prev: Snapshot, cur: Snapshot, dt: float, elapsed: float, durat
     for fac in [*FACILITIES, "unknown"]:
         d_total = cur.total.get(fac, 0.0) - prev.total.get(fac, 0.0)
         d_err = cur.errors.get(fac, 0.0) - prev.errors.get(fac, 0.0)
-        d_buckets = {le: c - prev.buckets.get(fac, {}).get(le, 0.0) for le, c in cur.buckets.get(fac, {}).items()}
+        d_buckets = {
+            le: c - prev.buckets.get(fac, {}).get(le, 0.0)
+            for le, c in cur.buckets.get(fac, {}).items()
+        }
         p95 = quantile(0.95, d_buckets)
         active = [f.kind for f in faults if f.facility == fac and f.start_s <= elapsed < f.end_s]
         err = f"{100 * d_err / d_total:.1f}" if d_total else "-"
@@ -308,8 +365,13 @@ async def _demo(duration_s: float, out: Path, rate: float) -> int:
         await web.TCPSite(runner, "127.0.0.1", port).start()
         runners.append(runner)
     stderr = (out / "gateway.stderr").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vitalgate", "serve", "--config", str(config_path)],
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "vitalgate",
+        "serve",
+        "--config",
+        str(config_path),
         stdout=stderr,
         stderr=stderr,
     )
@@ -321,8 +383,11 @@ async def _demo(duration_s: float, out: Path, rate: float) -> int:
                     async with session.get(f"{admin}/readyz") as r:
                         if r.status == 200:
                             break
-                if proc.poll() is not None:
-                    print(f"vitalgate demo: the gateway exited; see {out / 'gateway.stderr'}", file=sys.stderr)
+                if proc.returncode is not None:
+                    print(
+                        f"vitalgate demo: the gateway exited; see {out / 'gateway.stderr'}",
+                        file=sys.stderr,
+                    )
                     return 1
                 await asyncio.sleep(0.1)
             upstream.t0 = t0 = time.monotonic()
@@ -335,15 +400,17 @@ async def _demo(duration_s: float, out: Path, rate: float) -> int:
                     metrics_text = await r.text()
                 cur = read_snapshot(metrics_text)
                 now = time.monotonic()
-                table = render_table(prev, cur, max(now - prev_t, 1e-3), now - t0, duration_s, faults)
+                table = render_table(
+                    prev, cur, max(now - prev_t, 1e-3), now - t0, duration_s, faults
+                )
                 print(("\x1b[2J\x1b[H" if tty else "\n") + table, flush=True)
                 prev, prev_t = cur, now
             sent = gen.result()
             (out / "metrics.txt").write_text(metrics_text)
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
-            await asyncio.get_running_loop().run_in_executor(None, proc.wait)
+            await proc.wait()
         stderr.close()
         await asyncio.sleep(0.6)  # the last span export
         for runner in runners:
@@ -351,11 +418,15 @@ async def _demo(duration_s: float, out: Path, rate: float) -> int:
     print()
     print(f"{'facility':<14}{'sent':>8}{'counted':>9}{'errors':>8}")
     for fac in [*FACILITIES, "unknown"]:
-        print(f"{fac:<14}{sent.get(fac, 0):>8}{cur.total.get(fac, 0):>9.0f}{cur.errors.get(fac, 0):>8.0f}")
+        counted, errors = cur.total.get(fac, 0), cur.errors.get(fac, 0)
+        print(f"{fac:<14}{sent.get(fac, 0):>8}{counted:>9.0f}{errors:>8.0f}")
     print()
     print(f"Metrics:  {admin}/metrics (Prometheus text; final copy in {out / 'metrics.txt'})")
-    print(f"Logs:     {out / 'access.log'} (one JSON line per request; trace_id links to the spans)")
-    print(f"Traces:   {out / 'traces.jsonl'} ({len(sink.spans)} spans received over OTLP/HTTP protobuf)")
+    print(
+        f"Logs:     {out / 'access.log'} (one JSON line per request; trace_id links to the spans)"
+    )
+    n_spans = len(sink.spans)
+    print(f"Traces:   {out / 'traces.jsonl'} ({n_spans} spans received over OTLP/HTTP protobuf)")
     print(f"Config:   {config_path}")
     return 0 if proc.returncode == 0 else 1
 
