@@ -258,7 +258,9 @@ def _cross_check(data: Any, source: Source, base: Path) -> list[Problem]:
     for fid in known:
         if fid in RESERVED_FACILITY_IDS:
             problems.append(
-                source.problem(("facilities", "known", fid), f"facility id {fid!r} is reserved")
+                source.problem(
+                    ("facilities", "known", fid), f"facility id {fid!r} is reserved", at_key=True
+                )
             )
     prefixes: set[str] = set()
     for i, route in _items(data.get("routes")):

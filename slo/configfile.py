@@ -53,6 +53,7 @@ class Source:
     path: str
     data: Any
     marks: Mapping[Loc, tuple[int, int]]
+    key_marks: Mapping[Loc, tuple[int, int]]
 
     def position(self, loc: Loc) -> tuple[int, int]:
         """Line and column (1-based) of the deepest written value on ``loc``."""
@@ -62,8 +63,10 @@ class Source:
                 return mark
         return (1, 1)
 
-    def problem(self, loc: Loc, message: str) -> Problem:
-        line, column = self.position(loc)
+    def problem(self, loc: Loc, message: str, at_key: bool = False) -> Problem:
+        """A problem at ``loc``: its value, or with ``at_key`` the key that names it."""
+        key_mark = self.key_marks.get(loc) if at_key else None
+        line, column = key_mark or self.position(loc)
         return Problem(self.path, line, column, format_loc(loc), message)
 
 
@@ -77,7 +80,10 @@ def format_loc(loc: Iterable[str | int]) -> str:
     return out
 
 
-def _build(node: yaml.Node, loc: Loc, marks: dict[Loc, tuple[int, int]], path: str) -> Any:
+_Marks = dict[Loc, tuple[int, int]]
+
+
+def _build(node: yaml.Node, loc: Loc, marks: _Marks, key_marks: _Marks, path: str) -> Any:
     marks[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
@@ -94,10 +100,13 @@ def _build(node: yaml.Node, loc: Loc, marks: dict[Loc, tuple[int, int]], path: s
                     [Problem(path, line, col, format_loc((*loc, str(key))), "duplicate key")]
                 )
             child: Loc = (*loc, key if isinstance(key, str | int) else str(key))
-            out[key] = _build(value_node, child, marks, path)
+            key_marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            out[key] = _build(value_node, child, marks, key_marks, path)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_build(item, (*loc, i), marks, path) for i, item in enumerate(node.value)]
+        return [
+            _build(item, (*loc, i), marks, key_marks, path) for i, item in enumerate(node.value)
+        ]
     # Scalars: let the safe loader resolve the tag (int, float, bool, null, str).
     return (
         yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" else node.value
@@ -116,9 +125,10 @@ def parse_yaml(text: str, path: str) -> Source:
         raise ConfigError([Problem(path, 1, 1, "", f"invalid YAML: {exc}")]) from exc
     if node is None:
         raise ConfigError([Problem(path, 1, 1, "", "file is empty")])
-    marks: dict[Loc, tuple[int, int]] = {}
-    data = _build(node, (), marks, path)
-    return Source(path, data, marks)
+    marks: _Marks = {}
+    key_marks: _Marks = {}
+    data = _build(node, (), marks, key_marks, path)
+    return Source(path, data, marks, key_marks)
 
 
 def read_yaml(path: str | Path) -> Source:
@@ -158,7 +168,9 @@ def validate(model: type[M], source: Source) -> M:
                 for p in err["loc"]
                 if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))
             )
-            problem = source.problem(loc, _clean_message(err))
+            problem = source.problem(
+                loc, _clean_message(err), at_key=err["type"] == "extra_forbidden"
+            )
             if (problem.field, problem.message) not in seen:
                 seen.add((problem.field, problem.message))
                 problems.append(problem)

@@ -1,0 +1,232 @@
+"""Test peers: a real upstream server, a gateway on real sockets, and readers for its outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.config import load_config
+from gateway.server import Gateway
+from vitalgate.otlpsink import OtlpSink
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Upstream:
+    """A clinical upstream for tests. ``X-Test-Fault`` picks a misbehaviour:
+    ``500``, ``reset`` (close without answering), ``slow`` (sleep past the gateway's
+    timeout), ``midbody`` (headers, part of the body, then close), ``status:N``."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1024**3)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        fault = request.headers.get("X-Test-Fault", "")
+        size = 0
+        if request.can_read_body:
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+        self.seen.append(
+            {
+                "method": request.method,
+                "path_qs": request.path_qs,
+                "headers": dict(request.headers),
+                "body_size": size,
+            }
+        )
+        if fault == "500":
+            return web.json_response({"resourceType": "OperationOutcome"}, status=500)
+        if fault == "reset":
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
+        if fault == "slow":
+            await asyncio.sleep(float(request.headers.get("X-Test-Sleep", "5")))
+        if fault.startswith("status:"):
+            return web.Response(status=int(fault.split(":")[1]))
+        if fault == "redirect":
+            return web.Response(status=302, headers={"Location": "/fhir/metadata"})
+        if fault == "gzip":
+            return web.Response(
+                body=b"\x1f\x8b" + b"\x00" * 20, headers={"Content-Encoding": "gzip"}
+            )
+        if fault == "midbody":
+            resp = web.StreamResponse(headers={"Content-Length": "100000"})
+            await resp.prepare(request)
+            await resp.write(b"x" * 1000)
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        if "X-Test-Stream-Bytes" in request.headers:
+            n = int(request.headers["X-Test-Stream-Bytes"])
+            resp = web.StreamResponse(headers={"Content-Type": "application/fhir+json"})
+            resp.enable_chunked_encoding()
+            await resp.prepare(request)
+            block = b"0" * 65536
+            sent = 0
+            while sent < n:
+                part = block[: min(len(block), n - sent)]
+                await resp.write(part)
+                sent += len(part)
+            await resp.write_eof()
+            return resp
+        if fault == "slow":
+            return web.json_response({"slow": True})
+        return web.json_response(
+            {"resourceType": "Bundle", "received_bytes": size, "path": request.path},
+            headers={"X-Upstream": "yes", "Set-Cookie": "a=1"},
+        )
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        self.port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def start_sink(sink: OtlpSink) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(sink.app(), access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port
+
+
+FACILITIES = {
+    "st-marys": {"name": "St Mary's", "timezone": "America/Chicago", "sla": 99.9},
+    "riverside": {"name": "Riverside", "timezone": "America/New_York", "sla": 99.5},
+    "lakeside": {"name": "Lakeside", "timezone": "America/Denver", "sla": 99.5},
+}
+
+
+def gateway_config(
+    tmp: Path,
+    upstream_port: int,
+    otlp_port: int | None = None,
+    *,
+    timeout_total: str = "2s",
+    extra: dict[str, Any] | None = None,
+    slos: list[dict[str, Any]] | None = None,
+) -> Path:
+    """Write a gateway.yaml (and slos.yaml) for tests into ``tmp``; returns its path."""
+    cfg: dict[str, Any] = {
+        "version": 1,
+        "listen": f"127.0.0.1:{free_port()}",
+        "admin": {"listen": f"127.0.0.1:{free_port()}"},
+        "upstreams": {
+            "fhir": {
+                "url": f"http://127.0.0.1:{upstream_port}",
+                "timeout": {"connect": "1s", "total": timeout_total},
+            },
+            "scheduling": {"url": f"http://127.0.0.1:{upstream_port}"},
+        },
+        "routes": [
+            {"prefix": "/fhir/", "upstream": "fhir", "kind": "fhir"},
+            {
+                "prefix": "/scheduling/",
+                "upstream": "scheduling",
+                "templates": ["/scheduling/appointments/{id}"],
+            },
+        ],
+        "facilities": {
+            "from": [{"header": "X-Facility-ID"}, {"jwt_claim": "facility"}],
+            "known": FACILITIES,
+        },
+        "telemetry": {
+            "access_log": {"path": "access.log"},
+            "traces": {"otlp_endpoint": f"http://127.0.0.1:{otlp_port}", "sample_ratio": 1.0}
+            if otlp_port
+            else {},
+            "store": {"path": "store.db"},
+        },
+        "limits": {"shutdown_timeout": "10s"},
+    }
+    if slos is not None:
+        cfg["slos"] = "slos.yaml"
+        (tmp / "slos.yaml").write_text(yaml.safe_dump({"version": 1, "slos": slos}))
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    path = tmp / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@asynccontextmanager
+async def running_gateway(config_path: Path) -> AsyncIterator[Gateway]:
+    gw = Gateway(load_config(config_path))
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        if not gw.draining:
+            await gw.stop()
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def histogram_counts(metrics_text: str) -> dict[tuple[str, ...], float]:
+    """``_count`` of the request histogram per (facility, service, route, method, status)."""
+    out: dict[tuple[str, ...], float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name == "http_server_request_duration_seconds":
+            for s in family.samples:
+                if s.name.endswith("_count"):
+                    key = tuple(
+                        s.labels[k]
+                        for k in (
+                            "facility",
+                            "service",
+                            "http_route",
+                            "http_request_method",
+                            "http_response_status_code",
+                        )
+                    )
+                    out[key] = s.value
+    return out
+
+
+def counter_value(metrics_text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for family in text_string_to_metric_families(metrics_text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+def save_artifact(name: str, data: bytes | str) -> None:
+    root = Path(os.environ.get("VITALGATE_TEST_ARTIFACTS", "test-artifacts"))
+    root.mkdir(parents=True, exist_ok=True)
+    (root / name).write_bytes(data.encode() if isinstance(data, str) else data)
