@@ -94,7 +94,7 @@ class GatewayMetrics:
                 if child is not None:
                     return child
                 key = folded
-            child = self.duration.labels(facility, service, route, method, str(status))
+            child = self.duration.labels(key[0], key[1], key[2], key[3], str(status))
             self._children[key] = child
         return child
 
