@@ -230,3 +230,95 @@ def save_artifact(name: str, data: bytes | str) -> None:
     root = Path(os.environ.get("VITALGATE_TEST_ARTIFACTS", "test-artifacts"))
     root.mkdir(parents=True, exist_ok=True)
     (root / name).write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+class BackgroundPeers:
+    """A test upstream and an OTLP sink on their own event loop thread, for synchronous tests."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.upstream = Upstream()
+        self.sink = OtlpSink(keep_raw=True)
+        self.sink_port = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._sink_runner: web.AppRunner | None = None
+
+    def __enter__(self) -> "BackgroundPeers":
+        self._thread.start()
+
+        async def start() -> None:
+            await self.upstream.start()
+            self._sink_runner, self.sink_port = await start_sink(self.sink)
+
+        asyncio.run_coroutine_threadsafe(start(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def stop() -> None:
+            await self.upstream.stop()
+            if self._sink_runner is not None:
+                await self._sink_runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+class GatewayProcess:
+    """``vitalgate serve`` as a child process, as a user runs it."""
+
+    def __init__(self, config_path: Path) -> None:
+        import subprocess
+        import sys
+
+        cfg = yaml.safe_load(config_path.read_text())
+        self.proxy = "http://" + cfg["listen"]
+        self.admin = "http://" + cfg["admin"]["listen"]
+        self.stderr_path = config_path.parent / "gateway.stderr"
+        self._stderr = self.stderr_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vitalgate", "serve", "--config", str(config_path)],
+            stdout=self._stderr,
+            stderr=self._stderr,
+        )
+        self.wait_ready()
+
+    def wait_ready(self, timeout_s: float = 20.0) -> None:
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited: {self.stderr_path.read_text()}")
+            try:
+                with urllib.request.urlopen(self.admin + "/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError("gateway not ready")
+
+    def rss_kb(self, field: str = "VmRSS") -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise KeyError(field)
+
+    def terminate(self, timeout_s: float = 30.0) -> int:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout_s)
+        self._stderr.close()
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._stderr.close()
