@@ -245,7 +245,7 @@ class BackgroundPeers:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._sink_runner: web.AppRunner | None = None
 
-    def __enter__(self) -> "BackgroundPeers":
+    def __enter__(self) -> BackgroundPeers:
         self._thread.start()
 
         async def start() -> None:

@@ -7,7 +7,7 @@ from gateway.config import FacilitiesConfig
 from gateway.facility import UNKNOWN, FacilityResolver, jwt_claim
 
 
-def _jwt(claims: dict[str, object]) -> str:
+def _jwt(claims: object) -> str:
     def enc(obj: object) -> str:
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
 

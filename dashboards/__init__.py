@@ -1,0 +1,4 @@
+"""Grafana dashboards generated from SLO specs, and publishing them to Grafana.
+
+Imports ``slo`` only.
+"""

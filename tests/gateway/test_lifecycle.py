@@ -1,0 +1,198 @@
+"""The gateway as a process: SIGTERM drain, a collector that is down, bounded memory, TLS."""
+
+import http.client
+import json
+import ssl
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import BackgroundPeers, GatewayProcess, counter_value, gateway_config, read_log
+
+
+def _get(
+    url: str, headers: dict[str, str] | None = None, context: ssl.SSLContext | None = None
+) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=30, context=context) as r:
+        return int(r.status), r.read()
+
+
+def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
+    with BackgroundPeers() as peers:
+        gw = GatewayProcess(
+            gateway_config(tmp_path, peers.upstream.port, peers.sink_port, timeout_total="10s")
+        )
+        results: list[Any] = []
+
+        def slow() -> None:
+            results.append(
+                _get(gw.proxy + "/fhir/Patient/1", {"X-Test-Fault": "slow", "X-Test-Sleep": "1.5"})
+            )
+
+        thread = threading.Thread(target=slow)
+        thread.start()
+        while not peers.upstream.seen:  # the request is in flight at the upstream
+            time.sleep(0.01)
+        gw.proc.send_signal(15)
+        time.sleep(0.3)
+        with pytest.raises(OSError):  # no longer accepting
+            _get(gw.proxy + "/fhir/Patient/2")
+        thread.join(10)
+        assert gw.terminate() == 0
+        assert results == [(200, b'{"slow": true}')]
+        log = read_log(tmp_path / "access.log")
+        assert [r["http.response.status_code"] for r in log] == [200]
+        server_spans = [s for s in peers.sink.spans if s.kind == "SERVER"]
+        assert [s.trace_id for s in server_spans] == [log[0]["trace_id"]]  # flushed before exit
+        assert "draining" in gw.stderr_path.read_text()
+
+
+def test_collector_down_costs_only_dropped_spans(tmp_path: Path) -> None:
+    with BackgroundPeers() as peers:
+        closed_port = 1  # nothing listens there
+        cfg = gateway_config(tmp_path, peers.upstream.port, closed_port)
+        text = cfg.read_text().replace(
+            "sample_ratio: 1.0", "sample_ratio: 1.0\n    export_timeout: 500ms"
+        )
+        cfg.write_text(text)
+        gw = GatewayProcess(cfg)
+        try:
+            for i in range(50):
+                assert _get(gw.proxy + f"/fhir/Patient/{i}")[0] == 200
+            dropped = 0.0
+            for _ in range(100):
+                metrics = _get(gw.admin + "/metrics")[1].decode()
+                dropped = counter_value(metrics, "vitalgate_telemetry_dropped_total", signal="span")
+                if dropped >= 100:
+                    break
+                time.sleep(0.1)
+            assert dropped == 100  # 50 SERVER + 50 CLIENT spans, each counted once
+            assert counter_value(metrics, "vitalgate_telemetry_dropped_total", signal="log") == 0
+        finally:
+            assert gw.terminate() == 0
+        assert len(read_log(tmp_path / "access.log")) == 50
+
+
+def test_large_bodies_stream_with_bounded_memory(tmp_path: Path) -> None:
+    size = 50 * 1024 * 1024
+    with BackgroundPeers() as peers:
+        gw = GatewayProcess(gateway_config(tmp_path, peers.upstream.port, timeout_total="60s"))
+        try:
+            _get(gw.proxy + "/fhir/metadata")  # warm up
+            baseline_kb = gw.rss_kb("VmRSS")
+            # Upload 50 MB in chunks (chunked transfer encoding), as a client streaming a bundle.
+            conn = http.client.HTTPConnection(gw.proxy.removeprefix("http://"), timeout=60)
+            block = b"x" * (1 << 20)
+            conn.request(
+                "POST",
+                "/fhir/Binary",
+                body=iter([block] * 50),
+                encode_chunked=True,
+                headers={"Transfer-Encoding": "chunked"},
+            )
+            resp = conn.getresponse()
+            assert json.loads(resp.read())["received_bytes"] == size
+            conn.close()
+            # Download 50 MB.
+            status, body = _get(gw.proxy + "/fhir/Binary/1", {"X-Test-Stream-Bytes": str(size)})
+            assert status == 200 and len(body) == size
+            del body
+            peak_kb = gw.rss_kb("VmHWM")
+        finally:
+            assert gw.terminate() == 0
+    # The gateway never held a body: its peak stayed far below one body's size.
+    print(f"gateway RSS {baseline_kb} kB before, peak {peak_kb} kB")
+    assert peak_kb - baseline_kb < 20 * 1024, (baseline_kb, peak_kb)
+    assert peers.upstream.seen[1]["body_size"] == size
+
+
+def _make_cert(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_tls_listener_and_verified_https_upstream(tmp_path: Path) -> None:
+    import asyncio
+
+    from aiohttp import web
+
+    from tests.helpers import Upstream, free_port
+
+    cert, key = _make_cert(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    upstream = Upstream()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    port = free_port()
+
+    async def start() -> web.AppRunner:
+        runner = web.AppRunner(upstream.app(), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_ctx).start()
+        return runner
+
+    runner = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    try:
+        cfg = gateway_config(
+            tmp_path,
+            port,
+            extra={
+                "tls": {"cert_file": "cert.pem", "key_file": "key.pem"},
+                "upstreams": {
+                    "fhir": {"url": f"https://127.0.0.1:{port}", "ca_file": "cert.pem"},
+                    "scheduling": {"url": f"https://127.0.0.1:{port}"},  # system CAs: must refuse
+                },
+            },
+        )
+        gw = GatewayProcess(cfg)
+        try:
+            proxy = gw.proxy.replace("http://", "https://")
+            client_ctx = ssl.create_default_context(cafile=str(cert))
+            status, body = _get(proxy + "/fhir/Patient/1", context=client_ctx)
+            assert status == 200
+            assert json.loads(body)["path"] == "/fhir/Patient/1"
+            with pytest.raises(urllib.error.HTTPError) as err:
+                _get(proxy + "/scheduling/appointments/1", context=client_ctx)
+            assert err.value.code == 502
+            assert json.loads(err.value.read())["error"] == "upstream_tls_error"
+        finally:
+            assert gw.terminate() == 0
+        log = read_log(tmp_path / "access.log")
+        assert [(r["http.response.status_code"], r.get("error.type")) for r in log] == [
+            (200, None),
+            (502, "upstream_tls_error"),
+        ]
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
