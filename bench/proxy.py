@@ -1,1 +1,343 @@
-print("bench placeholder")
+"""Proxy throughput and cost: direct, nginx, a bare aiohttp proxy, and vitalgate.
+
+Run by hand (``make bench``); results go in the issue note, never into test
+assertions. One run interleaves rounds of every target, so machine noise hits
+all of them alike. The proxy under test is pinned to core 0; wrk, the nginx
+upstream (serving a ~1.5 KB FHIR JSON file) and the OTLP sink to core 1.
+
+    python bench/proxy.py [--rounds 3] [--seconds 5] [--connections 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+PROXY_CORE, LOAD_CORE = "0", "1"
+TICKS = os.sysconf("SC_CLK_TCK")
+PATIENT = {
+    "resourceType": "Patient",
+    "id": "example",
+    "text": {
+        "status": "generated",
+        "div": '<div xmlns="http://www.w3.org/1999/xhtml"><table><tbody><tr><td>Name</td><td>Peter James '
+        "<b>Chalmers</b> (&quot;Jim&quot;)</td></tr><tr><td>Address</td><td>534 Erewhon, Pleasantville, "
+        "Vic, 3999</td></tr><tr><td>Contacts</td><td>Home: unknown. Work: (03) 5555 6473</td></tr>"
+        "<tr><td>Id</td><td>MRN: 12345 (Acme Healthcare)</td></tr></tbody></table></div>",
+    },
+    "meta": {"versionId": "3", "lastUpdated": "2026-10-01T12:00:00Z"},
+    "identifier": [{"system": "urn:oid:1.2.36.146.595.217.0.1", "value": "12345"}],
+    "active": True,
+    "name": [{"use": "official", "family": "Chalmers", "given": ["Peter", "James"]}],
+    "telecom": [{"system": "phone", "value": "(03) 5555 6473", "use": "work"}],
+    "gender": "male",
+    "birthDate": "1974-12-25",
+    "address": [
+        {"use": "home", "line": ["534 Erewhon St"], "city": "PleasantVille", "postalCode": "3999"}
+    ],
+    "contact": [
+        {
+            "relationship": [
+                {
+                    "coding": [
+                        {"system": "http://terminology.hl7.org/CodeSystem/v2-0131", "code": "N"}
+                    ]
+                }
+            ],
+            "name": {"family": "du Marché", "given": ["Bénédicte"]},
+            "gender": "female",
+        }
+    ],
+    "managingOrganization": {"reference": "Organization/1"},
+}
+
+
+@dataclass
+class Result:
+    target: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_req: float
+    errors: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout_s: float = 15) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"port {port} not listening")
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, its threads and its children (nginx's worker)."""
+    total = 0
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(c) for c in children.read_text().split()]
+    for p in pids:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def nginx_conf(prefix: Path, body: str) -> Path:
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf = prefix / f"nginx-{abs(hash(body))}.conf"
+    conf.write_text(
+        f"{user}worker_processes 1;\ndaemon off;\npid {conf.with_suffix('.pid')};\n"
+        f"error_log {prefix}/nginx-error.log warn;\n"
+        "events { worker_connections 4096; }\n"
+        f"http {{\n access_log off;\n client_body_temp_path {prefix};\n proxy_temp_path {prefix};\n"
+        f"{body}\n}}\n"
+    )
+    return conf
+
+
+def start(cmd: list[str], core: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["taskset", "-c", core, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def run_wrk(
+    url: str, seconds: float, connections: int, headers: dict[str, str]
+) -> tuple[float, float, float, int]:
+    cmd = [
+        "taskset",
+        "-c",
+        LOAD_CORE,
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+    ]
+    for k, v in headers.items():
+        cmd += ["-H", f"{k}: {v}"]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+    def pct(p: str) -> float:
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        assert m, out
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    errors = 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    return rps, pct("50"), pct("99"), errors
+
+
+BARE_PROXY = """
+import sys, aiohttp
+from aiohttp import web
+upstream = sys.argv[2]
+async def handle(request):
+    session = request.app["session"]
+    async with session.request(request.method, upstream + request.raw_path, headers=request.headers,
+                               data=request.content if request.can_read_body else None,
+                               allow_redirects=False) as r:
+        resp = web.StreamResponse(status=r.status, headers={"Content-Type": r.headers.get("Content-Type", "")})
+        resp.content_length = r.content_length
+        await resp.prepare(request)
+        async for chunk in r.content.iter_any():
+            await resp.write(chunk)
+        return resp
+async def session_ctx(app):
+    app["session"] = aiohttp.ClientSession(auto_decompress=False, connector=aiohttp.TCPConnector(limit=100))
+    yield
+    await app["session"].close()
+app = web.Application()
+app.cleanup_ctx.append(session_ctx)
+app.router.add_route("*", "/{tail:.*}", handle)
+import uvloop
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, loop=uvloop.new_event_loop())
+"""
+
+SINK = """
+import sys
+from aiohttp import web
+from vitalgate.otlpsink import OtlpSink
+sink = OtlpSink()
+app = sink.app()
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+def vitalgate_config(
+    work: Path, name: str, upstream_port: int, sink_port: int, ratio: float
+) -> tuple[Path, int]:
+    port = free_port()
+    cfg = work / f"{name}.yaml"
+    cfg.write_text(
+        f"""version: 1
+listen: "127.0.0.1:{port}"
+admin: {{listen: "127.0.0.1:{free_port()}"}}
+upstreams: {{fhir: {{url: "http://127.0.0.1:{upstream_port}", max_connections: 100}}}}
+routes: [{{prefix: /fhir/, upstream: fhir, kind: fhir}}]
+facilities:
+  from: [{{header: X-Facility-ID}}]
+  known: {{st-marys: {{name: "St Mary's"}}, riverside: {{name: Riverside}}}}
+telemetry:
+  access_log: {{path: {work / (name + ".log")}}}
+  traces: {{otlp_endpoint: "http://127.0.0.1:{sink_port}", sample_ratio: {ratio}}}
+"""
+    )
+    return cfg, port
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--json", type=Path, default=None, help="also write results as JSON here")
+    args = parser.parse_args()
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is required: scripts/install-system-deps bench")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        sys.exit("nginx is required: scripts/install-system-deps bench")
+
+    work = Path(tempfile.mkdtemp(prefix="vitalgate-bench-"))
+    os.chmod(work, 0o755)  # noqa: S103  nginx workers (user root) and the sink read it
+    body = json.dumps(PATIENT, indent=1).encode()
+    (work / "patient.json").write_bytes(body)
+    up_port, nginx_port, bare_port, sink_port = free_port(), free_port(), free_port(), free_port()
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        up_conf = nginx_conf(
+            work,
+            f"server {{ listen 127.0.0.1:{up_port}; root {work};"
+            " location / { default_type application/fhir+json;"
+            " try_files /patient.json =404; } }",
+        )
+        procs["upstream"] = start([nginx, "-p", str(work), "-c", str(up_conf)], LOAD_CORE)
+        px_conf = nginx_conf(
+            work,
+            f"upstream backend {{ server 127.0.0.1:{up_port}; keepalive 64; }}\n"
+            f"server {{ listen 127.0.0.1:{nginx_port};"
+            " location / { proxy_pass http://backend; proxy_http_version 1.1;"
+            ' proxy_set_header Connection ""; } }',
+        )
+        procs["nginx proxy"] = start([nginx, "-p", str(work), "-c", str(px_conf)], PROXY_CORE)
+        (work / "bare.py").write_text(BARE_PROXY)
+        procs["bare aiohttp proxy"] = start(
+            [sys.executable, str(work / "bare.py"), str(bare_port), f"http://127.0.0.1:{up_port}"],
+            PROXY_CORE,
+        )
+        (work / "sink.py").write_text(SINK)
+        procs["sink"] = start([sys.executable, str(work / "sink.py"), str(sink_port)], LOAD_CORE)
+        targets: dict[str, tuple[str, int | None]] = {
+            "direct (nginx upstream)": (f"http://127.0.0.1:{up_port}/fhir/Patient/123", None),
+            "nginx proxy": (
+                f"http://127.0.0.1:{nginx_port}/fhir/Patient/123",
+                procs["nginx proxy"].pid,
+            ),
+            "bare aiohttp proxy": (
+                f"http://127.0.0.1:{bare_port}/fhir/Patient/123",
+                procs["bare aiohttp proxy"].pid,
+            ),
+        }
+        for name, ratio in (("vitalgate (sample 1.0)", 1.0), ("vitalgate (sample 0.1)", 0.1)):
+            cfg, port = vitalgate_config(
+                work, name.split()[-1].rstrip(")"), up_port, sink_port, ratio
+            )
+            procs[name] = start(
+                [sys.executable, "-m", "vitalgate", "serve", "--config", str(cfg)], PROXY_CORE
+            )
+            targets[name] = (f"http://127.0.0.1:{port}/fhir/Patient/123", procs[name].pid)
+        for port in (up_port, nginx_port, bare_port, sink_port):
+            wait_port(port)
+        for url, _ in targets.values():
+            wait_port(int(url.split(":")[2].split("/")[0]))
+        headers = {"X-Facility-ID": "st-marys", "Accept": "application/fhir+json"}
+        samples: dict[str, list[Result]] = {name: [] for name in targets}
+        for url, _ in targets.values():  # warm-up: connection pools, first-call paths
+            run_wrk(url, 1, args.connections, headers)
+        for r in range(args.rounds):
+            for name, (url, pid) in targets.items():
+                # For a proxy, the process children's and threads' CPU is counted; the
+                # direct target has no proxy, so its CPU figure is the upstream's.
+                pid_for_cpu = pid if pid is not None else procs["upstream"].pid
+                c0 = cpu_ticks(pid_for_cpu)
+                rps, p50, p99, errors = run_wrk(url, args.seconds, args.connections, headers)
+                cpu_s = (cpu_ticks(pid_for_cpu) - c0) / TICKS
+                n = rps * args.seconds
+                samples[name].append(
+                    Result(name, rps, p50, p99, cpu_s / n * 1e6 if n else 0.0, errors)
+                )
+                print(f"round {r + 1}/{args.rounds}  {name:<26} {rps:>9.0f} req/s", file=sys.stderr)
+    finally:
+        for p in procs.values():
+            p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    results = {
+        name: Result(
+            name,
+            statistics.median(s.rps for s in rs),
+            statistics.median(s.p50_ms for s in rs),
+            statistics.median(s.p99_ms for s in rs),
+            statistics.median(s.cpu_us_per_req for s in rs),
+            sum(s.errors for s in rs),
+        )
+        for name, rs in samples.items()
+    }
+    nginx_rps = results["nginx proxy"].rps
+    bare_rps = results["bare aiohttp proxy"].rps
+    print(
+        f"\nmedian of {args.rounds} interleaved rounds, {args.seconds:.0f} s each, "
+        f"wrk -t1 -c{args.connections}; proxy on core {PROXY_CORE}, wrk+upstream on core {LOAD_CORE}; "
+        f"{len(body)} B JSON body\n"
+    )
+    print(
+        f"{'target':<26}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}{'x nginx':>9}{'x bare':>8}{'errors':>8}"
+    )
+    for r_ in results.values():
+        print(
+            f"{r_.target:<26}{r_.rps:>10.0f}{r_.p50_ms:>9.2f}{r_.p99_ms:>9.2f}{r_.cpu_us_per_req:>12.1f}"
+            f"{r_.rps / nginx_rps:>9.2f}{r_.rps / bare_rps:>8.2f}{r_.errors:>8}"
+        )
+    print("\n(CPU us/req of 'direct' is the nginx upstream's own cost.)")
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in results.values()], indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
