@@ -44,17 +44,11 @@ PATIENT = {
     "telecom": [{"system": "phone", "value": "(03) 5555 6473", "use": "work"}],
     "gender": "male",
     "birthDate": "1974-12-25",
-    "address": [
-        {"use": "home", "line": ["534 Erewhon St"], "city": "PleasantVille", "postalCode": "3999"}
-    ],
+    "address": [{"use": "home", "line": ["534 Erewhon St"], "city": "PleasantVille", "postalCode": "3999"}],
     "contact": [
         {
             "relationship": [
-                {
-                    "coding": [
-                        {"system": "http://terminology.hl7.org/CodeSystem/v2-0131", "code": "N"}
-                    ]
-                }
+                {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0131", "code": "N"}]}
             ],
             "name": {"family": "du Marché", "given": ["Bénédicte"]},
             "gender": "female",
@@ -270,9 +264,7 @@ def main() -> int:
             ),
         }
         for name, ratio in (("vitalgate (sample 1.0)", 1.0), ("vitalgate (sample 0.1)", 0.1)):
-            cfg, port = vitalgate_config(
-                work, name.split()[-1].rstrip(")"), up_port, sink_port, ratio
-            )
+            cfg, port = vitalgate_config(work, name.split()[-1].rstrip(")"), up_port, sink_port, ratio)
             procs[name] = start(
                 [sys.executable, "-m", "vitalgate", "serve", "--config", str(cfg)], PROXY_CORE
             )
@@ -294,9 +286,7 @@ def main() -> int:
                 rps, p50, p99, errors = run_wrk(url, args.seconds, args.connections, headers)
                 cpu_s = (cpu_ticks(pid_for_cpu) - c0) / TICKS
                 n = rps * args.seconds
-                samples[name].append(
-                    Result(name, rps, p50, p99, cpu_s / n * 1e6 if n else 0.0, errors)
-                )
+                samples[name].append(Result(name, rps, p50, p99, cpu_s / n * 1e6 if n else 0.0, errors))
                 print(f"round {r + 1}/{args.rounds}  {name:<26} {rps:>9.0f} req/s", file=sys.stderr)
     finally:
         for p in procs.values():

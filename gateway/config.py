@@ -132,9 +132,7 @@ class FacilitiesConfig(_Strict):
     def _ids(cls, v: dict[str, FacilityConfig]) -> dict[str, FacilityConfig]:
         for key in v:
             if not re.fullmatch(FACILITY_ID_RE, key):
-                raise ValueError(
-                    f"facility id {key!r} must be lowercase letters, digits, '-' or '_'"
-                )
+                raise ValueError(f"facility id {key!r} must be lowercase letters, digits, '-' or '_'")
         return v
 
 
@@ -258,9 +256,7 @@ def _cross_check(data: Any, source: Source, base: Path) -> list[Problem]:
     for fid in known:
         if fid in RESERVED_FACILITY_IDS:
             problems.append(
-                source.problem(
-                    ("facilities", "known", fid), f"facility id {fid!r} is reserved", at_key=True
-                )
+                source.problem(("facilities", "known", fid), f"facility id {fid!r} is reserved", at_key=True)
             )
     prefixes: set[str] = set()
     for i, route in _items(data.get("routes")):
@@ -270,16 +266,12 @@ def _cross_check(data: Any, source: Source, base: Path) -> list[Problem]:
         if isinstance(up, str) and up not in upstreams:
             names = ", ".join(sorted(upstreams)) or "none"
             problems.append(
-                source.problem(
-                    ("routes", i, "upstream"), f"unknown upstream {up!r} (known: {names})"
-                )
+                source.problem(("routes", i, "upstream"), f"unknown upstream {up!r} (known: {names})")
             )
         prefix = route.get("prefix")
         if isinstance(prefix, str):
             if prefix in prefixes:
-                problems.append(
-                    source.problem(("routes", i, "prefix"), f"duplicate prefix {prefix!r}")
-                )
+                problems.append(source.problem(("routes", i, "prefix"), f"duplicate prefix {prefix!r}"))
             prefixes.add(prefix)
             for j, t in _items(route.get("templates")):
                 if isinstance(t, str) and not t.startswith(prefix):
@@ -294,14 +286,10 @@ def _cross_check(data: Any, source: Source, base: Path) -> list[Problem]:
         for j, fid in _items(tok.get("facilities") if isinstance(tok, dict) else None):
             if fid not in known:
                 problems.append(
-                    source.problem(
-                        ("admin", "tokens", i, "facilities", j), f"unknown facility {fid!r}"
-                    )
+                    source.problem(("admin", "tokens", i, "facilities", j), f"unknown facility {fid!r}")
                 )
     if admin.get("listen", "127.0.0.1:9464") == data.get("listen", "127.0.0.1:8080"):
-        problems.append(
-            source.problem(("admin", "listen"), "must differ from the proxy's listen address")
-        )
+        problems.append(source.problem(("admin", "listen"), "must differ from the proxy's listen address"))
     files: list[tuple[Loc, Any]] = []
     tls = data.get("tls")
     if isinstance(tls, dict):
@@ -340,7 +328,5 @@ def load_config(path: str | Path) -> Config:
         except ConfigError as exc:
             problems.extend(exc.problems)
     if problems or cfg is None:
-        raise ConfigError(
-            sorted(problems, key=lambda q: (q.file != str(p), q.file, q.line, q.column))
-        )
+        raise ConfigError(sorted(problems, key=lambda q: (q.file != str(p), q.file, q.line, q.column)))
     return Config(p, cfg, slos)

@@ -47,9 +47,7 @@ class FacilityResolver:
         self._known = frozenset(cfg.known)
         # Case-insensitive headers; ids compared lower-cased so "St-Marys" still attributes.
         self._sources = [(s.header, s.path_segment, s.jwt_claim) for s in cfg.from_]
-        self.path_segment = next(
-            (s.path_segment for s in cfg.from_ if s.path_segment is not None), None
-        )
+        self.path_segment = next((s.path_segment for s in cfg.from_ if s.path_segment is not None), None)
 
     @property
     def known(self) -> frozenset[str]:

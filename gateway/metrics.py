@@ -41,9 +41,7 @@ def duration_buckets_s(thresholds_s: list[float]) -> tuple[float, ...]:
 
 
 class GatewayMetrics:
-    def __init__(
-        self, registry: CollectorRegistry, thresholds_s: list[float], max_label_sets: int
-    ) -> None:
+    def __init__(self, registry: CollectorRegistry, thresholds_s: list[float], max_label_sets: int) -> None:
         self.registry = registry
         self.buckets_s = duration_buckets_s(thresholds_s)
         self.duration = Histogram(
@@ -81,9 +79,7 @@ class GatewayMetrics:
         """Count ``n`` lost telemetry items; thread-safe (exporters call it)."""
         self.dropped[signal].inc(n)
 
-    def request_child(
-        self, facility: str, service: str, route: str, method: str, status: int
-    ) -> Any:
+    def request_child(self, facility: str, service: str, route: str, method: str, status: int) -> Any:
         key = (facility, service, route, method, status)
         child = self._children.get(key)
         if child is None:

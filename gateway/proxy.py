@@ -28,9 +28,7 @@ from gateway.routes import Router
 from gateway.tracing import Tracing, format_traceparent, parse_traceparent
 from gateway.upstream import Upstream
 
-KNOWN_METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
-)
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
@@ -59,9 +57,7 @@ def redact_query(query_string: str) -> str:
     for name, value in parse_qsl(query_string, keep_blank_values=True):
         base = name.split(":", 1)[0]
         out.append(
-            f"{name}={value}"
-            if base in CONTROL_PARAMETERS and len(value) <= 64
-            else f"{name}=REDACTED"
+            f"{name}={value}" if base in CONTROL_PARAMETERS and len(value) <= 64 else f"{name}=REDACTED"
         )
     return "&".join(out)[:2048]
 
@@ -230,16 +226,12 @@ class Proxy:
         response: web.StreamResponse | None = None
         try:
             try:
-                upstream_response = await upstream.send(
-                    request.method, request.raw_path, headers, body
-                )
+                upstream_response = await upstream.send(request.method, request.raw_path, headers, body)
             except Exception as exc:
                 raise translate(exc) from exc
             try:
                 upstream_status = upstream_response.status
-                response = web.StreamResponse(
-                    status=upstream_status, reason=upstream_response.reason
-                )
+                response = web.StreamResponse(status=upstream_status, reason=upstream_response.reason)
                 for name, value in upstream_response.headers.items():
                     if name.lower() not in _STRIP_RESPONSE:
                         response.headers.add(name, value)
@@ -284,9 +276,7 @@ class Proxy:
             status = error.status if isinstance(error, ClientGone) else 502
             return response, status, error.error_type, upstream_ms
         return (
-            web.json_response(
-                {"error": error.error_type, "detail": str(error)}, status=error.status
-            ),
+            web.json_response({"error": error.error_type, "detail": str(error)}, status=error.status),
             error.status,
             error.error_type,
             upstream_ms,

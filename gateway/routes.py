@@ -36,8 +36,7 @@ class _Templates:
         self._by_len: dict[int, list[tuple[str, tuple[str | None, ...]]]] = {}
         for t in templates:
             parts = tuple(
-                None if p.startswith("{") and p.endswith("}") else p
-                for p in t.strip("/").split("/")
+                None if p.startswith("{") and p.endswith("}") else p for p in t.strip("/").split("/")
             )
             self._by_len.setdefault(len(parts), []).append((t, parts))
 
@@ -136,9 +135,7 @@ class Router:
     """Longest-prefix route matching; built once from config."""
 
     def __init__(self, routes: list[RouteConfig], facility_segment: int | None = None) -> None:
-        self._routes = sorted(
-            (Route(r, facility_segment) for r in routes), key=lambda r: -len(r.prefix)
-        )
+        self._routes = sorted((Route(r, facility_segment) for r in routes), key=lambda r: -len(r.prefix))
 
     def match(self, path: str) -> Match | None:
         for r in self._routes:

@@ -103,9 +103,7 @@ class Gateway:
     async def _readyz(self, request: web.Request) -> web.Response:
         if self.ready and not self.draining:
             return web.json_response({"status": "ready"})
-        return web.json_response(
-            {"status": "draining" if self.draining else "starting"}, status=503
-        )
+        return web.json_response({"status": "draining" if self.draining else "starting"}, status=503)
 
     async def start(self) -> None:
         self.access_log.start()
@@ -120,9 +118,7 @@ class Gateway:
         )
         self._runner = web.ServerRunner(server, shutdown_timeout=1.0, handle_signals=False)
         await self._runner.setup()
-        self._site = web.TCPSite(
-            self._runner, self._host, self._port, ssl_context=self._ssl_context()
-        )
+        self._site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl_context())
         await self._site.start()
         self.proxy_port = _bound_port(self._runner)
         self._admin_runner = web.AppRunner(self.admin_app(), access_log=None, handle_signals=False)
@@ -157,9 +153,7 @@ def _bound_port(runner: web.BaseRunner) -> int:
     return 0
 
 
-async def serve(
-    config: Config, on_ready: Callable[[Gateway], Awaitable[None]] | None = None
-) -> int:
+async def serve(config: Config, on_ready: Callable[[Gateway], Awaitable[None]] | None = None) -> int:
     """Run until SIGTERM or SIGINT, then drain. Returns the exit code."""
     gateway = Gateway(config)
     stop = asyncio.Event()
@@ -185,9 +179,7 @@ async def serve(
     t0 = time.monotonic()
     print("vitalgate: draining", file=sys.stderr, flush=True)
     await gateway.stop()
-    print(
-        f"vitalgate: stopped after {time.monotonic() - t0:.2f}s drain", file=sys.stderr, flush=True
-    )
+    print(f"vitalgate: stopped after {time.monotonic() - t0:.2f}s drain", file=sys.stderr, flush=True)
     return 0
 
 

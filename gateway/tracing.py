@@ -140,12 +140,8 @@ class Tracing:
             sampler = ParentBased(ALWAYS_OFF)
         self.provider = TracerProvider(resource=resource, sampler=sampler)
         if cfg.otlp_endpoint is not None:
-            exporter = OTLPSpanExporter(
-                endpoint=f"{cfg.otlp_endpoint}/v1/traces", timeout=cfg.export_timeout
-            )
-            self.provider.add_span_processor(
-                BoundedExportProcessor(exporter, cfg.queue_size, on_drop)
-            )
+            exporter = OTLPSpanExporter(endpoint=f"{cfg.otlp_endpoint}/v1/traces", timeout=cfg.export_timeout)
+            self.provider.add_span_processor(BoundedExportProcessor(exporter, cfg.queue_size, on_drop))
         self.tracer: Tracer = self.provider.get_tracer("vitalgate.gateway")
 
     def shutdown(self) -> None:
@@ -182,9 +178,7 @@ def parse_traceparent(value: str | None, tracestate: str | None = None) -> Conte
             state = TraceState.from_header([tracestate])
         except ValueError:
             state = None
-    sc = SpanContext(
-        trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 1), trace_state=state
-    )
+    sc = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 1), trace_state=state)
     return set_span_in_context(NonRecordingSpan(sc))
 
 

@@ -33,9 +33,7 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}:{self.column}"
-        return (
-            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
-        )
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
 
 
 class ConfigError(Exception):
@@ -96,21 +94,15 @@ def _build(node: yaml.Node, loc: Loc, marks: _Marks, key_marks: _Marks, path: st
             if key in out:
                 line = key_node.start_mark.line + 1
                 col = key_node.start_mark.column + 1
-                raise ConfigError(
-                    [Problem(path, line, col, format_loc((*loc, str(key))), "duplicate key")]
-                )
+                raise ConfigError([Problem(path, line, col, format_loc((*loc, str(key))), "duplicate key")])
             child: Loc = (*loc, key if isinstance(key, str | int) else str(key))
             key_marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             out[key] = _build(value_node, child, marks, key_marks, path)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [
-            _build(item, (*loc, i), marks, key_marks, path) for i, item in enumerate(node.value)
-        ]
+        return [_build(item, (*loc, i), marks, key_marks, path) for i, item in enumerate(node.value)]
     # Scalars: let the safe loader resolve the tag (int, float, bool, null, str).
-    return (
-        yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" else node.value
-    )
+    return yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" else node.value
 
 
 def parse_yaml(text: str, path: str) -> Source:
@@ -164,13 +156,9 @@ def validate(model: type[M], source: Source) -> M:
         for err in exc.errors():
             # Drop pydantic's union-branch and function-wrapper names from locations.
             loc: Loc = tuple(
-                p
-                for p in err["loc"]
-                if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))
+                p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))
             )
-            problem = source.problem(
-                loc, _clean_message(err), at_key=err["type"] == "extra_forbidden"
-            )
+            problem = source.problem(loc, _clean_message(err), at_key=err["type"] == "extra_forbidden")
             if (problem.field, problem.message) not in seen:
                 seen.add((problem.field, problem.message))
                 problems.append(problem)

@@ -6,8 +6,11 @@ dataclasses) are different types: the file is validated, then mapped.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -86,6 +89,26 @@ class CalendarDoc(_Strict):
     calendar: Literal["month", "quarter"]
 
 
+class TimesliceDoc(_Strict):
+    target: float = 95.0
+    """Percent of a minute's requests that must be good for the minute to be good."""
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: float) -> float:
+        if not 0 < v <= 100:
+            raise ValueError(f"must be a percentage between 0 and 100 (got {v})")
+        return v
+
+
+class AlertingDoc(_Strict):
+    min_events: int = Field(default=10, ge=0)
+    """Fewer requests than this in a window: no burn rate (no data), so no alert."""
+    page: bool = True
+    ticket: bool = True
+    runbook_url: str | None = None
+
+
 class SloDoc(_Strict):
     name: str = Field(pattern=NAME_RE)
     service: str = Field(pattern=NAME_RE)
@@ -94,6 +117,9 @@ class SloDoc(_Strict):
     window: str | CalendarDoc = "30d"
     sli: SliDoc
     filter: FilterDoc = Field(default_factory=FilterDoc)
+    budgeting: Literal["occurrences", "timeslices"] = "occurrences"
+    timeslice: TimesliceDoc = Field(default_factory=TimesliceDoc)
+    alerting: AlertingDoc = Field(default_factory=AlertingDoc)
 
     @field_validator("objective")
     @classmethod
@@ -107,8 +133,7 @@ class SloDoc(_Strict):
     def _window(cls, v: str | CalendarDoc) -> str | CalendarDoc:
         if isinstance(v, str) and not re.fullmatch(r"[1-9]\d*d", v):
             raise ValueError(
-                "must be a rolling window in days such as '30d', "
-                f"or {{calendar: month}} (got {v!r})"
+                f"must be a rolling window in days such as '30d', or {{calendar: month}} (got {v!r})"
             )
         return v
 
@@ -134,11 +159,46 @@ class Slo:
     methods: tuple[str, ...] = ()
     routes: tuple[str, ...] = ()
     description: str = ""
-    tags: tuple[str, ...] = field(default=())
+    budgeting: Literal["occurrences", "timeslices"] = "occurrences"
+    timeslice_target: float = 0.95
+    min_events: int = 10
+    page: bool = True
+    ticket: bool = True
+    runbook_url: str | None = None
 
     @property
     def error_budget(self) -> float:
         return 1.0 - self.objective
+
+    @property
+    def key(self) -> str:
+        """Names what is counted: changes when the SLI definition changes (not the objective),
+        so recorded counts are never reused for a different definition."""
+        ident = json.dumps(
+            [
+                self.service,
+                self.kind,
+                self.threshold_s,
+                sorted(self.bad_statuses),
+                sorted(self.methods),
+                sorted(self.routes),
+            ],
+            separators=(",", ":"),
+        )
+        return f"{self.name}@{hashlib.sha256(ident.encode()).hexdigest()[:10]}"
+
+    def counts_as_good(self, status: int, bucket_upper_s: float) -> bool:
+        """Whether a request counts as good (for latency: its duration bucket's upper bound)."""
+        if self.kind == "latency":
+            return bucket_upper_s <= (self.threshold_s or 0.0) + 1e-9
+        return status < 500 and status not in self.bad_statuses
+
+    def matches(self, service: str, route: str, method: str) -> bool:
+        return (
+            service == self.service
+            and (not self.methods or method in self.methods)
+            and (not self.routes or route in self.routes)
+        )
 
 
 def _to_slo(doc: SloDoc) -> Slo:
@@ -161,6 +221,12 @@ def _to_slo(doc: SloDoc) -> Slo:
         methods=tuple(doc.filter.methods),
         routes=tuple(doc.filter.routes),
         description=doc.description,
+        budgeting=doc.budgeting,
+        timeslice_target=doc.timeslice.target / 100.0,
+        min_events=doc.alerting.min_events,
+        page=doc.alerting.page,
+        ticket=doc.alerting.ticket,
+        runbook_url=doc.alerting.runbook_url,
     )
 
 
@@ -180,9 +246,7 @@ def check_slos(data: Any, source: Source, services: set[str] | None = None) -> l
         if services is not None and isinstance(service, str) and service not in services:
             known = ", ".join(sorted(services)) or "none"
             problems.append(
-                source.problem(
-                    ("slos", i, "service"), f"unknown service {service!r} (upstreams: {known})"
-                )
+                source.problem(("slos", i, "service"), f"unknown service {service!r} (upstreams: {known})")
             )
     return problems
 
@@ -205,6 +269,28 @@ def load_slos(path: str | Path, services: set[str] | None = None) -> list[Slo]:
 def latency_thresholds_s(slos: list[Slo]) -> list[float]:
     """Every latency threshold named by an SLO: the gateway adds each to its buckets."""
     return sorted({s.threshold_s for s in slos if s.threshold_s is not None})
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    start: datetime
+    end: datetime
+    reason: str
+
+
+@dataclass(frozen=True)
+class Facility:
+    """What the SLO engine knows of a facility (from gateway.yaml)."""
+
+    id: str
+    name: str
+    timezone: str = "UTC"
+    sla: float | None = None
+    """Contractual availability as a ratio (0..1), beside the internal objective."""
+    maintenance: tuple[Maintenance, ...] = ()
+
+
+ALL_FACILITIES = "*"
 
 
 __all__ = ["Slo", "SlosDoc", "format_duration", "latency_thresholds_s", "load_slos"]

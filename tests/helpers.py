@@ -68,9 +68,7 @@ class Upstream:
         if fault == "redirect":
             return web.Response(status=302, headers={"Location": "/fhir/metadata"})
         if fault == "gzip":
-            return web.Response(
-                body=b"\x1f\x8b" + b"\x00" * 20, headers={"Content-Encoding": "gzip"}
-            )
+            return web.Response(body=b"\x1f\x8b" + b"\x00" * 20, headers={"Content-Encoding": "gzip"})
         if fault == "midbody":
             resp = web.StreamResponse(headers={"Content-Length": "100000"})
             await resp.prepare(request)

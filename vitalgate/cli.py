@@ -63,16 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="gateway.yaml")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser(
-        "demo", help="run the gateway in front of a demo clinical upstream with traffic"
-    )
+    p = sub.add_parser("demo", help="run the gateway in front of a demo clinical upstream with traffic")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of traffic (default 60)")
-    p.add_argument(
-        "--out", default="var/demo", help="folder for config, logs and traces (default var/demo)"
-    )
-    p.add_argument(
-        "--rate", type=float, default=60.0, help="requests per second in total (default 60)"
-    )
+    p.add_argument("--out", default="var/demo", help="folder for config, logs and traces (default var/demo)")
+    p.add_argument("--rate", type=float, default=60.0, help="requests per second in total (default 60)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -104,12 +104,8 @@ class DemoUpstream:
         if "?" in request.path_qs or path.rstrip("/").endswith(
             ("Observation", "Patient", "Appointment", "appointments")
         ):
-            return web.json_response(
-                {"resourceType": "Bundle", "type": "searchset", "total": 3, "entry": []}
-            )
-        return web.json_response(
-            {"resourceType": "Patient", "id": path.rsplit("/", 1)[-1], "active": True}
-        )
+            return web.json_response({"resourceType": "Bundle", "type": "searchset", "total": 3, "entry": []})
+        return web.json_response({"resourceType": "Patient", "id": path.rsplit("/", 1)[-1], "active": True})
 
 
 def _outcome(code: str, text: str) -> dict[str, object]:
@@ -314,9 +310,7 @@ def quantile(q: float, cumulative: dict[float, float]) -> float | None:
         if c >= rank:
             if le == float("inf"):
                 return prev_le
-            return prev_le + (le - prev_le) * (
-                (rank - prev_c) / (c - prev_c) if c > prev_c else 0.0
-            )
+            return prev_le + (le - prev_le) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 0.0)
         prev_le, prev_c = le, c
     return les[-1]
 
@@ -333,8 +327,7 @@ def render_table(
         d_total = cur.total.get(fac, 0.0) - prev.total.get(fac, 0.0)
         d_err = cur.errors.get(fac, 0.0) - prev.errors.get(fac, 0.0)
         d_buckets = {
-            le: c - prev.buckets.get(fac, {}).get(le, 0.0)
-            for le, c in cur.buckets.get(fac, {}).items()
+            le: c - prev.buckets.get(fac, {}).get(le, 0.0) for le, c in cur.buckets.get(fac, {}).items()
         }
         p95 = quantile(0.95, d_buckets)
         active = [f.kind for f in faults if f.facility == fac and f.start_s <= elapsed < f.end_s]
@@ -400,9 +393,7 @@ async def _demo(duration_s: float, out: Path, rate: float) -> int:
                     metrics_text = await r.text()
                 cur = read_snapshot(metrics_text)
                 now = time.monotonic()
-                table = render_table(
-                    prev, cur, max(now - prev_t, 1e-3), now - t0, duration_s, faults
-                )
+                table = render_table(prev, cur, max(now - prev_t, 1e-3), now - t0, duration_s, faults)
                 print(("\x1b[2J\x1b[H" if tty else "\n") + table, flush=True)
                 prev, prev_t = cur, now
             sent = gen.result()
@@ -422,9 +413,7 @@ async def _demo(duration_s: float, out: Path, rate: float) -> int:
         print(f"{fac:<14}{sent.get(fac, 0):>8}{counted:>9.0f}{errors:>8.0f}")
     print()
     print(f"Metrics:  {admin}/metrics (Prometheus text; final copy in {out / 'metrics.txt'})")
-    print(
-        f"Logs:     {out / 'access.log'} (one JSON line per request; trace_id links to the spans)"
-    )
+    print(f"Logs:     {out / 'access.log'} (one JSON line per request; trace_id links to the spans)")
     n_spans = len(sink.spans)
     print(f"Traces:   {out / 'traces.jsonl'} ({n_spans} spans received over OTLP/HTTP protobuf)")
     print(f"Config:   {config_path}")

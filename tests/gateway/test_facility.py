@@ -24,10 +24,7 @@ CFG = FacilitiesConfig.model_validate(
 
 def test_sources_in_order() -> None:
     r = FacilityResolver(CFG)
-    assert (
-        r.resolve(CIMultiDict({"x-facility-id": "st-marys"}), "/fhir/riverside/Patient/1")
-        == "st-marys"
-    )
+    assert r.resolve(CIMultiDict({"x-facility-id": "st-marys"}), "/fhir/riverside/Patient/1") == "st-marys"
     assert r.resolve(CIMultiDict(), "/fhir/riverside/Patient/1") == "riverside"
     jwt = _jwt({"facility": "riverside", "sub": "dr-who"})
     assert r.resolve(CIMultiDict({"Authorization": jwt}), "/x") == "riverside"
@@ -36,9 +33,7 @@ def test_sources_in_order() -> None:
 def test_unknown_values_never_pass_through() -> None:
     r = FacilityResolver(CFG)
     assert r.resolve(CIMultiDict({"X-Facility-ID": "Jane Doe 1970-01-01"}), "/fhir/") == UNKNOWN
-    assert (
-        r.resolve(CIMultiDict({"X-Facility-ID": "St-Marys"}), "/fhir/") == "st-marys"
-    )  # case folded
+    assert r.resolve(CIMultiDict({"X-Facility-ID": "St-Marys"}), "/fhir/") == "st-marys"  # case folded
     assert r.resolve(CIMultiDict(), "/") == UNKNOWN
 
 

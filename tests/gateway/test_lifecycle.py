@@ -58,9 +58,7 @@ def test_collector_down_costs_only_dropped_spans(tmp_path: Path) -> None:
     with BackgroundPeers() as peers:
         closed_port = 1  # nothing listens there
         cfg = gateway_config(tmp_path, peers.upstream.port, closed_port)
-        text = cfg.read_text().replace(
-            "sample_ratio: 1.0", "sample_ratio: 1.0\n    export_timeout: 500ms"
-        )
+        text = cfg.read_text().replace("sample_ratio: 1.0", "sample_ratio: 1.0\n    export_timeout: 500ms")
         cfg.write_text(text)
         gw = GatewayProcess(cfg)
         try:

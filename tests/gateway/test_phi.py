@@ -63,9 +63,7 @@ mrns = st.integers(min_value=10**7, max_value=10**10 - 1).map(lambda n: f"MRN{n}
 births = st.dates(min_value=date(1920, 1, 1), max_value=date(1999, 12, 31)).map(date.isoformat)
 
 
-@settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=names, mrn=mrns, birth=births)
 def test_phi_goes_in_everywhere(harness: Harness, name: str, mrn: str, birth: str) -> None:
     harness.canaries |= {name, mrn, birth}
@@ -114,9 +112,7 @@ def test_phi_never_comes_out(harness: Harness) -> None:
     gw = harness.gateway
     with urllib.request.urlopen(gw.admin + "/metrics", timeout=5) as r:
         metrics = r.read()
-    req = urllib.request.Request(
-        gw.admin + "/metrics", headers={"Accept": "application/openmetrics-text"}
-    )
+    req = urllib.request.Request(gw.admin + "/metrics", headers={"Accept": "application/openmetrics-text"})
     with urllib.request.urlopen(req, timeout=5) as r:
         openmetrics = r.read()
     assert gw.terminate() == 0  # flushes logs and spans
@@ -138,9 +134,7 @@ def test_phi_never_comes_out(harness: Harness) -> None:
     assert leaks == []
     # What did reach the telemetry: templates and parameter names only.
     routes = {
-        json.loads(line)["http.route"]
-        for line in outputs["access.log"].splitlines()
-        if b"http.route" in line
+        json.loads(line)["http.route"] for line in outputs["access.log"].splitlines() if b"http.route" in line
     }
     assert routes <= {
         "/fhir/Patient/{id}",
@@ -151,6 +145,4 @@ def test_phi_never_comes_out(harness: Harness) -> None:
         "/scheduling/appointments/{id}",
     }
     queries = {s.attributes.get("url.query") for s in sink.spans if s.kind == "SERVER"}
-    assert (
-        "subject:Patient.name=REDACTED&_has:Observation:patient:code=REDACTED&_sort=date" in queries
-    )
+    assert "subject:Patient.name=REDACTED&_has:Observation:patient:code=REDACTED&_sort=date" in queries

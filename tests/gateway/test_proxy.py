@@ -111,9 +111,7 @@ async def test_forwarding_and_telemetry_agree(
     assert next(s for s in server if s is not first).name == "GET"  # no route: method only
 
 
-async def test_fault_mapping(
-    tmp_path: Path, upstream: Upstream, sink: tuple[OtlpSink, int]
-) -> None:
+async def test_fault_mapping(tmp_path: Path, upstream: Upstream, sink: tuple[OtlpSink, int]) -> None:
     spans, otlp_port = sink
     # "scheduling" points at a port where nothing listens.
     closed = {"scheduling": {"url": "http://127.0.0.1:1"}}
@@ -136,9 +134,7 @@ async def test_fault_mapping(
         ]
         async with aiohttp.ClientSession() as s:
             for path, headers, status, error_type in cases:
-                async with s.get(
-                    base + path, headers={"X-Facility-ID": "riverside", **headers}
-                ) as r:
+                async with s.get(base + path, headers={"X-Facility-ID": "riverside", **headers}) as r:
                     assert r.status == status, path
                     if error_type:
                         body = await r.json()
@@ -194,16 +190,12 @@ async def test_passes_through_unchanged(tmp_path: Path, upstream: Upstream) -> N
             async with s.post(base + "/fhir/Binary", data=big) as r:
                 assert r.status == 200
                 assert (await r.json())["received_bytes"] == len(big)
-            async with s.get(
-                base + "/fhir/Binary/1", headers={"X-Test-Stream-Bytes": "5000000"}
-            ) as r:
+            async with s.get(base + "/fhir/Binary/1", headers={"X-Test-Stream-Bytes": "5000000"}) as r:
                 assert len(await r.read()) == 5_000_000
     assert upstream.seen[-2]["headers"].get("Content-Length") == str(len(big))
 
 
-async def test_malformed_http_gets_400_and_serving_continues(
-    tmp_path: Path, upstream: Upstream
-) -> None:
+async def test_malformed_http_gets_400_and_serving_continues(tmp_path: Path, upstream: Upstream) -> None:
     async with running_gateway(gateway_config(tmp_path, upstream.port)) as gw:
         for raw in (
             b"GARBAGE\r\n\r\n",
@@ -224,9 +216,7 @@ async def test_malformed_http_gets_400_and_serving_continues(
 
 
 async def test_cardinality_budget_folds_into_other(tmp_path: Path, upstream: Upstream) -> None:
-    cfg = gateway_config(
-        tmp_path, upstream.port, extra={"telemetry": {"metrics": {"max_label_sets": 10}}}
-    )
+    cfg = gateway_config(tmp_path, upstream.port, extra={"telemetry": {"metrics": {"max_label_sets": 10}}})
     async with running_gateway(cfg) as gw:
         async with aiohttp.ClientSession() as s:
             types = [
@@ -241,9 +231,7 @@ async def test_cardinality_budget_folds_into_other(tmp_path: Path, upstream: Ups
             ]
             for i, rtype in enumerate(types * 2):
                 for method in ("GET", "DELETE"):
-                    async with s.request(
-                        method, f"http://127.0.0.1:{gw.proxy_port}/fhir/{rtype}/{i}"
-                    ) as r:
+                    async with s.request(method, f"http://127.0.0.1:{gw.proxy_port}/fhir/{rtype}/{i}") as r:
                         assert r.status == 200
             async with s.get(f"http://127.0.0.1:{gw.admin_port}/metrics") as r:
                 metrics = await r.text()

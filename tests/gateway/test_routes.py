@@ -75,9 +75,7 @@ def test_service_and_no_route() -> None:
 
 def test_facility_partition_in_path() -> None:
     # /fhir/{tenant}/Patient/123 as in HAPI FHIR partitioning: segment 1 is the facility.
-    router = Router(
-        [RouteConfig(prefix="/fhir/", upstream="fhir", kind="fhir")], facility_segment=1
-    )
+    router = Router([RouteConfig(prefix="/fhir/", upstream="fhir", kind="fhir")], facility_segment=1)
     m = router.match("/fhir/st-marys/Patient/123")
     assert m is not None
     assert m.route == "/fhir/{facility}/Patient/{id}"

@@ -1,0 +1,437 @@
+"""The embedded store: SQLite (WAL) at ``telemetry.store.path``.
+
+Two kinds of data, both as small numpy arrays in BLOBs:
+
+- raw counts, the durable history: per series (facility, service, route template,
+  method, status) a latency-bucket histogram for every minute, one row per
+  series and hour (``raw_minutes``), rolled up to one row per series and day
+  with hourly resolution (``raw_hours``). Any SLO defined later can be replayed
+  from these.
+- per-SLO counts, what ``slo status`` reads: total and good requests per
+  minute, one row per (SLO key, facility, UTC day) (``slo_minutes``), and per
+  hour with timeslice counts (``slo_hours``). Facility ``*`` is all facilities.
+
+Minute rows are kept ``minute_days`` (35) days, hour rows ``hour_days`` (400).
+Arrays are stored sparsely (only non-zero cells), so idle series cost nothing.
+Every write is one transaction: a crash loses at most the writes not yet made
+and never leaves a half-written row.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import struct
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from slo.spec import ALL_FACILITIES, Slo
+
+SCHEMA_VERSION = 1
+MINUTES_PER_DAY = 1440
+SeriesKey = tuple[str, str, str, str, int]  # facility, service, route, method, status
+U32 = npt.NDArray[np.uint32]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY, facility TEXT NOT NULL, service TEXT NOT NULL, route TEXT NOT NULL,
+    method TEXT NOT NULL, status INTEGER NOT NULL, UNIQUE (facility, service, route, method, status));
+CREATE TABLE IF NOT EXISTS layouts (id INTEGER PRIMARY KEY, bounds TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS raw_minutes (
+    hour INTEGER NOT NULL, series INTEGER NOT NULL, layout INTEGER NOT NULL, cells BLOB NOT NULL,
+    PRIMARY KEY (hour, series)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS raw_hours (
+    day INTEGER NOT NULL, series INTEGER NOT NULL, layout INTEGER NOT NULL, cells BLOB NOT NULL,
+    PRIMARY KEY (day, series)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS slo_defs (key TEXT PRIMARY KEY, definition TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS slo_minutes (
+    key TEXT NOT NULL, facility TEXT NOT NULL, day INTEGER NOT NULL, cells BLOB NOT NULL,
+    PRIMARY KEY (day, key, facility)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS slo_hours (
+    key TEXT NOT NULL, facility TEXT NOT NULL, day INTEGER NOT NULL, cells BLOB NOT NULL,
+    PRIMARY KEY (day, key, facility)) WITHOUT ROWID;
+"""
+
+
+def pack(a: npt.NDArray[np.integer]) -> bytes:
+    """A 2-D count array as (rows, cols, n) + non-zero flat indexes + their values."""
+    flat = np.ascontiguousarray(a, dtype=np.uint32).ravel()
+    nz = np.flatnonzero(flat)
+    return (
+        struct.pack("<HHI", a.shape[0], a.shape[1], nz.size)
+        + nz.astype("<u2").tobytes()
+        + flat[nz].astype("<u4").tobytes()
+    )
+
+
+def unpack(blob: bytes) -> U32:
+    rows, cols, n = struct.unpack_from("<HHI", blob)
+    out = np.zeros(rows * cols, dtype=np.uint32)
+    if n:
+        idx = np.frombuffer(blob, dtype="<u2", count=n, offset=8)
+        out[idx] = np.frombuffer(blob, dtype="<u4", count=n, offset=8 + 2 * n)
+    return out.reshape(rows, cols)
+
+
+class StoreError(Exception):
+    pass
+
+
+class Store:
+    """One connection to the store; use from one thread at a time."""
+
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if readonly:
+            if not self.path.exists():
+                raise StoreError(f"{self.path}: no store here yet (the gateway creates it)")
+            uri = f"file:{self.path}?mode=ro"
+            self.db = sqlite3.connect(
+                uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False
+            )
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self.db.execute("PRAGMA busy_timeout=30000")
+        version = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if version is None or int(version[0]) != SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: unsupported store schema {version}")
+        self._series: dict[SeriesKey, int] = {}
+        self._layouts: dict[tuple[float, ...], int] = {}
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- dimensions -------------------------------------------------------------
+
+    def series_id(self, key: SeriesKey) -> int:
+        sid = self._series.get(key)
+        if sid is None:
+            self.db.execute(
+                "INSERT OR IGNORE INTO series (facility, service, route, method, status) VALUES (?,?,?,?,?)",
+                key,
+            )
+            row = self.db.execute(
+                "SELECT id FROM series WHERE facility=? AND service=? AND route=? AND method=? AND status=?",
+                key,
+            ).fetchone()
+            sid = self._series[key] = int(row[0])
+        return sid
+
+    def all_series(self) -> dict[int, SeriesKey]:
+        rows = self.db.execute("SELECT id, facility, service, route, method, status FROM series")
+        return {int(r[0]): (r[1], r[2], r[3], r[4], int(r[5])) for r in rows}
+
+    def layout_id(self, bounds: Sequence[float]) -> int:
+        key = tuple(float(b) for b in bounds)
+        lid = self._layouts.get(key)
+        if lid is None:
+            text = json.dumps(list(key))
+            self.db.execute("INSERT OR IGNORE INTO layouts (bounds) VALUES (?)", (text,))
+            lid = self._layouts[key] = int(
+                self.db.execute("SELECT id FROM layouts WHERE bounds=?", (text,)).fetchone()[0]
+            )
+        return lid
+
+    def layouts(self) -> dict[int, tuple[float, ...]]:
+        return {int(i): tuple(json.loads(b)) for i, b in self.db.execute("SELECT id, bounds FROM layouts")}
+
+    def put_slo_defs(self, slos: Iterable[Slo]) -> None:
+        for s in slos:
+            definition = {
+                "name": s.name,
+                "kind": s.kind,
+                "budgeting": s.budgeting,
+                "timeslice_target": s.timeslice_target,
+            }
+            self.db.execute("INSERT OR REPLACE INTO slo_defs VALUES (?, ?)", (s.key, json.dumps(definition)))
+
+    # -- reads ------------------------------------------------------------------
+
+    def raw_hour(self, hour_ts: int, series: int) -> tuple[int, U32] | None:
+        row = self.db.execute(
+            "SELECT layout, cells FROM raw_minutes WHERE hour=? AND series=?", (hour_ts, series)
+        ).fetchone()
+        return (int(row[0]), unpack(row[1])) if row else None
+
+    def raw_hours_between(self, hour_from: int, hour_to: int) -> Iterator[tuple[int, int, int, U32]]:
+        """(hour, series, layout, minutes x buckets) for hours in [hour_from, hour_to)."""
+        for hour, series, layout, cells in self.db.execute(
+            "SELECT hour, series, layout, cells FROM raw_minutes WHERE hour >= ? AND hour < ? ORDER BY hour",
+            (hour_from, hour_to),
+        ):
+            yield int(hour), int(series), int(layout), unpack(cells)
+
+    def raw_days_between(self, day_from: int, day_to: int) -> Iterator[tuple[int, int, int, U32]]:
+        """(day, series, layout, hours x buckets) from the hourly roll-ups."""
+        for day, series, layout, cells in self.db.execute(
+            "SELECT day, series, layout, cells FROM raw_hours WHERE day >= ? AND day < ? ORDER BY day",
+            (day_from, day_to),
+        ):
+            yield int(day), int(series), int(layout), unpack(cells)
+
+    def slo_day(self, key: str, facility: str, day: int) -> U32 | None:
+        row = self.db.execute(
+            "SELECT cells FROM slo_minutes WHERE day=? AND key=? AND facility=?",
+            (day, key, facility),
+        ).fetchone()
+        return unpack(row[0]) if row else None
+
+    def slo_minutes(self, keys: Sequence[str], day_from: int, day_to: int) -> dict[tuple[str, str, int], U32]:
+        """{(key, facility, day): uint32[2, 1440]} (total, good) for days in [day_from, day_to]."""
+        return self._slo_rows("slo_minutes", keys, day_from, day_to)
+
+    def slo_hours(self, keys: Sequence[str], day_from: int, day_to: int) -> dict[tuple[str, str, int], U32]:
+        """{(key, facility, day): uint32[4, 24]} (total, good, slices, good slices)."""
+        return self._slo_rows("slo_hours", keys, day_from, day_to)
+
+    def _slo_rows(
+        self, table: str, keys: Sequence[str], day_from: int, day_to: int
+    ) -> dict[tuple[str, str, int], U32]:
+        if not keys:
+            return {}
+        marks = ",".join("?" * len(keys))
+        rows = self.db.execute(
+            f"SELECT key, facility, day, cells FROM {table} WHERE day >= ? AND day <= ? AND key IN ({marks})",  # noqa: S608
+            (day_from, day_to, *keys),
+        )
+        return {(k, f, int(d)): unpack(c) for k, f, d, c in rows}
+
+    def has_slo_data(self, key: str) -> bool:
+        q = "SELECT 1 FROM slo_hours WHERE key=? LIMIT 1"
+        return self.db.execute(q, (key,)).fetchone() is not None
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
+
+    # -- writes -----------------------------------------------------------------
+
+    def write(
+        self,
+        raw: Iterable[tuple[int, int, int, U32]],
+        slo_days: Iterable[tuple[str, str, int, U32, U32]],
+    ) -> None:
+        """One transaction: raw (hour, series, layout, minutes x buckets) rows and
+        per-SLO (key, facility, day, minute counts [2, 1440], hour rollup [4, 24]) rows."""
+        with self.transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO raw_minutes VALUES (?,?,?,?)",
+                ((h, s, lay, pack(a)) for h, s, lay, a in raw),
+            )
+            rows = list(slo_days)
+            self.db.executemany(
+                "INSERT OR REPLACE INTO slo_minutes VALUES (?,?,?,?)",
+                ((k, f, d, pack(m)) for k, f, d, m, _ in rows),
+            )
+            self.db.executemany(
+                "INSERT OR REPLACE INTO slo_hours VALUES (?,?,?,?)",
+                ((k, f, d, pack(h)) for k, f, d, _, h in rows),
+            )
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self.db)
+
+    def compact_and_purge(self, now_s: float, minute_days: int = 35, hour_days: int = 400) -> None:
+        """Roll raw minute rows of finished days into hourly rows; drop rows past retention."""
+        today = int(now_s // 86400)
+        done = self.db.execute(
+            "SELECT DISTINCT hour / 86400 FROM raw_minutes WHERE hour < ? AND hour / 86400 NOT IN "
+            "(SELECT DISTINCT day FROM raw_hours)",
+            (today * 86400,),
+        ).fetchall()
+        for (day_value,) in done:
+            day = int(day_value)
+            acc: dict[tuple[int, int], U32] = {}
+            for hour, series, layout, a in self.raw_hours_between(day * 86400, (day + 1) * 86400):
+                arr = acc.setdefault((series, layout), np.zeros((24, a.shape[1]), dtype=np.uint32))
+                arr[(hour - day * 86400) // 3600] += a.sum(axis=0, dtype=np.uint32)
+            with self.transaction():
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO raw_hours VALUES (?,?,?,?)",
+                    ((day, s, lay, pack(a)) for (s, lay), a in acc.items()),
+                )
+        with self.transaction():
+            cutoff_min = (today - minute_days) * 86400
+            self.db.execute("DELETE FROM raw_minutes WHERE hour < ?", (cutoff_min,))
+            self.db.execute("DELETE FROM slo_minutes WHERE day < ?", (today - minute_days,))
+            self.db.execute("DELETE FROM raw_hours WHERE day < ?", (today - hour_days,))
+            self.db.execute("DELETE FROM slo_hours WHERE day < ?", (today - hour_days,))
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def hour_rollup(day_counts: U32, target: float) -> U32:
+    """[total, good, minutes with data, good minutes] per hour, from [2, 1440] minute counts."""
+    total = day_counts[0].reshape(24, 60).astype(np.float64)
+    good = day_counts[1].reshape(24, 60).astype(np.float64)
+    has = total > 0
+    ok = has & (good >= target * total - 1e-9)
+    return np.stack([total.sum(1), good.sum(1), has.sum(1), ok.sum(1)]).astype(np.uint32)
+
+
+@dataclass
+class _SloTarget:
+    slo: Slo
+    index: int
+
+
+class StoreWriter:
+    """Folds minute counts into the store: raw history and per-SLO arrays.
+
+    Keeps the current hours' and days' arrays in memory (loaded from the store on
+    first touch, so a restart continues where it left off) and writes every
+    changed row whole, in one transaction per ``apply``. Confined to one thread.
+    """
+
+    def __init__(self, store: Store, slos: Sequence[Slo], bounds_s: Sequence[float]) -> None:
+        self.store = store
+        self.slos = list(slos)
+        self.bounds_s = tuple(bounds_s)
+        self.layout = store.layout_id(self.bounds_s)
+        self.n_cols = len(self.bounds_s) + 1  # the last column is +Inf
+        store.put_slo_defs(self.slos)
+        # Upper bound of each bucket column, for latency SLIs.
+        self._upper = np.array([*self.bounds_s, np.inf])
+        self._raw: dict[tuple[int, int], U32] = {}
+        self._days: dict[tuple[str, str, int], U32] = {}
+        self._matching: dict[SeriesKey, list[tuple[Slo, npt.NDArray[np.bool_] | None, bool]]] = {}
+        self._lock = threading.Lock()
+
+    def _slos_for(self, key: SeriesKey) -> list[tuple[Slo, npt.NDArray[np.bool_] | None, bool]]:
+        found = self._matching.get(key)
+        if found is None:
+            _facility, service, route, method, status = key
+            found = []
+            for s in self.slos:
+                if s.matches(service, route, method):
+                    if s.kind == "latency":
+                        found.append((s, self._upper <= (s.threshold_s or 0) + 1e-9, False))
+                    else:
+                        found.append((s, None, s.counts_as_good(status, 0.0)))
+            self._matching[key] = found
+        return found
+
+    def _raw_state(self, hour: int, sid: int) -> U32:
+        st = self._raw.get((hour, sid))
+        if st is None:
+            loaded = self.store.raw_hour(hour, sid)
+            st = np.zeros((60, self.n_cols), dtype=np.uint32)
+            if loaded is not None and loaded[1].shape == st.shape and loaded[0] == self.layout:
+                st += loaded[1]
+            self._raw[(hour, sid)] = st
+        return st
+
+    def _day_state(self, key: str, facility: str, day: int) -> U32:
+        st = self._days.get((key, facility, day))
+        if st is None:
+            loaded = self.store.slo_day(key, facility, day)
+            st = loaded.copy() if loaded is not None else np.zeros((2, MINUTES_PER_DAY), dtype=np.uint32)
+            self._days[(key, facility, day)] = st
+        return st
+
+    def apply(
+        self,
+        batch: Mapping[tuple[SeriesKey, int], Sequence[int]],
+        replace_minutes: Iterable[int] = (),
+    ) -> None:
+        """Add ``{(series key, minute start s): counts per bucket column}``.
+
+        ``replace_minutes``: minutes whose recorded counts are discarded first
+        (an import rebuilds the minutes its log covers).
+        """
+        with self._lock:
+            dirty_raw: set[tuple[int, int]] = set()
+            dirty_days: set[tuple[str, str, int]] = set()
+            replaced = sorted(set(replace_minutes))
+            if replaced:
+                self._clear_minutes(replaced, dirty_raw, dirty_days)
+            for (key, minute), counts in batch.items():
+                sid = self.store.series_id(key)
+                hour = minute - minute % 3600
+                row = np.asarray(counts, dtype=np.uint32)
+                self._raw_state(hour, sid)[(minute - hour) // 60] += row
+                dirty_raw.add((hour, sid))
+                total = int(row.sum())
+                day = minute // 86400
+                m = (minute % 86400) // 60
+                for slo, good_cols, status_good in self._slos_for(key):
+                    good = (
+                        int(row[good_cols].sum()) if good_cols is not None else (total if status_good else 0)
+                    )
+                    for fac in (key[0], ALL_FACILITIES):
+                        st = self._day_state(slo.key, fac, day)
+                        st[0, m] += total
+                        st[1, m] += good
+                        dirty_days.add((slo.key, fac, day))
+            targets = {s.key: s.timeslice_target for s in self.slos}
+            self.store.write(
+                ((h, s, self.layout, self._raw[(h, s)]) for h, s in dirty_raw),
+                (
+                    (
+                        k,
+                        f,
+                        d,
+                        self._days[(k, f, d)],
+                        hour_rollup(self._days[(k, f, d)], targets.get(k, 0.95)),
+                    )
+                    for k, f, d in dirty_days
+                ),
+            )
+            self._evict(max((m for (_, m) in batch), default=0))
+
+    def _clear_minutes(
+        self,
+        minutes: list[int],
+        dirty_raw: set[tuple[int, int]],
+        dirty_days: set[tuple[str, str, int]],
+    ) -> None:
+        hours = sorted({m - m % 3600 for m in minutes})
+        for hour in hours:
+            for h, sid, layout, _a in self.store.raw_hours_between(hour, hour + 3600):
+                if layout == self.layout:
+                    self._raw_state(h, sid)
+            for (h, sid), st in self._raw.items():
+                if h == hour:
+                    for m in minutes:
+                        if hour <= m < hour + 3600:
+                            st[(m - hour) // 60] = 0
+                    dirty_raw.add((h, sid))
+        days = sorted({m // 86400 for m in minutes})
+        keys = [s.key for s in self.slos]
+        for day in days:
+            for k, f, d in self.store.slo_minutes(keys, day, day):
+                self._day_state(k, f, d)
+            for (k, f, d), st in self._days.items():
+                if d == day:
+                    for m in minutes:
+                        if m // 86400 == day:
+                            st[:, (m % 86400) // 60] = 0
+                    dirty_days.add((k, f, d))
+
+    def _evict(self, latest_minute: int) -> None:
+        """Forget arrays of hours and days that can no longer change."""
+        hour_floor = latest_minute - latest_minute % 3600 - 3600
+        for raw_key in [k for k in self._raw if k[0] < hour_floor]:
+            del self._raw[raw_key]
+        day_floor = latest_minute // 86400 - 1
+        for day_key in [k for k in self._days if k[2] < day_floor]:
+            del self._days[day_key]

@@ -1,0 +1,62 @@
+"""Burn-rate alert windows: the multiwindow, multi-burn-rate table as data.
+
+Source: Google SRE Workbook, chapter 5 "Alerting on SLOs", table 5-8
+(https://sre.google/workbook/alerting-on-slos/). Each row is stated as the
+fraction of a 30-day budget it lets burn before firing; the burn-rate factor
+for any other SLO period follows as ``budget_fraction x period / long_window``
+(the formula Sloth uses), so a 30-day SLO gets the book's 14.4, 6, 3 and 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The windows every status reports a burn rate over, in seconds.
+STATUS_WINDOWS_S: dict[str, int] = {
+    "5m": 300,
+    "30m": 1800,
+    "1h": 3600,
+    "2h": 7200,
+    "6h": 21600,
+    "1d": 86400,
+    "3d": 259200,
+}
+
+NOMINAL_PERIOD_S = {"month": 30 * 86400, "quarter": 90 * 86400}
+"""Calendar windows burn against a nominal period, as alert rules must use constants."""
+
+
+@dataclass(frozen=True)
+class BurnWindow:
+    severity: str
+    long: str
+    short: str
+    budget_fraction: float
+    why: str
+
+    @property
+    def long_s(self) -> int:
+        return STATUS_WINDOWS_S[self.long]
+
+    @property
+    def short_s(self) -> int:
+        return STATUS_WINDOWS_S[self.short]
+
+    def factor(self, period_s: float) -> float:
+        """The burn rate at which this window fires, for an SLO over ``period_s``."""
+        return self.budget_fraction * period_s / self.long_s
+
+
+SRE_WORKBOOK_WINDOWS: tuple[BurnWindow, ...] = (
+    BurnWindow("page", "1h", "5m", 0.02, "2% of the budget in an hour: an outage, wake someone"),
+    BurnWindow("page", "6h", "30m", 0.05, "5% in six hours: a serious slow burn, still urgent"),
+    BurnWindow("ticket", "1d", "2h", 0.10, "10% in a day: fix this week"),
+    BurnWindow("ticket", "3d", "6h", 0.10, "10% in three days: a chronic leak"),
+)
+
+
+def period_s(window_s: float | None, calendar: str | None) -> float:
+    if window_s is not None:
+        return window_s
+    assert calendar is not None
+    return NOMINAL_PERIOD_S[calendar]
