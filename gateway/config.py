@@ -8,6 +8,7 @@ problem of the gateway file and of the ``slos.yaml`` it names at once, each as
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -16,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from slo.configfile import ConfigError, Loc, Problem, Source, read_yaml, validate
-from slo.spec import NAME_RE, DurationS, Slo, load_slos
+from slo.spec import NAME_RE, DurationS, Facility, Maintenance, Slo, load_slos
 
 FACILITY_ID_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 # Label values the gateway itself uses: a configured facility must not take one.
@@ -101,10 +102,26 @@ class FacilitySource(_Strict):
         return self
 
 
+class MaintenanceConfig(_Strict):
+    start: datetime
+    end: datetime
+    reason: str = ""
+
+    @model_validator(mode="after")
+    def _order(self) -> MaintenanceConfig:
+        if (self.start.tzinfo is None) != (self.end.tzinfo is None):
+            raise ValueError("start and end must both have a UTC offset or both be local times")
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
 class FacilityConfig(_Strict):
     name: str
     timezone: str = "UTC"
     sla: float | None = None
+    maintenance: list[MaintenanceConfig] = Field(default_factory=list)
+    """Planned windows, excluded from budgets; times without an offset are the facility's local time."""
 
     @field_validator("timezone")
     @classmethod
@@ -160,7 +177,25 @@ class TracesConfig(_Strict):
 
 
 class StoreConfig(_Strict):
+    enabled: bool = True
     path: str = "var/vitalgate.db"
+    flush_interval: DurationS = 10.0
+    minute_retention: DurationS = 35 * 86400.0
+    hour_retention: DurationS = 400 * 86400.0
+
+    @field_validator("flush_interval")
+    @classmethod
+    def _flush(cls, v: float) -> float:
+        if not 0.1 <= v <= 60:
+            raise ValueError("must be between 100ms and 60s")
+        return v
+
+    @field_validator("minute_retention", "hour_retention")
+    @classmethod
+    def _days(cls, v: float) -> float:
+        if v < 86400 * 4:
+            raise ValueError("must be at least 4d")
+        return v
 
 
 class MetricsConfig(_Strict):
@@ -226,6 +261,22 @@ class Config:
         self.base_dir = path.parent
         self.gateway = gateway
         self.slos = slos
+
+    def facilities(self) -> list[Facility]:
+        """The known facilities as the SLO engine sees them (maintenance times made aware)."""
+        out = []
+        for fid, f in self.gateway.facilities.known.items():
+            tz = ZoneInfo(f.timezone)
+            windows = tuple(
+                Maintenance(
+                    m.start if m.start.tzinfo else m.start.replace(tzinfo=tz),
+                    m.end if m.end.tzinfo else m.end.replace(tzinfo=tz),
+                    m.reason,
+                )
+                for m in f.maintenance
+            )
+            out.append(Facility(fid, f.name, f.timezone, None if f.sla is None else f.sla / 100.0, windows))
+        return out
 
     def resolve(self, relative: str) -> Path:
         """A path from the config, relative to the config file's directory."""

@@ -72,27 +72,30 @@ class GatewayMetrics:
         self.dropped = {s: self._dropped.labels(s) for s in SIGNALS}
         self._overflow_duration = self._overflow.labels("http_server_request_duration_seconds")
         self._max = max_label_sets
-        self._children: dict[tuple[str, str, str, str, int], Any] = {}
+        self._children: dict[tuple[str, str, str, str, int], tuple[Any, tuple[str, str, str, str, int]]] = {}
         self._active: dict[tuple[str, str], Any] = {}
 
     def drop(self, signal: str, n: int = 1) -> None:
         """Count ``n`` lost telemetry items; thread-safe (exporters call it)."""
         self.dropped[signal].inc(n)
 
-    def request_child(self, facility: str, service: str, route: str, method: str, status: int) -> Any:
+    def request_child(
+        self, facility: str, service: str, route: str, method: str, status: int
+    ) -> tuple[Any, tuple[str, str, str, str, int]]:
+        """The histogram child for a label set, and the (possibly folded) label set itself."""
         key = (facility, service, route, method, status)
-        child = self._children.get(key)
-        if child is None:
+        found = self._children.get(key)
+        if found is None:
             if len(self._children) >= self._max:
                 self._overflow_duration.inc()
                 folded = (facility, service, OTHER, method, status)
-                child = self._children.get(folded)
-                if child is not None:
-                    return child
+                found = self._children.get(folded)
+                if found is not None:
+                    return found
                 key = folded
             child = self.duration.labels(key[0], key[1], key[2], key[3], str(status))
-            self._children[key] = child
-        return child
+            found = self._children[key] = (child, key)
+        return found
 
     def active_child(self, facility: str, service: str) -> Any:
         key = (facility, service)

@@ -24,6 +24,7 @@ from gateway.errors import ClientGone, GatewayError, UpstreamReset, translate
 from gateway.facility import FacilityResolver
 from gateway.fhir import CONTROL_PARAMETERS
 from gateway.metrics import GatewayMetrics
+from gateway.recorder import Recorder
 from gateway.routes import Router
 from gateway.tracing import Tracing, format_traceparent, parse_traceparent
 from gateway.upstream import Upstream
@@ -75,6 +76,7 @@ class Proxy:
         tracing: Tracing,
         scheme: str,
         server_port: int,
+        recorder: Recorder | None = None,
     ) -> None:
         self.router = router
         self.facilities = facilities
@@ -84,6 +86,7 @@ class Proxy:
         self.tracer = tracing.tracer
         self.scheme = scheme
         self.server_port = server_port
+        self.recorder = recorder
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -144,7 +147,9 @@ class Proxy:
             duration_s = time.perf_counter() - t0
             ctx = span.get_span_context()
             sampled = ctx.trace_flags.sampled
-            child = self.metrics.request_child(facility, service, route, method, status)
+            child, key = self.metrics.request_child(facility, service, route, method, status)
+            if self.recorder is not None:
+                self.recorder.record(key, started, duration_s)
             if sampled:
                 child.observe(duration_s, {"trace_id": f"{ctx.trace_id:032x}"})
             else:

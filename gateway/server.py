@@ -25,6 +25,7 @@ from gateway.config import Config, split_listen
 from gateway.facility import FacilityResolver
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import Proxy
+from gateway.recorder import Recorder
 from gateway.routes import Router
 from gateway.tracing import Tracing
 from gateway.upstream import Upstream
@@ -56,6 +57,18 @@ class Gateway:
             name: Upstream(name, u, str(config.resolve(u.ca_file)) if u.ca_file else None)
             for name, u in cfg.upstreams.items()
         }
+        store = cfg.telemetry.store
+        self.recorder: Recorder | None = None
+        if store.enabled:
+            self.recorder = Recorder(
+                config.resolve(store.path),
+                config.slos,
+                self.metrics.buckets_s,
+                lambda n: self.metrics.drop("store", n),
+                flush_interval_s=store.flush_interval,
+                minute_days=int(store.minute_retention // 86400),
+                hour_days=int(store.hour_retention // 86400),
+            )
         host, port = split_listen(cfg.listen)
         self._host, self._port = host, port
         self._admin_host, self._admin_port = split_listen(cfg.admin.listen)
@@ -68,6 +81,7 @@ class Gateway:
             self.tracing,
             "https" if cfg.tls else "http",
             port,
+            self.recorder,
         )
         self.draining = False
         self.ready = False
@@ -106,6 +120,8 @@ class Gateway:
         return web.json_response({"status": "draining" if self.draining else "starting"}, status=503)
 
     async def start(self) -> None:
+        if self.recorder is not None:
+            self.recorder.start()
         self.access_log.start()
         for u in self.upstreams.values():
             await u.start()
@@ -140,6 +156,9 @@ class Gateway:
         for u in self.upstreams.values():
             await u.close()
         loop = asyncio.get_running_loop()
+        if self.recorder is not None:
+            self.recorder.flush()
+            await loop.run_in_executor(None, self.recorder.close)
         await loop.run_in_executor(None, self.tracing.shutdown)
         await loop.run_in_executor(None, self.access_log.close)
         if self._admin_runner is not None:

@@ -123,6 +123,24 @@ def parse_yaml(text: str, path: str) -> Source:
     return Source(path, data, marks, key_marks)
 
 
+def parse_yaml_documents(text: str, path: str) -> list[Source]:
+    """Every document of a multi-document YAML stream, keeping positions."""
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise ConfigError([Problem(path, line, col, "", f"invalid YAML: {exc.problem}")]) from exc
+    out = []
+    for node in nodes:
+        if node is None:
+            continue
+        marks: _Marks = {}
+        key_marks: _Marks = {}
+        out.append(Source(path, _build(node, (), marks, key_marks, path), marks, key_marks))
+    return out
+
+
 def read_yaml(path: str | Path) -> Source:
     p = Path(path)
     try:

@@ -435,3 +435,64 @@ class StoreWriter:
         day_floor = latest_minute // 86400 - 1
         for day_key in [k for k in self._days if k[2] < day_floor]:
             del self._days[day_key]
+
+
+def replay(store: Store, slos: Sequence[Slo]) -> list[str]:
+    """Compute per-SLO counts from the raw history for SLOs that have none yet (an SLO
+    defined, or redefined, after the traffic was recorded). Returns the keys replayed.
+
+    Minutes come from the raw minute rows; days older than those only from the hourly
+    roll-ups, so timeslice counts there are not known (left at zero).
+    """
+    missing = [s for s in slos if not store.has_slo_data(s.key)]
+    if not missing:
+        return []
+    series = store.all_series()
+    layouts = {i: np.array([*b, np.inf]) for i, b in store.layouts().items()}
+
+    def good_fraction(slo: Slo, key: SeriesKey, layout: int, arr: U32) -> npt.NDArray[np.uint64]:
+        if slo.kind == "latency":
+            cols = layouts[layout] <= (slo.threshold_s or 0) + 1e-9
+            out: npt.NDArray[np.uint64] = arr[:, cols].sum(axis=1, dtype=np.uint64)
+            return out
+        total: npt.NDArray[np.uint64] = arr.sum(axis=1, dtype=np.uint64)
+        return total if slo.counts_as_good(key[4], 0.0) else np.zeros_like(total)
+
+    days: dict[tuple[str, str, int], U32] = {}
+    hour_only: dict[tuple[str, str, int], U32] = {}
+    first_minute_day: int | None = None
+    for hour, sid, layout, arr in store.raw_hours_between(0, 2**62):
+        key = series[sid]
+        day = hour // 86400
+        first_minute_day = day if first_minute_day is None else min(first_minute_day, day)
+        off = (hour % 86400) // 60
+        total = arr.sum(axis=1, dtype=np.uint64)
+        for slo in missing:
+            if not slo.matches(key[1], key[2], key[3]):
+                continue
+            good = good_fraction(slo, key, layout, arr)
+            for fac in (key[0], ALL_FACILITIES):
+                st = days.setdefault((slo.key, fac, day), np.zeros((2, MINUTES_PER_DAY), dtype=np.uint32))
+                st[0, off : off + 60] += total.astype(np.uint32)
+                st[1, off : off + 60] += good.astype(np.uint32)
+    for day, sid, layout, arr in store.raw_days_between(0, 2**31):
+        if first_minute_day is not None and day >= first_minute_day:
+            continue
+        key = series[sid]
+        total = arr.sum(axis=1, dtype=np.uint64)
+        for slo in missing:
+            if slo.matches(key[1], key[2], key[3]):
+                good = good_fraction(slo, key, layout, arr)
+                for fac in (key[0], ALL_FACILITIES):
+                    st = hour_only.setdefault((slo.key, fac, day), np.zeros((4, 24), dtype=np.uint32))
+                    st[0] += total.astype(np.uint32)
+                    st[1] += good.astype(np.uint32)
+    targets = {s.key: s.timeslice_target for s in missing}
+    store.put_slo_defs(missing)
+    store.write((), ((k, f, d, a, hour_rollup(a, targets[k])) for (k, f, d), a in days.items()))
+    with store.transaction():
+        store.db.executemany(
+            "INSERT OR REPLACE INTO slo_hours VALUES (?,?,?,?)",
+            ((k, f, d, pack(a)) for (k, f, d), a in hour_only.items()),
+        )
+    return [s.key for s in missing]

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.config import Config, load_config
+from gateway.importer import import_file
+from gateway.metrics import duration_buckets_s
 from slo.configfile import ConfigError
+from slo.embedded import EmbeddedBackend
+from slo.openslo import openslo_to_slos_yaml
+from slo.prometheus import PrometheusBackend, PrometheusError
+from slo.spec import ALL_FACILITIES, latency_thresholds_s
+from slo.status import CountsBackend, compute_status, now_utc, sort_worst_first, to_json, to_table
+from slo.store import Store, StoreError, replay
 
 
 def _load(path: str) -> Config | None:
@@ -43,6 +53,88 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run(config)
 
 
+def _store(config: Config, readonly: bool = True) -> Store | None:
+    path = config.resolve(config.gateway.telemetry.store.path)
+    try:
+        return Store(path, readonly=readonly)
+    except (StoreError, sqlite3.Error) as exc:
+        print(f"vitalgate: store {path}: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_slo_status(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    facilities = config.facilities()
+    if args.facility is not None and args.facility not in {f.id for f in facilities} | {ALL_FACILITIES}:
+        print(f"vitalgate: unknown facility {args.facility!r}", file=sys.stderr)
+        return 2
+    backend: CountsBackend
+    if args.backend == "prometheus":
+        url = args.prometheus_url or os.environ.get("PROMETHEUS_URL")
+        if not url:
+            print("vitalgate: --backend prometheus needs --prometheus-url URL", file=sys.stderr)
+            return 2
+        backend = PrometheusBackend(url)
+    else:
+        store = _store(config, readonly=False)
+        if store is None:
+            return 1
+        replay(store, config.slos)
+        backend = EmbeddedBackend(store)
+    try:
+        rows = compute_status(config.slos, facilities, backend, now_utc())
+    except PrometheusError as exc:
+        print(f"vitalgate: {exc}", file=sys.stderr)
+        return 1
+    if args.facility is not None:
+        rows = [r for r in rows if r.facility == args.facility]
+    rows = sort_worst_first(rows)
+    print(to_json(rows) if args.format == "json" else to_table(rows))
+    return 0
+
+
+def cmd_store_import(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    path = Path(args.access_log)
+    if not path.is_file():
+        print(f"vitalgate: {path}: no such file", file=sys.stderr)
+        return 1
+    store = _store(config, readonly=False)
+    if store is None:
+        return 1
+    bounds = duration_buckets_s(latency_thresholds_s(config.slos))
+    result = import_file(store, config.slos, bounds, path)
+    store.compact_and_purge(
+        now_utc(),
+        int(config.gateway.telemetry.store.minute_retention // 86400),
+        int(config.gateway.telemetry.store.hour_retention // 86400),
+    )
+    store.close()
+    print(
+        f"{path}: imported {result.requests} requests over {result.minutes} minutes"
+        + (f" ({result.first} .. {result.last})" if result.first else "")
+        + (f"; skipped {result.skipped} lines that are not request records" if result.skipped else "")
+    )
+    return 0
+
+
+def cmd_import_openslo(args: argparse.Namespace) -> int:
+    try:
+        text, notes = openslo_to_slos_yaml(Path(args.file))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    for note in notes:
+        print(note, file=sys.stderr)
+    print(text, end="")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vitalgate.demo import run_demo  # noqa: PLC0415
 
@@ -68,6 +160,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="var/demo", help="folder for config, logs and traces (default var/demo)")
     p.add_argument("--rate", type=float, default=60.0, help="requests per second in total (default 60)")
     p.set_defaults(func=cmd_demo)
+    slo = sub.add_parser("slo", help="SLO status and import").add_subparsers(
+        dest="slo_command", required=True
+    )
+    p = slo.add_parser("status", help="SLIs, error budgets, burn rates and alerts per facility")
+    p.add_argument("--config", required=True)
+    p.add_argument("--backend", choices=["embedded", "prometheus"], default="embedded")
+    p.add_argument("--prometheus-url", default=None, help="Prometheus base URL (or PROMETHEUS_URL)")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--facility", default=None, help="one facility id, or '*' for all together")
+    p.set_defaults(func=cmd_slo_status)
+    p = slo.add_parser("import-openslo", help="print the slos.yaml equivalent of OpenSLO v1 SLOs")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_import_openslo)
+
+    store = sub.add_parser("store", help="the embedded store").add_subparsers(
+        dest="store_command", required=True
+    )
+    p = store.add_parser("import", help="backfill from the gateway's JSON access log (idempotent)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--access-log", required=True)
+    p.set_defaults(func=cmd_store_import)
     return parser
 
 

@@ -1,0 +1,126 @@
+"""The recorder that feeds the embedded store.
+
+Per request it adds one to a counter in a dict keyed by (series, minute,
+latency bucket): no database write, no lock. Every ``flush_interval`` the dict
+is swapped out and handed to a writer thread through a bounded queue; when
+the queue is full the batch is dropped and its requests counted in
+``vitalgate_telemetry_dropped_total{signal="store"}``. The writer thread owns
+the SQLite connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sys
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from slo.spec import Slo
+from slo.store import SeriesKey, Store, StoreWriter
+
+_STOP = object()
+MAINTENANCE_INTERVAL_S = 3600.0
+
+
+class Recorder:
+    def __init__(
+        self,
+        path: Path,
+        slos: Sequence[Slo],
+        bounds_s: Sequence[float],
+        on_drop: Callable[[int], None],
+        flush_interval_s: float = 10.0,
+        minute_days: int = 35,
+        hour_days: int = 400,
+        max_pending_batches: int = 30,
+    ) -> None:
+        self._path = path
+        self._slos = list(slos)
+        self._bounds = list(bounds_s)
+        self._cols = len(self._bounds) + 1
+        self._on_drop = on_drop
+        self.flush_interval_s = flush_interval_s
+        self._minute_days = minute_days
+        self._hour_days = hour_days
+        self._acc: dict[tuple[SeriesKey, int], list[int]] = {}
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending_batches)
+        self._thread: threading.Thread | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.flushes = 0
+
+    def record(self, key: SeriesKey, start_s: float, duration_s: float) -> None:
+        """Count one request (hot path)."""
+        k = (key, int(start_s) - int(start_s) % 60)
+        counts = self._acc.get(k)
+        if counts is None:
+            counts = self._acc[k] = [0] * self._cols
+        counts[bisect_left(self._bounds, duration_s)] += 1
+
+    def start(self) -> None:
+        """Open the store (in the writer thread) and start flushing; raises if it cannot open."""
+        self._thread = threading.Thread(target=self._run, name="vitalgate-store", daemon=True)
+        self._thread.start()
+        self._ready.wait(60)
+        if self._error is not None:
+            raise self._error
+        self._task = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval_s)
+            self.flush()
+
+    def flush(self) -> None:
+        batch, self._acc = self._acc, {}
+        if not batch:
+            return
+        try:
+            self._queue.put_nowait(batch)
+        except queue.Full:
+            self._on_drop(sum(sum(c) for c in batch.values()))
+
+    def _run(self) -> None:
+        try:
+            store = Store(self._path)
+            writer = StoreWriter(store, self._slos, self._bounds)
+            store.compact_and_purge(time.time(), self._minute_days, self._hour_days)
+        except Exception as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL_S
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    return
+                assert isinstance(item, dict)
+                try:
+                    writer.apply(item)
+                    self.flushes += 1
+                except Exception as exc:  # a full disk must not stop the gateway: count and go on
+                    self._on_drop(sum(sum(c) for c in item.values()))
+                    print(f"vitalgate: store write failed: {exc}", file=sys.stderr, flush=True)
+                if time.monotonic() >= next_maintenance:
+                    next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL_S
+                    with contextlib.suppress(Exception):
+                        store.compact_and_purge(time.time(), self._minute_days, self._hour_days)
+        finally:
+            store.close()
+
+    def close(self) -> None:
+        """Flush what is in memory and wait for the writer (called at shutdown, off the loop)."""
+        if self._task is not None:
+            self._task.cancel()
+        self.flush()
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join(60)

@@ -1,0 +1,207 @@
+"""SLO status: per (SLO, facility) rows from a counts backend and the engine.
+
+Windows are resolved here: rolling windows are the last N days; calendar
+windows start at the beginning of the facility's own month or quarter in its
+time zone (DST-correct through zoneinfo), and the all-facilities row (``*``)
+uses UTC. Maintenance windows are excluded from the counts and listed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from slo.engine import ALERT_NAMES, F64, evaluate
+from slo.spec import ALL_FACILITIES, Facility, Maintenance, Slo
+from slo.windows import STATUS_WINDOWS_S, period_s
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    slo: Slo
+    facility: str
+    timezone: str
+    window_start_s: float
+    window_min: int
+    maintenance: tuple[Maintenance, ...] = ()
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Per row: counts over the SLO window, and over each of STATUS_WINDOWS_S (columns).
+    For timeslice SLOs the counts are minutes (with data, good), not requests."""
+
+    window_total: F64
+    window_good: F64
+    burn_total: F64
+    burn_good: F64
+    request_total: F64
+    request_good: F64
+
+
+class CountsBackend(Protocol):
+    def counts(self, rows: Sequence[RowSpec], now_s: float) -> Counts: ...
+
+
+@dataclass
+class StatusRow:
+    slo: str
+    facility: str
+    service: str
+    objective: float
+    window: str
+    total: int
+    good: int
+    sli: float | None
+    budget_remaining: float | None
+    burn_rates: dict[str, float | None]
+    alert: str
+    exhaustion_hours: float | None
+    facility_name: str = ""
+    sla: float | None = None
+    sla_met: bool | None = None
+    objective_met: bool | None = None
+    budgeting: str = "occurrences"
+    window_start: str = ""
+    budget_allowed: float = 0.0
+    budget_consumed: float = 0.0
+    requests_total: int = 0
+    requests_good: int = 0
+    maintenance: list[dict[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def period_start(calendar: str, timezone: str, now_s: float) -> datetime:
+    """Start of the current calendar month or quarter in ``timezone``."""
+    local = datetime.fromtimestamp(now_s, ZoneInfo(timezone))
+    month = local.month if calendar == "month" else 3 * ((local.month - 1) // 3) + 1
+    return datetime(local.year, month, 1, tzinfo=ZoneInfo(timezone))
+
+
+def row_specs(slos: Sequence[Slo], facilities: Sequence[Facility], now_s: float) -> list[RowSpec]:
+    out = []
+    for slo in slos:
+        for fac in [*facilities, None]:
+            tz = fac.timezone if fac else "UTC"
+            if slo.calendar is not None:
+                start = period_start(slo.calendar, tz, now_s).timestamp()
+            else:
+                assert slo.window_s is not None
+                start = now_s - slo.window_s
+            window_min = max(1, math.ceil((now_s - start) / 60))
+            maintenance = fac.maintenance if fac else tuple(m for f in facilities for m in f.maintenance)
+            overlapping = tuple(
+                m for m in maintenance if m.end.timestamp() > start and m.start.timestamp() < now_s
+            )
+            out.append(RowSpec(slo, fac.id if fac else ALL_FACILITIES, tz, start, window_min, overlapping))
+    return out
+
+
+def _num(x: float) -> float | None:
+    return None if math.isnan(x) else round(float(x), 6)
+
+
+def compute_status(
+    slos: Sequence[Slo], facilities: Sequence[Facility], backend: CountsBackend, now_s: float
+) -> list[StatusRow]:
+    rows = row_specs(slos, facilities, now_s)
+    if not rows:
+        return []
+    c = backend.counts(rows, now_s)
+    objective = np.array([r.slo.objective for r in rows])
+    ev = evaluate(
+        c.window_total,
+        c.window_good,
+        c.burn_total,
+        c.burn_good,
+        objective,
+        np.array([period_s(r.slo.window_s, r.slo.calendar) for r in rows]),
+        np.array([float(r.slo.min_events if r.slo.budgeting == "occurrences" else 1) for r in rows]),
+    )
+    names = {f.id: f for f in facilities}
+    out = []
+    for i, r in enumerate(rows):
+        fac = names.get(r.facility)
+        sli = _num(ev.sli[i])
+        alert = int(ev.alert[i])
+        if alert == 2 and not r.slo.page:
+            alert = 1 if r.slo.ticket else 0
+        if alert == 1 and not r.slo.ticket:
+            alert = 0
+        out.append(
+            StatusRow(
+                slo=r.slo.name,
+                facility=r.facility,
+                service=r.slo.service,
+                objective=r.slo.objective,
+                window=r.slo.window,
+                total=int(c.window_total[i]),
+                good=int(c.window_good[i]),
+                sli=sli,
+                budget_remaining=_num(ev.budget_remaining[i]),
+                burn_rates={n: _num(ev.burn_rates[n][i]) for n in STATUS_WINDOWS_S}
+                | {"window": _num(ev.window_burn_rate[i])},
+                alert=ALERT_NAMES[alert],
+                exhaustion_hours=_num(ev.exhaustion_hours[i]),
+                facility_name=fac.name if fac else "All facilities",
+                sla=fac.sla if fac else None,
+                sla_met=None if sli is None or fac is None or fac.sla is None else sli >= fac.sla,
+                objective_met=None if sli is None else sli >= r.slo.objective,
+                budgeting=r.slo.budgeting,
+                window_start=datetime.fromtimestamp(r.window_start_s, ZoneInfo(r.timezone)).isoformat(),
+                budget_allowed=round(float(ev.budget_allowed[i]), 3),
+                budget_consumed=round(float(ev.budget_consumed[i]), 3),
+                requests_total=int(c.request_total[i]),
+                requests_good=int(c.request_good[i]),
+                maintenance=[
+                    {"start": m.start.isoformat(), "end": m.end.isoformat(), "reason": m.reason}
+                    for m in r.maintenance
+                ],
+            )
+        )
+    return out
+
+
+def sort_worst_first(rows: list[StatusRow]) -> list[StatusRow]:
+    def key(r: StatusRow) -> tuple[float, str, str]:
+        b = r.budget_remaining
+        return (math.inf if b is None else b, r.slo, r.facility)
+
+    return sorted(rows, key=key)
+
+
+def to_json(rows: Sequence[StatusRow]) -> str:
+    return json.dumps({"slos": [r.to_json() for r in rows]}, indent=2)
+
+
+def _pct(x: float | None, digits: int = 3) -> str:
+    return "no data" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def to_table(rows: Sequence[StatusRow]) -> str:
+    head = (
+        f"{'SLO':<22}{'FACILITY':<14}{'OBJECTIVE':>10}{'SLI':>10}{'BUDGET LEFT':>12}"
+        f"{'1H BURN':>9}{'ALERT':>8}{'TOTAL':>10}"
+    )
+    lines = [head]
+    for r in rows:
+        burn = r.burn_rates.get("1h")
+        lines.append(
+            f"{r.slo[:21]:<22}{r.facility[:13]:<14}{_pct(r.objective, 2):>10}{_pct(r.sli):>10}"
+            f"{'no data' if r.budget_remaining is None else f'{100 * r.budget_remaining:.1f}%':>12}"
+            f"{'-' if burn is None else f'{burn:.2f}':>9}{r.alert:>8}{r.total:>10}"
+        )
+    return "\n".join(lines)
+
+
+def now_utc() -> float:
+    return datetime.now(UTC).timestamp()
