@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 import ssl
 import sys
 import time
@@ -29,7 +30,10 @@ from gateway.recorder import Recorder
 from gateway.routes import Router
 from gateway.tracing import Tracing
 from gateway.upstream import Upstream
-from slo.spec import latency_thresholds_s
+from slo.embedded import EmbeddedBackend
+from slo.spec import ALL_FACILITIES, latency_thresholds_s
+from slo.status import compute_status, sort_worst_first
+from slo.store import Store, StoreError
 
 log = logging.getLogger("vitalgate.gateway")
 
@@ -104,7 +108,33 @@ class Gateway:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/api/v1/slo", self._slo_status)
         return app
+
+    def _status_rows(self, facility: str | None) -> list[dict[str, object]]:
+        store = Store(self.config.resolve(self.config.gateway.telemetry.store.path), readonly=True)
+        try:
+            rows = compute_status(
+                self.config.slos, self.config.facilities(), EmbeddedBackend(store), time.time()
+            )
+        finally:
+            store.close()
+        return [r.to_json() for r in sort_worst_first(rows) if facility is None or r.facility == facility]
+
+    async def _slo_status(self, request: web.Request) -> web.Response:
+        facility = request.query.get("facility")
+        known = {f.id for f in self.config.facilities()} | {ALL_FACILITIES}
+        if facility is not None and facility not in known:
+            return web.json_response({"error": "unknown facility"}, status=404)
+        if self.recorder is None:
+            return web.json_response(
+                {"error": "the embedded store is disabled (telemetry.store.enabled)"}, status=503
+            )
+        try:
+            rows = await asyncio.get_running_loop().run_in_executor(None, self._status_rows, facility)
+        except (StoreError, sqlite3.Error) as exc:
+            return web.json_response({"error": "store unavailable", "detail": str(exc)}, status=503)
+        return web.json_response({"slos": rows})
 
     async def _metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
@@ -179,7 +209,11 @@ async def serve(config: Config, on_ready: Callable[[Gateway], Awaitable[None]] |
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await gateway.start()
+    try:
+        await gateway.start()
+    except (StoreError, sqlite3.Error, OSError) as exc:
+        print(f"vitalgate: cannot start: {exc}", file=sys.stderr, flush=True)
+        return 1
     print(
         f"vitalgate: proxy on {config.gateway.listen.rsplit(':', 1)[0]}:{gateway.proxy_port}, "
         f"admin (metrics) on {config.gateway.admin.listen.rsplit(':', 1)[0]}:{gateway.admin_port}",

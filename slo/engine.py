@@ -107,7 +107,8 @@ def evaluate(
 
     alert = np.zeros(total.shape, dtype=np.int8)
     for bw in windows:
-        factor = bw.factor(1.0) * period_s  # budget_fraction x period / long window
+        # budget_fraction x period / long window, less a hair for floating-point error
+        factor = bw.factor(1.0) * period_s * (1 - 1e-9)
         with np.errstate(invalid="ignore"):
             fires = (rates[bw.long] >= factor) & (rates[bw.short] >= factor)
         level = ALERT_PAGE if bw.severity == "page" else ALERT_TICKET

@@ -211,7 +211,7 @@ def _to_slo(doc: SloDoc) -> Slo:
     return Slo(
         name=doc.name,
         service=doc.service,
-        objective=doc.objective / 100.0,
+        objective=round(doc.objective / 100.0, 12),
         window=window,
         window_s=window_s,
         calendar=calendar,
@@ -222,7 +222,7 @@ def _to_slo(doc: SloDoc) -> Slo:
         routes=tuple(doc.filter.routes),
         description=doc.description,
         budgeting=doc.budgeting,
-        timeslice_target=doc.timeslice.target / 100.0,
+        timeslice_target=round(doc.timeslice.target / 100.0, 12),
         min_events=doc.alerting.min_events,
         page=doc.alerting.page,
         ticket=doc.alerting.ticket,

@@ -28,6 +28,10 @@ import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.config import load_config
+from slo.embedded import EmbeddedBackend
+from slo.status import compute_status, now_utc, sort_worst_first, to_table
+from slo.store import Store
 from vitalgate.otlpsink import OtlpSink
 
 FACILITIES = {
@@ -417,7 +421,20 @@ async def _demo(duration_s: float, out: Path, rate: float) -> int:
     n_spans = len(sink.spans)
     print(f"Traces:   {out / 'traces.jsonl'} ({n_spans} spans received over OTLP/HTTP protobuf)")
     print(f"Config:   {config_path}")
+    print()
+    print("SLOs per facility (embedded store, worst budget first):")
+    print(slo_table(config_path))
     return 0 if proc.returncode == 0 else 1
+
+
+def slo_table(config_path: Path) -> str:
+    config = load_config(config_path)
+    store = Store(config.resolve(config.gateway.telemetry.store.path), readonly=True)
+    try:
+        rows = compute_status(config.slos, config.facilities(), EmbeddedBackend(store), now_utc())
+    finally:
+        store.close()
+    return to_table(sort_worst_first(rows))
 
 
 def run_demo(duration_s: float, out_dir: Path, rate: float) -> int:
