@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from slo.engine import ALERT_NAMES, evaluate, window_sums
+from slo.engine import ALERT_NAMES, Evaluation, evaluate, window_sums
 from slo.windows import SRE_WORKBOOK_WINDOWS, STATUS_WINDOWS_S
 
 OBJ = 0.999
@@ -21,7 +21,9 @@ def _series(bad_minutes: int, per_minute: float = 1000.0, error_ratio: float = 1
     return mt, mg, ht, hg
 
 
-def _evaluate(mt: np.ndarray, mg: np.ndarray, ht: np.ndarray, hg: np.ndarray, objective: float = OBJ):
+def _evaluate(
+    mt: np.ndarray, mg: np.ndarray, ht: np.ndarray, hg: np.ndarray, objective: float = OBJ
+) -> Evaluation:
     burn_w = np.array([[w // 60 for w in STATUS_WINDOWS_S.values()]], dtype=np.int64)
     window = np.array([[PERIOD_30D // 60]], dtype=np.int64)
     return evaluate(
@@ -68,7 +70,9 @@ def test_burn_rate_one_spends_exactly_the_budget() -> None:
         (1.0, 4320, 0.10, "ticket"),  # 1x for 3d: 10%
     ],
 )
-def test_workbook_windows_spend_their_fraction_and_fire(rate: float, long_min: int, spent: float, alert: str) -> None:
+def test_workbook_windows_spend_their_fraction_and_fire(
+    rate: float, long_min: int, spent: float, alert: str
+) -> None:
     # Traffic elsewhere has no errors; the last `long_min` minutes burn at `rate`.
     mt, mg, ht, hg = _series(long_min, error_ratio=rate * (1 - OBJ))
     ev = _evaluate(mt, mg, ht, hg)
@@ -114,7 +118,7 @@ def test_low_traffic_below_min_events_never_pages() -> None:
 def test_vectorised_rows_are_independent() -> None:
     a = _series(60, error_ratio=14.4 * (1 - OBJ))
     b = _series(0)
-    stacked = [np.vstack([x, y]) for x, y in zip(a, b, strict=True)]
-    ev = _evaluate(*stacked)
+    mt, mg, ht, hg = (np.vstack([x, y]) for x, y in zip(a, b, strict=True))
+    ev = _evaluate(mt, mg, ht, hg)
     assert [ALERT_NAMES[x] for x in ev.alert] == ["page", "none"]
     assert ev.budget_remaining[1] == 1.0
