@@ -53,16 +53,11 @@ class PrometheusBackend:
         return out
 
     def _pair(
-        self, slo: Slo, range_s: float, extra: dict[str, str] | None, star: bool, now_s: float, exact: bool
+        self, slo: Slo, range_s: float, extra: dict[str, str] | None, star: bool, now_s: float
     ) -> tuple[dict[str, float], dict[str, float]]:
         agg = promql.all_facilities if star else promql.by_facility
-        if exact:
-            t = promql.exact_increase(promql.total_series(slo, extra), range_s)
-            g = promql.exact_increase(promql.good_series(slo, extra), range_s)
-        else:
-            r = promql.range_str(range_s)
-            t = f"increase({promql.total_series(slo, extra)}[{r}])"
-            g = f"increase({promql.good_series(slo, extra)}[{r}])"
+        t = promql.exact_increase(promql.total_series(slo, extra), range_s)
+        g = promql.exact_increase(promql.good_series(slo, extra), range_s)
         return self.query(agg(t), now_s), self.query(agg(g), now_s)
 
     def _slice_pair(
@@ -89,7 +84,7 @@ class PrometheusBackend:
                     if slices:
                         t, g = self._slice_pair(slo, w, None, star, now_s)
                     else:
-                        t, g = self._pair(slo, w, None, star, now_s, exact=False)
+                        t, g = self._pair(slo, w, None, star, now_s)
                     for i in mine:
                         bt[i, j] = t.get(rows[i].facility, 0.0)
                         bg[i, j] = g.get(rows[i].facility, 0.0)
@@ -104,7 +99,7 @@ class PrometheusBackend:
                     extra = (
                         None if star or not slo.calendar or len(members) > 1 else {"facility": r0.facility}
                     )
-                    t, g = self._pair(slo, range_s, extra, star, now_s, exact=True)
+                    t, g = self._pair(slo, range_s, extra, star, now_s)
                     for i in members:
                         rt[i] = round(t.get(rows[i].facility, 0.0), 6)
                         rg[i] = round(g.get(rows[i].facility, 0.0), 6)

@@ -320,3 +320,89 @@ class GatewayProcess:
             self.proc.kill()
             self.proc.wait()
         self._stderr.close()
+
+
+def require_binary(name: str) -> str:
+    """Path of a binary a test needs. Missing: skip, or fail when VITALGATE_REQUIRE_PROMETHEUS
+    is set (CI sets it, so Prometheus, promtool and Alertmanager tests always run there)."""
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("VITALGATE_REQUIRE_PROMETHEUS"):
+            pytest.fail(f"{name} is required (VITALGATE_REQUIRE_PROMETHEUS=1) but not installed")
+        pytest.skip(f"{name} not installed (make test installs it)")
+    return path
+
+
+class PrometheusProcess:
+    """A real Prometheus (Debian's package) on a loopback port, scraping the given targets."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        targets: list[str],
+        extra_args: list[str] | None = None,
+        rule_files: list[Path] | None = None,
+        alertmanager: str | None = None,
+    ) -> None:
+        import subprocess
+        import time
+        import urllib.request
+
+        binary = require_binary("prometheus")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cfg: dict[str, Any] = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": "vitalgate", "static_configs": [{"targets": targets}]}],
+        }
+        if rule_files:
+            cfg["rule_files"] = [str(p) for p in rule_files]
+        if alertmanager:
+            cfg["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+        self.log = (workdir / "prometheus.log").open("w")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--web.enable-lifecycle",
+                *(extra_args or []),
+            ],
+            stdout=self.log,
+            stderr=self.log,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/-/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError("prometheus not ready")
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        import urllib.parse
+        import urllib.request
+
+        with urllib.request.urlopen(
+            f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}", timeout=10
+        ) as r:
+            body = json.loads(r.read())
+        assert body["status"] == "success", body
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except Exception:
+            self.proc.kill()
+        self.log.close()

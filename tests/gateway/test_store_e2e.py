@@ -1,0 +1,141 @@
+"""Exact counts end to end: traffic through a running gateway, then `slo status`."""
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+
+from tests.helpers import BackgroundPeers, GatewayProcess, Upstream, gateway_config, running_gateway
+
+SLOS = [
+    {"name": "avail", "service": "fhir", "objective": 99.5, "sli": {"availability": {}}},
+    {
+        "name": "fast-reads",
+        "service": "fhir",
+        "objective": 90,
+        "filter": {"methods": ["GET"]},
+        "sli": {"latency": {"threshold": "250ms"}},
+    },
+]
+
+
+def slo_status(config: Path, *extra: str) -> dict[tuple[str, str], dict[str, object]]:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vitalgate",
+            "slo",
+            "status",
+            "--config",
+            str(config),
+            "--format",
+            "json",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return {(r["slo"], r["facility"]): r for r in json.loads(proc.stdout)["slos"]}
+
+
+async def test_slo_status_counts_exactly_what_was_sent(tmp_path: Path, upstream: Upstream) -> None:
+    cfg = gateway_config(
+        tmp_path,
+        upstream.port,
+        slos=SLOS,
+        extra={"telemetry": {"store": {"path": "store.db", "flush_interval": "200ms"}}},
+    )
+    plan = []
+    for i in range(300):
+        facility = ["st-marys", "riverside", "lakeside"][i % 3]
+        fault = "500" if i % 17 == 0 else ("slow" if i % 23 == 0 else "")
+        method = "POST" if i % 5 == 0 else "GET"
+        plan.append((facility, fault, method))
+    sent = Counter(f for f, _, _ in plan)
+    bad = Counter(f for f, fault, _ in plan if fault == "500")
+    gets = Counter(f for f, _, m in plan if m == "GET")
+    slow_gets = Counter(f for f, fault, m in plan if m == "GET" and fault == "slow")
+    async with running_gateway(cfg) as gw:
+        async with aiohttp.ClientSession() as s:
+            for facility, fault, method in plan:
+                headers = {"X-Facility-ID": facility}
+                if fault:
+                    headers |= {"X-Test-Fault": fault, "X-Test-Sleep": "0.3"}
+                async with s.request(
+                    method, f"http://127.0.0.1:{gw.proxy_port}/fhir/Patient/1", headers=headers
+                ) as r:
+                    await r.read()
+            await asyncio.sleep(0.6)  # two flushes
+            async with s.get(f"http://127.0.0.1:{gw.admin_port}/api/v1/slo?facility=riverside") as r:
+                assert r.status == 200
+                api = (await r.json())["slos"]
+            async with s.get(f"http://127.0.0.1:{gw.admin_port}/api/v1/slo?facility=nowhere") as r:
+                assert r.status == 404
+    assert {row["facility"] for row in api} == {"riverside"}
+    got = slo_status(cfg)
+    for fac in sent:
+        assert got[("avail", fac)]["total"] == sent[fac]
+        assert got[("avail", fac)]["good"] == sent[fac] - bad[fac]
+        assert got[("fast-reads", fac)]["total"] == gets[fac]
+        assert got[("fast-reads", fac)]["good"] == gets[fac] - slow_gets[fac]
+    assert got[("avail", "*")]["total"] == 300
+    api_row = next(r for r in api if r["slo"] == "avail")
+    assert api_row["total"] == sent["riverside"]
+    table = subprocess.run(  # noqa: ASYNC221  the gateway has stopped; nothing else runs on the loop
+        [sys.executable, "-m", "vitalgate", "slo", "status", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert table[0].split()[:3] == ["SLO", "FACILITY", "OBJECTIVE"]
+    budgets = [float(line.split()[4].rstrip("%")) for line in table[1:]]
+    assert budgets == sorted(budgets)  # worst budget first
+
+
+def _send(base: str, n: int, facility: str) -> None:
+    for _ in range(n):
+        req = urllib.request.Request(base + "/fhir/Observation?_count=1", headers={"X-Facility-ID": facility})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            r.read()
+
+
+def test_kill_9_loses_at_most_a_flush_and_restart_continues(tmp_path: Path) -> None:
+    with BackgroundPeers() as peers:
+        cfg = gateway_config(
+            tmp_path,
+            peers.upstream.port,
+            slos=SLOS,
+            extra={"telemetry": {"store": {"path": "store.db", "flush_interval": "500ms"}}},
+        )
+        gw = GatewayProcess(cfg)
+        _send(gw.proxy, 120, "st-marys")
+        time.sleep(1.5)  # at least two flushes after the last request
+        _send(gw.proxy, 7, "riverside")  # may or may not be flushed before the kill
+        gw.proc.send_signal(signal.SIGKILL)
+        gw.proc.wait()
+        db = tmp_path / "store.db"
+        import sqlite3
+
+        assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        after_kill = slo_status(cfg)
+        assert after_kill[("avail", "st-marys")]["total"] == 120
+        assert after_kill[("avail", "riverside")]["total"] in (0, 7)
+        lost = 7 - int(str(after_kill[("avail", "riverside")]["total"]))
+
+        gw = GatewayProcess(cfg)  # restart: continues the same minute, hour and day rows
+        _send(gw.proxy, 30, "st-marys")
+        assert gw.terminate() == 0
+        final = slo_status(cfg)
+        assert final[("avail", "st-marys")]["total"] == 150
+        assert final[("avail", "*")]["total"] == 157 - lost

@@ -1,0 +1,113 @@
+"""The Prometheus backend against a real Prometheus scraping two gateway replicas."""
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+from tests.helpers import BackgroundPeers, GatewayProcess, PrometheusProcess, gateway_config
+
+SLOS = [
+    {"name": "avail", "service": "fhir", "objective": 99.5, "sli": {"availability": {}}},
+    {
+        "name": "monthly",
+        "service": "fhir",
+        "objective": 99,
+        "window": {"calendar": "month"},
+        "sli": {"availability": {}},
+    },
+    {"name": "fast", "service": "fhir", "objective": 90, "sli": {"latency": {"threshold": "250ms"}}},
+]
+
+
+def status(config: Path, *extra: str) -> dict[tuple[str, str], dict[str, object]]:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vitalgate",
+            "slo",
+            "status",
+            "--config",
+            str(config),
+            "--format",
+            "json",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return {(r["slo"], r["facility"]): r for r in json.loads(proc.stdout)["slos"]}
+
+
+def test_prometheus_totals_equal_requests_sent_to_both_replicas(tmp_path: Path) -> None:
+    with BackgroundPeers() as peers:
+        replicas = []
+        for name in ("a", "b"):
+            d = tmp_path / name
+            d.mkdir()
+            cfg = gateway_config(
+                d,
+                peers.upstream.port,
+                slos=SLOS,
+                extra={"telemetry": {"store": {"path": "store.db", "flush_interval": "200ms"}}},
+            )
+            replicas.append((cfg, GatewayProcess(cfg)))
+        prom = PrometheusProcess(tmp_path, [g.admin.removeprefix("http://") for _, g in replicas])
+        try:
+            sent: Counter[str] = Counter()
+            bad: Counter[str] = Counter()
+            slow: Counter[str] = Counter()
+            for i in range(240):
+                _cfg, gw = replicas[i % 2]
+                facility = ["st-marys", "riverside", "lakeside"][i % 3]
+                headers = {"X-Facility-ID": facility}
+                if i % 13 == 0:
+                    headers["X-Test-Fault"] = "500"
+                    bad[facility] += 1
+                elif i % 19 == 0:
+                    headers |= {"X-Test-Fault": "slow", "X-Test-Sleep": "0.3"}
+                    slow[facility] += 1
+                req = urllib.request.Request(gw.proxy + f"/fhir/Patient/{i}", headers=headers)
+                try:
+                    with urllib.request.urlopen(req, timeout=10) as r:
+                        r.read()
+                except urllib.error.HTTPError as e:
+                    e.read()
+                sent[facility] += 1
+            # Wait until Prometheus has scraped everything from both replicas.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                res = prom.query("sum(http_server_request_duration_seconds_count)")
+                if res and float(res[0]["value"][1]) == 240:
+                    break
+                time.sleep(0.5)
+            time.sleep(2)  # a few more scrapes with no new traffic
+            via_prom = status(replicas[0][0], "--backend", "prometheus", "--prometheus-url", prom.url)
+        finally:
+            for _cfg, gw in replicas:
+                assert gw.terminate() == 0
+            prom.stop()
+        stores = [status(cfg) for cfg, _ in replicas]
+    for fac in sent:
+        for slo in ("avail", "monthly"):
+            assert via_prom[(slo, fac)]["total"] == sent[fac], (slo, fac)
+            assert via_prom[(slo, fac)]["good"] == sent[fac] - bad[fac]
+        assert via_prom[("fast", fac)]["good"] == sent[fac] - slow[fac]
+        for slo in ("avail", "fast", "monthly"):
+            embedded_total = sum(s[(slo, fac)]["total"] for s in stores)  # type: ignore[misc]
+            embedded_good = sum(s[(slo, fac)]["good"] for s in stores)  # type: ignore[misc]
+            assert (via_prom[(slo, fac)]["total"], via_prom[(slo, fac)]["good"]) == (
+                embedded_total,
+                embedded_good,
+            )
+    assert via_prom[("avail", "*")]["total"] == 240
+    # Burn rates come from the same counters over the short windows.
+    row = via_prom[("avail", "st-marys")]
+    assert row["burn_rates"]["5m"] is not None  # type: ignore[index]
