@@ -93,7 +93,11 @@ def _convert(
         return None
     if len(objectives) > 1:
         notes.append(
-            src.problem(("spec", "objectives", 1), "only the first objective is imported; the others are not")
+            src.problem(
+                ("spec", "objectives", 1),
+                "only the first objective is imported; the others are not",
+                at_key=True,
+            )
         )
     obj = objectives[0]
     if "targetPercent" in obj:
@@ -111,6 +115,7 @@ def _convert(
             ind_src.problem(
                 (*ind_loc, "spec", "ratioMetric"),
                 "queries not translated: measured at the gateway as availability (status < 500)",
+                at_key=True,
             )
         )
         if isinstance(ratio, dict) and ratio.get("counter") is False:
@@ -118,6 +123,7 @@ def _convert(
                 ind_src.problem(
                     (*ind_loc, "spec", "ratioMetric", "counter"),
                     "gauge ratios are not supported; counted as requests",
+                    at_key=True,
                 )
             )
     elif "thresholdMetric" in ind_spec:
@@ -135,6 +141,7 @@ def _convert(
             ind_src.problem(
                 (*ind_loc, "spec", "thresholdMetric"),
                 f"query not translated: latency measured at the gateway against {value} s",
+                at_key=True,
             )
         )
     else:
@@ -178,6 +185,7 @@ def _convert(
                 src.problem(
                     ("spec", "timeWindow", 0, "calendar", "timeZone"),
                     "not imported: calendar windows use each facility's own time zone",
+                    at_key=True,
                 )
             )
         if _get(tw, "calendar", "startTime") is not None:
@@ -185,6 +193,7 @@ def _convert(
                 src.problem(
                     ("spec", "timeWindow", 0, "calendar", "startTime"),
                     "not imported: periods start on the first of the month or quarter",
+                    at_key=True,
                 )
             )
 
@@ -195,7 +204,9 @@ def _convert(
         if window not in ("1m", "60s"):
             notes.append(
                 src.problem(
-                    ("spec", "objectives", 0, "timeSliceWindow"), f"slices are always 1m (got {window!r})"
+                    ("spec", "objectives", 0, "timeSliceWindow"),
+                    f"slices are always 1m (got {window!r})",
+                    at_key=True,
                 )
             )
         if "timeSliceTarget" in obj:
@@ -212,6 +223,7 @@ def _convert(
             src.problem(
                 ("spec", "alertPolicies"),
                 "not imported: alerts follow the multiwindow burn-rate table (see alerting:)",
+                at_key=True,
             )
         )
     for key in spec:
@@ -225,7 +237,7 @@ def _convert(
             "budgetingMethod",
             "alertPolicies",
         }:
-            notes.append(src.problem(("spec", key), "not imported: no equivalent"))
+            notes.append(src.problem(("spec", key), "not imported: no equivalent", at_key=True))
     out["sli"] = out.pop("sli")
     return out
 
@@ -261,7 +273,11 @@ def openslo_to_slos_yaml(path: Path) -> tuple[str, list[Problem]]:
             if converted is not None:
                 slos.append(converted)
         elif kind != "SLI":
-            notes.append(src.problem(("kind",), f"kind {kind} not imported (only SLO, and SLI by reference)"))
+            notes.append(
+                src.problem(
+                    ("kind",), f"kind {kind} not imported (only SLO, and SLI by reference)", at_key=True
+                )
+            )
     if errors:
         raise ConfigError(errors)
     header = f"# Imported from {path.name} (OpenSLO v1) by `vitalgate slo import-openslo`.\n"

@@ -139,3 +139,62 @@ def test_kill_9_loses_at_most_a_flush_and_restart_continues(tmp_path: Path) -> N
         final = slo_status(cfg)
         assert final[("avail", "st-marys")]["total"] == 150
         assert final[("avail", "*")]["total"] == 157 - lost
+
+
+def test_store_rebuilt_from_the_access_log(tmp_path: Path) -> None:
+    with BackgroundPeers() as peers:
+        cfg = gateway_config(
+            tmp_path,
+            peers.upstream.port,
+            slos=SLOS,
+            extra={"telemetry": {"store": {"path": "store.db", "flush_interval": "200ms"}}},
+        )
+        gw = GatewayProcess(cfg)
+        _send(gw.proxy, 40, "st-marys")
+        _send(gw.proxy, 25, "lakeside")
+        assert gw.terminate() == 0
+    live = slo_status(cfg)
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"store.db{suffix}").unlink(missing_ok=True)  # the store is lost
+    for _ in range(2):  # importing twice changes nothing
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vitalgate",
+                "store",
+                "import",
+                "--config",
+                str(cfg),
+                "--access-log",
+                str(tmp_path / "access.log"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+        assert "imported 65 requests" in out
+    rebuilt = slo_status(cfg)
+    for key in (("avail", "st-marys"), ("avail", "lakeside"), ("fast-reads", "*")):
+        assert (rebuilt[key]["total"], rebuilt[key]["good"]) == (live[key]["total"], live[key]["good"])
+    assert rebuilt[("avail", "st-marys")]["total"] == 40
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vitalgate",
+            "store",
+            "import",
+            "--config",
+            str(cfg),
+            "--access-log",
+            str(tmp_path / "nope.log"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert missing.returncode == 1
+    assert "nope.log: no such file" in missing.stderr

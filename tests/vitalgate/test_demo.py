@@ -43,6 +43,10 @@ def test_demo_runs_and_every_request_is_counted(tmp_path: Path) -> None:
     metrics = (tmp_path / "metrics.txt").read_text()
     assert len(log.splitlines()) == sum(s for s, _, _ in summary.values())
     assert f"Traces:   {tmp_path / 'traces.jsonl'}" in out
+    # It ends with each facility's SLOs from the embedded store.
+    tail = out.split("SLOs per facility", 1)[1]
+    assert "fhir-availability" in tail and "fhir-read-latency" in tail
+    assert re.search(r"^fhir-availability\s+riverside\s+99\.90%", tail, re.M)
     for text in (log, traces, metrics):
         for word in [*FAMILY, *GIVEN, "MRN", "demo-token"]:
             assert word not in text
