@@ -11,35 +11,52 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
-from slo.engine import F64, timeslices, window_sums
+from slo.engine import timeslices, window_sums
 from slo.status import Counts, RowSpec
-from slo.store import MINUTES_PER_DAY, Store
+from slo.store import CHUNK_DAYS, MINUTES_PER_DAY, Store
 from slo.windows import STATUS_WINDOWS_S
 
 RECENT_HOURS = 72
+Counts32 = npt.NDArray[np.uint32]
 
 
-def _concat(
-    blobs: dict[tuple[str, str, int], np.ndarray],
-    key: str,
-    fac: str,
-    day0: int,
-    day1: int,
-    shape: tuple[int, int],
-) -> np.ndarray:
-    parts = []
-    for d in range(day0, day1 + 1):
-        a = blobs.get((key, fac, d))
-        parts.append(a if a is not None else np.zeros(shape, dtype=np.uint32))
-    return np.concatenate(parts, axis=1)
+def _placement(
+    index: dict[tuple[str, str], int], ids: list[tuple[str, str, int]], day0: int
+) -> tuple[list[int], list[int], list[int]]:
+    """For each stored row that belongs to a status row: (status row, day offset, stored row)."""
+    rows, days, picks = [], [], []
+    for j, (key, fac, day) in enumerate(ids):
+        i = index.get((key, fac))
+        if i is not None:
+            rows.append(i)
+            days.append(day - day0)
+            picks.append(j)
+    return rows, days, picks
+
+
+def _channel(
+    shape: tuple[int, int, int],
+    place: tuple[list[int], list[int], list[int]],
+    stored: np.ndarray | None,
+    ch: int,
+) -> Counts32:
+    """One channel (total, good, ...) of every status row, its days side by side."""
+    out = np.zeros(shape, dtype=np.uint32)
+    rows, days, picks = place
+    if picks and stored is not None:
+        out[rows, days] = stored[picks, ch]
+    return out.reshape(shape[0], shape[1] * shape[2])
 
 
 class EmbeddedBackend:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def arrays(self, rows: Sequence[RowSpec], now_s: float) -> tuple[F64, F64, F64, F64, F64, F64, int, int]:
+    def arrays(
+        self, rows: Sequence[RowSpec], now_s: float
+    ) -> tuple[Counts32, Counts32, Counts32, Counts32, Counts32, Counts32, int, int]:
         """Per row: minute (total, good), hour (total, good) and hour slice arrays, plus
         the first minute's and first hour's start (seconds)."""
         now_min = int(now_s // 60 * 60)
@@ -52,27 +69,27 @@ class EmbeddedBackend:
         keys = sorted({r.slo.key for r in rows})
         md0, md1 = m_start // 86400, now_min // 86400
         hd0, hd1 = h_start // 86400, (m_start - 1) // 86400
-        minutes = self.store.slo_minutes(keys, md0, md1)
-        hours = self.store.slo_hours(keys, hd0, hd1)
         R = len(rows)
-        mt = np.zeros((R, n_min))
-        mg = np.zeros((R, n_min))
-        ht = np.zeros((R, 4, n_hour))
+        index = {(r.slo.key, r.facility): i for i, r in enumerate(rows)}
+        # Every row's days side by side, placed in bulk; one array per channel.
+        m_ids, m_arr = self.store.slo_arrays("slo_minutes", keys, md0, md1)
+        m_place = _placement(index, m_ids, md0)
+        m_shape = (R, md1 - md0 + 1, MINUTES_PER_DAY)
         m_off = (m_start - md0 * 86400) // 60
-        h_off = (h_start - hd0 * 86400) // 3600
-        for i, r in enumerate(rows):
-            m = _concat(minutes, r.slo.key, r.facility, md0, md1, (2, MINUTES_PER_DAY))
-            mt[i] = m[0, m_off : m_off + n_min]
-            mg[i] = m[1, m_off : m_off + n_min]
-            if n_hour:
-                h = _concat(hours, r.slo.key, r.facility, hd0, hd1, (4, 24))
-                ht[i] = h[:, h_off : h_off + n_hour]
+        mt, mg = (_channel(m_shape, m_place, m_arr, ch)[:, m_off : m_off + n_min] for ch in (0, 1))
+        c0, c1 = hd0 // CHUNK_DAYS, hd1 // CHUNK_DAYS
+        h_off = (h_start - c0 * CHUNK_DAYS * 86400) // 3600
+        h_ids, h_arr = self.store.slo_arrays("slo_hours", keys, c0, c1)
+        h_place = _placement(index, h_ids, c0)
+        h_shape = (R, c1 - c0 + 1, CHUNK_DAYS * 24)
+        ht = np.stack([_channel(h_shape, h_place, h_arr, ch)[:, h_off : h_off + n_hour] for ch in range(4)])
+        ht = ht.transpose(1, 0, 2)
         self._exclude_maintenance(rows, mt, mg, ht, m_start, h_start)
         return mt, mg, ht[:, 0], ht[:, 1], ht[:, 2], ht[:, 3], m_start, h_start
 
     @staticmethod
     def _exclude_maintenance(
-        rows: Sequence[RowSpec], mt: F64, mg: F64, ht: F64, m_start: int, h_start: int
+        rows: Sequence[RowSpec], mt: Counts32, mg: Counts32, ht: Counts32, m_start: int, h_start: int
     ) -> None:
         """Zero minutes (and whole hours) inside maintenance windows. For the ``*`` row,
         subtract the facility's own counts for those times."""
@@ -99,23 +116,19 @@ class EmbeddedBackend:
 
     def counts(self, rows: Sequence[RowSpec], now_s: float) -> Counts:
         mt, mg, ht, hg, hs, hsg, _, _ = self.arrays(rows, now_s)
-        burn_min = np.array([[w // 60 for w in STATUS_WINDOWS_S.values()]] * len(rows), dtype=np.int64)
-        window_min = np.array([[r.window_min] for r in rows], dtype=np.int64)
-        req_total = window_sums(mt, ht, window_min)[:, 0]
-        req_good = window_sums(mg, hg, window_min)[:, 0]
-        wt, wg = req_total.copy(), req_good.copy()
-        bt = window_sums(mt, ht, burn_min)
-        bg = window_sums(mg, hg, burn_min)
+        # Column 0: the SLO window; then the burn-rate windows. One cumulative sum per array.
+        windows = np.array(
+            [[r.window_min, *(w // 60 for w in STATUS_WINDOWS_S.values())] for r in rows], dtype=np.int64
+        )
+        req_total = window_sums(mt, ht, windows)
+        req_good = window_sums(mg, hg, windows)
+        total, good = req_total, req_good
         slices = np.array([r.slo.budgeting == "timeslices" for r in rows])
         if slices.any():
             target = np.array([r.slo.timeslice_target for r in rows])
-            st, sg = timeslices(mt, mg, target)
-            s_wt = window_sums(st, hs, window_min)[:, 0]
-            s_wg = window_sums(sg, hsg, window_min)[:, 0]
-            s_bt = window_sums(st, hs, burn_min)
-            s_bg = window_sums(sg, hsg, burn_min)
-            wt = np.where(slices, s_wt, wt)
-            wg = np.where(slices, s_wg, wg)
-            bt = np.where(slices[:, None], s_bt, bt)
-            bg = np.where(slices[:, None], s_bg, bg)
-        return Counts(wt, wg, bt, bg, req_total, req_good)
+            sl = np.flatnonzero(slices)
+            st, sg = timeslices(mt[sl], mg[sl], target[sl])
+            total, good = req_total.copy(), req_good.copy()
+            total[sl] = window_sums(st, hs[sl], windows[sl])
+            good[sl] = window_sums(sg, hsg[sl], windows[sl])
+        return Counts(total[:, 0], good[:, 0], total[:, 1:], good[:, 1:], req_total[:, 0], req_good[:, 0])

@@ -11,6 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -170,7 +171,7 @@ class Slo:
     def error_budget(self) -> float:
         return 1.0 - self.objective
 
-    @property
+    @cached_property
     def key(self) -> str:
         """Names what is counted: changes when the SLI definition changes (not the objective),
         so recorded counts are never reused for a different definition."""

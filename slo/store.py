@@ -9,7 +9,9 @@ Two kinds of data, both as small numpy arrays in BLOBs:
   from these.
 - per-SLO counts, what ``slo status`` reads: total and good requests per
   minute, one row per (SLO key, facility, UTC day) (``slo_minutes``), and per
-  hour with timeslice counts (``slo_hours``). Facility ``*`` is all facilities.
+  hour with timeslice counts, one row per (SLO key, facility, 32-day chunk)
+  (``slo_hours``), so a quarter's status reads a few rows a facility, not 92.
+  Facility ``*`` is all facilities.
 
 Minute rows are kept ``minute_days`` (35) days, hour rows ``hour_days`` (400).
 Arrays are stored sparsely (only non-zero cells), so idle series cost nothing.
@@ -34,6 +36,7 @@ from slo.spec import ALL_FACILITIES, Slo
 
 SCHEMA_VERSION = 1
 MINUTES_PER_DAY = 1440
+CHUNK_DAYS = 32
 SeriesKey = tuple[str, str, str, str, int]  # facility, service, route, method, status
 U32 = npt.NDArray[np.uint32]
 
@@ -54,29 +57,61 @@ CREATE TABLE IF NOT EXISTS slo_minutes (
     key TEXT NOT NULL, facility TEXT NOT NULL, day INTEGER NOT NULL, cells BLOB NOT NULL,
     PRIMARY KEY (day, key, facility)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS slo_hours (
-    key TEXT NOT NULL, facility TEXT NOT NULL, day INTEGER NOT NULL, cells BLOB NOT NULL,
-    PRIMARY KEY (day, key, facility)) WITHOUT ROWID;
+    key TEXT NOT NULL, facility TEXT NOT NULL, chunk INTEGER NOT NULL, cells BLOB NOT NULL,
+    PRIMARY KEY (chunk, key, facility)) WITHOUT ROWID;
 """
 
 
+_HEADER = struct.Struct("<HHIB")  # rows, cols, non-zero cells, dense flag
+_DENSE, _SPARSE = 1, 0
+
+
 def pack(a: npt.NDArray[np.integer]) -> bytes:
-    """A 2-D count array as (rows, cols, n) + non-zero flat indexes + their values."""
-    flat = np.ascontiguousarray(a, dtype=np.uint32).ravel()
+    """A 2-D count array: dense, or only its non-zero cells when that is smaller."""
+    flat = np.ascontiguousarray(a, dtype="<u4").ravel()
     nz = np.flatnonzero(flat)
+    if nz.size * 6 >= flat.size * 4:
+        return _HEADER.pack(a.shape[0], a.shape[1], nz.size, _DENSE) + flat.tobytes()
     return (
-        struct.pack("<HHI", a.shape[0], a.shape[1], nz.size)
+        _HEADER.pack(a.shape[0], a.shape[1], nz.size, _SPARSE)
         + nz.astype("<u2").tobytes()
-        + flat[nz].astype("<u4").tobytes()
+        + flat[nz].tobytes()
     )
 
 
 def unpack(blob: bytes) -> U32:
-    rows, cols, n = struct.unpack_from("<HHI", blob)
-    out = np.zeros(rows * cols, dtype=np.uint32)
-    if n:
-        idx = np.frombuffer(blob, dtype="<u2", count=n, offset=8)
-        out[idx] = np.frombuffer(blob, dtype="<u4", count=n, offset=8 + 2 * n)
-    return out.reshape(rows, cols)
+    out: U32 = unpack_many([blob])[0]
+    return out
+
+
+def unpack_many(blobs: Sequence[bytes]) -> U32:
+    """Decode blobs of one shape into one (n, rows, cols) array, dense and sparse in bulk."""
+    if not blobs:
+        return np.zeros((0, 0, 0), dtype=np.uint32)
+    rows, cols, _, _ = _HEADER.unpack_from(blobs[0])
+    size = rows * cols
+    out = np.zeros((len(blobs), size), dtype=np.uint32)
+    sparse_at, counts, idx_parts, val_parts = [], [], [], []
+    h = _HEADER.size
+    dense_len = h + 4 * size
+    for i, b in enumerate(blobs):
+        if b[8] == _DENSE:
+            if len(b) != dense_len:
+                raise StoreError(f"mixed array shapes in one read (expected {rows}x{cols})")
+            out[i] = np.frombuffer(b, dtype="<u4", count=size, offset=h)
+            continue
+        n = int.from_bytes(b[4:8], "little")
+        if n:
+            view = memoryview(b)
+            sparse_at.append(i)
+            counts.append(n)
+            idx_parts.append(view[h : h + 2 * n])
+            val_parts.append(view[h + 2 * n :])
+    if sparse_at:
+        where = np.repeat(np.array(sparse_at), counts)
+        cells = np.frombuffer(b"".join(idx_parts), dtype="<u2")
+        out[where, cells] = np.frombuffer(b"".join(val_parts), dtype="<u4")
+    return out.reshape(len(blobs), rows, cols)
 
 
 class StoreError(Exception):
@@ -108,6 +143,7 @@ class Store:
             raise StoreError(f"{self.path}: unsupported store schema {version}")
         self._series: dict[SeriesKey, int] = {}
         self._layouts: dict[tuple[float, ...], int] = {}
+        self._chunks: dict[tuple[str, str, int], U32] = {}  # hour chunks this connection wrote
 
     def close(self) -> None:
         self.db.close()
@@ -193,23 +229,41 @@ class Store:
 
     def slo_hours(self, keys: Sequence[str], day_from: int, day_to: int) -> dict[tuple[str, str, int], U32]:
         """{(key, facility, day): uint32[4, 24]} (total, good, slices, good slices)."""
-        return self._slo_rows("slo_hours", keys, day_from, day_to)
+        out = {}
+        for (k, f, chunk), a in self._slo_rows(
+            "slo_hours", keys, day_from // CHUNK_DAYS, day_to // CHUNK_DAYS
+        ).items():
+            for d in range(max(day_from, chunk * CHUNK_DAYS), min(day_to, (chunk + 1) * CHUNK_DAYS - 1) + 1):
+                part = a[:, (d - chunk * CHUNK_DAYS) * 24 : (d - chunk * CHUNK_DAYS + 1) * 24]
+                if part.any():
+                    out[(k, f, d)] = part
+        return out
 
     def _slo_rows(
         self, table: str, keys: Sequence[str], day_from: int, day_to: int
     ) -> dict[tuple[str, str, int], U32]:
-        if not keys:
-            return {}
+        ids, arrays = self.slo_arrays(table, keys, day_from, day_to)
+        return {k: arrays[i] for i, k in enumerate(ids)}
+
+    def slo_arrays(
+        self, table: str, keys: Sequence[str], day_from: int, day_to: int
+    ) -> tuple[list[tuple[str, str, int]], U32]:
+        """Rows of ``slo_minutes`` (by day) or ``slo_hours`` (by chunk: pass chunk numbers)
+        as ids and one (n, rows, cols) array."""
+        if table not in ("slo_minutes", "slo_hours") or not keys:
+            return [], np.zeros((0, 0, 0), dtype=np.uint32)
         marks = ",".join("?" * len(keys))
+        col = "day" if table == "slo_minutes" else "chunk"
         rows = self.db.execute(
-            f"SELECT key, facility, day, cells FROM {table} WHERE day >= ? AND day <= ? AND key IN ({marks})",  # noqa: S608
+            f"SELECT key, facility, {col}, cells FROM {table} "  # noqa: S608  table and column are fixed names
+            f"WHERE {col} >= ? AND {col} <= ? AND key IN ({marks})",
             (day_from, day_to, *keys),
-        )
-        return {(k, f, int(d)): unpack(c) for k, f, d, c in rows}
+        ).fetchall()
+        return [(k, f, int(d)) for k, f, d, _ in rows], unpack_many([r[3] for r in rows])
 
     def has_slo_data(self, key: str) -> bool:
-        q = "SELECT 1 FROM slo_hours WHERE key=? LIMIT 1"
-        return self.db.execute(q, (key,)).fetchone() is not None
+        q = "SELECT 1 FROM slo_minutes WHERE key=? UNION ALL SELECT 1 FROM slo_hours WHERE key=? LIMIT 1"
+        return self.db.execute(q, (key, key)).fetchone() is not None
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
@@ -233,10 +287,36 @@ class Store:
                 "INSERT OR REPLACE INTO slo_minutes VALUES (?,?,?,?)",
                 ((k, f, d, pack(m)) for k, f, d, m, _ in rows),
             )
-            self.db.executemany(
-                "INSERT OR REPLACE INTO slo_hours VALUES (?,?,?,?)",
-                ((k, f, d, pack(h)) for k, f, d, _, h in rows),
-            )
+            self._merge_hours([(k, f, d, h) for k, f, d, _, h in rows])
+
+    def write_hours(self, rows: Iterable[tuple[str, str, int, U32]]) -> None:
+        """Hour roll-ups [4, 24] per (key, facility, day), merged into their chunks."""
+        with self.transaction():
+            self._merge_hours(list(rows))
+
+    def _merge_hours(self, rows: list[tuple[str, str, int, U32]]) -> None:
+        touched: dict[tuple[str, str, int], U32] = {}
+        for k, f, d, h in rows:
+            chunk = d // CHUNK_DAYS
+            arr = touched.get((k, f, chunk))
+            if arr is None:
+                arr = self._chunks.get((k, f, chunk))
+                if arr is None:
+                    row = self.db.execute(
+                        "SELECT cells FROM slo_hours WHERE chunk=? AND key=? AND facility=?", (chunk, k, f)
+                    ).fetchone()
+                    arr = unpack(row[0]) if row else np.zeros((4, CHUNK_DAYS * 24), dtype=np.uint32)
+                touched[(k, f, chunk)] = arr
+            off = (d - chunk * CHUNK_DAYS) * 24
+            arr[:, off : off + 24] = h
+        self.db.executemany(
+            "INSERT OR REPLACE INTO slo_hours VALUES (?,?,?,?)",
+            ((k, f, c, pack(a)) for (k, f, c), a in touched.items()),
+        )
+        newest = max((c for (_, _, c) in touched), default=0)
+        for key in [key for key in self._chunks if key[2] < newest - 1]:
+            del self._chunks[key]
+        self._chunks.update(touched)
 
     def transaction(self) -> _Transaction:
         return _Transaction(self.db)
@@ -265,7 +345,9 @@ class Store:
             self.db.execute("DELETE FROM raw_minutes WHERE hour < ?", (cutoff_min,))
             self.db.execute("DELETE FROM slo_minutes WHERE day < ?", (today - minute_days,))
             self.db.execute("DELETE FROM raw_hours WHERE day < ?", (today - hour_days,))
-            self.db.execute("DELETE FROM slo_hours WHERE day < ?", (today - hour_days,))
+            self.db.execute(
+                "DELETE FROM slo_hours WHERE (chunk + 1) * ? <= ?", (CHUNK_DAYS, today - hour_days)
+            )
 
 
 class _Transaction:
@@ -490,9 +572,5 @@ def replay(store: Store, slos: Sequence[Slo]) -> list[str]:
     targets = {s.key: s.timeslice_target for s in missing}
     store.put_slo_defs(missing)
     store.write((), ((k, f, d, a, hour_rollup(a, targets[k])) for (k, f, d), a in days.items()))
-    with store.transaction():
-        store.db.executemany(
-            "INSERT OR REPLACE INTO slo_hours VALUES (?,?,?,?)",
-            ((k, f, d, pack(a)) for (k, f, d), a in hour_only.items()),
-        )
+    store.write_hours((k, f, d, a) for (k, f, d), a in hour_only.items())
     return [s.key for s in missing]
