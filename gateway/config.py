@@ -222,6 +222,30 @@ class AdminConfig(_Strict):
     tokens: list[TokenConfig] = Field(default_factory=list)
 
 
+class ReceiverConfig(_Strict):
+    webhook_url: str | None = None
+    pagerduty_routing_key: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ReceiverConfig:
+        if self.webhook_url is None and self.pagerduty_routing_key is None:
+            raise ValueError("needs webhook_url or pagerduty_routing_key")
+        return self
+
+
+class AlertingConfig(_Strict):
+    runbook_url: str | None = None
+    """Runbook for every alert; ``{slo}`` and ``{facility}`` are filled in. An SLO's own wins."""
+    dashboard_url: str | None = None
+    """Grafana base URL: alerts link to the facility's dashboard."""
+    receivers: dict[str, ReceiverConfig] = Field(default_factory=dict)
+    default_receiver: str | None = None
+    facility_receivers: dict[str, list[str]] = Field(default_factory=dict)
+    group_wait: DurationS = 30.0
+    group_interval: DurationS = 300.0
+    repeat_interval: DurationS = 4 * 3600.0
+
+
 class TlsConfig(_Strict):
     cert_file: str
     key_file: str
@@ -242,6 +266,7 @@ class GatewayConfig(_Strict):
     facilities: FacilitiesConfig = Field(default_factory=FacilitiesConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    alerting: AlertingConfig = Field(default_factory=AlertingConfig)
     slos: str | None = None
 
     @field_validator("upstreams")
@@ -338,6 +363,23 @@ def _cross_check(data: Any, source: Source, base: Path) -> list[Problem]:
             if fid not in known:
                 problems.append(
                     source.problem(("admin", "tokens", i, "facilities", j), f"unknown facility {fid!r}")
+                )
+    alerting = _mapping(data, "alerting")
+    receivers = _mapping(alerting, "receivers")
+    default = alerting.get("default_receiver")
+    if isinstance(default, str) and default not in receivers:
+        problems.append(source.problem(("alerting", "default_receiver"), f"unknown receiver {default!r}"))
+    for fid, names in _mapping(alerting, "facility_receivers").items():
+        if fid not in known:
+            problems.append(
+                source.problem(
+                    ("alerting", "facility_receivers", fid), f"unknown facility {fid!r}", at_key=True
+                )
+            )
+        for j, name in _items(names):
+            if name not in receivers:
+                problems.append(
+                    source.problem(("alerting", "facility_receivers", fid, j), f"unknown receiver {name!r}")
                 )
     if admin.get("listen", "127.0.0.1:9464") == data.get("listen", "127.0.0.1:8080"):
         problems.append(source.problem(("admin", "listen"), "must differ from the proxy's listen address"))

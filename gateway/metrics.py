@@ -41,7 +41,13 @@ def duration_buckets_s(thresholds_s: list[float]) -> tuple[float, ...]:
 
 
 class GatewayMetrics:
-    def __init__(self, registry: CollectorRegistry, thresholds_s: list[float], max_label_sets: int) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        thresholds_s: list[float],
+        max_label_sets: int,
+        facilities: dict[str, str] | None = None,
+    ) -> None:
         self.registry = registry
         self.buckets_s = duration_buckets_s(thresholds_s)
         self.duration = Histogram(
@@ -70,6 +76,14 @@ class GatewayMetrics:
             registry=registry,
         )
         self.dropped = {s: self._dropped.labels(s) for s in SIGNALS}
+        info = Gauge(
+            "vitalgate_facility_info",
+            "Configured facilities (1 each): the display name for dashboards and alerts.",
+            ("facility", "facility_name"),
+            registry=registry,
+        )
+        for fid, name in (facilities or {}).items():
+            info.labels(fid, name).set(1)
         self._overflow_duration = self._overflow.labels("http_server_request_duration_seconds")
         self._max = max_label_sets
         self._children: dict[tuple[str, str, str, str, int], tuple[Any, tuple[str, str, str, str, int]]] = {}

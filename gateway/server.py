@@ -46,7 +46,10 @@ class Gateway:
         cfg = config.gateway
         self.registry = CollectorRegistry()
         self.metrics = GatewayMetrics(
-            self.registry, latency_thresholds_s(config.slos), cfg.telemetry.metrics.max_label_sets
+            self.registry,
+            latency_thresholds_s(config.slos),
+            cfg.telemetry.metrics.max_label_sets,
+            {fid: f.name for fid, f in cfg.facilities.known.items()},
         )
         log_path = cfg.telemetry.access_log.path
         self.access_log = AccessLog(

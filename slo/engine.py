@@ -107,8 +107,9 @@ def evaluate(
 
     alert = np.zeros(total.shape, dtype=np.int8)
     for bw in windows:
-        # budget_fraction x period / long window, less a hair for floating-point error
-        factor = bw.factor(1.0) * period_s * (1 - 1e-9)
+        # budget_fraction x period / long window (capped at a total outage), less a hair
+        # for floating-point error
+        factor = np.minimum(bw.factor(1.0) * period_s, 1.0 / (1.0 - objective)) * (1 - 1e-9)
         with np.errstate(invalid="ignore"):
             fires = (rates[bw.long] >= factor) & (rates[bw.short] >= factor)
         level = ALERT_PAGE if bw.severity == "page" else ALERT_TICKET

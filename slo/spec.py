@@ -19,6 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from slo.configfile import ConfigError, Problem, Source, read_yaml, validate
 from slo.durations import format_duration, parse_duration_s
+from slo.windows import SRE_WORKBOOK_WINDOWS, BurnWindow
 
 NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -102,12 +103,22 @@ class TimesliceDoc(_Strict):
         return v
 
 
+class BurnWindowDoc(_Strict):
+    severity: Literal["page", "ticket"]
+    long: Literal["5m", "30m", "1h", "2h", "6h", "1d", "3d"]
+    short: Literal["5m", "30m", "1h", "2h", "6h", "1d", "3d"]
+    budget_fraction: float = Field(gt=0, le=1)
+    """Share of the period's budget this window lets burn before it fires (0.02 = 2%)."""
+
+
 class AlertingDoc(_Strict):
     min_events: int = Field(default=10, ge=0)
     """Fewer requests than this in a window: no burn rate (no data), so no alert."""
     page: bool = True
     ticket: bool = True
     runbook_url: str | None = None
+    windows: list[BurnWindowDoc] | None = None
+    """Replaces the SRE Workbook table for this SLO."""
 
 
 class SloDoc(_Strict):
@@ -166,6 +177,7 @@ class Slo:
     page: bool = True
     ticket: bool = True
     runbook_url: str | None = None
+    windows: tuple[BurnWindow, ...] = SRE_WORKBOOK_WINDOWS
 
     @property
     def error_budget(self) -> float:
@@ -228,6 +240,14 @@ def _to_slo(doc: SloDoc) -> Slo:
         page=doc.alerting.page,
         ticket=doc.alerting.ticket,
         runbook_url=doc.alerting.runbook_url,
+        windows=(
+            tuple(
+                BurnWindow(w.severity, w.long, w.short, w.budget_fraction, "configured")
+                for w in doc.alerting.windows
+            )
+            if doc.alerting.windows
+            else SRE_WORKBOOK_WINDOWS
+        ),
     )
 
 

@@ -118,6 +118,7 @@ def compute_status(
         return []
     c = backend.counts(rows, now_s)
     objective = np.array([r.slo.objective for r in rows])
+    alerts = np.zeros(len(rows), dtype=np.int8)
     ev = evaluate(
         c.window_total,
         c.window_good,
@@ -127,12 +128,28 @@ def compute_status(
         np.array([period_s(r.slo.window_s, r.slo.calendar) for r in rows]),
         np.array([float(r.slo.min_events if r.slo.budgeting == "occurrences" else 1) for r in rows]),
     )
+    # Alert states with each SLO's own window table (the engine's default is the Workbook's).
+    for windows in {r.slo.windows for r in rows}:
+        idx = np.array([i for i, r in enumerate(rows) if r.slo.windows == windows])
+        sub = evaluate(
+            c.window_total[idx],
+            c.window_good[idx],
+            c.burn_total[idx],
+            c.burn_good[idx],
+            objective[idx],
+            np.array([period_s(rows[i].slo.window_s, rows[i].slo.calendar) for i in idx]),
+            np.array(
+                [float(rows[i].slo.min_events if rows[i].slo.budgeting == "occurrences" else 1) for i in idx]
+            ),
+            windows,
+        )
+        alerts[idx] = sub.alert
     names = {f.id: f for f in facilities}
     out = []
     for i, r in enumerate(rows):
         fac = names.get(r.facility)
         sli = _num(ev.sli[i])
-        alert = int(ev.alert[i])
+        alert = int(alerts[i])
         if alert == 2 and not r.slo.page:
             alert = 1 if r.slo.ticket else 0
         if alert == 1 and not r.slo.ticket:

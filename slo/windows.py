@@ -46,6 +46,12 @@ class BurnWindow:
         """The burn rate at which this window fires, for an SLO over ``period_s``."""
         return self.budget_fraction * period_s / self.long_s
 
+    def threshold(self, period_s: float, objective: float) -> float:
+        """The burn rate that fires, capped at a total outage's (1 / budget): a 90% SLO can
+        burn at most 10x, so the Workbook's 14.4x page would never fire; here a total
+        outage always does."""
+        return min(self.factor(period_s), 1.0 / (1.0 - objective))
+
 
 SRE_WORKBOOK_WINDOWS: tuple[BurnWindow, ...] = (
     BurnWindow("page", "1h", "5m", 0.02, "2% of the budget in an hour: an outage, wake someone"),

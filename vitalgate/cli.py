@@ -135,6 +135,20 @@ def cmd_import_openslo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alerts_generate(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    from vitalgate.generate import write_alerts  # noqa: PLC0415
+
+    out = Path(args.out)
+    files, n_rules = write_alerts(config, out, time_scale=args.time_scale)
+    print(f"wrote {len(files)} files to {out}: {n_rules} rules for {len(config.slos)} SLOs")
+    for f in files:
+        print(f"  {f}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vitalgate.demo import run_demo  # noqa: PLC0415
 
@@ -173,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = slo.add_parser("import-openslo", help="print the slos.yaml equivalent of OpenSLO v1 SLOs")
     p.add_argument("file")
     p.set_defaults(func=cmd_import_openslo)
+
+    alerts = sub.add_parser("alerts", help="Prometheus rules and Alertmanager config").add_subparsers(
+        dest="alerts_command", required=True
+    )
+    p = alerts.add_parser("generate", help="write rules, promtool unit tests and alertmanager.yml")
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--time-scale", type=float, default=1.0, help=argparse.SUPPRESS)  # tests: shrink windows
+    p.set_defaults(func=cmd_alerts_generate)
 
     store = sub.add_parser("store", help="the embedded store").add_subparsers(
         dest="store_command", required=True

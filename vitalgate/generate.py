@@ -1,0 +1,46 @@
+"""Writing generated artefacts (rules, Alertmanager config) from a loaded config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alerts import alertmanager, rules, unittests
+from gateway.config import Config
+
+
+def routing(config: Config) -> alertmanager.Routing:
+    a = config.gateway.alerting
+    return alertmanager.Routing(
+        receivers=tuple(
+            alertmanager.Receiver(name, r.webhook_url, r.pagerduty_routing_key)
+            for name, r in a.receivers.items()
+        ),
+        default_receiver=a.default_receiver,
+        facility_receivers={f: tuple(r) for f, r in a.facility_receivers.items()},
+        group_wait_s=a.group_wait,
+        group_interval_s=a.group_interval,
+        repeat_interval_s=a.repeat_interval,
+    )
+
+
+def write_alerts(config: Config, out: Path, time_scale: float = 1.0) -> tuple[list[Path], int]:
+    """Write rules.yaml, alertmanager.yml and tests/<slo>.yaml; returns the files and the rule count."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tests").mkdir(exist_ok=True)
+    a = config.gateway.alerting
+    opts = rules.RuleOptions(runbook_url=a.runbook_url, dashboard_url=a.dashboard_url, time_scale=time_scale)
+    facility_names = {fid: f.name for fid, f in config.gateway.facilities.known.items()}
+    services = sorted(config.gateway.upstreams)
+    source = config.path.name
+    doc = rules.build_rules(config.slos, services, facility_names, opts)
+    written = [out / "rules.yaml", out / "alertmanager.yml"]
+    (out / "rules.yaml").write_text(rules.render(doc, source))
+    (out / "alertmanager.yml").write_text(
+        alertmanager.render(alertmanager.build_alertmanager(routing(config), time_scale), source)
+    )
+    if time_scale == 1.0:  # unit tests assume real windows
+        for slo in config.slos:
+            path = out / "tests" / f"{slo.name}.yaml"
+            path.write_text(unittests.render(unittests.build_tests(slo, "../rules.yaml"), source))
+            written.append(path)
+    return written, rules.rule_count(doc)
