@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
+from alerts.yamlout import dump
 from slo import conventions as names
 from slo import promql
+from slo.durations import format_duration
 from slo.spec import Slo
 from slo.windows import STATUS_WINDOWS_S, BurnWindow, period_s
 
@@ -38,7 +38,7 @@ class RuleOptions:
     """Grafana base URL; alerts link to the facility's dashboard there."""
     time_scale: float = 1.0
     """Divides every window's duration (names unchanged). Tests only: 60 makes 1h a minute."""
-    absent_for: str = "5m"
+    absent_for_s: float = 300.0
 
 
 FACILITY = "{{ $labels.facility }}"
@@ -134,7 +134,7 @@ def _condition(slo: Slo, w: BurnWindow) -> str:
     )
 
 
-def alert_rules(slo: Slo, facility_names: dict[str, str], opts: RuleOptions) -> list[dict[str, Any]]:
+def alert_rules(slo: Slo, opts: RuleOptions) -> list[dict[str, Any]]:
     out = []
     runbook = slo.runbook_url or opts.runbook_url
     for severity in ("page", "ticket"):
@@ -177,8 +177,9 @@ def absent_rules(services: Sequence[str], opts: RuleOptions) -> list[dict[str, A
     return [
         {
             "alert": names.ALERT_ABSENT,
-            "expr": f'absent_over_time({promql.METRIC}_count{{service="{s}"}}[{r}])',
-            "for": opts.absent_for,
+            # The gateway exports this gauge for every service from start-up, traffic or not.
+            "expr": f'absent_over_time(http_server_active_requests{{service="{s}"}}[{r}])',
+            "for": format_duration(_range(opts.absent_for_s, opts)),
             "labels": {"severity": "page", "service": s},
             "annotations": {
                 "summary": f"No metrics from the vitalgate gateway for service {s}",
@@ -193,19 +194,17 @@ def absent_rules(services: Sequence[str], opts: RuleOptions) -> list[dict[str, A
     ]
 
 
-def build_rules(
-    slos: Sequence[Slo], services: Sequence[str], facility_names: dict[str, str], opts: RuleOptions
-) -> dict[str, Any]:
+def build_rules(slos: Sequence[Slo], services: Sequence[str], opts: RuleOptions) -> dict[str, Any]:
     groups = []
     for slo in slos:
-        rules = recording_rules(slo, opts) + metadata_rules(slo) + alert_rules(slo, facility_names, opts)
+        rules = recording_rules(slo, opts) + metadata_rules(slo) + alert_rules(slo, opts)
         groups.append({"name": names.rule_group(slo.name), "rules": rules})
     groups.append({"name": names.RULE_GROUP_PREFIX + "absent", "rules": absent_rules(services, opts)})
     return {"groups": groups}
 
 
 def render(doc: dict[str, Any], source: str) -> str:
-    return HEADER.format(source=source) + yaml.safe_dump(doc, sort_keys=False, width=1000, allow_unicode=True)
+    return HEADER.format(source=source) + dump(doc)
 
 
 def rule_count(doc: dict[str, Any]) -> int:

@@ -58,6 +58,8 @@ class Gateway:
             lambda n: self.metrics.drop("log", n),
         )
         self.tracing = Tracing(cfg.telemetry.traces, lambda n: self.metrics.drop("span", n))
+        for service in cfg.upstreams:  # every service has series from start-up: silence is visible
+            self.metrics.active_child("unknown", service)
         self.facilities = FacilityResolver(cfg.facilities)
         self.router = Router(cfg.routes, self.facilities.path_segment)
         self.upstreams = {

@@ -29,10 +29,9 @@ def write_alerts(config: Config, out: Path, time_scale: float = 1.0) -> tuple[li
     (out / "tests").mkdir(exist_ok=True)
     a = config.gateway.alerting
     opts = rules.RuleOptions(runbook_url=a.runbook_url, dashboard_url=a.dashboard_url, time_scale=time_scale)
-    facility_names = {fid: f.name for fid, f in config.gateway.facilities.known.items()}
     services = sorted(config.gateway.upstreams)
     source = config.path.name
-    doc = rules.build_rules(config.slos, services, facility_names, opts)
+    doc = rules.build_rules(config.slos, services, opts)
     written = [out / "rules.yaml", out / "alertmanager.yml"]
     (out / "rules.yaml").write_text(rules.render(doc, source))
     (out / "alertmanager.yml").write_text(
