@@ -253,6 +253,10 @@ class BackgroundPeers:
         asyncio.run_coroutine_threadsafe(start(), self._loop).result(10)
         return self
 
+    def run(self, coro: Any) -> Any:
+        """Run a coroutine on the peers' loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+
     def __exit__(self, *exc: object) -> None:
         async def stop() -> None:
             await self.upstream.stop()
@@ -406,3 +410,78 @@ class PrometheusProcess:
         except Exception:
             self.proc.kill()
         self.log.close()
+
+
+class AlertmanagerProcess:
+    """A real Alertmanager (Debian's prometheus-alertmanager) on a loopback port."""
+
+    def __init__(self, workdir: Path, config: Path) -> None:
+        import shutil
+        import subprocess
+        import time
+        import urllib.request
+
+        binary = shutil.which("prometheus-alertmanager") or require_binary("alertmanager")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = (workdir / "alertmanager.log").open("w")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.path={workdir / 'am-data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--cluster.listen-address=",
+            ],
+            stdout=self.log,
+            stderr=self.log,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/-/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError("alertmanager not ready")
+
+    def alerts(self) -> list[dict[str, Any]]:
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + "/api/v2/alerts", timeout=5) as r:
+            result: list[dict[str, Any]] = json.loads(r.read())
+        return result
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except Exception:
+            self.proc.kill()
+        self.log.close()
+
+
+class Webhook:
+    """Collects Alertmanager webhook notifications, on the BackgroundPeers loop."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, dict[str, Any]]] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/{receiver}", self._post)
+        return app
+
+    async def _post(self, request: web.Request) -> web.Response:
+        self.received.append((request.match_info["receiver"], await request.json()))
+        return web.Response(text="ok")
+
+    def alerts(self) -> list[tuple[str, dict[str, str]]]:
+        """(receiver path, labels) of every firing alert delivered."""
+        return [
+            (r, a["labels"])
+            for r, body in list(self.received)
+            for a in body["alerts"]
+            if a["status"] == "firing"
+        ]

@@ -1,0 +1,138 @@
+"""Faults at one facility page for that facility only: two gateway replicas, a real
+Prometheus evaluating the generated rules, a real Alertmanager routing to webhooks.
+
+Windows are shortened 60x by the generator's test-only --time-scale (1h becomes 1 minute)."""
+
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from aiohttp import web
+
+from tests.helpers import (
+    AlertmanagerProcess,
+    BackgroundPeers,
+    GatewayProcess,
+    PrometheusProcess,
+    Webhook,
+    free_port,
+    gateway_config,
+)
+
+SLOS = [{"name": "fhir-availability", "service": "fhir", "objective": 99.9, "sli": {"availability": {}}}]
+
+
+def test_faults_at_one_facility_page_that_facility_only(tmp_path: Path) -> None:
+    with BackgroundPeers() as peers:
+        hook = Webhook()
+        hook_port = free_port()
+
+        async def start_hook() -> web.AppRunner:
+            runner = web.AppRunner(hook.app(), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", hook_port).start()
+            return runner
+
+        hook_runner = peers.run(start_hook())
+        alerting = {
+            "receivers": {
+                "oncall": {"webhook_url": f"http://127.0.0.1:{hook_port}/oncall"},
+                "riverside-it": {"webhook_url": f"http://127.0.0.1:{hook_port}/riverside-it"},
+            },
+            "default_receiver": "oncall",
+            "facility_receivers": {"riverside": ["riverside-it"]},
+        }
+        replicas = []
+        for name in ("a", "b"):
+            d = tmp_path / name
+            d.mkdir()
+            cfg = gateway_config(d, peers.upstream.port, slos=SLOS, extra={"alerting": alerting})
+            replicas.append(GatewayProcess(cfg))
+        out = tmp_path / "generated"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vitalgate",
+                "alerts",
+                "generate",
+                "--config",
+                str(tmp_path / "a" / "gateway.yaml"),
+                "--out",
+                str(out),
+                "--time-scale",
+                "60",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        am = AlertmanagerProcess(tmp_path, out / "alertmanager.yml")
+        prom = PrometheusProcess(
+            tmp_path,
+            [g.admin.removeprefix("http://") for g in replicas],
+            rule_files=[out / "rules.yaml"],
+            alertmanager=f"127.0.0.1:{am.port}",
+        )
+        stop = threading.Event()
+
+        def traffic() -> None:
+            i = 0
+            while not stop.is_set():
+                gw = replicas[i % 2]
+                facility = ["st-marys", "riverside", "lakeside"][i % 3]
+                headers = {"X-Facility-ID": facility}
+                if facility == "riverside" and i > 60:
+                    headers["X-Test-Fault"] = "500"  # riverside's upstream starts failing
+                req = urllib.request.Request(gw.proxy + "/fhir/Patient/1", headers=headers)
+                try:
+                    with urllib.request.urlopen(req, timeout=5) as r:
+                        r.read()
+                except urllib.error.HTTPError as e:
+                    e.read()
+                i += 1
+                time.sleep(0.02)
+
+        sender = threading.Thread(target=traffic, daemon=True)
+        sender.start()
+        try:
+            deadline = time.monotonic() + 90
+            delivered: list[tuple[str, dict[str, str]]] = []
+            while time.monotonic() < deadline:
+                delivered = hook.alerts()
+                if any(
+                    lab.get("alertname") == "ErrorBudgetBurn" and lab.get("severity") == "page"
+                    for _, lab in delivered
+                ):
+                    break
+                time.sleep(0.5)
+            firing = prom.query('ALERTS{alertname="ErrorBudgetBurn", alertstate="firing"}')
+            am_alerts = am.alerts()
+        finally:
+            stop.set()
+            sender.join(10)
+            prom.stop()
+            am.stop()
+            for gw in replicas:
+                gw.terminate()
+            peers.run(hook_runner.cleanup())
+
+    burn = [(receiver, lab) for receiver, lab in delivered if lab["alertname"] == "ErrorBudgetBurn"]
+    assert burn, f"no ErrorBudgetBurn delivered; got {delivered}"
+    # The page reached riverside's own receiver, and nothing about any other facility was sent.
+    assert ("riverside-it", "page") in {(r, lab["severity"]) for r, lab in burn}
+    assert {lab["facility"] for _, lab in burn} == {"riverside"}
+    assert {r for r, _ in burn} == {"riverside-it"}
+    assert {a["metric"]["facility"] for a in firing} == {"riverside"}
+    page = next(lab for _, lab in burn if lab["severity"] == "page")
+    assert (page["slo"], page["service"]) == ("fhir-availability", "fhir")
+    # A ticket for the same SLO and facility, if Prometheus raised one, is inhibited by the page.
+    for a in am_alerts:
+        if a["labels"].get("severity") == "ticket" and a["labels"].get("facility") == "riverside":
+            assert a["status"]["state"] == "suppressed" and a["status"]["inhibitedBy"], a
+    # The delivered annotation names the facility as configured, not by its id.
+    riverside_page = next(a for a in am_alerts if a["labels"].get("severity") == "page")
+    assert "Riverside is burning its error budget" in riverside_page["annotations"]["summary"]
