@@ -422,7 +422,7 @@ async def _demo(duration_s: float, out: Path, rate: float) -> int:
     n_spans = len(sink.spans)
     print(f"Traces:   {out / 'traces.jsonl'} ({n_spans} spans received over OTLP/HTTP protobuf)")
     print(f"Config:   {config_path}")
-    files, n_rules = write_alerts(load_config(config_path), out / "alerts")
+    _, n_rules = write_alerts(load_config(config_path), out / "alerts")
     print(f"Alerts:   {out / 'alerts'}/rules.yaml ({n_rules} Prometheus rules), alertmanager.yml, tests/")
     print()
     print("SLOs per facility (embedded store, worst budget first):")
