@@ -32,7 +32,9 @@ test: lint typecheck pytest
 
 bench: install
 	scripts/install-system-deps bench
-	$(PY) bench/proxy.py
+	$(PY) -m bench.proxy
+	$(PY) -m bench.slo_engine --throughput
+	$(PY) -m bench.alert_rules
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis test-artifacts
