@@ -117,6 +117,7 @@ def metadata_rules(slo: Slo) -> list[dict[str, Any]]:
             "expr": f"1 - {names.PERIOD_BURN_RATE}{_sel(slo)}",
             "labels": labels,
         },
+        {"record": names.PERIOD_SLI, "expr": f"1 - {names.error_ratio(period)}{_sel(slo)}", "labels": labels},
     ]
 
 

@@ -246,6 +246,13 @@ class AlertingConfig(_Strict):
     repeat_interval: DurationS = 4 * 3600.0
 
 
+class DashboardsConfig(_Strict):
+    datasource_uid: str = "prometheus"
+    trace_datasource_uid: str = "tempo"
+    folder_teams: dict[str, str] = Field(default_factory=dict)
+    """Facility id -> Grafana team that alone may view that facility's folder."""
+
+
 class TlsConfig(_Strict):
     cert_file: str
     key_file: str
@@ -267,6 +274,7 @@ class GatewayConfig(_Strict):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     alerting: AlertingConfig = Field(default_factory=AlertingConfig)
+    dashboards: DashboardsConfig = Field(default_factory=DashboardsConfig)
     slos: str | None = None
 
     @field_validator("upstreams")
@@ -381,6 +389,11 @@ def _cross_check(data: Any, source: Source, base: Path) -> list[Problem]:
                 problems.append(
                     source.problem(("alerting", "facility_receivers", fid, j), f"unknown receiver {name!r}")
                 )
+    for fid in _mapping(_mapping(data, "dashboards"), "folder_teams"):
+        if fid not in known:
+            problems.append(
+                source.problem(("dashboards", "folder_teams", fid), f"unknown facility {fid!r}", at_key=True)
+            )
     if admin.get("listen", "127.0.0.1:9464") == data.get("listen", "127.0.0.1:8080"):
         problems.append(source.problem(("admin", "listen"), "must differ from the proxy's listen address"))
     files: list[tuple[Loc, Any]] = []

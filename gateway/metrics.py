@@ -47,6 +47,7 @@ class GatewayMetrics:
         thresholds_s: list[float],
         max_label_sets: int,
         facilities: dict[str, str] | None = None,
+        slas: dict[str, float] | None = None,
     ) -> None:
         self.registry = registry
         self.buckets_s = duration_buckets_s(thresholds_s)
@@ -84,6 +85,14 @@ class GatewayMetrics:
         )
         for fid, name in (facilities or {}).items():
             info.labels(fid, name).set(1)
+        sla = Gauge(
+            "vitalgate_facility_sla_ratio",
+            "Contractual availability per facility (0..1), for dashboards beside the SLO objective.",
+            ("facility",),
+            registry=registry,
+        )
+        for fid, value in (slas or {}).items():
+            sla.labels(fid).set(value)
         self._overflow_duration = self._overflow.labels("http_server_request_duration_seconds")
         self._max = max_label_sets
         self._children: dict[tuple[str, str, str, str, int], tuple[Any, tuple[str, str, str, str, int]]] = {}

@@ -50,6 +50,7 @@ class Gateway:
             latency_thresholds_s(config.slos),
             cfg.telemetry.metrics.max_label_sets,
             {fid: f.name for fid, f in cfg.facilities.known.items()},
+            {fid: f.sla / 100.0 for fid, f in cfg.facilities.known.items() if f.sla is not None},
         )
         log_path = cfg.telemetry.access_log.path
         self.access_log = AccessLog(

@@ -16,7 +16,9 @@ OBJECTIVE = "slo:objective:ratio"
 ERROR_BUDGET = "slo:error_budget:ratio"
 BUDGET_REMAINING = "slo:period_error_budget_remaining:ratio"
 PERIOD_BURN_RATE = "slo:period_burn_rate:ratio"
+PERIOD_SLI = "slo:period_sli:ratio"
 FACILITY_INFO = "vitalgate_facility_info"
+FACILITY_SLA = "vitalgate_facility_sla_ratio"
 
 
 def error_ratio(window: str) -> str:

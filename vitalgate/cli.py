@@ -149,6 +149,51 @@ def cmd_alerts_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboards_generate(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    from vitalgate.generate import write_all_dashboards  # noqa: PLC0415
+
+    files = write_all_dashboards(config, Path(args.out))
+    print(f"wrote {len(files)} files to {args.out} (json/ for the API, provisioning/ for file provisioning)")
+    return 0
+
+
+def cmd_dashboards_publish(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    token = os.environ.get("GRAFANA_TOKEN", "")
+    if not token:
+        print(
+            "vitalgate: set GRAFANA_TOKEN to a Grafana service account token (Editor role)", file=sys.stderr
+        )
+        return 2
+    from dashboards.publish import Publisher, PublishError  # noqa: PLC0415
+    from vitalgate.generate import dashboards, folder_teams  # noqa: PLC0415
+
+    built = dashboards(config)
+    teams = folder_teams(config)
+    publisher = Publisher(args.grafana_url, token)
+    try:
+        version = publisher.health()
+        changes = publisher.plan(built, teams)
+        print(f"Grafana {version} at {args.grafana_url}:")
+        for change in changes:
+            print(f"  {change}")
+        todo = [c for c in changes if c.action != "unchanged"]
+        if args.dry_run:
+            print(f"dry run: {len(todo)} changes not made")
+            return 0
+        publisher.apply(built, changes, teams)
+    except PublishError as exc:
+        print(f"vitalgate: {exc}", file=sys.stderr)
+        return 1
+    print(f"published: {len(todo)} changes, {len(changes) - len(todo)} unchanged")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vitalgate.demo import run_demo  # noqa: PLC0415
 
@@ -196,6 +241,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--time-scale", type=float, default=1.0, help=argparse.SUPPRESS)  # tests: shrink windows
     p.set_defaults(func=cmd_alerts_generate)
+
+    dash = sub.add_parser("dashboards", help="Grafana dashboards").add_subparsers(
+        dest="dashboards_command", required=True
+    )
+    p = dash.add_parser("generate", help="write dashboard JSON and Grafana provisioning files")
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_dashboards_generate)
+    p = dash.add_parser("publish", help="upsert the dashboards into Grafana (token from GRAFANA_TOKEN)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--grafana-url", required=True)
+    p.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+    p.set_defaults(func=cmd_dashboards_publish)
 
     store = sub.add_parser("store", help="the embedded store").add_subparsers(
         dest="store_command", required=True

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from alerts import alertmanager, rules, unittests
+from dashboards.build import DashboardOptions, GeneratedDashboard, build_all, facility_folder
+from dashboards.provisioning import write_dashboards
 from gateway.config import Config
 
 
@@ -43,3 +45,24 @@ def write_alerts(config: Config, out: Path, time_scale: float = 1.0) -> tuple[li
             path.write_text(unittests.render(unittests.build_tests(slo, "../rules.yaml"), source))
             written.append(path)
     return written, rules.rule_count(doc)
+
+
+def dashboard_options(config: Config) -> DashboardOptions:
+    d = config.gateway.dashboards
+    return DashboardOptions(datasource_uid=d.datasource_uid, trace_datasource_uid=d.trace_datasource_uid)
+
+
+def dashboards(config: Config) -> list[GeneratedDashboard]:
+    return build_all(config.slos, config.facilities(), dashboard_options(config))
+
+
+def folder_teams(config: Config) -> dict[str, str]:
+    """Folder uid -> team, for the facilities that have one."""
+    by_id = {f.id: f for f in config.facilities()}
+    return {
+        facility_folder(by_id[fid])[1]: team for fid, team in config.gateway.dashboards.folder_teams.items()
+    }
+
+
+def write_all_dashboards(config: Config, out: Path) -> list[Path]:
+    return write_dashboards(dashboards(config), out, dashboard_options(config))
