@@ -10,9 +10,9 @@ timeouts are retried with exponential backoff.
 from __future__ import annotations
 
 import time
-from functools import partial
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import niquests
@@ -152,8 +152,7 @@ class Publisher:
         for c in changes:
             if c.kind == "folder" and c.action == "create":
                 self._call(
-                    f"create folder {c.title!r}",
-                    lambda c=c: self.api.folder.create_folder(c.title, uid=c.uid),
+                    f"create folder {c.title!r}", partial(self.api.folder.create_folder, c.title, uid=c.uid)
                 )
             elif c.kind == "folder" and c.action == "update":
                 self._call(
@@ -169,9 +168,7 @@ class Publisher:
                     "overwrite": True,
                     "message": "vitalgate dashboards publish",
                 }
-                self._call(
-                    f"save dashboard {d.uid}", lambda p=payload: self.api.dashboard.update_dashboard(p)
-                )
+                self._call(f"save dashboard {d.uid}", partial(self.api.dashboard.update_dashboard, payload))
         for folder_uid, team in sorted((folder_teams or {}).items()):
             found = self._call(f"find team {team!r}", partial(self.api.teams.get_team_by_name, team)) or []
             if not found:
