@@ -16,7 +16,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import niquests
-from grafana_client import GrafanaApi
+from grafana_client.api import GrafanaApi
 from grafana_client.client import (
     GrafanaClientError,
     GrafanaException,
@@ -115,9 +115,7 @@ class Publisher:
         for d in dashboards:
             folders.setdefault(d.folder_uid, d.folder)
         for uid, title in sorted(folders.items()):
-            got = self._call(
-                f"read folder {uid}", lambda u=uid: self.api.folder.get_folder(u), missing_ok=True
-            )
+            got = self._call(f"read folder {uid}", partial(self.api.folder.get_folder, uid), missing_ok=True)
             if got is None:
                 changes.append(Change("create", "folder", uid, title))
             elif got.get("title") != title:
@@ -126,9 +124,7 @@ class Publisher:
                 changes.append(Change("unchanged", "folder", uid, title))
         for d in dashboards:
             got = self._call(
-                f"read dashboard {d.uid}",
-                lambda u=d.uid: self.api.dashboard.get_dashboard(u),
-                missing_ok=True,
+                f"read dashboard {d.uid}", partial(self.api.dashboard.get_dashboard, d.uid), missing_ok=True
             )
             if got is None:
                 changes.append(Change("create", "dashboard", d.uid, d.title))

@@ -1,0 +1,186 @@
+"""Generated dashboards: golden bytes, valid PromQL, and only series that exist."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dashboards.build import queries
+from tests.helpers import require_binary
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+CONFIG = GOLDEN / "alerts" / "gateway.yaml"  # the same config as the alert golden files
+
+GATEWAY_SERIES = {
+    "http_server_request_duration_seconds_count",
+    "http_server_request_duration_seconds_bucket",
+    "http_server_request_duration_seconds_sum",
+    "http_server_active_requests",
+    "vitalgate_telemetry_dropped_total",
+    "vitalgate_cardinality_overflow_total",
+    "vitalgate_facility_info",
+    "vitalgate_facility_sla_ratio",
+}
+PROMQL_WORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "bool",
+}
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dash") / "out"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vitalgate",
+            "dashboards",
+            "generate",
+            "--config",
+            str(CONFIG),
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return out
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _models(out: Path) -> dict[str, dict[str, Any]]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((out / "json").glob("*.json"))}
+
+
+def test_output_matches_golden_files(generated: Path) -> None:
+    if os.environ.get("VITALGATE_UPDATE_GOLDEN"):
+        shutil.rmtree(GOLDEN / "dashboards", ignore_errors=True)
+        shutil.copytree(generated, GOLDEN / "dashboards")
+    assert _files(generated) == _files(GOLDEN / "dashboards")
+
+
+def test_dashboards_and_folders(generated: Path) -> None:
+    models = _models(generated)
+    assert sorted(models) == [
+        "vg-facility-lakeside",
+        "vg-facility-riverside",
+        "vg-facility-st-marys",
+        "vg-fleet",
+        "vg-latency",
+        "vg-slo-fhir-availability",
+        "vg-slo-fhir-read-latency",
+        "vg-slo-portal-best-effort",
+        "vg-slo-scheduling-monthly",
+    ]
+    for uid, m in models.items():
+        assert m["uid"] == uid and len(uid) <= 40
+        assert m["schemaVersion"] and m["panels"]
+        ids = [p["id"] for p in m["panels"]]
+        assert len(ids) == len(set(ids))
+    facility = models["vg-facility-riverside"]
+    variables = {v["name"]: v for v in facility["templating"]["list"]}
+    assert set(variables) == {"datasource", "facility"}
+    assert variables["facility"]["current"]["value"] == "riverside"
+    slo = {v["name"]: v for v in models["vg-slo-fhir-availability"]["templating"]["list"]}
+    assert slo["facility"]["multi"] is True
+    assert any(t.get("exemplar") for p in models["vg-latency"]["panels"] for t in p.get("targets", []))
+    provider = yaml.safe_load((generated / "provisioning" / "dashboards.yaml").read_text())
+    assert provider["providers"][0]["options"]["foldersFromFilesStructure"] is True
+    folders = sorted(p.name for p in (generated / "provisioning" / "dashboards").iterdir())
+    assert folders == ["Lakeside Clinic", "Riverside", "St Mary's", "vitalgate fleet"]
+    datasources = yaml.safe_load((generated / "provisioning" / "datasources.yaml").read_text())
+    assert datasources["datasources"][0]["jsonData"]["exemplarTraceIdDestinations"] == [
+        {"name": "trace_id", "datasourceUid": "tempo"}
+    ]
+
+
+def substitute(expr: str) -> str:
+    """Grafana variables as Grafana would fill them for one facility and every route."""
+    return expr.replace("$__rate_interval", "1m").replace("$facility", "riverside").replace("$route", ".*")
+
+
+def metric_names(expr: str) -> set[str]:
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # strings
+    text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
+    text = re.sub(r"\[[^\]]*\]", "", text)  # ranges
+    names = set()
+    for m in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
+        word = m.group(0)
+        rest = text[m.end() :].lstrip()
+        if word in PROMQL_WORDS or rest.startswith("(") or re.fullmatch(r"\d.*", word):
+            continue
+        names.add(word)
+    return names
+
+
+def test_queries_name_only_exported_or_recorded_series(generated: Path) -> None:
+    rules_out = generated.parent / "rules"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vitalgate",
+            "alerts",
+            "generate",
+            "--config",
+            str(CONFIG),
+            "--out",
+            str(rules_out),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    recorded = {
+        r["record"]
+        for g in yaml.safe_load((rules_out / "rules.yaml").read_text())["groups"]
+        for r in g["rules"]
+        if "record" in r
+    }
+    known = GATEWAY_SERIES | recorded | {"ALERTS"}
+    seen = set()
+    for uid, model in _models(generated).items():
+        for title, expr in queries(model):
+            names = metric_names(expr)
+            assert names, (uid, title, expr)
+            assert names <= known, (uid, title, names - known)
+            seen |= names
+    assert {"slo:period_error_budget_remaining:ratio", "http_server_request_duration_seconds_bucket"} <= seen
+
+
+def test_queries_are_valid_promql(generated: Path, tmp_path: Path) -> None:
+    """promtool judges every panel query, wrapped as a recording rule."""
+    promtool = require_binary("promtool")
+    rules = []
+    for uid, model in _models(generated).items():
+        for i, (_title, expr) in enumerate(queries(model)):
+            rules.append({"record": f"dashboard:{uid.replace('-', '_')}:q{i}", "expr": substitute(expr)})
+    assert len(rules) > 40
+    path = tmp_path / "queries.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard-queries", "rules": rules}]}))
+    proc = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in proc.stdout
