@@ -32,7 +32,7 @@ from gateway.config import load_config
 from slo.embedded import EmbeddedBackend
 from slo.status import compute_status, now_utc, sort_worst_first, to_table
 from slo.store import Store
-from vitalgate.generate import write_alerts
+from vitalgate.generate import write_alerts, write_all_dashboards
 from vitalgate.otlpsink import OtlpSink
 
 FACILITIES = {
@@ -422,8 +422,11 @@ async def _demo(duration_s: float, out: Path, rate: float) -> int:
     n_spans = len(sink.spans)
     print(f"Traces:   {out / 'traces.jsonl'} ({n_spans} spans received over OTLP/HTTP protobuf)")
     print(f"Config:   {config_path}")
-    _, n_rules = write_alerts(load_config(config_path), out / "alerts")
+    config = load_config(config_path)
+    _, n_rules = write_alerts(config, out / "alerts")
     print(f"Alerts:   {out / 'alerts'}/rules.yaml ({n_rules} Prometheus rules), alertmanager.yml, tests/")
+    write_all_dashboards(config, out / "grafana")
+    print(f"Grafana:  {out / 'grafana'}/json/ (dashboards), provisioning/")
     print()
     print("SLOs per facility (embedded store, worst budget first):")
     print(slo_table(config_path))
