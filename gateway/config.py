@@ -220,6 +220,8 @@ class TokenConfig(_Strict):
 class AdminConfig(_Strict):
     listen: ListenAddr = "127.0.0.1:9464"
     tokens: list[TokenConfig] = Field(default_factory=list)
+    protect_metrics: bool = False
+    """Also require a token for /metrics, /healthz and /readyz."""
 
 
 class ReceiverConfig(_Strict):

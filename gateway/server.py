@@ -15,13 +15,14 @@ import sqlite3
 import ssl
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from gateway.accesslog import AccessLog
+from gateway.admin_auth import ANONYMOUS, AdminAuth, Identity, forbidden, identity_of
 from gateway.config import Config, split_listen
 from gateway.facility import FacilityResolver
 from gateway.metrics import GatewayMetrics
@@ -32,18 +33,22 @@ from gateway.tracing import Tracing
 from gateway.upstream import Upstream
 from slo.embedded import EmbeddedBackend
 from slo.spec import ALL_FACILITIES, latency_thresholds_s
-from slo.status import compute_status, sort_worst_first
+from slo.status import StatusRow, compute_status, sort_worst_first
 from slo.store import Store, StoreError
 
 log = logging.getLogger("vitalgate.gateway")
+AdminExtension = Callable[[web.Application, "Gateway"], None]
+"""Adds routes to the admin app (the composition root adds the status pages and reports)."""
 
 
 class Gateway:
     """One gateway process: build with a Config, ``start``, later ``stop``."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, admin_extensions: Sequence[AdminExtension] = ()) -> None:
         self.config = config
         cfg = config.gateway
+        self.auth = AdminAuth(cfg.admin.tokens, cfg.admin.protect_metrics)
+        self._admin_extensions = list(admin_extensions)
         self.registry = CollectorRegistry()
         self.metrics = GatewayMetrics(
             self.registry,
@@ -110,14 +115,25 @@ class Gateway:
         return ctx
 
     def admin_app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self.auth.middleware])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/api/v1/slo", self._slo_status)
+        for extend in self._admin_extensions:
+            extend(app, self)
         return app
 
-    def _status_rows(self, facility: str | None) -> list[dict[str, object]]:
+    def log_access(self, request: web.Request, what: str, facility: str | None, status: int) -> None:
+        """An access to a report or facility page, in the access log, by token name (never the token)."""
+        self.access_log.event(
+            time.time(),
+            "admin_access",
+            {"token": identity_of(request).name, "what": what, "facility": facility, "status": status},
+        )
+
+    def status_rows(self, facility: str | None, identity: Identity = ANONYMOUS) -> list[StatusRow]:
+        """SLO status from the store, the rows this identity may see (worst first)."""
         store = Store(self.config.resolve(self.config.gateway.telemetry.store.path), readonly=True)
         try:
             rows = compute_status(
@@ -125,22 +141,31 @@ class Gateway:
             )
         finally:
             store.close()
-        return [r.to_json() for r in sort_worst_first(rows) if facility is None or r.facility == facility]
+        return [
+            r
+            for r in sort_worst_first(rows)
+            if (facility is None or r.facility == facility) and identity.may_see(r.facility)
+        ]
 
     async def _slo_status(self, request: web.Request) -> web.Response:
         facility = request.query.get("facility")
+        identity = identity_of(request)
         known = {f.id for f in self.config.facilities()} | {ALL_FACILITIES}
         if facility is not None and facility not in known:
             return web.json_response({"error": "unknown facility"}, status=404)
+        if facility is not None and not identity.may_see(facility):
+            return forbidden(facility)
         if self.recorder is None:
             return web.json_response(
                 {"error": "the embedded store is disabled (telemetry.store.enabled)"}, status=503
             )
         try:
-            rows = await asyncio.get_running_loop().run_in_executor(None, self._status_rows, facility)
+            rows = await asyncio.get_running_loop().run_in_executor(
+                None, self.status_rows, facility, identity
+            )
         except (StoreError, sqlite3.Error) as exc:
             return web.json_response({"error": "store unavailable", "detail": str(exc)}, status=503)
-        return web.json_response({"slos": rows})
+        return web.json_response({"slos": [r.to_json() for r in rows]})
 
     async def _metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
@@ -208,9 +233,13 @@ def _bound_port(runner: web.BaseRunner) -> int:
     return 0
 
 
-async def serve(config: Config, on_ready: Callable[[Gateway], Awaitable[None]] | None = None) -> int:
+async def serve(
+    config: Config,
+    on_ready: Callable[[Gateway], Awaitable[None]] | None = None,
+    admin_extensions: Sequence[AdminExtension] = (),
+) -> int:
     """Run until SIGTERM or SIGINT, then drain. Returns the exit code."""
-    gateway = Gateway(config)
+    gateway = Gateway(config, admin_extensions)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -242,10 +271,10 @@ async def serve(config: Config, on_ready: Callable[[Gateway], Awaitable[None]] |
     return 0
 
 
-def run(config: Config) -> int:
+def run(config: Config, admin_extensions: Sequence[AdminExtension] = ()) -> int:
     """Run the gateway on uvloop when it is installed."""
     try:
         import uvloop  # noqa: PLC0415
     except ImportError:
-        return asyncio.run(serve(config))
-    return int(uvloop.run(serve(config)))
+        return asyncio.run(serve(config, admin_extensions=admin_extensions))
+    return int(uvloop.run(serve(config, admin_extensions=admin_extensions)))

@@ -7,13 +7,14 @@ Two kinds of data, both as small numpy arrays in BLOBs:
   series and hour (``raw_minutes``), rolled up to one row per series and day
   with hourly resolution (``raw_hours``). Any SLO defined later can be replayed
   from these.
-- per-SLO counts, what ``slo status`` reads: total and good requests per
-  minute, one row per (SLO key, facility, UTC day) (``slo_minutes``), and per
+- per-SLO counts, what ``slo status`` and reports read: total and good requests
+  per minute, one row per (SLO key, facility, UTC day) (``slo_minutes``), and per
   hour with timeslice counts, one row per (SLO key, facility, 32-day chunk)
   (``slo_hours``), so a quarter's status reads a few rows a facility, not 92.
   Facility ``*`` is all facilities.
 
-Minute rows are kept ``minute_days`` (35) days, hour rows ``hour_days`` (400).
+Raw minute rows are kept ``minute_days`` (35) days; hour rows and per-SLO
+minutes ``hour_days`` (400), so a contract year's report has its incidents.
 Arrays are stored sparsely (only non-zero cells), so idle series cost nothing.
 Every write is one transaction: a crash loses at most the writes not yet made
 and never leaves a half-written row.
@@ -34,7 +35,7 @@ import numpy.typing as npt
 
 from slo.spec import ALL_FACILITIES, Slo
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: arrays carry a dense/sparse flag; hour roll-ups in 32-day chunks
 MINUTES_PER_DAY = 1440
 CHUNK_DAYS = 32
 SeriesKey = tuple[str, str, str, str, int]  # facility, service, route, method, status
@@ -321,8 +322,12 @@ class Store:
     def transaction(self) -> _Transaction:
         return _Transaction(self.db)
 
-    def compact_and_purge(self, now_s: float, minute_days: int = 35, hour_days: int = 400) -> None:
-        """Roll raw minute rows of finished days into hourly rows; drop rows past retention."""
+    def compact_and_purge(
+        self, now_s: float, minute_days: int = 35, hour_days: int = 400, slo_minute_days: int | None = None
+    ) -> None:
+        """Roll raw minute rows of finished days into hourly rows; drop rows past retention.
+        Per-SLO minutes (small; what uptime reports' incidents need) are kept ``slo_minute_days``,
+        by default as long as the hourly rows."""
         today = int(now_s // 86400)
         done = self.db.execute(
             "SELECT DISTINCT hour / 86400 FROM raw_minutes WHERE hour < ? AND hour / 86400 NOT IN "
@@ -343,7 +348,8 @@ class Store:
         with self.transaction():
             cutoff_min = (today - minute_days) * 86400
             self.db.execute("DELETE FROM raw_minutes WHERE hour < ?", (cutoff_min,))
-            self.db.execute("DELETE FROM slo_minutes WHERE day < ?", (today - minute_days,))
+            slo_days = hour_days if slo_minute_days is None else slo_minute_days
+            self.db.execute("DELETE FROM slo_minutes WHERE day < ?", (today - slo_days,))
             self.db.execute("DELETE FROM raw_hours WHERE day < ?", (today - hour_days,))
             self.db.execute(
                 "DELETE FROM slo_hours WHERE (chunk + 1) * ? <= ?", (CHUNK_DAYS, today - hour_days)

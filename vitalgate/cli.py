@@ -49,8 +49,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     from gateway.server import run  # noqa: PLC0415  (keeps `check` fast)
+    from vitalgate.admin_pages import extend_admin  # noqa: PLC0415
 
-    return run(config)
+    return run(config, admin_extensions=[extend_admin])
 
 
 def _store(config: Config, readonly: bool = True) -> Store | None:
@@ -194,6 +195,54 @@ def cmd_dashboards_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    from reports.data import PeriodError, build_report, parse_period  # noqa: PLC0415
+    from reports.render import write_report  # noqa: PLC0415
+
+    try:
+        period = parse_period(args.period)
+    except PeriodError as exc:
+        print(f"vitalgate: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if out.suffix.lower() not in (".pdf", ".html"):
+        print("vitalgate: --out must end in .pdf or .html", file=sys.stderr)
+        return 2
+    facilities = {f.id: f for f in config.facilities()}
+    if args.all_facilities:
+        chosen = list(facilities.values())
+    elif args.facility in facilities:
+        chosen = [facilities[args.facility]]
+    else:
+        known = ", ".join(sorted(facilities)) or "none"
+        print(f"vitalgate: unknown facility {args.facility!r} (known: {known})", file=sys.stderr)
+        return 2
+    store = _store(config)
+    if store is None:
+        return 1
+    now = now_utc()
+    for i, facility in enumerate(chosen, 1):
+        target = out if not args.all_facilities else out.with_name(f"{out.stem}-{facility.id}{out.suffix}")
+        report = build_report(store, config.slos, facility, period, now)
+        write_report(report, target)
+        if args.all_facilities:
+            width = 30
+            done = int(width * i / len(chosen))
+            print(
+                f"\r[{'#' * done}{'.' * (width - done)}] {i}/{len(chosen)} {facility.id:<24}",
+                end="",
+                flush=True,
+            )
+        else:
+            print(f"{target}: {facility.name}, {period.label}; sha256 {report.sha256}")
+    if args.all_facilities:
+        print(f"\nwrote {len(chosen)} reports next to {out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vitalgate.demo import run_demo  # noqa: PLC0415
 
@@ -254,6 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grafana-url", required=True)
     p.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
     p.set_defaults(func=cmd_dashboards_publish)
+
+    p = sub.add_parser("report", help="uptime report for a facility and period (PDF or HTML)")
+    p.add_argument("--config", required=True)
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--facility")
+    who.add_argument("--all-facilities", action="store_true", help="one report per facility, named after it")
+    p.add_argument("--period", required=True, help="2026-10, 2026-Q4 or 2026")
+    p.add_argument("--out", required=True, help="FILE.pdf or FILE.html (a CSV goes beside it)")
+    p.set_defaults(func=cmd_report)
 
     store = sub.add_parser("store", help="the embedded store").add_subparsers(
         dest="store_command", required=True

@@ -214,7 +214,9 @@ def test_old_days_roll_up_to_hours_and_still_count(tmp_path: Path, slos: list[Sl
             ("2026-11-20T10:00:00+00:00", "chicago", 200, 0.01, "GET"),
         )
     )
-    store.compact_and_purge(ts("2026-11-21T00:00:00+00:00"), minute_days=35, hour_days=400)
+    store.compact_and_purge(
+        ts("2026-11-21T00:00:00+00:00"), minute_days=35, hour_days=400, slo_minute_days=35
+    )
     assert (
         store.db.execute(
             "SELECT count(*) FROM raw_minutes WHERE hour < ?", (ts("2026-10-15T00:00:00+00:00"),)

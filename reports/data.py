@@ -1,0 +1,413 @@
+"""The figures of an uptime report: per facility, period and SLO, from the embedded store.
+
+Periods (``2026-10``, ``2026-Q4``, ``2026``) begin and end at midnight in the
+facility's own time zone (DST-correct through zoneinfo). Everything is
+counted per minute:
+
+- availability achieved: good / total requests over the period;
+- uptime minutes (timeslices): a minute with traffic is up when at least the
+  SLO's timeslice target of its requests are good; down minutes are downtime;
+- incidents: runs of down minutes, merged across minutes without traffic (no
+  evidence either way) but never across an up minute;
+- maintenance windows are excluded (neither up nor down) and listed;
+- minutes without traffic are "no data", counted and stated, never up.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import numpy.typing as npt
+
+from slo.spec import Facility, Slo
+from slo.store import CHUNK_DAYS, MINUTES_PER_DAY, Store
+
+F64 = npt.NDArray[np.float64]
+
+
+class PeriodError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Period:
+    label: str  # 2026-10, 2026-Q4, 2026
+    first: date
+    after: date  # first day after the period
+
+    def bounds_s(self, tz: str) -> tuple[int, int]:
+        z = ZoneInfo(tz)
+        start = datetime(self.first.year, self.first.month, self.first.day, tzinfo=z)
+        end = datetime(self.after.year, self.after.month, self.after.day, tzinfo=z)
+        return int(start.timestamp()), int(end.timestamp())
+
+    def previous(self) -> Period:
+        if re.fullmatch(r"\d{4}", self.label):
+            return parse_period(str(self.first.year - 1))
+        if "Q" in self.label:
+            q = (self.first.month - 1) // 3
+            year, q = (self.first.year, q) if q > 0 else (self.first.year - 1, 4)
+            return parse_period(f"{year}-Q{q}")
+        d = self.first - timedelta(days=1)
+        return parse_period(f"{d.year}-{d.month:02d}")
+
+
+def parse_period(text: str) -> Period:
+    m = re.fullmatch(r"(\d{4})(?:-(?:(\d{2})|Q([1-4])))?", text.strip())
+    if not m:
+        raise PeriodError(f"period must look like 2026-10, 2026-Q4 or 2026 (got {text!r})")
+    year = int(m.group(1))
+    if m.group(2):
+        month = int(m.group(2))
+        if not 1 <= month <= 12:
+            raise PeriodError(f"no month {month} (got {text!r})")
+        first = date(year, month, 1)
+        after = date(year + (month == 12), month % 12 + 1, 1)
+    elif m.group(3):
+        q = int(m.group(3))
+        first = date(year, 3 * q - 2, 1)
+        after = date(year + (q == 4), (3 * q) % 12 + 1, 1)
+    else:
+        first, after = date(year, 1, 1), date(year + 1, 1, 1)
+    return Period(text.strip(), first, after)
+
+
+@dataclass
+class Incident:
+    start: str  # local ISO time
+    end: str
+    minutes: int  # down minutes in it
+    requests_affected: int
+
+
+@dataclass
+class DayFigures:
+    day: str
+    total: int
+    good: int
+    availability: float | None
+    up_minutes: int
+    down_minutes: int
+    no_data_minutes: int
+    maintenance_minutes: int
+
+
+@dataclass
+class SloReport:
+    slo: str
+    service: str
+    kind: str
+    objective: float
+    sla: float | None
+    timeslice_target: float
+    total: int
+    good: int
+    availability: float | None
+    uptime: float | None
+    objective_met: bool | None
+    sla_met: bool | None
+    budget_used: float | None
+    up_minutes: int
+    down_minutes: int
+    no_data_minutes: int
+    maintenance_minutes: int
+    incidents: list[Incident]
+    days: list[DayFigures]
+    budget_curve: list[float | None]
+    previous: list[tuple[str, float | None]] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    facility: str
+    facility_name: str
+    timezone: str
+    period: str
+    start: str
+    end: str
+    generated_at: str
+    slos: list[SloReport]
+    maintenance: list[dict[str, str]]
+    latency_weeks: dict[str, list[tuple[str, float | None, float | None, float | None]]]
+    sha256: str = ""
+
+    def figures(self) -> dict[str, object]:
+        """Everything the report states, without the generation time: what the checksum covers."""
+        d = asdict(self)
+        d.pop("generated_at")
+        d.pop("sha256")
+        return d
+
+    def seal(self) -> None:
+        blob = json.dumps(self.figures(), sort_keys=True, separators=(",", ":"), default=str)
+        self.sha256 = hashlib.sha256(blob.encode()).hexdigest()
+
+
+def minute_arrays(store: Store, key: str, facility: str, start_s: int, end_s: int) -> tuple[F64, F64]:
+    """Total and good requests per minute over [start_s, end_s) from the per-SLO minute rows."""
+    d0, d1 = start_s // 86400, (end_s - 1) // 86400
+    ids, arr = store.slo_arrays("slo_minutes", [key], d0, d1)
+    days = np.zeros((d1 - d0 + 1, 2, MINUTES_PER_DAY))
+    for j, (_k, fac, day) in enumerate(ids):
+        if fac == facility:
+            days[day - d0] = arr[j]
+    flat = days.transpose(1, 0, 2).reshape(2, -1)
+    off = (start_s - d0 * 86400) // 60
+    n = (end_s - start_s) // 60
+    return flat[0, off : off + n], flat[1, off : off + n]
+
+
+def hour_totals(store: Store, key: str, facility: str, start_s: int, end_s: int) -> tuple[float, float]:
+    """Total and good over [start_s, end_s) from the hourly rows (for earlier periods)."""
+    d0, d1 = start_s // 86400, (end_s - 1) // 86400
+    c0, c1 = d0 // CHUNK_DAYS, d1 // CHUNK_DAYS
+    ids, arr = store.slo_arrays("slo_hours", [key], c0, c1)
+    total = good = 0.0
+    h0, h1 = start_s // 3600, end_s // 3600
+    for j, (_k, fac, chunk) in enumerate(ids):
+        if fac != facility:
+            continue
+        first_hour = chunk * CHUNK_DAYS * 24
+        lo, hi = max(h0 - first_hour, 0), min(h1 - first_hour, CHUNK_DAYS * 24)
+        if hi > lo:
+            total += float(arr[j, 0, lo:hi].sum())
+            good += float(arr[j, 1, lo:hi].sum())
+    return total, good
+
+
+def _local(ts: float, tz: ZoneInfo) -> str:
+    return datetime.fromtimestamp(ts, tz).isoformat(timespec="minutes")
+
+
+def incidents(
+    down: npt.NDArray[np.bool_], up: npt.NDArray[np.bool_], bad: F64, start_s: int, tz: ZoneInfo
+) -> list[Incident]:
+    out: list[Incident] = []
+    i, n = 0, len(down)
+    while i < n:
+        if not down[i]:
+            i += 1
+            continue
+        j, last = i, i
+        while j + 1 < n and not up[j + 1]:
+            j += 1
+            if down[j]:
+                last = j
+        seg = slice(i, last + 1)
+        out.append(
+            Incident(
+                start=_local(start_s + 60 * i, tz),
+                end=_local(start_s + 60 * (last + 1), tz),
+                minutes=int(down[seg].sum()),
+                requests_affected=int(bad[seg].sum()),
+            )
+        )
+        i = last + 1
+    return out
+
+
+def build_report(
+    store: Store,
+    slos: Sequence[Slo],
+    facility: Facility,
+    period: Period,
+    now_s: float,
+    previous_periods: int = 3,
+) -> Report:
+    tz = ZoneInfo(facility.timezone)
+    start_s, end_s = period.bounds_s(facility.timezone)
+    n = (end_s - start_s) // 60
+    minute_ts = start_s + 60 * np.arange(n)
+    maint = np.zeros(n, dtype=bool)
+    listed = []
+    for m in facility.maintenance:
+        a, b = m.start.timestamp(), m.end.timestamp()
+        if b > start_s and a < end_s:
+            maint |= (minute_ts >= a) & (minute_ts < b)
+            listed.append({"start": _local(a, tz), "end": _local(b, tz), "reason": m.reason})
+    # Local day of each minute, for the daily figures.
+    day_starts = []
+    d = period.first
+    while d < period.after:
+        day_starts.append((d, int(datetime(d.year, d.month, d.day, tzinfo=tz).timestamp())))
+        d += timedelta(days=1)
+    day_index = np.searchsorted([s for _, s in day_starts], minute_ts, side="right") - 1
+    future = minute_ts >= now_s
+    reports = []
+    for s in slos:
+        total, good = minute_arrays(store, s.key, facility.id, start_s, end_s)
+        total = np.where(maint | future, 0.0, total)
+        good = np.where(maint | future, 0.0, good)
+        has = total > 0
+        up = has & (good >= s.timeslice_target * total - 1e-9)
+        down = has & ~up
+        bad = total - good
+        tot, gd = int(total.sum()), int(good.sum())
+        avail = gd / tot if tot else None
+        data_min = int(has.sum())
+        uptime = int(up.sum()) / data_min if data_min else None
+        measure = uptime if s.budgeting == "timeslices" else avail
+        budget_used = (1 - measure) / (1 - s.objective) if measure is not None else None
+        days = []
+        for k, (day, _) in enumerate(day_starts):
+            sel = day_index == k
+            t, g = int(total[sel].sum()), int(good[sel].sum())
+            days.append(
+                DayFigures(
+                    day=day.isoformat(),
+                    total=t,
+                    good=g,
+                    availability=g / t if t else None,
+                    up_minutes=int(up[sel].sum()),
+                    down_minutes=int(down[sel].sum()),
+                    no_data_minutes=int((~has[sel] & ~maint[sel] & ~future[sel]).sum()),
+                    maintenance_minutes=int(maint[sel].sum()),
+                )
+            )
+        # Budget left after each day, against the whole period's allowance so far.
+        cum_t, cum_b = np.cumsum([x.total for x in days]), np.cumsum([x.total - x.good for x in days])
+        allowed = cum_t[-1] * (1 - s.objective) if len(cum_t) and cum_t[-1] else 0.0
+        curve = [round(1 - b / allowed, 6) if allowed else None for b in cum_b]
+        previous = []
+        p = period
+        for _ in range(previous_periods):
+            p = p.previous()
+            ps, pe = p.bounds_s(facility.timezone)
+            pt, pg = hour_totals(store, s.key, facility.id, ps, pe)
+            previous.append((p.label, round(pg / pt, 6) if pt else None))
+        reports.append(
+            SloReport(
+                slo=s.name,
+                service=s.service,
+                kind=s.kind,
+                objective=s.objective,
+                sla=facility.sla,
+                timeslice_target=s.timeslice_target,
+                total=tot,
+                good=gd,
+                availability=round(avail, 6) if avail is not None else None,
+                uptime=round(uptime, 6) if uptime is not None else None,
+                objective_met=None if measure is None else measure >= s.objective,
+                sla_met=None if measure is None or facility.sla is None else measure >= facility.sla,
+                budget_used=round(budget_used, 6) if budget_used is not None else None,
+                up_minutes=int(up.sum()),
+                down_minutes=int(down.sum()),
+                no_data_minutes=int((~has & ~maint & ~future).sum()),
+                maintenance_minutes=int(maint.sum()),
+                incidents=incidents(down, up, bad, start_s, tz),
+                days=days,
+                budget_curve=curve,
+                previous=previous,
+            )
+        )
+    report = Report(
+        facility=facility.id,
+        facility_name=facility.name,
+        timezone=facility.timezone,
+        period=period.label,
+        start=_local(start_s, tz),
+        end=_local(end_s, tz),
+        generated_at=_local(now_s, tz),
+        slos=reports,
+        maintenance=listed,
+        latency_weeks=latency_by_week(store, slos, facility.id, period, tz),
+    )
+    report.seal()
+    return report
+
+
+def _quantile(q: float, bounds: Sequence[float], counts: F64) -> float | None:
+    total = counts.sum()
+    if total <= 0:
+        return None
+    cum = np.cumsum(counts)
+    rank = q * total
+    i = int(np.searchsorted(cum, rank))
+    lo = float(bounds[i - 1]) if i > 0 else 0.0
+    if i >= len(bounds):
+        return float(bounds[-1])
+    below = cum[i - 1] if i > 0 else 0.0
+    inside = counts[i]
+    return float(lo + (bounds[i] - lo) * ((rank - below) / inside if inside else 0.0))
+
+
+def latency_by_week(
+    store: Store, slos: Sequence[Slo], facility: str, period: Period, tz: ZoneInfo
+) -> dict[str, list[tuple[str, float | None, float | None, float | None]]]:
+    """p50, p95 and p99 per week (weeks starting Monday, local) for each service, from the raw history."""
+    start_s, end_s = period.bounds_s(str(tz))
+    services = sorted({s.service for s in slos})
+    series = {
+        sid: key for sid, key in store.all_series().items() if key[0] == facility and key[1] in services
+    }
+    layouts = store.layouts()
+    weeks: dict[str, dict[tuple[str, int], F64]] = {}
+    first_monday = period.first - timedelta(days=period.first.weekday())
+
+    def week_of(ts: float) -> str:
+        day = datetime.fromtimestamp(ts, tz).date()
+        return (first_monday + timedelta(days=7 * ((day - first_monday).days // 7))).isoformat()
+
+    def add(ts: float, sid: int, layout: int, row: F64) -> None:
+        key = series[sid]
+        acc = weeks.setdefault(week_of(ts), {})
+        cur = acc.get((key[1], layout))
+        acc[(key[1], layout)] = row if cur is None else cur + row
+
+    seen_minutes: set[int] = set()
+    for hour, sid, layout, arr in store.raw_hours_between(start_s - start_s % 3600, end_s):
+        if sid in series and start_s <= hour < end_s:
+            add(hour, sid, layout, arr.sum(axis=0).astype(np.float64))
+            seen_minutes.add(hour // 86400)
+    for day, sid, layout, arr in store.raw_days_between(start_s // 86400, end_s // 86400 + 1):
+        if sid in series and day not in seen_minutes:
+            for h in range(24):
+                ts = day * 86400 + h * 3600
+                if start_s <= ts < end_s and arr[h].any():
+                    add(ts, sid, layout, arr[h].astype(np.float64))
+    out: dict[str, list[tuple[str, float | None, float | None, float | None]]] = {s: [] for s in services}
+    for week in sorted(weeks):
+        for service in services:
+            rows = [(layouts[lay], c) for (svc, lay), c in weeks[week].items() if svc == service]
+            if not rows:
+                out[service].append((week, None, None, None))
+                continue
+            bounds, counts = rows[0][0], sum(c for _, c in rows)  # one layout per week in practice
+            p50, p95, p99 = (_quantile(q, list(bounds), np.asarray(counts)) for q in (0.5, 0.95, 0.99))
+            out[service].append((week, p50, p95, p99))
+    return out
+
+
+def month_days(year: int, month: int) -> int:
+    return calendar.monthrange(year, month)[1]
+
+
+def daily_availability(
+    store: Store, slo: Slo, facility: Facility, now_s: float, days: int = 90
+) -> list[tuple[str, float | None, int]]:
+    """(local date, availability or None, requests) for the last ``days`` local days, oldest first."""
+    tz = ZoneInfo(facility.timezone)
+    today = datetime.fromtimestamp(now_s, tz).date()
+    first = today - timedelta(days=days - 1)
+    start_s = int(datetime(first.year, first.month, first.day, tzinfo=tz).timestamp())
+    after = today + timedelta(days=1)
+    end_s = int(datetime(after.year, after.month, after.day, tzinfo=tz).timestamp())
+    total, good = minute_arrays(store, slo.key, facility.id, start_s, end_s)
+    out = []
+    d = first
+    while d <= today:
+        a = (int(datetime(d.year, d.month, d.day, tzinfo=tz).timestamp()) - start_s) // 60
+        nd = d + timedelta(days=1)
+        b = (int(datetime(nd.year, nd.month, nd.day, tzinfo=tz).timestamp()) - start_s) // 60
+        t, g = float(total[a:b].sum()), float(good[a:b].sum())
+        out.append((d.isoformat(), g / t if t else None, int(t)))
+        d = nd
+    return out

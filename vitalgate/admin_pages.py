@@ -1,0 +1,112 @@
+"""The status pages and report downloads on the admin listener (composition root:
+the gateway serves, ``reports`` renders, ``slo`` computes)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+
+from gateway.admin_auth import forbidden, identity_of
+from gateway.server import Gateway
+from reports.data import PeriodError, build_report, daily_availability, parse_period
+from reports.pages import facility_page, fleet_page
+from reports.render import render_html, render_pdf_bytes
+from slo.store import Store
+
+T = TypeVar("T")
+
+
+def extend_admin(app: web.Application, gateway: Gateway) -> None:
+    pages = AdminPages(gateway)
+    app.router.add_get("/ui", pages.fleet)
+    app.router.add_get("/ui/facilities/{facility}", pages.facility)
+    app.router.add_get("/api/v1/reports/{facility}/{period}.{fmt:pdf|html}", pages.report)
+
+
+class AdminPages:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.facilities = {f.id: f for f in gateway.config.facilities()}
+
+    def _store(self) -> Store:
+        cfg = self.gateway.config
+        return Store(cfg.resolve(cfg.gateway.telemetry.store.path), readonly=True)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Store reads, numpy and rendering run off the event loop: the proxy keeps serving."""
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    async def fleet(self, request: web.Request) -> web.Response:
+        rows = await self._run(self.gateway.status_rows, None, identity_of(request))
+        return web.Response(text=fleet_page(rows), content_type="text/html")
+
+    def _facility_html(self, facility_id: str) -> str:
+        f = self.facilities[facility_id]
+        now = time.time()
+        rows = self.gateway.status_rows(facility_id)
+        store = self._store()
+        try:
+            slos = self.gateway.config.slos
+            calendars = [(s.name, daily_availability(store, s, f, now)) for s in slos]
+            local = datetime.fromtimestamp(now, ZoneInfo(f.timezone))
+            month = parse_period(f"{local.year}-{local.month:02d}")
+            report = build_report(store, slos, f, month, now, previous_periods=0)
+        finally:
+            store.close()
+        recent = [(s.slo, inc) for s in report.slos for inc in s.incidents][-20:]
+        prev = local.replace(day=1) - timedelta(days=1)
+        periods = [
+            month.label,
+            f"{prev.year}-{prev.month:02d}",
+            f"{local.year}-Q{(local.month - 1) // 3 + 1}",
+            str(local.year),
+        ]
+        return facility_page(f.id, f.name, f.timezone, rows, calendars, recent, periods)
+
+    async def facility(self, request: web.Request) -> web.Response:
+        facility_id = request.match_info["facility"]
+        if facility_id not in self.facilities:
+            return web.json_response({"error": "unknown facility"}, status=404)
+        if not identity_of(request).may_see(facility_id):
+            self.gateway.log_access(request, "facility_page", facility_id, 403)
+            return forbidden(facility_id)
+        html = await self._run(self._facility_html, facility_id)
+        self.gateway.log_access(request, "facility_page", facility_id, 200)
+        return web.Response(text=html, content_type="text/html")
+
+    def _report(self, facility_id: str, period_label: str, fmt: str) -> bytes:
+        store = self._store()
+        try:
+            report = build_report(
+                store,
+                self.gateway.config.slos,
+                self.facilities[facility_id],
+                parse_period(period_label),
+                time.time(),
+            )
+        finally:
+            store.close()
+        return render_pdf_bytes(report) if fmt == "pdf" else render_html(report).encode()
+
+    async def report(self, request: web.Request) -> web.Response:
+        facility_id, period, fmt = (request.match_info[k] for k in ("facility", "period", "fmt"))
+        if facility_id not in self.facilities:
+            return web.json_response({"error": "unknown facility"}, status=404)
+        if not identity_of(request).may_see(facility_id):
+            self.gateway.log_access(request, f"report_{fmt}", facility_id, 403)
+            return forbidden(facility_id)
+        try:
+            parse_period(period)
+        except PeriodError as exc:
+            return web.json_response({"error": "bad period", "detail": str(exc)}, status=400)
+        body = await self._run(self._report, facility_id, period, fmt)
+        self.gateway.log_access(request, f"report_{fmt}", facility_id, 200)
+        content_type = "application/pdf" if fmt == "pdf" else "text/html"
+        headers = {"Content-Disposition": f'inline; filename="uptime-{facility_id}-{period}.{fmt}"'}
+        return web.Response(body=body, content_type=content_type, headers=headers)
