@@ -82,7 +82,7 @@ def facility_page(
     facility_name: str,
     timezone: str,
     rows: Sequence[StatusRow],
-    calendars: Sequence[tuple[str, Sequence[tuple[str, float | None, int]]]],
+    calendars: Sequence[tuple[str, float, Sequence[tuple[str, float | None, int]]]],
     recent: Sequence[tuple[str, Incident]],
     report_periods: Sequence[str],
 ) -> str:
@@ -103,13 +103,21 @@ def facility_page(
         '<h2>Daily availability, last 90 days</h2><p class="legend">'
         '<span class="g" style="background:#2e8b57"></span>objective met'
         '<span style="background:#e0b000"></span>below objective'
-        '<span style="background:#b3261e"></span>below 99%'
+        '<span style="background:#b3261e"></span>below 99% of the objective'
         '<span style="background:#dde1e6"></span>no data</p>'
     )
-    for slo_name, days in calendars:
+    for slo_name, objective, days in calendars:
         cells = []
         for day, avail, requests in days:
-            cls = "" if avail is None else "g" if avail >= 0.999 else "y" if avail >= 0.99 else "r"
+            cls = (
+                ""
+                if avail is None
+                else "g"
+                if avail >= objective
+                else "y"
+                if avail >= 0.99 * objective
+                else "r"
+            )
             title = f"{day}: {'no data' if avail is None else f'{100 * avail:.3f}%'} ({requests} requests)"
             cells.append(f'<span class="{cls}" title="{escape(title)}"></span>')
         parts.append(f"<h3>{escape(slo_name)}</h3><div class=cal>{''.join(cells)}</div>")

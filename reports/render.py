@@ -119,7 +119,7 @@ def render_html(r: Report) -> str:
         f'<p class="sub">Period {escape(r.period)}: {escape(r.start)} to {escape(r.end)} ({escape(r.timezone)}). '
         f"Generated {escape(r.generated_at)}.</p>",
         "<h2>Summary</h2><table><tr><th class=l>SLO</th><th>Availability</th><th>Uptime minutes</th>"
-        "<th>Contract SLA</th><th>SLA</th><th>Objective</th><th>Objective</th><th>Budget used</th>"
+        "<th>Contract SLA</th><th>SLA met?</th><th>Objective</th><th>Objective met?</th><th>Budget used</th>"
         "<th>Downtime (min)</th><th>Incidents</th></tr>",
     ]
     for s in r.slos:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
@@ -53,7 +53,7 @@ class AdminPages:
         store = self._store()
         try:
             slos = self.gateway.config.slos
-            calendars = [(s.name, daily_availability(store, s, f, now)) for s in slos]
+            calendars = [(s.name, s.objective, daily_availability(store, s, f, now)) for s in slos]
             local = datetime.fromtimestamp(now, ZoneInfo(f.timezone))
             month = parse_period(f"{local.year}-{local.month:02d}")
             report = build_report(store, slos, f, month, now, previous_periods=0)

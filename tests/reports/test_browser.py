@@ -1,0 +1,94 @@
+"""The status pages in a real browser (Debian's chromium, headless): content and screenshots.
+Screenshots are saved as test artifacts (test-artifacts/, or VITALGATE_TEST_ARTIFACTS)."""
+
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tests.helpers import BackgroundPeers, GatewayProcess, gateway_config, require_binary
+
+SLOS = [
+    {"name": "fhir-availability", "service": "fhir", "objective": 99.5, "sli": {"availability": {}}},
+    {"name": "fhir-latency", "service": "fhir", "objective": 99, "sli": {"latency": {"threshold": "250ms"}}},
+]
+
+
+def chromium(binary: str, profile: Path, *args: str) -> str:
+    proc = subprocess.run(
+        [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-quic",
+            f"--user-data-dir={profile}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return proc.stdout
+
+
+def test_status_pages_render_in_chromium(tmp_path: Path) -> None:
+    browser = require_binary("chromium")
+    artifacts = Path(os.environ.get("VITALGATE_TEST_ARTIFACTS", "test-artifacts")).resolve()
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with BackgroundPeers() as peers:
+        cfg = gateway_config(
+            tmp_path,
+            peers.upstream.port,
+            slos=SLOS,
+            extra={"telemetry": {"store": {"path": "store.db", "flush_interval": "200ms"}}},
+        )
+        gw = GatewayProcess(cfg)
+        try:
+            for i in range(60):
+                fac = ["st-marys", "riverside", "lakeside"][i % 3]
+                headers = {"X-Facility-ID": fac}
+                if fac == "riverside" and i % 2:
+                    headers["X-Test-Fault"] = "500"
+                req = urllib.request.Request(gw.proxy + "/fhir/Patient/1", headers=headers)
+                try:
+                    with urllib.request.urlopen(req, timeout=5) as r:
+                        r.read()
+                except urllib.error.HTTPError as e:
+                    e.read()
+            time.sleep(0.8)  # flushed to the store
+            fleet = chromium(browser, tmp_path / "p1", "--dump-dom", gw.admin + "/ui")
+            assert "vitalgate: fleet" in fleet
+            for name in ("St Mary", "Riverside", "Lakeside", "fhir-availability"):
+                assert name in fleet
+            assert 'class="alert-page"' in fleet  # riverside is failing half its requests
+            page = chromium(browser, tmp_path / "p2", "--dump-dom", gw.admin + "/ui/facilities/riverside")
+            assert "Daily availability, last 90 days" in page
+            assert page.count('<span class="') >= 90  # the calendar cells
+            assert "/api/v1/reports/riverside/" in page and ".pdf" in page
+            for name, url, size in (
+                ("fleet-desktop.png", gw.admin + "/ui", "1280,800"),
+                ("facility-desktop.png", gw.admin + "/ui/facilities/riverside", "1280,1000"),
+                ("facility-phone.png", gw.admin + "/ui/facilities/riverside", "390,844"),
+            ):
+                shot = artifacts / name
+                shot.unlink(missing_ok=True)
+                chromium(
+                    browser,
+                    tmp_path / f"shot-{name}",
+                    f"--screenshot={shot}",
+                    f"--window-size={size}",
+                    "--hide-scrollbars",
+                    url,
+                )
+                assert shot.stat().st_size > 5000
+                assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        finally:
+            gw.terminate()
