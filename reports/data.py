@@ -214,6 +214,11 @@ def incidents(
     return out
 
 
+def _per_day(day_index: npt.NDArray[np.intp], values: npt.NDArray[np.generic], n_days: int) -> list[int]:
+    sums = np.bincount(day_index, weights=values.astype(np.float64), minlength=n_days)
+    return [int(v) for v in sums[:n_days]]
+
+
 def build_report(
     store: Store,
     slos: Sequence[Slo],
@@ -256,22 +261,23 @@ def build_report(
         uptime = int(up.sum()) / data_min if data_min else None
         measure = uptime if s.budgeting == "timeslices" else avail
         budget_used = (1 - measure) / (1 - s.objective) if measure is not None else None
-        days = []
-        for k, (day, _) in enumerate(day_starts):
-            sel = day_index == k
-            t, g = int(total[sel].sum()), int(good[sel].sum())
-            days.append(
-                DayFigures(
-                    day=day.isoformat(),
-                    total=t,
-                    good=g,
-                    availability=g / t if t else None,
-                    up_minutes=int(up[sel].sum()),
-                    down_minutes=int(down[sel].sum()),
-                    no_data_minutes=int((~has[sel] & ~maint[sel] & ~future[sel]).sum()),
-                    maintenance_minutes=int(maint[sel].sum()),
-                )
+        no_data = ~has & ~maint & ~future
+        day_t, day_g, day_up, day_down, day_nd, day_m = (
+            _per_day(day_index, v, len(day_starts)) for v in (total, good, up, down, no_data, maint)
+        )
+        days = [
+            DayFigures(
+                day=day.isoformat(),
+                total=day_t[k],
+                good=day_g[k],
+                availability=day_g[k] / day_t[k] if day_t[k] else None,
+                up_minutes=day_up[k],
+                down_minutes=day_down[k],
+                no_data_minutes=day_nd[k],
+                maintenance_minutes=day_m[k],
             )
+            for k, (day, _) in enumerate(day_starts)
+        ]
         # Budget left after each day, against the whole period's allowance so far.
         cum_t, cum_b = np.cumsum([x.total for x in days]), np.cumsum([x.total - x.good for x in days])
         allowed = cum_t[-1] * (1 - s.objective) if len(cum_t) and cum_t[-1] else 0.0

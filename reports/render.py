@@ -14,10 +14,12 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display: render to memory
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from reports.data import Report, SloReport
 
+MAX_INCIDENTS = 25
 CSS = """
 @page { size: A4; margin: 16mm 14mm; @bottom-right { content: "page " counter(page) " of " counter(pages); font-size: 8pt; } }
 body { font-family: "DejaVu Sans", Arial, sans-serif; font-size: 10pt; color: #1d2633; max-width: 1000px; margin: auto; }
@@ -30,12 +32,17 @@ td.l, th.l { text-align: left; }
 .met { color: #17733a; font-weight: bold; } .missed { color: #b3261e; font-weight: bold; }
 .nodata { color: #777; }
 img { max-width: 100%; } .charts img { width: 49%; }
+pre.appendix { font-family: "DejaVu Sans Mono", monospace; font-size: 7pt; line-height: 1.25; }
 .mono { font-family: "DejaVu Sans Mono", monospace; font-size: 8pt; word-break: break-all; }
 """
 
 
 def _pct(x: float | None, digits: int = 3) -> str:
     return "no data" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def _plain_pct(x: float | None) -> str:
+    return "no data" if x is None else f"{100 * x:.3f}%"
 
 
 def _verdict(met: bool | None) -> str:
@@ -46,36 +53,38 @@ def _verdict(met: bool | None) -> str:
 
 def _png(fig: Figure) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _day_axis(ax: Axes, labels: list[str]) -> None:
+    step = max(1, len(labels) // 12)
+    ax.set_xticks(range(0, len(labels), step))
+    ax.set_xticklabels(labels[::step], rotation=90, fontsize=6)
+
+
 def _charts(r: Report, s: SloReport) -> list[tuple[str, str]]:
     days = [d.day[5:] for d in s.days]
-    avail = [d.availability if d.availability is not None else float("nan") for d in s.days]
+    x = list(range(len(days)))
+    avail = [100 * d.availability if d.availability is not None else float("nan") for d in s.days]
     out = []
     fig, ax = plt.subplots(figsize=(6.4, 2.6))
-    ax.plot(days, [100 * a for a in avail], marker=".", color="#2461b3", label="daily availability")
+    ax.plot(x, avail, marker="." if len(x) < 100 else None, color="#2461b3", label="daily availability")
     if s.sla is not None:
         ax.axhline(100 * s.sla, color="#b3261e", linestyle="--", label=f"SLA {100 * s.sla:g}%")
     ax.axhline(100 * s.objective, color="#888", linestyle=":", label=f"objective {100 * s.objective:g}%")
     ax.set_ylabel("%")
     ax.set_title("Daily availability")
     ax.legend(fontsize=7, loc="lower left")
-    ax.tick_params(axis="x", labelrotation=90, labelsize=6)
-    if len(days) > 40:
-        ax.set_xticks(days[:: max(1, len(days) // 24)])
+    _day_axis(ax, days)
     out.append(("Daily availability against the SLA", _png(fig)))
     fig, ax = plt.subplots(figsize=(6.4, 2.6))
-    curve = [100 * c if c is not None else float("nan") for c in s.budget_curve]
-    ax.plot(days, curve, color="#7a4cc2")
+    ax.plot(x, [100 * c if c is not None else float("nan") for c in s.budget_curve], color="#7a4cc2")
     ax.axhline(0, color="#b3261e", linewidth=0.8)
     ax.set_title("Error budget left (burn-down across the period)")
     ax.set_ylabel("% of budget")
-    ax.tick_params(axis="x", labelrotation=90, labelsize=6)
-    if len(days) > 40:
-        ax.set_xticks(days[:: max(1, len(days) // 24)])
+    _day_axis(ax, days)
     out.append(("Error budget burn-down", _png(fig)))
     weeks = r.latency_weeks.get(s.service, [])
     if weeks:
@@ -83,23 +92,18 @@ def _charts(r: Report, s: SloReport) -> list[tuple[str, str]]:
         labels = [w[0][5:] for w in weeks]
         for idx, (name, color) in enumerate((("p50", "#2e8b57"), ("p95", "#d98a00"), ("p99", "#b3261e"))):
             values = [w[idx + 1] for w in weeks]
-            ax.plot(
-                labels,
-                [1000 * v if isinstance(v, float) else float("nan") for v in values],
-                marker="o",
-                color=color,
-                label=name,
-            )
+            ms = [1000 * v if isinstance(v, float) else float("nan") for v in values]
+            ax.plot(range(len(labels)), ms, marker="o" if len(labels) < 20 else None, color=color, label=name)
         ax.set_ylabel("ms")
         ax.set_title(f"Latency percentiles by week ({s.service})")
         ax.legend(fontsize=7)
-        ax.tick_params(axis="x", labelrotation=90, labelsize=6)
+        _day_axis(ax, labels)
         out.append(("Latency by week", _png(fig)))
     if s.previous:
         fig, ax = plt.subplots(figsize=(6.4, 2.4))
-        labels = [p for p, _ in reversed(s.previous)] + [r.period]
+        bars = [p for p, _ in reversed(s.previous)] + [r.period]
         avails = [a for _, a in reversed(s.previous)] + [s.availability]
-        ax.bar(labels, [100 * v if v is not None else 0 for v in avails], color="#2461b3")
+        ax.bar(bars, [100 * v if v is not None else 0 for v in avails], color="#2461b3")
         if s.sla is not None:
             ax.axhline(100 * s.sla, color="#b3261e", linestyle="--")
         known = [100 * v for v in avails if v is not None]
@@ -108,6 +112,28 @@ def _charts(r: Report, s: SloReport) -> list[tuple[str, str]]:
         ax.set_title("Availability compared with previous periods")
         out.append(("Previous periods", _png(fig)))
     return out
+
+
+def _incidents(s: SloReport) -> list[str]:
+    parts = ["<h3>Incidents</h3>"]
+    if not s.incidents:
+        return [*parts, "<p>None.</p>"]
+    shown = sorted(sorted(s.incidents, key=lambda i: -i.minutes)[:MAX_INCIDENTS], key=lambda i: i.start)
+    if len(shown) < len(s.incidents):
+        parts.append(
+            f"<p>{len(s.incidents)} incidents, {sum(i.minutes for i in s.incidents)} down minutes; the "
+            f"{len(shown)} longest below, every one in the incidents CSV beside this report.</p>"
+        )
+    parts.append(
+        "<table><tr><th class=l>Start</th><th class=l>End</th><th>Down minutes</th><th>Requests affected</th></tr>"
+    )
+    for inc in shown:
+        parts.append(
+            f"<tr><td class=l>{escape(inc.start)}</td><td class=l>{escape(inc.end)}</td>"
+            f"<td>{inc.minutes}</td><td>{inc.requests_affected:,}</td></tr>"
+        )
+    parts.append("</table>")
+    return parts
 
 
 def render_html(r: Report) -> str:
@@ -138,23 +164,9 @@ def render_html(r: Report) -> str:
             f"without traffic (no data), {s.maintenance_minutes:,} minutes of planned maintenance excluded.</p>"
         )
         parts.append('<div class="charts">')
-        for title, src in _charts(r, s):
-            parts.append(f'<img alt="{escape(title)}" src="{src}">')
+        parts.extend(f'<img alt="{escape(title)}" src="{src}">' for title, src in _charts(r, s))
         parts.append("</div>")
-        parts.append("<h3>Incidents</h3>")
-        if s.incidents:
-            parts.append(
-                "<table><tr><th class=l>Start</th><th class=l>End</th><th>Down minutes</th>"
-                "<th>Requests affected</th></tr>"
-            )
-            for inc in s.incidents:
-                parts.append(
-                    f"<tr><td class=l>{escape(inc.start)}</td><td class=l>{escape(inc.end)}</td>"
-                    f"<td>{inc.minutes}</td><td>{inc.requests_affected:,}</td></tr>"
-                )
-            parts.append("</table>")
-        else:
-            parts.append("<p>None.</p>")
+        parts.extend(_incidents(s))
         if s.previous:
             prev = ", ".join(f"{escape(p)}: {_pct(a)}" for p, a in s.previous)
             parts.append(f"<p>Previous periods: {prev}.</p>")
@@ -183,22 +195,21 @@ def render_html(r: Report) -> str:
     )
     no_data = sum(s.no_data_minutes for s in r.slos)
     parts.append(f"<p>Gaps in data: {no_data:,} SLO-minutes without traffic in this period.</p>")
-    parts.append("<h2>Appendix: daily figures</h2>")
-    for s in r.slos:
-        parts.append(
-            f"<h3>{escape(s.slo)}</h3><table><tr><th class=l>Day</th><th>Requests</th><th>Good</th>"
-            "<th>Availability</th><th>Up min</th><th>Down min</th><th>No data min</th><th>Maint. min</th></tr>"
+    # Preformatted rather than a table: a year is 365 rows, and text lays out far faster than cells.
+    parts.append(
+        "<h2>Appendix: daily figures</h2><p>Availability and down minutes per day; requests and the other "
+        "columns are in the CSV beside this report.</p><pre class=appendix>"
+    )
+    parts.append(escape("day         " + "".join(f"{s.slo[:18]:>20}{'down':>6}" for s in r.slos)))
+    for i, day in enumerate(r.slos[0].days if r.slos else []):
+        cells = "".join(
+            f"{_plain_pct(s.days[i].availability):>20}{s.days[i].down_minutes:>6}" for s in r.slos
         )
-        for d in s.days:
-            parts.append(
-                f"<tr><td class=l>{d.day}</td><td>{d.total:,}</td><td>{d.good:,}</td><td>{_pct(d.availability)}</td>"
-                f"<td>{d.up_minutes}</td><td>{d.down_minutes}</td><td>{d.no_data_minutes}</td>"
-                f"<td>{d.maintenance_minutes}</td></tr>"
-            )
-        parts.append("</table>")
+        parts.append(escape(f"{day.day}  {cells}"))
+    parts.append("</pre>")
     parts.append(
         f'<p>SHA-256 of the figures: <span class="mono">{r.sha256}</span><br>'
-        "Recompute it from the JSON figures with <code>sha256sum</code> to check these numbers later.</p>"
+        "Recompute it from the JSON figures beside this report with <code>sha256sum</code> to check these numbers later.</p>"
     )
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -241,6 +252,17 @@ def write_csv(r: Report, path: Path) -> None:
                 )
 
 
+def write_incidents_csv(r: Report, path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["facility", "period", "slo", "start", "end", "down_minutes", "requests_affected"])
+        for s in r.slos:
+            for inc in s.incidents:
+                w.writerow(
+                    [r.facility, r.period, s.slo, inc.start, inc.end, inc.minutes, inc.requests_affected]
+                )
+
+
 def figures_json(r: Report) -> str:
     return json.dumps(r.figures(), sort_keys=True, separators=(",", ":"), default=str)
 
@@ -257,9 +279,11 @@ def write_report(r: Report, out: Path) -> list[Path]:
         out.write_text(html, encoding="utf-8")
     csv_path = out.with_suffix(".csv")
     write_csv(r, csv_path)
+    incidents_path = out.with_suffix(".incidents.csv")
+    write_incidents_csv(r, incidents_path)
     fig_path = out.with_suffix(".figures.json")
     fig_path.write_text(figures_json(r), encoding="utf-8")
-    return [out, csv_path, fig_path]
+    return [out, csv_path, incidents_path, fig_path]
 
 
 def render_pdf_bytes(r: Report) -> bytes:
