@@ -35,6 +35,7 @@ bench: install
 	$(PY) -m bench.proxy
 	$(PY) -m bench.slo_engine --throughput
 	$(PY) -m bench.alert_rules
+	$(PY) -m bench.report_year
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis test-artifacts
