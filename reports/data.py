@@ -22,6 +22,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -219,14 +220,47 @@ def _per_day(day_index: npt.NDArray[np.intp], values: npt.NDArray[np.generic], n
     return [int(v) for v in sums[:n_days]]
 
 
+class ReportSource(Protocol):
+    """Where a report's counts come from: the embedded store or Prometheus."""
+
+    def minutes(self, slo: Slo, facility: str, start_s: int, end_s: int) -> tuple[F64, F64]: ...
+
+    def totals(self, slo: Slo, facility: str, start_s: int, end_s: int) -> tuple[float, float]: ...
+
+    def latency_weeks(
+        self, slos: Sequence[Slo], facility: str, period: Period, tz: ZoneInfo
+    ) -> dict[str, list[tuple[str, float | None, float | None, float | None]]]: ...
+
+
+class StoreSource:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def minutes(self, slo: Slo, facility: str, start_s: int, end_s: int) -> tuple[F64, F64]:
+        return minute_arrays(self.store, slo.key, facility, start_s, end_s)
+
+    def totals(self, slo: Slo, facility: str, start_s: int, end_s: int) -> tuple[float, float]:
+        return hour_totals(self.store, slo.key, facility, start_s, end_s)
+
+    def latency_weeks(
+        self, slos: Sequence[Slo], facility: str, period: Period, tz: ZoneInfo
+    ) -> dict[str, list[tuple[str, float | None, float | None, float | None]]]:
+        return latency_by_week(self.store, slos, facility, period, tz)
+
+
+def source_of(data: Store | ReportSource) -> ReportSource:
+    return StoreSource(data) if isinstance(data, Store) else data
+
+
 def build_report(
-    store: Store,
+    store: Store | ReportSource,
     slos: Sequence[Slo],
     facility: Facility,
     period: Period,
     now_s: float,
     previous_periods: int = 3,
 ) -> Report:
+    source = source_of(store)
     tz = ZoneInfo(facility.timezone)
     start_s, end_s = period.bounds_s(facility.timezone)
     n = (end_s - start_s) // 60
@@ -248,7 +282,7 @@ def build_report(
     future = minute_ts >= now_s
     reports = []
     for s in slos:
-        total, good = minute_arrays(store, s.key, facility.id, start_s, end_s)
+        total, good = source.minutes(s, facility.id, start_s, end_s)
         total = np.where(maint | future, 0.0, total)
         good = np.where(maint | future, 0.0, good)
         has = total > 0
@@ -287,7 +321,7 @@ def build_report(
         for _ in range(previous_periods):
             p = p.previous()
             ps, pe = p.bounds_s(facility.timezone)
-            pt, pg = hour_totals(store, s.key, facility.id, ps, pe)
+            pt, pg = source.totals(s, facility.id, ps, pe)
             previous.append((p.label, round(pg / pt, 6) if pt else None))
         reports.append(
             SloReport(
@@ -324,7 +358,7 @@ def build_report(
         generated_at=_local(now_s, tz),
         slos=reports,
         maintenance=listed,
-        latency_weeks=latency_by_week(store, slos, facility.id, period, tz),
+        latency_weeks=source.latency_weeks(slos, facility.id, period, tz),
     )
     report.seal()
     return report

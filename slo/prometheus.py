@@ -9,6 +9,7 @@ import urllib.parse
 import urllib.request
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,8 +31,16 @@ class PrometheusBackend:
 
     def query(self, expr: str, at_s: float) -> dict[str, float]:
         """Instant query; {facility label (or '*' for an unlabelled result): value}."""
-        data = urllib.parse.urlencode({"query": expr, "time": f"{at_s:.3f}"}).encode()
-        req = urllib.request.Request(f"{self.url}/api/v1/query", data=data, method="POST")  # noqa: S310
+        body = self._post("/api/v1/query", {"query": expr, "time": f"{at_s:.3f}"})
+        out: dict[str, float] = {}
+        for sample in body["data"]["result"]:
+            fac = sample["metric"].get("facility", ALL_FACILITIES)
+            out[fac] = float(sample["value"][1])
+        return out
+
+    def _post(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+        data = urllib.parse.urlencode(params).encode()
+        req = urllib.request.Request(f"{self.url}{path}", data=data, method="POST")  # noqa: S310
         req.add_header("Content-Type", "application/x-www-form-urlencoded")
         self.queries += 1
         try:
@@ -46,11 +55,20 @@ class PrometheusBackend:
             raise PrometheusError(f"cannot reach Prometheus at {self.url}: {exc}") from exc
         if body.get("status") != "success":
             raise PrometheusError(f"Prometheus query failed: {body.get('error')}")
-        out: dict[str, float] = {}
-        for sample in body["data"]["result"]:
-            fac = sample["metric"].get("facility", ALL_FACILITIES)
-            out[fac] = float(sample["value"][1])
-        return out
+        result: dict[str, Any] = body
+        return result
+
+    def query_range(
+        self, expr: str, start_s: float, end_s: float, step_s: float
+    ) -> list[tuple[float, float]]:
+        """Range query summed over the result's series: [(timestamp, value)]."""
+        params = {"query": expr, "start": f"{start_s:.3f}", "end": f"{end_s:.3f}", "step": f"{step_s:g}"}
+        body = self._post("/api/v1/query_range", params)
+        sums: dict[float, float] = {}
+        for series in body["data"]["result"]:
+            for ts, value in series["values"]:
+                sums[float(ts)] = sums.get(float(ts), 0.0) + float(value)
+        return sorted(sums.items())
 
     def _pair(
         self, slo: Slo, range_s: float, extra: dict[str, str] | None, star: bool, now_s: float

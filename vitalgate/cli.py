@@ -199,7 +199,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
-    from reports.data import PeriodError, build_report, parse_period  # noqa: PLC0415
+    from reports.data import PeriodError, ReportSource, StoreSource, build_report, parse_period  # noqa: PLC0415
     from reports.render import write_report  # noqa: PLC0415
 
     try:
@@ -220,13 +220,28 @@ def cmd_report(args: argparse.Namespace) -> int:
         known = ", ".join(sorted(facilities)) or "none"
         print(f"vitalgate: unknown facility {args.facility!r} (known: {known})", file=sys.stderr)
         return 2
-    store = _store(config)
-    if store is None:
-        return 1
+    source: ReportSource
+    if args.backend == "prometheus":
+        from reports.prometheus_source import PrometheusSource  # noqa: PLC0415
+
+        url = args.prometheus_url or os.environ.get("PROMETHEUS_URL")
+        if not url:
+            print("vitalgate: --backend prometheus needs --prometheus-url URL", file=sys.stderr)
+            return 2
+        source = PrometheusSource(PrometheusBackend(url))
+    else:
+        store = _store(config)
+        if store is None:
+            return 1
+        source = StoreSource(store)
     now = now_utc()
     for i, facility in enumerate(chosen, 1):
         target = out if not args.all_facilities else out.with_name(f"{out.stem}-{facility.id}{out.suffix}")
-        report = build_report(store, config.slos, facility, period, now)
+        try:
+            report = build_report(source, config.slos, facility, period, now)
+        except PrometheusError as exc:
+            print(f"vitalgate: {exc}", file=sys.stderr)
+            return 1
         write_report(report, target)
         if args.all_facilities:
             width = 30
@@ -311,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--all-facilities", action="store_true", help="one report per facility, named after it")
     p.add_argument("--period", required=True, help="2026-10, 2026-Q4 or 2026")
     p.add_argument("--out", required=True, help="FILE.pdf or FILE.html (a CSV goes beside it)")
+    p.add_argument("--backend", choices=["embedded", "prometheus"], default="embedded")
+    p.add_argument("--prometheus-url", default=None, help="Prometheus base URL (or PROMETHEUS_URL)")
     p.set_defaults(func=cmd_report)
 
     store = sub.add_parser("store", help="the embedded store").add_subparsers(

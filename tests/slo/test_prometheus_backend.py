@@ -6,7 +6,10 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from tests.helpers import BackgroundPeers, GatewayProcess, PrometheusProcess, gateway_config
 
@@ -44,6 +47,33 @@ def status(config: Path, *extra: str) -> dict[tuple[str, str], dict[str, object]
     )
     assert proc.returncode == 0, proc.stderr
     return {(r["slo"], r["facility"]): r for r in json.loads(proc.stdout)["slos"]}
+
+
+def report(config: Path, period: str, out: Path, *extra: str) -> dict[str, Any]:
+    """The figures of a report for lakeside (America/Denver)."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vitalgate",
+            "report",
+            "--config",
+            str(config),
+            "--facility",
+            "lakeside",
+            "--period",
+            period,
+            "--out",
+            str(out),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    figures: dict[str, Any] = json.loads(out.with_suffix(".figures.json").read_text())
+    return figures
 
 
 def test_prometheus_totals_equal_requests_sent_to_both_replicas(tmp_path: Path) -> None:
@@ -90,11 +120,24 @@ def test_prometheus_totals_equal_requests_sent_to_both_replicas(tmp_path: Path) 
                 time.sleep(0.5)
             time.sleep(2)  # a few more scrapes with no new traffic
             via_prom = status(replicas[0][0], "--backend", "prometheus", "--prometheus-url", prom.url)
+            month = datetime.now(ZoneInfo("America/Denver")).strftime("%Y-%m")  # lakeside's own month
+            report_prom = report(
+                replicas[0][0],
+                month,
+                tmp_path / "prom.html",
+                "--backend",
+                "prometheus",
+                "--prometheus-url",
+                prom.url,
+            )
         finally:
             for _cfg, gw in replicas:
                 assert gw.terminate() == 0
             prom.stop()
         stores = [status(cfg) for cfg, _ in replicas]
+        report_stores = [
+            report(cfg, month, tmp_path / f"store-{i}.html") for i, (cfg, _) in enumerate(replicas)
+        ]
     for fac in sent:
         for slo in ("avail", "monthly"):
             assert via_prom[(slo, fac)]["total"] == sent[fac], (slo, fac)
@@ -108,6 +151,11 @@ def test_prometheus_totals_equal_requests_sent_to_both_replicas(tmp_path: Path) 
                 embedded_good,
             )
     assert via_prom[("avail", "*")]["total"] == 240
+    # An uptime report from Prometheus counts what both replicas' stores counted, minute by minute.
+    for i, slo_report in enumerate(report_prom["slos"]):
+        assert slo_report["total"] == sum(r["slos"][i]["total"] for r in report_stores) == sent["lakeside"]
+        assert slo_report["good"] == sum(r["slos"][i]["good"] for r in report_stores)
+        assert slo_report["total"] > 0
     # Burn rates come from the same counters over the short windows.
     row = via_prom[("avail", "st-marys")]
     assert row["burn_rates"]["5m"] is not None  # type: ignore[index]

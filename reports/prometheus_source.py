@@ -1,0 +1,75 @@
+"""Report counts from Prometheus (``--backend prometheus``), with the same PromQL as
+``slo status``: per-minute increases without extrapolation, fetched with range queries
+in chunks Prometheus accepts (at most 11,000 points a query)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from reports.data import F64, Period
+from slo import promql
+from slo.prometheus import PrometheusBackend
+from slo.spec import Slo
+
+MAX_POINTS = 10_000
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or math.isnan(x) or math.isinf(x) else x
+
+
+class PrometheusSource:
+    def __init__(self, backend: PrometheusBackend) -> None:
+        self.backend = backend
+
+    def _per_minute(self, expr: str, start_s: int, end_s: int) -> F64:
+        n = (end_s - start_s) // 60
+        out = np.zeros(n)
+        # The value at t is the increase over (t - 60 s, t]: minute i ends at start + 60 (i + 1).
+        first = start_s + 60
+        while first <= end_s:
+            last = min(end_s, first + 60 * (MAX_POINTS - 1))
+            for ts, value in self.backend.query_range(expr, first, last, 60):
+                i = round((ts - start_s) / 60) - 1
+                if 0 <= i < n:
+                    out[i] += value
+            first = last + 60
+        return out
+
+    def minutes(self, slo: Slo, facility: str, start_s: int, end_s: int) -> tuple[F64, F64]:
+        sel = {"facility": facility}
+        total = f"sum({promql.exact_increase(promql.total_series(slo, sel), 60)})"
+        good = f"sum({promql.exact_increase(promql.good_series(slo, sel), 60)})"
+        return self._per_minute(total, start_s, end_s), self._per_minute(good, start_s, end_s)
+
+    def totals(self, slo: Slo, facility: str, start_s: int, end_s: int) -> tuple[float, float]:
+        sel = {"facility": facility}
+        rng = end_s - start_s
+        t = self.backend.query(f"sum({promql.exact_increase(promql.total_series(slo, sel), rng)})", end_s)
+        g = self.backend.query(f"sum({promql.exact_increase(promql.good_series(slo, sel), rng)})", end_s)
+        return sum(t.values()), sum(g.values())
+
+    def latency_weeks(
+        self, slos: Sequence[Slo], facility: str, period: Period, tz: ZoneInfo
+    ) -> dict[str, list[tuple[str, float | None, float | None, float | None]]]:
+        out: dict[str, list[tuple[str, float | None, float | None, float | None]]] = {}
+        monday = period.first - timedelta(days=period.first.weekday())
+        for service in sorted({s.service for s in slos}):
+            rows: list[tuple[str, float | None, float | None, float | None]] = []
+            week = monday
+            while week < period.after:
+                start = int(datetime(week.year, week.month, week.day, tzinfo=tz).timestamp())
+                end = start + 7 * 86400
+                sel = f'{promql.METRIC}_bucket{{facility="{facility}", service="{service}"}}'
+                inc = f"sum by (le) ({promql.exact_increase(sel, end - start)})"
+                qs = [self.backend.query(f"histogram_quantile({q}, {inc})", end) for q in (0.5, 0.95, 0.99)]
+                p50, p95, p99 = (_finite(next(iter(v.values()), None)) for v in qs)
+                rows.append((week.isoformat(), p50, p95, p99))
+                week += timedelta(days=7)
+            out[service] = rows
+        return out
