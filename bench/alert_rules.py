@@ -18,17 +18,8 @@ from pathlib import Path
 from alerts.alertmanager import Receiver, Routing, build_alertmanager
 from alerts.alertmanager import render as render_am
 from alerts.rules import RuleOptions, build_rules, render, rule_count
+from bench.slo_engine import SLOS_YAML
 from slo.spec import load_slos
-
-SLOS_YAML = """
-version: 1
-slos:
-  - {name: fhir-availability, service: fhir, objective: 99.9, window: 30d, sli: {availability: {}}}
-  - {name: fhir-read-latency, service: fhir, objective: 99, window: 30d, filter: {methods: [GET]}, sli: {latency: {threshold: 300ms}}}
-  - {name: fhir-write-availability, service: fhir, objective: 99.5, window: 28d, filter: {methods: [POST, PUT]}, sli: {availability: {}}}
-  - {name: monthly-contract, service: fhir, objective: 99.5, window: {calendar: month}, sli: {availability: {}}}
-  - {name: scheduling-availability, service: scheduling, objective: 99, window: 7d, sli: {availability: {}}}
-"""
 
 
 def main() -> int:

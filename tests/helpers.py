@@ -5,12 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
@@ -234,8 +244,6 @@ class BackgroundPeers:
     """A test upstream and an OTLP sink on their own event loop thread, for synchronous tests."""
 
     def __init__(self) -> None:
-        import threading
-
         self.upstream = Upstream()
         self.sink = OtlpSink(keep_raw=True)
         self.sink_port = 0
@@ -272,9 +280,6 @@ class GatewayProcess:
     """``vitalgate serve`` as a child process, as a user runs it."""
 
     def __init__(self, config_path: Path) -> None:
-        import subprocess
-        import sys
-
         cfg = yaml.safe_load(config_path.read_text())
         self.proxy = "http://" + cfg["listen"]
         self.admin = "http://" + cfg["admin"]["listen"]
@@ -288,21 +293,10 @@ class GatewayProcess:
         self.wait_ready()
 
     def wait_ready(self, timeout_s: float = 20.0) -> None:
-        import time
-        import urllib.request
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited: {self.stderr_path.read_text()}")
-            try:
-                with urllib.request.urlopen(self.admin + "/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError("gateway not ready")
+        try:
+            wait_ready(self.admin + "/readyz", "gateway", self.proc, timeout_s)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}: {self.stderr_path.read_text()}") from exc
 
     def rss_kb(self, field: str = "VmRSS") -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -311,8 +305,6 @@ class GatewayProcess:
         raise KeyError(field)
 
     def terminate(self, timeout_s: float = 30.0) -> int:
-        import signal
-
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout_s)
@@ -329,10 +321,6 @@ class GatewayProcess:
 def require_binary(name: str) -> str:
     """Path of a binary a test needs. Missing: skip, or fail when VITALGATE_REQUIRE_PROMETHEUS
     is set (CI sets it, so Prometheus, promtool and Alertmanager tests always run there)."""
-    import shutil
-
-    import pytest
-
     path = shutil.which(name)
     if path is None:
         if os.environ.get("VITALGATE_REQUIRE_PROMETHEUS"):
@@ -341,8 +329,42 @@ def require_binary(name: str) -> str:
     return path
 
 
-class PrometheusProcess:
-    """A real Prometheus (Debian's package) on a loopback port, scraping the given targets."""
+def wait_ready(url: str, what: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """Poll ``url`` until it answers 200; fail early if the process died."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{what} not ready at {url}")
+
+
+class ServiceProcess:
+    """A server binary from Debian's packages, on a loopback port, logging to a file."""
+
+    def __init__(self, name: str, cmd: list[str], log: Path, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log.open("w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log)
+        wait_ready(self.url + "/-/ready", name, self.proc)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+class PrometheusProcess(ServiceProcess):
+    """A real Prometheus scraping the given targets every second."""
 
     def __init__(
         self,
@@ -352,13 +374,6 @@ class PrometheusProcess:
         rule_files: list[Path] | None = None,
         alertmanager: str | None = None,
     ) -> None:
-        import subprocess
-        import time
-        import urllib.request
-
-        binary = require_binary("prometheus")
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         cfg: dict[str, Any] = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "scrape_configs": [{"job_name": "vitalgate", "static_configs": [{"targets": targets}]}],
@@ -368,33 +383,17 @@ class PrometheusProcess:
         if alertmanager:
             cfg["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(cfg))
-        self.log = (workdir / "prometheus.log").open("w")
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={workdir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={workdir / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--web.enable-lifecycle",
-                *(extra_args or []),
-            ],
-            stdout=self.log,
-            stderr=self.log,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/-/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        raise TimeoutError("prometheus not ready")
+        port = free_port()
+        cmd = [
+            require_binary("prometheus"),
+            f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            *(extra_args or []),
+        ]
+        super().__init__("prometheus", cmd, workdir / "prometheus.log", port)
 
     def query(self, expr: str) -> list[dict[str, Any]]:
-        import urllib.parse
-        import urllib.request
-
         with urllib.request.urlopen(
             f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}", timeout=10
         ) as r:
@@ -403,63 +402,61 @@ class PrometheusProcess:
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except Exception:
-            self.proc.kill()
-        self.log.close()
 
-
-class AlertmanagerProcess:
-    """A real Alertmanager (Debian's prometheus-alertmanager) on a loopback port."""
+class AlertmanagerProcess(ServiceProcess):
+    """A real Alertmanager (Debian's prometheus-alertmanager), clustering off."""
 
     def __init__(self, workdir: Path, config: Path) -> None:
-        import shutil
-        import subprocess
-        import time
-        import urllib.request
-
-        binary = shutil.which("prometheus-alertmanager") or require_binary("alertmanager")
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = (workdir / "alertmanager.log").open("w")
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.path={workdir / 'am-data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--cluster.listen-address=",
-            ],
-            stdout=self.log,
-            stderr=self.log,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/-/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        raise TimeoutError("alertmanager not ready")
+        port = free_port()
+        cmd = [
+            shutil.which("prometheus-alertmanager") or require_binary("alertmanager"),
+            f"--config.file={config}",
+            f"--storage.path={workdir / 'am-data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ]
+        super().__init__("alertmanager", cmd, workdir / "alertmanager.log", port)
 
     def alerts(self) -> list[dict[str, Any]]:
-        import urllib.request
-
         with urllib.request.urlopen(self.url + "/api/v2/alerts", timeout=5) as r:
             result: list[dict[str, Any]] = json.loads(r.read())
         return result
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except Exception:
-            self.proc.kill()
-        self.log.close()
+
+def fetch(url: str, headers: dict[str, str] | None = None, timeout_s: float = 10.0) -> int:
+    """GET through real HTTP; the status, whether 2xx or not (the body is read and dropped)."""
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            r.read()
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        e.read()
+        return int(e.code)
+
+
+def slo_status(config: Path, *extra: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """`vitalgate slo status --format json` as a user runs it, keyed by (slo, facility)."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vitalgate",
+            "slo",
+            "status",
+            "--config",
+            str(config),
+            "--format",
+            "json",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return {(r["slo"], r["facility"]): r for r in json.loads(proc.stdout)["slos"]}
 
 
 class Webhook:

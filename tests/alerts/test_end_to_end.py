@@ -7,8 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from aiohttp import web
@@ -19,6 +17,7 @@ from tests.helpers import (
     GatewayProcess,
     PrometheusProcess,
     Webhook,
+    fetch,
     free_port,
     gateway_config,
 )
@@ -87,12 +86,7 @@ def test_faults_at_one_facility_page_that_facility_only(tmp_path: Path) -> None:
                 headers = {"X-Facility-ID": facility}
                 if facility == "riverside" and i > 60:
                     headers["X-Test-Fault"] = "500"  # riverside's upstream starts failing
-                req = urllib.request.Request(gw.proxy + "/fhir/Patient/1", headers=headers)
-                try:
-                    with urllib.request.urlopen(req, timeout=5) as r:
-                        r.read()
-                except urllib.error.HTTPError as e:
-                    e.read()
+                fetch(gw.proxy + "/fhir/Patient/1", headers)
                 i += 1
                 time.sleep(0.02)
 

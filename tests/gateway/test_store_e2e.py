@@ -1,18 +1,24 @@
 """Exact counts end to end: traffic through a running gateway, then `slo status`."""
 
 import asyncio
-import json
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import aiohttp
 
-from tests.helpers import BackgroundPeers, GatewayProcess, Upstream, gateway_config, running_gateway
+from tests.helpers import (
+    BackgroundPeers,
+    GatewayProcess,
+    Upstream,
+    fetch,
+    gateway_config,
+    running_gateway,
+    slo_status,
+)
 
 SLOS = [
     {"name": "avail", "service": "fhir", "objective": 99.5, "sli": {"availability": {}}},
@@ -24,29 +30,6 @@ SLOS = [
         "sli": {"latency": {"threshold": "250ms"}},
     },
 ]
-
-
-def slo_status(config: Path, *extra: str) -> dict[tuple[str, str], dict[str, object]]:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vitalgate",
-            "slo",
-            "status",
-            "--config",
-            str(config),
-            "--format",
-            "json",
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return {(r["slo"], r["facility"]): r for r in json.loads(proc.stdout)["slos"]}
 
 
 async def test_slo_status_counts_exactly_what_was_sent(tmp_path: Path, upstream: Upstream) -> None:
@@ -105,9 +88,7 @@ async def test_slo_status_counts_exactly_what_was_sent(tmp_path: Path, upstream:
 
 def _send(base: str, n: int, facility: str) -> None:
     for _ in range(n):
-        req = urllib.request.Request(base + "/fhir/Observation?_count=1", headers={"X-Facility-ID": facility})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            r.read()
+        assert fetch(base + "/fhir/Observation?_count=1", {"X-Facility-ID": facility}) == 200
 
 
 def test_kill_9_loses_at_most_a_flush_and_restart_continues(tmp_path: Path) -> None:

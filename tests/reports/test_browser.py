@@ -4,11 +4,9 @@ Screenshots are saved as test artifacts (test-artifacts/, or VITALGATE_TEST_ARTI
 import os
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from tests.helpers import BackgroundPeers, GatewayProcess, gateway_config, require_binary
+from tests.helpers import BackgroundPeers, GatewayProcess, fetch, gateway_config, require_binary
 
 SLOS = [
     {"name": "fhir-availability", "service": "fhir", "objective": 99.5, "sli": {"availability": {}}},
@@ -57,12 +55,7 @@ def test_status_pages_render_in_chromium(tmp_path: Path) -> None:
                 headers = {"X-Facility-ID": fac}
                 if fac == "riverside" and i % 2:
                     headers["X-Test-Fault"] = "500"
-                req = urllib.request.Request(gw.proxy + "/fhir/Patient/1", headers=headers)
-                try:
-                    with urllib.request.urlopen(req, timeout=5) as r:
-                        r.read()
-                except urllib.error.HTTPError as e:
-                    e.read()
+                fetch(gw.proxy + "/fhir/Patient/1", headers)
             time.sleep(0.8)  # flushed to the store
             fleet = chromium(browser, tmp_path / "p1", "--dump-dom", gw.admin + "/ui")
             assert "vitalgate: fleet" in fleet

@@ -4,14 +4,20 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from tests.helpers import BackgroundPeers, GatewayProcess, PrometheusProcess, gateway_config
+from tests.helpers import (
+    BackgroundPeers,
+    GatewayProcess,
+    PrometheusProcess,
+    fetch,
+    gateway_config,
+    slo_status,
+)
 
 SLOS = [
     {"name": "avail", "service": "fhir", "objective": 99.5, "sli": {"availability": {}}},
@@ -24,29 +30,6 @@ SLOS = [
     },
     {"name": "fast", "service": "fhir", "objective": 90, "sli": {"latency": {"threshold": "250ms"}}},
 ]
-
-
-def status(config: Path, *extra: str) -> dict[tuple[str, str], dict[str, object]]:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vitalgate",
-            "slo",
-            "status",
-            "--config",
-            str(config),
-            "--format",
-            "json",
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return {(r["slo"], r["facility"]): r for r in json.loads(proc.stdout)["slos"]}
 
 
 def report(config: Path, period: str, out: Path, *extra: str) -> dict[str, Any]:
@@ -104,12 +87,7 @@ def test_prometheus_totals_equal_requests_sent_to_both_replicas(tmp_path: Path) 
                 elif i % 19 == 0:
                     headers |= {"X-Test-Fault": "slow", "X-Test-Sleep": "0.3"}
                     slow[facility] += 1
-                req = urllib.request.Request(gw.proxy + f"/fhir/Patient/{i}", headers=headers)
-                try:
-                    with urllib.request.urlopen(req, timeout=10) as r:
-                        r.read()
-                except urllib.error.HTTPError as e:
-                    e.read()
+                fetch(gw.proxy + f"/fhir/Patient/{i}", headers)
                 sent[facility] += 1
             # Wait until Prometheus has scraped everything from both replicas.
             deadline = time.monotonic() + 30
@@ -119,7 +97,7 @@ def test_prometheus_totals_equal_requests_sent_to_both_replicas(tmp_path: Path) 
                     break
                 time.sleep(0.5)
             time.sleep(2)  # a few more scrapes with no new traffic
-            via_prom = status(replicas[0][0], "--backend", "prometheus", "--prometheus-url", prom.url)
+            via_prom = slo_status(replicas[0][0], "--backend", "prometheus", "--prometheus-url", prom.url)
             month = datetime.now(ZoneInfo("America/Denver")).strftime("%Y-%m")  # lakeside's own month
             report_prom = report(
                 replicas[0][0],
@@ -134,7 +112,7 @@ def test_prometheus_totals_equal_requests_sent_to_both_replicas(tmp_path: Path) 
             for _cfg, gw in replicas:
                 assert gw.terminate() == 0
             prom.stop()
-        stores = [status(cfg) for cfg, _ in replicas]
+        stores = [slo_status(cfg) for cfg, _ in replicas]
         report_stores = [
             report(cfg, month, tmp_path / f"store-{i}.html") for i, (cfg, _) in enumerate(replicas)
         ]
@@ -144,8 +122,8 @@ def test_prometheus_totals_equal_requests_sent_to_both_replicas(tmp_path: Path) 
             assert via_prom[(slo, fac)]["good"] == sent[fac] - bad[fac]
         assert via_prom[("fast", fac)]["good"] == sent[fac] - slow[fac]
         for slo in ("avail", "fast", "monthly"):
-            embedded_total = sum(s[(slo, fac)]["total"] for s in stores)  # type: ignore[misc]
-            embedded_good = sum(s[(slo, fac)]["good"] for s in stores)  # type: ignore[misc]
+            embedded_total = sum(s[(slo, fac)]["total"] for s in stores)
+            embedded_good = sum(s[(slo, fac)]["good"] for s in stores)
             assert (via_prom[(slo, fac)]["total"], via_prom[(slo, fac)]["good"]) == (
                 embedded_total,
                 embedded_good,
@@ -158,4 +136,4 @@ def test_prometheus_totals_equal_requests_sent_to_both_replicas(tmp_path: Path) 
         assert slo_report["total"] > 0
     # Burn rates come from the same counters over the short windows.
     row = via_prom[("avail", "st-marys")]
-    assert row["burn_rates"]["5m"] is not None  # type: ignore[index]
+    assert row["burn_rates"]["5m"] is not None
