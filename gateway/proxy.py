@@ -105,27 +105,28 @@ class Proxy:
         route = match.route if match else ""
         headers_in = request.headers
         parent = parse_traceparent(headers_in.get("traceparent"), headers_in.get("tracestate"))
-        attrs: dict[str, Any] = {
-            "http.request.method": method,
-            "url.scheme": self.scheme,
-            "server.port": self.server_port,
-            "facility": facility,
-            "vitalgate.service": service,
-            "network.protocol.version": f"{request.version.major}.{request.version.minor}",
-        }
-        if route:
-            attrs["http.route"] = route
-        if query:
-            attrs["url.query"] = redact_query(query)
-        if method == "_OTHER":
-            attrs["http.request.method_original"] = request.method[:16]
         span = self.tracer.start_span(
             f"{method} {route}" if route else method,
             context=parent,
             kind=SpanKind.SERVER,
-            attributes=attrs,
             start_time=int(started * 1e9),
         )
+        if span.is_recording():  # an unsampled request builds no attributes at all
+            attrs: dict[str, Any] = {
+                "http.request.method": method,
+                "url.scheme": self.scheme,
+                "server.port": self.server_port,
+                "facility": facility,
+                "vitalgate.service": service,
+                "network.protocol.version": f"{request.version.major}.{request.version.minor}",
+            }
+            if route:
+                attrs["http.route"] = route
+            if query:
+                attrs["url.query"] = redact_query(query)
+            if method == "_OTHER":
+                attrs["http.request.method_original"] = request.method[:16]
+            span.set_attributes(attrs)
         active = self.metrics.active_child(facility, service)
         active.inc()
         status = 500
@@ -211,18 +212,22 @@ class Proxy:
         self, request: web.Request, upstream_name: str, route: str, method: str, server_span: Any
     ) -> tuple[web.StreamResponse, int, str | None, float | None]:
         upstream = self.upstreams[upstream_name]
-        client_span = self.tracer.start_span(
-            f"{method} {route}",
-            context=set_span_in_context(server_span),
-            kind=SpanKind.CLIENT,
-            attributes={
-                "http.request.method": method,
-                "server.address": upstream.host,
-                "server.port": upstream.port,
-                "url.template": route,
-                "vitalgate.upstream": upstream_name,
-            },
-        )
+        if server_span.is_recording():
+            client_span = self.tracer.start_span(
+                f"{method} {route}",
+                context=set_span_in_context(server_span),
+                kind=SpanKind.CLIENT,
+                attributes={
+                    "http.request.method": method,
+                    "server.address": upstream.host,
+                    "server.port": upstream.port,
+                    "url.template": route,
+                    "vitalgate.upstream": upstream_name,
+                },
+            )
+        else:
+            # Not sampled: no span to record, so the upstream's parent is the server span itself.
+            client_span = server_span
         headers = self._forward_headers(request, format_traceparent(client_span.get_span_context()))
         body = request.content if request.can_read_body else None
         u0 = time.perf_counter()
@@ -263,7 +268,7 @@ class Proxy:
             error = translate(exc)
         finally:
             upstream_ms = round((time.perf_counter() - u0) * 1000, 3)
-            if client_span.is_recording():
+            if client_span is not server_span and client_span.is_recording():
                 if upstream_status is not None:
                     client_span.set_attribute("http.response.status_code", upstream_status)
                 if error is not None:
