@@ -15,7 +15,6 @@ counted per minute:
 
 from __future__ import annotations
 
-import calendar
 import hashlib
 import json
 import re
@@ -424,10 +423,6 @@ def latency_by_week(
             p50, p95, p99 = (_quantile(q, list(bounds), np.asarray(counts)) for q in (0.5, 0.95, 0.99))
             out[service].append((week, p50, p95, p99))
     return out
-
-
-def month_days(year: int, month: int) -> int:
-    return calendar.monthrange(year, month)[1]
 
 
 def daily_availability(

@@ -228,18 +228,6 @@ class Store:
         """{(key, facility, day): uint32[2, 1440]} (total, good) for days in [day_from, day_to]."""
         return self._slo_rows("slo_minutes", keys, day_from, day_to)
 
-    def slo_hours(self, keys: Sequence[str], day_from: int, day_to: int) -> dict[tuple[str, str, int], U32]:
-        """{(key, facility, day): uint32[4, 24]} (total, good, slices, good slices)."""
-        out = {}
-        for (k, f, chunk), a in self._slo_rows(
-            "slo_hours", keys, day_from // CHUNK_DAYS, day_to // CHUNK_DAYS
-        ).items():
-            for d in range(max(day_from, chunk * CHUNK_DAYS), min(day_to, (chunk + 1) * CHUNK_DAYS - 1) + 1):
-                part = a[:, (d - chunk * CHUNK_DAYS) * 24 : (d - chunk * CHUNK_DAYS + 1) * 24]
-                if part.any():
-                    out[(k, f, d)] = part
-        return out
-
     def _slo_rows(
         self, table: str, keys: Sequence[str], day_from: int, day_to: int
     ) -> dict[tuple[str, str, int], U32]:
@@ -265,11 +253,6 @@ class Store:
     def has_slo_data(self, key: str) -> bool:
         q = "SELECT 1 FROM slo_minutes WHERE key=? UNION ALL SELECT 1 FROM slo_hours WHERE key=? LIMIT 1"
         return self.db.execute(q, (key, key)).fetchone() is not None
-
-    def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
-
-    # -- writes -----------------------------------------------------------------
 
     def write(
         self,

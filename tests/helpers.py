@@ -234,12 +234,6 @@ def counter_value(metrics_text: str, name: str, **labels: str) -> float:
     return total
 
 
-def save_artifact(name: str, data: bytes | str) -> None:
-    root = Path(os.environ.get("VITALGATE_TEST_ARTIFACTS", "test-artifacts"))
-    root.mkdir(parents=True, exist_ok=True)
-    (root / name).write_bytes(data.encode() if isinstance(data, str) else data)
-
-
 class BackgroundPeers:
     """A test upstream and an OTLP sink on their own event loop thread, for synchronous tests."""
 
