@@ -16,7 +16,6 @@ from gateway.admin_auth import forbidden, identity_of
 from gateway.server import Gateway
 from reports.data import PeriodError, build_report, daily_availability, parse_period
 from reports.pages import facility_page, fleet_page
-from reports.render import render_html, render_pdf_bytes
 from slo.store import Store
 
 T = TypeVar("T")
@@ -81,6 +80,9 @@ class AdminPages:
         return web.Response(text=html, content_type="text/html")
 
     def _report(self, facility_id: str, period_label: str, fmt: str) -> bytes:
+        # matplotlib and weasyprint load on the first report, not in every gateway at start-up.
+        from reports.render import render_html, render_pdf_bytes  # noqa: PLC0415
+
         store = self._store()
         try:
             report = build_report(
