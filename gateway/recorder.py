@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from slo.spec import Slo
-from slo.store import SeriesKey, Store, StoreWriter
+from slo.store import SeriesKey, Store, StoreWriter, catch_up
 
 _STOP = object()
 MAINTENANCE_INTERVAL_S = 3600.0
@@ -89,6 +89,7 @@ class Recorder:
     def _run(self) -> None:
         try:
             store = Store(self._path)
+            catch_up(store, self._slos)  # new SLOs replayed; gaps since each SLO's last row rebuilt
             writer = StoreWriter(store, self._slos, self._bounds)
             store.compact_and_purge(time.time(), self._minute_days, self._hour_days)
         except Exception as exc:

@@ -516,8 +516,35 @@ def replay(store: Store, slos: Sequence[Slo]) -> list[str]:
     roll-ups, so timeslice counts there are not known (left at zero).
     """
     missing = [s for s in slos if not store.has_slo_data(s.key)]
-    if not missing:
-        return []
+    if missing:
+        rebuild(store, missing, 0)
+    return [s.key for s in missing]
+
+
+def catch_up(store: Store, slos: Sequence[Slo]) -> list[str]:
+    """Bring every SLO's counts up to the raw history before recording starts.
+
+    An SLO first replayed by ``slo status`` while a gateway without it kept recording
+    has a gap since; a restart continues in the middle of a day. Both are rebuilt from
+    the raw rows (the record of everything), from each SLO's last day on. Returns the
+    keys rebuilt in full (no counts at all before).
+    """
+    fresh = replay(store, slos)
+    known = [s for s in slos if s.key not in fresh]
+    lasts = [
+        row[0]
+        for s in known
+        if (row := store.db.execute("SELECT max(day) FROM slo_minutes WHERE key=?", (s.key,)).fetchone())[0]
+        is not None
+    ]
+    raw_last = store.db.execute("SELECT max(hour) FROM raw_minutes").fetchone()[0]
+    if known and lasts and raw_last is not None and raw_last // 86400 >= min(lasts):
+        rebuild(store, known, int(min(lasts)))
+    return fresh
+
+
+def rebuild(store: Store, slos: Sequence[Slo], from_day: int) -> None:
+    """Recompute the per-SLO rows of ``slos`` for every day from ``from_day`` on, from raw."""
     series = store.all_series()
     layouts = {i: np.array([*b, np.inf]) for i, b in store.layouts().items()}
 
@@ -532,13 +559,13 @@ def replay(store: Store, slos: Sequence[Slo]) -> list[str]:
     days: dict[tuple[str, str, int], U32] = {}
     hour_only: dict[tuple[str, str, int], U32] = {}
     first_minute_day: int | None = None
-    for hour, sid, layout, arr in store.raw_hours_between(0, 2**62):
+    for hour, sid, layout, arr in store.raw_hours_between(from_day * 86400, 2**62):
         key = series[sid]
         day = hour // 86400
         first_minute_day = day if first_minute_day is None else min(first_minute_day, day)
         off = (hour % 86400) // 60
         total = arr.sum(axis=1, dtype=np.uint64)
-        for slo in missing:
+        for slo in slos:
             if not slo.matches(key[1], key[2], key[3]):
                 continue
             good = good_fraction(slo, key, layout, arr)
@@ -546,20 +573,19 @@ def replay(store: Store, slos: Sequence[Slo]) -> list[str]:
                 st = days.setdefault((slo.key, fac, day), np.zeros((2, MINUTES_PER_DAY), dtype=np.uint32))
                 st[0, off : off + 60] += total.astype(np.uint32)
                 st[1, off : off + 60] += good.astype(np.uint32)
-    for day, sid, layout, arr in store.raw_days_between(0, 2**31):
+    for day, sid, layout, arr in store.raw_days_between(from_day, 2**31):
         if first_minute_day is not None and day >= first_minute_day:
             continue
         key = series[sid]
         total = arr.sum(axis=1, dtype=np.uint64)
-        for slo in missing:
+        for slo in slos:
             if slo.matches(key[1], key[2], key[3]):
                 good = good_fraction(slo, key, layout, arr)
                 for fac in (key[0], ALL_FACILITIES):
                     st = hour_only.setdefault((slo.key, fac, day), np.zeros((4, 24), dtype=np.uint32))
                     st[0] += total.astype(np.uint32)
                     st[1] += good.astype(np.uint32)
-    targets = {s.key: s.timeslice_target for s in missing}
-    store.put_slo_defs(missing)
+    targets = {s.key: s.timeslice_target for s in slos}
+    store.put_slo_defs(slos)
     store.write((), ((k, f, d, a, hour_rollup(a, targets[k])) for (k, f, d), a in days.items()))
     store.write_hours((k, f, d, a) for (k, f, d), a in hour_only.items())
-    return [s.key for s in missing]

@@ -79,10 +79,23 @@ def cmd_slo_status(args: argparse.Namespace) -> int:
             return 2
         backend = PrometheusBackend(url)
     else:
+        path = config.resolve(config.gateway.telemetry.store.path)
+        if not path.exists():
+            print(
+                f"vitalgate: no store at {path} yet: start the gateway, or `vitalgate store import` "
+                "its access log",
+                file=sys.stderr,
+            )
+            return 1
         store = _store(config, readonly=False)
         if store is None:
             return 1
-        replay(store, config.slos)
+        for key in replay(store, config.slos):
+            print(
+                f"vitalgate: {key.split('@')[0]}: replayed from the recorded history (a gateway started "
+                "with this SLO keeps it current)",
+                file=sys.stderr,
+            )
         backend = EmbeddedBackend(store)
     try:
         rows = compute_status(config.slos, facilities, backend, now_utc())

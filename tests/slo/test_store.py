@@ -16,7 +16,7 @@ from gateway.metrics import duration_buckets_s
 from slo.embedded import EmbeddedBackend
 from slo.spec import Facility, Maintenance, Slo, load_slos
 from slo.status import StatusRow, compute_status, period_start
-from slo.store import Store, StoreWriter, pack, replay, unpack
+from slo.store import Store, StoreWriter, catch_up, pack, replay, unpack
 
 BOUNDS = duration_buckets_s([0.3])
 SLOS_YAML = """
@@ -263,3 +263,36 @@ def test_readonly_store_must_exist(tmp_path: Path) -> None:
     ro = Store(tmp_path / "s.db", readonly=True)
     with pytest.raises(sqlite3.OperationalError):
         ro.db.execute("CREATE TABLE x (a)")
+
+
+def test_catch_up_fills_the_gap_after_a_replay(tmp_path: Path, slos: list[Slo]) -> None:
+    """`slo status` replays a new SLO while the running gateway (old config) keeps recording
+    only the old ones; the gateway restarted with the new SLO rebuilds the gap from raw."""
+    first = requests(
+        *(
+            (f"2026-11-20T09:{m:02d}:00+00:00", "chicago", 500 if m % 5 == 0 else 200, 0.05, "GET")
+            for m in range(30)
+        )
+    )
+    later = requests(
+        *(
+            (f"2026-11-21T10:{m:02d}:00+00:00", "chicago", 500 if m % 3 == 0 else 200, 0.5, "GET")
+            for m in range(30)
+        )
+    )
+    live = Store(tmp_path / "live.db")  # a gateway that always had every SLO
+    w = StoreWriter(live, slos, BOUNDS)
+    w.apply(first)
+    w.apply(later)
+    store = Store(tmp_path / "s.db")
+    old = StoreWriter(store, slos[:1], BOUNDS)
+    old.apply(first)
+    assert replay(store, slos) == [s.key for s in slos[1:]]  # `slo status` with the new config
+    old.apply(later)  # the old gateway records on, without the new SLOs
+    stale = status(store, slos, "2026-11-21T12:00:00+00:00")
+    assert stale[("reads-fast", "chicago")].total == 30  # only the first half hour
+    assert catch_up(store, slos) == []  # the restarted gateway: nothing new, gaps rebuilt
+    got = status(store, slos, "2026-11-21T12:00:00+00:00")
+    want = status(live, slos, "2026-11-21T12:00:00+00:00")
+    assert {k: (r.total, r.good) for k, r in got.items()} == {k: (r.total, r.good) for k, r in want.items()}
+    assert got[("reads-fast", "chicago")].total == 60
