@@ -476,3 +476,17 @@ class Webhook:
             for a in body["alerts"]
             if a["status"] == "firing"
         ]
+
+
+def vitalgate(
+    *args: str, check: bool = True, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the `vitalgate` command as a user would; text output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "vitalgate", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+        env=env,
+    )

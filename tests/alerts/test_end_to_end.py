@@ -3,8 +3,6 @@ Prometheus evaluating the generated rules, a real Alertmanager routing to webhoo
 
 Windows are shortened 60x by the generator's test-only --time-scale (1h becomes 1 minute)."""
 
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ from tests.helpers import (
     fetch,
     free_port,
     gateway_config,
+    vitalgate,
 )
 
 SLOS = [{"name": "fhir-availability", "service": "fhir", "objective": 99.9, "sli": {"availability": {}}}]
@@ -52,22 +51,15 @@ def test_faults_at_one_facility_page_that_facility_only(tmp_path: Path) -> None:
             cfg = gateway_config(d, peers.upstream.port, slos=SLOS, extra={"alerting": alerting})
             replicas.append(GatewayProcess(cfg))
         out = tmp_path / "generated"
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "vitalgate",
-                "alerts",
-                "generate",
-                "--config",
-                str(tmp_path / "a" / "gateway.yaml"),
-                "--out",
-                str(out),
-                "--time-scale",
-                "60",
-            ],
-            check=True,
-            capture_output=True,
+        vitalgate(
+            "alerts",
+            "generate",
+            "--config",
+            str(tmp_path / "a" / "gateway.yaml"),
+            "--out",
+            str(out),
+            "--time-scale",
+            "60",
         )
         am = AlertmanagerProcess(tmp_path, out / "alertmanager.yml")
         prom = PrometheusProcess(

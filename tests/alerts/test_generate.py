@@ -3,12 +3,11 @@
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import require_binary
+from tests.helpers import require_binary, vitalgate
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "alerts"
 
@@ -16,22 +15,8 @@ GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "alerts"
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("alerts") / "out"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vitalgate",
-            "alerts",
-            "generate",
-            "--config",
-            str(GOLDEN / "gateway.yaml"),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
+    proc = vitalgate(
+        "alerts", "generate", "--config", str(GOLDEN / "gateway.yaml"), "--out", str(out), timeout=60
     )
     assert "93 rules for 4 SLOs" in proc.stdout
     return out

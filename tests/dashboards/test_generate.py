@@ -5,7 +5,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 import yaml
 
 from dashboards.build import queries
-from tests.helpers import require_binary
+from tests.helpers import require_binary, vitalgate
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 CONFIG = GOLDEN / "alerts" / "gateway.yaml"  # the same config as the alert golden files
@@ -46,22 +45,7 @@ PROMQL_WORDS = {
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dash") / "out"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vitalgate",
-            "dashboards",
-            "generate",
-            "--config",
-            str(CONFIG),
-            "--out",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    vitalgate("dashboards", "generate", "--config", str(CONFIG), "--out", str(out), timeout=120)
     return out
 
 
@@ -137,21 +121,7 @@ def metric_names(expr: str) -> set[str]:
 
 def test_queries_name_only_exported_or_recorded_series(generated: Path) -> None:
     rules_out = generated.parent / "rules"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vitalgate",
-            "alerts",
-            "generate",
-            "--config",
-            str(CONFIG),
-            "--out",
-            str(rules_out),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    vitalgate("alerts", "generate", "--config", str(CONFIG), "--out", str(rules_out))
     recorded = {
         r["record"]
         for g in yaml.safe_load((rules_out / "rules.yaml").read_text())["groups"]

@@ -1,15 +1,13 @@
 """Every panel's query, answered by a real Prometheus fed by the gateway, returns data."""
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 from dashboards.build import queries
 from tests.dashboards.test_generate import substitute
-from tests.helpers import BackgroundPeers, GatewayProcess, PrometheusProcess, fetch, gateway_config
+from tests.helpers import BackgroundPeers, GatewayProcess, PrometheusProcess, fetch, gateway_config, vitalgate
 
 SLOS = [
     {"name": "fhir-availability", "service": "fhir", "objective": 99.9, "sli": {"availability": {}}},
@@ -29,22 +27,7 @@ def test_every_panel_query_returns_data(tmp_path: Path) -> None:
         gw = GatewayProcess(cfg)
         out = tmp_path / "generated"
         for cmd, extra in (("alerts", ["--time-scale", "60"]), ("dashboards", [])):
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "vitalgate",
-                    cmd,
-                    "generate",
-                    "--config",
-                    str(cfg),
-                    "--out",
-                    str(out / cmd),
-                    *extra,
-                ],
-                check=True,
-                capture_output=True,
-            )
+            vitalgate(cmd, "generate", "--config", str(cfg), "--out", str(out / cmd), *extra)
         prom = PrometheusProcess(
             tmp_path, [gw.admin.removeprefix("http://")], rule_files=[out / "alerts" / "rules.yaml"]
         )

@@ -3,7 +3,6 @@
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import yaml
 from aiohttp import web
 
 from tests.fakegrafana import EDITOR, VIEWER, FakeGrafana
-from tests.helpers import BackgroundPeers, free_port
+from tests.helpers import BackgroundPeers, free_port, vitalgate
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "alerts"
 
@@ -48,24 +47,17 @@ def publish(config: Path, url: str, token: str | None, *extra: str) -> subproces
     env = {k: v for k, v in os.environ.items() if k != "GRAFANA_TOKEN"}
     if token is not None:
         env["GRAFANA_TOKEN"] = token
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vitalgate",
-            "dashboards",
-            "publish",
-            "--config",
-            str(config),
-            "--grafana-url",
-            url,
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
+    return vitalgate(
+        "dashboards",
+        "publish",
+        "--config",
+        str(config),
+        "--grafana-url",
+        url,
+        *extra,
+        check=False,
         timeout=120,
         env=env,
-        check=False,
     )
 
 

@@ -1,11 +1,10 @@
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from gateway.config import load_config
 from slo.configfile import ConfigError
+from tests.helpers import vitalgate
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,13 +66,7 @@ def test_every_problem_with_file_line_and_field(tmp_path: Path) -> None:
 @pytest.mark.parametrize("command", ["check", "serve"])
 def test_cli_exits_1_with_the_messages(tmp_path: Path, command: str) -> None:
     path = _write_bad(tmp_path)
-    proc = subprocess.run(
-        [sys.executable, "-m", "vitalgate", command, "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = vitalgate(command, "--config", str(path), check=False, timeout=60)
     assert proc.returncode == 1
     g, s = str(path), str(tmp_path / "slos.yaml")
     lines = proc.stderr.splitlines()
@@ -83,20 +76,7 @@ def test_cli_exits_1_with_the_messages(tmp_path: Path, command: str) -> None:
 
 
 def test_example_config_is_valid() -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vitalgate",
-            "check",
-            "--config",
-            str(REPO / "config" / "gateway.yaml"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = vitalgate("check", "--config", str(REPO / "config" / "gateway.yaml"), check=False, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "2 upstreams, 2 routes, 2 facilities, 2 SLOs" in proc.stdout
 

@@ -2,8 +2,6 @@
 
 import asyncio
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,6 +16,7 @@ from tests.helpers import (
     gateway_config,
     running_gateway,
     slo_status,
+    vitalgate,
 )
 
 SLOS = [
@@ -75,12 +74,7 @@ async def test_slo_status_counts_exactly_what_was_sent(tmp_path: Path, upstream:
     assert got[("avail", "*")]["total"] == 300
     api_row = next(r for r in api if r["slo"] == "avail")
     assert api_row["total"] == sent["riverside"]
-    table = subprocess.run(  # noqa: ASYNC221  the gateway has stopped; nothing else runs on the loop
-        [sys.executable, "-m", "vitalgate", "slo", "status", "--config", str(cfg)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
+    table = vitalgate("slo", "status", "--config", str(cfg)).stdout.splitlines()
     assert table[0].split()[:3] == ["SLO", "FACILITY", "OBJECTIVE"]
     budgets = [float(line.split()[4].rstrip("%")) for line in table[1:]]
     assert budgets == sorted(budgets)  # worst budget first
@@ -138,44 +132,23 @@ def test_store_rebuilt_from_the_access_log(tmp_path: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         (tmp_path / f"store.db{suffix}").unlink(missing_ok=True)  # the store is lost
     for _ in range(2):  # importing twice changes nothing
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "vitalgate",
-                "store",
-                "import",
-                "--config",
-                str(cfg),
-                "--access-log",
-                str(tmp_path / "access.log"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
+        out = vitalgate(
+            "store", "import", "--config", str(cfg), "--access-log", str(tmp_path / "access.log"), timeout=120
         ).stdout
         assert "imported 65 requests" in out
     rebuilt = slo_status(cfg)
     for key in (("avail", "st-marys"), ("avail", "lakeside"), ("fast-reads", "*")):
         assert (rebuilt[key]["total"], rebuilt[key]["good"]) == (live[key]["total"], live[key]["good"])
     assert rebuilt[("avail", "st-marys")]["total"] == 40
-    missing = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vitalgate",
-            "store",
-            "import",
-            "--config",
-            str(cfg),
-            "--access-log",
-            str(tmp_path / "nope.log"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    missing = vitalgate(
+        "store",
+        "import",
+        "--config",
+        str(cfg),
+        "--access-log",
+        str(tmp_path / "nope.log"),
         check=False,
+        timeout=60,
     )
     assert missing.returncode == 1
     assert "nope.log: no such file" in missing.stderr

@@ -5,14 +5,13 @@ import csv
 import hashlib
 import json
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import require_binary
+from tests.helpers import require_binary, vitalgate
 
 CHICAGO = "America/Chicago"  # local October 2026 = 2026-10-01T05:00Z .. 2026-11-01T05:00Z (CDT, UTC-5)
 OUTAGES_LOCAL = [("2026-10-10T14:00", 30, 503), ("2026-10-20T02:00", 5, 500)]
@@ -95,41 +94,26 @@ def month(tmp_path_factory: pytest.TempPathFactory) -> Path:
             status = 500 if (minute in bad or minute in maint or local_sept) else 200
             f.write(_line(t, status) + "\n")
             t += timedelta(minutes=1)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vitalgate",
-            "store",
-            "import",
-            "--config",
-            str(d / "gateway.yaml"),
-            "--access-log",
-            str(d / "access.log"),
-        ],
-        check=True,
-        capture_output=True,
+    vitalgate(
+        "store",
+        "import",
+        "--config",
+        str(d / "gateway.yaml"),
+        "--access-log",
+        str(d / "access.log"),
         timeout=300,
     )
     for fmt in ("html", "pdf"):
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "vitalgate",
-                "report",
-                "--config",
-                str(d / "gateway.yaml"),
-                "--facility",
-                "chicago",
-                "--period",
-                "2026-10",
-                "--out",
-                str(d / f"chicago-2026-10.{fmt}"),
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
+        proc = vitalgate(
+            "report",
+            "--config",
+            str(d / "gateway.yaml"),
+            "--facility",
+            "chicago",
+            "--period",
+            "2026-10",
+            "--out",
+            str(d / f"chicago-2026-10.{fmt}"),
             timeout=300,
         )
         assert "sha256" in proc.stdout
@@ -210,43 +194,28 @@ def test_bad_period_and_facility(month: Path) -> None:
         (["--facility", "chicago", "--period", "2026-13"], "no month 13"),
         (["--facility", "nowhere", "--period", "2026-10"], "unknown facility 'nowhere'"),
     ):
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "vitalgate",
-                "report",
-                "--config",
-                str(month / "gateway.yaml"),
-                *args,
-                "--out",
-                str(month / "x.pdf"),
-            ],
-            capture_output=True,
-            text=True,
+        proc = vitalgate(
+            "report",
+            "--config",
+            str(month / "gateway.yaml"),
+            *args,
+            "--out",
+            str(month / "x.pdf"),
             check=False,
         )
         assert proc.returncode == 2 and msg in proc.stderr
 
 
 def test_all_facilities_writes_one_report_each(month: Path, tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vitalgate",
-            "report",
-            "--config",
-            str(month / "gateway.yaml"),
-            "--all-facilities",
-            "--period",
-            "2026-Q4",
-            "--out",
-            str(tmp_path / "q4.html"),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+    proc = vitalgate(
+        "report",
+        "--config",
+        str(month / "gateway.yaml"),
+        "--all-facilities",
+        "--period",
+        "2026-Q4",
+        "--out",
+        str(tmp_path / "q4.html"),
         timeout=300,
     )
     assert "1/1" in proc.stdout and (tmp_path / "q4-chicago.html").exists()

@@ -1,5 +1,3 @@
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -7,18 +5,13 @@ import pytest
 from slo.configfile import ConfigError
 from slo.openslo import openslo_to_slos_yaml
 from slo.spec import load_slos
+from tests.helpers import vitalgate
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 
 
 def test_import_matches_golden_and_round_trips(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "vitalgate", "slo", "import-openslo", str(GOLDEN / "openslo-in.yaml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    proc = vitalgate("slo", "import-openslo", str(GOLDEN / "openslo-in.yaml"), timeout=60)
     assert proc.stdout == (GOLDEN / "openslo-out.yaml").read_text()
     f = str(GOLDEN / "openslo-in.yaml")
     assert proc.stderr.splitlines() == [

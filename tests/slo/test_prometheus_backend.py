@@ -1,8 +1,6 @@
 """The Prometheus backend against a real Prometheus scraping two gateway replicas."""
 
 import json
-import subprocess
-import sys
 import time
 from collections import Counter
 from datetime import datetime
@@ -17,6 +15,7 @@ from tests.helpers import (
     fetch,
     gateway_config,
     slo_status,
+    vitalgate,
 )
 
 SLOS = [
@@ -34,26 +33,18 @@ SLOS = [
 
 def report(config: Path, period: str, out: Path, *extra: str) -> dict[str, Any]:
     """The figures of a report for lakeside (America/Denver)."""
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vitalgate",
-            "report",
-            "--config",
-            str(config),
-            "--facility",
-            "lakeside",
-            "--period",
-            period,
-            "--out",
-            str(out),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
+    vitalgate(
+        "report",
+        "--config",
+        str(config),
+        "--facility",
+        "lakeside",
+        "--period",
+        period,
+        "--out",
+        str(out),
+        *extra,
         timeout=300,
-        check=True,
     )
     figures: dict[str, Any] = json.loads(out.with_suffix(".figures.json").read_text())
     return figures

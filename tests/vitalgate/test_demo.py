@@ -1,29 +1,13 @@
 import re
-import subprocess
-import sys
 from pathlib import Path
 
+from tests.helpers import vitalgate
 from vitalgate.demo import FACILITIES, FAMILY, GIVEN, fault_script, quantile
 
 
 def test_demo_runs_and_every_request_is_counted(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vitalgate",
-            "demo",
-            "--duration",
-            "8",
-            "--rate",
-            "80",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    proc = vitalgate(
+        "demo", "--duration", "8", "--rate", "80", "--out", str(tmp_path), check=False, timeout=120
     )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     out = proc.stdout
