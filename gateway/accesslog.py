@@ -12,6 +12,7 @@ import json
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,12 +40,29 @@ def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def format_request(ts: float, values: tuple[Any, ...]) -> str:
-    record: dict[str, Any] = {"timestamp": rfc3339(ts), "event": "request"}
-    for name, value in zip(REQUEST_FIELDS, values, strict=True):
-        if value is not None:
-            record[name] = value
-    return json.dumps(record, separators=(",", ":"))
+_KEYS = tuple(json.dumps(name) + ":" for name in REQUEST_FIELDS)
+_quote = json.encoder.encode_basestring_ascii  # the C string encoder
+
+
+class RequestFormatter:
+    """Request lines built by hand: this runs for every request, in a thread that shares the
+    interpreter with the proxy, so it is kept to a few microseconds (json.dumps of a dict
+    with a datetime took about 18 us here; this takes about 6)."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, ts: float, values: tuple[Any, ...]) -> str:
+        second = int(ts)
+        if second != self._second:  # date and time change once a second; milliseconds every line
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        parts = [f'{{"timestamp":"{self._prefix}.{int((ts - second) * 1000):03d}Z","event":"request"']
+        for key, value in zip(_KEYS, values, strict=True):
+            if value is not None:
+                parts.append(key + (_quote(value) if isinstance(value, str) else repr(value)))
+        return ",".join(parts) + "}"
 
 
 def format_event(ts: float, event: str, fields: dict[str, Any]) -> str:
@@ -85,6 +103,7 @@ class AccessLog:
             self._on_drop(1)
 
     def _run(self) -> None:
+        format_request = RequestFormatter()
         stream = self._stream
         assert stream is not None
         while True:

@@ -9,6 +9,7 @@ and the fold is counted.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -33,6 +34,7 @@ OTEL_DURATION_BUCKETS_S = (
 LABELS = ("facility", "service", "http_route", "http_request_method", "http_response_status_code")
 OTHER = "other"
 SIGNALS = ("log", "span", "store")
+EXEMPLAR_INTERVAL_S = 1.0
 
 
 def duration_buckets_s(thresholds_s: list[float]) -> tuple[float, ...]:
@@ -95,6 +97,7 @@ class GatewayMetrics:
             sla.labels(fid).set(value)
         self._overflow_duration = self._overflow.labels("http_server_request_duration_seconds")
         self._max = max_label_sets
+        self._last_exemplar: dict[tuple[str, str, str, str, int], float] = {}
         self._children: dict[tuple[str, str, str, str, int], tuple[Any, tuple[str, str, str, str, int]]] = {}
         self._active: dict[tuple[str, str], Any] = {}
 
@@ -119,6 +122,14 @@ class GatewayMetrics:
             child = self.duration.labels(key[0], key[1], key[2], key[3], str(status))
             found = self._children[key] = (child, key)
         return found
+
+    def exemplar_due(self, key: tuple[str, str, str, str, int], now: float) -> bool:
+        """At most one exemplar a second per label set: Prometheus keeps only the latest per
+        bucket, and attaching one costs more than the observation itself."""
+        if now - self._last_exemplar.get(key, -math.inf) < EXEMPLAR_INTERVAL_S:
+            return False
+        self._last_exemplar[key] = now
+        return True
 
     def active_child(self, facility: str, service: str) -> Any:
         key = (facility, service)

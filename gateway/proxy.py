@@ -151,7 +151,7 @@ class Proxy:
             child, key = self.metrics.request_child(facility, service, route, method, status)
             if self.recorder is not None:
                 self.recorder.record(key, started, duration_s)
-            if sampled:
+            if sampled and self.metrics.exemplar_due(key, t0):
                 child.observe(duration_s, {"trace_id": f"{ctx.trace_id:032x}"})
             else:
                 child.observe(duration_s)
