@@ -4,6 +4,8 @@ the gateway serves, ``reports`` renders, ``slo`` computes)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -16,7 +18,7 @@ from gateway.admin_auth import forbidden, identity_of
 from gateway.server import Gateway
 from reports.data import PeriodError, build_report, daily_availability, parse_period
 from reports.pages import facility_page, fleet_page
-from slo.store import Store
+from slo.store import Store, StoreError
 
 T = TypeVar("T")
 
@@ -38,8 +40,15 @@ class AdminPages:
         return Store(cfg.resolve(cfg.gateway.telemetry.store.path), readonly=True)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Store reads, numpy and rendering run off the event loop: the proxy keeps serving."""
-        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        """Store reads, numpy and rendering run off the event loop: the proxy keeps serving.
+        A store that cannot be read is a 503 with the reason, never a traceback."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        except (StoreError, sqlite3.Error) as exc:
+            raise web.HTTPServiceUnavailable(
+                text=json.dumps({"error": "store unavailable", "detail": str(exc)}),
+                content_type="application/json",
+            ) from exc
 
     async def fleet(self, request: web.Request) -> web.Response:
         rows = await self._run(self.gateway.status_rows, None, identity_of(request))

@@ -125,3 +125,26 @@ async def test_protect_metrics(tmp_path: Path, upstream: Upstream) -> None:
                 assert r.status == 200
     finally:
         await gw.stop()
+
+
+async def test_unreadable_store_is_a_503_not_a_traceback(tmp_path: Path, upstream: Upstream) -> None:
+    cfg = gateway_config(
+        tmp_path, upstream.port, slos=SLOS, extra={"telemetry": {"store": {"path": "store.db"}}}
+    )
+    gw = Gateway(load_config(cfg), [extend_admin])
+    await gw.start()
+    try:
+        (tmp_path / "store.db").unlink()  # gone from under the running gateway
+        async with aiohttp.ClientSession() as s:
+            for path in (
+                "/ui",
+                "/ui/facilities/riverside",
+                "/api/v1/reports/riverside/2026-11.html",
+                "/api/v1/slo",
+            ):
+                async with s.get(f"http://127.0.0.1:{gw.admin_port}{path}") as r:
+                    assert r.status == 503, path
+                    body = await r.json()
+                    assert body["error"] == "store unavailable" and "no store here yet" in body["detail"]
+    finally:
+        await gw.stop()
