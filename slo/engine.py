@@ -105,15 +105,7 @@ def evaluate(
     }
     window_rate = burn_rate(total, good, objective, min_events)
 
-    alert = np.zeros(total.shape, dtype=np.int8)
-    for bw in windows:
-        # budget_fraction x period / long window (capped at a total outage), less a hair
-        # for floating-point error
-        factor = np.minimum(bw.factor(1.0) * period_s, 1.0 / (1.0 - objective)) * (1 - 1e-9)
-        with np.errstate(invalid="ignore"):
-            fires = (rates[bw.long] >= factor) & (rates[bw.short] >= factor)
-        level = ALERT_PAGE if bw.severity == "page" else ALERT_TICKET
-        alert = np.where(fires & (alert < level), np.int8(level), alert)
+    alert = alert_states(rates, objective, period_s, windows)
 
     # Hours until the budget is gone at the last hour's burn (the 1h rate, else the window's).
     current = np.where(np.isnan(rates["1h"]), window_rate, rates["1h"])
@@ -133,6 +125,22 @@ def evaluate(
         alert=alert,
         exhaustion_hours=hours,
     )
+
+
+def alert_states(
+    rates: dict[str, F64], objective: F64, period_s: F64, windows: Sequence[BurnWindow]
+) -> npt.NDArray[np.int8]:
+    """Page, ticket or none per row, from burn rates over STATUS_WINDOWS_S and a window table."""
+    alert = np.zeros(objective.shape, dtype=np.int8)
+    for bw in windows:
+        # budget_fraction x period / long window (capped at a total outage), less a hair
+        # for floating-point error
+        factor = np.minimum(bw.factor(1.0) * period_s, 1.0 / (1.0 - objective)) * (1 - 1e-9)
+        with np.errstate(invalid="ignore"):
+            fires = (rates[bw.long] >= factor) & (rates[bw.short] >= factor)
+        level = ALERT_PAGE if bw.severity == "page" else ALERT_TICKET
+        alert = np.where(fires & (alert < level), np.int8(level), alert)
+    return alert
 
 
 def timeslices(

@@ -18,9 +18,9 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from slo.engine import ALERT_NAMES, F64, evaluate
+from slo.engine import ALERT_NAMES, F64, alert_states, evaluate
 from slo.spec import ALL_FACILITIES, Facility, Maintenance, Slo
-from slo.windows import STATUS_WINDOWS_S, period_s
+from slo.windows import SRE_WORKBOOK_WINDOWS, STATUS_WINDOWS_S, period_s
 
 
 @dataclass(frozen=True)
@@ -118,32 +118,22 @@ def compute_status(
         return []
     c = backend.counts(rows, now_s)
     objective = np.array([r.slo.objective for r in rows])
-    alerts = np.zeros(len(rows), dtype=np.int8)
+    periods = np.array([period_s(r.slo.window_s, r.slo.calendar) for r in rows])
     ev = evaluate(
         c.window_total,
         c.window_good,
         c.burn_total,
         c.burn_good,
         objective,
-        np.array([period_s(r.slo.window_s, r.slo.calendar) for r in rows]),
+        periods,
         np.array([float(r.slo.min_events if r.slo.budgeting == "occurrences" else 1) for r in rows]),
     )
-    # Alert states with each SLO's own window table (the engine's default is the Workbook's).
-    for windows in {r.slo.windows for r in rows}:
+    # SLOs with their own window table: only their alert states differ from the Workbook's.
+    alerts = ev.alert.copy()
+    for windows in {r.slo.windows for r in rows} - {SRE_WORKBOOK_WINDOWS}:
         idx = np.array([i for i, r in enumerate(rows) if r.slo.windows == windows])
-        sub = evaluate(
-            c.window_total[idx],
-            c.window_good[idx],
-            c.burn_total[idx],
-            c.burn_good[idx],
-            objective[idx],
-            np.array([period_s(rows[i].slo.window_s, rows[i].slo.calendar) for i in idx]),
-            np.array(
-                [float(rows[i].slo.min_events if rows[i].slo.budgeting == "occurrences" else 1) for i in idx]
-            ),
-            windows,
-        )
-        alerts[idx] = sub.alert
+        rates = {name: rate[idx] for name, rate in ev.burn_rates.items()}
+        alerts[idx] = alert_states(rates, objective[idx], periods[idx], windows)
     names = {f.id: f for f in facilities}
     out = []
     for i, r in enumerate(rows):

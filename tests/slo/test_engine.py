@@ -122,3 +122,15 @@ def test_vectorised_rows_are_independent() -> None:
     ev = _evaluate(mt, mg, ht, hg)
     assert [ALERT_NAMES[x] for x in ev.alert] == ["page", "none"]
     assert ev.budget_remaining[1] == 1.0
+
+
+def test_a_custom_window_table_changes_only_the_alert() -> None:
+    from slo.engine import alert_states
+    from slo.windows import BurnWindow
+
+    mt, mg, ht, hg = _series(60, error_ratio=20 * (1 - OBJ))  # 20x over the last hour
+    ev = _evaluate(mt, mg, ht, hg)
+    assert ALERT_NAMES[ev.alert[0]] == "page"  # the Workbook's 14.4x page
+    strict = (BurnWindow("page", "1h", "5m", 0.05, "5% in an hour"),)  # 36x over a 30-day period
+    got = alert_states(ev.burn_rates, np.array([OBJ]), np.array([float(PERIOD_30D)]), strict)
+    assert ALERT_NAMES[got[0]] == "none"
