@@ -1,84 +1,706 @@
-"""Clients for the clinical upstreams: one keep-alive connection pool per upstream.
+"""Clients for the clinical upstreams: one keep-alive HTTP/1.1 connection pool per upstream.
 
-The proxy talks to an upstream only through ``Upstream.send``, so the HTTP
-client behind it can change without touching the request path. The client
-changes nothing that passes through: no redirects followed, no decompression,
-no default headers added.
+The proxy talks to an upstream only through ``Upstream.send`` and the
+``UpstreamResponse`` it returns. The client is a small asyncio protocol on
+llhttp (through httptools): it changes nothing that passes through (no
+redirects followed, no decompression, no default headers but ``Host``), and it
+keeps HTTP/1.1's rules:
+
+- request bodies stream with the client's ``Content-Length``, or chunked when
+  the length is unknown; response bodies stream by ``Content-Length``, chunked
+  transfer coding or until the upstream closes;
+- responses to HEAD, and 1xx, 204 and 304 responses, have no body; 1xx
+  responses before the final one are consumed here (``100 Continue`` releases a
+  body held back by ``Expect: 100-continue``);
+- a connection goes back to the pool only when both messages were complete
+  and neither side asked to close; an idle connection the upstream closed or
+  half-closed is dropped, and one idle longer than the keep-alive time is
+  closed;
+- at most ``max_connections`` connections per upstream; requests beyond that
+  wait for one in arrival order;
+- connect, read (no byte for that long) and total timeouts;
+- one retry, on a new connection, only for an idempotent request without a
+  body whose reused connection died before any byte of a response came back
+  (the upstream closed it as the request went out).
+
+Failures are raised as the gateway's own error types (``gateway.errors``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import ssl
+import time
 from collections.abc import Mapping
+from typing import Any, Protocol, cast
+from urllib.parse import urlsplit
 
-import aiohttp
+import httptools
 from multidict import CIMultiDict
-from yarl import URL
 
 from gateway.config import UpstreamConfig
+from gateway.errors import (
+    ClientGone,
+    GatewayError,
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamReset,
+    UpstreamTimeout,
+    UpstreamTlsError,
+)
 
-# Headers aiohttp would add on its own; a proxy forwards the client's or none.
-_SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+KEEPALIVE_S = 30.0
+"""How long an idle pooled connection is kept (less if the upstream's Keep-Alive says so)."""
+EXPECT_WAIT_S = 1.0
+"""How long a body held back by ``Expect: 100-continue`` waits for ``100 Continue``."""
+_HIGH_WATER = 256 * 1024
+_LOW_WATER = 64 * 1024
+
+
+class BodySource(Protocol):
+    """What the request body is read from: aiohttp's ``StreamReader`` fits."""
+
+    async def readany(self) -> bytes: ...
+
+
+class _Exchange:
+    """The state of one request/response on a connection."""
+
+    __slots__ = (
+        "body_done",
+        "chunks",
+        "complete",
+        "continue_waiter",
+        "error",
+        "head",
+        "headers",
+        "headers_waiter",
+        "informational",
+        "keep_alive",
+        "keep_alive_s",
+        "reader",
+        "reason",
+        "received",
+        "sent_body",
+        "status",
+        "until_eof",
+    )
+
+    def __init__(self, head: bool) -> None:
+        self.head = head
+        self.status = 0
+        self.reason = ""
+        self.headers: list[tuple[str, str]] = []
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.complete = False
+        self.keep_alive = False
+        self.keep_alive_s = KEEPALIVE_S
+        self.informational = False
+        self.until_eof = False
+        self.received = False
+        self.error: GatewayError | None = None
+        self.headers_waiter: asyncio.Future[None] | None = None
+        self.reader: asyncio.Future[None] | None = None
+        self.continue_waiter: asyncio.Future[bool] | None = None
+        self.sent_body = True
+        self.body_done = True
+
+
+def _wake(fut: asyncio.Future[Any] | None, value: Any = None) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(value)
+
+
+class _Connection(asyncio.Protocol):
+    """One upstream connection; llhttp parses what it receives."""
+
+    def __init__(self, pool: Upstream) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.uses = 0
+        self.idle_since = 0.0
+        self.keep_alive_s = KEEPALIVE_S
+        self.ex: _Exchange | None = None
+        self._buffered = 0
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._header_name = ""
+
+    # -- asyncio.Protocol -------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+
+    def data_received(self, data: bytes) -> None:
+        ex = self.ex
+        if ex is None or ex.complete:
+            # Bytes nobody asked for (or past the end of the response): not to be trusted again.
+            self.close()
+            return
+        ex.received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamProtocolError("upstream switched protocols unasked"))
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamProtocolError(f"upstream sent an invalid response: {exc}"))
+        if ex.complete and ex.head and not self.closed:
+            # llhttp would wait for the Content-Length a HEAD response announces; start afresh.
+            self.parser = httptools.HttpResponseParser(self)
+
+    def eof_received(self) -> bool:
+        # The upstream half-closed: it sends no more, so this connection serves nothing more.
+        self._lost(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost(exc)
+        _wake(self._drain)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        _wake(self._drain)
+
+    # -- httptools callbacks ----------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        ex = self.ex
+        if ex is not None and ex.complete:
+            # A second response to one request: stop parsing; the connection is closed below.
+            raise UpstreamProtocolError("upstream sent bytes after the response")
+
+    def on_status(self, reason: bytes) -> None:
+        assert self.ex is not None
+        self.ex.reason = reason.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self.ex is not None
+        self.ex.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        ex = self.ex
+        assert ex is not None
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            # Informational: consumed here. 100 Continue releases a held-back body.
+            ex.informational = True
+            ex.headers = []
+            if status == 100:
+                _wake(ex.continue_waiter, True)
+            return
+        ex.status = status
+        ex.keep_alive = self.parser.should_keep_alive()
+        chunked = length = False
+        for name, value in ex.headers:
+            lname = name.lower()
+            if lname == "content-length":
+                length = True
+            elif lname == "transfer-encoding":
+                chunked = chunked or "chunked" in value.lower()
+            elif lname == "keep-alive":
+                ex.keep_alive_s = _keep_alive_timeout(value)
+        if ex.head or status in (204, 304):
+            ex.complete = True
+        elif not chunked and not length:
+            ex.until_eof = True  # HTTP/1.0 style: the body ends when the upstream closes
+            ex.keep_alive = False
+        # The final response came before the body went out: the body is not sent, so the
+        # connection is not reused (RFC 9110 10.1.1).
+        _wake(ex.continue_waiter, False)
+        _wake(ex.headers_waiter)
+        if ex.complete:
+            _wake(ex.reader)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.ex
+        assert ex is not None
+        ex.chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > _HIGH_WATER and not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        _wake(ex.reader)
+
+    def on_message_complete(self) -> None:
+        ex = self.ex
+        assert ex is not None
+        if ex.informational:
+            ex.informational = False
+            return
+        ex.keep_alive = ex.keep_alive and self.parser.should_keep_alive()
+        ex.complete = True
+        _wake(ex.reader)
+
+    # -- the exchange -----------------------------------------------------------------------------
+    def _fail(self, err: GatewayError) -> None:
+        ex = self.ex
+        if ex is not None and ex.error is None and not ex.complete:
+            ex.error = err
+            _wake(ex.headers_waiter)
+            _wake(ex.reader)
+            _wake(ex.continue_waiter, False)
+        self.close()
+
+    def _lost(self, exc: Exception | None) -> None:
+        if self.closed and self.transport is None:
+            return
+        ex = self.ex
+        if ex is not None and not ex.complete and ex.error is None:
+            if ex.until_eof and exc is None:
+                ex.complete = True
+                _wake(ex.reader)
+            elif isinstance(exc, ssl.SSLError):
+                self._fail(UpstreamTlsError("TLS with upstream failed"))
+            else:
+                self._fail(UpstreamReset("upstream closed the connection"))
+        self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.pool._forget(self)
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        self.close()
+
+    def usable(self, now: float) -> bool:
+        return not self.closed and self.transport is not None and now - self.idle_since < self.keep_alive_s
+
+    def start(self, head: bool) -> _Exchange:
+        self.uses += 1
+        self.ex = ex = _Exchange(head)
+        return ex
+
+    def finish(self) -> bool:
+        """End the exchange; whether the connection may serve another request."""
+        ex = self.ex
+        self.ex = None
+        self._buffered = 0
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        if ex is None or self.closed:
+            return False
+        self.keep_alive_s = min(ex.keep_alive_s, KEEPALIVE_S)
+        return ex.complete and ex.keep_alive and ex.error is None and ex.sent_body and ex.body_done
+
+    def take(self) -> bytes:
+        ex = self.ex
+        assert ex is not None
+        chunks = ex.chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+    async def drain(self) -> None:
+        if self._writing_paused and not self.closed:
+            self._drain = asyncio.get_running_loop().create_future()
+            await self._drain
+        if self.closed:
+            raise ConnectionResetError("upstream connection closed")
+
+
+def _keep_alive_timeout(value: str) -> float:
+    for part in value.split(","):
+        name, _, number = part.strip().partition("=")
+        if name.strip().lower() == "timeout":
+            with contextlib.suppress(ValueError):
+                # Give the upstream's idle timer a second of slack against the race.
+                return max(0.0, float(number.strip()) - 1.0)
+    return KEEPALIVE_S
+
+
+class UpstreamResponse:
+    """An upstream's response: status and headers, then the body read chunk by chunk."""
+
+    __slots__ = ("_conn", "_ex", "_released", "_timer", "headers", "reason", "status")
+
+    def __init__(self, conn: _Connection, ex: _Exchange, timer: _Timer) -> None:
+        self._conn = conn
+        self._ex = ex
+        self._timer = timer
+        self._released = False
+        self.status = ex.status
+        self.reason = ex.reason
+        self.headers = ex.headers
+        """The raw header list, in order, names as the upstream spelled them."""
+
+    @property
+    def complete(self) -> bool:
+        """The whole body has already arrived (``read_all_buffered`` gives it without waiting)."""
+        return self._ex.complete and self._ex.error is None
+
+    def header(self, name: str) -> str | None:
+        lname = name.lower()
+        for key, value in self._ex.headers:
+            if key.lower() == lname:
+                return value
+        return None
+
+    def multidict(self) -> CIMultiDict[str]:
+        return CIMultiDict(self._ex.headers)
+
+    def read_all_buffered(self) -> bytes:
+        """The body of a ``complete`` response; the connection goes back to the pool."""
+        data = self._conn.take() if self._ex.chunks else b""
+        self.release()
+        return data
+
+    async def read(self) -> bytes:
+        """The next part of the body, or ``b""`` once the body is complete."""
+        ex = self._ex
+        conn = self._conn
+        while True:
+            if ex.chunks:
+                return conn.take()
+            if ex.error is not None:
+                err = ex.error
+                self.release()
+                raise err
+            if ex.complete:
+                self.release()
+                return b""
+            ex.reader = asyncio.get_running_loop().create_future()
+            self._timer.arm(ex.reader)
+            await ex.reader
+            ex.reader = None
+
+    def release(self) -> None:
+        """Give the connection back (or close it, if the exchange did not end cleanly)."""
+        if self._released:
+            return
+        self._released = True
+        self._timer.cancel()
+        self._conn.pool._release(self._conn)
+
+
+class _Timer:
+    """The read and total timeouts of one exchange, as one lazily re-armed timer."""
+
+    __slots__ = ("_conn", "_deadline", "_fut", "_handle", "_loop", "_read_s")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, conn: _Connection, total_s: float, read_s: float | None
+    ):
+        self._loop = loop
+        self._conn = conn
+        self._deadline = loop.time() + total_s
+        self._read_s = read_s
+        self._fut: asyncio.Future[Any] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+
+    def arm(self, fut: asyncio.Future[Any]) -> None:
+        self._fut = fut
+        when = self._deadline
+        if self._read_s is not None:
+            when = min(when, self._loop.time() + self._read_s)
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self._loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        fut = self._fut
+        if fut is None or fut.done():
+            return
+        ex = self._conn.ex
+        if ex is not None and ex.error is None:
+            ex.error = UpstreamTimeout("upstream timed out")
+        self._conn.abort()
+        _wake(fut)
+        if ex is not None:
+            _wake(ex.headers_waiter)
+            _wake(ex.reader)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 class Upstream:
     def __init__(self, name: str, cfg: UpstreamConfig, ca_file: str | None) -> None:
         self.name = name
         self.base_url = cfg.url
-        self._base_path = URL(cfg.url).raw_path.rstrip("/")
-        url = URL(cfg.url)
-        self.host = url.host or ""
-        self.port = url.port or (443 if url.scheme == "https" else 80)
-        self._origin = f"{url.scheme}://{url.raw_authority}"
-        self._cfg = cfg
-        self._ca_file = ca_file
-        self._timeout = aiohttp.ClientTimeout(
-            total=cfg.timeout.total, sock_connect=cfg.timeout.connect, sock_read=cfg.timeout.read
+        parts = urlsplit(cfg.url)
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._base_path = parts.path.rstrip("/")
+        default_port = (parts.scheme == "https" and self.port == 443) or (
+            parts.scheme == "http" and self.port == 80
         )
-        self._session: aiohttp.ClientSession | None = None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self._host_header = host if default_port else f"{host}:{self.port}"
+        self._ssl: ssl.SSLContext | None = None
+        if parts.scheme == "https":
+            self._ssl = ssl.create_default_context(cafile=ca_file or cfg.ca_file)
+        self._limit = cfg.max_connections
+        self._connect_s = cfg.timeout.connect
+        self._read_s = cfg.timeout.read
+        self._total_s = cfg.timeout.total
+        self._idle: collections.deque[_Connection] = collections.deque()
+        self._open = 0
+        self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
+        self._conns: set[_Connection] = set()
+        self._closing = False
 
     async def start(self) -> None:
-        ssl_ctx: ssl.SSLContext | bool = True
-        if self.base_url.startswith("https://"):
-            ssl_ctx = ssl.create_default_context(cafile=self._ca_file)
-        connector = aiohttp.TCPConnector(
-            limit=self._cfg.max_connections,
-            limit_per_host=self._cfg.max_connections,
-            ssl=ssl_ctx,
-            keepalive_timeout=30,
-            enable_cleanup_closed=False,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
-        )
+        self._closing = False
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._closing = True
+        for conn in list(self._conns):
+            conn.close()
+        self._idle.clear()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(UpstreamConnectError("gateway shutting down"))
+        self._waiters.clear()
 
-    def url_for(self, raw_path_qs: str) -> URL:
-        return URL(self._origin + self._base_path + raw_path_qs, encoded=True)
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    @property
+    def idle_connections(self) -> int:
+        return len(self._idle)
+
+    # -- the pool ---------------------------------------------------------------------------------
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Connection(self),
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
+                    server_hostname=self.host if self._ssl is not None else None,
+                ),
+                self._connect_s,
+            )
+        except TimeoutError as exc:
+            raise UpstreamTimeout("connecting to upstream timed out") from exc
+        except ssl.SSLError as exc:
+            raise UpstreamTlsError("TLS handshake with upstream failed") from exc
+        except OSError as exc:
+            raise UpstreamConnectError("cannot connect to upstream") from exc
+        self._conns.add(conn)
+        return conn
+
+    async def _acquire(self, fresh: bool) -> _Connection:
+        now = time.monotonic()
+        if not fresh:
+            idle = self._idle
+            while idle:
+                conn = idle.pop()  # the most recently used: the least likely to be timed out upstream
+                if conn.usable(now):
+                    return conn
+                conn.close()
+        while self._open >= self._limit:
+            waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                handed = await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled() and (given := waiter.result()) is not None:
+                    self._release_conn(given, reusable=True)
+                else:
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
+                raise
+            if handed is not None:
+                if handed.usable(time.monotonic()) and not fresh:
+                    return handed
+                handed.close()
+        self._open += 1
+        try:
+            return await self._connect()
+        except BaseException:
+            self._open -= 1
+            self._hand_on(None)
+            raise
+
+    def _hand_on(self, conn: _Connection | None) -> bool:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return True
+        return False
+
+    def _forget(self, conn: _Connection) -> None:
+        """A connection closed: it no longer counts against the limit."""
+        if conn in self._conns:
+            self._conns.discard(conn)
+            self._open -= 1
+            with contextlib.suppress(ValueError):
+                self._idle.remove(conn)
+            self._hand_on(None)
+
+    def _release(self, conn: _Connection) -> None:
+        self._release_conn(conn, conn.finish())
+
+    def _release_conn(self, conn: _Connection, reusable: bool) -> None:
+        if not reusable or self._closing:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        if not self._hand_on(conn):
+            self._idle.append(conn)
+
+    # -- a request --------------------------------------------------------------------------------
+    def _head(self, method: str, raw_path_qs: str, headers: Mapping[str, str] | Any, chunked: bool) -> bytes:
+        target = self._base_path + raw_path_qs
+        parts = [f"{method} {target} HTTP/1.1\r\nHost: {self._host_header}\r\n"]
+        for name, value in headers.items():
+            if "\n" in value or "\r" in value:
+                raise UpstreamProtocolError(f"header {name} has a line break")
+            parts.append(f"{name}: {value}\r\n")
+        if chunked:
+            parts.append("Transfer-Encoding: chunked\r\n")
+        parts.append("\r\n")
+        return "".join(parts).encode("latin-1")
 
     async def send(
         self,
         method: str,
         raw_path_qs: str,
         headers: CIMultiDict[str] | Mapping[str, str],
-        body: aiohttp.StreamReader | None,
-    ) -> aiohttp.ClientResponse:
-        """Start the upstream request; the caller reads (and releases) the response."""
-        assert self._session is not None, "upstream not started"
-        return await self._session.request(
-            method,
-            self.url_for(raw_path_qs),
-            headers=headers,
-            data=body,
-            allow_redirects=False,
-            compress=None,
-            chunked=None,
-        )
+        body: BodySource | None,
+        expect_continue: bool = False,
+    ) -> UpstreamResponse:
+        """Send the request; the caller reads the body and ``release()``s the response."""
+        if "\r" in raw_path_qs or "\n" in raw_path_qs or " " in raw_path_qs:
+            raise UpstreamProtocolError("request target has a space or a line break")
+        has_length = "Content-Length" in headers or "content-length" in headers
+        chunked = body is not None and not has_length
+        if expect_continue and body is not None:
+            headers = CIMultiDict(headers)
+            headers["Expect"] = "100-continue"
+        else:
+            expect_continue = False
+        head = self._head(method, raw_path_qs, headers, chunked)
+        retryable = body is None and method in IDEMPOTENT
+        conn = await self._acquire(fresh=False)
+        try:
+            return await self._exchange(conn, method, head, body, chunked, expect_continue)
+        except UpstreamReset as exc:
+            if not (retryable and getattr(exc, "before_response", False) and conn.uses > 1):
+                raise
+        # The reused connection died before the upstream said anything: send once more, fresh.
+        conn = await self._acquire(fresh=True)
+        return await self._exchange(conn, method, head, body, chunked, expect_continue)
+
+    async def _exchange(
+        self,
+        conn: _Connection,
+        method: str,
+        head: bytes,
+        body: BodySource | None,
+        chunked: bool,
+        expect_continue: bool,
+    ) -> UpstreamResponse:
+        loop = asyncio.get_running_loop()
+        ex = conn.start(method == "HEAD")
+        timer = _Timer(loop, conn, self._total_s, self._read_s)
+        sender: asyncio.Task[None] | None = None
+        try:
+            transport = conn.transport
+            if transport is None:
+                raise _reset_before_response()
+            transport.write(head)
+            if body is not None:
+                ex.sent_body = ex.body_done = False
+                if expect_continue:
+                    ex.continue_waiter = loop.create_future()
+                sender = loop.create_task(self._send_body(conn, ex, body, chunked))
+                sender.add_done_callback(_retrieve)
+            if ex.status == 0 and ex.error is None:
+                ex.headers_waiter = loop.create_future()
+                timer.arm(ex.headers_waiter)
+                try:
+                    await ex.headers_waiter
+                except asyncio.CancelledError:
+                    ex.error = ex.error or UpstreamReset("request cancelled")
+                    raise
+                ex.headers_waiter = None
+            if ex.error is not None:
+                err = ex.error
+                if isinstance(err, UpstreamReset) and not ex.received:
+                    err.before_response = True  # type: ignore[attr-defined]
+                raise err
+            if sender is not None and sender.done() and not sender.cancelled():
+                exc = sender.exception()
+                if isinstance(exc, ClientGone):
+                    raise exc
+            return UpstreamResponse(conn, ex, timer)
+        except BaseException:
+            timer.cancel()
+            if sender is not None and not sender.done():
+                sender.cancel()
+            conn.finish()
+            conn.close()
+            raise
+
+    async def _send_body(self, conn: _Connection, ex: _Exchange, body: BodySource, chunked: bool) -> None:
+        try:
+            if ex.continue_waiter is not None:
+                with contextlib.suppress(TimeoutError):
+                    go = await asyncio.wait_for(ex.continue_waiter, EXPECT_WAIT_S)
+                    if not go:
+                        return  # a final response came first; the body is not sent
+            while True:
+                try:
+                    chunk = await body.readany()
+                except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                    raise ClientGone("client went away while sending the body") from exc
+                except Exception as exc:
+                    raise ClientGone(f"client body unreadable: {type(exc).__name__}") from exc
+                transport = conn.transport
+                if transport is None or conn.closed:
+                    return
+                if not chunk:
+                    if chunked:
+                        transport.write(b"0\r\n\r\n")
+                    ex.sent_body = True
+                    return
+                if chunked:
+                    transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                else:
+                    transport.write(chunk)
+                await conn.drain()
+        except ClientGone:
+            conn.abort()
+            raise
+        except ConnectionError:
+            return  # the upstream closed; the response side reports it
+        finally:
+            ex.body_done = True
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # reported through the exchange, not as "never retrieved"
+
+
+def _reset_before_response() -> UpstreamReset:
+    err = UpstreamReset("upstream closed the connection")
+    err.before_response = True  # type: ignore[attr-defined]
+    return err
