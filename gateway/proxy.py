@@ -14,20 +14,18 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
-from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 
 from gateway.accesslog import AccessLog
-from gateway.errors import ClientGone, GatewayError, UpstreamReset, translate
+from gateway.errors import ClientGone, GatewayError, translate
 from gateway.facility import FacilityResolver
 from gateway.fhir import CONTROL_PARAMETERS
 from gateway.metrics import GatewayMetrics
 from gateway.recorder import Recorder
 from gateway.routes import Router
-from gateway.tracing import Tracing, format_traceparent, parse_traceparent
-from gateway.upstream import Upstream
+from gateway.tracing import AnySpan, Span, Tracing, format_traceparent, parse_traceparent
+from gateway.upstream import Upstream, UpstreamResponse
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 HOP_BY_HOP = frozenset(
@@ -48,6 +46,10 @@ HOP_BY_HOP = frozenset(
 )
 _STRIP_RESPONSE = frozenset(h for h in HOP_BY_HOP if h != "host") | {"content-length"}
 _CHUNK = 1 << 16
+
+
+def incoming_expects_continue(request: web.Request) -> bool:
+    return request.headers.get("Expect", "").lower() == "100-continue"
 
 
 def redact_query(query_string: str) -> str:
@@ -105,12 +107,7 @@ class Proxy:
         route = match.route if match else ""
         headers_in = request.headers
         parent = parse_traceparent(headers_in.get("traceparent"), headers_in.get("tracestate"))
-        span = self.tracer.start_span(
-            f"{method} {route}" if route else method,
-            context=parent,
-            kind=SpanKind.SERVER,
-            start_time=int(started * 1e9),
-        )
+        span = self.tracer.start_server(f"{method} {route}" if route else method, parent, int(started * 1e9))
         if span.is_recording():  # an unsampled request builds no attributes at all
             attrs: dict[str, Any] = {
                 "http.request.method": method,
@@ -147,7 +144,7 @@ class Proxy:
             active.dec()
             duration_s = time.perf_counter() - t0
             ctx = span.get_span_context()
-            sampled = ctx.trace_flags.sampled
+            sampled = ctx.sampled
             child, key = self.metrics.request_child(facility, service, route, method, status)
             if self.recorder is not None:
                 self.recorder.record(key, started, duration_s)
@@ -160,14 +157,14 @@ class Proxy:
                 if error_type is not None:
                     span.set_attribute("error.type", error_type)
                 if status >= 500:
-                    span.set_status(Status(StatusCode.ERROR))
+                    span.set_error()
                 span.end()
             self.access_log.request(
                 started,
                 (
                     f"{ctx.trace_id:032x}",
                     f"{ctx.span_id:016x}",
-                    f"{int(ctx.trace_flags):02x}",
+                    f"{ctx.flags:02x}",
                     facility,
                     service,
                     route or None,
@@ -209,15 +206,14 @@ class Proxy:
         return out
 
     async def _forward(
-        self, request: web.Request, upstream_name: str, route: str, method: str, server_span: Any
+        self, request: web.Request, upstream_name: str, route: str, method: str, server_span: AnySpan
     ) -> tuple[web.StreamResponse, int, str | None, float | None]:
         upstream = self.upstreams[upstream_name]
-        if server_span.is_recording():
-            client_span = self.tracer.start_span(
+        if isinstance(server_span, Span):
+            client_span: AnySpan = self.tracer.start_client(
                 f"{method} {route}",
-                context=set_span_in_context(server_span),
-                kind=SpanKind.CLIENT,
-                attributes={
+                server_span,
+                {
                     "http.request.method": method,
                     "server.address": upstream.host,
                     "server.port": upstream.port,
@@ -230,41 +226,49 @@ class Proxy:
             client_span = server_span
         headers = self._forward_headers(request, format_traceparent(client_span.get_span_context()))
         body = request.content if request.can_read_body else None
+        expect = body is not None and incoming_expects_continue(request)
         u0 = time.perf_counter()
         upstream_status: int | None = None
         error: GatewayError | None = None
         response: web.StreamResponse | None = None
         try:
+            upstream_response = await upstream.send(request.method, request.raw_path, headers, body, expect)
             try:
-                upstream_response = await upstream.send(request.method, request.raw_path, headers, body)
-            except Exception as exc:
-                raise translate(exc) from exc
-            try:
-                upstream_status = upstream_response.status
-                response = web.StreamResponse(status=upstream_status, reason=upstream_response.reason)
-                for name, value in upstream_response.headers.items():
-                    if name.lower() not in _STRIP_RESPONSE:
-                        response.headers.add(name, value)
-                length = upstream_response.headers.get("Content-Length")
-                if length is not None and method != "HEAD":
-                    response.content_length = int(length)
-                elif length is not None:
-                    response.headers["Content-Length"] = length
-                try:
-                    await response.prepare(request)
-                except (ConnectionError, RuntimeError) as exc:
-                    raise ClientGone("client went away") from exc
-                if method != "HEAD" and upstream_status not in (204, 304):
-                    await self._copy_body(upstream_response, response)
-                try:
-                    await response.write_eof()
-                except ConnectionError as exc:
-                    raise ClientGone("client went away") from exc
+                upstream_status = upstream_status_ = upstream_response.status
+                bodyless = method == "HEAD" or upstream_status_ in (204, 304)
+                if upstream_response.complete and not bodyless:
+                    # The whole response is already here (the common case): answer in one write.
+                    response = web.Response(
+                        status=upstream_status_,
+                        reason=upstream_response.reason or None,
+                        body=upstream_response.read_all_buffered(),
+                    )
+                    self._copy_headers(upstream_response, response, method)
+                    try:
+                        await response.prepare(request)
+                        await response.write_eof()
+                    except (ConnectionError, RuntimeError) as exc:
+                        raise ClientGone("client went away") from exc
+                else:
+                    response = web.StreamResponse(
+                        status=upstream_status_, reason=upstream_response.reason or None
+                    )
+                    self._copy_headers(upstream_response, response, method)
+                    try:
+                        await response.prepare(request)
+                    except (ConnectionError, RuntimeError) as exc:
+                        raise ClientGone("client went away") from exc
+                    if not bodyless:
+                        await self._copy_body(upstream_response, response)
+                    try:
+                        await response.write_eof()
+                    except ConnectionError as exc:
+                        raise ClientGone("client went away") from exc
             finally:
                 upstream_response.release()
         except GatewayError as exc:
             error = exc
-        except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+        except (TimeoutError, ConnectionError) as exc:
             error = translate(exc)
         finally:
             upstream_ms = round((time.perf_counter() - u0) * 1000, 3)
@@ -274,7 +278,7 @@ class Proxy:
                 if error is not None:
                     client_span.set_attribute("error.type", error.error_type)
                 if error is not None or (upstream_status or 0) >= 400:
-                    client_span.set_status(Status(StatusCode.ERROR))
+                    client_span.set_error()
                 client_span.end()
         if error is None:
             assert response is not None and upstream_status is not None
@@ -292,18 +296,26 @@ class Proxy:
             upstream_ms,
         )
 
-    async def _copy_body(
-        self, upstream_response: aiohttp.ClientResponse, response: web.StreamResponse
-    ) -> None:
-        content = upstream_response.content
+    @staticmethod
+    def _copy_headers(upstream_response: UpstreamResponse, response: web.StreamResponse, method: str) -> None:
+        out = response.headers
+        length: str | None = None
+        for name, value in upstream_response.headers:
+            lname = name.lower()
+            if lname == "content-length":
+                length = value
+            elif lname not in _STRIP_RESPONSE:
+                out.add(name, value)
+        if length is not None:
+            if method == "HEAD" or response.status in (204, 304):
+                out["Content-Length"] = length
+            elif not isinstance(response, web.Response):
+                response.content_length = int(length)
+
+    async def _copy_body(self, upstream_response: UpstreamResponse, response: web.StreamResponse) -> None:
         while True:
-            try:
-                chunk = await content.readany()
-            except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-                raise translate(exc) from exc
+            chunk = await upstream_response.read()
             if not chunk:
-                if not content.is_eof():
-                    raise UpstreamReset("upstream closed mid-body")
                 return
             try:
                 await response.write(chunk)

@@ -1,4 +1,19 @@
-"""OpenTelemetry spans for every proxied request, exported over OTLP/HTTP protobuf.
+"""Spans for every proxied request, exported as OTLP/HTTP protobuf.
+
+This is a small tracer of its own rather than the OpenTelemetry SDK, because
+the SDK's per-span Python work (span objects, attribute validation, message
+building in the exporter) was the largest cost of a proxied request. It keeps
+what the gateway needs of OpenTelemetry's model and wire format:
+
+- W3C trace context in and out (``traceparent``, ``tracestate`` passed on);
+- the SDK's ``ParentBased(TraceIdRatioBased(ratio))`` sampling decision, on the
+  same low 64 bits of the trace id, so a caller's decision is always followed;
+- SERVER and CLIENT spans with attributes, status, and parent links;
+- OTLP ``ExportTraceServiceRequest`` protobuf, encoded here field by field
+  (the encoding is checked against the official ``opentelemetry-proto`` classes
+  in the tests), POSTed to ``{endpoint}/v1/traces``.
+
+Unsampled requests get a non-recording span: two ids and nothing else.
 
 Spans leave through a bounded queue and one export thread. When the queue is
 full, or the collector is down and an export fails, the spans are dropped and
@@ -8,160 +23,429 @@ waits for a collector.
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import queue
+import http.client
+import random
+import ssl
+import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
-
-from opentelemetry.context import Context
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
-from opentelemetry.trace import (
-    NonRecordingSpan,
-    SpanContext,
-    TraceFlags,
-    Tracer,
-    set_span_in_context,
-)
-from opentelemetry.trace.span import TraceState
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.config import TracesConfig
 
+SERVER = 2  # OTLP Span.SpanKind
+CLIENT = 3
+STATUS_UNSET = 0
+STATUS_ERROR = 2
+_TRACE_ID_LOW = (1 << 64) - 1
 _STOP = object()
 
 
-class BoundedExportProcessor(SpanProcessor):
-    """Queue ended spans; export them in batches from one thread; count what is lost."""
+@dataclass(frozen=True, slots=True)
+class SpanContext:
+    trace_id: int
+    span_id: int
+    sampled: bool
+    flags: int
+    """The W3C trace-flags byte as sent on (sampled bit, and the random bit of new traces)."""
+    trace_state: str | None = None
+
+
+class Span:
+    """A span being recorded (sampled); ``end()`` hands it to the exporter."""
+
+    __slots__ = (
+        "_exporter",
+        "attributes",
+        "context",
+        "end_ns",
+        "kind",
+        "name",
+        "parent_id",
+        "start_ns",
+        "status",
+    )
 
     def __init__(
         self,
-        exporter: SpanExporter,
+        exporter: Callable[[Span], None],
+        context: SpanContext,
+        parent_id: int,
+        name: str,
+        kind: int,
+        start_ns: int,
+    ) -> None:
+        self._exporter = exporter
+        self.context = context
+        self.parent_id = parent_id
+        self.name = name
+        self.kind = kind
+        self.start_ns = start_ns
+        self.end_ns = 0
+        self.attributes: dict[str, str | int | float | bool] = {}
+        self.status = STATUS_UNSET
+
+    def is_recording(self) -> bool:
+        return True
+
+    def get_span_context(self) -> SpanContext:
+        return self.context
+
+    def set_attribute(self, key: str, value: str | int | float | bool) -> None:
+        self.attributes[key] = value
+
+    def set_attributes(self, attributes: dict[str, str | int | float | bool]) -> None:
+        self.attributes.update(attributes)
+
+    def set_error(self) -> None:
+        self.status = STATUS_ERROR
+
+    def end(self, end_ns: int | None = None) -> None:
+        if self.end_ns == 0:
+            self.end_ns = end_ns or time.time_ns()
+            self._exporter(self)
+
+
+class NonRecordingSpan:
+    """An unsampled request's span: ids for the log and the upstream, nothing recorded."""
+
+    __slots__ = ("context",)
+
+    def __init__(self, context: SpanContext) -> None:
+        self.context = context
+
+    def is_recording(self) -> bool:
+        return False
+
+    def get_span_context(self) -> SpanContext:
+        return self.context
+
+    def set_attribute(self, key: str, value: str | int | float | bool) -> None:
+        return
+
+    def set_attributes(self, attributes: dict[str, str | int | float | bool]) -> None:
+        return
+
+    def set_error(self) -> None:
+        return
+
+    def end(self, end_ns: int | None = None) -> None:
+        return
+
+
+AnySpan = Span | NonRecordingSpan
+
+
+class Tracer:
+    """Starts spans with the parent-based ratio sampler."""
+
+    def __init__(self, sample_ratio: float, record: Callable[[Span], None] | None) -> None:
+        # TraceIdRatioBased's bound, compared with the low 64 bits of the trace id.
+        self._bound = round(sample_ratio * (_TRACE_ID_LOW + 1))
+        self._record = record
+        self._rand = random.Random()
+
+    def start_server(self, name: str, parent: SpanContext | None, start_ns: int) -> AnySpan:
+        getrandbits = self._rand.getrandbits
+        span_id = getrandbits(64) or 1
+        if parent is None:
+            trace_id = getrandbits(128) or 1
+            sampled = self._record is not None and (trace_id & _TRACE_ID_LOW) < self._bound
+            ctx = SpanContext(trace_id, span_id, sampled, 0x03 if sampled else 0x02)
+            parent_id = 0
+        else:
+            sampled = parent.sampled
+            ctx = SpanContext(parent.trace_id, span_id, sampled, parent.flags, parent.trace_state)
+            parent_id = parent.span_id
+        if sampled and self._record is not None:
+            return Span(self._record, ctx, parent_id, name, SERVER, start_ns)
+        return NonRecordingSpan(ctx)
+
+    def start_client(self, name: str, parent: Span, attributes: dict[str, str | int | float | bool]) -> Span:
+        pctx = parent.context
+        ctx = SpanContext(pctx.trace_id, self._rand.getrandbits(64) or 1, True, pctx.flags, pctx.trace_state)
+        assert self._record is not None
+        span = Span(self._record, ctx, pctx.span_id, name, CLIENT, time.time_ns())
+        span.attributes = attributes
+        return span
+
+
+# -- OTLP protobuf, by hand ------------------------------------------------------------------------
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _ld(field: int, payload: bytes) -> bytes:
+    """A length-delimited field."""
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _any_value(value: str | int | float | bool) -> bytes:
+    if isinstance(value, bool):
+        return b"\x10" + (b"\x01" if value else b"\x00")
+    if isinstance(value, int):
+        return b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)
+    if isinstance(value, float):
+        return b"\x21" + struct.pack("<d", value)
+    return _ld(1, str(value).encode("utf-8", "replace"))
+
+
+def _key_value(key: str, value: str | int | float | bool) -> bytes:
+    return _ld(1, key.encode()) + _ld(2, _any_value(value))
+
+
+_FIXED64 = struct.Struct("<Q").pack
+_ID8 = struct.Struct(">Q").pack
+_ID16 = struct.Struct(">QQ").pack
+
+
+class OtlpEncoder:
+    """Spans to an ``ExportTraceServiceRequest``; attribute pairs seen before are reused."""
+
+    def __init__(self, resource: dict[str, str], scope: str, scope_version: str) -> None:
+        self._resource = _ld(1, b"".join(_ld(1, _key_value(k, v)) for k, v in resource.items()))
+        self._scope = _ld(1, _ld(1, scope.encode()) + _ld(2, scope_version.encode()))
+        self._attr_cache: dict[tuple[str, Any], bytes] = {}
+        self._name_cache: dict[str, bytes] = {}
+
+    def _attributes(self, attributes: dict[str, str | int | float | bool]) -> bytes:
+        cache = self._attr_cache
+        parts = []
+        for item in attributes.items():
+            enc = cache.get(item)
+            if enc is None:
+                enc = _ld(9, _key_value(*item))
+                # (bools hash like 0 and 1, so they are not cached)
+                if len(cache) < 100_000 and not isinstance(item[1], bool):
+                    cache[item] = enc
+            parts.append(enc)
+        return b"".join(parts)
+
+    def span(self, s: Span) -> bytes:
+        ctx = s.context
+        name = self._name_cache.get(s.name)
+        if name is None:
+            name = _ld(5, s.name.encode())
+            if len(self._name_cache) < 10_000:
+                self._name_cache[s.name] = name
+        body = [
+            b"\x0a\x10" + _ID16(ctx.trace_id >> 64, ctx.trace_id & _TRACE_ID_LOW),
+            b"\x12\x08" + _ID8(ctx.span_id),
+        ]
+        if ctx.trace_state:
+            body.append(_ld(3, ctx.trace_state.encode()))
+        if s.parent_id:
+            body.append(b"\x22\x08" + _ID8(s.parent_id))
+        body.append(name)
+        body.append(b"\x30" + bytes((s.kind,)))
+        body.append(b"\x39" + _FIXED64(s.start_ns))
+        body.append(b"\x41" + _FIXED64(s.end_ns))
+        body.append(self._attributes(s.attributes))
+        if s.status:
+            body.append(b"\x7a\x02\x18" + bytes((s.status,)))
+        return _ld(2, b"".join(body))
+
+    def request(self, spans: Iterable[Span]) -> bytes:
+        scope_spans = _ld(2, self._scope + b"".join(self.span(s) for s in spans))
+        return _ld(1, self._resource + scope_spans)
+
+
+# -- export ----------------------------------------------------------------------------------------
+
+
+class OtlpHttpExporter:
+    """POSTs encoded batches to ``{endpoint}/v1/traces`` over one kept-alive connection."""
+
+    def __init__(self, endpoint: str, timeout_s: float) -> None:
+        parts = urlsplit(endpoint)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        self._port = parts.port or (443 if self._https else 80)
+        self._path = parts.path.rstrip("/") + "/v1/traces"
+        self._timeout = timeout_s
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            if self._https:
+                self._conn = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=self._timeout, context=ssl.create_default_context()
+                )
+            else:
+                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+        return self._conn
+
+    def export(self, body: bytes) -> bool:
+        """Whether the collector took the batch (one retry on a fresh connection, for a stale one)."""
+        for attempt in (0, 1):
+            conn = self._connection()
+            try:
+                conn.request(
+                    "POST", self._path, body=body, headers={"Content-Type": "application/x-protobuf"}
+                )
+                resp = conn.getresponse()
+                resp.read()
+                if resp.will_close:
+                    self.close()
+                return 200 <= resp.status < 300
+            except (OSError, http.client.HTTPException):
+                self.close()
+                if attempt == 1:
+                    return False
+        return False
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+
+class BoundedExportProcessor:
+    """Hold ended spans; encode and export them in batches from one thread; count what is lost.
+
+    The proxy's side is a length check and a deque append (both atomic under the GIL);
+    the export thread wakes every ``interval_s``, or at once for a flush.
+    """
+
+    def __init__(
+        self,
+        encoder: OtlpEncoder,
+        exporter: OtlpHttpExporter,
         queue_size: int,
         on_drop: Callable[[int], None],
         batch_size: int = 512,
-        interval_s: float = 0.5,
+        interval_s: float = 0.2,
     ) -> None:
+        self._encoder = encoder
         self._exporter = exporter
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        self._spans: collections.deque[Span] = collections.deque()
+        self._queue_size = queue_size
         self._on_drop = on_drop
         self._batch_size = batch_size
         self._interval_s = interval_s
-        self._flush_requests: queue.Queue[threading.Event] = queue.Queue()
+        self._wake = threading.Event()
+        self._flush_waiters: collections.deque[threading.Event] = collections.deque()
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="vitalgate-span-export", daemon=True)
         self._thread.start()
 
-    def on_start(self, span: object, parent_context: Context | None = None) -> None:
-        return
-
-    def on_end(self, span: ReadableSpan) -> None:
-        try:
-            self._queue.put_nowait(span)
-        except queue.Full:
+    def on_end(self, span: Span) -> None:
+        if len(self._spans) >= self._queue_size:
             self._on_drop(1)
-
-    def _export(self, batch: Sequence[ReadableSpan]) -> None:
-        if not batch:
             return
+        self._spans.append(span)
+
+    def _export(self, batch: Sequence[Span]) -> None:
         try:
-            result = self._exporter.export(batch)
-        except Exception:  # an exporter bug must not kill the export thread
-            result = SpanExportResult.FAILURE
-        if result is not SpanExportResult.SUCCESS:
+            ok = self._exporter.export(self._encoder.request(batch))
+        except Exception:  # an encoder or exporter bug must not kill the export thread
+            ok = False
+        if not ok:
             self._on_drop(len(batch))
 
-    def _run(self) -> None:
-        batch: list[ReadableSpan] = []
-        deadline = time.monotonic() + self._interval_s
-        while True:
-            timeout = max(0.0, deadline - time.monotonic())
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                self._export(batch)
-                return
-            if isinstance(item, ReadableSpan):
-                batch.append(item)
-            flush_waiters = []
-            while not self._flush_requests.empty():
-                flush_waiters.append(self._flush_requests.get_nowait())
-            if flush_waiters:
-                # Everything queued before the flush request goes out now.
-                while True:
-                    try:
-                        more = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is _STOP:
-                        self._export(batch)
-                        for w in flush_waiters:
-                            w.set()
-                        return
-                    batch.append(more)  # type: ignore[arg-type]
-            if flush_waiters or len(batch) >= self._batch_size or time.monotonic() >= deadline:
-                self._export(batch)
-                batch = []
-                deadline = time.monotonic() + self._interval_s
-                for w in flush_waiters:
-                    w.set()
+    def _drain(self) -> None:
+        spans = self._spans
+        while spans:
+            batch: list[Span] = []
+            with contextlib.suppress(IndexError):
+                while len(batch) < self._batch_size:
+                    batch.append(spans.popleft())
+            self._export(batch)
 
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self._interval_s)
+            self._wake.clear()
+            waiters = []
+            while self._flush_waiters:
+                waiters.append(self._flush_waiters.popleft())
+            stopping = self._stopping
+            self._drain()  # everything ended before a flush request (or the stop) goes out
+            for w in waiters:
+                w.set()
+            if stopping:
+                self._exporter.close()
+                return
+
+    def force_flush(self, timeout_s: float = 30.0) -> bool:
         if not self._thread.is_alive():
             return True
         done = threading.Event()
-        self._flush_requests.put(done)
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(None)  # wake the thread
-        return done.wait(timeout_millis / 1000)
+        self._flush_waiters.append(done)
+        self._wake.set()
+        return done.wait(timeout_s)
 
     def shutdown(self) -> None:
         if self._thread.is_alive():
-            self._queue.put(_STOP)
+            self._stopping = True
+            self._wake.set()
             self._thread.join(30)
-        self._exporter.shutdown()
+
+
+def _version() -> str:
+    try:
+        return version("vitalgate")
+    except PackageNotFoundError:
+        return "0"
 
 
 class Tracing:
-    """The tracer the proxy uses, and the provider that owns export."""
+    """The tracer the proxy uses, and the processor that owns export."""
 
     def __init__(self, cfg: TracesConfig, on_drop: Callable[[int], None]) -> None:
-        resource = Resource.create({"service.name": cfg.service_name})
         self.enabled = cfg.otlp_endpoint is not None
-        if self.enabled:
-            sampler = ParentBased(TraceIdRatioBased(cfg.sample_ratio))
-        else:
-            # No collector: new traces are not recorded, but ids still go to the log and
-            # upstream, and a caller's sampling decision is passed on unchanged.
-            sampler = ParentBased(ALWAYS_OFF)
-        self.provider = TracerProvider(resource=resource, sampler=sampler)
+        self.processor: BoundedExportProcessor | None = None
         if cfg.otlp_endpoint is not None:
-            exporter = OTLPSpanExporter(endpoint=f"{cfg.otlp_endpoint}/v1/traces", timeout=cfg.export_timeout)
-            self.provider.add_span_processor(BoundedExportProcessor(exporter, cfg.queue_size, on_drop))
-        self.tracer: Tracer = self.provider.get_tracer("vitalgate.gateway")
+            sdk_version = _version()
+            encoder = OtlpEncoder(
+                {
+                    "service.name": cfg.service_name,
+                    "telemetry.sdk.language": "python",
+                    "telemetry.sdk.name": "vitalgate",
+                    "telemetry.sdk.version": sdk_version,
+                },
+                "vitalgate.gateway",
+                sdk_version,
+            )
+            exporter = OtlpHttpExporter(cfg.otlp_endpoint, cfg.export_timeout)
+            self.processor = BoundedExportProcessor(encoder, exporter, cfg.queue_size, on_drop)
+        # No collector: new traces are not recorded, but ids still go to the log and the
+        # upstream, and a caller's sampling decision is passed on unchanged.
+        self.tracer = Tracer(cfg.sample_ratio, self.processor.on_end if self.processor else None)
 
     def shutdown(self) -> None:
-        self.provider.force_flush()
-        self.provider.shutdown()
+        if self.processor is not None:
+            self.processor.force_flush()
+            self.processor.shutdown()
 
 
-def parse_traceparent(value: str | None, tracestate: str | None = None) -> Context | None:
-    """A parent context from a W3C ``traceparent`` header, or None when absent or invalid."""
+def parse_traceparent(value: str | None, tracestate: str | None = None) -> SpanContext | None:
+    """The caller's span context from a W3C ``traceparent`` header, or None when absent or invalid."""
     if not value or len(value) < 55:
         return None
     parts = value.strip().split("-")
     if len(parts) < 4 or parts[0] == "ff" or len(parts[0]) != 2:
         return None
-    version, trace_hex, span_hex, flags_hex = parts[0], parts[1], parts[2], parts[3]
+    version_, trace_hex, span_hex, flags_hex = parts[0], parts[1], parts[2], parts[3]
     if (
         len(trace_hex) != 32
         or len(span_hex) != 16
         or len(flags_hex) != 2
-        or (version == "00" and len(parts) != 4)
+        or (version_ == "00" and len(parts) != 4)
     ):
         return None
     try:
@@ -174,13 +458,22 @@ def parse_traceparent(value: str | None, tracestate: str | None = None) -> Conte
         return None
     state = None
     if tracestate:
-        try:
-            state = TraceState.from_header([tracestate])
-        except ValueError:
-            state = None
-    sc = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 1), trace_state=state)
-    return set_span_in_context(NonRecordingSpan(sc))
+        state = _valid_tracestate(tracestate)
+    # Pass on the flags this version defines (sampled, random), nothing unknown.
+    return SpanContext(trace_id, span_id, bool(flags & 1), flags & 0x03, state)
+
+
+def _valid_tracestate(value: str) -> str | None:
+    """The header as received when it is well-formed (at most 32 members), else None."""
+    members = [m.strip() for m in value.split(",") if m.strip()]
+    if not members or len(members) > 32 or len(value) > 512:
+        return None
+    for m in members:
+        key, eq, val = m.partition("=")
+        if not eq or not key or not val or " " in key or len(val) > 256:
+            return None
+    return ",".join(members)
 
 
 def format_traceparent(ctx: SpanContext) -> str:
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.flags:02x}"
