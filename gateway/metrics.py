@@ -65,6 +65,7 @@ class GatewayMetrics:
             "Number of active HTTP server requests.",
             ("facility", "service"),
             registry=registry,
+            multiprocess_mode="livesum",  # with --workers: the sum over live workers
         )
         self._dropped = Counter(
             "vitalgate_telemetry_dropped",
@@ -84,6 +85,7 @@ class GatewayMetrics:
             "Configured facilities (1 each): the display name for dashboards and alerts.",
             ("facility", "facility_name"),
             registry=registry,
+            multiprocess_mode="max",  # with --workers: 1, not one per process
         )
         for fid, name in (facilities or {}).items():
             info.labels(fid, name).set(1)
@@ -92,6 +94,7 @@ class GatewayMetrics:
             "Contractual availability per facility (0..1), for dashboards beside the SLO objective.",
             ("facility",),
             registry=registry,
+            multiprocess_mode="max",
         )
         for fid, value in (slas or {}).items():
             sla.labels(fid).set(value)

@@ -38,7 +38,13 @@ class Recorder:
         minute_days: int = 35,
         hour_days: int = 400,
         max_pending_batches: int = 30,
+        shared: bool = False,
+        maintenance: bool = True,
     ) -> None:
+        """``shared``: one of several worker processes writing the same store (additive writes,
+        no catch-up, which the supervisor did); ``maintenance``: this process compacts and purges."""
+        self._shared = shared
+        self._maintenance = maintenance
         self._path = path
         self._slos = list(slos)
         self._bounds = list(bounds_s)
@@ -89,9 +95,11 @@ class Recorder:
     def _run(self) -> None:
         try:
             store = Store(self._path)
-            catch_up(store, self._slos)  # new SLOs replayed; gaps since each SLO's last row rebuilt
-            writer = StoreWriter(store, self._slos, self._bounds)
-            store.compact_and_purge(time.time(), self._minute_days, self._hour_days)
+            if not self._shared:
+                catch_up(store, self._slos)  # new SLOs replayed; gaps since each SLO's last row rebuilt
+            writer = StoreWriter(store, self._slos, self._bounds, shared=self._shared)
+            if self._maintenance:
+                store.compact_and_purge(time.time(), self._minute_days, self._hour_days)
         except Exception as exc:
             self._error = exc
             self._ready.set()
@@ -110,7 +118,7 @@ class Recorder:
                 except Exception as exc:  # a full disk must not stop the gateway: count and go on
                     self._on_drop(sum(sum(c) for c in item.values()))
                     print(f"vitalgate: store write failed: {exc}", file=sys.stderr, flush=True)
-                if time.monotonic() >= next_maintenance:
+                if self._maintenance and time.monotonic() >= next_maintenance:
                     next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL_S
                     with contextlib.suppress(Exception):
                         store.compact_and_purge(time.time(), self._minute_days, self._hour_days)

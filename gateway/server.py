@@ -11,16 +11,21 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
+import socket
 import sqlite3
 import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.accesslog import AccessLog
 from gateway.admin_auth import ANONYMOUS, AdminAuth, Identity, forbidden, identity_of
@@ -32,6 +37,7 @@ from gateway.recorder import Recorder
 from gateway.routes import Router
 from gateway.tracing import Tracing
 from gateway.upstream import Upstream
+from gateway.workers import mark_ready, supervise
 from slo.embedded import EmbeddedBackend
 from slo.spec import ALL_FACILITIES, latency_thresholds_s
 from slo.status import StatusRow, compute_status, sort_worst_first
@@ -42,11 +48,30 @@ AdminExtension = Callable[[web.Application, "Gateway"], None]
 """Adds routes to the admin app (the composition root adds the status pages and reports)."""
 
 
+@dataclass(frozen=True)
+class Role:
+    """What this process is: the only one, one of ``count`` workers, or their supervisor.
+
+    Workers each bind the proxy port with SO_REUSEPORT (the kernel spreads
+    connections over them) and serve no admin listener; the supervisor serves
+    the admin listener, with /metrics summed over every worker's metric files."""
+
+    kind: Literal["single", "worker", "supervisor"] = "single"
+    index: int = 0
+    count: int = 1
+    port: int | None = None
+    """The proxy port every worker binds (the supervisor resolves a configured port 0)."""
+    metrics_dir: str | None = None
+
+
 class Gateway:
     """One gateway process: build with a Config, ``start``, later ``stop``."""
 
-    def __init__(self, config: Config, admin_extensions: Sequence[AdminExtension] = ()) -> None:
+    def __init__(
+        self, config: Config, admin_extensions: Sequence[AdminExtension] = (), role: Role = Role()
+    ) -> None:
         self.config = config
+        self.role = role
         cfg = config.gateway
         self.auth = AdminAuth(cfg.admin.tokens, cfg.admin.protect_metrics)
         self._admin_extensions = list(admin_extensions)
@@ -64,7 +89,9 @@ class Gateway:
             cfg.telemetry.access_log.queue_size,
             lambda n: self.metrics.drop("log", n),
         )
-        self.tracing = Tracing(cfg.telemetry.traces, lambda n: self.metrics.drop("span", n))
+        self.tracing = Tracing(
+            cfg.telemetry.traces, lambda n: self.metrics.drop("span", n), instance=_instance_id(role)
+        )
         for service in cfg.upstreams:  # every service has series from start-up: silence is visible
             self.metrics.active_child("unknown", service)
         self.facilities = FacilityResolver(cfg.facilities)
@@ -84,8 +111,12 @@ class Gateway:
                 flush_interval_s=store.flush_interval,
                 minute_days=int(store.minute_retention // 86400),
                 hour_days=int(store.hour_retention // 86400),
+                shared=role.kind == "worker",
+                maintenance=role.index == 0,
             )
         host, port = split_listen(cfg.listen)
+        if role.port is not None:
+            port = role.port
         self._host, self._port = host, port
         self._admin_host, self._admin_port = split_listen(cfg.admin.listen)
         self.proxy = Proxy(
@@ -170,7 +201,13 @@ class Gateway:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        body = encoder(self.registry)
+        if self.role.kind == "supervisor":
+            # Every worker's (and this process's) metric files, counters and histograms summed.
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, self.role.metrics_dir)  # type: ignore[no-untyped-call]
+            body = encoder(registry)
+        else:
+            body = encoder(self.registry)
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -182,6 +219,11 @@ class Gateway:
         return web.json_response({"status": "draining" if self.draining else "starting"}, status=503)
 
     async def start(self) -> None:
+        if self.role.kind == "supervisor":
+            self.access_log.start()
+            await self._start_admin()
+            self.ready = False  # until every worker is up (gateway.workers)
+            return
         if self.recorder is not None:
             self.recorder.start()
         self.access_log.start()
@@ -196,9 +238,21 @@ class Gateway:
         )
         self._runner = web.ServerRunner(server, shutdown_timeout=1.0, handle_signals=False)
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl_context())
+        self._site = web.TCPSite(
+            self._runner,
+            self._host,
+            self._port,
+            ssl_context=self._ssl_context(),
+            reuse_port=self.role.kind == "worker" or None,
+        )
         await self._site.start()
         self.proxy_port = _bound_port(self._runner)
+        if self.role.kind == "worker":
+            self.ready = True
+            return
+        await self._start_admin()
+
+    async def _start_admin(self) -> None:
         self._admin_runner = web.AppRunner(self.admin_app(), access_log=None, handle_signals=False)
         await self._admin_runner.setup()
         await web.TCPSite(self._admin_runner, self._admin_host, self._admin_port).start()
@@ -227,6 +281,12 @@ class Gateway:
             await self._admin_runner.cleanup()
 
 
+def _instance_id(role: Role) -> str:
+    """OpenTelemetry's service.instance.id: this process among the gateway's processes."""
+    suffix = f"/worker-{role.index}" if role.kind == "worker" else ""
+    return f"{socket.gethostname()}:{os.getpid()}{suffix}"
+
+
 def _bound_port(runner: web.BaseRunner) -> int:
     for addr in runner.addresses:
         if isinstance(addr, tuple):
@@ -238,9 +298,10 @@ async def serve(
     config: Config,
     on_ready: Callable[[Gateway], Awaitable[None]] | None = None,
     admin_extensions: Sequence[AdminExtension] = (),
+    role: Role = Role(),
 ) -> int:
     """Run until SIGTERM or SIGINT, then drain. Returns the exit code."""
-    gateway = Gateway(config, admin_extensions)
+    gateway = Gateway(config, admin_extensions, role)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -250,18 +311,11 @@ async def serve(
     except (StoreError, sqlite3.Error, OSError) as exc:
         print(f"vitalgate: cannot start: {exc}", file=sys.stderr, flush=True)
         return 1
-    print(
-        f"vitalgate: proxy on {config.gateway.listen.rsplit(':', 1)[0]}:{gateway.proxy_port}, "
-        f"admin (metrics) on {config.gateway.admin.listen.rsplit(':', 1)[0]}:{gateway.admin_port}",
-        file=sys.stderr,
-        flush=True,
-    )
-    if not config.gateway.admin.tokens:
-        print(
-            "vitalgate: warning: no admin tokens configured; admin API is open",
-            file=sys.stderr,
-            flush=True,
-        )
+    if role.kind == "worker":
+        assert role.metrics_dir is not None
+        mark_ready(role.metrics_dir, role.index)
+    else:
+        _announce(config, gateway)
     if on_ready is not None:
         await on_ready(gateway)
     # Everything allocated at start-up (config, routes, metric children, SDK objects) lives
@@ -276,10 +330,36 @@ async def serve(
     return 0
 
 
-def run(config: Config, admin_extensions: Sequence[AdminExtension] = ()) -> int:
+def _announce(config: Config, gateway: Gateway) -> None:
+    print(
+        f"vitalgate: proxy on {config.gateway.listen.rsplit(':', 1)[0]}:{gateway.proxy_port}, "
+        f"admin (metrics) on {config.gateway.admin.listen.rsplit(':', 1)[0]}:{gateway.admin_port}",
+        file=sys.stderr,
+        flush=True,
+    )
+    if not config.gateway.admin.tokens:
+        print(
+            "vitalgate: warning: no admin tokens configured; admin API is open",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def run(config: Config, admin_extensions: Sequence[AdminExtension] = (), role: Role = Role()) -> int:
     """Run the gateway on uvloop when it is installed."""
     try:
         import uvloop  # noqa: PLC0415
     except ImportError:
-        return asyncio.run(serve(config, admin_extensions=admin_extensions))
-    return int(uvloop.run(serve(config, admin_extensions=admin_extensions)))
+        return asyncio.run(serve(config, admin_extensions=admin_extensions, role=role))
+    return int(uvloop.run(serve(config, admin_extensions=admin_extensions, role=role)))
+
+
+def run_workers(
+    config: Config, config_path: str, count: int, admin_extensions: Sequence[AdminExtension] = ()
+) -> int:
+    """Run ``count`` worker processes under a supervisor (see ``gateway.workers``)."""
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:
+        return asyncio.run(supervise(config, config_path, count, admin_extensions))
+    return int(uvloop.run(supervise(config, config_path, count, admin_extensions)))

@@ -406,7 +406,7 @@ def _version() -> str:
 class Tracing:
     """The tracer the proxy uses, and the processor that owns export."""
 
-    def __init__(self, cfg: TracesConfig, on_drop: Callable[[int], None]) -> None:
+    def __init__(self, cfg: TracesConfig, on_drop: Callable[[int], None], instance: str = "") -> None:
         self.enabled = cfg.otlp_endpoint is not None
         self.processor: BoundedExportProcessor | None = None
         if cfg.otlp_endpoint is not None:
@@ -414,6 +414,7 @@ class Tracing:
             encoder = OtlpEncoder(
                 {
                     "service.name": cfg.service_name,
+                    **({"service.instance.id": instance} if instance else {}),
                     "telemetry.sdk.language": "python",
                     "telemetry.sdk.name": "vitalgate",
                     "telemetry.sdk.version": sdk_version,

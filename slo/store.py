@@ -305,6 +305,10 @@ class Store:
     def transaction(self) -> _Transaction:
         return _Transaction(self.db)
 
+    def forget_cached_chunks(self) -> None:
+        """Drop the hour chunks this connection remembers (another process may write them)."""
+        self._chunks.clear()
+
     def compact_and_purge(
         self, now_s: float, minute_days: int = 35, hour_days: int = 400, slo_minute_days: int | None = None
     ) -> None:
@@ -340,14 +344,20 @@ class Store:
 
 
 class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT; inside an open transaction, part of that one."""
+
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+        self.outer = False
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        self.outer = not self.db.in_transaction
+        if self.outer:
+            self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if self.outer:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
 def hour_rollup(day_counts: U32, target: float) -> U32:
@@ -371,10 +381,17 @@ class StoreWriter:
     Keeps the current hours' and days' arrays in memory (loaded from the store on
     first touch, so a restart continues where it left off) and writes every
     changed row whole, in one transaction per ``apply``. Confined to one thread.
+
+    ``shared``: other processes (gateway workers) write the same store, so every
+    ``apply`` re-reads the rows it changes inside its write transaction and adds
+    to them: the counts of all writers add up exactly.
     """
 
-    def __init__(self, store: Store, slos: Sequence[Slo], bounds_s: Sequence[float]) -> None:
+    def __init__(
+        self, store: Store, slos: Sequence[Slo], bounds_s: Sequence[float], shared: bool = False
+    ) -> None:
         self.store = store
+        self.shared = shared
         self.slos = list(slos)
         self.bounds_s = tuple(bounds_s)
         self.layout = store.layout_id(self.bounds_s)
@@ -429,7 +446,12 @@ class StoreWriter:
         ``replace_minutes``: minutes whose recorded counts are discarded first
         (an import rebuilds the minutes its log covers).
         """
-        with self._lock:
+        with self._lock, self.store.transaction():
+            if self.shared:
+                # Another writer may have changed any row since: start from what is stored.
+                self._raw.clear()
+                self._days.clear()
+                self.store.forget_cached_chunks()
             dirty_raw: set[tuple[int, int]] = set()
             dirty_days: set[tuple[str, str, int]] = set()
             replaced = sorted(set(replace_minutes))

@@ -273,14 +273,23 @@ class BackgroundPeers:
 class GatewayProcess:
     """``vitalgate serve`` as a child process, as a user runs it."""
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, workers: int = 1) -> None:
         cfg = yaml.safe_load(config_path.read_text())
         self.proxy = "http://" + cfg["listen"]
         self.admin = "http://" + cfg["admin"]["listen"]
         self.stderr_path = config_path.parent / "gateway.stderr"
         self._stderr = self.stderr_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vitalgate", "serve", "--config", str(config_path)],
+            [
+                sys.executable,
+                "-m",
+                "vitalgate",
+                "serve",
+                "--config",
+                str(config_path),
+                "--workers",
+                str(workers),
+            ],
             stdout=self._stderr,
             stderr=self._stderr,
         )

@@ -48,9 +48,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
-    from gateway.server import run  # noqa: PLC0415  (keeps `check` fast)
+    from gateway.workers import prepare_metrics_dir, use_metrics_dir, worker_role_from_env  # noqa: PLC0415
+
+    worker = worker_role_from_env()
+    if worker is not None:
+        use_metrics_dir()
+    elif args.workers > 1:
+        prepare_metrics_dir()
+    from gateway.server import Role, run, run_workers  # noqa: PLC0415  (keeps `check` fast)
     from vitalgate.admin_pages import extend_admin  # noqa: PLC0415
 
+    if worker is not None:
+        index, count, port = worker
+        role = Role("worker", index, count, port, os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        return run(config, role=role)
+    if args.workers > 1:
+        return run_workers(config, args.config, args.workers, admin_extensions=[extend_admin])
     return run(config, admin_extensions=[extend_admin])
 
 
@@ -277,6 +290,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(duration_s=args.duration, out_dir=Path(args.out), rate=args.rate)
 
 
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number (got {value!r})") from None
+    if not 1 <= n <= 256:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 256 (got {n})")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitalgate", description="Observability and SLO reliability gateway for clinical APIs."
@@ -285,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the gateway")
     p.add_argument("--config", required=True, help="gateway.yaml")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="proxy processes sharing the port with SO_REUSEPORT (default 1; about one per core)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check", help="validate gateway.yaml and the slos.yaml it names")

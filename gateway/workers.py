@@ -1,0 +1,214 @@
+"""``vitalgate serve --workers N``: N proxy processes on one port, one supervisor.
+
+Each worker is a full gateway process that binds the proxy port with
+SO_REUSEPORT, so the kernel spreads incoming connections over the workers and
+throughput scales with cores. What they record stays exact across them:
+
+- metrics: every process writes prometheus_client's multiprocess files into
+  one folder; the supervisor's ``/metrics`` sums counters and histograms over
+  all of them (and over workers that died), takes the maximum of the
+  facility info gauges, and the sum over live workers of active requests;
+- the store: workers add to the same SQLite rows inside write transactions
+  (``StoreWriter(shared=True)``); the supervisor replays and catches up before
+  any worker starts, and only worker 0 compacts;
+- the access log: every process appends whole lines with single ``write``
+  calls to one ``O_APPEND`` file (or pipe), so lines never interleave.
+
+The supervisor serves the admin listener, restarts a worker that dies (after a
+second), and on SIGTERM passes the signal on and waits for every worker to
+drain. Histogram exemplars are not kept in multiprocess mode
+(prometheus_client does not support them there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.config import Config, split_listen
+
+WORKER_ENV = "VITALGATE_WORKER"
+"""Set by the supervisor for its workers: ``index/count/port``."""
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+RESTART_DELAY_S = 1.0
+
+
+def prepare_metrics_dir() -> str:
+    """A fresh folder for this gateway's multiprocess metric files, exported in the environment
+    (the workers inherit it), and this process's metrics switched to it."""
+    import tempfile  # noqa: PLC0415
+
+    path = tempfile.mkdtemp(prefix="vitalgate-metrics-")
+    os.environ[METRICS_DIR_ENV] = path
+    use_metrics_dir()
+    return path
+
+
+def use_metrics_dir() -> None:
+    """Metrics created from now on live in the multiprocess folder. prometheus_client picks its
+    value store when imported; metric objects look it up when created, so switching here works
+    whatever imported the library first."""
+    from prometheus_client import values  # noqa: PLC0415
+
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+
+def worker_role_from_env() -> tuple[int, int, int] | None:
+    value = os.environ.get(WORKER_ENV)
+    if not value:
+        return None
+    index, count, port = (int(x) for x in value.split("/"))
+    return index, count, port
+
+
+def ready_file(metrics_dir: str, index: int) -> Path:
+    return Path(metrics_dir) / f"worker-{index}.ready"
+
+
+def mark_ready(metrics_dir: str, index: int) -> None:
+    path = ready_file(metrics_dir, index)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(str(os.getpid()))
+    tmp.replace(path)
+
+
+def _reserve_port(host: str, port: int) -> tuple[socket.socket | None, int]:
+    """A configured port 0 becomes a real one, held (bound, not listening) so it stays ours."""
+    if port != 0:
+        return None, port
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, 0))
+    return sock, int(sock.getsockname()[1])
+
+
+def _catch_up(config: Config) -> None:
+    store_cfg = config.gateway.telemetry.store
+    if not store_cfg.enabled:
+        return
+    from slo.store import Store, catch_up  # noqa: PLC0415
+
+    store = Store(config.resolve(store_cfg.path))
+    try:
+        catch_up(store, config.slos)
+    finally:
+        store.close()
+
+
+async def supervise(
+    config: Config, config_path: str, count: int, admin_extensions: Sequence[object] = ()
+) -> int:
+    """Run ``count`` workers and the admin listener until SIGTERM or SIGINT; returns the exit code."""
+    from gateway.server import Gateway, Role  # noqa: PLC0415
+
+    metrics_dir = os.environ[METRICS_DIR_ENV]
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    host, port = split_listen(config.gateway.listen)
+    reserved, port = _reserve_port(host, port)
+    try:
+        await loop.run_in_executor(None, _catch_up, config)
+    except Exception as exc:
+        print(f"vitalgate: cannot start: store: {exc}", file=sys.stderr, flush=True)
+        return 1
+    gateway = Gateway(
+        config,
+        admin_extensions,  # type: ignore[arg-type]
+        Role("supervisor", count=count, port=port, metrics_dir=metrics_dir),
+    )
+    await gateway.start()
+    gateway.proxy_port = port
+    procs: dict[int, asyncio.subprocess.Process] = {}
+    failures = 0
+
+    async def spawn(index: int) -> None:
+        env = dict(os.environ, **{WORKER_ENV: f"{index}/{count}/{port}"})
+        ready_file(metrics_dir, index).unlink(missing_ok=True)
+        procs[index] = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "vitalgate", "serve", "--config", config_path, env=env
+        )
+
+    async def watch(index: int) -> None:
+        nonlocal failures
+        while True:
+            proc = procs[index]
+            code = await proc.wait()
+            _mark_dead(proc.pid, metrics_dir)
+            if stop.is_set():
+                return
+            failures += 1
+            print(
+                f"vitalgate: worker {index} (pid {proc.pid}) exited with {code}; restarting",
+                file=sys.stderr,
+                flush=True,
+            )
+            await asyncio.sleep(RESTART_DELAY_S)
+            if stop.is_set():
+                return
+            await spawn(index)
+
+    for i in range(count):
+        await spawn(i)
+    deadline = time.monotonic() + 60
+    while not all(_is_ready(metrics_dir, i, p.pid) for i, p in procs.items()):
+        if time.monotonic() > deadline or any(p.returncode is not None for p in procs.values()):
+            print("vitalgate: cannot start: a worker did not come up", file=sys.stderr, flush=True)
+            stop.set()
+            break
+        await asyncio.sleep(0.05)
+    watchers = [loop.create_task(watch(i)) for i in range(count)]
+    if not stop.is_set():
+        gateway.ready = True
+        print(
+            f"vitalgate: proxy on {host}:{port} ({count} workers), admin (metrics) on "
+            f"{config.gateway.admin.listen.rsplit(':', 1)[0]}:{gateway.admin_port}",
+            file=sys.stderr,
+            flush=True,
+        )
+    await stop.wait()
+    t0 = time.monotonic()
+    print("vitalgate: draining", file=sys.stderr, flush=True)
+    gateway.draining = True
+    for proc in procs.values():
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+    grace = config.gateway.limits.shutdown_timeout + 60
+    codes = []
+    for proc in procs.values():
+        try:
+            codes.append(await asyncio.wait_for(proc.wait(), grace))
+        except TimeoutError:
+            proc.kill()
+            codes.append(await proc.wait())
+    for w in watchers:
+        w.cancel()
+    await gateway.stop()
+    if reserved is not None:
+        reserved.close()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    print(f"vitalgate: stopped after {time.monotonic() - t0:.2f}s drain", file=sys.stderr, flush=True)
+    return 0 if all(c == 0 for c in codes) and gateway.ready else 1
+
+
+def _is_ready(metrics_dir: str, index: int, pid: int) -> bool:
+    try:
+        return ready_file(metrics_dir, index).read_text() == str(pid)
+    except OSError:
+        return False
+
+
+def _mark_dead(pid: int, metrics_dir: str) -> None:
+    from prometheus_client import multiprocess  # noqa: PLC0415
+
+    multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]

@@ -1,0 +1,160 @@
+"""``vitalgate serve --workers N``: one port, several processes, and still exact telemetry."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import threading
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+from tests.helpers import (
+    BackgroundPeers,
+    GatewayProcess,
+    counter_value,
+    fetch,
+    gateway_config,
+    histogram_counts,
+    slo_status,
+)
+
+SLOS = [{"name": "avail", "service": "fhir", "objective": 99.5, "sli": {"availability": {}}}]
+FACILITIES = ["st-marys", "riverside", "lakeside"]
+
+
+def fetch_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return str(r.read().decode())
+
+
+def _worker_pids(supervisor_pid: int) -> list[int]:
+    children = Path(f"/proc/{supervisor_pid}/task/{supervisor_pid}/children").read_text().split()
+    return [int(c) for c in children]
+
+
+def _client(base: str, n: int, index: int, sent: Counter[tuple[str, int]], lock: threading.Lock) -> None:
+    host = base.removeprefix("http://")
+    conn = http.client.HTTPConnection(host, timeout=30)
+    for i in range(n):
+        facility = FACILITIES[(index + i) % 3]
+        headers = {"X-Facility-ID": facility}
+        if i % 25 == 0:
+            headers["X-Test-Fault"] = "500"
+        if i % 10 == 0:  # a new connection now and then: the kernel picks a worker per connection
+            conn.close()
+            conn = http.client.HTTPConnection(host, timeout=30)
+        conn.request("GET", f"/fhir/Patient/{i}", headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        with lock:
+            sent[(facility, resp.status)] += 1
+    conn.close()
+
+
+def _config(tmp_path: Path, peers: BackgroundPeers) -> Path:
+    return gateway_config(
+        tmp_path,
+        peers.upstream.port,
+        peers.sink_port,
+        slos=SLOS,
+        extra={
+            "listen": "127.0.0.1:0",
+            "telemetry": {"store": {"path": "store.db", "flush_interval": "300ms"}},
+        },
+    )
+
+
+def _proxy_base(gw: GatewayProcess) -> str:
+    port = int(gw.stderr_path.read_text().split("proxy on 127.0.0.1:")[1].split()[0])
+    return f"http://127.0.0.1:{port}"
+
+
+def _by_facility(metrics: str) -> Counter[str]:
+    out: Counter[str] = Counter()
+    for key, value in histogram_counts(metrics).items():
+        out[key[0]] += int(value)
+    return out
+
+
+def test_workers_share_the_port_and_keep_every_count_exact(tmp_path: Path) -> None:
+    with BackgroundPeers() as peers:
+        cfg = _config(tmp_path, peers)
+        gw = GatewayProcess(cfg, workers=2)
+        try:
+            base = _proxy_base(gw)
+            assert len(_worker_pids(gw.proc.pid)) == 2
+            sent: Counter[tuple[str, int]] = Counter()
+            lock = threading.Lock()
+            threads = [threading.Thread(target=_client, args=(base, 150, i, sent, lock)) for i in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            metrics = fetch_text(gw.admin + "/metrics")
+        finally:
+            assert gw.terminate() == 0  # SIGTERM: every worker drains and flushes
+    assert sum(sent.values()) == 1200
+    per_facility: Counter[str] = Counter()
+    for (facility, _status), n in sent.items():
+        per_facility[facility] += n
+    bad = {f: sent[(f, 500)] for f in FACILITIES}
+    assert all(bad.values())
+
+    # /metrics on the supervisor: both workers summed, exactly; info gauges not doubled.
+    assert _by_facility(metrics) == per_facility
+    assert counter_value(metrics, "vitalgate_facility_info", facility="riverside") == 1
+
+    # Spans: one SERVER span per request, from both workers.
+    server = [s for s in peers.sink.spans if s.kind == "SERVER"]
+    assert Counter(s.attributes["facility"] for s in server) == per_facility
+    instances = {s.resource.get("service.instance.id") for s in server}
+    assert len(instances) == 2 and all("/worker-" in str(i) for i in instances)
+
+    # The access log: every line whole (none torn or interleaved), one per request.
+    lines = (tmp_path / "access.log").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert Counter(r["facility"] for r in records if r["event"] == "request") == per_facility
+
+    # The store: both workers added to the same rows.
+    got = slo_status(cfg)
+    for f in FACILITIES:
+        assert got[("avail", f)]["total"] == per_facility[f]
+        assert got[("avail", f)]["good"] == per_facility[f] - bad[f]
+    assert got[("avail", "*")]["total"] == 1200
+
+
+def test_a_dead_worker_is_replaced_and_its_counts_kept(tmp_path: Path) -> None:
+    with BackgroundPeers() as peers:
+        gw = GatewayProcess(_config(tmp_path, peers), workers=2)
+        try:
+            base = _proxy_base(gw)
+            sent: Counter[tuple[str, int]] = Counter()
+            lock = threading.Lock()
+            threads = [threading.Thread(target=_client, args=(base, 50, i, sent, lock)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            before = _by_facility(fetch_text(gw.admin + "/metrics"))
+            assert sum(before.values()) == 200
+            victim = _worker_pids(gw.proc.pid)[0]
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                pids = _worker_pids(gw.proc.pid)
+                if len(pids) == 2 and victim not in pids:
+                    break
+                time.sleep(0.1)
+            assert len(pids) == 2 and victim not in pids
+            time.sleep(1.0)  # the new worker binds the port
+            for _ in range(20):
+                assert fetch(base + "/fhir/Patient/x", {"X-Facility-ID": "lakeside"}) == 200
+            after = _by_facility(fetch_text(gw.admin + "/metrics"))
+            assert "exited" in gw.stderr_path.read_text()
+        finally:
+            gw.terminate()
+    assert after == before + Counter({"lakeside": 20})
