@@ -12,11 +12,19 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from typing import Protocol
 
 from gateway.config import FacilitiesConfig
 
 UNKNOWN = "unknown"
+
+
+class HeaderLookup(Protocol):
+    """Case-insensitive header access: a CIMultiDict, or the proxy server's ``Headers``."""
+
+    def get(self, name: str, /) -> str | None: ...
+
+
 _MAX_JWT = 8192
 
 
@@ -53,7 +61,7 @@ class FacilityResolver:
     def known(self) -> frozenset[str]:
         return self._known
 
-    def resolve(self, headers: Mapping[str, str], path: str) -> str:
+    def resolve(self, headers: HeaderLookup, path: str) -> str:
         for header, segment, claim in self._sources:
             value: str | None
             if header is not None:

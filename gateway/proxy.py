@@ -10,17 +10,17 @@ on telemetry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
 from typing import Any
 from urllib.parse import parse_qsl
-
-from aiohttp import web
-from multidict import CIMultiDict
 
 from gateway.accesslog import AccessLog
 from gateway.errors import ClientGone, GatewayError, translate
 from gateway.facility import FacilityResolver
 from gateway.fhir import CONTROL_PARAMETERS
+from gateway.httpserver import Request
 from gateway.metrics import GatewayMetrics
 from gateway.recorder import Recorder
 from gateway.routes import Router
@@ -44,12 +44,18 @@ HOP_BY_HOP = frozenset(
         "Host",
     )
 )
+# Replaced by the gateway's own values, not copied from the client.
+_NOT_COPIED = HOP_BY_HOP | {"traceparent", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
 _STRIP_RESPONSE = frozenset(h for h in HOP_BY_HOP if h != "host") | {"content-length"}
 _CHUNK = 1 << 16
 
 
-def incoming_expects_continue(request: web.Request) -> bool:
-    return request.headers.get("Expect", "").lower() == "100-continue"
+_JSON = [("Content-Type", "application/json; charset=utf-8")]
+_NO_ROUTE = b'{"error": "no route", "detail": "no configured route matches this path"}'
+
+
+def incoming_expects_continue(request: Request) -> bool:
+    return str(request.headers.get("Expect", "")).lower() == "100-continue"
 
 
 def redact_query(query_string: str) -> str:
@@ -93,7 +99,7 @@ class Proxy:
         self.idle = asyncio.Event()
         self.idle.set()
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: Request) -> None:
         started = time.time()
         t0 = time.perf_counter()
         self.in_flight += 1
@@ -115,7 +121,7 @@ class Proxy:
                 "server.port": self.server_port,
                 "facility": facility,
                 "vitalgate.service": service,
-                "network.protocol.version": f"{request.version.major}.{request.version.minor}",
+                "network.protocol.version": request.version,
             }
             if route:
                 attrs["http.route"] = route
@@ -132,14 +138,12 @@ class Proxy:
         try:
             if match is None:
                 status, error_type = 404, "no_route"
-                return web.json_response(
-                    {"error": "no route", "detail": "no configured route matches this path"},
-                    status=404,
-                )
-            response, status, error_type, upstream_ms = await self._forward(
+                with contextlib.suppress(ConnectionError):
+                    await request.respond(404, _JSON, _NO_ROUTE)
+                return
+            status, error_type, upstream_ms = await self._forward(
                 request, match.upstream, route, method, span
             )
-            return response
         finally:
             active.dec()
             duration_s = time.perf_counter() - t0
@@ -179,35 +183,27 @@ class Proxy:
             if self.in_flight == 0:
                 self.idle.set()
 
-    def _forward_headers(self, request: web.Request, traceparent: str) -> CIMultiDict[str]:
+    def _forward_headers(self, request: Request, traceparent: str) -> list[tuple[str, str]]:
         incoming = request.headers
-        hop = HOP_BY_HOP
+        hop = _NOT_COPIED
         connection = incoming.get("Connection")
         if connection:
             hop = hop | {h.strip().lower() for h in connection.split(",")}
-        out: CIMultiDict[str] = CIMultiDict()
-        for name, value in incoming.items():
-            lname = name.lower()
-            if lname not in hop and lname not in (
-                "traceparent",
-                "x-forwarded-for",
-                "x-forwarded-proto",
-                "x-forwarded-host",
-            ):
-                out.add(name, value)
+        out = [(name, value) for name, value in incoming.items() if name.lower() not in hop]
         peer = request.remote or ""
         prior = incoming.get("X-Forwarded-For")
-        out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-        out["X-Forwarded-Proto"] = incoming.get("X-Forwarded-Proto", self.scheme)
+        out.append(("X-Forwarded-For", f"{prior}, {peer}" if prior else peer))
+        out.append(("X-Forwarded-Proto", incoming.get("X-Forwarded-Proto") or self.scheme))
         host = incoming.get("X-Forwarded-Host") or incoming.get("Host")
         if host:
-            out["X-Forwarded-Host"] = host
-        out["traceparent"] = traceparent
+            out.append(("X-Forwarded-Host", host))
+        out.append(("traceparent", traceparent))
         return out
 
     async def _forward(
-        self, request: web.Request, upstream_name: str, route: str, method: str, server_span: AnySpan
-    ) -> tuple[web.StreamResponse, int, str | None, float | None]:
+        self, request: Request, upstream_name: str, route: str, method: str, server_span: AnySpan
+    ) -> tuple[int, str | None, float | None]:
+        """Forward and answer; the status recorded, the error type, the upstream time in ms."""
         upstream = self.upstreams[upstream_name]
         if isinstance(server_span, Span):
             client_span: AnySpan = self.tracer.start_client(
@@ -230,40 +226,25 @@ class Proxy:
         u0 = time.perf_counter()
         upstream_status: int | None = None
         error: GatewayError | None = None
-        response: web.StreamResponse | None = None
         try:
             upstream_response = await upstream.send(request.method, request.raw_path, headers, body, expect)
             try:
                 upstream_status = upstream_status_ = upstream_response.status
-                bodyless = method == "HEAD" or upstream_status_ in (204, 304)
-                if upstream_response.complete and not bodyless:
-                    # The whole response is already here (the common case): answer in one write.
-                    response = web.Response(
-                        status=upstream_status_,
-                        reason=upstream_response.reason or None,
-                        body=upstream_response.read_all_buffered(),
-                    )
-                    self._copy_headers(upstream_response, response, method)
-                    try:
-                        await response.prepare(request)
-                        await response.write_eof()
-                    except (ConnectionError, RuntimeError) as exc:
-                        raise ClientGone("client went away") from exc
-                else:
-                    response = web.StreamResponse(
-                        status=upstream_status_, reason=upstream_response.reason or None
-                    )
-                    self._copy_headers(upstream_response, response, method)
-                    try:
-                        await response.prepare(request)
-                    except (ConnectionError, RuntimeError) as exc:
-                        raise ClientGone("client went away") from exc
-                    if not bodyless:
-                        await self._copy_body(upstream_response, response)
-                    try:
-                        await response.write_eof()
-                    except ConnectionError as exc:
-                        raise ClientGone("client went away") from exc
+                out, length = self._response_headers(upstream_response)
+                reason = upstream_response.reason or None
+                try:
+                    if upstream_response.complete:
+                        # The whole response is already here (the common case): one write.
+                        await request.respond(
+                            upstream_status_, out, upstream_response.read_all_buffered(), reason, length
+                        )
+                    else:
+                        request.start(upstream_status_, out, length, reason)
+                        while chunk := await upstream_response.read():
+                            await request.write(chunk)
+                        await request.write_eof()
+                except ConnectionError as exc:
+                    raise ClientGone("client went away") from exc
             finally:
                 upstream_response.release()
         except GatewayError as exc:
@@ -281,43 +262,27 @@ class Proxy:
                     client_span.set_error()
                 client_span.end()
         if error is None:
-            assert response is not None and upstream_status is not None
-            return response, upstream_status, None, upstream_ms
-        if response is not None and response.prepared:
+            assert upstream_status is not None
+            return upstream_status, None, upstream_ms
+        if request.prepared:
             # Headers already went out: the only honest signal left is to cut the connection.
-            if request.transport is not None:
-                request.transport.close()
+            request.abort()
             status = error.status if isinstance(error, ClientGone) else 502
-            return response, status, error.error_type, upstream_ms
-        return (
-            web.json_response({"error": error.error_type, "detail": str(error)}, status=error.status),
-            error.status,
-            error.error_type,
-            upstream_ms,
-        )
+            return status, error.error_type, upstream_ms
+        body_out = json.dumps({"error": error.error_type, "detail": str(error)}).encode()
+        with contextlib.suppress(ConnectionError):
+            await request.respond(error.status, _JSON, body_out)
+        return error.status, error.error_type, upstream_ms
 
     @staticmethod
-    def _copy_headers(upstream_response: UpstreamResponse, response: web.StreamResponse, method: str) -> None:
-        out = response.headers
+    def _response_headers(upstream_response: UpstreamResponse) -> tuple[list[tuple[str, str]], str | None]:
+        """The upstream's headers to pass on, and its Content-Length (framing is the server's)."""
+        out = []
         length: str | None = None
         for name, value in upstream_response.headers:
             lname = name.lower()
             if lname == "content-length":
                 length = value
             elif lname not in _STRIP_RESPONSE:
-                out.add(name, value)
-        if length is not None:
-            if method == "HEAD" or response.status in (204, 304):
-                out["Content-Length"] = length
-            elif not isinstance(response, web.Response):
-                response.content_length = int(length)
-
-    async def _copy_body(self, upstream_response: UpstreamResponse, response: web.StreamResponse) -> None:
-        while True:
-            chunk = await upstream_response.read()
-            if not chunk:
-                return
-            try:
-                await response.write(chunk)
-            except ConnectionError as exc:
-                raise ClientGone("client went away") from exc
+                out.append((name, value))
+        return out, length

@@ -31,6 +31,7 @@ from gateway.accesslog import AccessLog
 from gateway.admin_auth import ANONYMOUS, AdminAuth, Identity, forbidden, identity_of
 from gateway.config import Config, split_listen
 from gateway.facility import FacilityResolver
+from gateway.httpserver import HttpServer
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import Proxy
 from gateway.recorder import Recorder
@@ -132,8 +133,7 @@ class Gateway:
         )
         self.draining = False
         self.ready = False
-        self._runner: web.ServerRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._server: HttpServer | None = None
         self._admin_runner: web.AppRunner | None = None
         self.proxy_port = 0
         self.admin_port = 0
@@ -230,23 +230,14 @@ class Gateway:
         for u in self.upstreams.values():
             await u.start()
         limits = self.config.gateway.limits
-        server = web.Server(
-            self.proxy.handle,  # type: ignore[arg-type]
-            max_field_size=limits.max_header_size,
-            max_line_size=limits.max_header_size,
-            access_log=None,
+        self._server = HttpServer(
+            self.proxy.handle,
+            max_header_size=limits.max_header_size,
+            on_error=lambda: log.exception("proxy handler failed"),
         )
-        self._runner = web.ServerRunner(server, shutdown_timeout=1.0, handle_signals=False)
-        await self._runner.setup()
-        self._site = web.TCPSite(
-            self._runner,
-            self._host,
-            self._port,
-            ssl_context=self._ssl_context(),
-            reuse_port=self.role.kind == "worker" or None,
+        self.proxy_port = await self._server.start(
+            self._host, self._port, ssl=self._ssl_context(), reuse_port=self.role.kind == "worker"
         )
-        await self._site.start()
-        self.proxy_port = _bound_port(self._runner)
         if self.role.kind == "worker":
             self.ready = True
             return
@@ -262,13 +253,13 @@ class Gateway:
     async def stop(self) -> None:
         """Drain and flush; safe to call once after start."""
         self.draining = True
-        if self._site is not None:
-            await self._site.stop()  # stop accepting; open connections finish their requests
+        if self._server is not None:
+            await self._server.stop_accepting()  # open connections finish their requests
         timeout_s = self.config.gateway.limits.shutdown_timeout
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.proxy.idle.wait(), timeout_s)
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._server is not None:
+            await self._server.close()
         for u in self.upstreams.values():
             await u.close()
         loop = asyncio.get_running_loop()

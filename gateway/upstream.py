@@ -33,7 +33,7 @@ import collections
 import contextlib
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
@@ -566,14 +566,18 @@ class Upstream:
             self._idle.append(conn)
 
     # -- a request --------------------------------------------------------------------------------
-    def _head(self, method: str, raw_path_qs: str, headers: Mapping[str, str] | Any, chunked: bool) -> bytes:
+    def _head(self, method: str, raw_path_qs: str, headers: Sequence[tuple[str, str]], body: bool) -> bytes:
+        """The request head; with a body and no Content-Length, the body goes chunked."""
         target = self._base_path + raw_path_qs
         parts = [f"{method} {target} HTTP/1.1\r\nHost: {self._host_header}\r\n"]
-        for name, value in headers.items():
+        has_length = False
+        for name, value in headers:
             if "\n" in value or "\r" in value:
                 raise UpstreamProtocolError(f"header {name} has a line break")
+            if not has_length and len(name) == 14 and name.lower() == "content-length":
+                has_length = True
             parts.append(f"{name}: {value}\r\n")
-        if chunked:
+        if body and not has_length:
             parts.append("Transfer-Encoding: chunked\r\n")
         parts.append("\r\n")
         return "".join(parts).encode("latin-1")
@@ -582,21 +586,20 @@ class Upstream:
         self,
         method: str,
         raw_path_qs: str,
-        headers: CIMultiDict[str] | Mapping[str, str],
+        headers: Sequence[tuple[str, str]] | Mapping[str, str],
         body: BodySource | None,
         expect_continue: bool = False,
     ) -> UpstreamResponse:
         """Send the request; the caller reads the body and ``release()``s the response."""
         if "\r" in raw_path_qs or "\n" in raw_path_qs or " " in raw_path_qs:
             raise UpstreamProtocolError("request target has a space or a line break")
-        has_length = "Content-Length" in headers or "content-length" in headers
-        chunked = body is not None and not has_length
+        pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
         if expect_continue and body is not None:
-            headers = CIMultiDict(headers)
-            headers["Expect"] = "100-continue"
+            pairs.append(("Expect", "100-continue"))
         else:
             expect_continue = False
-        head = self._head(method, raw_path_qs, headers, chunked)
+        head = self._head(method, raw_path_qs, pairs, body is not None)
+        chunked = head.endswith(b"Transfer-Encoding: chunked\r\n\r\n")
         retryable = body is None and method in IDEMPOTENT
         conn = await self._acquire(fresh=False)
         try:
