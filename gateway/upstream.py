@@ -391,31 +391,34 @@ class UpstreamResponse:
 
 
 class _Timer:
-    """The read and total timeouts of one exchange, as one lazily re-armed timer."""
+    """The read and total timeouts of one exchange.
 
-    __slots__ = ("_conn", "_deadline", "_fut", "_handle", "_loop", "_read_s")
+    Not a loop timer per request: the pool checks its armed timers every
+    ``TICK_S`` (``Upstream._tick``), so a timeout fires up to that much late and
+    a request pays only a set insert and removal."""
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, conn: _Connection, total_s: float, read_s: float | None
-    ):
-        self._loop = loop
+    __slots__ = ("_conn", "_deadline", "_fut", "_pool", "_read_s", "armed_at")
+
+    def __init__(self, pool: Upstream, conn: _Connection, now: float, total_s: float, read_s: float | None):
+        self._pool = pool
         self._conn = conn
-        self._deadline = loop.time() + total_s
+        self._deadline = now + total_s
         self._read_s = read_s
         self._fut: asyncio.Future[Any] | None = None
-        self._handle: asyncio.TimerHandle | None = None
+        self.armed_at = now
 
     def arm(self, fut: asyncio.Future[Any]) -> None:
+        """Time out ``fut`` (a wait for the upstream) at the read or total timeout."""
         self._fut = fut
-        when = self._deadline
-        if self._read_s is not None:
-            when = min(when, self._loop.time() + self._read_s)
-        if self._handle is not None:
-            self._handle.cancel()
-        self._handle = self._loop.call_at(when, self._fire)
+        self.armed_at = time.monotonic()
+        self._pool._watch(self)
 
-    def _fire(self) -> None:
-        self._handle = None
+    def expired(self, now: float) -> bool:
+        if now >= self._deadline:
+            return True
+        return self._read_s is not None and now - self.armed_at >= self._read_s
+
+    def fire(self) -> None:
         fut = self._fut
         if fut is None or fut.done():
             return
@@ -429,9 +432,11 @@ class _Timer:
             _wake(ex.reader)
 
     def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        self._fut = None
+        self._pool._timers.discard(self)
+
+
+TICK_S = 0.05
 
 
 class Upstream:
@@ -459,12 +464,18 @@ class Upstream:
         self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
         self._conns: set[_Connection] = set()
         self._closing = False
+        self._timers: set[_Timer] = set()
+        self._ticker: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         self._closing = False
 
     async def close(self) -> None:
         self._closing = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        self._timers.clear()
         for conn in list(self._conns):
             conn.close()
         self._idle.clear()
@@ -480,6 +491,19 @@ class Upstream:
     @property
     def idle_connections(self) -> int:
         return len(self._idle)
+
+    # -- timeouts ---------------------------------------------------------------------------------
+    def _watch(self, timer: _Timer) -> None:
+        self._timers.add(timer)
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().call_later(TICK_S, self._tick)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for timer in [t for t in self._timers if t.expired(now)]:
+            self._timers.discard(timer)
+            timer.fire()
+        self._ticker = asyncio.get_running_loop().call_later(TICK_S, self._tick) if self._timers else None
 
     # -- the pool ---------------------------------------------------------------------------------
     async def _connect(self) -> _Connection:
@@ -622,7 +646,7 @@ class Upstream:
     ) -> UpstreamResponse:
         loop = asyncio.get_running_loop()
         ex = conn.start(method == "HEAD")
-        timer = _Timer(loop, conn, self._total_s, self._read_s)
+        timer = _Timer(self, conn, time.monotonic(), self._total_s, self._read_s)
         sender: asyncio.Task[None] | None = None
         try:
             transport = conn.transport
