@@ -273,6 +273,9 @@ class _Conn(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[str, str]] = []
         self._header_bytes = 0
+        self._in_head = False
+        self._head_seen = 0
+        self._too_large = False
         self._read_paused = False
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
@@ -300,14 +303,21 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
+        if self._in_head:
+            # llhttp keeps a header's pieces until it ends: bound what a head may take.
+            self._head_seen += len(data)
+            if self._head_seen > 2 * self.server.max_header_size + 65536:
+                self._reject(431, "request header fields too large")
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._reject(501, "upgrade not supported")
-        except _TooLarge:
-            self._reject(431, "request header fields too large")
         except httptools.HttpParserError:
-            self._reject(400, "malformed request")
+            if self._too_large:
+                self._reject(431, "request header fields too large")
+            else:
+                self._reject(400, "malformed request")
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -351,7 +361,11 @@ class _Conn(asyncio.Protocol):
 
     def _reject(self, status: int, detail: str) -> None:
         self.closing = True
-        if self.transport is not None and not self.running:
+        if self.running:
+            # Requests before the bad bytes are still answered; then the connection closes.
+            self.pause_reading()
+            return
+        if self.transport is not None:
             body = json.dumps({"error": "bad request", "detail": detail}).encode()
             self.transport.write(
                 f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: application/json\r\n"
@@ -365,20 +379,27 @@ class _Conn(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._header_bytes = 0
+        self._in_head = True
+        self._head_seen = 0
+
+    def _too_big(self) -> None:
+        self._too_large = True
+        raise _TooLarge  # stops llhttp; data_received answers 431
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._header_bytes += len(url)
         if self._header_bytes > self.server.max_header_size:
-            raise _TooLarge
+            self._too_big()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self.server.max_header_size:
-            raise _TooLarge
+            self._too_big()
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         parser = self.parser
         headers = Headers(self._headers)
         req = Request(
