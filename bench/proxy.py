@@ -215,6 +215,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--json", type=Path, default=None, help="also write results as JSON here")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="also run vitalgate --workers N (sample 1.0) against 1 worker, both unpinned",
+    )
     args = parser.parse_args()
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
@@ -269,6 +275,16 @@ def main() -> int:
                 [sys.executable, "-m", "vitalgate", "serve", "--config", str(cfg)], PROXY_CORE
             )
             targets[name] = (f"http://127.0.0.1:{port}/fhir/Patient/123", procs[name].pid)
+        if args.workers:
+            # Both unpinned: the kernel may use both cores (shared with wrk and the upstream).
+            for n in (1, args.workers):
+                name = f"vitalgate x{n} unpinned"
+                cfg, port = vitalgate_config(work, f"w{n}", up_port, sink_port, 1.0)
+                procs[name] = start(
+                    [sys.executable, "-m", "vitalgate", "serve", "--config", str(cfg), "--workers", str(n)],
+                    "0-1",
+                )
+                targets[name] = (f"http://127.0.0.1:{port}/fhir/Patient/123", procs[name].pid)
         for port in (up_port, nginx_port, bare_port, sink_port):
             wait_port(port)
         for url, _ in targets.values():
