@@ -286,17 +286,14 @@ class _OneShot:
 
 
 class LoopExporter:
-    """Holds ended spans; encodes and POSTs them from the event loop, a little at a time.
+    """Encodes spans as they end; POSTs them in batches from the event loop.
 
     No export thread: a thread encoding a batch holds the GIL for milliseconds,
-    and the event loop waits for it (that showed as p99 latency). Here the loop
-    wakes every ``interval_s``, encodes ``ENCODE_STEP`` spans per turn (yielding
-    to requests in between), and POSTs batches of up to ``batch_size`` spans with
-    the gateway's own upstream client, one at a time, never waited on by a
-    request. The proxy's side is a length check and a deque append.
+    and the event loop waits for it (that showed as p99 latency). A span is
+    encoded when it ends (about 7 us) and waits as bytes; the loop wakes every
+    ``interval_s`` and POSTs batches of up to ``batch_size`` spans with the
+    gateway's own upstream client, one at a time, never waited on by a request.
     """
-
-    ENCODE_STEP = 32
 
     def __init__(
         self,
@@ -321,7 +318,10 @@ class LoopExporter:
             ),
             None,
         )
-        self._spans: collections.deque[Span] = collections.deque()
+        # Spans are encoded when they end and wait as bytes: no span object outlives its
+        # request, so none is left for the garbage collector to walk (its pauses were the
+        # gateway's largest latency outliers).
+        self._spans: collections.deque[bytes] = collections.deque()
         self._queue_size = queue_size
         self._on_drop = on_drop
         self._batch_size = batch_size
@@ -333,7 +333,12 @@ class LoopExporter:
         if len(self._spans) >= self._queue_size:
             self._on_drop(1)
             return
-        self._spans.append(span)
+        try:
+            encoded = self._encoder.span(span)
+        except Exception:  # an encoding bug loses this span, counted, never the request
+            self._on_drop(1)
+            return
+        self._spans.append(encoded)
 
     async def start(self) -> None:
         self._wake = asyncio.Event()
@@ -352,15 +357,8 @@ class LoopExporter:
         spans = self._spans
         while spans:
             n = min(len(spans), self._batch_size)
-            batch = [spans.popleft() for _ in range(n)]
-            parts = []
-            for i in range(0, n, self.ENCODE_STEP):
-                try:
-                    parts.append(self._encoder.spans(batch[i : i + self.ENCODE_STEP]))
-                except Exception:  # an encoding bug loses these spans, counted, not the exporter
-                    self._on_drop(len(batch[i : i + self.ENCODE_STEP]))
-                await asyncio.sleep(0)  # let requests run between steps
-            if parts and not await self._post(self._encoder.wrap(b"".join(parts))):
+            body = self._encoder.wrap(b"".join([spans.popleft() for _ in range(n)]))
+            if not await self._post(body):
                 self._on_drop(n)
 
     async def _post(self, body: bytes) -> bool:
