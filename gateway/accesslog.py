@@ -83,7 +83,8 @@ class AccessLog:
         # The proxy's side is a length check and a deque append (atomic under the GIL); the
         # writer thread wakes every WRITE_INTERVAL_S and writes everything queued, so a busy
         # gateway pays no lock or thread wake-up per request.
-        self._items: collections.deque[Any] = collections.deque()
+        self._items: collections.deque[str] = collections.deque()
+        self._format = RequestFormatter()
         self._queue_size = queue_size
         self._wake = threading.Event()
         self._stopping = False
@@ -102,22 +103,25 @@ class AccessLog:
         self._thread.start()
 
     def request(self, ts: float, values: tuple[Any, ...]) -> None:
-        """Queue a request record (field order: REQUEST_FIELDS). Never blocks."""
+        """Queue a request record (field order: REQUEST_FIELDS). Never blocks.
+
+        The line is formatted here (about 6 us) rather than in the writer thread: a thread
+        formatting a batch holds the GIL while the event loop waits for it, and a queued
+        string is nothing for the garbage collector to walk."""
         if len(self._items) >= self._queue_size:
             self._on_drop(1)
         else:
-            self._items.append((ts, values))
+            self._items.append(self._format(ts, values))
 
     def event(self, ts: float, event: str, fields: dict[str, Any]) -> None:
         """Queue any other event (e.g. an admin access). Never blocks."""
         if len(self._items) >= self._queue_size:
             self._on_drop(1)
         else:
-            self._items.append((ts, event, fields))
+            self._items.append(format_event(ts, event, fields))
             self._wake.set()  # rare: written at once
 
     def _run(self) -> None:
-        format_request = RequestFormatter()
         fd = self._fd
         assert fd is not None
         items = self._items
@@ -129,11 +133,7 @@ class AccessLog:
                 lines: list[str] = []
                 with contextlib.suppress(IndexError):
                     while len(lines) < 4096:
-                        it = items.popleft()
-                        if len(it) == 2:
-                            lines.append(format_request(it[0], it[1]))
-                        else:
-                            lines.append(format_event(it[0], it[1], it[2]))
+                        lines.append(items.popleft())
                 self._write(fd, lines)
             if stop:
                 return
