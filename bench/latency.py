@@ -31,25 +31,13 @@ from bench.proxy import (
     LOAD_CORE,
     PATIENT,
     PROXY_CORE,
+    SINK,
     free_port,
     nginx_conf,
     start,
     vitalgate_config,
     wait_port,
 )
-
-# An OTLP receiver that takes the batches and discards them: decoding them would load the
-# load generator's core and show up as latency that is not the gateway's.
-DISCARD_SINK = """
-import sys
-from aiohttp import web
-async def traces(request):
-    await request.read()
-    return web.Response(body=b"", content_type="application/x-protobuf")
-app = web.Application(client_max_size=64 * 1024 * 1024)
-app.router.add_post("/v1/traces", traces)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
-"""
 
 
 def build_generator(work: Path) -> Path:
@@ -118,7 +106,7 @@ def main() -> int:
             " location / { default_type application/fhir+json; try_files /patient.json =404; } }",
         )
         procs.append(start(["/usr/sbin/nginx", "-p", str(work), "-c", str(conf)], PROXY_CORE))
-        (work / "sink.py").write_text(DISCARD_SINK)
+        (work / "sink.py").write_text(SINK)
         procs.append(start([sys.executable, str(work / "sink.py"), str(sink_port)], LOAD_CORE))
         cfg, gw_port = vitalgate_config(work, "gw", up_port, sink_port, args.sample)
         procs.append(start([sys.executable, "-m", "vitalgate", "serve", "--config", str(cfg)], PROXY_CORE))

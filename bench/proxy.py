@@ -175,12 +175,16 @@ import uvloop
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, loop=uvloop.new_event_loop())
 """
 
+# An OTLP receiver that takes the batches and discards them: decoding them (as the tests'
+# receiver does) would load the load core and slow wrk and the upstream, not the proxy.
 SINK = """
 import sys
 from aiohttp import web
-from vitalgate.otlpsink import OtlpSink
-sink = OtlpSink()
-app = sink.app()
+async def traces(request):
+    await request.read()
+    return web.Response(body=b"", content_type="application/x-protobuf")
+app = web.Application(client_max_size=64 * 1024 * 1024)
+app.router.add_post("/v1/traces", traces)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 """
 

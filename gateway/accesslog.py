@@ -47,24 +47,41 @@ _quote = json.encoder.encode_basestring_ascii  # the C string encoder
 
 
 class RequestFormatter:
-    """Request lines built by hand: this runs for every request, in a thread that shares the
-    interpreter with the proxy, so it is kept to a few microseconds (json.dumps of a dict
-    with a datetime took about 18 us here; this takes about 6)."""
+    """Request lines built by hand: this runs for every request, on the event loop, so it is
+    kept to a couple of microseconds (json.dumps of a dict with a datetime took about 18 us
+    here). The labels part of a line (facility, service, route, method) is bounded like the
+    metric labels, so it is quoted once per label set and reused."""
 
     def __init__(self) -> None:
         self._second = -1
         self._prefix = ""
+        self._labels: dict[tuple[Any, ...], str] = {}
+
+    def _label_part(self, key: tuple[Any, ...]) -> str:
+        part = self._labels.get(key)
+        if part is None:
+            part = "".join(f",{k}{_quote(v)}" for k, v in zip(_KEYS[3:7], key, strict=True) if v is not None)
+            if len(self._labels) < 100_000:
+                self._labels[key] = part
+        return part
 
     def __call__(self, ts: float, values: tuple[Any, ...]) -> str:
         second = int(ts)
         if second != self._second:  # date and time change once a second; milliseconds every line
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        parts = [f'{{"timestamp":"{self._prefix}.{int((ts - second) * 1000):03d}Z","event":"request"']
-        for key, value in zip(_KEYS, values, strict=True):
-            if value is not None:
-                parts.append(key + (_quote(value) if isinstance(value, str) else repr(value)))
-        return ",".join(parts) + "}"
+        trace_id, span_id, flags, facility, service, route, method, status, dur, up_ms, err = values
+        line = (
+            f'{{"timestamp":"{self._prefix}.{int((ts - second) * 1000):03d}Z","event":"request",'
+            f'"trace_id":"{trace_id}","span_id":"{span_id}","trace_flags":"{flags}"'
+            f"{self._label_part((facility, service, route, method))}"
+            f',"http.response.status_code":{status},"duration_ms":{dur!r}'
+        )
+        if up_ms is not None:
+            line += f',"upstream_duration_ms":{up_ms!r}'
+        if err is not None:
+            line += f',"error.type":{_quote(err)}'
+        return line + "}"
 
 
 def format_event(ts: float, event: str, fields: dict[str, Any]) -> str:
