@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from bench.proxy import (
     free_port,
     nginx_conf,
     start,
+    stop_all,
     vitalgate_config,
     wait_port,
 )
@@ -118,13 +118,7 @@ def main() -> int:
                 results[name] += run_load(generator, port, args.rate, args.seconds, args.connections)
                 print(f"round {r + 1}/{args.rounds} {name} done", file=sys.stderr)
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
     print(
         f"\nopen loop, {args.rate:.0f} req/s for {args.seconds:.0f} s x {args.rounds} rounds per target, "
         f"{args.connections} connections; latency from each request's scheduled time; "

@@ -44,6 +44,16 @@ static int dial(const char *host, int port) {
     return fd;
 }
 
+/* Replace a connection the server closed (or is closing) with a new one. */
+static void redial(int ep, conn_t *cn, unsigned index, const char *host, int port) {
+    epoll_ctl(ep, EPOLL_CTL_DEL, cn->fd, NULL);
+    close(cn->fd);
+    cn->fd = dial(host, port);
+    cn->len = 0;
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = index};
+    epoll_ctl(ep, EPOLL_CTL_ADD, cn->fd, &ev);
+}
+
 int main(int argc, char **argv) {
     if (argc < 7) { fprintf(stderr, "usage: openloop HOST PORT RATE SECONDS CONNECTIONS PATH [HEADER...]\n"); return 2; }
     const char *host = argv[1];
@@ -96,12 +106,7 @@ int main(int argc, char **argv) {
                     return 1;
                 }
                 /* An idle keep-alive connection the server closed: legitimate; dial again. */
-                epoll_ctl(ep, EPOLL_CTL_DEL, cn->fd, NULL);
-                close(cn->fd);
-                cn->fd = dial(host, port);
-                cn->len = 0;
-                struct epoll_event ev = {.events = EPOLLIN, .data.u32 = evs[k].data.u32};
-                epoll_ctl(ep, EPOLL_CTL_ADD, cn->fd, &ev);
+                redial(ep, cn, evs[k].data.u32, host, port);
                 reconnects++;
                 continue;
             }
@@ -123,12 +128,7 @@ int main(int argc, char **argv) {
             cn->len -= need;
             cn->req = -1;
             if (closing) {  /* the server ends the connection (nginx's keepalive_requests) */
-                epoll_ctl(ep, EPOLL_CTL_DEL, cn->fd, NULL);
-                close(cn->fd);
-                cn->fd = dial(host, port);
-                cn->len = 0;
-                struct epoll_event ev = {.events = EPOLLIN, .data.u32 = evs[k].data.u32};
-                epoll_ctl(ep, EPOLL_CTL_ADD, cn->fd, &ev);
+                redial(ep, cn, evs[k].data.u32, host, port);
                 reconnects++;
             }
             idle[nidle++] = evs[k].data.u32;

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -114,6 +115,18 @@ def start(cmd: list[str], core: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         ["taskset", "-c", core, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+
+
+def stop_all(procs: Iterable[subprocess.Popen[bytes]], timeout_s: float = 15.0) -> None:
+    """SIGTERM every process, then wait for each (killing what does not stop in time)."""
+    procs = list(procs)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def run_wrk(
@@ -309,13 +322,7 @@ def main() -> int:
                 samples[name].append(Result(name, rps, p50, p99, cpu_s / n * 1e6 if n else 0.0, errors))
                 print(f"round {r + 1}/{args.rounds}  {name:<26} {rps:>9.0f} req/s", file=sys.stderr)
     finally:
-        for p in procs.values():
-            p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs.values())
     results = {
         name: Result(
             name,

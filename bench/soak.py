@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.proxy import LOAD_CORE, PROXY_CORE, free_port, nginx_conf, start, wait_port
+from bench.proxy import LOAD_CORE, PROXY_CORE, free_port, nginx_conf, start, stop_all, wait_port
 from gateway.fhir import RESOURCE_TYPES
 
 LUA = """
@@ -130,13 +129,7 @@ def main() -> int:
                 f"growth {after_first[-1] - after_first[0]:+.1f} MB; target < 300 MB and flat"
             )
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs, 30)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

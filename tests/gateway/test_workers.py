@@ -55,6 +55,18 @@ def _client(base: str, n: int, index: int, sent: Counter[tuple[str, int]], lock:
     conn.close()
 
 
+def _drive(base: str, clients: int, each: int) -> Counter[tuple[str, int]]:
+    """``clients`` threads sending ``each`` requests; what was answered, by (facility, status)."""
+    sent: Counter[tuple[str, int]] = Counter()
+    lock = threading.Lock()
+    threads = [threading.Thread(target=_client, args=(base, each, i, sent, lock)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return sent
+
+
 def _config(tmp_path: Path, peers: BackgroundPeers) -> Path:
     return gateway_config(
         tmp_path,
@@ -87,13 +99,7 @@ def test_workers_share_the_port_and_keep_every_count_exact(tmp_path: Path) -> No
         try:
             base = _proxy_base(gw)
             assert len(_worker_pids(gw.proc.pid)) == 2
-            sent: Counter[tuple[str, int]] = Counter()
-            lock = threading.Lock()
-            threads = [threading.Thread(target=_client, args=(base, 150, i, sent, lock)) for i in range(8)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(120)
+            sent = _drive(base, clients=8, each=150)
             metrics = fetch_text(gw.admin + "/metrics")
         finally:
             assert gw.terminate() == 0  # SIGTERM: every worker drains and flushes
@@ -132,15 +138,9 @@ def test_a_dead_worker_is_replaced_and_its_counts_kept(tmp_path: Path) -> None:
         gw = GatewayProcess(_config(tmp_path, peers), workers=2)
         try:
             base = _proxy_base(gw)
-            sent: Counter[tuple[str, int]] = Counter()
-            lock = threading.Lock()
-            threads = [threading.Thread(target=_client, args=(base, 50, i, sent, lock)) for i in range(4)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(120)
+            sent = _drive(base, clients=4, each=50)
             before = _by_facility(fetch_text(gw.admin + "/metrics"))
-            assert sum(before.values()) == 200
+            assert sum(before.values()) == sum(sent.values()) == 200
             victim = _worker_pids(gw.proc.pid)[0]
             os.kill(victim, signal.SIGKILL)
             deadline = time.monotonic() + 30
