@@ -269,6 +269,8 @@ class _Conn(asyncio.Protocol):
         self.current: Request | None = None  # being parsed
         self.queue: collections.deque[Request] = collections.deque()  # parsed, waiting or running
         self.running = False
+        self._task: asyncio.Task[None] | None = None
+        self._next: asyncio.Future[None] | None = None
         self.last_active = 0.0
         self._url = b""
         self._headers: list[tuple[str, str]] = []
@@ -300,6 +302,8 @@ class _Conn(asyncio.Protocol):
             self.current.content.fail(gone)
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
+        if self._next is not None and not self._next.done():
+            self._next.set_result(None)  # the parked task ends
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
@@ -420,7 +424,11 @@ class _Conn(asyncio.Protocol):
         self.queue.append(req)
         if not self.running:
             self.running = True
-            asyncio.get_running_loop().create_task(self._serve())
+            if self._task is None:
+                # One task per connection, parked between requests (cheaper than one per request).
+                self._task = asyncio.get_running_loop().create_task(self._serve())
+            elif self._next is not None and not self._next.done():
+                self._next.set_result(None)
 
     def on_body(self, body: bytes) -> None:
         req = self.current
@@ -437,31 +445,45 @@ class _Conn(asyncio.Protocol):
 
     # -- requests -----------------------------------------------------------------------------------
     async def _serve(self) -> None:
-        handler = self.server.handler
         try:
-            while self.queue:
-                req = self.queue[0]
-                try:
-                    await handler(req)
-                except Exception:  # a handler bug: answer 500 if nothing was sent, else cut
-                    if req.prepared:
-                        self.abort()
-                    else:
-                        with contextlib.suppress(ConnectionError):
-                            await req.respond(
-                                500, [("Content-Type", "application/json")], b'{"error":"internal"}'
-                            )
-                    self.server.log_error()
-                if not req.prepared or not req.keep_alive or not req.body_complete:
-                    # Unanswered, closing, or a request body left unread: end the connection.
-                    self.close()
+            while True:
+                await self._serve_queue()
+                self.running = False
+                if self.closing or self.transport is None:
                     return
-                self.queue.popleft()
-                self.last_active = time.monotonic()
+                self._next = asyncio.get_running_loop().create_future()
+                await self._next  # the next request, or the connection's end
+                self._next = None
+                if not self.queue:
+                    return
         finally:
             self.running = False
+            self._task = None
             if self.closing and self.transport is not None and not self.queue:
                 self.close()
+
+    async def _serve_queue(self) -> None:
+        handler = self.server.handler
+        while self.queue:
+            req = self.queue[0]
+            try:
+                await handler(req)
+            except Exception:  # a handler bug: answer 500 if nothing was sent, else cut
+                if req.prepared:
+                    self.abort()
+                else:
+                    with contextlib.suppress(ConnectionError):
+                        await req.respond(
+                            500, [("Content-Type", "application/json")], b'{"error":"internal"}'
+                        )
+                self.server.log_error()
+            if not req.prepared or not req.keep_alive or not req.body_complete:
+                # Unanswered, closing, or a request body left unread: end the connection.
+                self.queue.clear()
+                self.close()
+                return
+            self.queue.popleft()
+            self.last_active = time.monotonic()
 
     def finish_response(self, req: Request) -> None:
         self.last_active = time.monotonic()
