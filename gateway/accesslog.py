@@ -61,7 +61,7 @@ class RequestFormatter:
         part = self._labels.get(key)
         if part is None:
             part = "".join(f",{k}{_quote(v)}" for k, v in zip(_KEYS[3:7], key, strict=True) if v is not None)
-            if len(self._labels) < 100_000:
+            if len(self._labels) < 20_000:
                 self._labels[key] = part
         return part
 

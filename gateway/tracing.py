@@ -236,7 +236,7 @@ class OtlpEncoder:
             if enc is None:
                 enc = _ld(9, _key_value(*item))
                 # (bools hash like 0 and 1, so they are not cached)
-                if len(cache) < 100_000 and not isinstance(item[1], bool):
+                if len(cache) < 20_000 and not isinstance(item[1], bool):
                     cache[item] = enc
             parts.append(enc)
         return b"".join(parts)
