@@ -321,9 +321,10 @@ async def serve(
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     await stop.wait()
     t0 = time.monotonic()
-    print("vitalgate: draining", file=sys.stderr, flush=True)
+    who = f"vitalgate worker {role.index}" if role.kind == "worker" else "vitalgate"
+    print(f"{who}: draining", file=sys.stderr, flush=True)
     await gateway.stop()
-    print(f"vitalgate: stopped after {time.monotonic() - t0:.2f}s drain", file=sys.stderr, flush=True)
+    print(f"{who}: stopped after {time.monotonic() - t0:.2f}s drain", file=sys.stderr, flush=True)
     return 0
 
 
