@@ -35,8 +35,6 @@ REQUEST_FIELDS = (
     "error.type",
 )
 
-_STOP = object()
-
 
 def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

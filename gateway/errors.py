@@ -10,15 +10,15 @@
     │       └── UpstreamProtocolError     error.type=upstream_protocol_error
     └── ClientGone                    499  error.type=client_disconnect (nginx's convention)
 
-aiohttp's client errors are translated once, in ``translate``, into the most
-specific type; the ``error.type`` value goes to the access log and the span.
+The upstream client (``gateway.upstream``) raises these types itself;
+``translate`` maps what can still escape it (timeouts, OS-level connection
+errors, TLS errors) onto them. The ``error.type`` value goes to the access log
+and the span.
 """
 
 from __future__ import annotations
 
-import asyncio
-
-import aiohttp
+import ssl
 
 
 class GatewayError(Exception):
@@ -66,22 +66,12 @@ def translate(exc: BaseException) -> GatewayError:
     if isinstance(exc, GatewayError):
         return exc
     err: GatewayError
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+    if isinstance(exc, TimeoutError):
         err = UpstreamTimeout("upstream timed out")
-    elif isinstance(exc, aiohttp.ClientSSLError):
-        err = UpstreamTlsError("TLS handshake with upstream failed")
-    elif isinstance(exc, aiohttp.ClientConnectorError):
-        err = UpstreamConnectError("cannot connect to upstream")
-    elif isinstance(
-        exc,
-        aiohttp.ServerDisconnectedError
-        | aiohttp.ClientPayloadError
-        | aiohttp.ClientOSError
-        | ConnectionError,
-    ):
+    elif isinstance(exc, ssl.SSLError):
+        err = UpstreamTlsError("TLS with upstream failed")
+    elif isinstance(exc, ConnectionError):
         err = UpstreamReset("upstream closed the connection")
-    elif isinstance(exc, aiohttp.ClientResponseError):
-        err = UpstreamProtocolError("upstream sent an invalid response")
     else:
         err = UpstreamProtocolError(f"upstream request failed: {type(exc).__name__}")
     err.__cause__ = exc

@@ -30,9 +30,11 @@ import http
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, cast
+from typing import Any
 
 import httptools
+
+from gateway.flow import FlowControlled, wake
 
 _HIGH_WATER = 256 * 1024
 _REASONS = {s.value: s.phrase for s in http.HTTPStatus}
@@ -40,18 +42,22 @@ _NO_BODY_STATUS = frozenset({204, 304})
 
 
 class Headers:
-    """Request headers: the raw list in order, and case-insensitive ``get`` (repeats joined)."""
+    """Request headers: the raw list in order, and case-insensitive ``get`` (repeats joined).
+    Names are lowered once, on first use, for both."""
 
-    __slots__ = ("_map", "raw")
+    __slots__ = ("_lower", "_map", "raw")
 
     def __init__(self, raw: list[tuple[str, str]]) -> None:
         self.raw = raw
         self._map: dict[str, str] | None = None
+        self._lower: list[str] = []
 
     def _lookup(self) -> dict[str, str]:
         m: dict[str, str] = {}
+        lower = self._lower
         for name, value in self.raw:
             key = name.lower()
+            lower.append(key)
             m[key] = f"{m[key]}, {value}" if key in m else value
         self._map = m
         return m
@@ -60,23 +66,14 @@ class Headers:
         m = self._map if self._map is not None else self._lookup()
         return m.get(name.lower(), default)
 
-    def __getitem__(self, name: str) -> str:
-        value = self.get(name)
-        if value is None:
-            raise KeyError(name)
-        return str(value)
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.get(name) is not None
-
     def items(self) -> list[tuple[str, str]]:
         return self.raw
 
-    def __iter__(self) -> Any:
-        return iter(name for name, _ in self.raw)
-
-    def __len__(self) -> int:
-        return len(self.raw)
+    def lower_names(self) -> list[str]:
+        """The names of ``raw`` lowercased, in the same order."""
+        if self._map is None:
+            self._lookup()
+        return self._lower
 
 
 class Body:
@@ -98,20 +95,16 @@ class Body:
         self._size += len(data)
         if self._size > _HIGH_WATER:
             self._conn.pause_reading()
-        self._wake()
+        wake(self._waiter)
 
     def finish(self) -> None:
         self.done = True
-        self._wake()
+        wake(self._waiter)
 
     def fail(self, exc: BaseException) -> None:
         if not self.done:
             self._error = exc
-            self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+            wake(self._waiter)
 
     async def readany(self) -> bytes:
         if self._continue:
@@ -211,7 +204,6 @@ class Request:
             self.prepared = True
             self._conn.write(self._head(status, reason, headers, f"Content-Length: {len(body)}\r\n") + body)
         await self._conn.drain()
-        self._conn.finish_response(self)
 
     def start(
         self,
@@ -248,7 +240,6 @@ class Request:
         if self._chunked:
             self._conn.write(b"0\r\n\r\n")
         await self._conn.drain()
-        self._conn.finish_response(self)
 
     def abort(self) -> None:
         """Cut the connection (a response that cannot be completed honestly)."""
@@ -259,10 +250,10 @@ class Request:
 Handler = Callable[[Request], Awaitable[None]]
 
 
-class _Conn(asyncio.Protocol):
+class _Conn(FlowControlled):
     def __init__(self, server: HttpServer) -> None:
+        super().__init__()
         self.server = server
-        self.transport: asyncio.Transport | None = None
         self.peer: str | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.closing = False
@@ -278,21 +269,18 @@ class _Conn(asyncio.Protocol):
         self._in_head = False
         self._head_seen = 0
         self._too_large = False
-        self._read_paused = False
-        self._write_paused = False
-        self._drain: asyncio.Future[None] | None = None
 
     # -- transport ----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
+        super().connection_made(transport)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) else None
         self.last_active = time.monotonic()
         self.server.conns.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
         self.server.conns.discard(self)
-        self.transport = None
         self.closing = True
         gone = ConnectionResetError("client closed the connection")
         for req in self.queue:
@@ -300,10 +288,7 @@ class _Conn(asyncio.Protocol):
                 req.content.fail(gone)
         if self.current is not None and self.current.content is not None:
             self.current.content.fail(gone)
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
-        if self._next is not None and not self._next.done():
-            self._next.set_result(None)  # the parked task ends
+        wake(self._next)  # the parked task ends
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
@@ -323,35 +308,10 @@ class _Conn(asyncio.Protocol):
             else:
                 self._reject(400, "malformed request")
 
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
-
-    def pause_reading(self) -> None:
-        if not self._read_paused and self.transport is not None:
-            self._read_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self._read_paused and self.transport is not None:
-            self._read_paused = False
-            self.transport.resume_reading()
-
     def write(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
             raise ConnectionResetError("client closed the connection")
         self.transport.write(data)
-
-    async def drain(self) -> None:
-        if self._write_paused and self.transport is not None:
-            self._drain = asyncio.get_running_loop().create_future()
-            await self._drain
-        if self.transport is None:
-            raise ConnectionResetError("client closed the connection")
 
     def abort(self) -> None:
         self.closing = True
@@ -427,8 +387,8 @@ class _Conn(asyncio.Protocol):
             if self._task is None:
                 # One task per connection, parked between requests (cheaper than one per request).
                 self._task = asyncio.get_running_loop().create_task(self._serve())
-            elif self._next is not None and not self._next.done():
-                self._next.set_result(None)
+            else:
+                wake(self._next)
 
     def on_body(self, body: bytes) -> None:
         req = self.current
@@ -484,9 +444,6 @@ class _Conn(asyncio.Protocol):
                 return
             self.queue.popleft()
             self.last_active = time.monotonic()
-
-    def finish_response(self, req: Request) -> None:
-        self.last_active = time.monotonic()
 
 
 class _TooLarge(Exception):

@@ -189,7 +189,9 @@ class Proxy:
         connection = incoming.get("Connection")
         if connection:
             hop = hop | {h.strip().lower() for h in connection.split(",")}
-        out = [(name, value) for name, value in incoming.items() if name.lower() not in hop]
+        out = [
+            pair for pair, lname in zip(incoming.raw, incoming.lower_names(), strict=True) if lname not in hop
+        ]
         peer = request.remote or ""
         prior = incoming.get("X-Forwarded-For")
         out.append(("X-Forwarded-For", f"{prior}, {peer}" if prior else peer))
@@ -277,12 +279,9 @@ class Proxy:
     @staticmethod
     def _response_headers(upstream_response: UpstreamResponse) -> tuple[list[tuple[str, str]], str | None]:
         """The upstream's headers to pass on, and its Content-Length (framing is the server's)."""
-        out = []
-        length: str | None = None
-        for name, value in upstream_response.headers:
-            lname = name.lower()
-            if lname == "content-length":
-                length = value
-            elif lname not in _STRIP_RESPONSE:
-                out.append((name, value))
-        return out, length
+        out = [
+            pair
+            for pair, lname in zip(upstream_response.headers, upstream_response.lower_names, strict=True)
+            if lname not in _STRIP_RESPONSE
+        ]
+        return out, upstream_response.content_length

@@ -44,7 +44,6 @@ CLIENT = 3
 STATUS_UNSET = 0
 STATUS_ERROR = 2
 _TRACE_ID_LOW = (1 << 64) - 1
-_STOP = object()
 
 
 class SpanContext:

@@ -34,11 +34,10 @@ import contextlib
 import ssl
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httptools
-from multidict import CIMultiDict
 
 from gateway.config import UpstreamConfig
 from gateway.errors import (
@@ -50,6 +49,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamTlsError,
 )
+from gateway.flow import FlowControlled, wake
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 KEEPALIVE_S = 30.0
@@ -57,7 +57,6 @@ KEEPALIVE_S = 30.0
 EXPECT_WAIT_S = 1.0
 """How long a body held back by ``Expect: 100-continue`` waits for ``100 Continue``."""
 _HIGH_WATER = 256 * 1024
-_LOW_WATER = 64 * 1024
 
 
 class BodySource(Protocol):
@@ -73,6 +72,7 @@ class _Exchange:
         "body_done",
         "chunks",
         "complete",
+        "content_length",
         "continue_waiter",
         "error",
         "head",
@@ -81,6 +81,7 @@ class _Exchange:
         "informational",
         "keep_alive",
         "keep_alive_s",
+        "lower_names",
         "reader",
         "reason",
         "received",
@@ -94,6 +95,8 @@ class _Exchange:
         self.status = 0
         self.reason = ""
         self.headers: list[tuple[str, str]] = []
+        self.lower_names: list[str] = []
+        self.content_length: str | None = None
         self.chunks: collections.deque[bytes] = collections.deque()
         self.complete = False
         self.keep_alive = False
@@ -109,17 +112,12 @@ class _Exchange:
         self.body_done = True
 
 
-def _wake(fut: asyncio.Future[Any] | None, value: Any = None) -> None:
-    if fut is not None and not fut.done():
-        fut.set_result(value)
-
-
-class _Connection(asyncio.Protocol):
+class _Connection(FlowControlled):
     """One upstream connection; llhttp parses what it receives."""
 
     def __init__(self, pool: Upstream) -> None:
+        super().__init__()
         self.pool = pool
-        self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.uses = 0
@@ -127,14 +125,8 @@ class _Connection(asyncio.Protocol):
         self.keep_alive_s = KEEPALIVE_S
         self.ex: _Exchange | None = None
         self._buffered = 0
-        self._reading_paused = False
-        self._writing_paused = False
-        self._drain: asyncio.Future[None] | None = None
-        self._header_name = ""
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
 
     def data_received(self, data: bytes) -> None:
         ex = self.ex
@@ -160,14 +152,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost(exc)
-        _wake(self._drain)
-
-    def pause_writing(self) -> None:
-        self._writing_paused = True
-
-    def resume_writing(self) -> None:
-        self._writing_paused = False
-        _wake(self._drain)
+        super().connection_lost(exc)
 
     # -- httptools callbacks ----------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -193,40 +178,41 @@ class _Connection(asyncio.Protocol):
             ex.informational = True
             ex.headers = []
             if status == 100:
-                _wake(ex.continue_waiter, True)
+                wake(ex.continue_waiter, True)
             return
         ex.status = status
         ex.keep_alive = self.parser.should_keep_alive()
-        chunked = length = False
+        chunked = False
+        lower = ex.lower_names
         for name, value in ex.headers:
             lname = name.lower()
+            lower.append(lname)
             if lname == "content-length":
-                length = True
+                ex.content_length = value
             elif lname == "transfer-encoding":
                 chunked = chunked or "chunked" in value.lower()
             elif lname == "keep-alive":
                 ex.keep_alive_s = _keep_alive_timeout(value)
         if ex.head or status in (204, 304):
             ex.complete = True
-        elif not chunked and not length:
+        elif not chunked and ex.content_length is None:
             ex.until_eof = True  # HTTP/1.0 style: the body ends when the upstream closes
             ex.keep_alive = False
         # The final response came before the body went out: the body is not sent, so the
         # connection is not reused (RFC 9110 10.1.1).
-        _wake(ex.continue_waiter, False)
-        _wake(ex.headers_waiter)
+        wake(ex.continue_waiter, False)
+        wake(ex.headers_waiter)
         if ex.complete:
-            _wake(ex.reader)
+            wake(ex.reader)
 
     def on_body(self, body: bytes) -> None:
         ex = self.ex
         assert ex is not None
         ex.chunks.append(body)
         self._buffered += len(body)
-        if self._buffered > _HIGH_WATER and not self._reading_paused and self.transport is not None:
-            self._reading_paused = True
-            self.transport.pause_reading()
-        _wake(ex.reader)
+        if self._buffered > _HIGH_WATER:
+            self.pause_reading()
+        wake(ex.reader)
 
     def on_message_complete(self) -> None:
         ex = self.ex
@@ -236,16 +222,16 @@ class _Connection(asyncio.Protocol):
             return
         ex.keep_alive = ex.keep_alive and self.parser.should_keep_alive()
         ex.complete = True
-        _wake(ex.reader)
+        wake(ex.reader)
 
     # -- the exchange -----------------------------------------------------------------------------
     def _fail(self, err: GatewayError) -> None:
         ex = self.ex
         if ex is not None and ex.error is None and not ex.complete:
             ex.error = err
-            _wake(ex.headers_waiter)
-            _wake(ex.reader)
-            _wake(ex.continue_waiter, False)
+            wake(ex.headers_waiter)
+            wake(ex.reader)
+            wake(ex.continue_waiter, False)
         self.close()
 
     def _lost(self, exc: Exception | None) -> None:
@@ -255,7 +241,7 @@ class _Connection(asyncio.Protocol):
         if ex is not None and not ex.complete and ex.error is None:
             if ex.until_eof and exc is None:
                 ex.complete = True
-                _wake(ex.reader)
+                wake(ex.reader)
             elif isinstance(exc, ssl.SSLError):
                 self._fail(UpstreamTlsError("TLS with upstream failed"))
             else:
@@ -288,9 +274,7 @@ class _Connection(asyncio.Protocol):
         ex = self.ex
         self.ex = None
         self._buffered = 0
-        if self._reading_paused and self.transport is not None:
-            self._reading_paused = False
-            self.transport.resume_reading()
+        self.resume_reading()
         if ex is None or self.closed:
             return False
         self.keep_alive_s = min(ex.keep_alive_s, KEEPALIVE_S)
@@ -303,17 +287,8 @@ class _Connection(asyncio.Protocol):
         data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self._buffered = 0
-        if self._reading_paused and self.transport is not None:
-            self._reading_paused = False
-            self.transport.resume_reading()
+        self.resume_reading()
         return data
-
-    async def drain(self) -> None:
-        if self._writing_paused and not self.closed:
-            self._drain = asyncio.get_running_loop().create_future()
-            await self._drain
-        if self.closed:
-            raise ConnectionResetError("upstream connection closed")
 
 
 def _keep_alive_timeout(value: str) -> float:
@@ -346,15 +321,14 @@ class UpstreamResponse:
         """The whole body has already arrived (``read_all_buffered`` gives it without waiting)."""
         return self._ex.complete and self._ex.error is None
 
-    def header(self, name: str) -> str | None:
-        lname = name.lower()
-        for key, value in self._ex.headers:
-            if key.lower() == lname:
-                return value
-        return None
+    @property
+    def lower_names(self) -> list[str]:
+        """The names of ``headers`` lowercased, in the same order."""
+        return self._ex.lower_names
 
-    def multidict(self) -> CIMultiDict[str]:
-        return CIMultiDict(self._ex.headers)
+    @property
+    def content_length(self) -> str | None:
+        return self._ex.content_length
 
     def read_all_buffered(self) -> bytes:
         """The body of a ``complete`` response; the connection goes back to the pool."""
@@ -426,10 +400,10 @@ class _Timer:
         if ex is not None and ex.error is None:
             ex.error = UpstreamTimeout("upstream timed out")
         self._conn.abort()
-        _wake(fut)
+        wake(fut)
         if ex is not None:
-            _wake(ex.headers_waiter)
-            _wake(ex.reader)
+            wake(ex.headers_waiter)
+            wake(ex.reader)
 
     def cancel(self) -> None:
         self._fut = None

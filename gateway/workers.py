@@ -32,8 +32,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.config import Config, split_listen
+
+if TYPE_CHECKING:
+    from gateway.server import AdminExtension
 
 WORKER_ENV = "VITALGATE_WORKER"
 """Set by the supervisor for its workers: ``index/count/port``."""
@@ -104,7 +108,7 @@ def _catch_up(config: Config) -> None:
 
 
 async def supervise(
-    config: Config, config_path: str, count: int, admin_extensions: Sequence[object] = ()
+    config: Config, config_path: str, count: int, admin_extensions: Sequence[AdminExtension] = ()
 ) -> int:
     """Run ``count`` workers and the admin listener until SIGTERM or SIGINT; returns the exit code."""
     from gateway.server import Gateway, Role  # noqa: PLC0415
@@ -123,7 +127,7 @@ async def supervise(
         return 1
     gateway = Gateway(
         config,
-        admin_extensions,  # type: ignore[arg-type]
+        admin_extensions,
         Role("supervisor", count=count, port=port, metrics_dir=metrics_dir),
     )
     await gateway.start()
