@@ -79,7 +79,7 @@ class Headers:
 class Body:
     """A request body as it arrives; ``readany()`` returns ``b""`` at its end."""
 
-    __slots__ = ("_chunks", "_conn", "_continue", "_error", "_size", "_waiter", "done")
+    __slots__ = ("_chunks", "_conn", "_continue", "_error", "_size", "_waiter", "done", "expect_continue")
 
     def __init__(self, conn: _Conn, expect_continue: bool) -> None:
         self._conn = conn
@@ -87,6 +87,8 @@ class Body:
         self._size = 0
         self._waiter: asyncio.Future[None] | None = None
         self._continue = expect_continue
+        self.expect_continue = expect_continue
+        """The client sent ``Expect: 100-continue`` (answered when the body is first read)."""
         self._error: BaseException | None = None
         self.done = False
 

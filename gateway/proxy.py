@@ -47,15 +47,10 @@ HOP_BY_HOP = frozenset(
 # Replaced by the gateway's own values, not copied from the client.
 _NOT_COPIED = HOP_BY_HOP | {"traceparent", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
 _STRIP_RESPONSE = frozenset(h for h in HOP_BY_HOP if h != "host") | {"content-length"}
-_CHUNK = 1 << 16
 
 
 _JSON = [("Content-Type", "application/json; charset=utf-8")]
 _NO_ROUTE = b'{"error": "no route", "detail": "no configured route matches this path"}'
-
-
-def incoming_expects_continue(request: Request) -> bool:
-    return str(request.headers.get("Expect", "")).lower() == "100-continue"
 
 
 def redact_query(query_string: str) -> str:
@@ -224,7 +219,7 @@ class Proxy:
             client_span = server_span
         headers = self._forward_headers(request, format_traceparent(client_span.get_span_context()))
         body = request.content if request.can_read_body else None
-        expect = body is not None and incoming_expects_continue(request)
+        expect = body is not None and body.expect_continue
         u0 = time.perf_counter()
         upstream_status: int | None = None
         error: GatewayError | None = None
