@@ -1,4 +1,5 @@
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Generator
 
 import pytest
 
@@ -20,3 +21,14 @@ async def sink() -> AsyncIterator[tuple[OtlpSink, int]]:
     runner, port = await start_sink(s)
     yield s, port
     await runner.cleanup()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, None, None]:
+    """With VITALGATE_REQUIRE_PROMETHEUS set (CI), a skipped test is a failed one: CI must prove
+    every test, whatever made it skip."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and os.environ.get("VITALGATE_REQUIRE_PROMETHEUS"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but VITALGATE_REQUIRE_PROMETHEUS=1 forbids skips: {report.longrepr}"

@@ -322,8 +322,9 @@ class GatewayProcess:
 
 
 def require_binary(name: str) -> str:
-    """Path of a binary a test needs. Missing: skip, or fail when VITALGATE_REQUIRE_PROMETHEUS
-    is set (CI sets it, so Prometheus, promtool and Alertmanager tests always run there)."""
+    """Path of a binary a test needs (prometheus, promtool, amtool, alertmanager, nginx, chromium,
+    pdftotext). Missing: skip, or fail when VITALGATE_REQUIRE_PROMETHEUS is set (CI sets it, so
+    every test that needs one of them runs there; tests/conftest.py also fails any other skip)."""
     path = shutil.which(name) or next(
         (p for d in ("/usr/sbin", "/sbin") if os.access(p := f"{d}/{name}", os.X_OK)), None
     )
