@@ -102,6 +102,19 @@ def _steps(*pairs: tuple[float | None, str]) -> db.ThresholdsConfig:
 BUDGET_STEPS = ((None, "red"), (0.0, "orange"), (0.25, "yellow"), (0.5, "green"))
 
 
+def _ratio_over_time(title: str, expr: str, legend: str, steps: db.ThresholdsConfig) -> timeseries.Panel:
+    """A 0..1 ratio over time, its thresholds drawn as dashed lines."""
+    return (
+        timeseries.Panel()
+        .title(title)
+        .datasource(DS)
+        .unit("percentunit")
+        .with_target(_q(expr, legend))
+        .thresholds(steps)
+        .thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.DASHED))
+    )
+
+
 class _Layout:
     """Deterministic panel ids and a 24-column grid, filled left to right."""
 
@@ -288,14 +301,11 @@ def fleet_overview(
     )
     for p, w in ((paging, 8), (overspent, 8), (reqs, 8)):
         d = d.with_panel(lay.place(p, w, 5))
-    worst = (
-        timeseries.Panel()
-        .title("Lowest error budgets over time")
-        .datasource(DS)
-        .unit("percentunit")
-        .with_target(_q(f"bottomk(10, {names.BUDGET_REMAINING})", "{{facility}} {{slo}}"))
-        .thresholds(_steps(*BUDGET_STEPS))
-        .thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.DASHED))
+    worst = _ratio_over_time(
+        "Lowest error budgets over time",
+        f"bottomk(10, {names.BUDGET_REMAINING})",
+        "{{facility}} {{slo}}",
+        _steps(*BUDGET_STEPS),
     )
     d = d.with_panel(lay.place(worst, 24, 9))
     return GeneratedDashboard(uid, "vitalgate: fleet overview", *FLEET_FOLDER, _build(d))
@@ -339,14 +349,11 @@ def facility_dashboard(f: Facility, slos: Sequence[Slo], opts: DashboardOptions)
         )
         d = d.with_panel(lay.place(sli, 6, 4)).with_panel(lay.place(budget, 6, 4))
     d = d.with_row(lay.row("Error budget"))
-    burndown = (
-        timeseries.Panel()
-        .title("Error budget remaining (burn-down over each SLO's window)")
-        .datasource(DS)
-        .unit("percentunit")
-        .with_target(_q(f"{names.BUDGET_REMAINING}{{{sel}}}", "{{slo}}"))
-        .thresholds(_steps(*BUDGET_STEPS))
-        .thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.DASHED))
+    burndown = _ratio_over_time(
+        "Error budget remaining (burn-down over each SLO's window)",
+        f"{names.BUDGET_REMAINING}{{{sel}}}",
+        "{{slo}}",
+        _steps(*BUDGET_STEPS),
     )
     burn = (
         timeseries.Panel()
@@ -436,13 +443,12 @@ def slo_dashboard(s: Slo, opts: DashboardOptions) -> GeneratedDashboard:
         lay.row(f"{s.name}: {s.description or s.kind} (objective {100 * s.objective:g}% over {s.window})")
     )
     panels = [
-        timeseries.Panel()
-        .title("SLI by facility")
-        .datasource(DS)
-        .unit("percentunit")
-        .with_target(_q(f"{names.PERIOD_SLI}{{{sel}}}", "{{facility}}"))
-        .thresholds(_steps((None, "red"), (round(s.objective, 6), "green")))
-        .thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.DASHED)),
+        _ratio_over_time(
+            "SLI by facility",
+            f"{names.PERIOD_SLI}{{{sel}}}",
+            "{{facility}}",
+            _steps((None, "red"), (round(s.objective, 6), "green")),
+        ),
         timeseries.Panel()
         .title("Error budget remaining by facility")
         .datasource(DS)

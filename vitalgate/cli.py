@@ -67,6 +67,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run(config, admin_extensions=[extend_admin])
 
 
+def _prometheus_url(args: argparse.Namespace) -> str | None:
+    """``--prometheus-url``, else $PROMETHEUS_URL; None (said on stderr) when neither is set."""
+    url: str | None = args.prometheus_url or os.environ.get("PROMETHEUS_URL")
+    if not url:
+        print("vitalgate: --backend prometheus needs --prometheus-url URL", file=sys.stderr)
+        return None
+    return url
+
+
 def _store(config: Config, readonly: bool = True) -> Store | None:
     path = config.resolve(config.gateway.telemetry.store.path)
     try:
@@ -86,9 +95,8 @@ def cmd_slo_status(args: argparse.Namespace) -> int:
         return 2
     backend: CountsBackend
     if args.backend == "prometheus":
-        url = args.prometheus_url or os.environ.get("PROMETHEUS_URL")
-        if not url:
-            print("vitalgate: --backend prometheus needs --prometheus-url URL", file=sys.stderr)
+        url = _prometheus_url(args)
+        if url is None:
             return 2
         backend = PrometheusBackend(url)
     else:
@@ -250,9 +258,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.backend == "prometheus":
         from reports.prometheus_source import PrometheusSource  # noqa: PLC0415
 
-        url = args.prometheus_url or os.environ.get("PROMETHEUS_URL")
-        if not url:
-            print("vitalgate: --backend prometheus needs --prometheus-url URL", file=sys.stderr)
+        url = _prometheus_url(args)
+        if url is None:
             return 2
         source = PrometheusSource(PrometheusBackend(url))
     else:
