@@ -3,17 +3,25 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+NATIVE := $(VENV)/.compiled
+# The request-path modules setup.py compiles with mypyc (its HOT_PATH list).
+HOT_PATH := $(shell sed -n 's/^    "\(gateway\/[a-z_]*\.py\)",$$/\1/p' setup.py)
 DURATION ?= 60
 
-.PHONY: install demo test lint typecheck pytest bench clean
+.PHONY: install demo test lint typecheck pytest bench clean pure
 
-$(STAMP): pyproject.toml scripts/install-system-deps
+$(STAMP): pyproject.toml setup.py scripts/install-system-deps
 	scripts/install-system-deps
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(NATIVE)
 
-install: $(STAMP)
+# A request-path module changed: compile again (an old extension would shadow the new source).
+$(NATIVE): $(STAMP) $(HOT_PATH)
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(NATIVE)
+
+install: $(STAMP) $(NATIVE)
 
 demo: install
 	$(VENV)/bin/vitalgate demo --duration $(DURATION)
@@ -38,5 +46,9 @@ bench: install
 	$(PY) -m bench.alert_rules
 	$(PY) -m bench.report_year
 
-clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis test-artifacts
+# Run the request path from its .py sources (for debugging); `make install` compiles it again.
+pure:
+	rm -f gateway/*.so vitalgate_native*.so $(NATIVE)
+
+clean: pure
+	rm -rf $(VENV) build var .pytest_cache .mypy_cache .ruff_cache .hypothesis test-artifacts

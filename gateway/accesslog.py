@@ -104,7 +104,7 @@ class AccessLog:
         self._wake = threading.Event()
         self._stopping = False
         self._on_drop = on_drop
-        self._thread: threading.Thread | None = None
+        self._writer_thread: threading.Thread | None = None
         self._fd: int | None = None
 
     def start(self) -> None:
@@ -114,8 +114,8 @@ class AccessLog:
         else:
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        self._thread = threading.Thread(target=self._run, name="vitalgate-access-log", daemon=True)
-        self._thread.start()
+        self._writer_thread = threading.Thread(target=self._run, name="vitalgate-access-log", daemon=True)
+        self._writer_thread.start()
 
     def request(self, ts: float, values: tuple[Any, ...]) -> None:
         """Queue a request record (field order: REQUEST_FIELDS). Never blocks.
@@ -178,12 +178,12 @@ class AccessLog:
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write everything queued, then stop the writer."""
-        if self._thread is None:
+        if self._writer_thread is None:
             return
         self._stopping = True
         self._wake.set()
-        self._thread.join(timeout_s)
-        self._thread = None
+        self._writer_thread.join(timeout_s)
+        self._writer_thread = None
         if self._fd is not None and self._path != "-":
             os.close(self._fd)
         self._fd = None

@@ -489,7 +489,9 @@ class HttpServer:
             lambda: _Conn(self), host, port, ssl=ssl, reuse_port=reuse_port or None, backlog=1024
         )
         self._sweeper = loop.call_later(1.0, self._sweep)
-        sock = self._server.sockets[0]
+        # uvloop gives a list where typeshed says tuple: read it untyped, or compiled code rejects it.
+        sockets: Any = getattr(self._server, "sockets")  # noqa: B009
+        sock = sockets[0]
         return int(sock.getsockname()[1])
 
     def _sweep(self) -> None:

@@ -55,7 +55,7 @@ class Recorder:
         self._hour_days = hour_days
         self._acc: dict[tuple[SeriesKey, int], list[int]] = {}
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending_batches)
-        self._thread: threading.Thread | None = None
+        self._writer_thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -71,8 +71,8 @@ class Recorder:
 
     def start(self) -> None:
         """Open the store (in the writer thread) and start flushing; raises if it cannot open."""
-        self._thread = threading.Thread(target=self._run, name="vitalgate-store", daemon=True)
-        self._thread.start()
+        self._writer_thread = threading.Thread(target=self._run, name="vitalgate-store", daemon=True)
+        self._writer_thread.start()
         self._ready.wait(60)
         if self._error is not None:
             raise self._error
@@ -130,6 +130,6 @@ class Recorder:
         if self._task is not None:
             self._task.cancel()
         self.flush()
-        if self._thread is not None and self._thread.is_alive():
+        if self._writer_thread is not None and self._writer_thread.is_alive():
             self._queue.put(_STOP)
-            self._thread.join(60)
+            self._writer_thread.join(60)

@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from gateway import native
 from gateway.accesslog import AccessLog
 from gateway.admin_auth import ANONYMOUS, AdminAuth, Identity, forbidden, identity_of
 from gateway.config import Config, split_listen
@@ -331,7 +332,8 @@ async def serve(
 def _announce(config: Config, gateway: Gateway) -> None:
     print(
         f"vitalgate: proxy on {config.gateway.listen.rsplit(':', 1)[0]}:{gateway.proxy_port}, "
-        f"admin (metrics) on {config.gateway.admin.listen.rsplit(':', 1)[0]}:{gateway.admin_port}",
+        f"admin (metrics) on {config.gateway.admin.listen.rsplit(':', 1)[0]}:{gateway.admin_port}, "
+        f"{native.build().describe()}",
         file=sys.stderr,
         flush=True,
     )

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway import native
 from gateway.config import Config, split_listen
 
 if TYPE_CHECKING:
@@ -175,7 +176,8 @@ async def supervise(
         gateway.ready = True
         print(
             f"vitalgate: proxy on {host}:{port} ({count} workers), admin (metrics) on "
-            f"{config.gateway.admin.listen.rsplit(':', 1)[0]}:{gateway.admin_port}",
+            f"{config.gateway.admin.listen.rsplit(':', 1)[0]}:{gateway.admin_port}, "
+            f"{native.build().describe()}",
             file=sys.stderr,
             flush=True,
         )

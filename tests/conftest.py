@@ -32,3 +32,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.skipped and os.environ.get("VITALGATE_REQUIRE_PROMETHEUS"):
         report.outcome = "failed"
         report.longrepr = f"skipped, but VITALGATE_REQUIRE_PROMETHEUS=1 forbids skips: {report.longrepr}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Never test old code: a request-path module edited after it was compiled would be shadowed
+    by its extension (Python imports the .so first)."""
+    from gateway.native import build
+
+    stale = build().stale
+    if stale:
+        pytest.exit(
+            f"{', '.join(stale)} changed after compiling; run `make install` (compile again) "
+            "or `make pure` (run from source)",
+            returncode=4,
+        )

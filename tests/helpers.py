@@ -273,7 +273,13 @@ class BackgroundPeers:
 class GatewayProcess:
     """``vitalgate serve`` as a child process, as a user runs it."""
 
-    def __init__(self, config_path: Path, workers: int = 1) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         cfg = yaml.safe_load(config_path.read_text())
         self.proxy = "http://" + cfg["listen"]
         self.admin = "http://" + cfg["admin"]["listen"]
@@ -292,6 +298,8 @@ class GatewayProcess:
             ],
             stdout=self._stderr,
             stderr=self._stderr,
+            env=env,
+            cwd=cwd,
         )
         self.wait_ready()
 

@@ -7,11 +7,13 @@ import os
 import sqlite3
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from gateway.config import Config, load_config
 from gateway.importer import import_file
 from gateway.metrics import duration_buckets_s
+from gateway.native import build
 from slo.configfile import ConfigError
 from slo.embedded import EmbeddedBackend
 from slo.openslo import openslo_to_slos_yaml
@@ -30,6 +32,16 @@ def _load(path: str) -> Config | None:
         n = len(exc.problems)
         print(f"vitalgate: {n} problem{'s' if n != 1 else ''} in configuration", file=sys.stderr)
         return None
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    try:
+        number = version("vitalgate")
+    except PackageNotFoundError:
+        number = "unknown (not installed)"
+    info = build()
+    print(f"vitalgate {number}, {info.describe()}")
+    return 1 if info.stale else 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -212,9 +224,9 @@ def cmd_dashboards_publish(args: argparse.Namespace) -> int:
     teams = folder_teams(config)
     publisher = Publisher(args.grafana_url, token)
     try:
-        version = publisher.health()
+        grafana_version = publisher.health()
         changes = publisher.plan(built, teams)
-        print(f"Grafana {version} at {args.grafana_url}:")
+        print(f"Grafana {grafana_version} at {args.grafana_url}:")
         for change in changes:
             print(f"  {change}")
         todo = [c for c in changes if c.action != "unchanged"]
@@ -322,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="proxy processes sharing the port with SO_REUSEPORT (default 1; about one per core)",
     )
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("version", help="version, and whether the request path runs compiled")
+    p.set_defaults(func=cmd_version)
 
     p = sub.add_parser("check", help="validate gateway.yaml and the slos.yaml it names")
     p.add_argument("--config", required=True, help="gateway.yaml")

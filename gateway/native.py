@@ -1,0 +1,69 @@
+"""Which build of the request path is running: compiled by mypyc, or pure Python.
+
+``setup.py`` compiles the request-path modules (``HOT_PATH``) to C extensions
+next to their sources. Python imports an extension in preference to the .py
+beside it, so a source edited after the build would silently not run: this
+module says so, for ``vitalgate version``, the start-up line and the tests.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from importlib.machinery import EXTENSION_SUFFIXES
+
+# Keep in step with setup.py's HOT_PATH (a test checks they agree).
+HOT_PATH = (
+    "gateway.flow",
+    "gateway.httpserver",
+    "gateway.upstream",
+    "gateway.proxy",
+    "gateway.routes",
+    "gateway.facility",
+    "gateway.metrics",
+    "gateway.accesslog",
+    "gateway.tracing",
+    "gateway.recorder",
+)
+
+
+@dataclass(frozen=True)
+class Build:
+    compiled: tuple[str, ...]  # modules running as C extensions
+    pure: tuple[str, ...]  # modules running from their .py
+    stale: tuple[str, ...]  # compiled modules whose .py changed after the build
+
+    @property
+    def kind(self) -> str:
+        if not self.compiled:
+            return "pure Python"
+        if self.pure:
+            return f"partly compiled ({len(self.compiled)} of {len(HOT_PATH)} request-path modules)"
+        return "compiled (mypyc)"
+
+    def describe(self) -> str:
+        text = f"request path {self.kind}"
+        if self.stale:
+            text += (
+                f"; STALE: {', '.join(self.stale)} changed after compiling, the old code is running"
+                " (reinstall: make install, or pip install -e .)"
+            )
+        return text
+
+
+def build() -> Build:
+    compiled: list[str] = []
+    pure: list[str] = []
+    stale: list[str] = []
+    for name in HOT_PATH:
+        module = importlib.import_module(name)
+        path = module.__file__ or ""
+        if not path.endswith(tuple(EXTENSION_SUFFIXES)):
+            pure.append(name)
+            continue
+        compiled.append(name)
+        source = os.path.join(os.path.dirname(path), name.rsplit(".", 1)[1] + ".py")
+        if os.path.exists(source) and os.path.getmtime(source) > os.path.getmtime(path):
+            stale.append(name)
+    return Build(tuple(compiled), tuple(pure), tuple(stale))
