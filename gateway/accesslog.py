@@ -44,6 +44,12 @@ _KEYS = tuple(json.dumps(name) + ":" for name in REQUEST_FIELDS)
 _quote = json.encoder.encode_basestring_ascii  # the C string encoder
 
 
+_LINE = (
+    '{"timestamp":"%s.%03dZ","event":"request","trace_id":"%s","span_id":"%s","trace_flags":"%s"%s'
+    ',"http.response.status_code":%d,"duration_ms":%r'
+)
+
+
 class RequestFormatter:
     """Request lines built by hand: this runs for every request, on the event loop, so it is
     kept to a couple of microseconds (json.dumps of a dict with a datetime took about 18 us
@@ -69,16 +75,17 @@ class RequestFormatter:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         trace_id, span_id, flags, facility, service, route, method, status, dur, up_ms, err = values
-        line = (
-            f'{{"timestamp":"{self._prefix}.{int((ts - second) * 1000):03d}Z","event":"request",'
-            f'"trace_id":"{trace_id}","span_id":"{span_id}","trace_flags":"{flags}"'
-            f"{self._label_part((facility, service, route, method))}"
-            f',"http.response.status_code":{status},"duration_ms":{dur!r}'
-        )
+        key = (facility, service, route, method)
+        labels = self._labels.get(key)
+        if labels is None:
+            labels = self._label_part(key)
+        # One %-format: compiled, it costs a third of the equivalent f-string with format specs.
+        ms = int((ts - second) * 1000)
+        line = _LINE % (self._prefix, ms, trace_id, span_id, flags, labels, status, dur)
         if up_ms is not None:
-            line += f',"upstream_duration_ms":{up_ms!r}'
+            line += ',"upstream_duration_ms":%r' % (up_ms,)  # noqa: UP031
         if err is not None:
-            line += f',"error.type":{_quote(err)}'
+            line += ',"error.type":' + _quote(err)
         return line + "}"
 
 

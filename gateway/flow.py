@@ -40,6 +40,10 @@ class FlowControlled(asyncio.Protocol):
         self._write_paused = False
         wake(self._drain_waiter)
 
+    def must_drain(self) -> bool:
+        """Whether ``drain()`` has anything to do (callers skip the coroutine when not)."""
+        return self._write_paused or self.transport is None
+
     async def drain(self) -> None:
         """Wait while the write buffer is full; raise if the connection is gone."""
         if self._write_paused and self.transport is not None:

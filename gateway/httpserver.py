@@ -66,6 +66,11 @@ class Headers:
         m = self._map if self._map is not None else self._lookup()
         return m.get(name.lower(), default)
 
+    def get_lower(self, name: str) -> str | None:
+        """``get`` for a name already in lower case (the gateway's own lookups)."""
+        m = self._map if self._map is not None else self._lookup()
+        return m.get(name)
+
     def items(self) -> list[tuple[str, str]]:
         return self.raw
 
@@ -205,7 +210,8 @@ class Request:
         else:
             self.prepared = True
             self._conn.write(self._head(status, reason, headers, f"Content-Length: {len(body)}\r\n") + body)
-        await self._conn.drain()
+        if self._conn.must_drain():
+            await self._conn.drain()
 
     def start(
         self,
@@ -376,10 +382,10 @@ class _Conn(FlowControlled):
             headers,
         )
         req.keep_alive = parser.should_keep_alive()
-        length = headers.get("content-length")
-        chunked = "chunked" in (headers.get("transfer-encoding") or "").lower()
+        length = headers.get_lower("content-length")
+        chunked = "chunked" in (headers.get_lower("transfer-encoding") or "").lower()
         if chunked or (length is not None and length.strip() != "0"):
-            expect = (headers.get("expect") or "").lower() == "100-continue" and req.version == "1.1"
+            expect = (headers.get_lower("expect") or "").lower() == "100-continue" and req.version == "1.1"
             req.content = Body(self, expect)
             req.can_read_body = True
         self.current = req

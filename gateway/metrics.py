@@ -5,14 +5,31 @@ costs a dict lookup and an observation. A cardinality budget bounds the
 request histogram: once it holds ``max_label_sets`` label sets, a new set keeps
 its facility, service, method and status but its route folds into ``other``,
 and the fold is counted.
+
+In one process (no ``--workers``) the two per-request metrics, the request
+histogram and the active-requests gauge, are kept by the gateway itself
+(``LocalHistogram``, ``LocalGauge``: a bisect and two additions, no lock, as
+only the event loop touches them and /metrics is served from the same loop)
+and exposed through a collector with exactly the samples prometheus_client's
+own would give. prometheus_client's observation path, interpreted Python with
+a lock per value, was the largest single item of a request's cost. Workers
+keep prometheus_client's objects: their values must live in its multiprocess
+files for the supervisor to sum.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from bisect import bisect_left
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
+from prometheus_client.utils import floatToGoString
 
 # OTel advisory boundaries for http.server.request.duration, in seconds.
 OTEL_DURATION_BUCKETS_S = (
@@ -42,6 +59,79 @@ def duration_buckets_s(thresholds_s: list[float]) -> tuple[float, ...]:
     return tuple(sorted({*OTEL_DURATION_BUCKETS_S, *(round(t, 6) for t in thresholds_s)}))
 
 
+DURATION = "http_server_request_duration_seconds"
+DURATION_HELP = "Duration of HTTP server requests through the gateway."
+ACTIVE = "http_server_active_requests"
+ACTIVE_HELP = "Number of active HTTP server requests."
+ACTIVE_LABELS = ("facility", "service")
+
+
+class LocalHistogram:
+    """One label set's histogram, as prometheus_client's child would count it (an observation
+    goes to the first bucket whose bound is >= it), without its per-value locks."""
+
+    __slots__ = ("bounds", "counts", "created", "exemplars", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds  # ends with +Inf
+        self.counts = [0] * len(bounds)  # per bucket, not cumulative
+        self.sum = 0.0
+        self.created = time.time()
+        self.exemplars: list[Exemplar | None] = [None] * len(bounds)
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        i = bisect_left(self.bounds, amount)
+        self.counts[i] += 1
+        self.sum += amount
+        if exemplar is not None:
+            self.exemplars[i] = Exemplar(exemplar, amount, time.time())
+
+
+class LocalGauge:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+    def dec(self) -> None:
+        self.value -= 1
+
+
+class _LocalCollector(Collector):
+    """Exposes the local histogram and gauge with prometheus_client's own sample layout."""
+
+    def __init__(
+        self,
+        bounds: tuple[float, ...],
+        histograms: dict[tuple[str, ...], LocalHistogram],
+        gauges: dict[tuple[str, str], LocalGauge],
+    ) -> None:
+        self._le = [floatToGoString(b) for b in bounds]  # type: ignore[no-untyped-call]
+        self._histograms = histograms
+        self._gauges = gauges
+
+    def collect(self) -> Iterator[Metric]:
+        h = Metric(DURATION, DURATION_HELP, "histogram")
+        for values, child in list(self._histograms.items()):
+            labels = dict(zip(LABELS, values, strict=True))
+            counts = list(child.counts)  # one consistent copy
+            total = 0
+            for le, n, exemplar in zip(self._le, counts, child.exemplars, strict=True):
+                total += n
+                h.add_sample(f"{DURATION}_bucket", {**labels, "le": le}, float(total), None, exemplar)
+            h.add_sample(f"{DURATION}_count", labels, float(total))
+            h.add_sample(f"{DURATION}_sum", labels, child.sum)
+            h.add_sample(f"{DURATION}_created", labels, child.created)
+        yield h
+        g = Metric(ACTIVE, ACTIVE_HELP, "gauge")
+        for (facility, service), gauge in list(self._gauges.items()):
+            g.add_sample(ACTIVE, {"facility": facility, "service": service}, float(gauge.value))
+        yield g
+
+
 class GatewayMetrics:
     def __init__(
         self,
@@ -50,23 +140,28 @@ class GatewayMetrics:
         max_label_sets: int,
         facilities: dict[str, str] | None = None,
         slas: dict[str, float] | None = None,
+        multiprocess: bool = False,
     ) -> None:
         self.registry = registry
         self.buckets_s = duration_buckets_s(thresholds_s)
-        self.duration = Histogram(
-            "http_server_request_duration_seconds",
-            "Duration of HTTP server requests through the gateway.",
-            LABELS,
-            buckets=self.buckets_s,
-            registry=registry,
-        )
-        self.active = Gauge(
-            "http_server_active_requests",
-            "Number of active HTTP server requests.",
-            ("facility", "service"),
-            registry=registry,
-            multiprocess_mode="livesum",  # with --workers: the sum over live workers
-        )
+        self._bounds = (*self.buckets_s, math.inf)
+        self._duration: Histogram | None = None
+        self._active_metric: Gauge | None = None
+        self._local_histograms: dict[tuple[str, ...], LocalHistogram] = {}
+        self._local_gauges: dict[tuple[str, str], LocalGauge] = {}
+        if multiprocess:
+            self._duration = Histogram(
+                DURATION, DURATION_HELP, LABELS, buckets=self.buckets_s, registry=registry
+            )
+            self._active_metric = Gauge(
+                ACTIVE,
+                ACTIVE_HELP,
+                ACTIVE_LABELS,
+                registry=registry,
+                multiprocess_mode="livesum",  # with --workers: the sum over live workers
+            )
+        else:
+            registry.register(_LocalCollector(self._bounds, self._local_histograms, self._local_gauges))
         self._dropped = Counter(
             "vitalgate_telemetry_dropped",
             "Telemetry items dropped because a queue was full or an exporter failed.",
@@ -122,7 +217,12 @@ class GatewayMetrics:
                 if found is not None:
                     return found
                 key = folded
-            child = self.duration.labels(key[0], key[1], key[2], key[3], str(status))
+            labels = (key[0], key[1], key[2], key[3], str(status))
+            child: Any
+            if self._duration is not None:
+                child = self._duration.labels(*labels)
+            else:
+                child = self._local_histograms[labels] = LocalHistogram(self._bounds)
             found = self._children[key] = (child, key)
         return found
 
@@ -138,5 +238,9 @@ class GatewayMetrics:
         key = (facility, service)
         child = self._active.get(key)
         if child is None:
-            child = self._active[key] = self.active.labels(facility, service)
+            if self._active_metric is not None:
+                child = self._active_metric.labels(facility, service)
+            else:
+                child = self._local_gauges[key] = LocalGauge()
+            self._active[key] = child
         return child

@@ -9,8 +9,6 @@ templates); anything else under a prefix folds into one value per route
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from gateway.config import RouteConfig
 from gateway.fhir import OPERATIONS, RESOURCE_TYPES
 
@@ -20,13 +18,21 @@ NO_ROUTE = "none"
 FACILITY_PLACEHOLDER = "{facility}"
 
 
-@dataclass(frozen=True)
 class Match:
-    service: str
-    upstream: str
-    route: str
-    """The route template: the ``http.route`` value."""
-    prefix: str
+    """Where a request goes and how it is named. Shared between requests (one per route
+    template, cached by its route), so treated as immutable."""
+
+    __slots__ = ("prefix", "route", "service", "upstream")
+
+    def __init__(self, service: str, upstream: str, route: str, prefix: str) -> None:
+        self.service = service
+        self.upstream = upstream
+        self.route = route
+        """The route template: the ``http.route`` value."""
+        self.prefix = prefix
+
+    def __repr__(self) -> str:
+        return f"Match(service={self.service!r}, upstream={self.upstream!r}, route={self.route!r})"
 
 
 class _Templates:
@@ -56,7 +62,10 @@ class Route:
         self.service = cfg.upstream
         self.kind = cfg.kind
         self.fold = f"{cfg.prefix}{{path}}"
-        self._templates = _Templates(cfg.templates)
+        self._templates = _Templates(cfg.templates) if cfg.templates else None
+        self._prefix_parts = cfg.prefix.strip("/").split("/")
+        # One Match per template: templates are bounded, so this is too.
+        self._matches: dict[str, Match] = {}
         self._operations = OPERATIONS | frozenset(cfg.operations)
         self._prefix_segments = len(cfg.prefix.strip("/").split("/"))
         # Absolute index of a path segment that carries the facility (URL partition),
@@ -81,14 +90,22 @@ class Route:
                 head = f"{self.prefix}{FACILITY_PLACEHOLDER}/"
             else:
                 return self.fold
-        declared = self._templates.match([*self.prefix.strip("/").split("/"), *segments])
-        if declared is not None:
-            return declared
+        if self._templates is not None:
+            declared = self._templates.match([*self._prefix_parts, *segments])
+            if declared is not None:
+                return declared
         if self.kind == "fhir":
             t = self._fhir(segments)
             if t is not None:
                 return head + t
         return self.fold
+
+    def match(self, path: str) -> Match:
+        route = self.template(path)
+        m = self._matches.get(route)
+        if m is None:
+            m = self._matches[route] = Match(self.service, self.upstream, route, self.prefix)
+        return m
 
     def _op(self, segment: str) -> str | None:
         return segment if segment[:1] == "$" and segment[1:] in self._operations else None
@@ -139,9 +156,10 @@ class Router:
 
     def match(self, path: str) -> Match | None:
         for r in self._routes:
-            if path.startswith(r.prefix) or path == r.prefix[:-1]:
-                route = r.template(path if path.startswith(r.prefix) else r.prefix)
-                return Match(r.service, r.upstream, route, r.prefix)
+            if path.startswith(r.prefix):
+                return r.match(path)
+            if path == r.prefix[:-1]:
+                return r.match(r.prefix)
         return None
 
     @property

@@ -85,6 +85,7 @@ class Gateway:
             cfg.telemetry.metrics.max_label_sets,
             {fid: f.name for fid, f in cfg.facilities.known.items()},
             {fid: f.sla / 100.0 for fid, f in cfg.facilities.known.items() if f.sla is not None},
+            multiprocess=role.kind != "single",
         )
         log_path = cfg.telemetry.access_log.path
         self.access_log = AccessLog(

@@ -50,10 +50,16 @@ class SpanContext:
     """A span's identity as it travels (W3C trace context). Treated as immutable; a plain
     slotted class because a frozen dataclass costs a microsecond per request to build."""
 
-    __slots__ = ("flags", "sampled", "span_id", "trace_id", "trace_state")
+    __slots__ = ("_trace_hex", "flags", "sampled", "span_id", "trace_id", "trace_state")
 
     def __init__(
-        self, trace_id: int, span_id: int, sampled: bool, flags: int, trace_state: str | None = None
+        self,
+        trace_id: int,
+        span_id: int,
+        sampled: bool,
+        flags: int,
+        trace_state: str | None = None,
+        trace_hex: str = "",
     ) -> None:
         self.trace_id = trace_id
         self.span_id = span_id
@@ -61,6 +67,15 @@ class SpanContext:
         self.flags = flags
         """The W3C trace-flags byte as sent on (sampled bit, and the random bit of new traces)."""
         self.trace_state = trace_state
+        self._trace_hex = trace_hex
+
+    def trace_hex(self) -> str:
+        """The trace id as 32 lowercase hex digits, formatted once per trace in this process
+        (the log line, the upstream's traceparent and a child span all use it)."""
+        h = self._trace_hex
+        if not h:
+            h = self._trace_hex = "%032x" % self.trace_id  # noqa: UP031  faster than an f-string here
+        return h
 
 
 class Span:
@@ -167,7 +182,9 @@ class Tracer:
             parent_id = 0
         else:
             sampled = parent.sampled
-            ctx = SpanContext(parent.trace_id, span_id, sampled, parent.flags, parent.trace_state)
+            ctx = SpanContext(
+                parent.trace_id, span_id, sampled, parent.flags, parent.trace_state, parent._trace_hex
+            )
             parent_id = parent.span_id
         if sampled and self._record is not None:
             return Span(self._record, ctx, parent_id, name, SERVER, start_ns)
@@ -175,7 +192,8 @@ class Tracer:
 
     def start_client(self, name: str, parent: Span, attributes: dict[str, str | int | float | bool]) -> Span:
         pctx = parent.context
-        ctx = SpanContext(pctx.trace_id, self._rand.getrandbits(64) or 1, True, pctx.flags, pctx.trace_state)
+        span_id = self._rand.getrandbits(64) or 1
+        ctx = SpanContext(pctx.trace_id, span_id, True, pctx.flags, pctx.trace_state, pctx.trace_hex())
         assert self._record is not None
         span = Span(self._record, ctx, pctx.span_id, name, CLIENT, time.time_ns())
         span.attributes = attributes
@@ -482,4 +500,4 @@ def _valid_tracestate(value: str) -> str | None:
 
 
 def format_traceparent(ctx: SpanContext) -> str:
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.flags:02x}"
+    return "00-%s-%016x-%02x" % (ctx.trace_hex(), ctx.span_id, ctx.flags)  # noqa: UP031
