@@ -46,7 +46,7 @@ _quote = json.encoder.encode_basestring_ascii  # the C string encoder
 
 _LINE = (
     '{"timestamp":"%s.%03dZ","event":"request","trace_id":"%s","span_id":"%s","trace_flags":"%s"%s'
-    ',"http.response.status_code":%d,"duration_ms":%r'
+    ',"http.response.status_code":%d,"duration_ms":%d.%03d'
 )
 
 
@@ -81,9 +81,21 @@ class RequestFormatter:
             labels = self._label_part(key)
         # One %-format: compiled, it costs a third of the equivalent f-string with format specs.
         ms = int((ts - second) * 1000)
-        line = _LINE % (self._prefix, ms, trace_id, span_id, flags, labels, status, dur)
+        us = int(dur * 1000.0 + 0.5)  # milliseconds with three decimals, from integers (a float
+        line = _LINE % (  # repr costs more than the rest of the line)
+            self._prefix,
+            ms,
+            trace_id,
+            span_id,
+            flags,
+            labels,
+            status,
+            us // 1000,
+            us % 1000,
+        )
         if up_ms is not None:
-            line += ',"upstream_duration_ms":%r' % (up_ms,)  # noqa: UP031
+            us = int(up_ms * 1000.0 + 0.5)
+            line += ',"upstream_duration_ms":%d.%03d' % (us // 1000, us % 1000)  # noqa: UP031
         if err is not None:
             line += ',"error.type":' + _quote(err)
         return line + "}"

@@ -163,14 +163,14 @@ class Proxy:
                 started,
                 (
                     ctx.trace_hex(),
-                    "%016x" % ctx.span_id,  # noqa: UP031  cheaper than an f-string format spec
-                    "%02x" % ctx.flags,  # noqa: UP031
+                    ctx.span_hex(),
+                    ctx.flags_hex(),
                     facility,
                     service,
                     route or None,
                     method,
                     status,
-                    round(duration_s * 1000, 3),
+                    duration_s * 1000,
                     upstream_ms,
                     error_type,
                 ),
@@ -250,7 +250,7 @@ class Proxy:
         except (TimeoutError, ConnectionError) as exc:
             error = translate(exc)
         finally:
-            upstream_ms = round((time.perf_counter() - u0) * 1000, 3)
+            upstream_ms = (time.perf_counter() - u0) * 1000
             if client_span is not server_span and client_span.is_recording():
                 if upstream_status is not None:
                     client_span.set_attribute("http.response.status_code", upstream_status)

@@ -44,13 +44,14 @@ CLIENT = 3
 STATUS_UNSET = 0
 STATUS_ERROR = 2
 _TRACE_ID_LOW = (1 << 64) - 1
+_FLAGS_HEX = ("00", "01", "02", "03")
 
 
 class SpanContext:
     """A span's identity as it travels (W3C trace context). Treated as immutable; a plain
     slotted class because a frozen dataclass costs a microsecond per request to build."""
 
-    __slots__ = ("_trace_hex", "flags", "sampled", "span_id", "trace_id", "trace_state")
+    __slots__ = ("_span_hex", "_trace_hex", "flags", "sampled", "span_id", "trace_id", "trace_state")
 
     def __init__(
         self,
@@ -68,6 +69,7 @@ class SpanContext:
         """The W3C trace-flags byte as sent on (sampled bit, and the random bit of new traces)."""
         self.trace_state = trace_state
         self._trace_hex = trace_hex
+        self._span_hex = ""
 
     def trace_hex(self) -> str:
         """The trace id as 32 lowercase hex digits, formatted once per trace in this process
@@ -76,6 +78,16 @@ class SpanContext:
         if not h:
             h = self._trace_hex = "%032x" % self.trace_id  # noqa: UP031  faster than an f-string here
         return h
+
+    def span_hex(self) -> str:
+        """The span id as 16 lowercase hex digits, formatted once."""
+        h = self._span_hex
+        if not h:
+            h = self._span_hex = "%016x" % self.span_id  # noqa: UP031
+        return h
+
+    def flags_hex(self) -> str:
+        return _FLAGS_HEX[self.flags] if self.flags < 4 else "%02x" % self.flags  # noqa: UP031
 
 
 class Span:
@@ -213,8 +225,14 @@ def _varint(n: int) -> bytes:
 
 
 def _ld(field: int, payload: bytes) -> bytes:
-    """A length-delimited field."""
-    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+    """A length-delimited field (one-byte tag and a short length: the common case, inline)."""
+    n = len(payload)
+    if field < 16:
+        if n < 0x80:
+            return bytes((field << 3 | 2, n)) + payload
+        if n < 0x4000:
+            return bytes((field << 3 | 2, n & 0x7F | 0x80, n >> 7)) + payload
+    return _varint(field << 3 | 2) + _varint(n) + payload
 
 
 def _any_value(value: str | int | float | bool) -> bytes:
@@ -231,9 +249,11 @@ def _key_value(key: str, value: str | int | float | bool) -> bytes:
     return _ld(1, key.encode()) + _ld(2, _any_value(value))
 
 
-_FIXED64 = struct.Struct("<Q").pack
-_ID8 = struct.Struct(">Q").pack
-_ID16 = struct.Struct(">QQ").pack
+# Span fields 1 (trace_id, 16 bytes) and 2 (span_id, 8 bytes), tags and lengths included.
+_IDS = struct.Struct(">HQQHQ").pack
+_PARENT = struct.Struct(">HQ").pack  # field 4, parent_span_id
+# Fields 6 (kind, varint), 7 and 8 (start and end, fixed64).
+_KIND_TIMES = struct.Struct("<BBBQBQ").pack
 
 
 class OtlpEncoder:
@@ -265,18 +285,14 @@ class OtlpEncoder:
             name = _ld(5, s.name.encode())
             if len(self._name_cache) < 10_000:
                 self._name_cache[s.name] = name
-        body = [
-            b"\x0a\x10" + _ID16(ctx.trace_id >> 64, ctx.trace_id & _TRACE_ID_LOW),
-            b"\x12\x08" + _ID8(ctx.span_id),
-        ]
+        trace_id = ctx.trace_id
+        body = [_IDS(0x0A10, trace_id >> 64, trace_id & _TRACE_ID_LOW, 0x1208, ctx.span_id)]
         if ctx.trace_state:
             body.append(_ld(3, ctx.trace_state.encode()))
         if s.parent_id:
-            body.append(b"\x22\x08" + _ID8(s.parent_id))
+            body.append(_PARENT(0x2208, s.parent_id))
         body.append(name)
-        body.append(b"\x30" + bytes((s.kind,)))
-        body.append(b"\x39" + _FIXED64(s.start_ns))
-        body.append(b"\x41" + _FIXED64(s.end_ns))
+        body.append(_KIND_TIMES(0x30, s.kind, 0x39, s.start_ns, 0x41, s.end_ns))
         body.append(self._attributes(s.attributes))
         if s.status:
             body.append(b"\x7a\x02\x18" + bytes((s.status,)))
@@ -500,4 +516,4 @@ def _valid_tracestate(value: str) -> str | None:
 
 
 def format_traceparent(ctx: SpanContext) -> str:
-    return "00-%s-%016x-%02x" % (ctx.trace_hex(), ctx.span_id, ctx.flags)  # noqa: UP031
+    return f"00-{ctx.trace_hex()}-{ctx.span_hex()}-{ctx.flags_hex()}"
