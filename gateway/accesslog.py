@@ -44,10 +44,7 @@ _KEYS = tuple(json.dumps(name) + ":" for name in REQUEST_FIELDS)
 _quote = json.encoder.encode_basestring_ascii  # the C string encoder
 
 
-_LINE = (
-    '{"timestamp":"%s.%03dZ","event":"request","trace_id":"%s","span_id":"%s","trace_flags":"%s"%s'
-    ',"http.response.status_code":%d,"duration_ms":%d.%03d'
-)
+_PAD3 = tuple(f"{i:03d}" for i in range(1000))
 
 
 class RequestFormatter:
@@ -69,33 +66,42 @@ class RequestFormatter:
                 self._labels[key] = part
         return part
 
-    def __call__(self, ts: float, values: tuple[Any, ...]) -> str:
+    def __call__(
+        self,
+        ts: float,
+        trace_id: str,
+        span_id: str,
+        flags: str,
+        facility: str,
+        service: str,
+        route: str | None,
+        method: str,
+        status: int,
+        dur: float,
+        up_ms: float | None,
+        err: str | None,
+    ) -> str:
         second = int(ts)
         if second != self._second:  # date and time change once a second; milliseconds every line
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        trace_id, span_id, flags, facility, service, route, method, status, dur, up_ms, err = values
         key = (facility, service, route, method)
         labels = self._labels.get(key)
         if labels is None:
             labels = self._label_part(key)
-        # One %-format: compiled, it costs a third of the equivalent f-string with format specs.
+        # Only plain interpolations of str and int: compiled, that is one concatenation, where a
+        # format spec or a float repr costs more than the rest of the line. Milliseconds carry
+        # three decimals, built from integers with a table of zero-padded digits.
         ms = int((ts - second) * 1000)
-        us = int(dur * 1000.0 + 0.5)  # milliseconds with three decimals, from integers (a float
-        line = _LINE % (  # repr costs more than the rest of the line)
-            self._prefix,
-            ms,
-            trace_id,
-            span_id,
-            flags,
-            labels,
-            status,
-            us // 1000,
-            us % 1000,
+        us = int(dur * 1000.0 + 0.5)
+        line = (
+            f'{{"timestamp":"{self._prefix}.{_PAD3[ms]}Z","event":"request","trace_id":"{trace_id}",'
+            f'"span_id":"{span_id}","trace_flags":"{flags}"{labels},"http.response.status_code":{status},'
+            f'"duration_ms":{us // 1000}.{_PAD3[us % 1000]}'
         )
         if up_ms is not None:
             us = int(up_ms * 1000.0 + 0.5)
-            line += ',"upstream_duration_ms":%d.%03d' % (us // 1000, us % 1000)  # noqa: UP031
+            line += f',"upstream_duration_ms":{us // 1000}.{_PAD3[us % 1000]}'
         if err is not None:
             line += ',"error.type":' + _quote(err)
         return line + "}"
@@ -136,16 +142,45 @@ class AccessLog:
         self._writer_thread = threading.Thread(target=self._run, name="vitalgate-access-log", daemon=True)
         self._writer_thread.start()
 
-    def request(self, ts: float, values: tuple[Any, ...]) -> None:
-        """Queue a request record (field order: REQUEST_FIELDS). Never blocks.
+    def request(
+        self,
+        ts: float,
+        trace_id: str,
+        span_id: str,
+        flags: str,
+        facility: str,
+        service: str,
+        route: str | None,
+        method: str,
+        status: int,
+        duration_ms: float,
+        upstream_ms: float | None,
+        error_type: str | None,
+    ) -> None:
+        """Queue a request record (the fields of REQUEST_FIELDS, in order). Never blocks.
 
-        The line is formatted here (about 6 us) rather than in the writer thread: a thread
-        formatting a batch holds the GIL while the event loop waits for it, and a queued
+        The line is formatted here (about 2 us compiled) rather than in the writer thread: a
+        thread formatting a batch holds the GIL while the event loop waits for it, and a queued
         string is nothing for the garbage collector to walk."""
         if len(self._items) >= self._queue_size:
             self._on_drop(1)
         else:
-            self._items.append(self._format(ts, values))
+            self._items.append(
+                self._format(
+                    ts,
+                    trace_id,
+                    span_id,
+                    flags,
+                    facility,
+                    service,
+                    route,
+                    method,
+                    status,
+                    duration_ms,
+                    upstream_ms,
+                    error_type,
+                )
+            )
 
     def event(self, ts: float, event: str, fields: dict[str, Any]) -> None:
         """Queue any other event (e.g. an admin access). Never blocks."""

@@ -161,19 +161,17 @@ class Proxy:
                 span.end()
             self.access_log.request(
                 started,
-                (
-                    ctx.trace_hex(),
-                    ctx.span_hex(),
-                    ctx.flags_hex(),
-                    facility,
-                    service,
-                    route or None,
-                    method,
-                    status,
-                    duration_s * 1000,
-                    upstream_ms,
-                    error_type,
-                ),
+                ctx.trace_hex(),
+                ctx.span_hex(),
+                ctx.flags_hex(),
+                facility,
+                service,
+                route or None,
+                method,
+                status,
+                duration_s * 1000,
+                upstream_ms,
+                error_type,
             )
             self.in_flight -= 1
             if self.in_flight == 0:
