@@ -183,7 +183,11 @@ class Request:
         for name, value in headers:
             if not has_date and len(name) == 4 and name.lower() == "date":
                 has_date = True
-            parts.append(f"{name}: {value}\r\n")
+            # Pieces joined once at the end: no string per header line.
+            parts.append(name)
+            parts.append(": ")
+            parts.append(value)
+            parts.append("\r\n")
         if not has_date:
             parts.append(f"Date: {conn.server.date()}\r\n")
         parts.append(extra)

@@ -459,6 +459,35 @@ async def test_base_path_and_host_header() -> None:
             await up.close()
 
 
+async def test_line_breaks_in_headers_are_refused_before_sending() -> None:
+    """A CR or LF inside a header would split it into two (request smuggling): nothing goes out."""
+    received: list[dict[str, str]] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            _line, headers = await read_head(reader)
+            received.append(headers)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async with scripted(record) as (port, _conns):
+        up = client(port)
+        try:
+            for headers in (
+                {"X-A": "1\r\nX-Injected: 1"},
+                {"X-A": "1\nX-Injected: 1"},
+                {"X-A": "1\r"},
+                {"X-Bad\r\nX-Injected": "1"},
+            ):
+                with pytest.raises(UpstreamProtocolError, match="line break"):
+                    await up.send("GET", "/", {"X-Ok": "fine", **headers}, None)
+            status, _h, body = await fetch(up, "GET", "/", {"X-Ok": "fine"})
+        finally:
+            await up.close()
+    assert (status, body) == (200, b"ok")
+    assert len(received) == 1 and received[0]["x-ok"] == "fine" and "x-injected" not in received[0]
+
+
 # -- nginx upstream --------------------------------------------------------------------------------
 
 
