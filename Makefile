@@ -41,6 +41,7 @@ test: lint typecheck pytest
 bench: install
 	scripts/install-system-deps bench
 	$(PY) -m bench.proxy
+	$(PY) -m bench.instructions
 	$(PY) -m bench.latency
 	$(PY) -m bench.slo_engine --throughput
 	$(PY) -m bench.alert_rules
