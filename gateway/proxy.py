@@ -159,19 +159,22 @@ class Proxy:
                 if status >= 500:
                     span.set_error()
                 span.end()
-            self.access_log.request(
-                started,
-                ctx.trace_hex(),
-                ctx.span_hex(),
-                ctx.flags_hex(),
-                facility,
-                service,
-                route or None,
-                method,
-                status,
-                duration_s * 1000,
-                upstream_ms,
-                error_type,
+            log = self.access_log
+            log.request(
+                log.format(
+                    started,
+                    ctx.trace_hex(),
+                    ctx.span_hex(),
+                    ctx.flags_hex(),
+                    facility,
+                    service,
+                    route or None,
+                    method,
+                    status,
+                    duration_s * 1000,
+                    upstream_ms,
+                    error_type,
+                )
             )
             self.in_flight -= 1
             if self.in_flight == 0:

@@ -16,17 +16,17 @@ def _without_created(text: bytes) -> list[str]:
     return [line for line in text.decode().splitlines() if "_created" not in line]
 
 
+def _reference(local: GatewayMetrics) -> tuple[CollectorRegistry, Histogram]:
+    """prometheus_client's own histogram with the gateway's buckets, in a registry of its own."""
+    registry = CollectorRegistry()
+    help_text = "Duration of HTTP server requests through the gateway."
+    return registry, Histogram(DURATION, help_text, LABELS, buckets=local.buckets_s, registry=registry)
+
+
 def test_local_histogram_exposes_what_prometheus_client_would() -> None:
     rng = random.Random(7)
     local = GatewayMetrics(CollectorRegistry(), [0.3, 0.0125], max_label_sets=1000)
-    reference_registry = CollectorRegistry()
-    reference = Histogram(
-        DURATION,
-        "Duration of HTTP server requests through the gateway.",
-        LABELS,
-        buckets=local.buckets_s,
-        registry=reference_registry,
-    )
+    reference_registry, reference = _reference(local)
     active_reference = Gauge(
         ACTIVE, "Number of active HTTP server requests.", ("facility", "service"), registry=reference_registry
     )
@@ -67,14 +67,7 @@ def test_local_histogram_exposes_what_prometheus_client_would() -> None:
 
 def test_exemplars_and_openmetrics_match_prometheus_client() -> None:
     local = GatewayMetrics(CollectorRegistry(), [], max_label_sets=1000)
-    reference_registry = CollectorRegistry()
-    reference = Histogram(
-        DURATION,
-        "Duration of HTTP server requests through the gateway.",
-        LABELS,
-        buckets=local.buckets_s,
-        registry=reference_registry,
-    )
+    reference_registry, reference = _reference(local)
     for v, trace in ((0.004, "a" * 32), (0.2, "b" * 32), (0.3, None), (30.0, "c" * 32)):
         child, _key = local.request_child("lakeside", "fhir", "/fhir/Observation", "POST", 201)
         ref = reference.labels("lakeside", "fhir", "/fhir/Observation", "POST", "201")
