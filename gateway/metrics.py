@@ -23,7 +23,7 @@ import math
 import time
 from bisect import bisect_left
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
@@ -100,8 +100,12 @@ class LocalGauge:
         self.value -= 1
 
 
-class _LocalCollector(Collector):
-    """Exposes the local histogram and gauge with prometheus_client's own sample layout."""
+class _LocalCollector:
+    """Exposes the local histogram and gauge with prometheus_client's own sample layout.
+
+    Not a subclass of prometheus_client's ``Collector``: a registry needs only ``collect``, and
+    a compiled class must not derive from a class the compiler may not see (an isolated build
+    has no prometheus_client to read types from)."""
 
     def __init__(
         self,
@@ -161,7 +165,8 @@ class GatewayMetrics:
                 multiprocess_mode="livesum",  # with --workers: the sum over live workers
             )
         else:
-            registry.register(_LocalCollector(self._bounds, self._local_histograms, self._local_gauges))
+            collector = _LocalCollector(self._bounds, self._local_histograms, self._local_gauges)
+            registry.register(cast(Collector, collector))
         self._dropped = Counter(
             "vitalgate_telemetry_dropped",
             "Telemetry items dropped because a queue was full or an exporter failed.",
