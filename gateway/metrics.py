@@ -64,6 +64,8 @@ DURATION_HELP = "Duration of HTTP server requests through the gateway."
 ACTIVE = "http_server_active_requests"
 ACTIVE_HELP = "Number of active HTTP server requests."
 ACTIVE_LABELS = ("facility", "service")
+RequestKey = tuple[str, str, str, str, int]
+"""facility, service, route, method, status: one request histogram label set."""
 
 
 class LocalHistogram:
@@ -110,17 +112,19 @@ class _LocalCollector:
     def __init__(
         self,
         bounds: tuple[float, ...],
-        histograms: dict[tuple[str, ...], LocalHistogram],
-        gauges: dict[tuple[str, str], LocalGauge],
+        histograms: dict[RequestKey, tuple[Any, RequestKey]],
+        gauges: dict[tuple[str, str], Any],
     ) -> None:
+        # The metrics' own child caches, read at scrape time (one process: local children only).
         self._le = [floatToGoString(b) for b in bounds]  # type: ignore[no-untyped-call]
         self._histograms = histograms
         self._gauges = gauges
 
     def collect(self) -> Iterator[Metric]:
         h = Metric(DURATION, DURATION_HELP, "histogram")
-        for values, child in list(self._histograms.items()):
-            labels = dict(zip(LABELS, values, strict=True))
+        for entry, key in list(self._histograms.values()):
+            child: LocalHistogram = entry
+            labels = dict(zip(LABELS, (*key[:4], str(key[4])), strict=True))
             counts = list(child.counts)  # one consistent copy
             total = 0
             for le, n, exemplar in zip(self._le, counts, child.exemplars, strict=True):
@@ -131,7 +135,8 @@ class _LocalCollector:
             h.add_sample(f"{DURATION}_created", labels, child.created)
         yield h
         g = Metric(ACTIVE, ACTIVE_HELP, "gauge")
-        for (facility, service), gauge in list(self._gauges.items()):
+        for (facility, service), entry in list(self._gauges.items()):
+            gauge: LocalGauge = entry
             g.add_sample(ACTIVE, {"facility": facility, "service": service}, float(gauge.value))
         yield g
 
@@ -151,8 +156,10 @@ class GatewayMetrics:
         self._bounds = (*self.buckets_s, math.inf)
         self._duration: Histogram | None = None
         self._active_metric: Gauge | None = None
-        self._local_histograms: dict[tuple[str, ...], LocalHistogram] = {}
-        self._local_gauges: dict[tuple[str, str], LocalGauge] = {}
+        self._last_exemplar: dict[RequestKey, float] = {}
+        # Per label set, resolved once: the histogram child and the (possibly folded) key.
+        self._children: dict[RequestKey, tuple[Any, RequestKey]] = {}
+        self._active: dict[tuple[str, str], Any] = {}
         if multiprocess:
             self._duration = Histogram(
                 DURATION, DURATION_HELP, LABELS, buckets=self.buckets_s, registry=registry
@@ -165,7 +172,7 @@ class GatewayMetrics:
                 multiprocess_mode="livesum",  # with --workers: the sum over live workers
             )
         else:
-            collector = _LocalCollector(self._bounds, self._local_histograms, self._local_gauges)
+            collector = _LocalCollector(self._bounds, self._children, self._active)
             registry.register(cast(Collector, collector))
         self._dropped = Counter(
             "vitalgate_telemetry_dropped",
@@ -200,9 +207,6 @@ class GatewayMetrics:
             sla.labels(fid).set(value)
         self._overflow_duration = self._overflow.labels("http_server_request_duration_seconds")
         self._max = max_label_sets
-        self._last_exemplar: dict[tuple[str, str, str, str, int], float] = {}
-        self._children: dict[tuple[str, str, str, str, int], tuple[Any, tuple[str, str, str, str, int]]] = {}
-        self._active: dict[tuple[str, str], Any] = {}
 
     def drop(self, signal: str, n: int = 1) -> None:
         """Count ``n`` lost telemetry items; thread-safe (exporters call it)."""
@@ -210,7 +214,7 @@ class GatewayMetrics:
 
     def request_child(
         self, facility: str, service: str, route: str, method: str, status: int
-    ) -> tuple[Any, tuple[str, str, str, str, int]]:
+    ) -> tuple[Any, RequestKey]:
         """The histogram child for a label set, and the (possibly folded) label set itself."""
         key = (facility, service, route, method, status)
         found = self._children.get(key)
@@ -222,16 +226,15 @@ class GatewayMetrics:
                 if found is not None:
                     return found
                 key = folded
-            labels = (key[0], key[1], key[2], key[3], str(status))
             child: Any
             if self._duration is not None:
-                child = self._duration.labels(*labels)
+                child = self._duration.labels(key[0], key[1], key[2], key[3], str(status))
             else:
-                child = self._local_histograms[labels] = LocalHistogram(self._bounds)
+                child = LocalHistogram(self._bounds)
             found = self._children[key] = (child, key)
         return found
 
-    def exemplar_due(self, key: tuple[str, str, str, str, int], now: float) -> bool:
+    def exemplar_due(self, key: RequestKey, now: float) -> bool:
         """At most one exemplar a second per label set: Prometheus keeps only the latest per
         bucket, and attaching one costs more than the observation itself."""
         if now - self._last_exemplar.get(key, -math.inf) < EXEMPLAR_INTERVAL_S:
@@ -246,6 +249,6 @@ class GatewayMetrics:
             if self._active_metric is not None:
                 child = self._active_metric.labels(facility, service)
             else:
-                child = self._local_gauges[key] = LocalGauge()
+                child = LocalGauge()
             self._active[key] = child
         return child
