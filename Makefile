@@ -4,15 +4,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NATIVE := $(VENV)/.compiled
-# The request-path modules setup.py compiles with mypyc (its HOT_PATH list).
-HOT_PATH := $(shell sed -n 's/^    "\(gateway\/[a-z_]*\.py\)",$$/\1/p' setup.py)
+# The request-path modules setup.py compiles with mypyc (gateway/native.py's HOT_PATH).
+HOT_PATH := $(shell sed -n 's/^    "gateway\.\([a-z_]*\)",$$/gateway\/\1.py/p' gateway/native.py)
 DURATION ?= 60
 
 .PHONY: install demo test lint typecheck pytest bench clean pure
 
 # The dependencies first, uncompiled; then the request path is compiled against them (below),
 # so mypyc reads the same types mypy checks.
-$(STAMP): pyproject.toml setup.py scripts/install-system-deps
+$(STAMP): pyproject.toml setup.py gateway/native.py scripts/install-system-deps
 	scripts/install-system-deps
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check 'setuptools>=68' wheel

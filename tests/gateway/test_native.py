@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -36,12 +35,6 @@ def _version(cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         env={**os.environ, "PYTHONPATH": str(cwd)} if cwd else None,
         timeout=60,
     )
-
-
-def test_hot_path_list_matches_setup_py() -> None:
-    setup = (ROOT / "setup.py").read_text()
-    compiled = re.findall(r'^    "gateway/(\w+)\.py",$', setup, re.MULTILINE)
-    assert tuple(f"gateway.{m}" for m in compiled) == native.HOT_PATH
 
 
 def test_version_says_which_build_runs() -> None:
