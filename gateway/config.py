@@ -7,6 +7,7 @@ problem of the gateway file and of the ``slos.yaml`` it names at once, each as
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import datetime
 from pathlib import Path
@@ -54,6 +55,8 @@ class UpstreamConfig(_Strict):
     timeout: TimeoutConfig = Field(default_factory=TimeoutConfig)
     ca_file: str | None = None
     max_connections: int = Field(default=100, ge=1, le=10000)
+    host: Literal["client", "upstream"] = "client"
+    """The ``Host`` sent upstream: the client's (as Envoy and Traefik do), or the upstream URL's."""
 
     @field_validator("url")
     @classmethod
@@ -73,6 +76,11 @@ class RouteConfig(_Strict):
     templates: list[str] = Field(default_factory=list)
     operations: list[str] = Field(default_factory=list)
     """Extra FHIR operation names (without ``$``) accepted as route labels."""
+    query_parameters: list[str] = Field(default_factory=list)
+    """Extra query parameter names (a server's own search parameters) recorded by name."""
+    rewrite_max_bytes: int = Field(default=4 * 1024 * 1024, ge=0, le=256 * 1024 * 1024)
+    """``kind: fhir``: FHIR JSON responses up to this size are inspected (Bundle links
+    rewritten, batch entries counted); larger ones stream through untouched."""
 
     @field_validator("prefix")
     @classmethod
@@ -265,9 +273,20 @@ class LimitsConfig(_Strict):
     shutdown_timeout: DurationS = 30.0
 
 
+def _networks(value: list[str]) -> list[str]:
+    for v in value:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            raise ValueError(f"must be IP addresses or networks, such as 10.0.0.0/8 (got {v!r})") from None
+    return value
+
+
 class GatewayConfig(_Strict):
     version: Literal[1]
     listen: ListenAddr = "127.0.0.1:8080"
+    trusted_proxies: Annotated[list[str], AfterValidator(_networks)] = Field(default_factory=list)
+    """Peers whose X-Forwarded-* and Forwarded headers are believed (a load balancer in front)."""
     tls: TlsConfig | None = None
     admin: AdminConfig = Field(default_factory=AdminConfig)
     upstreams: dict[str, UpstreamConfig]

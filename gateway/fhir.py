@@ -243,26 +243,3 @@ OPERATIONS = frozenset(
         "export-poll-status",
     )
 )
-
-# Query parameters whose values are safe to record: they shape the response and
-# carry no patient data. Every other parameter is recorded by name only.
-CONTROL_PARAMETERS = frozenset(
-    (
-        "_count",
-        "_sort",
-        "_include",
-        "_revinclude",
-        "_summary",
-        "_elements",
-        "_format",
-        "_pretty",
-        "_total",
-        "_contained",
-        "_containedType",
-        "_offset",
-        "_page",
-        "_getpages",
-        "_getpagesoffset",
-        "_pretty",
-    )
-)

@@ -27,6 +27,7 @@ import collections
 import contextlib
 import email.utils
 import http
+import ipaddress
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -171,6 +172,11 @@ class Request:
         return self._conn.peer
 
     @property
+    def trusted(self) -> bool:
+        """The peer is a configured trusted proxy: its forwarding headers are believed."""
+        return self._conn.trusted
+
+    @property
     def transport(self) -> asyncio.Transport | None:
         return self._conn.transport
 
@@ -267,6 +273,7 @@ class _Conn(FlowControlled):
         super().__init__()
         self.server = server
         self.peer: str | None = None
+        self.trusted = False
         self.parser = httptools.HttpRequestParser(self)
         self.closing = False
         self.current: Request | None = None  # being parsed
@@ -287,6 +294,7 @@ class _Conn(FlowControlled):
         super().connection_made(transport)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) else None
+        self.trusted = self.peer is not None and self.server.is_trusted(self.peer)
         self.last_active = time.monotonic()
         self.server.conns.add(self)
 
@@ -471,8 +479,10 @@ class HttpServer:
         max_header_size: int = 16384,
         keepalive_s: float = 75.0,
         on_error: Callable[[], None] | None = None,
+        trusted_proxies: Iterable[str] = (),
     ) -> None:
         self.handler = handler
+        self._trusted = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
         self.max_header_size = max_header_size
         self.keepalive_s = keepalive_s
         self.conns: set[_Conn] = set()
@@ -488,6 +498,16 @@ class HttpServer:
             self._date_at = now - now % 1.0
             self._date = email.utils.formatdate(now, usegmt=True)
         return self._date
+
+    def is_trusted(self, peer: str) -> bool:
+        """Once per connection: is this peer address one of ``trusted_proxies``?"""
+        if not self._trusted:
+            return False
+        try:
+            addr = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(addr in net for net in self._trusted)
 
     def log_error(self) -> None:
         if self._on_error is not None:

@@ -207,6 +207,37 @@ class GatewayMetrics:
             sla.labels(fid).set(value)
         self._overflow_duration = self._overflow.labels("http_server_request_duration_seconds")
         self._max = max_label_sets
+        self._entries = Counter(
+            "vitalgate_fhir_bundle_entries",
+            "Entries of FHIR batch and transaction responses, by the entry's method, route "
+            "template and status class (a batch answers 200 while its entries may fail).",
+            ("facility", "service", "http_request_method", "http_route", "status_class"),
+            registry=registry,
+        )
+        self._leaks = Counter(
+            "vitalgate_upstream_url_leak",
+            "Responses passed on that still name the upstream's own address (a client following "
+            "it would bypass the gateway), by where the address was found.",
+            ("facility", "service", "where"),
+            registry=registry,
+        )
+        self._uninspected = Counter(
+            "vitalgate_fhir_responses_uninspected",
+            "FHIR JSON responses that could not be inspected for URLs and batch entries.",
+            ("service", "reason"),
+            registry=registry,
+        )
+
+    def bundle_entries(
+        self, facility: str, service: str, method: str, route: str, status_class: str, n: int
+    ) -> None:
+        self._entries.labels(facility, service, method, route, status_class).inc(n)
+
+    def url_leak(self, facility: str, service: str, where: str) -> None:
+        self._leaks.labels(facility, service, where).inc()
+
+    def uninspected(self, service: str, reason: str) -> None:
+        self._uninspected.labels(service, reason).inc()
 
     def drop(self, signal: str, n: int = 1) -> None:
         """Count ``n`` lost telemetry items; thread-safe (exporters call it)."""

@@ -25,6 +25,8 @@ HOT_PATH = (
     "gateway.accesslog",
     "gateway.tracing",
     "gateway.recorder",
+    "gateway.bundle",
+    "gateway.query",
 )
 
 

@@ -14,16 +14,17 @@ import contextlib
 import json
 import time
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import urlsplit
 
 from gateway.accesslog import AccessLog
+from gateway.bundle import inspect, is_fhir_json, request_entries, status_class
 from gateway.errors import ClientGone, GatewayError, translate
 from gateway.facility import FacilityResolver
-from gateway.fhir import CONTROL_PARAMETERS
 from gateway.httpserver import Request
 from gateway.metrics import GatewayMetrics
+from gateway.query import redact_query
 from gateway.recorder import Recorder
-from gateway.routes import Router
+from gateway.routes import Match, Router
 from gateway.tracing import AnySpan, Span, Tracing, format_traceparent, parse_traceparent
 from gateway.upstream import Upstream, UpstreamResponse
 
@@ -44,26 +45,53 @@ HOP_BY_HOP = frozenset(
         "Host",
     )
 )
-# Replaced by the gateway's own values, not copied from the client.
-_NOT_COPIED = HOP_BY_HOP | {"traceparent", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+# Replaced by the gateway's own values, not copied from the client: forwarding headers are
+# believed only from a trusted proxy (and then extended, not copied).
+_NOT_COPIED = HOP_BY_HOP | {
+    "traceparent",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "forwarded",
+}
 _STRIP_RESPONSE = frozenset(h for h in HOP_BY_HOP if h != "host") | {"content-length"}
+# Response headers that carry URLs a client follows: rewritten from the upstream's base.
+_URL_HEADERS = frozenset({"location", "content-location", "link"})
+_PROTOS = frozenset({"http", "https"})
 
 
 _JSON = [("Content-Type", "application/json; charset=utf-8")]
 _NO_ROUTE = b'{"error": "no route", "detail": "no configured route matches this path"}'
 
 
-def redact_query(query_string: str) -> str:
-    """Parameter names, never values, except control parameters such as ``_count``."""
-    if not query_string:
-        return ""
-    out = []
-    for name, value in parse_qsl(query_string, keep_blank_values=True):
-        base = name.split(":", 1)[0]
-        out.append(
-            f"{name}={value}" if base in CONTROL_PARAMETERS and len(value) <= 64 else f"{name}=REDACTED"
-        )
-    return "&".join(out)[:2048]
+def _quoted(value: str) -> str:
+    """An RFC 7239 quoted-string (a host with a port, an IPv6 address are not tokens)."""
+    if '"' in value or "\\" in value:
+        value = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{value}"'
+
+
+def forwarded_element(peer: str, host: str | None, proto: str) -> str:
+    """This hop's ``Forwarded`` element (RFC 7239): ``for=...;host=...;proto=...``."""
+    node = _quoted(f"[{peer}]") if ":" in peer else (peer or "unknown")
+    return f"for={node};host={_quoted(host)};proto={proto}" if host else f"for={node};proto={proto}"
+
+
+def rebase(value: str, old_base: str, new_base: str) -> str | None:
+    """``value`` with the URL prefix ``old_base`` replaced by ``new_base``; None if not under it."""
+    if not value.startswith(old_base):
+        return None
+    rest = value[len(old_base) :]
+    if rest and rest[0] not in "/?#":
+        return None
+    return new_base + rest
+
+
+def _rebase_header(name: str, value: str, old_base: str, new_base: str) -> str:
+    if name.lower() == "link":  # <url>; rel="next", <url>; rel="prev"
+        return value.replace("<" + old_base, "<" + new_base)
+    return rebase(value.strip(), old_base, new_base) or value
 
 
 class Proxy:
@@ -89,10 +117,19 @@ class Proxy:
         self.tracer = tracing.tracer
         self.scheme = scheme
         self.server_port = server_port
+        self._port_str = str(server_port)
+        self.default_host = f"127.0.0.1:{server_port}"
+        """The gateway's own authority, for a client that sent no Host (HTTP/1.0)."""
         self.recorder = recorder
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
+
+    def bound(self, host: str, port: int) -> None:
+        """The listener is up on ``port`` (a configured port 0 is known only now)."""
+        self.server_port = port
+        self._port_str = str(port)
+        self.default_host = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     async def handle(self, request: Request) -> None:
         started = time.time()
@@ -101,6 +138,8 @@ class Proxy:
         if self.in_flight == 1:
             self.idle.clear()
         raw = request.raw_path
+        if "#" in raw:  # a fragment is the client's own: never forwarded, never recorded
+            raw = request.raw_path = raw.partition("#")[0]
         path, _, query = raw.partition("?")
         method = request.method if request.method in KNOWN_METHODS else "_OTHER"
         match = self.router.match(path)
@@ -122,7 +161,7 @@ class Proxy:
             if route:
                 attrs["http.route"] = route
             if query:
-                attrs["url.query"] = redact_query(query)
+                attrs["url.query"] = redact_query(query, match.query_names if match else frozenset())
             if method == "_OTHER":
                 attrs["http.request.method_original"] = request.method[:16]
             span.set_attributes(attrs)
@@ -137,9 +176,7 @@ class Proxy:
                 with contextlib.suppress(ConnectionError):
                     await request.respond(404, _JSON, _NO_ROUTE)
                 return
-            status, error_type, upstream_ms = await self._forward(
-                request, match.upstream, route, method, span
-            )
+            status, error_type, upstream_ms = await self._forward(request, match, facility, method, span)
         finally:
             active.dec()
             duration_s = time.perf_counter() - t0
@@ -180,30 +217,52 @@ class Proxy:
             if self.in_flight == 0:
                 self.idle.set()
 
-    def _forward_headers(self, request: Request, traceparent: str) -> list[tuple[str, str]]:
+    def _forward_headers(
+        self, request: Request, traceparent: str
+    ) -> tuple[list[tuple[str, str]], str | None, str]:
+        """The headers sent upstream, the client's Host, and the origin the client sees
+        (``https://ehr.example.org``): what the upstream's own URLs are rewritten to."""
         incoming = request.headers
         hop = _NOT_COPIED
         connection = incoming.get_lower("connection")
         if connection:
             hop = hop | {h.strip().lower() for h in connection.split(",")}
         raw, lower = incoming.raw, incoming.lower_names()
-        # (an index loop: compiled, zip(..., strict=True) is a slow generic call)
-        out = [raw[i] for i in range(len(raw)) if lower[i] not in hop]
+        # Names with "_" are dropped, as nginx does: some servers read Content_Length or
+        # X_Forwarded_For as their dashed twins. (An index loop: compiled, zip(..., strict=True)
+        # is a slow generic call.)
+        out = [raw[i] for i in range(len(raw)) if lower[i] not in hop and "_" not in lower[i]]
         peer = request.remote or ""
-        prior = incoming.get_lower("x-forwarded-for")
-        out.append(("X-Forwarded-For", f"{prior}, {peer}" if prior else peer))
-        out.append(("X-Forwarded-Proto", incoming.get_lower("x-forwarded-proto") or self.scheme))
-        host = incoming.get_lower("x-forwarded-host") or incoming.get_lower("host")
-        if host:
-            out.append(("X-Forwarded-Host", host))
+        host = incoming.get_lower("host")
+        proto = self.scheme
+        xfh = host
+        port = self._port_str
+        prior_for: str | None = None
+        prior_fwd: str | None = None
+        if request.trusted:
+            # A proxy in front that we trust: it saw the client; extend what it says.
+            prior_for = incoming.get_lower("x-forwarded-for")
+            prior_fwd = incoming.get_lower("forwarded")
+            said = (incoming.get_lower("x-forwarded-proto") or "").strip().lower()
+            proto = said if said in _PROTOS else proto
+            xfh = incoming.get_lower("x-forwarded-host") or host
+            port = incoming.get_lower("x-forwarded-port") or port
+        out.append(("X-Forwarded-For", f"{prior_for}, {peer}" if prior_for else peer))
+        out.append(("X-Forwarded-Proto", proto))
+        if xfh:
+            out.append(("X-Forwarded-Host", xfh))
+        out.append(("X-Forwarded-Port", port))
+        element = forwarded_element(peer, xfh, proto)
+        out.append(("Forwarded", f"{prior_fwd}, {element}" if prior_fwd else element))
         out.append(("traceparent", traceparent))
-        return out
+        return out, host, f"{proto}://{xfh or self.default_host}"
 
     async def _forward(
-        self, request: Request, upstream_name: str, route: str, method: str, server_span: AnySpan
+        self, request: Request, match: Match, facility: str, method: str, server_span: AnySpan
     ) -> tuple[int, str | None, float | None]:
         """Forward and answer; the status recorded, the error type, the upstream time in ms."""
-        upstream = self.upstreams[upstream_name]
+        upstream = self.upstreams[match.upstream]
+        route = match.route
         if isinstance(server_span, Span):
             client_span: AnySpan = self.tracer.start_client(
                 f"{method} {route}",
@@ -213,35 +272,67 @@ class Proxy:
                     "server.address": upstream.host,
                     "server.port": upstream.port,
                     "url.template": route,
-                    "vitalgate.upstream": upstream_name,
+                    "vitalgate.upstream": match.upstream,
                 },
             )
         else:
             # Not sampled: no span to record, so the upstream's parent is the server span itself.
             client_span = server_span
-        headers = self._forward_headers(request, format_traceparent(client_span.get_span_context()))
-        body = request.content if request.can_read_body else None
+        headers, host, external = self._forward_headers(
+            request, format_traceparent(client_span.get_span_context())
+        )
+        body: Any = request.content if request.can_read_body else None
         expect = body is not None and body.expect_continue
+        tee: _Tee | None = None
+        if body is not None and match.inspect_max and method == "POST" and match.is_base:
+            # A batch or transaction: keep (a bounded copy of) its entries' methods and URLs.
+            body = tee = _Tee(body, match.inspect_max)
         u0 = time.perf_counter()
         upstream_status: int | None = None
         error: GatewayError | None = None
         try:
-            upstream_response = await upstream.send(request.method, request.raw_path, headers, body, expect)
+            upstream_response = await upstream.send(
+                request.method, request.raw_path, headers, body, expect, host
+            )
             try:
                 upstream_status = upstream_status_ = upstream_response.status
-                out, length = self._response_headers(upstream_response)
+                out, length, ctype, urls = self._response_headers(upstream_response, upstream, external)
+                if urls and self._header_leak(out, upstream):
+                    self.metrics.url_leak(facility, match.service, "header")
                 reason = upstream_response.reason or None
+                inspect_max = match.inspect_max if is_fhir_json(ctype) else 0
+                leak = upstream.leak_needles
                 try:
+                    if inspect_max and not upstream_response.complete:
+                        # Small enough to inspect: gather it (bounded), then answer it whole.
+                        await upstream_response.gather(inspect_max)
                     if upstream_response.complete:
                         # The whole response is already here (the common case): one write.
-                        await request.respond(
-                            upstream_status_, out, upstream_response.read_all_buffered(), reason, length
-                        )
+                        data = upstream_response.read_all_buffered()
+                        if inspect_max and data and len(data) <= inspect_max:
+                            data = self._inspect(
+                                data, match, facility, upstream.base, external, tee, server_span
+                            )
+                        if data and (leak[0] in data or leak[1] in data):
+                            self.metrics.url_leak(facility, match.service, "body")
+                        await request.respond(upstream_status_, out, data, reason, length)
                     else:
+                        if inspect_max:
+                            self.metrics.uninspected(match.service, "too_large")
                         request.start(upstream_status_, out, length, reason)
+                        leaked = False
+                        tail = b""
+                        width = len(leak[1])
                         while chunk := await upstream_response.read():
+                            if not leaked:
+                                # Also across chunk boundaries: the last bytes of the one before.
+                                seam = tail + chunk[:width]
+                                leaked = any(n in chunk or n in seam for n in leak)
+                                tail = chunk[-width:]
                             await request.write(chunk)
                         await request.write_eof()
+                        if leaked:
+                            self.metrics.url_leak(facility, match.service, "body")
                 except ConnectionError as exc:
                     raise ClientGone("client went away") from exc
             finally:
@@ -273,9 +364,114 @@ class Proxy:
             await request.respond(error.status, _JSON, body_out)
         return error.status, error.error_type, upstream_ms
 
+    def _inspect(
+        self,
+        data: bytes,
+        match: Match,
+        facility: str,
+        old_base: str,
+        external: str,
+        tee: _Tee | None,
+        server_span: AnySpan,
+    ) -> bytes:
+        """A FHIR JSON response: its upstream URLs rewritten, a batch's entries counted."""
+        want_entries = tee is not None
+        found = inspect(data, old_base, external, want_entries)
+        if found is None:
+            return data
+        statuses = found.entry_statuses
+        if statuses is not None:
+            self._count_entries(statuses, match, facility, tee, server_span)
+        return found.body
+
+    def _count_entries(
+        self,
+        statuses: list[int | None],
+        match: Match,
+        facility: str,
+        tee: _Tee | None,
+        server_span: AnySpan,
+    ) -> None:
+        requested = request_entries(tee.data) if tee is not None and not tee.overflow else None
+        if requested is None or len(requested) != len(statuses):
+            if tee is not None and tee.overflow:
+                self.metrics.uninspected(match.service, "request_too_large")
+            requested = [("_OTHER", "")] * len(statuses)
+        counts: dict[tuple[str, str, str], int] = {}
+        by_class: dict[str, int] = {}
+        for (entry_method, url), status in zip(requested, statuses, strict=True):
+            cls = status_class(status)
+            key = (entry_method, self._entry_route(match, url), cls)
+            counts[key] = counts.get(key, 0) + 1
+            by_class[cls] = by_class.get(cls, 0) + 1
+        for (entry_method, entry_route, cls), n in counts.items():
+            self.metrics.bundle_entries(facility, match.service, entry_method, entry_route, cls, n)
+        if server_span.is_recording():
+            server_span.set_attributes({f"vitalgate.bundle.entries.{c}": n for c, n in by_class.items()})
+
+    def _entry_route(self, match: Match, url: str) -> str:
+        """The route template of a batch entry's URL (``Patient/123`` -> ``/fhir/Patient/{id}``)."""
+        if "://" in url:
+            url = urlsplit(url).path
+            if not url.startswith(match.prefix):
+                return match.prefix + "{path}"
+            url = url[len(match.prefix) :]
+        path = match.prefix + url.partition("?")[0].partition("#")[0].lstrip("/")
+        found = self.router.match(path)
+        return found.route if found is not None and found.prefix == match.prefix else match.prefix + "{path}"
+
     @staticmethod
-    def _response_headers(upstream_response: UpstreamResponse) -> tuple[list[tuple[str, str]], str | None]:
-        """The upstream's headers to pass on, and its Content-Length (framing is the server's)."""
+    def _header_leak(headers: list[tuple[str, str]], upstream: Upstream) -> bool:
+        needle = upstream.leak_needles[0].decode("latin-1")
+        return any(needle in v for n, v in headers if n.lower() in _URL_HEADERS)
+
+    @staticmethod
+    def _response_headers(
+        upstream_response: UpstreamResponse, upstream: Upstream, external: str
+    ) -> tuple[list[tuple[str, str]], str | None, str | None, bool]:
+        """The upstream's headers to pass on (URLs that point at the upstream rewritten to the
+        gateway, as nginx's ``proxy_redirect default``), its Content-Length (framing is the
+        server's), its Content-Type, and whether it had a header carrying a URL."""
         raw, lower = upstream_response.headers, upstream_response.lower_names
         out = [raw[i] for i in range(len(raw)) if lower[i] not in _STRIP_RESPONSE]
-        return out, upstream_response.content_length
+        if "location" in lower or "content-location" in lower or "link" in lower:
+            base = upstream.base
+            out = [
+                (n, _rebase_header(n, v, base, external)) if n.lower() in _URL_HEADERS else (n, v)
+                for n, v in out
+            ]
+            return out, upstream_response.content_length, _content_type(raw, lower), True
+        return out, upstream_response.content_length, _content_type(raw, lower), False
+
+
+def _content_type(raw: list[tuple[str, str]], lower: list[str]) -> str | None:
+    return raw[lower.index("content-type")][1] if "content-type" in lower else None
+
+
+class _Tee:
+    """A request body passed on as it is read, with a copy of its first ``limit`` bytes."""
+
+    __slots__ = ("_body", "_limit", "_parts", "_size", "expect_continue", "overflow")
+
+    def __init__(self, body: Any, limit: int) -> None:
+        self._body = body
+        self._limit = limit
+        self._parts: list[bytes] = []
+        self._size = 0
+        self.overflow = False
+        self.expect_continue = body.expect_continue
+
+    async def readany(self) -> bytes:
+        chunk: bytes = await self._body.readany()
+        if chunk and not self.overflow:
+            self._size += len(chunk)
+            if self._size > self._limit:
+                self.overflow = True
+                self._parts = []
+            else:
+                self._parts.append(chunk)
+        return chunk
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self._parts)

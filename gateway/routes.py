@@ -22,14 +22,31 @@ class Match:
     """Where a request goes and how it is named. Shared between requests (one per route
     template, cached by its route), so treated as immutable."""
 
-    __slots__ = ("prefix", "route", "service", "upstream")
+    __slots__ = ("inspect_max", "prefix", "query_names", "route", "service", "upstream")
 
-    def __init__(self, service: str, upstream: str, route: str, prefix: str) -> None:
+    def __init__(
+        self,
+        service: str,
+        upstream: str,
+        route: str,
+        prefix: str,
+        inspect_max: int = 0,
+        query_names: frozenset[str] = frozenset(),
+    ) -> None:
         self.service = service
         self.upstream = upstream
         self.route = route
         """The route template: the ``http.route`` value."""
         self.prefix = prefix
+        self.inspect_max = inspect_max
+        """FHIR JSON responses up to this many bytes are inspected (0: a route that is not FHIR)."""
+        self.query_names = query_names
+        """Query parameter names this route records beside FHIR's own."""
+
+    @property
+    def is_base(self) -> bool:
+        """The FHIR base itself (``/fhir/``): where batches and transactions are posted."""
+        return self.route == self.prefix
 
     def __repr__(self) -> str:
         return f"Match(service={self.service!r}, upstream={self.upstream!r}, route={self.route!r})"
@@ -67,6 +84,8 @@ class Route:
         # One Match per template: templates are bounded, so this is too.
         self._matches: dict[str, Match] = {}
         self._operations = OPERATIONS | frozenset(cfg.operations)
+        self._inspect_max = cfg.rewrite_max_bytes if cfg.kind == "fhir" else 0
+        self._query_names = frozenset(cfg.query_parameters)
         self._prefix_segments = len(cfg.prefix.strip("/").split("/"))
         # Absolute index of a path segment that carries the facility (URL partition),
         # relative to this route's remainder; None when the facility is not in the path.
@@ -104,7 +123,9 @@ class Route:
         route = self.template(path)
         m = self._matches.get(route)
         if m is None:
-            m = self._matches[route] = Match(self.service, self.upstream, route, self.prefix)
+            m = self._matches[route] = Match(
+                self.service, self.upstream, route, self.prefix, self._inspect_max, self._query_names
+            )
         return m
 
     def _op(self, segment: str) -> str | None:

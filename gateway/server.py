@@ -238,10 +238,12 @@ class Gateway:
             self.proxy.handle,
             max_header_size=limits.max_header_size,
             on_error=lambda: log.exception("proxy handler failed"),
+            trusted_proxies=self.config.gateway.trusted_proxies,
         )
         self.proxy_port = await self._server.start(
             self._host, self._port, ssl=self._ssl_context(), reuse_port=self.role.kind == "worker"
         )
+        self.proxy.bound(self._host, self.proxy_port)
         if self.role.kind == "worker":
             self.ready = True
             return

@@ -125,6 +125,7 @@ class _Connection(FlowControlled):
         self.keep_alive_s = KEEPALIVE_S
         self.ex: _Exchange | None = None
         self._buffered = 0
+        self.high_water = _HIGH_WATER
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -210,7 +211,7 @@ class _Connection(FlowControlled):
         assert ex is not None
         ex.chunks.append(body)
         self._buffered += len(body)
-        if self._buffered > _HIGH_WATER:
+        if self._buffered > self.high_water:
             self.pause_reading()
         wake(ex.reader)
 
@@ -274,11 +275,17 @@ class _Connection(FlowControlled):
         ex = self.ex
         self.ex = None
         self._buffered = 0
+        self.high_water = _HIGH_WATER
         self.resume_reading()
         if ex is None or self.closed:
             return False
         self.keep_alive_s = min(ex.keep_alive_s, KEEPALIVE_S)
         return ex.complete and ex.keep_alive and ex.error is None and ex.sent_body and ex.body_done
+
+    @property
+    def buffered(self) -> int:
+        """Body bytes received and not yet taken."""
+        return self._buffered
 
     def take(self) -> bytes:
         ex = self.ex
@@ -335,6 +342,25 @@ class UpstreamResponse:
         data = self._conn.take() if self._ex.chunks else b""
         self.release()
         return data
+
+    async def gather(self, limit: int) -> None:
+        """Wait until the whole body is here or more than ``limit`` bytes of it are buffered
+        (then ``complete`` says which); raises the exchange's error, as ``read`` does."""
+        ex = self._ex
+        conn = self._conn
+        conn.high_water = max(limit, _HIGH_WATER)
+        try:
+            while not ex.complete and ex.error is None and conn.buffered <= limit:
+                ex.reader = asyncio.get_running_loop().create_future()
+                self._timer.arm(ex.reader)
+                await ex.reader
+                ex.reader = None
+        finally:
+            conn.high_water = _HIGH_WATER
+        if ex.error is not None:
+            err = ex.error
+            self.release()
+            raise err
 
     async def read(self) -> bytes:
         """The next part of the body, or ``b""`` once the body is complete."""
@@ -426,6 +452,15 @@ class Upstream:
         )
         host = f"[{self.host}]" if ":" in self.host else self.host
         self._host_header = host if default_port else f"{host}:{self.port}"
+        self.pass_client_host = cfg.host == "client"
+        self.origin = f"{parts.scheme}://{self._host_header}"
+        """The upstream's origin as its own absolute URLs spell it (``http://fhir.internal:8081``)."""
+        self.base = self.origin + self._base_path
+        """Where the gateway's paths start on the upstream: what a Location is rewritten from."""
+        authority = self._host_header.encode("latin-1")
+        self.leak_needles = (b"//" + authority, b"\\/\\/" + authority)
+        """The upstream's address in a response (also JSON-escaped): a client following it
+        would bypass the gateway."""
         self._ssl: ssl.SSLContext | None = None
         if parts.scheme == "https":
             self._ssl = ssl.create_default_context(cafile=ca_file or cfg.ca_file)
@@ -564,9 +599,19 @@ class Upstream:
             self._idle.append(conn)
 
     # -- a request --------------------------------------------------------------------------------
-    def _head(self, method: str, raw_path_qs: str, headers: Sequence[tuple[str, str]], body: bool) -> bytes:
-        """The request head; with a body and no Content-Length, the body goes chunked."""
-        parts = [f"{method} {self._base_path}{raw_path_qs} HTTP/1.1\r\nHost: {self._host_header}\r\n"]
+    def _head(
+        self,
+        method: str,
+        raw_path_qs: str,
+        headers: Sequence[tuple[str, str]],
+        body: bool,
+        host: str | None = None,
+    ) -> bytes:
+        """The request head; with a body and no Content-Length, the body goes chunked. ``host``
+        is the client's Host when this upstream is given it (``host: client``)."""
+        if host is None or not self.pass_client_host:
+            host = self._host_header
+        parts = [f"{method} {self._base_path}{raw_path_qs} HTTP/1.1\r\nHost: {host}\r\n"]
         has_length = False
         for name, value in headers:
             if body and not has_length and len(name) == 14 and name.lower() == "content-length":
@@ -596,8 +641,10 @@ class Upstream:
         headers: Sequence[tuple[str, str]] | Mapping[str, str],
         body: BodySource | None,
         expect_continue: bool = False,
+        host: str | None = None,
     ) -> UpstreamResponse:
-        """Send the request; the caller reads the body and ``release()``s the response."""
+        """Send the request; the caller reads the body and ``release()``s the response. ``host``
+        is the client's Host header (sent on when the upstream is configured ``host: client``)."""
         if "\r" in raw_path_qs or "\n" in raw_path_qs or " " in raw_path_qs:
             raise UpstreamProtocolError("request target has a space or a line break")
         pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
@@ -605,7 +652,7 @@ class Upstream:
             pairs.append(("Expect", "100-continue"))
         else:
             expect_continue = False
-        head = self._head(method, raw_path_qs, pairs, body is not None)
+        head = self._head(method, raw_path_qs, pairs, body is not None, host)
         chunked = head.endswith(b"Transfer-Encoding: chunked\r\n\r\n")
         retryable = body is None and method in IDEMPOTENT
         conn = await self._acquire(fresh=False)

@@ -62,9 +62,13 @@ async def test_forwarding_and_telemetry_agree(
     headers = {k.lower(): v for k, v in seen["headers"].items()}
     assert "x-secret-hop" not in headers
     assert "proxy-authorization" not in headers
-    assert headers["x-forwarded-for"] == "10.1.2.3, 127.0.0.1"
+    # The client is not a trusted proxy: what it claims about earlier hops is replaced.
+    assert headers["x-forwarded-for"] == "127.0.0.1"
     assert headers["x-forwarded-proto"] == "http"
     assert headers["x-forwarded-host"] == f"127.0.0.1:{gw.proxy_port}"
+    assert headers["x-forwarded-port"] == str(gw.proxy_port)
+    assert headers["forwarded"] == f'for=127.0.0.1;host="127.0.0.1:{gw.proxy_port}";proto=http'
+    assert headers["host"] == f"127.0.0.1:{gw.proxy_port}"  # the client's Host (host: client)
     assert "user-agent" in headers  # the client's own, not one added by the gateway
     assert headers["user-agent"].startswith("Python/")
     # Incoming trace continued; the upstream sees the CLIENT span as its parent.

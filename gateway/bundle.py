@@ -1,0 +1,134 @@
+"""FHIR JSON responses on their way back: absolute URLs that point around the gateway, and
+the per-entry outcomes of a batch or transaction.
+
+A FHIR server builds absolute URLs (``Bundle.link[].url``, ``entry[].fullUrl``,
+``entry[].response.location``) from its own idea of its base. When that base
+is the upstream's address, a client that follows ``next`` goes straight to the
+upstream: unmeasured, outside every SLO. For a Bundle under the route's size
+limit the gateway rewrites those URLs to its own origin; whatever still names
+the upstream afterwards (in any response, inspected or not) is counted as a
+leak by the caller, never silently passed.
+
+A batch answers 200 with a status per entry: the entries' outcomes are read
+here (counts only; nothing of the body is kept) so that an SLO can count them.
+
+Only string literals that equal one of those URL fields are replaced, byte for
+byte, so the rest of the body (decimal precision, key order, whitespace)
+passes unchanged; a reference elsewhere in the Bundle to the same URL is
+replaced with it, which keeps it resolving against its entry's ``fullUrl``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+FHIR_JSON_TYPES = ("application/fhir+json", "application/json+fhir", "application/json")
+BATCH_RESPONSE_TYPES = frozenset({"batch-response", "transaction-response"})
+ENTRY_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+
+
+def is_fhir_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    mime = content_type.partition(";")[0].strip().lower()
+    return mime in FHIR_JSON_TYPES
+
+
+class Inspection:
+    """What a FHIR JSON response held: the body to send (rewritten or not) and, for a batch
+    or transaction response, each entry's status (``None`` when it has none)."""
+
+    __slots__ = ("body", "entry_statuses", "rewritten")
+
+    def __init__(self, body: bytes, rewritten: int, entry_statuses: list[int | None] | None) -> None:
+        self.body = body
+        self.rewritten = rewritten
+        """How many distinct URLs were rewritten."""
+        self.entry_statuses = entry_statuses
+
+
+def _urls(doc: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    links = doc.get("link")
+    if isinstance(links, list):
+        out.extend(u for link in links if isinstance(link, dict) and isinstance(u := link.get("url"), str))
+    entries = doc.get("entry")
+    if isinstance(entries, list):
+        for entry in entries:
+            if not isinstance(entry, dict):
+                continue
+            full = entry.get("fullUrl")
+            if isinstance(full, str):
+                out.append(full)
+            response = entry.get("response")
+            if isinstance(response, dict) and isinstance(response.get("location"), str):
+                out.append(response["location"])
+    return out
+
+
+def _entry_status(entry: Any) -> int | None:
+    response = entry.get("response") if isinstance(entry, dict) else None
+    status = response.get("status") if isinstance(response, dict) else None
+    if isinstance(status, str) and len(status) >= 3 and status[:3].isdigit():
+        code = int(status[:3])
+        return code if 100 <= code <= 599 else None
+    return None
+
+
+def inspect(body: bytes, old_base: str, new_base: str | None, want_entries: bool) -> Inspection | None:
+    """Rewrite a Bundle's URLs from ``old_base`` to ``new_base`` and read its entries'
+    statuses; None when the body is not a JSON Bundle (it then passes unchanged)."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
+        return None
+    rewritten = 0
+    if new_base is not None and new_base != old_base:
+        seen: set[str] = set()
+        for url in _urls(doc):
+            if url in seen or not url.startswith(old_base):
+                continue
+            rest = url[len(old_base) :]
+            if rest and rest[0] not in "/?#":
+                continue  # http://up:8081/base2 is not under http://up:8081/base
+            seen.add(url)
+            literal = json.dumps(url, ensure_ascii=False).encode()
+            if literal in body:
+                body = body.replace(literal, json.dumps(new_base + rest, ensure_ascii=False).encode())
+                rewritten += 1
+    statuses: list[int | None] | None = None
+    if want_entries and doc.get("type") in BATCH_RESPONSE_TYPES:
+        entries = doc.get("entry")
+        statuses = [_entry_status(e) for e in entries] if isinstance(entries, list) else []
+    return Inspection(body, rewritten, statuses)
+
+
+def request_entries(body: bytes) -> list[tuple[str, str]] | None:
+    """(method, url) of each entry of a batch or transaction request Bundle; None if not one."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
+        return None
+    entries = doc.get("entry")
+    out: list[tuple[str, str]] = []
+    for entry in entries if isinstance(entries, list) else ():
+        req = entry.get("request") if isinstance(entry, dict) else None
+        method = req.get("method") if isinstance(req, dict) else None
+        url = req.get("url") if isinstance(req, dict) else None
+        out.append(
+            (
+                method if isinstance(method, str) and method in ENTRY_METHODS else "_OTHER",
+                url if isinstance(url, str) else "",
+            )
+        )
+    return out
+
+
+def status_class(status: int | None) -> str:
+    """``2xx`` .. ``5xx``, or ``invalid`` for an entry without a readable status."""
+    return f"{status // 100}xx" if status is not None else "invalid"
