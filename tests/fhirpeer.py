@@ -103,7 +103,7 @@ class FhirPeer:
         self._seen(request)
         doc = await request.json()
         base = self.base_url(request)
-        entries = []
+        entries: list[dict[str, Any]] = []
         for entry in doc.get("entry", []):
             url = entry["request"]["url"]
             if "fail-404" in url:

@@ -92,9 +92,7 @@ async def test_what_still_names_the_upstream_is_counted(tmp_path: Path) -> None:
     try:
         # Inspection off for this route: a fixed-base server's links reach the client as they are.
         routes = [{"prefix": "/fhir/", "upstream": "fhir", "kind": "fhir", "rewrite_max_bytes": 0}]
-        cfg = gateway_config(
-            tmp_path, peer.port, extra={"upstreams": _upstream(peer.port), "routes": routes}
-        )
+        cfg = gateway_config(tmp_path, peer.port, extra={"upstreams": _upstream(peer.port), "routes": routes})
         async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
             base = f"http://127.0.0.1:{gw.proxy_port}"
             async with s.get(f"{base}/fhir/Patient?_count=5", headers={"X-Facility-ID": "lakeside"}) as r:
@@ -141,7 +139,9 @@ async def test_trusted_proxy_headers_are_extended_and_shape_the_links(tmp_path: 
     assert seen["X-Forwarded-Proto"] == "https"
     assert seen["X-Forwarded-Host"] == "ehr.example.org"
     assert seen["X-Forwarded-Port"] == "443"
-    assert seen["Forwarded"] == 'for=203.0.113.9;proto=https, for=127.0.0.1;host="ehr.example.org";proto=https'
+    assert (
+        seen["Forwarded"] == 'for=203.0.113.9;proto=https, for=127.0.0.1;host="ehr.example.org";proto=https'
+    )
     # The client sees the address it used, the one the proxy in front served it on.
     assert bundle["link"][1]["url"].startswith("https://ehr.example.org/fhir/Patient?")
 
