@@ -3,6 +3,7 @@ and none of them comes out in any log, span, metric or file the gateway writes."
 
 import base64
 import json
+import socket
 import string
 import urllib.error
 import urllib.request
@@ -100,15 +101,36 @@ def test_phi_goes_in_everywhere(harness: Harness, name: str, mrn: str, birth: st
         ("GET", f"/fhir/Patient/{mrn}/${name}", None),  # not an operation: folds
         ("GET", f"/scheduling/appointments/{mrn}?patient={name}", None),
         ("GET", f"/{name}/{birth}/{mrn}", None),  # no route
+        # Query shapes where a name, not a value, carries the PHI, or a control value does.
+        ("GET", f"/fhir/Patient?{name}", None),  # a bare token
+        ("GET", f"/fhir/Patient?{mrn}=1&{name}=", None),
+        ("GET", f"/fhir/Patient?_count={name}&_sort=-{name}&_summary={mrn}", None),
+        ("GET", f"/fhir/Patient?_elements=identifier,{name}&_include=Patient:{name}", None),
+        ("GET", f"/fhir/Patient?family:{name}=x&subject:Patient.{name}=1&_has:{name}:patient:code=2", None),
+        ("GET", f"/fhir/Patient?family={name}&family=&&given={name}+{mrn}", None),
+        ("GET", f"/fhir/Patient?fam%69ly={name}%20{birth}&_count=%3{mrn[-1]}{name}", None),
+        ("GET", f"/fhir/Patient?_getpages={name}&_format={name}", None),
     ]
     for method, path, body in requests:
         status = _send(base + path, method, phi_headers, body)
         assert status in (200, 404)
         harness.sent += 1
+    # A fragment in the request target (clients strip it; a raw socket need not).
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            f"GET /fhir/Patient?_count=2#{name} HTTP/1.1\r\nHost: gw\r\nX-Facility-ID: {mrn}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    harness.sent += 1
 
 
 def test_phi_never_comes_out(harness: Harness) -> None:
-    assert harness.sent >= 40 * 11, "the canary test must run first (same module)"
+    assert harness.sent >= 40 * 20, "the canary test must run first (same module)"
     gw = harness.gateway
     with urllib.request.urlopen(gw.admin + "/metrics", timeout=5) as r:
         metrics = r.read()
@@ -146,3 +168,7 @@ def test_phi_never_comes_out(harness: Harness) -> None:
     }
     queries = {s.attributes.get("url.query") for s in sink.spans if s.kind == "SERVER"}
     assert "subject:Patient.name=REDACTED&_has:Observation:patient:code=REDACTED&_sort=date" in queries
+    assert "REDACTED" in queries  # the bare token
+    assert "_count=REDACTED&_sort=REDACTED&_summary=REDACTED" in queries
+    assert "REDACTED&REDACTED&REDACTED" in queries  # unknown modifier, unknown link, unknown type
+    assert "_count=2" in queries  # the fragment is gone
