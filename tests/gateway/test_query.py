@@ -42,7 +42,10 @@ from gateway.query import name_ok, redact_query
         ("subject.Quixwhistle=1", "REDACTED"),
         ("_has:Observation:patient:code=1234-5", "_has:Observation:patient:code=REDACTED"),
         ("_has:Observation:Quixwhistle:code=1", "REDACTED"),
-        ("_has:Observation:patient:_has:AuditEvent:entity:agent=x", "_has:Observation:patient:_has:AuditEvent:entity:agent=REDACTED"),
+        (
+            "_has:Observation:patient:_has:AuditEvent:entity:agent=x",
+            "_has:Observation:patient:_has:AuditEvent:entity:agent=REDACTED",
+        ),
         # Repeated, empty and encoded parameters.
         ("family=a&family=b", "family=REDACTED&family=REDACTED"),
         ("&&family=&", "family="),

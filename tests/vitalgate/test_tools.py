@@ -1,0 +1,106 @@
+"""The small commands around the gateway, run as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.helpers import BackgroundPeers, GatewayProcess, free_port, gateway_config
+
+SLOS = [
+    {
+        "name": "fhir-availability",
+        "service": "fhir",
+        "objective": 99.9,
+        "window": "30d",
+        "sli": {"availability": {}},
+    }
+]
+
+
+def test_otlpsink_receives_the_gateways_spans(tmp_path: Path) -> None:
+    port = free_port()
+    out = tmp_path / "traces.jsonl"
+    sink = subprocess.Popen(
+        [sys.executable, "-m", "vitalgate.otlpsink", "--port", str(port), "--out", str(out)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert sink.stderr is not None
+        assert "receiving OTLP/HTTP traces" in sink.stderr.readline()
+        with BackgroundPeers() as peers:
+            gw = GatewayProcess(gateway_config(tmp_path, peers.upstream.port, port))
+            try:
+                req = urllib.request.Request(
+                    gw.proxy + "/fhir/Patient/1", headers={"X-Facility-ID": "riverside"}
+                )
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    assert r.status == 200
+            finally:
+                assert gw.terminate() == 0  # flushes the spans
+        for _ in range(100):
+            if out.exists() and out.read_text().count("\n") >= 2:
+                break
+            time.sleep(0.05)
+        spans = [json.loads(line) for line in out.read_text().splitlines()]
+        assert {(s["kind"], s["name"]) for s in spans} == {
+            ("SERVER", "GET /fhir/Patient/{id}"),
+            ("CLIENT", "GET /fhir/Patient/{id}"),
+        }
+    finally:
+        sink.terminate()
+        assert sink.wait(10) == 0
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    cfg = gateway_config(tmp_path, free_port(), slos=SLOS)
+    line = {
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() - 60)),
+        "event": "request",
+        "facility": "riverside",
+        "service": "fhir",
+        "http.route": "/fhir/Patient/{id}",
+        "http.request.method": "GET",
+        "http.response.status_code": 200,
+        "duration_ms": 3.0,
+    }
+    (tmp_path / "old.log").write_text(json.dumps(line) + "\n")
+    imported = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vitalgate",
+            "store",
+            "import",
+            "--config",
+            str(cfg),
+            "--access-log",
+            str(tmp_path / "old.log"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert imported.returncode == 0, imported.stderr
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command writes (as `| head` does, early)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "vitalgate", "slo", "status", "--config", str(cfg), "--format", "json"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 141
