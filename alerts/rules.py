@@ -71,8 +71,8 @@ def _range(seconds: float, opts: RuleOptions) -> float:
 
 def _aggregated(slo: Slo, window_s: float, opts: RuleOptions) -> tuple[str, str]:
     r = _range(window_s, opts)
-    total = promql.by_facility(promql.exact_increase(promql.total_series(slo), r))
-    good = promql.by_facility(promql.exact_increase(promql.good_series(slo), r))
+    total = promql.counted(slo, None, "sum by (facility)", False, lambda s: promql.exact_increase(s, r))
+    good = promql.counted(slo, None, "sum by (facility)", True, lambda s: promql.exact_increase(s, r))
     return total, good
 
 

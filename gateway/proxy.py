@@ -397,15 +397,22 @@ class Proxy:
             if tee is not None and tee.overflow:
                 self.metrics.uninspected(match.service, "request_too_large")
             requested = [("_OTHER", "")] * len(statuses)
-        counts: dict[tuple[str, str, str], int] = {}
+        counts: dict[tuple[str, str, int | None], int] = {}
         by_class: dict[str, int] = {}
         for (entry_method, url), status in zip(requested, statuses, strict=True):
-            cls = status_class(status)
-            key = (entry_method, self._entry_route(match, url), cls)
+            key = (entry_method, self._entry_route(match, url), status)
             counts[key] = counts.get(key, 0) + 1
+            cls = status_class(status)
             by_class[cls] = by_class.get(cls, 0) + 1
-        for (entry_method, entry_route, cls), n in counts.items():
-            self.metrics.bundle_entries(facility, match.service, entry_method, entry_route, cls, n)
+        now = time.time()
+        for (entry_method, entry_route, status), n in counts.items():
+            self.metrics.bundle_entries(
+                facility, match.service, entry_method, entry_route, status_class(status), n
+            )
+            if self.recorder is not None:
+                # An entry without a readable status is the server's protocol error: bad, as 502.
+                code = status if status is not None else 502
+                self.recorder.record_entries(facility, match.service, entry_route, entry_method, code, now, n)
         if server_span.is_recording():
             server_span.set_attributes({f"vitalgate.bundle.entries.{c}": n for c, n in by_class.items()})
 

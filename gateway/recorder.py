@@ -20,7 +20,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from slo.spec import Slo
+from slo.spec import ENTRY_ROUTE_PREFIX, Slo
 from slo.store import SeriesKey, Store, StoreWriter, catch_up
 
 _STOP = object()
@@ -60,6 +60,18 @@ class Recorder:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self.flushes = 0
+
+    def record_entries(
+        self, facility: str, service: str, route: str, method: str, status: int, start_s: float, n: int
+    ) -> None:
+        """Count ``n`` batch entries with one outcome, as their own series (``entry {route}``),
+        for SLOs that count batch entries (``bundle_entries``)."""
+        key = (facility, service, ENTRY_ROUTE_PREFIX + route, method, status)
+        k = (key, int(start_s) - int(start_s) % 60)
+        counts = self._acc.get(k)
+        if counts is None:
+            counts = self._acc[k] = [0] * self._cols
+        counts[0] += n
 
     def record(self, key: SeriesKey, start_s: float, duration_s: float) -> None:
         """Count one request (hot path)."""

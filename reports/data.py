@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import numpy.typing as npt
 
-from slo.spec import Facility, Slo
+from slo.spec import ENTRY_ROUTE_PREFIX, Facility, Slo
 from slo.store import CHUNK_DAYS, MINUTES_PER_DAY, Store
 
 F64 = npt.NDArray[np.float64]
@@ -384,8 +384,11 @@ def latency_by_week(
     """p50, p95 and p99 per week (weeks starting Monday, local) for each service, from the raw history."""
     start_s, end_s = period.bounds_s(str(tz))
     services = sorted({s.service for s in slos})
+    # Batch entries' own series carry counts, not durations: not latency.
     series = {
-        sid: key for sid, key in store.all_series().items() if key[0] == facility and key[1] in services
+        sid: key
+        for sid, key in store.all_series().items()
+        if key[0] == facility and key[1] in services and not key[2].startswith(ENTRY_ROUTE_PREFIX)
     }
     layouts = store.layouts()
     weeks: dict[str, dict[tuple[str, int], F64]] = {}

@@ -43,15 +43,19 @@ class PrometheusSource:
 
     def minutes(self, slo: Slo, facility: str, start_s: int, end_s: int) -> tuple[F64, F64]:
         sel = {"facility": facility}
-        total = f"sum({promql.exact_increase(promql.total_series(slo, sel), 60)})"
-        good = f"sum({promql.exact_increase(promql.good_series(slo, sel), 60)})"
+        total = promql.counted(slo, sel, "sum", False, lambda s: promql.exact_increase(s, 60))
+        good = promql.counted(slo, sel, "sum", True, lambda s: promql.exact_increase(s, 60))
         return self._per_minute(total, start_s, end_s), self._per_minute(good, start_s, end_s)
 
     def totals(self, slo: Slo, facility: str, start_s: int, end_s: int) -> tuple[float, float]:
         sel = {"facility": facility}
         rng = end_s - start_s
-        t = self.backend.query(f"sum({promql.exact_increase(promql.total_series(slo, sel), rng)})", end_s)
-        g = self.backend.query(f"sum({promql.exact_increase(promql.good_series(slo, sel), rng)})", end_s)
+        t = self.backend.query(
+            promql.counted(slo, sel, "sum", False, lambda s: promql.exact_increase(s, rng)), end_s
+        )
+        g = self.backend.query(
+            promql.counted(slo, sel, "sum", True, lambda s: promql.exact_increase(s, rng)), end_s
+        )
         return sum(t.values()), sum(g.values())
 
     def latency_weeks(

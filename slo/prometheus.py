@@ -73,10 +73,14 @@ class PrometheusBackend:
     def _pair(
         self, slo: Slo, range_s: float, extra: dict[str, str] | None, star: bool, now_s: float
     ) -> tuple[dict[str, float], dict[str, float]]:
-        agg = promql.all_facilities if star else promql.by_facility
-        t = promql.exact_increase(promql.total_series(slo, extra), range_s)
-        g = promql.exact_increase(promql.good_series(slo, extra), range_s)
-        return self.query(agg(t), now_s), self.query(agg(g), now_s)
+        grouping = "sum" if star else "sum by (facility)"
+
+        def inc(series: str) -> str:
+            return promql.exact_increase(series, range_s)
+
+        t = promql.counted(slo, extra, grouping, False, inc)
+        g = promql.counted(slo, extra, grouping, True, inc)
+        return self.query(t, now_s), self.query(g, now_s)
 
     def _slice_pair(
         self, slo: Slo, range_s: float, extra: dict[str, str] | None, star: bool, now_s: float

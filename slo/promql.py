@@ -4,9 +4,13 @@ so ``slo status --backend prometheus`` and the generated recording rules agree.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from slo.spec import Slo
 
 METRIC = "http_server_request_duration_seconds"
+ENTRIES = "vitalgate_fhir_bundle_entries_total"
+"""Batch and transaction entries by outcome (the gateway's ``status_class`` label)."""
 
 
 def _escape(value: str) -> str:
@@ -49,6 +53,27 @@ def good_series(slo: Slo, extra: dict[str, str] | None = None) -> str:
     return f"{METRIC}_count{{{', '.join(m)}}}"
 
 
+def entry_series(slo: Slo, extra: dict[str, str] | None, good: bool) -> str:
+    """A batch entry counts bad when its status is 5xx or unreadable (``invalid``)."""
+    m = matchers(slo, extra)
+    if good:
+        m.append('status_class!~"5xx|invalid"')
+    return f"{ENTRIES}{{{', '.join(m)}}}"
+
+
+def counted(
+    slo: Slo, extra: dict[str, str] | None, grouping: str, good: bool, increase: Callable[[str], str]
+) -> str:
+    """``grouping`` of the increase of the SLI's events (all, or the good ones): requests, plus
+    batch entries for an SLO that counts them. Either side may have no series for a facility
+    (no batches yet, no good requests): it then counts zero instead of hiding the other."""
+    req = f"{grouping} ({increase(good_series(slo, extra) if good else total_series(slo, extra))})"
+    if not slo.bundle_entries:
+        return req
+    ent = f"{grouping} ({increase(entry_series(slo, extra, good))})"
+    return f"(({req} or {ent} * 0) + ({ent} or {req} * 0))"
+
+
 def le_label(bound_s: float) -> str:
     """A bucket bound as prometheus_client writes the ``le`` label (0.3, 1.0, 10.0)."""
     return repr(float(bound_s))
@@ -81,8 +106,8 @@ def all_facilities(expr: str) -> str:
 
 def slices(slo: Slo, range_s: float, extra: dict[str, str] | None, grouping: str) -> tuple[str, str]:
     """Minutes with data, and good minutes, over the range (timeslice budgeting)."""
-    total = f"{grouping} (increase({total_series(slo, extra)}[1m]))"
-    good = f"{grouping} (increase({good_series(slo, extra)}[1m]))"
+    total = counted(slo, extra, grouping, False, lambda s: f"increase({s}[1m])")
+    good = counted(slo, extra, grouping, True, lambda s: f"increase({s}[1m])")
     r = range_str(range_s)
     data = f"count_over_time(({total} > 0)[{r}:1m])"
     ok = f"count_over_time(({good} / {total} >= {slo.timeslice_target!r})[{r}:1m])"

@@ -23,6 +23,9 @@ from slo.windows import SRE_WORKBOOK_WINDOWS, BurnWindow
 
 NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+ENTRY_ROUTE_PREFIX = "entry "
+"""The embedded store keeps a batch entry's outcomes as a series whose route is this prefix
+and the entry's route template (``entry /fhir/Patient/{id}``): no request route starts so."""
 
 
 def _duration(value: Any) -> float:
@@ -41,6 +44,8 @@ class _Strict(BaseModel):
 class AvailabilityDoc(_Strict):
     bad_statuses: list[int] = Field(default_factory=list)
     """Statuses below 500 that also count as bad (e.g. 429)."""
+    bundle_entries: bool = False
+    """Also count each entry of a FHIR batch or transaction response as an event."""
 
     @field_validator("bad_statuses")
     @classmethod
@@ -178,6 +183,9 @@ class Slo:
     ticket: bool = True
     runbook_url: str | None = None
     windows: tuple[BurnWindow, ...] = SRE_WORKBOOK_WINDOWS
+    bundle_entries: bool = False
+    """Availability: each entry of a batch or transaction response is an event too (its
+    own method, route template and status), beside the batch request itself."""
 
     @property
     def error_budget(self) -> float:
@@ -195,6 +203,7 @@ class Slo:
                 sorted(self.bad_statuses),
                 sorted(self.methods),
                 sorted(self.routes),
+                *(["bundle_entries"] if self.bundle_entries else []),
             ],
             separators=(",", ":"),
         )
@@ -207,6 +216,11 @@ class Slo:
         return status < 500 and status not in self.bad_statuses
 
     def matches(self, service: str, route: str, method: str) -> bool:
+        if route.startswith(ENTRY_ROUTE_PREFIX):
+            # A batch entry's own series: counted only by SLOs that count entries.
+            if not self.bundle_entries:
+                return False
+            route = route[len(ENTRY_ROUTE_PREFIX) :]
         return (
             service == self.service
             and (not self.methods or method in self.methods)
@@ -231,6 +245,7 @@ def _to_slo(doc: SloDoc) -> Slo:
         kind="latency" if lat else "availability",
         threshold_s=lat.threshold if lat else None,
         bad_statuses=tuple(avail.bad_statuses) if avail else (),
+        bundle_entries=bool(avail and avail.bundle_entries),
         methods=tuple(doc.filter.methods),
         routes=tuple(doc.filter.routes),
         description=doc.description,

@@ -126,8 +126,7 @@ async def _serve(host: str, port: int, out: Path | None) -> None:
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     print(
-        f"otlpsink: receiving OTLP/HTTP traces on http://{host}:{port}/v1/traces, "
-        f"spans to {out or 'stdout'}",
+        f"otlpsink: receiving OTLP/HTTP traces on http://{host}:{port}/v1/traces, spans to {out or 'stdout'}",
         file=sys.stderr,
         flush=True,
     )
