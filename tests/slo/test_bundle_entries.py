@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 from tests.fhirpeer import FhirPeer
@@ -68,7 +69,7 @@ class _PeerThread:
         self._thread.join(5)
 
 
-def _post(url: str, body: dict[str, object]) -> int:
+def _post(url: str, body: Mapping[str, object]) -> int:
     req = urllib.request.Request(
         url,
         data=json.dumps(body).encode(),
