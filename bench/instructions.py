@@ -13,6 +13,11 @@ keep-alive connections (to the same nginx upstream and FHIR body as
 ``bench/proxy.py``), then off, and the total is divided by the requests.
 
     python -m bench.instructions [--requests 2000] [--ratio 1.0 --ratio 0.1] [--keep DIR]
+                                 [--body patient|bundle]
+
+``--body bundle`` answers every request with a 100-entry searchset Bundle whose
+links and ``fullUrl``s name the upstream's own address, so each response is
+inspected and rewritten (the cost of keeping paging inside the gateway).
 
 ``--keep DIR`` keeps the callgrind files for ``callgrind_annotate``. With the
 request path compiled (the default install) or pure (``make pure``), whichever
@@ -77,11 +82,36 @@ def _total_instructions(files: list[Path]) -> int:
     return total
 
 
-def measure(ratio: float, requests: int, keep: Path | None) -> float:
+def bundle(origin: str, entries: int = 100) -> dict[str, object]:
+    """A searchset page as a server with a fixed base writes it: every URL names ``origin``."""
+    base = f"{origin}/fhir"
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": 1000,
+        "link": [
+            {"relation": "self", "url": f"{base}/Patient?_count={entries}"},
+            {"relation": "next", "url": f"{base}/Patient?_count={entries}&_getpagesoffset={entries}"},
+        ],
+        "entry": [
+            {
+                "fullUrl": f"{base}/Patient/example-{i}",
+                "resource": {**PATIENT, "id": f"example-{i}"},
+                "search": {"mode": "match"},
+            }
+            for i in range(entries)
+        ],
+    }
+
+
+def measure(
+    ratio: float, requests: int, keep: Path | None, body: str = "patient", inspect: bool = True
+) -> float:
     work = Path(tempfile.mkdtemp(prefix="vitalgate-instr-"))
     os.chmod(work, 0o755)  # noqa: S103  nginx workers (user root) read it
-    (work / "patient.json").write_bytes(json.dumps(PATIENT, indent=1).encode())
     up, sink = free_port(), free_port()
+    doc = PATIENT if body == "patient" else bundle(f"http://127.0.0.1:{up}")
+    (work / "patient.json").write_bytes(json.dumps(doc, indent=1).encode())
     procs = []
     try:
         conf = nginx_conf(
@@ -93,7 +123,7 @@ def measure(ratio: float, requests: int, keep: Path | None) -> float:
         procs.append(start([nginx, "-p", str(work), "-c", str(conf)], LOAD_CORE))
         (work / "sink.py").write_text(SINK)
         procs.append(start([sys.executable, str(work / "sink.py"), str(sink)], LOAD_CORE))
-        cfg, port = vitalgate_config(work, "instr", up, sink, ratio)
+        cfg, port = vitalgate_config(work, "instr", up, sink, ratio, inspect)
         out = work / "callgrind.out"
         gateway = subprocess.Popen(
             [
@@ -139,6 +169,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--ratio", type=float, action="append", help="trace sample ratio (repeatable)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the callgrind files here")
+    parser.add_argument(
+        "--body", choices=["patient", "bundle"], default="patient", help="the upstream's answer"
+    )
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "taskset"):
         if shutil.which(tool) is None:
@@ -147,8 +180,11 @@ def main() -> int:
 
     print(f"vitalgate request path: {build().describe()}")
     for ratio in args.ratio or [1.0, 0.1]:
-        per_request = measure(ratio, args.requests, args.keep)
-        print(f"sample ratio {ratio}: {per_request:,.0f} instructions per request ({args.requests} requests)")
+        per_request = measure(ratio, args.requests, args.keep, args.body, not args.no_inspect)
+        print(
+            f"sample ratio {ratio}: {per_request:,.0f} instructions per request "
+            f"({args.requests} requests, {args.body} body{', not inspected' if args.no_inspect else ''})"
+        )
     return 0
 
 

@@ -203,7 +203,7 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print
 
 
 def vitalgate_config(
-    work: Path, name: str, upstream_port: int, sink_port: int, ratio: float
+    work: Path, name: str, upstream_port: int, sink_port: int, ratio: float, inspect: bool = True
 ) -> tuple[Path, int]:
     port = free_port()
     cfg = work / f"{name}.yaml"
@@ -212,7 +212,7 @@ def vitalgate_config(
 listen: "127.0.0.1:{port}"
 admin: {{listen: "127.0.0.1:{free_port()}"}}
 upstreams: {{fhir: {{url: "http://127.0.0.1:{upstream_port}", max_connections: 100}}}}
-routes: [{{prefix: /fhir/, upstream: fhir, kind: fhir}}]
+routes: [{{prefix: /fhir/, upstream: fhir, kind: fhir{"" if inspect else ", rewrite_max_bytes: 0"}}}]
 facilities:
   from: [{{header: X-Facility-ID}}]
   known: {{st-marys: {{name: "St Mary's"}}, riverside: {{name: Riverside}}}}

@@ -24,7 +24,7 @@ from gateway.httpserver import Request
 from gateway.metrics import GatewayMetrics
 from gateway.query import redact_query
 from gateway.recorder import Recorder
-from gateway.routes import Match, Router
+from gateway.routes import Match, Router, normalize_path
 from gateway.tracing import AnySpan, Span, Tracing, format_traceparent, parse_traceparent
 from gateway.upstream import Upstream, UpstreamResponse
 
@@ -63,6 +63,10 @@ _PROTOS = frozenset({"http", "https"})
 
 _JSON = [("Content-Type", "application/json; charset=utf-8")]
 _NO_ROUTE = b'{"error": "no route", "detail": "no configured route matches this path"}'
+_BAD_PATH = (
+    b'{"error": "invalid_path", "detail": "the path climbs above the root, or has a backslash or an'
+    b' encoded / or \\\\"}'
+)
 
 
 def _quoted(value: str) -> str:
@@ -141,13 +145,23 @@ class Proxy:
         if "#" in raw:  # a fragment is the client's own: never forwarded, never recorded
             raw = request.raw_path = raw.partition("#")[0]
         path, _, query = raw.partition("?")
+        refused = False
+        if "/." in path or "%" in path or "\\" in path:
+            normal = normalize_path(path)
+            if normal is None:
+                refused = True
+            elif normal != path:
+                path = normal
+                request.raw_path = f"{path}?{query}" if query else path
         method = request.method if request.method in KNOWN_METHODS else "_OTHER"
-        match = self.router.match(path)
+        match = self.router.match(path) if not refused else None
         facility = self.facilities.resolve(request.headers, path)
         service = match.service if match else "none"
         route = match.route if match else ""
         headers_in = request.headers
-        parent = parse_traceparent(headers_in.get_lower("traceparent"), headers_in.get_lower("tracestate"))
+        # tracestate is passed on to the upstream as sent, but never onto the gateway's spans: its
+        # values are the client's free text.
+        parent = parse_traceparent(headers_in.get_lower("traceparent"))
         span = self.tracer.start_server(f"{method} {route}" if route else method, parent, int(started * 1e9))
         if span.is_recording():  # an unsampled request builds no attributes at all
             attrs: dict[str, Any] = {
@@ -171,6 +185,12 @@ class Proxy:
         error_type: str | None = None
         upstream_ms: float | None = None
         try:
+            if refused:
+                # The client's fault, answered before any upstream sees it (nginx answers 400 too).
+                status, error_type = 400, "invalid_path"
+                with contextlib.suppress(ConnectionError):
+                    await request.respond(400, _JSON, _BAD_PATH)
+                return
             if match is None:
                 status, error_type = 404, "no_route"
                 with contextlib.suppress(ConnectionError):
@@ -309,11 +329,15 @@ class Proxy:
                     if upstream_response.complete:
                         # The whole response is already here (the common case): one write.
                         data = upstream_response.read_all_buffered()
-                        if inspect_max and data and len(data) <= inspect_max:
+                        # Parsed only when there is something to do: a batch's entries to count,
+                        # or the upstream's address to rewrite (two byte searches decide it).
+                        leaked = bool(data) and (leak[0] in data or leak[1] in data)
+                        if inspect_max and (leaked or tee is not None) and len(data) <= inspect_max:
                             data = self._inspect(
                                 data, match, facility, upstream.base, external, tee, server_span
                             )
-                        if data and (leak[0] in data or leak[1] in data):
+                            leaked = leak[0] in data or leak[1] in data
+                        if leaked:
                             self.metrics.url_leak(facility, match.service, "body")
                         await request.respond(upstream_status_, out, data, reason, length)
                     else:

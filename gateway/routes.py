@@ -18,6 +18,38 @@ NO_ROUTE = "none"
 FACILITY_PLACEHOLDER = "{facility}"
 
 
+_ENCODED_SEPARATORS = ("%2f", "%2F", "%5c", "%5C")
+
+
+def normalize_path(path: str) -> str | None:
+    """The path with dot segments removed (RFC 3986 5.2.4), ``%2E`` read as ``.``; None for a
+    path to refuse: one that climbs above the root, or has a backslash or an encoded ``/`` or
+    ``\\`` (which servers disagree on: one reads ``..%2f`` as a directory, another as text).
+    What is routed, templated and forwarded is this one path."""
+    if "\\" in path or any(e in path for e in _ENCODED_SEPARATORS):
+        return None
+    if "%2e" in path or "%2E" in path:
+        path = path.replace("%2e", ".").replace("%2E", ".")
+    if "/." not in path:
+        return path
+    out: list[str] = []
+    segments = path.split("/")
+    for i, seg in enumerate(segments):
+        if seg == ".":
+            if i == len(segments) - 1:
+                out.append("")  # "/a/." is "/a/"
+            continue
+        if seg == "..":
+            if len(out) <= 1:
+                return None  # above the root
+            out.pop()
+            if i == len(segments) - 1:
+                out.append("")
+            continue
+        out.append(seg)
+    return "/".join(out) if len(out) > 1 else "/"
+
+
 class Match:
     """Where a request goes and how it is named. Shared between requests (one per route
     template, cached by its route), so treated as immutable."""

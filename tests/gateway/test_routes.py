@@ -1,7 +1,7 @@
 import pytest
 
 from gateway.config import RouteConfig
-from gateway.routes import Router
+from gateway.routes import Router, normalize_path
 
 ROUTES = [
     RouteConfig(prefix="/fhir/", upstream="fhir", kind="fhir", operations=["custom-op"]),
@@ -85,3 +85,28 @@ def test_facility_partition_in_path() -> None:
     m = router.match("/fhir/")
     assert m is not None
     assert m.route == "/fhir/{path}"
+
+
+@pytest.mark.parametrize(
+    ("path", "normal"),
+    [
+        ("/fhir/Patient/1", "/fhir/Patient/1"),
+        ("/fhir/Patient/../Observation/1", "/fhir/Observation/1"),
+        ("/fhir/./Patient/./1", "/fhir/Patient/1"),
+        ("/fhir/Patient/%2e%2e/Observation", "/fhir/Observation"),
+        ("/fhir/Patient/%2E", "/fhir/Patient/"),
+        ("/fhir/Patient/..", "/fhir/"),
+        ("/fhir/..", "/"),
+        ("/fhir/Patient/a..b", "/fhir/Patient/a..b"),
+        ("/fhir/Patient/...", "/fhir/Patient/..."),
+        ("/scheduling/../../internal-admin/users", None),
+        ("/..", None),
+        ("/scheduling/%2e%2e/%2E%2E/internal", None),
+        ("/scheduling/..%2f..%2finternal", None),
+        ("/scheduling/..%2F..%2Finternal", None),
+        ("/scheduling/..%5cinternal", None),
+        ("/scheduling\\..\\internal", None),
+    ],
+)
+def test_normalize_path(path: str, normal: str | None) -> None:
+    assert normalize_path(path) == normal
