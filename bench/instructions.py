@@ -172,6 +172,9 @@ def main() -> int:
     parser.add_argument(
         "--body", choices=["patient", "bundle"], default="patient", help="the upstream's answer"
     )
+    parser.add_argument(
+        "--no-inspect", action="store_true", help="FHIR JSON passes uninspected (rewrite_max_bytes: 0)"
+    )
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "taskset"):
         if shutil.which(tool) is None:

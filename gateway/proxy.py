@@ -59,6 +59,7 @@ _STRIP_RESPONSE = frozenset(h for h in HOP_BY_HOP if h != "host") | {"content-le
 # Response headers that carry URLs a client follows: rewritten from the upstream's base.
 _URL_HEADERS = frozenset({"location", "content-location", "link"})
 _PROTOS = frozenset({"http", "https"})
+_HOP_CACHE_SIZE = 256
 
 
 _JSON = [("Content-Type", "application/json; charset=utf-8")]
@@ -125,6 +126,7 @@ class Proxy:
         self.default_host = f"127.0.0.1:{server_port}"
         """The gateway's own authority, for a client that sent no Host (HTTP/1.0)."""
         self.recorder = recorder
+        self._hops: dict[tuple[str, str | None, str], tuple[str, str]] = {}
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -134,6 +136,7 @@ class Proxy:
         self.server_port = port
         self._port_str = str(port)
         self.default_host = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._hops.clear()
 
     async def handle(self, request: Request) -> None:
         started = time.time()
@@ -272,10 +275,21 @@ class Proxy:
         if xfh:
             out.append(("X-Forwarded-Host", xfh))
         out.append(("X-Forwarded-Port", port))
-        element = forwarded_element(peer, xfh, proto)
+        # This hop's Forwarded element and the client's origin depend on peer, host and scheme
+        # only: kept for the few peers a gateway behind a load balancer sees (bounded).
+        key = (peer, xfh, proto)
+        cached = self._hops.get(key)
+        if cached is None:
+            if len(self._hops) >= _HOP_CACHE_SIZE:
+                self._hops.clear()
+            cached = self._hops[key] = (
+                forwarded_element(peer, xfh, proto),
+                f"{proto}://{xfh or self.default_host}",
+            )
+        element, external = cached
         out.append(("Forwarded", f"{prior_fwd}, {element}" if prior_fwd else element))
         out.append(("traceparent", traceparent))
-        return out, host, f"{proto}://{xfh or self.default_host}"
+        return out, host, external
 
     async def _forward(
         self, request: Request, match: Match, facility: str, method: str, server_span: AnySpan
@@ -331,12 +345,12 @@ class Proxy:
                         data = upstream_response.read_all_buffered()
                         # Parsed only when there is something to do: a batch's entries to count,
                         # or the upstream's address to rewrite (two byte searches decide it).
-                        leaked = bool(data) and (leak[0] in data or leak[1] in data)
+                        leaked = bool(data) and upstream.leak_authority in data and _leaks(data, leak)
                         if inspect_max and (leaked or tee is not None) and len(data) <= inspect_max:
                             data = self._inspect(
                                 data, match, facility, upstream.base, external, tee, server_span
                             )
-                            leaked = leak[0] in data or leak[1] in data
+                            leaked = _leaks(data, leak)
                         if leaked:
                             self.metrics.url_leak(facility, match.service, "body")
                         await request.respond(upstream_status_, out, data, reason, length)
@@ -465,18 +479,18 @@ class Proxy:
         server's), its Content-Type, and whether it had a header carrying a URL."""
         raw, lower = upstream_response.headers, upstream_response.lower_names
         out = [raw[i] for i in range(len(raw)) if lower[i] not in _STRIP_RESPONSE]
-        if "location" in lower or "content-location" in lower or "link" in lower:
+        urls = upstream_response.has_urls  # noted while the head was parsed: no scan here
+        if urls:
             base = upstream.base
             out = [
                 (n, _rebase_header(n, v, base, external)) if n.lower() in _URL_HEADERS else (n, v)
                 for n, v in out
             ]
-            return out, upstream_response.content_length, _content_type(raw, lower), True
-        return out, upstream_response.content_length, _content_type(raw, lower), False
+        return out, upstream_response.content_length, upstream_response.content_type, urls
 
 
-def _content_type(raw: list[tuple[str, str]], lower: list[str]) -> str | None:
-    return raw[lower.index("content-type")][1] if "content-type" in lower else None
+def _leaks(data: bytes, needles: tuple[bytes, bytes]) -> bool:
+    return needles[0] in data or needles[1] in data
 
 
 class _Tee:

@@ -73,8 +73,10 @@ class _Exchange:
         "chunks",
         "complete",
         "content_length",
+        "content_type",
         "continue_waiter",
         "error",
+        "has_urls",
         "head",
         "headers",
         "headers_waiter",
@@ -97,6 +99,9 @@ class _Exchange:
         self.headers: list[tuple[str, str]] = []
         self.lower_names: list[str] = []
         self.content_length: str | None = None
+        self.content_type: str | None = None
+        self.has_urls = False
+        """A header that carries a URL a client follows (Location, Content-Location, Link)."""
         self.chunks: collections.deque[bytes] = collections.deque()
         self.complete = False
         self.keep_alive = False
@@ -194,6 +199,10 @@ class _Connection(FlowControlled):
                 chunked = chunked or "chunked" in value.lower()
             elif lname == "keep-alive":
                 ex.keep_alive_s = _keep_alive_timeout(value)
+            elif lname == "content-type":
+                ex.content_type = value
+            elif lname == "location" or lname == "content-location" or lname == "link":  # noqa: PLR1714  (compiled: plain compares)
+                ex.has_urls = True
         if ex.head or status in (204, 304):
             ex.complete = True
         elif not chunked and ex.content_length is None:
@@ -337,6 +346,15 @@ class UpstreamResponse:
     def content_length(self) -> str | None:
         return self._ex.content_length
 
+    @property
+    def content_type(self) -> str | None:
+        return self._ex.content_type
+
+    @property
+    def has_urls(self) -> bool:
+        """A Location, Content-Location or Link header is among ``headers``."""
+        return self._ex.has_urls
+
     def read_all_buffered(self) -> bytes:
         """The body of a ``complete`` response; the connection goes back to the pool."""
         data = self._conn.take() if self._ex.chunks else b""
@@ -458,6 +476,8 @@ class Upstream:
         self.base = self.origin + self._base_path
         """Where the gateway's paths start on the upstream: what a Location is rewritten from."""
         authority = self._host_header.encode("latin-1")
+        self.leak_authority = authority
+        """Searched for first (one scan of a body); then the two forms it leaks in."""
         self.leak_needles = (b"//" + authority, b"\\/\\/" + authority)
         """The upstream's address in a response (also JSON-escaped): a client following it
         would bypass the gateway."""
