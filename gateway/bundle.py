@@ -76,14 +76,20 @@ def _entry_status(entry: Any) -> int | None:
     return None
 
 
-def inspect(body: bytes, old_base: str, new_base: str | None, want_entries: bool) -> Inspection | None:
-    """Rewrite a Bundle's URLs from ``old_base`` to ``new_base`` and read its entries'
-    statuses; None when the body is not a JSON Bundle (it then passes unchanged)."""
+def _bundle(body: bytes) -> dict[str, Any] | None:
+    """The body as a JSON Bundle, or None when it is not one."""
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
+    return doc if isinstance(doc, dict) and doc.get("resourceType") == "Bundle" else None
+
+
+def inspect(body: bytes, old_base: str, new_base: str | None, want_entries: bool) -> Inspection | None:
+    """Rewrite a Bundle's URLs from ``old_base`` to ``new_base`` and read its entries'
+    statuses; None when the body is not a JSON Bundle (it then passes unchanged)."""
+    doc = _bundle(body)
+    if doc is None:
         return None
     rewritten = 0
     if new_base is not None and new_base != old_base:
@@ -108,11 +114,8 @@ def inspect(body: bytes, old_base: str, new_base: str | None, want_entries: bool
 
 def request_entries(body: bytes) -> list[tuple[str, str]] | None:
     """(method, url) of each entry of a batch or transaction request Bundle; None if not one."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
+    doc = _bundle(body)
+    if doc is None:
         return None
     entries = doc.get("entry")
     out: list[tuple[str, str]] = []
