@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml setup.py gateway/native.py scripts/install-system-deps
 
 # Compile the request path; again whenever one of its modules changed (an old extension would
 # shadow the new source).
-$(NATIVE): $(STAMP) $(HOT_PATH)
+$(NATIVE): $(STAMP) $(HOT_PATH) gateway/_memscan.c
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(NATIVE)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 # The request path (one proxied request runs code from every one of these modules), as
 # gateway/native.py lists it for `vitalgate version`.
@@ -42,7 +42,10 @@ def ext_modules() -> list[object]:
         "--ignore-missing-imports",
         "--follow-imports=silent",
     ]
-    return list(mypycify([*options, *SOURCES], opt_level="3", group_name="vitalgate_native"))
+    compiled = list(mypycify([*options, *SOURCES], opt_level="3", group_name="vitalgate_native"))
+    # The response-body byte search (gateway/memscan.py says why).
+    compiled.append(Extension("gateway._memscan", ["gateway/_memscan.c"], extra_compile_args=["-O2"]))
+    return compiled
 
 
 setup(ext_modules=ext_modules())

@@ -29,6 +29,9 @@ HOT_PATH = (
     "gateway.query",
 )
 
+# C sources setup.py builds beside them (module, source): counted with the compiled modules.
+EXTENSIONS = (("gateway._memscan", "gateway/_memscan.c"),)
+
 
 @dataclass(frozen=True)
 class Build:
@@ -41,7 +44,8 @@ class Build:
         if not self.compiled:
             return "pure Python"
         if self.pure:
-            return f"partly compiled ({len(self.compiled)} of {len(HOT_PATH)} request-path modules)"
+            total = len(HOT_PATH) + len(EXTENSIONS)
+            return f"partly compiled ({len(self.compiled)} of {total} request-path modules)"
         return "compiled (mypyc)"
 
     def describe(self) -> str:
@@ -67,5 +71,18 @@ def build() -> Build:
         compiled.append(name)
         source = os.path.join(os.path.dirname(path), name.rsplit(".", 1)[1] + ".py")
         if os.path.exists(source) and os.path.getmtime(source) > os.path.getmtime(path):
+            stale.append(name)
+    # Looked for beside this file: ``gateway`` is a namespace package, so an import could find
+    # an extension in another checkout on the path.
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name, c_source in EXTENSIONS:
+        stem = os.path.join(here, name.rsplit(".", 1)[1])
+        built = next((stem + s for s in EXTENSION_SUFFIXES if os.path.exists(stem + s)), None)
+        if built is None:
+            pure.append(name)
+            continue
+        compiled.append(name)
+        source = os.path.join(os.path.dirname(here), c_source)
+        if os.path.exists(source) and os.path.getmtime(source) > os.path.getmtime(built):
             stale.append(name)
     return Build(tuple(compiled), tuple(pure), tuple(stale))

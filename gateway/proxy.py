@@ -21,6 +21,7 @@ from gateway.bundle import inspect, is_fhir_json, request_entries, status_class
 from gateway.errors import ClientGone, GatewayError, translate
 from gateway.facility import FacilityResolver
 from gateway.httpserver import Request
+from gateway.memscan import contains
 from gateway.metrics import GatewayMetrics
 from gateway.query import redact_query
 from gateway.recorder import Recorder
@@ -60,6 +61,7 @@ _STRIP_RESPONSE = frozenset(h for h in HOP_BY_HOP if h != "host") | {"content-le
 _URL_HEADERS = frozenset({"location", "content-location", "link"})
 _PROTOS = frozenset({"http", "https"})
 _HOP_CACHE_SIZE = 256
+_NAME_CACHE_SIZE = 512
 
 
 _JSON = [("Content-Type", "application/json; charset=utf-8")]
@@ -99,6 +101,28 @@ def _rebase_header(name: str, value: str, old_base: str, new_base: str) -> str:
     return rebase(value.strip(), old_base, new_base) or value
 
 
+def _forwarding_lines(xff: str, proto: str, host: str | None, port: str, forwarded: str) -> str:
+    xfh = f"X-Forwarded-Host: {host}\r\n" if host else ""
+    return (
+        f"X-Forwarded-For: {xff}\r\nX-Forwarded-Proto: {proto}\r\n{xfh}"
+        f"X-Forwarded-Port: {port}\r\nForwarded: {forwarded}\r\n"
+    )
+
+
+class _Hop:
+    """What this hop adds for one (peer, host, scheme): the headers for a client that is not a
+    trusted proxy, this hop's ``Forwarded`` element, and the origin the client sees
+    (``https://ehr.example.org``), which the upstream's own URLs are rewritten to."""
+
+    __slots__ = ("element", "external", "lines")
+
+    def __init__(self, peer: str, host: str | None, proto: str, port: str, default_host: str) -> None:
+        self.element = forwarded_element(peer, host, proto)
+        self.external = f"{proto}://{host or default_host}"
+        self.lines = _forwarding_lines(peer, proto, host, port, self.element)
+        """The five headers (four without a Host) written out, for ``Upstream.send``."""
+
+
 class Proxy:
     """The aiohttp handler for every proxied request."""
 
@@ -126,7 +150,8 @@ class Proxy:
         self.default_host = f"127.0.0.1:{server_port}"
         """The gateway's own authority, for a client that sent no Host (HTTP/1.0)."""
         self.recorder = recorder
-        self._hops: dict[tuple[str, str | None, str], tuple[str, str]] = {}
+        self._hops: dict[tuple[str, str | None, str], _Hop] = {}
+        self._copyable: dict[str, bool] = {}
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -242,54 +267,68 @@ class Proxy:
 
     def _forward_headers(
         self, request: Request, traceparent: str
-    ) -> tuple[list[tuple[str, str]], str | None, str]:
-        """The headers sent upstream, the client's Host, and the origin the client sees
-        (``https://ehr.example.org``): what the upstream's own URLs are rewritten to."""
+    ) -> tuple[list[tuple[str, str]], str, str | None, str]:
+        """The headers sent upstream (the client's, then this hop's forwarding headers written
+        out), the client's Host, and the origin the client sees (``https://ehr.example.org``):
+        what the upstream's own URLs are rewritten to."""
         incoming = request.headers
-        hop = _NOT_COPIED
         connection = incoming.get_lower("connection")
-        if connection:
-            hop = hop | {h.strip().lower() for h in connection.split(",")}
+        listed = {h.strip().lower() for h in connection.split(",")} if connection else None
         raw, lower = incoming.raw, incoming.lower_names()
-        # Names with "_" are dropped, as nginx does: some servers read Content_Length or
-        # X_Forwarded_For as their dashed twins. (An index loop: compiled, zip(..., strict=True)
-        # is a slow generic call.)
-        out = [raw[i] for i in range(len(raw)) if lower[i] not in hop and "_" not in lower[i]]
+        copyable = self._copyable
+        out = []
+        # (An index loop: compiled, zip(..., strict=True) is a slow generic call.)
+        for i in range(len(raw)):
+            name = lower[i]
+            copy = copyable.get(name)
+            if copy is None:
+                copy = self._learn_name(name)
+            if copy and (listed is None or name not in listed):
+                out.append(raw[i])
         peer = request.remote or ""
         host = incoming.get_lower("host")
-        proto = self.scheme
-        xfh = host
-        port = self._port_str
-        prior_for: str | None = None
-        prior_fwd: str | None = None
-        if request.trusted:
-            # A proxy in front that we trust: it saw the client; extend what it says.
-            prior_for = incoming.get_lower("x-forwarded-for")
-            prior_fwd = incoming.get_lower("forwarded")
-            said = (incoming.get_lower("x-forwarded-proto") or "").strip().lower()
-            proto = said if said in _PROTOS else proto
-            xfh = incoming.get_lower("x-forwarded-host") or host
-            port = incoming.get_lower("x-forwarded-port") or port
-        out.append(("X-Forwarded-For", f"{prior_for}, {peer}" if prior_for else peer))
-        out.append(("X-Forwarded-Proto", proto))
-        if xfh:
-            out.append(("X-Forwarded-Host", xfh))
-        out.append(("X-Forwarded-Port", port))
-        # This hop's Forwarded element and the client's origin depend on peer, host and scheme
-        # only: kept for the few peers a gateway behind a load balancer sees (bounded).
-        key = (peer, xfh, proto)
-        cached = self._hops.get(key)
-        if cached is None:
+        out.append(("traceparent", traceparent))
+        if not request.trusted:
+            # The common case: what this hop adds depends on the peer and Host alone (and the
+            # listener's scheme and port), so its lines are written once per peer and Host.
+            hop = self._hop(peer, host, self.scheme)
+            return out, hop.lines, host, hop.external
+        # A proxy in front that we trust: it saw the client; extend what it says.
+        prior_for = incoming.get_lower("x-forwarded-for")
+        prior_fwd = incoming.get_lower("forwarded")
+        said = (incoming.get_lower("x-forwarded-proto") or "").strip().lower()
+        proto = said if said in _PROTOS else self.scheme
+        xfh = incoming.get_lower("x-forwarded-host") or host
+        port = incoming.get_lower("x-forwarded-port") or self._port_str
+        hop = self._hop(peer, xfh, proto)
+        lines = _forwarding_lines(
+            f"{prior_for}, {peer}" if prior_for else peer,
+            proto,
+            xfh,
+            port,
+            f"{prior_fwd}, {hop.element}" if prior_fwd else hop.element,
+        )
+        return out, lines, host, hop.external
+
+    def _learn_name(self, name: str) -> bool:
+        """Is a (lowercase) request header name passed on? Not a hop-by-hop name, nor one with
+        "_", dropped as nginx does (some servers read Content_Length or X_Forwarded_For as their
+        dashed twins). Remembered for the few hundred names clients send (bounded)."""
+        copy = name not in _NOT_COPIED and "_" not in name
+        if len(self._copyable) < _NAME_CACHE_SIZE:
+            self._copyable[name] = copy
+        return copy
+
+    def _hop(self, peer: str, host: str | None, proto: str) -> _Hop:
+        """This hop's forwarding headers and the client's origin, kept for the few (peer, host,
+        scheme) a gateway behind a load balancer sees (bounded)."""
+        key = (peer, host, proto)
+        hop = self._hops.get(key)
+        if hop is None:
             if len(self._hops) >= _HOP_CACHE_SIZE:
                 self._hops.clear()
-            cached = self._hops[key] = (
-                forwarded_element(peer, xfh, proto),
-                f"{proto}://{xfh or self.default_host}",
-            )
-        element, external = cached
-        out.append(("Forwarded", f"{prior_fwd}, {element}" if prior_fwd else element))
-        out.append(("traceparent", traceparent))
-        return out, host, external
+            hop = self._hops[key] = _Hop(peer, host, proto, self._port_str, self.default_host)
+        return hop
 
     async def _forward(
         self, request: Request, match: Match, facility: str, method: str, server_span: AnySpan
@@ -312,7 +351,7 @@ class Proxy:
         else:
             # Not sampled: no span to record, so the upstream's parent is the server span itself.
             client_span = server_span
-        headers, host, external = self._forward_headers(
+        headers, forwarding, host, external = self._forward_headers(
             request, format_traceparent(client_span.get_span_context())
         )
         body: Any = request.content if request.can_read_body else None
@@ -326,7 +365,7 @@ class Proxy:
         error: GatewayError | None = None
         try:
             upstream_response = await upstream.send(
-                request.method, request.raw_path, headers, body, expect, host
+                request.method, request.raw_path, headers, body, expect, host, True, forwarding
             )
             try:
                 upstream_status = upstream_status_ = upstream_response.status
@@ -345,7 +384,7 @@ class Proxy:
                         data = upstream_response.read_all_buffered()
                         # Parsed only when there is something to do: a batch's entries to count,
                         # or the upstream's address to rewrite (two byte searches decide it).
-                        leaked = bool(data) and upstream.leak_authority in data and _leaks(data, leak)
+                        leaked = bool(data) and contains(data, upstream.leak_authority) and _leaks(data, leak)
                         if inspect_max and (leaked or tee is not None) and len(data) <= inspect_max:
                             data = self._inspect(
                                 data, match, facility, upstream.base, external, tee, server_span
@@ -365,7 +404,7 @@ class Proxy:
                             if not leaked:
                                 # Also across chunk boundaries: the last bytes of the one before.
                                 seam = tail + chunk[:width]
-                                leaked = any(n in chunk or n in seam for n in leak)
+                                leaked = _leaks(chunk, leak) or _leaks(seam, leak)
                                 tail = chunk[-width:]
                             await request.write(chunk)
                         await request.write_eof()
@@ -490,7 +529,7 @@ class Proxy:
 
 
 def _leaks(data: bytes, needles: tuple[bytes, bytes]) -> bool:
-    return needles[0] in data or needles[1] in data
+    return contains(data, needles[0]) or contains(data, needles[1])
 
 
 class _Tee:

@@ -626,9 +626,13 @@ class Upstream:
         headers: Sequence[tuple[str, str]],
         body: bool,
         host: str | None = None,
+        parsed: bool = False,
+        formatted: str = "",
     ) -> bytes:
         """The request head; with a body and no Content-Length, the body goes chunked. ``host``
-        is the client's Host when this upstream is given it (``host: client``)."""
+        is the client's Host when this upstream is given it (``host: client``). ``parsed``: the
+        caller vouches that no name or value has a line break (see ``send``); ``formatted``:
+        header lines already written out (``Name: value\r\n`` each), appended as they are."""
         if host is None or not self.pass_client_host:
             host = self._host_header
         parts = [f"{method} {self._base_path}{raw_path_qs} HTTP/1.1\r\nHost: {host}\r\n"]
@@ -641,6 +645,8 @@ class Upstream:
             parts.append(": ")
             parts.append(value)
             parts.append("\r\n")
+        if formatted:
+            parts.append(formatted)
         chunked = body and not has_length
         if chunked:
             parts.append("Transfer-Encoding: chunked\r\n")
@@ -648,8 +654,8 @@ class Upstream:
         head = "".join(parts)
         # Every line break must be one of ours: a CR or LF inside a name or value would split
         # the header (request smuggling). One count over the head instead of a test per value.
-        lines = 3 + len(headers) + chunked
-        if head.count("\n") != lines or head.count("\r") != lines:
+        lines = 3 + len(headers) + chunked + (formatted.count("\r\n") if formatted else 0)
+        if not parsed and (head.count("\n") != lines or head.count("\r") != lines):
             bad = next((n for n, v in headers if "\n" in v or "\r" in v or "\n" in n or "\r" in n), "")
             raise UpstreamProtocolError(f"header {bad or 'line'} has a line break")
         return head.encode("latin-1")
@@ -662,9 +668,18 @@ class Upstream:
         body: BodySource | None,
         expect_continue: bool = False,
         host: str | None = None,
+        parsed: bool = False,
+        formatted: str = "",
     ) -> UpstreamResponse:
         """Send the request; the caller reads the body and ``release()``s the response. ``host``
-        is the client's Host header (sent on when the upstream is configured ``host: client``)."""
+        is the client's Host header (sent on when the upstream is configured ``host: client``).
+        ``formatted``: more header lines, already written out (``Name: value\r\n`` each): the
+        proxy's forwarding headers, the same for every request from one peer and Host.
+
+        Every header is checked for a CR or LF (one would split it: request smuggling) unless
+        ``parsed``: the proxy's headers are the client's as the strict HTTP parser accepted them
+        (it refuses CR, LF and other control bytes in names and values) plus values the gateway
+        builds from those and the peer's address, so the count over the head would find none."""
         if "\r" in raw_path_qs or "\n" in raw_path_qs or " " in raw_path_qs:
             raise UpstreamProtocolError("request target has a space or a line break")
         pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
@@ -672,7 +687,7 @@ class Upstream:
             pairs.append(("Expect", "100-continue"))
         else:
             expect_continue = False
-        head = self._head(method, raw_path_qs, pairs, body is not None, host)
+        head = self._head(method, raw_path_qs, pairs, body is not None, host, parsed, formatted)
         chunked = head.endswith(b"Transfer-Encoding: chunked\r\n\r\n")
         retryable = body is None and method in IDEMPOTENT
         conn = await self._acquire(fresh=False)

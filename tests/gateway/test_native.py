@@ -17,8 +17,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gateway import native
+from gateway import memscan, native
 from tests.helpers import BackgroundPeers, GatewayProcess, gateway_config, histogram_counts, read_log
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,8 +47,19 @@ def test_version_says_which_build_runs() -> None:
     assert f"request path {info.kind}" in out.stdout
     if os.environ.get("VITALGATE_REQUIRE_COMPILED"):
         # CI: the suite must have run against the compiled request path, every module of it.
-        assert info.compiled == native.HOT_PATH, info
+        assert info.compiled == native.HOT_PATH + tuple(name for name, _ in native.EXTENSIONS), info
         assert "request path compiled (mypyc)" in out.stdout
+
+
+@given(st.binary(max_size=300), st.binary(max_size=12), st.integers(0, 300))
+@settings(max_examples=300, deadline=None)
+def test_memscan_answers_as_in_does(data: bytes, needle: bytes, at: int) -> None:
+    """The body search (memmem when built) finds exactly what ``in`` finds, also planted."""
+    planted = data[:at] + needle + data[at:]
+    for haystack in (data, planted, needle, b""):
+        assert memscan.contains(haystack, needle) is (needle in haystack)
+    if os.environ.get("VITALGATE_REQUIRE_COMPILED"):
+        assert memscan.contains is not memscan._contains
 
 
 def _source_copy(tmp: Path) -> Path:
