@@ -203,7 +203,13 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print
 
 
 def vitalgate_config(
-    work: Path, name: str, upstream_port: int, sink_port: int, ratio: float, inspect: bool = True
+    work: Path,
+    name: str,
+    upstream_port: int,
+    sink_port: int,
+    ratio: float,
+    inspect: bool = True,
+    total_timeout_s: float = 30.0,
 ) -> tuple[Path, int]:
     port = free_port()
     cfg = work / f"{name}.yaml"
@@ -211,7 +217,8 @@ def vitalgate_config(
         f"""version: 1
 listen: "127.0.0.1:{port}"
 admin: {{listen: "127.0.0.1:{free_port()}"}}
-upstreams: {{fhir: {{url: "http://127.0.0.1:{upstream_port}", max_connections: 100}}}}
+upstreams:
+  fhir: {{url: "http://127.0.0.1:{upstream_port}", max_connections: 100, timeout: {{total: {total_timeout_s:g}s}}}}
 routes: [{{prefix: /fhir/, upstream: fhir, kind: fhir{"" if inspect else ", rewrite_max_bytes: 0"}}}]
 facilities:
   from: [{{header: X-Facility-ID}}]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -268,9 +269,34 @@ class TlsConfig(_Strict):
     key_file: str
 
 
+def _within(low: float, high: float, zero: bool = False) -> Callable[[float], float]:
+    """A duration between ``low`` and ``high`` seconds (or 0 for "no limit" when ``zero``)."""
+
+    def check(v: float) -> float:
+        if zero and v == 0:
+            return v
+        if not low <= v <= high:
+            off = " (or 0: no limit)" if zero else ""
+            raise ValueError(f"must be between {low:g} s and {high:g} s{off} (got {v:g} s)")
+        return v
+
+    return check
+
+
 class LimitsConfig(_Strict):
-    max_header_size: int = Field(default=16384, ge=1024)
-    shutdown_timeout: DurationS = 30.0
+    max_header_size: int = Field(default=16384, ge=1024, le=1048576)
+    shutdown_timeout: Annotated[DurationS, AfterValidator(_within(0.1, 3600))] = 30.0
+    header_timeout: Annotated[DurationS, AfterValidator(_within(0.1, 3600))] = 30.0
+    """A request head must arrive whole within this long of its first byte (nginx:
+    client_header_timeout); past it the client gets 408 header_timeout."""
+    client_body_timeout: Annotated[DurationS, AfterValidator(_within(0.1, 3600, zero=True))] = 60.0
+    """The longest a request body may pause between two reads (nginx: client_body_timeout);
+    past it 408 client_timeout, charged to the client."""
+    max_client_connections: int | None = Field(default=None, ge=1, le=1_000_000)
+    """Client connections held at once; a connection past it gets 503 and is closed. Default:
+    the open-file limit less what the upstream pools, the admin listener and the store need."""
+    max_upstream_header_size: int = Field(default=65536, ge=1024, le=16 * 1048576)
+    """The longest response head an upstream may send; a longer one is 502 upstream_protocol_error."""
 
 
 def _networks(value: list[str]) -> list[str]:

@@ -8,7 +8,10 @@
     │       ├── UpstreamReset             error.type=upstream_reset
     │       ├── UpstreamTlsError          error.type=upstream_tls_error
     │       └── UpstreamProtocolError     error.type=upstream_protocol_error
-    └── ClientGone                    499  error.type=client_disconnect (nginx's convention)
+    └── ClientError                   the client's fault: never charged to an upstream's SLO
+        ├── ClientGone                499  error.type=client_disconnect (nginx's convention)
+        ├── ClientBodyInvalid         400  error.type=invalid_body (malformed chunked framing)
+        └── ClientTimeout             408  error.type=client_timeout (the body stalled)
 
 The upstream client (``gateway.upstream``) raises these types itself;
 ``translate`` maps what can still escape it (timeouts, OS-level connection
@@ -56,9 +59,23 @@ class UpstreamProtocolError(UpstreamUnavailable):
     error_type = "upstream_protocol_error"
 
 
-class ClientGone(GatewayError):
+class ClientError(GatewayError):
+    status = 400
+    error_type = "bad_request"
+
+
+class ClientGone(ClientError):
     status = 499
     error_type = "client_disconnect"
+
+
+class ClientBodyInvalid(ClientError):
+    error_type = "invalid_body"
+
+
+class ClientTimeout(ClientError):
+    status = 408
+    error_type = "client_timeout"
 
 
 def translate(exc: BaseException) -> GatewayError:

@@ -31,14 +31,22 @@ import ipaddress
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 import httptools
 
+from gateway.errors import ClientBodyInvalid, ClientTimeout
 from gateway.flow import FlowControlled, wake
 
 _HIGH_WATER = 256 * 1024
 _REASONS = {s.value: s.phrase for s in http.HTTPStatus}
+_TOO_MANY_BODY = (
+    b'{"error": "too_many_connections", "detail": "the gateway is at its client connection limit"}'
+)
+_TOO_MANY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(_TOO_MANY_BODY), _TOO_MANY_BODY)
+)
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
@@ -71,6 +79,14 @@ class Headers:
         """``get`` for a name already in lower case (the gateway's own lookups)."""
         m = self._map if self._map is not None else self._lookup()
         return m.get(name)
+
+    def replace_lower(self, name: str, raw_name: str, value: str) -> None:
+        """Every ``name`` (lower case) header replaced by one ``raw_name: value``."""
+        raw = [(n, v) for n, v in self.raw if n.lower() != name]
+        raw.append((raw_name, value))
+        self.raw[:] = raw
+        self._map = None
+        self._lower = []
 
     def items(self) -> list[tuple[str, str]]:
         return self.raw
@@ -130,9 +146,22 @@ class Body:
                 return b""
             if self._error is not None:
                 raise self._error
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-            self._waiter = None
+            loop = asyncio.get_running_loop()
+            self._waiter = loop.create_future()
+            # nginx's client_body_timeout: a client that sends nothing for this long is cut
+            # (408), not left to hold an upstream connection until the upstream's timeout.
+            timeout = self._conn.server.body_timeout_s
+            stall = loop.call_later(timeout, self._stalled, timeout) if timeout > 0 else None
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+                if stall is not None:
+                    stall.cancel()
+
+    def _stalled(self, timeout: float) -> None:
+        self._conn.closing = True  # the rest of this body will never be read
+        self.fail(ClientTimeout(f"the client sent no request body bytes for {timeout:g} s"))
 
 
 class Request:
@@ -266,6 +295,8 @@ class Request:
 
 
 Handler = Callable[[Request], Awaitable[None]]
+RejectHook = Callable[[int, str, Headers, str, "str | None"], None]
+"""``(status, error_type, headers so far, request target so far, peer)`` of a refused request."""
 
 
 class _Conn(FlowControlled):
@@ -285,9 +316,12 @@ class _Conn(FlowControlled):
         self._url = b""
         self._headers: list[tuple[str, str]] = []
         self._header_bytes = 0
-        self._in_head = False
+        self.in_head = False
         self._head_seen = 0
         self._too_large = False
+        self._refused: tuple[int, str, str] | None = None  # a head refused after llhttp parsed it
+        self.head_started = 0.0
+        self.served = 0
 
     # -- transport ----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -296,7 +330,11 @@ class _Conn(FlowControlled):
         self.peer = str(peer[0]) if isinstance(peer, tuple) else None
         self.trusted = self.peer is not None and self.server.is_trusted(self.peer)
         self.last_active = time.monotonic()
-        self.server.conns.add(self)
+        if not self.server.admit(self):
+            self.closing = True
+            if self.transport is not None:
+                self.transport.write(_TOO_MANY)
+            self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -312,21 +350,23 @@ class _Conn(FlowControlled):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
-        if self._in_head:
+        if self.in_head:
             # llhttp keeps a header's pieces until it ends: bound what a head may take.
             self._head_seen += len(data)
             if self._head_seen > 2 * self.server.max_header_size + 65536:
-                self._reject(431, "request header fields too large")
+                self._reject(431, "request header fields too large", "header_too_large")
                 return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._reject(501, "upgrade not supported")
+            self._reject(501, "upgrade not supported", "not_implemented")
         except httptools.HttpParserError:
-            if self._too_large:
-                self._reject(431, "request header fields too large")
+            if self._refused is not None:
+                self._reject(*self._refused)
+            elif self._too_large:
+                self._reject(431, "request header fields too large", "header_too_large")
             else:
-                self._reject(400, "malformed request")
+                self._reject(400, "malformed request", "bad_request")
 
     def write(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -343,14 +383,24 @@ class _Conn(FlowControlled):
         if self.transport is not None:
             self.transport.close()
 
-    def _reject(self, status: int, detail: str) -> None:
+    def _reject(self, status: int, detail: str, error_type: str) -> None:
         self.closing = True
-        if self.running:
-            # Requests before the bad bytes are still answered; then the connection closes.
+        req = self.current
+        if req is not None and req.content is not None and not req.body_complete:
+            # The head was accepted (and may be upstream already); the body is malformed. The
+            # handler reading it answers 400 and records it; the upstream exchange is cut.
             self.pause_reading()
+            req.content.fail(ClientBodyInvalid(f"malformed request body: {detail}"))
             return
-        if self.transport is not None:
-            body = json.dumps({"error": "bad request", "detail": detail}).encode()
+        self.pause_reading()
+        # Seen, whatever it was: one log line and one sample (service "none").
+        self.server.rejected(status, error_type, Headers(list(self._headers)), self._url, self.peer)
+        if self.running:
+            # The requests before the bad bytes are answered first, with Connection: close; a
+            # response after that one would be a protocol error, so this one gets none.
+            return
+        body = json.dumps({"error": error_type, "detail": detail}).encode()
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.write(
                 f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
@@ -358,17 +408,40 @@ class _Conn(FlowControlled):
             )
         self.close()
 
+    def head_timeout(self, timeout: float) -> None:
+        self.in_head = False
+        self._reject(408, f"the request head did not arrive within {timeout:g} s", "header_timeout")
+
     # -- llhttp callbacks ---------------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
         self._header_bytes = 0
-        self._in_head = True
+        self.in_head = True
         self._head_seen = 0
+        self.head_started = self.last_active  # set by data_received, which called us
 
-    def _too_big(self) -> None:
+    def _origin_form(self, target: str, headers: Headers, host: str | None) -> tuple[str, str | None]:
+        """An absolute-form target (``GET http://ehr.example.org/fhir/Patient``, RFC 9112
+        3.2.2) as origin form; its authority replaces Host, as the RFC says a server must."""
+        scheme, sep, rest = target.partition("://")
+        if not sep or scheme.lower() not in ("http", "https"):
+            self._refuse_head(400, "the request target is not a path or an http(s) URL", "bad_request")
+        authority, slash, path = rest.partition("/")
+        authority = authority.rpartition("@")[2]  # userinfo is never passed on
+        if not authority:
+            self._refuse_head(400, "the request target has no host", "bad_request")
+        headers.replace_lower("host", "Host", authority)
+        return "/" + path if slash else "/", authority
+
+    def _refuse_head(self, status: int, detail: str, error_type: str) -> NoReturn:
+        """Stop llhttp on a head it accepted but the gateway does not (data_received answers)."""
+        self._refused = (status, detail, error_type)
+        raise _Stop
+
+    def _too_big(self) -> NoReturn:
         self._too_large = True
-        raise _TooLarge  # stops llhttp; data_received answers 431
+        raise _Stop  # stops llhttp; data_received answers 431
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -380,22 +453,44 @@ class _Conn(FlowControlled):
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self.server.max_header_size:
             self._too_big()
+        if not self.in_head:
+            # A chunked body's trailer: bounded with the head, and not passed on (the body is
+            # framed afresh upstream, as nginx does). The head's list is the request's own.
+            return
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self.in_head = False
         parser = self.parser
         headers = Headers(self._headers)
-        req = Request(
-            self,
-            parser.get_method().decode("ascii"),
-            self._url.decode("latin-1"),
-            parser.get_http_version(),
-            headers,
-        )
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":  # noqa: PLR1714  (compiled: plain compares)
+            if version == "0.9":  # "GET /": no headers, no status line expected back
+                self._refuse_head(400, "HTTP/0.9 is not supported", "bad_request")
+            self._refuse_head(505, "only HTTP/1.0 and HTTP/1.1 are supported", "not_implemented")
+        target = self._url.decode("latin-1")
+        host = headers.get_lower("host")
+        if target[:1] != "/":
+            target, host = self._origin_form(target, headers, host)
+        if host is None:
+            if version == "1.1":  # RFC 9112 3.2: a 1.1 request without Host is refused
+                self._refuse_head(400, "the request has no Host header", "bad_request")
+        elif "," in host:  # two Host headers (joined) or a list: never a single authority
+            self._refuse_head(400, "the request has more than one Host", "bad_request")
+        req = Request(self, parser.get_method().decode("ascii"), target, version, headers)
         req.keep_alive = parser.should_keep_alive()
         length = headers.get_lower("content-length")
-        chunked = "chunked" in (headers.get_lower("transfer-encoding") or "").lower()
+        coding = headers.get_lower("transfer-encoding")
+        chunked = False
+        if coding is not None:
+            # As nginx: only a lone, final "chunked" is framing the gateway can pass on (a gzip
+            # before it would be dropped on the way; "xchunked" is no framing at all), and
+            # HTTP/1.0 has no transfer codings.
+            if req.version == "1.0":
+                self._refuse_head(400, "Transfer-Encoding in an HTTP/1.0 request", "bad_request")
+            if coding.strip().lower() != "chunked":
+                self._refuse_head(501, "only Transfer-Encoding: chunked is supported", "not_implemented")
+            chunked = True
         if chunked or (length is not None and length.strip() != "0"):
             expect = (headers.get_lower("expect") or "").lower() == "100-continue" and req.version == "1.1"
             req.content = Body(self, expect)
@@ -463,10 +558,11 @@ class _Conn(FlowControlled):
                 self.close()
                 return
             self.queue.popleft()
+            self.served += 1
             self.last_active = time.monotonic()
 
 
-class _TooLarge(Exception):
+class _Stop(Exception):
     pass
 
 
@@ -480,8 +576,21 @@ class HttpServer:
         keepalive_s: float = 75.0,
         on_error: Callable[[], None] | None = None,
         trusted_proxies: Iterable[str] = (),
+        header_timeout_s: float = 30.0,
+        body_timeout_s: float = 60.0,
+        max_connections: int = 0,
+        on_reject: RejectHook | None = None,
+        on_refuse: Callable[[int], None] | None = None,
     ) -> None:
         self.handler = handler
+        self.header_timeout_s = header_timeout_s
+        """A request head must arrive whole within this long of its first byte (slowloris)."""
+        self.body_timeout_s = body_timeout_s
+        """The longest a request body may pause between two reads (0: no limit)."""
+        self.max_connections = max_connections
+        """Client connections held at once (0: no limit); past it a new one gets 503 and closes."""
+        self._on_reject = on_reject
+        self._on_refuse = on_refuse
         self._trusted = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
         self.max_header_size = max_header_size
         self.keepalive_s = keepalive_s
@@ -509,6 +618,22 @@ class HttpServer:
             return False
         return any(addr in net for net in self._trusted)
 
+    def rejected(
+        self, status: int, error_type: str, headers: Headers, target: bytes, peer: str | None
+    ) -> None:
+        """A request the parser refused (answered ``status`` without reaching the handler)."""
+        if self._on_reject is not None:
+            self._on_reject(status, error_type, headers, target.decode("latin-1"), peer)
+
+    def admit(self, conn: _Conn) -> bool:
+        """Room for one more client connection? If not, the caller answers 503 and closes."""
+        if self.max_connections and len(self.conns) >= self.max_connections:
+            if self._on_refuse is not None:
+                self._on_refuse(len(self.conns))
+            return False
+        self.conns.add(conn)
+        return True
+
     def log_error(self) -> None:
         if self._on_error is not None:
             self._on_error()
@@ -526,9 +651,18 @@ class HttpServer:
 
     def _sweep(self) -> None:
         now = time.monotonic()
+        header_s = self.header_timeout_s
         for conn in list(self.conns):
-            if not conn.running and not conn.queue and now - conn.last_active > self.keepalive_s:
-                conn.close()
+            if conn.in_head:
+                if header_s and now - conn.head_started > header_s:
+                    # nginx's client_header_timeout: a head that trickles in (slowloris) is cut.
+                    conn.head_timeout(header_s)
+            elif not conn.running and not conn.queue:
+                idle = now - conn.last_active
+                # A connection that never sent a byte gets the header timeout, not keep-alive's.
+                limit = self.keepalive_s if conn.served or not header_s else min(header_s, self.keepalive_s)
+                if idle > limit:
+                    conn.close()
         self._sweeper = asyncio.get_running_loop().call_later(1.0, self._sweep)
 
     async def stop_accepting(self) -> None:

@@ -221,6 +221,12 @@ class GatewayMetrics:
             ("facility", "service", "where"),
             registry=registry,
         )
+        self._refused = Counter(
+            "vitalgate_client_connections_refused",
+            "Client connections closed at once with 503 because the gateway held "
+            "limits.max_client_connections already.",
+            registry=registry,
+        )
         self._uninspected = Counter(
             "vitalgate_fhir_responses_uninspected",
             "FHIR JSON responses that could not be inspected for URLs and batch entries.",
@@ -232,6 +238,9 @@ class GatewayMetrics:
         self, facility: str, service: str, method: str, route: str, status_class: str, n: int
     ) -> None:
         self._entries.labels(facility, service, method, route, status_class).inc(n)
+
+    def connections_refused(self) -> None:
+        self._refused.inc()
 
     def url_leak(self, facility: str, service: str, where: str) -> None:
         self._leaks.labels(facility, service, where).inc()

@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 
 from gateway.accesslog import AccessLog
 from gateway.bundle import inspect, is_fhir_json, request_entries, status_class
-from gateway.errors import ClientGone, GatewayError, translate
+from gateway.errors import ClientError, ClientGone, GatewayError, translate
 from gateway.facility import FacilityResolver
-from gateway.httpserver import Request
+from gateway.httpserver import Headers, Request
 from gateway.memscan import contains
 from gateway.metrics import GatewayMetrics
 from gateway.query import redact_query
@@ -227,43 +227,71 @@ class Proxy:
             status, error_type, upstream_ms = await self._forward(request, match, facility, method, span)
         finally:
             active.dec()
-            duration_s = time.perf_counter() - t0
-            ctx = span.get_span_context()
-            sampled = ctx.sampled
-            child, key = self.metrics.request_child(facility, service, route, method, status)
-            if self.recorder is not None:
-                self.recorder.record(key, started, duration_s)
-            if sampled and self.metrics.exemplar_due(key, t0):
-                child.observe(duration_s, {"trace_id": ctx.trace_hex()})
-            else:
-                child.observe(duration_s)
-            if span.is_recording():
-                span.set_attribute("http.response.status_code", status)
-                if error_type is not None:
-                    span.set_attribute("error.type", error_type)
-                if status >= 500:
-                    span.set_error()
-                span.end()
-            log = self.access_log
-            log.request(
-                log.format(
-                    started,
-                    ctx.trace_hex(),
-                    ctx.span_hex(),
-                    ctx.flags_hex(),
-                    facility,
-                    service,
-                    route or None,
-                    method,
-                    status,
-                    duration_s * 1000,
-                    upstream_ms,
-                    error_type,
-                )
-            )
+            self._record(started, t0, span, facility, service, route, method, status, error_type, upstream_ms)
             self.in_flight -= 1
             if self.in_flight == 0:
                 self.idle.set()
+
+    def _record(
+        self,
+        started: float,
+        t0: float,
+        span: AnySpan,
+        facility: str,
+        service: str,
+        route: str,
+        method: str,
+        status: int,
+        error_type: str | None,
+        upstream_ms: float | None,
+    ) -> None:
+        """A finished request into the metrics, the store, its span and the access log."""
+        duration_s = time.perf_counter() - t0
+        ctx = span.get_span_context()
+        child, key = self.metrics.request_child(facility, service, route, method, status)
+        if self.recorder is not None:
+            self.recorder.record(key, started, duration_s)
+        if ctx.sampled and self.metrics.exemplar_due(key, t0):
+            child.observe(duration_s, {"trace_id": ctx.trace_hex()})
+        else:
+            child.observe(duration_s)
+        if span.is_recording():
+            span.set_attribute("http.response.status_code", status)
+            if error_type is not None:
+                span.set_attribute("error.type", error_type)
+            if status >= 500:
+                span.set_error()
+            span.end()
+        log = self.access_log
+        log.request(
+            log.format(
+                started,
+                ctx.trace_hex(),
+                ctx.span_hex(),
+                ctx.flags_hex(),
+                facility,
+                service,
+                route or None,
+                method,
+                status,
+                duration_s * 1000,
+                upstream_ms,
+                error_type,
+            )
+        )
+
+    def rejected(self, status: int, error_type: str, headers: Headers, target: str, peer: str | None) -> None:
+        """A request the HTTP parser refused (400, 408, 431, 501): never handled, still seen,
+        so an attack shows in the log and the metrics (service "none", method "_OTHER")."""
+        started = time.time()
+        t0 = time.perf_counter()
+        facility = self.facilities.resolve(headers, target.partition("?")[0])
+        span = self.tracer.start_server("_OTHER", None, int(started * 1e9))
+        if span.is_recording():
+            span.set_attributes(
+                {"url.scheme": self.scheme, "server.port": self.server_port, "facility": facility}
+            )
+        self._record(started, t0, span, facility, "none", "", "_OTHER", status, error_type, None)
 
     def _forward_headers(
         self, request: Request, traceparent: str
@@ -434,7 +462,7 @@ class Proxy:
         if request.prepared:
             # Headers already went out: the only honest signal left is to cut the connection.
             request.abort()
-            status = error.status if isinstance(error, ClientGone) else 502
+            status = error.status if isinstance(error, ClientError) else 502
             return status, error.error_type, upstream_ms
         body_out = json.dumps({"error": error.error_type, "detail": str(error)}).encode()
         with contextlib.suppress(ConnectionError):

@@ -12,6 +12,7 @@ import contextlib
 import gc
 import logging
 import os
+import resource
 import signal
 import socket
 import sqlite3
@@ -67,6 +68,12 @@ class Role:
     metrics_dir: str | None = None
 
 
+# Descriptors kept free of client connections: the admin listener and its clients, the store,
+# the log, span export, the listening sockets (upstream pools are added per upstream).
+_RESERVED_FDS = 64
+_REFUSED_LOG_EVERY_S = 10.0
+
+
 class Gateway:
     """One gateway process: build with a Config, ``start``, later ``stop``."""
 
@@ -101,7 +108,12 @@ class Gateway:
         self.facilities = FacilityResolver(cfg.facilities)
         self.router = Router(cfg.routes, self.facilities.path_segment)
         self.upstreams = {
-            name: Upstream(name, u, str(config.resolve(u.ca_file)) if u.ca_file else None)
+            name: Upstream(
+                name,
+                u,
+                str(config.resolve(u.ca_file)) if u.ca_file else None,
+                cfg.limits.max_upstream_header_size,
+            )
             for name, u in cfg.upstreams.items()
         }
         store = cfg.telemetry.store
@@ -136,10 +148,45 @@ class Gateway:
         )
         self.draining = False
         self.ready = False
+        self._refused_logged_at = -_REFUSED_LOG_EVERY_S
         self._server: HttpServer | None = None
         self._admin_runner: web.AppRunner | None = None
         self.proxy_port = 0
         self.admin_port = 0
+
+    def _client_connection_cap(self) -> int:
+        """``limits.max_client_connections``, or what the open-file limit leaves once the
+        upstream pools and the gateway's own descriptors are set aside: a flood of client
+        connections then meets a clear 503 instead of starving the admin listener and the
+        upstreams of descriptors."""
+        cfg = self.config.gateway
+        reserved = _RESERVED_FDS + sum(u.max_connections for u in cfg.upstreams.values())
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        room = max(16, soft - reserved) if soft != resource.RLIM_INFINITY else 1_000_000
+        wanted = cfg.limits.max_client_connections
+        if wanted is None:
+            return room
+        if wanted > room:
+            log.warning(
+                "limits.max_client_connections is %d but the open-file limit (%d) leaves room for"
+                " %d once the upstream pools and the gateway's own files are set aside; raise"
+                " the limit (ulimit -n) or expect accept errors",
+                wanted,
+                soft,
+                room,
+            )
+        return wanted
+
+    def _refused(self, held: int) -> None:
+        self.metrics.connections_refused()
+        now = time.monotonic()
+        if now - self._refused_logged_at >= _REFUSED_LOG_EVERY_S:
+            self._refused_logged_at = now
+            log.warning(
+                "client connection limit reached: %d connections held; new ones get 503 and are"
+                " closed (vitalgate_client_connections_refused_total counts them)",
+                held,
+            )
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         tls = self.config.gateway.tls
@@ -239,6 +286,11 @@ class Gateway:
             max_header_size=limits.max_header_size,
             on_error=lambda: log.exception("proxy handler failed"),
             trusted_proxies=self.config.gateway.trusted_proxies,
+            header_timeout_s=limits.header_timeout,
+            body_timeout_s=limits.client_body_timeout,
+            max_connections=self._client_connection_cap(),
+            on_reject=self.proxy.rejected,
+            on_refuse=self._refused,
         )
         self.proxy_port = await self._server.start(
             self._host, self._port, ssl=self._ssl_context(), reuse_port=self.role.kind == "worker"

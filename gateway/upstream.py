@@ -41,7 +41,9 @@ import httptools
 
 from gateway.config import UpstreamConfig
 from gateway.errors import (
+    ClientError,
     ClientGone,
+    ClientTimeout,
     GatewayError,
     UpstreamConnectError,
     UpstreamProtocolError,
@@ -69,6 +71,7 @@ class _Exchange:
     """The state of one request/response on a connection."""
 
     __slots__ = (
+        "awaiting_client",
         "body_done",
         "chunks",
         "complete",
@@ -78,6 +81,7 @@ class _Exchange:
         "error",
         "has_urls",
         "head",
+        "head_bytes",
         "headers",
         "headers_waiter",
         "informational",
@@ -115,6 +119,9 @@ class _Exchange:
         self.continue_waiter: asyncio.Future[bool] | None = None
         self.sent_body = True
         self.body_done = True
+        self.awaiting_client = False
+        """The request body is being read from the client: a wait that is not the upstream's."""
+        self.head_bytes = 0
 
 
 class _Connection(FlowControlled):
@@ -141,12 +148,21 @@ class _Connection(FlowControlled):
             self.close()
             return
         ex.received = True
+        in_head = ex.status == 0
+        if in_head:
+            ex.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(UpstreamProtocolError("upstream switched protocols unasked"))
         except httptools.HttpParserError as exc:
             self._fail(UpstreamProtocolError(f"upstream sent an invalid response: {exc}"))
+        if in_head and ex.status == 0 and ex.head_bytes > self.pool.max_header_size:
+            # Still no end of the head: llhttp holds a header's pieces until it ends, so what
+            # an upstream may send before its headers are complete is bounded.
+            limit = self.pool.max_header_size
+            self._fail(UpstreamProtocolError(f"upstream response head is larger than {limit} bytes"))
+            return
         if ex.complete and ex.head and not self.closed:
             # llhttp would wait for the Content-Length a HEAD response announces; start afresh.
             self.parser = httptools.HttpResponseParser(self)
@@ -235,6 +251,11 @@ class _Connection(FlowControlled):
         wake(ex.reader)
 
     # -- the exchange -----------------------------------------------------------------------------
+    def fail_with(self, err: GatewayError) -> None:
+        """End the exchange with ``err`` (the request side failed) and cut the connection."""
+        self._fail(err)
+        self.abort()
+
     def _fail(self, err: GatewayError) -> None:
         ex = self.ex
         if ex is not None and ex.error is None and not ex.complete:
@@ -434,7 +455,12 @@ class _Timer:
     def expired(self, now: float) -> bool:
         if now >= self._deadline:
             return True
-        return self._read_s is not None and now - self.armed_at >= self._read_s
+        if self._read_s is None:
+            return False
+        ex = self._conn.ex
+        # The upstream cannot answer a request it has not had yet: no read timeout while the
+        # client's body trickles in (the client has its own, the body timeout).
+        return (ex is None or not ex.awaiting_client) and now - self.armed_at >= self._read_s
 
     def fire(self) -> None:
         fut = self._fut
@@ -442,7 +468,11 @@ class _Timer:
             return
         ex = self._conn.ex
         if ex is not None and ex.error is None:
-            ex.error = UpstreamTimeout("upstream timed out")
+            ex.error = (
+                ClientTimeout("the request body took longer than the upstream's total timeout")
+                if ex.awaiting_client
+                else UpstreamTimeout("upstream timed out")
+            )
         self._conn.abort()
         wake(fut)
         if ex is not None:
@@ -458,8 +488,12 @@ TICK_S = 0.05
 
 
 class Upstream:
-    def __init__(self, name: str, cfg: UpstreamConfig, ca_file: str | None) -> None:
+    def __init__(
+        self, name: str, cfg: UpstreamConfig, ca_file: str | None, max_header_size: int = 65536
+    ) -> None:
         self.name = name
+        self.max_header_size = max_header_size
+        """The longest response head accepted (limits.max_upstream_header_size)."""
         self.base_url = cfg.url
         parts = urlsplit(cfg.url)
         self.host = parts.hostname or ""
@@ -722,7 +756,7 @@ class Upstream:
                 ex.sent_body = ex.body_done = False
                 if expect_continue:
                     ex.continue_waiter = loop.create_future()
-                sender = loop.create_task(self._send_body(conn, ex, body, chunked))
+                sender = loop.create_task(self._send_body(conn, ex, body, chunked, timer))
                 sender.add_done_callback(_retrieve)
             if ex.status == 0 and ex.error is None:
                 ex.headers_waiter = loop.create_future()
@@ -740,7 +774,7 @@ class Upstream:
                 raise err
             if sender is not None and sender.done() and not sender.cancelled():
                 exc = sender.exception()
-                if isinstance(exc, ClientGone):
+                if isinstance(exc, GatewayError):
                     raise exc
             return UpstreamResponse(conn, ex, timer)
         except BaseException:
@@ -751,7 +785,9 @@ class Upstream:
             conn.close()
             raise
 
-    async def _send_body(self, conn: _Connection, ex: _Exchange, body: BodySource, chunked: bool) -> None:
+    async def _send_body(
+        self, conn: _Connection, ex: _Exchange, body: BodySource, chunked: bool, timer: _Timer
+    ) -> None:
         try:
             if ex.continue_waiter is not None:
                 with contextlib.suppress(TimeoutError):
@@ -759,12 +795,20 @@ class Upstream:
                     if not go:
                         return  # a final response came first; the body is not sent
             while True:
+                # While the client is being waited for, the upstream is not late (see _Timer).
+                ex.awaiting_client = True
                 try:
                     chunk = await body.readany()
+                except ClientError:
+                    raise  # malformed or stalled: the client's fault, as the server says
                 except (ConnectionError, asyncio.IncompleteReadError) as exc:
                     raise ClientGone("client went away while sending the body") from exc
                 except Exception as exc:
-                    raise ClientGone(f"client body unreadable: {type(exc).__name__}") from exc
+                    # Not the client: a defect of ours, counted as the gateway's fault.
+                    raise GatewayError(f"reading the request body failed: {type(exc).__name__}") from exc
+                finally:
+                    ex.awaiting_client = False
+                timer.armed_at = time.monotonic()  # the read timeout runs from the last byte sent
                 transport = conn.transport
                 if transport is None or conn.closed:
                     return
@@ -778,8 +822,10 @@ class Upstream:
                 else:
                     transport.write(chunk)
                 await conn.drain()
-        except ClientGone:
-            conn.abort()
+        except GatewayError as exc:
+            # The upstream has part of a request that will never be finished: that connection
+            # is cut, and the exchange fails with the body's error (not as an upstream reset).
+            conn.fail_with(exc)
             raise
         except ConnectionError:
             return  # the upstream closed; the response side reports it

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httptools
 
-from tests.helpers import Upstream, gateway_config, read_log, running_gateway
+from tests.helpers import Upstream, gateway_config, histogram_counts, read_log, running_gateway
 
 
 class Responses:
@@ -85,6 +85,14 @@ async def exchange(
             closed = False
     writer.close()
     return got.done, closed
+
+
+async def _metrics(admin_port: int) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", admin_port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+    data = await reader.read()
+    writer.close()
+    return data.partition(b"\r\n\r\n")[2].decode()
 
 
 def get(path: str, extra: str = "", version: str = "1.1") -> bytes:
@@ -172,9 +180,25 @@ async def test_oversized_and_malformed_requests_close_with_4xx(tmp_path: Path, u
         got, closed = await exchange(gw.proxy_port, b"GET /\x00 HTTP/1.1\r\n\r\n", 1)
         assert got[0][0] == 400 and closed
         # A good request pipelined before a bad one is still answered.
+        # (answered with Connection: close: nothing may follow it, so the bad one gets nothing)
         got, closed = await exchange(gw.proxy_port, get("/fhir/Patient/1") + b"BAD REQUEST\r\n\r\n", 1)
-        assert got[0][0] == 200
-    assert len(read_log(tmp_path / "access.log")) == 1
+        assert [g[0] for g in got] == [200] and got[0][1]["connection"] == "close" and closed
+        metrics = await _metrics(gw.admin_port)
+    # Every refused request is seen: a log line and a sample each (service "none").
+    log = read_log(tmp_path / "access.log")
+    # The facility is attributed from what was parsed before the fault (X-Facility-ID here).
+    assert [
+        (r["http.response.status_code"], r.get("error.type"), r["service"], r["facility"]) for r in log
+    ] == [
+        (431, "header_too_large", "none", "riverside"),
+        (400, "bad_request", "none", "unknown"),
+        (400, "bad_request", "none", "unknown"),  # (refused while the one before it ran)
+        (200, None, "fhir", "riverside"),
+    ]
+    assert log[0]["http.request.method"] == "_OTHER" and "http.route" not in log[0]
+    counts = histogram_counts(metrics)
+    assert counts[("unknown", "none", "", "_OTHER", "400")] == 2
+    assert counts[("riverside", "none", "", "_OTHER", "431")] == 1
 
 
 async def test_client_leaving_mid_response_is_recorded_as_499(tmp_path: Path, upstream: Upstream) -> None:

@@ -216,7 +216,14 @@ async def test_malformed_http_gets_400_and_serving_continues(tmp_path: Path, ups
             async with s.get(f"http://127.0.0.1:{gw.proxy_port}/fhir/Patient/1") as r:
                 assert r.status == 200
     log = read_log(tmp_path / "access.log")
-    assert len(log) == 1  # only the well-formed request reached the proxy
+    # Only the well-formed request reached an upstream; the refused ones are logged as such.
+    assert [(r["http.response.status_code"], r.get("error.type"), r["service"]) for r in log] == [
+        (400, "bad_request", "none"),
+        (400, "bad_request", "none"),
+        (431, "header_too_large", "none"),
+        (200, None, "fhir"),
+    ]
+    assert len(upstream.seen) == 1
 
 
 async def test_cardinality_budget_folds_into_other(tmp_path: Path, upstream: Upstream) -> None:
