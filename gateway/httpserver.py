@@ -468,6 +468,9 @@ class _Conn(FlowControlled):
             if version == "0.9":  # "GET /": no headers, no status line expected back
                 self._refuse_head(400, "HTTP/0.9 is not supported", "bad_request")
             self._refuse_head(505, "only HTTP/1.0 and HTTP/1.1 are supported", "not_implemented")
+        method = parser.get_method().decode("ascii")
+        if method == "CONNECT":  # a tunnel: not what a reverse proxy for an API offers
+            self._refuse_head(501, "CONNECT is not supported", "not_implemented")
         target = self._url.decode("latin-1")
         host = headers.get_lower("host")
         if target[:1] != "/":
@@ -477,7 +480,7 @@ class _Conn(FlowControlled):
                 self._refuse_head(400, "the request has no Host header", "bad_request")
         elif "," in host:  # two Host headers (joined) or a list: never a single authority
             self._refuse_head(400, "the request has more than one Host", "bad_request")
-        req = Request(self, parser.get_method().decode("ascii"), target, version, headers)
+        req = Request(self, method, target, version, headers)
         req.keep_alive = parser.should_keep_alive()
         length = headers.get_lower("content-length")
         coding = headers.get_lower("transfer-encoding")

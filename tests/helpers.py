@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import resource
 import socket
 import subprocess
 import sys
@@ -270,6 +271,10 @@ class BackgroundPeers:
         self._thread.join(5)
 
 
+def _limit_files(n: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+
 class GatewayProcess:
     """``vitalgate serve`` as a child process, as a user runs it."""
 
@@ -279,7 +284,9 @@ class GatewayProcess:
         workers: int = 1,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        open_files: int | None = None,
     ) -> None:
+        """``open_files``: the child's RLIMIT_NOFILE (as ``ulimit -n`` would set it)."""
         cfg = yaml.safe_load(config_path.read_text())
         self.proxy = "http://" + cfg["listen"]
         self.admin = "http://" + cfg["admin"]["listen"]
@@ -300,6 +307,7 @@ class GatewayProcess:
             stderr=self._stderr,
             env=env,
             cwd=cwd,
+            preexec_fn=None if open_files is None else lambda: _limit_files(open_files),
         )
         self.wait_ready()
 
