@@ -221,6 +221,13 @@ class GatewayMetrics:
             ("facility", "service", "where"),
             registry=registry,
         )
+        self._store_errors = Counter(
+            "vitalgate_store_errors",
+            "Embedded-store operations that failed (operation: write, retried until it succeeds; "
+            "compaction, retention not applied).",
+            ("operation",),
+            registry=registry,
+        )
         self._refused = Counter(
             "vitalgate_client_connections_refused",
             "Client connections closed at once with 503 because the gateway held "
@@ -238,6 +245,10 @@ class GatewayMetrics:
         self, facility: str, service: str, method: str, route: str, status_class: str, n: int
     ) -> None:
         self._entries.labels(facility, service, method, route, status_class).inc(n)
+
+    def store_error(self, operation: str) -> None:
+        """A store write or compaction failed (thread-safe: the store's writer thread calls it)."""
+        self._store_errors.labels(operation).inc()
 
     def connections_refused(self) -> None:
         self._refused.inc()

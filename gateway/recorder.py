@@ -11,9 +11,9 @@ the SQLite connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
+import logging
 import queue
-import sys
 import threading
 import time
 from bisect import bisect_left
@@ -21,9 +21,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from slo.spec import ENTRY_ROUTE_PREFIX, Slo
-from slo.store import SeriesKey, Store, StoreWriter, catch_up
+from slo.store import SeriesKey, Store, StoreLock, StoreWriter, catch_up
 
 _STOP = object()
+log = logging.getLogger("vitalgate.store")
 MAINTENANCE_INTERVAL_S = 3600.0
 
 
@@ -40,6 +41,7 @@ class Recorder:
         max_pending_batches: int = 30,
         shared: bool = False,
         maintenance: bool = True,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         """``shared``: one of several worker processes writing the same store (additive writes,
         no catch-up, which the supervisor did); ``maintenance``: this process compacts and purges."""
@@ -50,6 +52,8 @@ class Recorder:
         self._bounds = list(bounds_s)
         self._cols = len(self._bounds) + 1
         self._on_drop = on_drop
+        self._on_error = on_error or (lambda _operation: None)
+        self._max_pending = max_pending_batches
         self.flush_interval_s = flush_interval_s
         self._minute_days = minute_days
         self._hour_days = hour_days
@@ -105,7 +109,10 @@ class Recorder:
             self._on_drop(sum(sum(c) for c in batch.values()))
 
     def _run(self) -> None:
+        lock: StoreLock | None = None
         try:
+            if not self._shared:
+                lock = StoreLock(self._path)  # (workers: their supervisor holds it)
             store = Store(self._path)
             if not self._shared:
                 catch_up(store, self._slos)  # new SLOs replayed; gaps since each SLO's last row rebuilt
@@ -113,29 +120,60 @@ class Recorder:
             if self._maintenance:
                 store.compact_and_purge(time.time(), self._minute_days, self._hour_days)
         except Exception as exc:
+            if lock is not None:
+                lock.release()
             self._error = exc
             self._ready.set()
             return
         self._ready.set()
         next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL_S
+        # Batches not yet written, oldest first: a failed write (a full disk) is retried each
+        # flush interval, whole, until it succeeds; only past max_pending_batches is the oldest
+        # given up, and its requests counted as dropped.
+        pending: collections.deque[dict[tuple[SeriesKey, int], list[int]]] = collections.deque()
+        failing = False
         try:
             while True:
-                item = self._queue.get()
-                if item is _STOP:
-                    return
-                assert isinstance(item, dict)
                 try:
-                    writer.apply(item)
+                    item = self._queue.get(timeout=self.flush_interval_s if pending else None)
+                except queue.Empty:
+                    item = None
+                stopping = item is _STOP
+                if isinstance(item, dict):
+                    pending.append(item)
+                while pending:
+                    try:
+                        writer.apply(pending[0])
+                    except Exception as exc:  # a full disk must not stop the gateway
+                        self._on_error("write")
+                        if not failing:
+                            failing = True
+                            # (logging, not print: a full disk may hold stderr too, and
+                            # a raise here would end this thread and every later write)
+                            log.warning("vitalgate: store write failed, retrying: %s", exc)
+                        if len(pending) > self._max_pending or stopping:
+                            lost = pending.popleft()
+                            self._on_drop(sum(sum(c) for c in lost.values()))
+                            continue
+                        break
+                    pending.popleft()
                     self.flushes += 1
-                except Exception as exc:  # a full disk must not stop the gateway: count and go on
-                    self._on_drop(sum(sum(c) for c in item.values()))
-                    print(f"vitalgate: store write failed: {exc}", file=sys.stderr, flush=True)
+                    if failing:
+                        failing = False
+                        log.warning("vitalgate: store writes succeed again")
+                if stopping:
+                    return
                 if self._maintenance and time.monotonic() >= next_maintenance:
                     next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL_S
-                    with contextlib.suppress(Exception):
+                    try:
                         store.compact_and_purge(time.time(), self._minute_days, self._hour_days)
+                    except Exception as exc:  # retention stopping must be seen: logged, counted
+                        self._on_error("compaction")
+                        log.warning("vitalgate: store compaction failed: %s", exc)
         finally:
             store.close()
+            if lock is not None:
+                lock.release()
 
     def close(self) -> None:
         """Flush what is in memory and wait for the writer (called at shutdown, off the loop)."""

@@ -129,6 +129,7 @@ class Gateway:
                 hour_days=int(store.hour_retention // 86400),
                 shared=role.kind == "worker",
                 maintenance=role.index == 0,
+                on_error=self.metrics.store_error,
             )
         host, port = split_listen(cfg.listen)
         if role.port is not None:

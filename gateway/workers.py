@@ -121,9 +121,17 @@ async def supervise(
         loop.add_signal_handler(sig, stop.set)
     host, port = split_listen(config.gateway.listen)
     reserved, port = _reserve_port(host, port)
+    from slo.store import StoreLock  # noqa: PLC0415
+
+    lock: StoreLock | None = None
     try:
+        if config.gateway.telemetry.store.enabled:
+            # Held while the workers run: they share the file; no other gateway may.
+            lock = StoreLock(config.resolve(config.gateway.telemetry.store.path))
         await loop.run_in_executor(None, _catch_up, config)
     except Exception as exc:
+        if lock is not None:
+            lock.release()
         print(f"vitalgate: cannot start: store: {exc}", file=sys.stderr, flush=True)
         return 1
     gateway = Gateway(
@@ -200,6 +208,8 @@ async def supervise(
     for w in watchers:
         w.cancel()
     await gateway.stop()
+    if lock is not None:
+        lock.release()
     if reserved is not None:
         reserved.close()
     shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -22,7 +22,9 @@ and never leaves a half-written row.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import struct
 import threading
@@ -117,6 +119,36 @@ def unpack_many(blobs: Sequence[bytes]) -> U32:
 
 class StoreError(Exception):
     pass
+
+
+class StoreLock:
+    """The one writer's claim on a store file: ``<store>.lock``, locked exclusively (flock) for
+    as long as the gateway (or its supervisor) runs, with the holder's pid in it.
+
+    Two gateways given one store would each keep their own in-memory minutes and overwrite each
+    other's rows; the second is refused at start-up instead, naming the first."""
+
+    def __init__(self, store_path: str | Path) -> None:
+        self.path = Path(f"{store_path}.lock")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(
+                f"{store_path}: in use by another vitalgate process (pid {holder}); two gateways"
+                " cannot share one store file (give each its own telemetry.store.path)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
 
 
 class Store:
@@ -446,7 +478,24 @@ class StoreWriter:
         ``replace_minutes``: minutes whose recorded counts are discarded first
         (an import rebuilds the minutes its log covers).
         """
-        with self._lock, self.store.transaction():
+        with self._lock:
+            try:
+                self._apply(batch, replace_minutes)
+            except BaseException:
+                # The transaction rolled back, but the in-memory hours and days had the batch
+                # added: forget them, so they are read again as stored and a retry of this
+                # batch counts it once.
+                self._raw.clear()
+                self._days.clear()
+                self.store.forget_cached_chunks()
+                raise
+
+    def _apply(
+        self,
+        batch: Mapping[tuple[SeriesKey, int], Sequence[int]],
+        replace_minutes: Iterable[int],
+    ) -> None:
+        with self.store.transaction():
             if self.shared:
                 # Another writer may have changed any row since: start from what is stored.
                 self._raw.clear()

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import resource
 import socket
 import subprocess
 import sys
@@ -271,10 +270,6 @@ class BackgroundPeers:
         self._thread.join(5)
 
 
-def _limit_files(n: int) -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
-
-
 class GatewayProcess:
     """``vitalgate serve`` as a child process, as a user runs it."""
 
@@ -292,8 +287,10 @@ class GatewayProcess:
         self.admin = "http://" + cfg["admin"]["listen"]
         self.stderr_path = config_path.parent / "gateway.stderr"
         self._stderr = self.stderr_path.open("w")
+        limit = [] if open_files is None else ["prlimit", f"--nofile={open_files}", "--"]
         self.proc = subprocess.Popen(
             [
+                *limit,
                 sys.executable,
                 "-m",
                 "vitalgate",
@@ -307,7 +304,6 @@ class GatewayProcess:
             stderr=self._stderr,
             env=env,
             cwd=cwd,
-            preexec_fn=None if open_files is None else lambda: _limit_files(open_files),
         )
         self.wait_ready()
 

@@ -1,10 +1,15 @@
 """Exact counts end to end: traffic through a running gateway, then `slo status`."""
 
 import asyncio
+import json
 import signal
+import subprocess
+import sys
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -12,6 +17,7 @@ from tests.helpers import (
     BackgroundPeers,
     GatewayProcess,
     Upstream,
+    counter_value,
     fetch,
     gateway_config,
     running_gateway,
@@ -152,3 +158,77 @@ def test_store_rebuilt_from_the_access_log(tmp_path: Path) -> None:
     )
     assert missing.returncode == 1
     assert "nope.log: no such file" in missing.stderr
+
+
+def test_a_second_gateway_on_the_same_store_is_refused(tmp_path: Path) -> None:
+    with BackgroundPeers() as peers:
+        first_dir, second_dir = tmp_path / "a", tmp_path / "b"
+        first_dir.mkdir()
+        second_dir.mkdir()
+        store = {"telemetry": {"store": {"path": str(tmp_path / "shared.db"), "flush_interval": "200ms"}}}
+        first = GatewayProcess(gateway_config(first_dir, peers.upstream.port, slos=SLOS, extra=store))
+        try:
+            second_cfg = gateway_config(second_dir, peers.upstream.port, slos=SLOS, extra=store)
+            second = subprocess.run(
+                [sys.executable, "-m", "vitalgate", "serve", "--config", str(second_cfg)],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert second.returncode == 1
+            assert f"in use by another vitalgate process (pid {first.proc.pid})" in second.stderr
+            _send(first.proxy, 12, "st-marys")  # the first one never noticed
+        finally:
+            assert first.terminate() == 0
+    assert slo_status(first_dir / "gateway.yaml")[("avail", "st-marys")]["total"] == 12
+
+
+def test_a_full_disk_that_frees_again_loses_nothing_and_counts_once(tmp_path: Path) -> None:
+    """The file-size limit (RLIMIT_FSIZE, set on the running gateway with prlimit) makes every
+    write that grows a file fail, as a full disk does; then it is lifted. The batches written
+    meanwhile are retried whole: the store ends with exactly what was sent, counted once."""
+    with BackgroundPeers() as peers:
+        cfg = gateway_config(
+            tmp_path,
+            peers.upstream.port,
+            slos=SLOS,
+            extra={
+                "telemetry": {
+                    "access_log": {"path": "/dev/null"},  # a device: no file size to limit
+                    "store": {"path": "store.db", "flush_interval": "200ms"},
+                }
+            },
+        )
+        gw = GatewayProcess(cfg)
+        try:
+            _send(gw.proxy, 20, "st-marys")
+            time.sleep(0.8)  # flushed
+            subprocess.run(["prlimit", f"--pid={gw.proc.pid}", "--fsize=0:unlimited"], check=True)
+            _send(gw.proxy, 30, "st-marys")
+            time.sleep(1.0)  # several flushes fail and are kept
+            errors = counter_value(_metrics(gw.admin), "vitalgate_store_errors_total", operation="write")
+            assert errors >= 1
+            subprocess.run(["prlimit", f"--pid={gw.proc.pid}", "--fsize=unlimited:unlimited"], check=True)
+            _send(gw.proxy, 5, "st-marys")
+            time.sleep(1.0)  # the retries succeed
+            live = _json(gw.admin + "/api/v1/slo")
+            metrics = _metrics(gw.admin)
+            assert counter_value(metrics, "vitalgate_telemetry_dropped_total", signal="store") == 0
+        finally:
+            assert gw.terminate() == 0
+    live_total = next(r["total"] for r in live["slos"] if r["slo"] == "avail" and r["facility"] == "st-marys")
+    assert live_total == 55
+    assert slo_status(cfg)[("avail", "st-marys")]["total"] == 55  # the history, read afresh
+    # (the failure's own line could not be written either: stderr is a file on the same "disk")
+    assert "store writes succeed again" in gw.stderr_path.read_text()
+
+
+def _metrics(admin: str) -> str:
+    with urllib.request.urlopen(admin + "/metrics", timeout=5) as r:
+        return str(r.read().decode())
+
+
+def _json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return dict(json.loads(r.read()))
