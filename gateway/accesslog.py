@@ -9,9 +9,10 @@ and counted, and the proxy never waits.
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
+import logging
 import os
+import stat
 import sys
 import threading
 import time
@@ -19,6 +20,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("vitalgate.accesslog")
 
 # Field order of a request record: the hot path builds a tuple in this order.
 REQUEST_FIELDS = (
@@ -131,6 +134,8 @@ class AccessLog:
         self._on_drop = on_drop
         self._writer_thread: threading.Thread | None = None
         self._fd: int | None = None
+        self._regular = False  # a file (a torn line can be cut off), not a pipe or a device
+        self._unwritten = 0  # lines of the batch being written not yet written (or dropped)
 
     def start(self) -> None:
         if self._path == "-":
@@ -139,6 +144,7 @@ class AccessLog:
         else:
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
         self._writer_thread = threading.Thread(target=self._run, name="vitalgate-access-log", daemon=True)
         self._writer_thread.start()
 
@@ -171,9 +177,9 @@ class AccessLog:
             stop = self._stopping
             while items:
                 lines: list[str] = []
-                with contextlib.suppress(IndexError):
-                    while len(lines) < 4096:
-                        lines.append(items.popleft())
+                while items and len(lines) < 4096:
+                    lines.append(items.popleft())
+                self._unwritten = len(lines)
                 self._write(fd, lines)
             if stop:
                 return
@@ -195,11 +201,29 @@ class AccessLog:
 
     def _write_piece(self, fd: int, piece: list[bytes]) -> None:
         data = b"".join(piece)
+        start = -1
         try:
+            if self._regular:
+                start = os.fstat(fd).st_size
             while data:
                 data = data[os.write(fd, data) :]
         except OSError:
+            # A full disk: the piece is lost, and counted. Part of it may be in the file: cut it
+            # off (when no other writer appended since), so no torn JSON line is left behind.
             self._on_drop(len(piece))
+            if start >= 0 and len(data) < sum(len(p) for p in piece):
+                self._untear(fd, start, sum(len(p) for p in piece) - len(data))
+        self._unwritten -= len(piece)
+
+    def _untear(self, fd: int, start: int, written: int) -> None:
+        try:
+            if os.fstat(fd).st_size == start + written:
+                os.ftruncate(fd, start)
+                return
+        except OSError as exc:
+            log.warning("vitalgate: access log: a partly written line could not be cut off: %s", exc)
+            return
+        log.warning("vitalgate: access log: a partly written line is followed by another writer's")
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write everything queued, then stop the writer."""
@@ -208,6 +232,19 @@ class AccessLog:
         self._stopping = True
         self._wake.set()
         self._writer_thread.join(timeout_s)
+        if self._writer_thread.is_alive():
+            # The output is stalled (a stdout nobody reads): what is still queued, and the batch
+            # being written, will never be; counted, and said.
+            lost = len(self._items) + max(self._unwritten, 0)
+            self._items.clear()
+            if lost:
+                self._on_drop(lost)
+                log.warning(
+                    "vitalgate: access log: %d lines not written at shutdown (the output did not"
+                    " accept them within %g s); counted in vitalgate_telemetry_dropped_total",
+                    lost,
+                    timeout_s,
+                )
         self._writer_thread = None
         if self._fd is not None and self._path != "-":
             os.close(self._fd)

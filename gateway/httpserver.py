@@ -310,7 +310,7 @@ class _Conn(FlowControlled):
         self.current: Request | None = None  # being parsed
         self.queue: collections.deque[Request] = collections.deque()  # parsed, waiting or running
         self.running = False
-        self._task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None
         self._next: asyncio.Future[None] | None = None
         self.last_active = 0.0
         self._url = b""
@@ -502,9 +502,9 @@ class _Conn(FlowControlled):
         self.queue.append(req)
         if not self.running:
             self.running = True
-            if self._task is None:
+            if self.task is None:
                 # One task per connection, parked between requests (cheaper than one per request).
-                self._task = asyncio.get_running_loop().create_task(self._serve())
+                self.task = asyncio.get_running_loop().create_task(self._serve())
             else:
                 wake(self._next)
 
@@ -536,7 +536,7 @@ class _Conn(FlowControlled):
                     return
         finally:
             self.running = False
-            self._task = None
+            self.task = None
             if self.closing and self.transport is not None and not self.queue:
                 self.close()
 
@@ -678,9 +678,16 @@ class HttpServer:
                 conn.close()
 
     async def close(self) -> None:
+        """Stop now: requests still running are cancelled (the handler records them as cut by
+        the shutdown) and waited for briefly, then every connection closes."""
         await self.stop_accepting()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        running = [c.task for c in self.conns if c.task is not None and not c.task.done()]
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running, timeout=2.0)
         for conn in list(self.conns):
             conn.close()
         if self._server is not None:

@@ -225,6 +225,11 @@ class Proxy:
                     await request.respond(404, _JSON, _NO_ROUTE)
                 return
             status, error_type, upstream_ms = await self._forward(request, match, facility, method, span)
+        except asyncio.CancelledError:
+            # Still running at limits.shutdown_timeout: cut by our own shutdown, so the
+            # gateway's fault (503, counted bad), and recorded like any other request.
+            status, error_type = 503, "shutdown"
+            raise
         finally:
             active.dec()
             self._record(started, t0, span, facility, service, route, method, status, error_type, upstream_ms)

@@ -326,7 +326,10 @@ class Gateway:
             self.recorder.flush()
             await loop.run_in_executor(None, self.recorder.close)
         await self.tracing.shutdown()
-        await loop.run_in_executor(None, self.access_log.close)
+        # The log's writer gets as long as requests did to finish (up to 10 s); what a stalled
+        # output still holds then is counted as dropped.
+        log_s = max(1.0, min(10.0, timeout_s))
+        await loop.run_in_executor(None, self.access_log.close, log_s)
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
 

@@ -2,8 +2,11 @@
 
 import http.client
 import json
+import re
+import signal
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -12,8 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.helpers import BackgroundPeers, GatewayProcess, counter_value, gateway_config, read_log
+from tests.helpers import (
+    BackgroundPeers,
+    GatewayProcess,
+    counter_value,
+    gateway_config,
+    read_log,
+    slo_status,
+    wait_ready,
+)
 
 
 def _get(
@@ -194,3 +206,107 @@ def test_tls_listener_and_verified_https_upstream(tmp_path: Path) -> None:
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
+
+
+def test_a_request_cut_at_the_shutdown_timeout_is_recorded(tmp_path: Path) -> None:
+    with BackgroundPeers() as peers:
+        cfg = gateway_config(
+            tmp_path,
+            peers.upstream.port,
+            timeout_total="20s",
+            slos=[{"name": "avail", "service": "fhir", "objective": 99.5, "sli": {"availability": {}}}],
+            extra={"limits": {"shutdown_timeout": "500ms"}},
+        )
+        gw = GatewayProcess(cfg)
+        got: list[Any] = []
+
+        def slow() -> None:
+            try:
+                got.append(_get(gw.proxy + "/fhir/Patient/1", {"X-Test-Fault": "slow", "X-Test-Sleep": "4"}))
+            except Exception as exc:  # the cut connection: what the client sees
+                got.append(exc)
+
+        t = threading.Thread(target=slow)
+        t.start()
+        time.sleep(0.5)  # the request is with the upstream
+        assert gw.terminate() == 0
+        t.join(10)
+    assert len(got) == 1 and not isinstance(got[0], tuple)  # cut, never answered 200
+    (line,) = read_log(tmp_path / "access.log")
+    assert (line["http.response.status_code"], line["error.type"], line["service"]) == (
+        503,
+        "shutdown",
+        "fhir",
+    )
+    rows = slo_status(cfg)
+    assert (rows[("avail", "*")]["total"], rows[("avail", "*")]["good"]) == (1, 0)  # ours: bad
+
+
+def test_log_lines_a_stalled_stdout_never_took_are_counted(tmp_path: Path) -> None:
+    """stdout is a pipe nobody reads until the gateway exits: every request is either in the
+    pipe or in the count of lines lost that the gateway prints at shutdown."""
+    with BackgroundPeers() as peers:
+        cfg = gateway_config(
+            tmp_path,
+            peers.upstream.port,
+            extra={
+                "telemetry": {"access_log": {"path": "-"}, "store": {"enabled": False}},
+                "limits": {"shutdown_timeout": "1s"},
+            },
+        )
+        settings = yaml.safe_load(cfg.read_text())
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vitalgate", "serve", "--config", str(cfg)],
+            stdout=subprocess.PIPE,
+            stderr=(tmp_path / "stderr").open("w"),
+        )
+        try:
+            wait_ready(f"http://{settings['admin']['listen']}/readyz", "gateway", proc)
+            sent = 1500  # some 400 KB of lines: several times what a pipe holds
+            for _ in range(sent):
+                assert _get(f"http://{settings['listen']}/fhir/Patient/1")[0] == 200
+            proc.send_signal(signal.SIGTERM)
+            assert proc.stdout is not None
+            time.sleep(3)  # draining, the log's writer stuck on the full pipe: lines given up
+            written = proc.stdout.read().decode().count('"event":"request"')
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    stderr = (tmp_path / "stderr").read_text()
+    match = re.search(r"access log: (\d+) lines not written at shutdown", stderr)
+    assert match is not None, stderr
+    assert written + int(match.group(1)) == sent, (written, match.group(1))
+
+
+def test_a_full_disk_never_leaves_a_torn_log_line(tmp_path: Path) -> None:
+    """The log file may grow by 100 bytes more (RLIMIT_FSIZE on the running gateway): the next
+    write is cut short and the rest fails, as on a full disk. The part written is cut off
+    again, the lines are counted as dropped, and after the limit is lifted the log goes on."""
+    with BackgroundPeers() as peers:
+        cfg = gateway_config(
+            tmp_path, peers.upstream.port, extra={"telemetry": {"store": {"enabled": False}}}
+        )
+        gw = GatewayProcess(cfg)
+        log_path = tmp_path / "access.log"
+        try:
+            for _ in range(5):
+                assert _get(gw.proxy + "/fhir/Patient/1")[0] == 200
+            time.sleep(0.3)  # written
+            size = log_path.stat().st_size
+            subprocess.run(["prlimit", f"--pid={gw.proc.pid}", f"--fsize={size + 100}:unlimited"], check=True)
+            for _ in range(3):
+                assert _get(gw.proxy + "/fhir/Patient/1")[0] == 200  # the proxy is unaffected
+            time.sleep(0.3)
+            subprocess.run(["prlimit", f"--pid={gw.proc.pid}", "--fsize=unlimited:unlimited"], check=True)
+            for _ in range(4):
+                assert _get(gw.proxy + "/fhir/Patient/1")[0] == 200
+            time.sleep(0.3)
+            with urllib.request.urlopen(gw.admin + "/metrics", timeout=5) as r:
+                dropped = counter_value(r.read().decode(), "vitalgate_telemetry_dropped_total", signal="log")
+        finally:
+            assert gw.terminate() == 0
+    lines = log_path.read_bytes().split(b"\n")
+    assert lines[-1] == b""
+    records = [json.loads(line) for line in lines[:-1]]  # every line whole JSON
+    assert len(records) + dropped == 12 and dropped >= 1
