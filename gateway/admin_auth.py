@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -29,10 +29,12 @@ class Identity:
     role: str
     facilities: frozenset[str]
 
+    @property
+    def sees_all(self) -> bool:
+        return self.role in ("sre", "engineer")
+
     def may_see(self, facility: str) -> bool:
-        if self.role in ("sre", "engineer"):
-            return True
-        return facility in self.facilities
+        return self.sees_all or facility in self.facilities
 
 
 ANONYMOUS = Identity("anonymous", "sre", frozenset())
@@ -48,9 +50,10 @@ class AdminAuth:
     def identify(self, authorization: str | None) -> Identity | None:
         if not self.enabled:
             return ANONYMOUS
-        if not authorization or not authorization.startswith("Bearer "):
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():  # the scheme is case-insensitive (RFC 6750)
             return None
-        digest = hashlib.sha256(authorization[7:].strip().encode()).hexdigest()
+        digest = hashlib.sha256(token.strip().encode()).hexdigest()
         for known, identity in self._by_hash.items():
             if hmac.compare_digest(known, digest):
                 return identity
@@ -73,12 +76,43 @@ class AdminAuth:
         return await handler(request)
 
 
+SECURITY_HEADERS = {
+    # Pages and reports are self-contained (inline styles, images as data: URLs, no scripts).
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none';"
+        " base-uri 'none'; form-action 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",  # SLO numbers and contract reports: never cached on the way
+    "Referrer-Policy": "no-referrer",
+    "Server": "vitalgate",  # (no framework or version)
+}
+
+
+async def add_security_headers(_request: web.Request, response: web.StreamResponse) -> None:
+    """On every admin response, before its headers are sent (``on_response_prepare``)."""
+    response.headers.update(SECURITY_HEADERS)
+
+
 def identity_of(request: web.Request) -> Identity:
     found = request.get(IDENTITY_KEY)
     return found if isinstance(found, Identity) else ANONYMOUS
 
 
-def forbidden(facility: str) -> web.Response:
+def forbidden() -> web.Response:
+    # (the id is not echoed: nothing of a request comes back in an error)
     return web.json_response(
-        {"error": "forbidden", "detail": f"this token may not read facility {facility!r}"}, status=403
+        {"error": "forbidden", "detail": "this token may not read that facility"}, status=403
     )
+
+
+def refuse_facility(identity: Identity, facility: str, known: Collection[str]) -> web.Response | None:
+    """The answer when ``identity`` may not have ``facility`` (None: it may). A token limited
+    to some facilities gets the same 403 for an id that exists and one that does not, so it
+    cannot learn which facilities there are; a token that sees all gets 404 for an unknown id."""
+    if identity.may_see(facility) and facility in known:
+        return None
+    if facility not in known and identity.sees_all:
+        return web.json_response({"error": "unknown facility"}, status=404)
+    return forbidden()

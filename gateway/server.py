@@ -30,7 +30,15 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway import native
 from gateway.accesslog import AccessLog
-from gateway.admin_auth import ANONYMOUS, AdminAuth, Identity, forbidden, identity_of
+from gateway.admin_auth import (
+    ANONYMOUS,
+    AdminAuth,
+    Identity,
+    add_security_headers,
+    identity_of,
+    refuse_facility,
+)
+from gateway.admin_http import AdminRunner
 from gateway.config import Config, split_listen
 from gateway.facility import FacilityResolver
 from gateway.httpserver import HttpServer
@@ -199,6 +207,7 @@ class Gateway:
 
     def admin_app(self) -> web.Application:
         app = web.Application(middlewares=[self.auth.middleware])
+        app.on_response_prepare.append(add_security_headers)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -234,10 +243,9 @@ class Gateway:
         facility = request.query.get("facility")
         identity = identity_of(request)
         known = {f.id for f in self.config.facilities()} | {ALL_FACILITIES}
-        if facility is not None and facility not in known:
-            return web.json_response({"error": "unknown facility"}, status=404)
-        if facility is not None and not identity.may_see(facility):
-            return forbidden(facility)
+        refused = refuse_facility(identity, facility, known) if facility is not None else None
+        if refused is not None:
+            return refused
         if self.recorder is None:
             return web.json_response(
                 {"error": "the embedded store is disabled (telemetry.store.enabled)"}, status=503
@@ -303,7 +311,7 @@ class Gateway:
         await self._start_admin()
 
     async def _start_admin(self) -> None:
-        self._admin_runner = web.AppRunner(self.admin_app(), access_log=None, handle_signals=False)
+        self._admin_runner = AdminRunner(self.admin_app(), access_log=None, handle_signals=False)
         await self._admin_runner.setup()
         await web.TCPSite(self._admin_runner, self._admin_host, self._admin_port).start()
         self.admin_port = _bound_port(self._admin_runner)

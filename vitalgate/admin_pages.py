@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from gateway.admin_auth import forbidden, identity_of
+from gateway.admin_auth import identity_of, refuse_facility
 from gateway.server import Gateway
 from reports.data import PeriodError, build_report, daily_availability, parse_period
 from reports.pages import facility_page, fleet_page
@@ -79,11 +79,11 @@ class AdminPages:
 
     async def facility(self, request: web.Request) -> web.Response:
         facility_id = request.match_info["facility"]
-        if facility_id not in self.facilities:
-            return web.json_response({"error": "unknown facility"}, status=404)
-        if not identity_of(request).may_see(facility_id):
-            self.gateway.log_access(request, "facility_page", facility_id, 403)
-            return forbidden(facility_id)
+        refused = refuse_facility(identity_of(request), facility_id, self.facilities)
+        if refused is not None:
+            known = facility_id if facility_id in self.facilities else None  # (never a free-text id)
+            self.gateway.log_access(request, "facility_page", known, refused.status)
+            return refused
         html = await self._run(self._facility_html, facility_id)
         self.gateway.log_access(request, "facility_page", facility_id, 200)
         return web.Response(text=html, content_type="text/html")
@@ -107,11 +107,11 @@ class AdminPages:
 
     async def report(self, request: web.Request) -> web.Response:
         facility_id, period, fmt = (request.match_info[k] for k in ("facility", "period", "fmt"))
-        if facility_id not in self.facilities:
-            return web.json_response({"error": "unknown facility"}, status=404)
-        if not identity_of(request).may_see(facility_id):
-            self.gateway.log_access(request, f"report_{fmt}", facility_id, 403)
-            return forbidden(facility_id)
+        refused = refuse_facility(identity_of(request), facility_id, self.facilities)
+        if refused is not None:
+            known = facility_id if facility_id in self.facilities else None  # (never a free-text id)
+            self.gateway.log_access(request, f"report_{fmt}", known, refused.status)
+            return refused
         try:
             parse_period(period)
         except PeriodError as exc:

@@ -3,13 +3,16 @@
 import asyncio
 import hashlib
 import json
+import socket
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import aiohttp
 
 from gateway.config import load_config
 from gateway.server import Gateway
-from tests.helpers import Upstream, gateway_config, read_log
+from tests.helpers import GatewayProcess, Upstream, free_port, gateway_config, read_log
 from vitalgate.admin_pages import extend_admin
 
 TOKENS = {"sre": "s3cret-sre-token", "engineer": "s3cret-eng-token", "account_manager": "s3cret-am-token"}
@@ -148,3 +151,74 @@ async def test_unreadable_store_is_a_503_not_a_traceback(tmp_path: Path, upstrea
                     assert body["error"] == "store unavailable" and "no store here yet" in body["detail"]
     finally:
         await gw.stop()
+
+
+def test_the_admin_listener_echoes_nothing_and_tells_nothing(tmp_path: Path) -> None:
+    """Malformed requests get a fixed answer and leave no request bytes in stderr; a token
+    limited to riverside gets the same 403 for a facility that exists and one that does not;
+    "bearer" is a scheme in any case; every response carries the browser protections."""
+    cfg = gateway_config(tmp_path, free_port(), slos=SLOS, extra={"admin": {"tokens": _tokens()}})
+    gw = GatewayProcess(cfg)
+    try:
+        host, port = gw.admin.removeprefix("http://").split(":")
+        token = TOKENS["account_manager"]
+
+        def raw(request: bytes) -> bytes:
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(request)
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+            return data
+
+        malformed = [
+            b"GET /api/v1/slo HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer "
+            + token.encode()
+            + b"\x01\r\n\r\n",
+            b"GET /ui/facilities/ZebulonQuixwhistle\xff HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /api/v1/slo?facility=MRN12345678\x7f HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /api/v1/slo HTTP/1.1\r\nHost: a\r\nX-Note: \x00ZebulonQuixwhistle\r\n\r\n",
+        ]
+        for request in malformed:
+            reply = raw(request)
+            assert reply.startswith((b"HTTP/1.0 400 ", b"HTTP/1.1 400 ")), reply[:80]
+            assert b"Zebulon" not in reply and b"MRN123" not in reply and token.encode() not in reply
+            assert b'"malformed request"' in reply
+
+        def get(path: str, authorization: str) -> tuple[int, dict[str, str], bytes]:
+            req = urllib.request.Request(gw.admin + path, headers={"Authorization": authorization})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    return r.status, dict(r.headers), r.read()
+            except urllib.error.HTTPError as e:
+                return e.code, dict(e.headers), e.read()
+
+        am = f"bearer {token}"  # lower case: RFC 6750's scheme is case-insensitive
+        assert get("/ui/facilities/riverside", am)[0] == 200
+        answers = {
+            get(path, am)[::2]
+            for path in (
+                "/ui/facilities/st-marys",  # exists, not this token's
+                "/ui/facilities/nowhere",  # does not exist
+                "/api/v1/reports/st-marys/2026-11.html",
+                "/api/v1/reports/nowhere/2026-11.html",
+                "/api/v1/slo?facility=st-marys",
+                "/api/v1/slo?facility=nowhere",
+            )
+        }
+        assert len(answers) == 1 and next(iter(answers))[0] == 403  # one answer: nothing to tell apart
+        assert get("/ui/facilities/nowhere", f"BEARER {TOKENS['sre']}")[0] == 404  # sees all: 404
+        for path in ("/ui", "/api/v1/slo", "/api/v1/reports/riverside/2026-11.html", "/metrics", "/healthz"):
+            status, headers, _ = get(path, f"Bearer {TOKENS['sre']}")
+            assert status == 200, path
+            assert headers["X-Frame-Options"] == "DENY" and headers["X-Content-Type-Options"] == "nosniff"
+            assert (
+                headers["Cache-Control"] == "no-store"
+                and "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+            )
+            assert headers["Server"] == "vitalgate", headers["Server"]  # no framework, no version
+    finally:
+        gw.terminate()
+    stderr = gw.stderr_path.read_text()
+    assert "refused a malformed request" in stderr
+    assert token not in stderr and "Zebulon" not in stderr and "MRN123" not in stderr
