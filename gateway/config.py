@@ -7,13 +7,15 @@ problem of the gateway file and of the ``slos.yaml`` it names at once, each as
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
+import ssl
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -45,10 +47,36 @@ def split_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _within(low: float, high: float, zero: bool = False) -> Callable[[float], float]:
+    """A duration between ``low`` and ``high`` seconds (or 0 for "no limit" when ``zero``)."""
+
+    def check(v: float) -> float:
+        if zero and v == 0:
+            return v
+        if not low <= v <= high:
+            off = " (or 0: no limit)" if zero else ""
+            raise ValueError(f"must be between {low:g} s and {high:g} s{off} (got {v:g} s)")
+        return v
+
+    return check
+
+
+def _url_port(parts: SplitResult) -> None:
+    """``parts.port`` raises for a port that is not a number from 0 to 65535: said here, so
+    what ``check`` accepts, ``serve`` starts with."""
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"has an invalid port (got {parts.netloc!r}; a port is 1 to 65535)") from None
+    if port == 0:
+        raise ValueError("has port 0 (a port is 1 to 65535)")
+
+
 class TimeoutConfig(_Strict):
-    connect: DurationS = 2.0
-    read: DurationS | None = None
-    total: DurationS = 30.0
+    # A zero timeout would fail every request (504); an enormous one overflows the loop's timers.
+    connect: Annotated[DurationS, AfterValidator(_within(0.001, 600))] = 2.0
+    read: Annotated[DurationS, AfterValidator(_within(0.001, 86400))] | None = None
+    total: Annotated[DurationS, AfterValidator(_within(0.001, 86400))] = 30.0
 
 
 class UpstreamConfig(_Strict):
@@ -65,6 +93,7 @@ class UpstreamConfig(_Strict):
         parts = urlsplit(v)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"must be an http:// or https:// URL (got {v!r})")
+        _url_port(parts)
         if parts.query or parts.fragment:
             raise ValueError("must not have a query or fragment")
         return v.rstrip("/")
@@ -172,7 +201,7 @@ class TracesConfig(_Strict):
     sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
     service_name: str = "vitalgate"
     queue_size: int = Field(default=8192, ge=16)
-    export_timeout: DurationS = 5.0
+    export_timeout: Annotated[DurationS, AfterValidator(_within(0.01, 300))] = 5.0
 
     @field_validator("otlp_endpoint")
     @classmethod
@@ -181,6 +210,7 @@ class TracesConfig(_Strict):
             parts = urlsplit(v)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"must be an http:// or https:// base URL (got {v!r})")
+            _url_port(parts)
             return v.rstrip("/")
         return v
 
@@ -189,8 +219,8 @@ class StoreConfig(_Strict):
     enabled: bool = True
     path: str = "var/vitalgate.db"
     flush_interval: DurationS = 10.0
-    minute_retention: DurationS = 35 * 86400.0
-    hour_retention: DurationS = 400 * 86400.0
+    minute_retention: Annotated[DurationS, AfterValidator(_within(86400, 3660 * 86400))] = 35 * 86400.0
+    hour_retention: Annotated[DurationS, AfterValidator(_within(86400, 3660 * 86400))] = 400 * 86400.0
 
     @field_validator("flush_interval")
     @classmethod
@@ -267,20 +297,6 @@ class DashboardsConfig(_Strict):
 class TlsConfig(_Strict):
     cert_file: str
     key_file: str
-
-
-def _within(low: float, high: float, zero: bool = False) -> Callable[[float], float]:
-    """A duration between ``low`` and ``high`` seconds (or 0 for "no limit" when ``zero``)."""
-
-    def check(v: float) -> float:
-        if zero and v == 0:
-            return v
-        if not low <= v <= high:
-            off = " (or 0: no limit)" if zero else ""
-            raise ValueError(f"must be between {low:g} s and {high:g} s{off} (got {v:g} s)")
-        return v
-
-    return check
 
 
 class LimitsConfig(_Strict):
@@ -455,7 +471,29 @@ def _cross_check(data: Any, source: Source, base: Path) -> list[Problem]:
     for loc, rel in files:
         if isinstance(rel, str) and not (base / rel).is_file():
             problems.append(source.problem(loc, f"file not found: {rel}"))
+        elif isinstance(rel, str) and loc[-1] == "ca_file":
+            load_ca = functools.partial(ssl.create_default_context, cafile=str(base / rel))
+            problems.extend(_pem_problem(source, loc, load_ca))
+    if isinstance(tls, dict) and all(isinstance(tls.get(k), str) for k in ("cert_file", "key_file")):
+        cert, key = base / tls["cert_file"], base / tls["key_file"]
+        if cert.is_file() and key.is_file():
+            server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            problems.extend(
+                _pem_problem(source, ("tls", "cert_file"), lambda: server.load_cert_chain(cert, key))
+            )
     return problems
+
+
+def _pem_problem(source: Source, loc: Loc, load: Callable[[], object]) -> list[Problem]:
+    """What loading a certificate (or a key) reports, at the field that names it: found by
+    ``check``, not by the first TLS handshake after ``serve`` started."""
+    try:
+        load()
+    except ssl.SSLError as exc:
+        return [source.problem(loc, f"not a usable PEM certificate (or key): {exc.reason or exc}")]
+    except OSError as exc:
+        return [source.problem(loc, f"cannot read: {exc.strerror}")]
+    return []
 
 
 def load_config(path: str | Path) -> Config:

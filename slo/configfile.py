@@ -9,6 +9,8 @@ written at; pydantic's error locations are then mapped back to those positions.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,12 +82,82 @@ def format_loc(loc: Iterable[str | int]) -> str:
 
 _Marks = dict[Loc, tuple[int, int]]
 
+MAX_FILE_BYTES = 4 * 1024 * 1024
+"""No config of this product is near it; a bigger file is refused before it is parsed."""
+MAX_DEPTH = 64
+"""Nesting a config may have (the deepest of ours is under 10); past it, refused."""
+
+
+class _Refused(Exception):
+    """A YAML construct a config file may not use, and where."""
+
+    def __init__(self, node_mark: yaml.Mark, message: str) -> None:
+        super().__init__(message)
+        self.line = node_mark.line + 1
+        self.column = node_mark.column + 1
+        self.message = message
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """The safe loader, without aliases and with bounded nesting.
+
+    An alias lets a few lines expand to gigabytes ("billion laughs") or refer to itself;
+    config files have no use for them, so ``*name`` is refused where it is written (and so
+    is ``<<``, which merges through aliases). Nesting is bounded before the recursive
+    composer would exhaust the interpreter's stack."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise _Refused(event.start_mark, "aliases (*name) are not supported in config files")
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                event = self.peek_event()  # type: ignore[no-untyped-call]
+                raise _Refused(event.start_mark, f"nested more than {MAX_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _compose(text: str, path: str, many: bool) -> list[yaml.Node | None]:
+    loader = _ConfigLoader(text)
+    try:
+        if many:
+            nodes: list[yaml.Node | None] = []
+            while loader.check_node():
+                nodes.append(loader.get_node())
+            return nodes
+        return [loader.get_single_node()]
+    except _Refused as exc:
+        raise ConfigError([Problem(path, exc.line, exc.column, "", exc.message)]) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise ConfigError([Problem(path, line, col, "", f"invalid YAML: {exc.problem}")]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError([Problem(path, 1, 1, "", f"invalid YAML: {exc}")]) from exc
+    finally:
+        loader.dispose()
+
 
 def _build(node: yaml.Node, loc: Loc, marks: _Marks, key_marks: _Marks, path: str) -> Any:
     marks[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                raise ConfigError([Problem(path, line, col, format_loc(loc), "keys must be plain values")])
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                raise ConfigError(
+                    [Problem(path, line, col, format_loc(loc), "merge keys (<<) are not supported")]
+                )
             key = (
                 yaml.safe_load(yaml.serialize(key_node))
                 if key_node.tag != "tag:yaml.org,2002:str"
@@ -107,14 +179,7 @@ def _build(node: yaml.Node, loc: Loc, marks: _Marks, key_marks: _Marks, path: st
 
 def parse_yaml(text: str, path: str) -> Source:
     """Parse one YAML document, keeping positions. Raises ConfigError on bad YAML."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise ConfigError([Problem(path, line, col, "", f"invalid YAML: {exc.problem}")]) from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError([Problem(path, 1, 1, "", f"invalid YAML: {exc}")]) from exc
+    (node,) = _compose(text, path, many=False)
     if node is None:
         raise ConfigError([Problem(path, 1, 1, "", "file is empty")])
     marks: _Marks = {}
@@ -125,12 +190,7 @@ def parse_yaml(text: str, path: str) -> Source:
 
 def parse_yaml_documents(text: str, path: str) -> list[Source]:
     """Every document of a multi-document YAML stream, keeping positions."""
-    try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise ConfigError([Problem(path, line, col, "", f"invalid YAML: {exc.problem}")]) from exc
+    nodes = _compose(text, path, many=True)
     out = []
     for node in nodes:
         if node is None:
@@ -141,15 +201,27 @@ def parse_yaml_documents(text: str, path: str) -> list[Source]:
     return out
 
 
-def read_yaml(path: str | Path) -> Source:
-    p = Path(path)
+def read_text(path: str | Path) -> str:
+    """A config file's text: a regular file (not /dev/zero, a FIFO, a directory), at most
+    MAX_FILE_BYTES, UTF-8. Raises ConfigError."""
+    name = str(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ConfigError([Problem(name, 1, 1, "", "not a regular file")])
+            data = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise ConfigError([Problem(str(path), 0, 0, "", f"cannot read: {exc.strerror}")]) from exc
+        raise ConfigError([Problem(name, 0, 0, "", f"cannot read: {exc.strerror}")]) from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError([Problem(name, 1, 1, "", f"larger than {MAX_FILE_BYTES // 1048576} MiB")])
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError([Problem(str(path), 1, 1, "", "not UTF-8 text")]) from exc
-    return parse_yaml(text, str(path))
+        raise ConfigError([Problem(name, 1, 1, "", "not UTF-8 text")]) from exc
+
+
+def read_yaml(path: str | Path) -> Source:
+    return parse_yaml(read_text(path), str(path))
 
 
 def _clean_message(err: Mapping[str, Any]) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from slo.configfile import ConfigError, Loc, Problem, Source, parse_yaml_documents
+from slo.configfile import ConfigError, Loc, Problem, Source, parse_yaml_documents, read_text
 from slo.spec import NAME_RE
 
 _CALENDAR = {"1M": "month", "1Q": "quarter"}
@@ -244,11 +244,7 @@ def _convert(
 
 def openslo_to_slos_yaml(path: Path) -> tuple[str, list[Problem]]:
     """The slos.yaml text, and notes on what was not imported. Raises ConfigError."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([Problem(str(path), 0, 0, "", f"cannot read: {exc.strerror}")]) from exc
-    sources = parse_yaml_documents(text, str(path))
+    sources = parse_yaml_documents(read_text(path), str(path))
     notes: list[Problem] = []
     errors: list[Problem] = []
     slis: dict[str, tuple[Source, Loc, dict[str, Any]]] = {}

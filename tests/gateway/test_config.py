@@ -1,3 +1,6 @@
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,3 +99,94 @@ def test_missing_required_sections(tmp_path: Path) -> None:
         f"{path}:1:1: routes: required field is missing",
         f"{path}:1:10: version: Input should be 1",
     ]
+
+
+GOOD_HEAD = """\
+version: 1
+listen: "127.0.0.1:18080"
+routes: [{prefix: /fhir/, upstream: fhir, kind: fhir}]
+"""
+
+LAUGHS = (
+    'version: 1\nlisten: "127.0.0.1:18080"\na: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8))
+    + "upstreams: {fhir: {url: 'http://127.0.0.1:1'}}\nroutes: [{prefix: /fhir/, upstream: fhir}]\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (LAUGHS, r":4:\d+: aliases \(\*name\) are not supported"),  # a billion laughs
+        ("version: 1\nx: &x [*x]\n", r":2:\d+: aliases \(\*name\) are not supported"),  # itself
+        ("version: 1\nx: " + "[" * 20000 + "]" * 20000 + "\n", r":2:\d+: nested more than 64 levels deep"),
+        ("version: 1\n? [a, b]\n: c\n", r":2:3: keys must be plain values"),
+        ("version: 1\nbase: &b {x: 1}\nother: {<<: *b}\n", r":3:\d+: aliases"),
+        (
+            GOOD_HEAD + "upstreams: {fhir: {url: 'http://h:99999'}}\n",
+            r":4:\d+: upstreams.fhir.url: has an invalid port",
+        ),
+        (
+            GOOD_HEAD + "upstreams: {fhir: {url: 'http://h:abc'}}\n",
+            r":4:\d+: upstreams.fhir.url: has an invalid port",
+        ),
+        (
+            GOOD_HEAD + "upstreams: {fhir: {url: 'http://h:1'}}\n"
+            "telemetry: {traces: {otlp_endpoint: 'http://c:70000'}}\n",
+            r":5:\d+: telemetry.traces.otlp_endpoint: has an invalid port",
+        ),
+        (
+            GOOD_HEAD
+            + "upstreams: {fhir: {url: 'http://h:1'}}\ntelemetry: {traces: {export_timeout: 100000000000000000000s}}\n",
+            r"telemetry.traces.export_timeout: must be between 0.01 s and 300 s",
+        ),
+        (
+            GOOD_HEAD
+            + "upstreams: {fhir: {url: 'http://h:1'}}\ntelemetry: {traces: {export_timeout: 10us}}\n",
+            r"telemetry.traces.export_timeout: ",
+        ),
+        (
+            GOOD_HEAD + "upstreams: {fhir: {url: 'http://h:1', timeout: {total: 0s}}}\n",
+            r"upstreams.fhir.timeout.total: must be between 0.001 s and 86400 s",
+        ),
+        (
+            GOOD_HEAD + "upstreams: {fhir: {url: 'https://h:1', ca_file: notacert.pem}}\n",
+            r":4:\d+: upstreams.fhir.ca_file: not a usable PEM certificate",
+        ),
+        (
+            GOOD_HEAD + "upstreams: {fhir: {url: 'http://h:1'}}\nslos: /dev/zero\n",
+            r"/dev/zero:1:1: not a regular file",
+        ),
+    ],
+)
+def test_hostile_configs_get_a_located_error_quickly(tmp_path: Path, text: str, expected: str) -> None:
+    """Each one once ran `check` out of memory, into a traceback, or past `check` into a
+    `serve` that crashed. Memory is capped at 1 GiB and time at 30 s: either one exceeded
+    fails the test."""
+    (tmp_path / "notacert.pem").write_text(
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n"
+    )
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    proc = subprocess.run(
+        [
+            "prlimit",
+            "--as=1073741824",
+            "--",
+            sys.executable,
+            "-m",
+            "vitalgate",
+            "check",
+            "--config",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert re.search(
+        re.escape(str(path)) + expected if expected.startswith(":") else expected, proc.stderr
+    ), proc.stderr
