@@ -77,6 +77,9 @@ class TimeoutConfig(_Strict):
     connect: Annotated[DurationS, AfterValidator(_within(0.001, 600))] = 2.0
     read: Annotated[DurationS, AfterValidator(_within(0.001, 86400))] | None = None
     total: Annotated[DurationS, AfterValidator(_within(0.001, 86400))] = 30.0
+    pool: Annotated[DurationS, AfterValidator(_within(0.001, 3600))] = 10.0
+    """The longest a request waits for a free connection (all max_connections busy): then
+    503 upstream_pool_exhausted."""
 
 
 class UpstreamConfig(_Strict):
@@ -311,6 +314,9 @@ class LimitsConfig(_Strict):
     max_client_connections: int | None = Field(default=None, ge=1, le=1_000_000)
     """Client connections held at once; a connection past it gets 503 and is closed. Default:
     the open-file limit less what the upstream pools, the admin listener and the store need."""
+    client_write_timeout: Annotated[DurationS, AfterValidator(_within(0.1, 3600, zero=True))] = 60.0
+    """The longest a response may wait for a client to read (nginx: send_timeout); past it the
+    client is cut (408 client_timeout) and the upstream connection freed."""
     max_upstream_header_size: int = Field(default=65536, ge=1024, le=16 * 1048576)
     """The longest response head an upstream may send; a longer one is 502 upstream_protocol_error."""
 

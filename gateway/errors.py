@@ -1,6 +1,9 @@
 """How the gateway fails a request, as a typed tree.
 
     GatewayError                      a request the gateway itself could not complete
+    ├── UpstreamPoolExhausted         503  error.type=upstream_pool_exhausted (every connection
+    │                                      to the upstream busy past timeout.pool: the gateway's
+    │                                      capacity, counted bad like any 5xx)
     ├── UpstreamError                 the upstream did not give a usable response
     │   ├── UpstreamTimeout           504  error.type=upstream_timeout
     │   └── UpstreamUnavailable       502
@@ -31,6 +34,11 @@ class GatewayError(Exception):
 
 class UpstreamError(GatewayError):
     pass
+
+
+class UpstreamPoolExhausted(GatewayError):
+    status = 503
+    error_type = "upstream_pool_exhausted"
 
 
 class UpstreamTimeout(UpstreamError):

@@ -211,7 +211,8 @@ class Request:
 
     def _head(self, status: int, reason: str | None, headers: Iterable[tuple[str, str]], extra: str) -> bytes:
         conn = self._conn
-        keep = self.keep_alive and not conn.closing
+        # (after the client's EOF, the last request it sent is answered with Connection: close)
+        keep = self.keep_alive and not conn.closing and not (conn.read_closed and len(conn.queue) <= 1)
         self.keep_alive = keep
         parts = [f"HTTP/1.1 {status} {reason or _REASONS.get(status, 'Unknown')}\r\n"]
         has_date = False
@@ -322,6 +323,8 @@ class _Conn(FlowControlled):
         self._refused: tuple[int, str, str] | None = None  # a head refused after llhttp parsed it
         self.head_started = 0.0
         self.served = 0
+        self._stalled = False  # cut by the client write timeout
+        self.read_closed = False  # the client sent EOF: answer what it asked, then close
 
     # -- transport ----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -348,6 +351,18 @@ class _Conn(FlowControlled):
             self.current.content.fail(gone)
         wake(self._next)  # the parked task ends
 
+    def eof_received(self) -> bool:
+        """The client closed its sending side: requests it completed are still answered
+        (keeping the connection open for writing), then the connection closes."""
+        self.read_closed = True
+        req = self.current
+        if req is not None and req.content is not None and not req.body_complete:
+            req.content.fail(ConnectionResetError("the client closed its side in the middle of a body"))
+        if self.queue or self.running:
+            return True
+        self.closing = True
+        return False
+
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
         if self.in_head:
@@ -372,6 +387,28 @@ class _Conn(FlowControlled):
         if self.transport is None or self.transport.is_closing():
             raise ConnectionResetError("client closed the connection")
         self.transport.write(data)
+
+    async def drain(self) -> None:
+        """``FlowControlled.drain`` bounded by the client write timeout: a client that stops
+        reading is cut (ClientTimeout), and what it held (an upstream connection) freed."""
+        if self._write_paused and self.transport is not None:
+            loop = asyncio.get_running_loop()
+            self._drain_waiter = loop.create_future()
+            timeout = self.server.write_timeout_s
+            stall = loop.call_later(timeout, self._write_stalled) if timeout > 0 else None
+            try:
+                await self._drain_waiter
+            finally:
+                if stall is not None:
+                    stall.cancel()
+            if self._stalled:
+                raise ClientTimeout(f"the client read nothing of the response for {timeout:g} s")
+        if self.transport is None:
+            raise ConnectionResetError("connection closed")
+
+    def _write_stalled(self) -> None:
+        self._stalled = True
+        self.abort()  # (connection_lost wakes the waiter)
 
     def abort(self) -> None:
         self.closing = True
@@ -527,7 +564,8 @@ class _Conn(FlowControlled):
             while True:
                 await self._serve_queue()
                 self.running = False
-                if self.closing or self.transport is None:
+                if self.closing or self.read_closed or self.transport is None:
+                    self.closing = True
                     return
                 self._next = asyncio.get_running_loop().create_future()
                 await self._next  # the next request, or the connection's end
@@ -581,6 +619,7 @@ class HttpServer:
         trusted_proxies: Iterable[str] = (),
         header_timeout_s: float = 30.0,
         body_timeout_s: float = 60.0,
+        write_timeout_s: float = 60.0,
         max_connections: int = 0,
         on_reject: RejectHook | None = None,
         on_refuse: Callable[[int], None] | None = None,
@@ -590,6 +629,8 @@ class HttpServer:
         """A request head must arrive whole within this long of its first byte (slowloris)."""
         self.body_timeout_s = body_timeout_s
         """The longest a request body may pause between two reads (0: no limit)."""
+        self.write_timeout_s = write_timeout_s
+        """The longest a response may wait for the client to read more of it (0: no limit)."""
         self.max_connections = max_connections
         """Client connections held at once (0: no limit); past it a new one gets 503 and closes."""
         self._on_reject = on_reject

@@ -297,6 +297,7 @@ class Gateway:
             trusted_proxies=self.config.gateway.trusted_proxies,
             header_timeout_s=limits.header_timeout,
             body_timeout_s=limits.client_body_timeout,
+            write_timeout_s=limits.client_write_timeout,
             max_connections=self._client_connection_cap(),
             on_reject=self.proxy.rejected,
             on_refuse=self._refused,

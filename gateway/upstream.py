@@ -46,6 +46,7 @@ from gateway.errors import (
     ClientTimeout,
     GatewayError,
     UpstreamConnectError,
+    UpstreamPoolExhausted,
     UpstreamProtocolError,
     UpstreamReset,
     UpstreamTimeout,
@@ -494,6 +495,7 @@ class Upstream:
         self.name = name
         self.max_header_size = max_header_size
         """The longest response head accepted (limits.max_upstream_header_size)."""
+        self._pool_timeout_s = cfg.timeout.pool
         self.base_url = cfg.url
         parts = urlsplit(cfg.url)
         self.host = parts.hostname or ""
@@ -600,11 +602,24 @@ class Upstream:
                 if conn.usable(now):
                     return conn
                 conn.close()
+        deadline = now + self._pool_timeout_s
         while self._open >= self._limit:
-            waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[_Connection | None] = loop.create_future()
             self._waiters.append(waiter)
+            # A bounded wait: clients that hold every connection (one that never reads its
+            # response, a burst past max_connections) get a 503 rather than a queue forever.
+            left = deadline - time.monotonic()
+            expiry = loop.call_later(max(left, 0.0), _expire, waiter)
             try:
                 handed = await waiter
+            except _PoolTimeout:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+                raise UpstreamPoolExhausted(
+                    f"no connection to the upstream free within {self._pool_timeout_s:g} s"
+                    f" (max_connections: {self._limit})"
+                ) from None
             except asyncio.CancelledError:
                 if waiter.done() and not waiter.cancelled() and (given := waiter.result()) is not None:
                     self._release_conn(given, reusable=True)
@@ -612,6 +627,8 @@ class Upstream:
                     with contextlib.suppress(ValueError):
                         self._waiters.remove(waiter)
                 raise
+            finally:
+                expiry.cancel()
             if handed is not None:
                 if handed.usable(time.monotonic()) and not fresh:
                     return handed
@@ -831,6 +848,15 @@ class Upstream:
             return  # the upstream closed; the response side reports it
         finally:
             ex.body_done = True
+
+
+class _PoolTimeout(Exception):
+    pass
+
+
+def _expire(waiter: asyncio.Future[_Connection | None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(_PoolTimeout())
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

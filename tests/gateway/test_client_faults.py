@@ -345,3 +345,61 @@ async def test_an_absolute_form_target_is_served_with_its_authority_as_host(
     assert seen["path_qs"] == "/fhir/Patient/1?_count=1" and seen["headers"]["Host"] == "ehr.example.org"
     (line,) = read_log(tmp_path / "access.log")
     assert line["http.route"] == "/fhir/Patient/{id}"
+
+
+def _one_connection(tmp: Path, port: int, **timeouts: str) -> Path:
+    upstreams = {
+        "fhir": {
+            "url": f"http://127.0.0.1:{port}",
+            "max_connections": 1,
+            "timeout": {"total": "20s", **timeouts},
+        }
+    }
+    return gateway_config(
+        tmp,
+        port,
+        extra={"upstreams": upstreams, "limits": {"client_write_timeout": "500ms", "shutdown_timeout": "5s"}},
+    )
+
+
+async def test_a_client_that_never_reads_is_cut_and_frees_the_upstream(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    async with running_gateway(_one_connection(tmp_path, upstream.port)) as gw:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy_port)
+        # 64 MB that this client will not read: the gateway's buffers fill, then it waits.
+        writer.write(b"GET /fhir/Binary/1 HTTP/1.1\r\nHost: gw\r\nX-Test-Stream-Bytes: 67108864\r\n\r\n")
+        await writer.drain()
+        # The one upstream connection is held by it until the write timeout frees it.
+        r2, w2 = await asyncio.open_connection("127.0.0.1", gw.proxy_port)
+        w2.write(b"GET /fhir/Patient/1 HTTP/1.1\r\nHost: gw\r\n\r\n")
+        status, _, _ = await _read_response(r2)
+        assert status == 200
+        w2.close()
+        writer.close()
+    log = read_log(tmp_path / "access.log")
+    assert [(r["http.response.status_code"], r.get("error.type")) for r in log] == [
+        (408, "client_timeout"),
+        (200, None),
+    ]
+
+
+async def test_waiting_for_a_pool_connection_is_bounded(tmp_path: Path, upstream: Upstream) -> None:
+    async with running_gateway(_one_connection(tmp_path, upstream.port, pool="300ms")) as gw:
+        slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", gw.proxy_port)
+        slow_writer.write(
+            b"GET /fhir/Patient/1 HTTP/1.1\r\nHost: gw\r\nX-Test-Fault: slow\r\nX-Test-Sleep: 2\r\n\r\n"
+        )
+        await asyncio.sleep(0.2)  # it holds the only connection
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy_port)
+        writer.write(b"GET /fhir/Patient/2 HTTP/1.1\r\nHost: gw\r\n\r\n")
+        status, _, body = await _read_response(reader)
+        assert status == 503 and json.loads(body)["error"] == "upstream_pool_exhausted"
+        assert (await _read_response(slow_reader))[0] == 200
+        slow_writer.close()
+        writer.close()
+    log = read_log(tmp_path / "access.log")
+    assert [(r["http.response.status_code"], r.get("error.type")) for r in log] == [
+        (503, "upstream_pool_exhausted"),
+        (200, None),
+    ]

@@ -216,3 +216,21 @@ async def test_client_leaving_mid_response_is_recorded_as_499(tmp_path: Path, up
         (r["http.response.status_code"], r.get("error.type")) for r in read_log(tmp_path / "access.log")
     ]
     assert statuses == [(499, "client_disconnect"), (200, None)]
+
+
+async def test_a_client_that_half_closes_gets_every_answer(tmp_path: Path, upstream: Upstream) -> None:
+    """A client may send its requests, then close its sending side (``shutdown(SHUT_WR)``):
+    each request is still answered, the last with Connection: close."""
+    async with running_gateway(gateway_config(tmp_path, upstream.port)) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy_port)
+        writer.write(get("/fhir/Patient/1") + get("/fhir/Patient/2"))
+        writer.write_eof()
+        got = Responses()
+        while chunk := await asyncio.wait_for(reader.read(65536), 10):
+            got.parser.feed_data(chunk)
+        writer.close()
+    assert [(s, json.loads(b)["path"]) for s, _, b in got.done] == [
+        (200, "/fhir/Patient/1"),
+        (200, "/fhir/Patient/2"),
+    ]
+    assert got.done[0][1].get("connection") != "close" and got.done[1][1]["connection"] == "close"
