@@ -101,6 +101,16 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
     return int(lines[0].split()[1]), headers, body
 
 
+async def _ask(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection: its response."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    try:
+        return await _read_response(reader)
+    finally:
+        writer.close()
+
+
 def _config(tmp: Path, port: int, **limits: Any) -> Path:
     # The upstream's timeouts are far longer than the client's: a 504 here would mean the
     # client's fault was charged to the upstream (and the test would wait for it, then fail).
@@ -298,10 +308,7 @@ async def test_an_upstream_response_head_too_large_is_502(tmp_path: Path) -> Non
     huge = b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 90) for i in range(2000))
     async with raw_upstream(huge + b"Content-Length: 0\r\n\r\n") as up:
         async with running_gateway(_config(tmp_path, up.port, max_upstream_header_size=16384)) as gw:
-            reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy_port)
-            writer.write(b"GET /fhir/Patient/1 HTTP/1.1\r\nHost: gw\r\n\r\n")
-            status, _, body = await _read_response(reader)
-            writer.close()
+            status, _, body = await _ask(gw.proxy_port, b"GET /fhir/Patient/1 HTTP/1.1\r\nHost: gw\r\n\r\n")
     assert status == 502 and json.loads(body)["error"] == "upstream_protocol_error"
     assert "16384" in json.loads(body)["detail"]
 
@@ -336,10 +343,10 @@ async def test_an_absolute_form_target_is_served_with_its_authority_as_host(
     tmp_path: Path, upstream: Upstream
 ) -> None:
     async with running_gateway(gateway_config(tmp_path, upstream.port)) as gw:
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy_port)
-        writer.write(b"GET http://ehr.example.org/fhir/Patient/1?_count=1 HTTP/1.1\r\nHost: other\r\n\r\n")
-        status, _, _ = await _read_response(reader)
-        writer.close()
+        status, _, _ = await _ask(
+            gw.proxy_port,
+            b"GET http://ehr.example.org/fhir/Patient/1?_count=1 HTTP/1.1\r\nHost: other\r\n\r\n",
+        )
     assert status == 200
     seen = upstream.seen[0]
     assert seen["path_qs"] == "/fhir/Patient/1?_count=1" and seen["headers"]["Host"] == "ehr.example.org"
@@ -371,11 +378,7 @@ async def test_a_client_that_never_reads_is_cut_and_frees_the_upstream(
         writer.write(b"GET /fhir/Binary/1 HTTP/1.1\r\nHost: gw\r\nX-Test-Stream-Bytes: 67108864\r\n\r\n")
         await writer.drain()
         # The one upstream connection is held by it until the write timeout frees it.
-        r2, w2 = await asyncio.open_connection("127.0.0.1", gw.proxy_port)
-        w2.write(b"GET /fhir/Patient/1 HTTP/1.1\r\nHost: gw\r\n\r\n")
-        status, _, _ = await _read_response(r2)
-        assert status == 200
-        w2.close()
+        assert (await _ask(gw.proxy_port, b"GET /fhir/Patient/1 HTTP/1.1\r\nHost: gw\r\n\r\n"))[0] == 200
         writer.close()
     log = read_log(tmp_path / "access.log")
     assert [(r["http.response.status_code"], r.get("error.type")) for r in log] == [
@@ -391,13 +394,10 @@ async def test_waiting_for_a_pool_connection_is_bounded(tmp_path: Path, upstream
             b"GET /fhir/Patient/1 HTTP/1.1\r\nHost: gw\r\nX-Test-Fault: slow\r\nX-Test-Sleep: 2\r\n\r\n"
         )
         await asyncio.sleep(0.2)  # it holds the only connection
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy_port)
-        writer.write(b"GET /fhir/Patient/2 HTTP/1.1\r\nHost: gw\r\n\r\n")
-        status, _, body = await _read_response(reader)
+        status, _, body = await _ask(gw.proxy_port, b"GET /fhir/Patient/2 HTTP/1.1\r\nHost: gw\r\n\r\n")
         assert status == 503 and json.loads(body)["error"] == "upstream_pool_exhausted"
         assert (await _read_response(slow_reader))[0] == 200
         slow_writer.close()
-        writer.close()
     log = read_log(tmp_path / "access.log")
     assert [(r["http.response.status_code"], r.get("error.type")) for r in log] == [
         (503, "upstream_pool_exhausted"),
