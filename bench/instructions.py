@@ -123,9 +123,12 @@ def measure(
         procs.append(start([nginx, "-p", str(work), "-c", str(conf)], LOAD_CORE))
         (work / "sink.py").write_text(SINK)
         procs.append(start([sys.executable, str(work / "sink.py"), str(sink)], LOAD_CORE))
-        # Under callgrind the gateway runs some 50 times slower: a Bundle a request waits its turn
-        # behind 19 others being rewritten, so the upstream timeout is lifted well clear of it.
-        cfg, port = vitalgate_config(work, "instr", up, sink, ratio, inspect, total_timeout_s=600)
+        # Under callgrind the gateway runs some 50 times slower: a request (or a new upstream
+        # connection) waits its turn behind 19 others' Bundles, so the upstream timeouts are
+        # lifted well clear of it.
+        cfg, port = vitalgate_config(
+            work, "instr", up, sink, ratio, inspect, total_timeout_s=600, connect_timeout_s=120
+        )
         out = work / "callgrind.out"
         gateway = subprocess.Popen(
             [

@@ -210,6 +210,7 @@ def vitalgate_config(
     ratio: float,
     inspect: bool = True,
     total_timeout_s: float = 30.0,
+    connect_timeout_s: float = 2.0,
 ) -> tuple[Path, int]:
     port = free_port()
     cfg = work / f"{name}.yaml"
@@ -218,7 +219,7 @@ def vitalgate_config(
 listen: "127.0.0.1:{port}"
 admin: {{listen: "127.0.0.1:{free_port()}"}}
 upstreams:
-  fhir: {{url: "http://127.0.0.1:{upstream_port}", max_connections: 100, timeout: {{total: {total_timeout_s:g}s}}}}
+  fhir: {{url: "http://127.0.0.1:{upstream_port}", max_connections: 100, timeout: {{connect: {connect_timeout_s:g}s, total: {total_timeout_s:g}s}}}}
 routes: [{{prefix: /fhir/, upstream: fhir, kind: fhir{"" if inspect else ", rewrite_max_bytes: 0"}}}]
 facilities:
   from: [{{header: X-Facility-ID}}]

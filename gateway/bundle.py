@@ -21,6 +21,7 @@ replaced with it, which keeps it resolving against its entry's ``fullUrl``.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 FHIR_JSON_TYPES = ("application/fhir+json", "application/json+fhir", "application/json")
@@ -67,6 +68,14 @@ def _urls(doc: dict[str, Any]) -> list[str]:
     return out
 
 
+def _string(literal: bytes) -> str | None:
+    try:
+        value = json.loads(literal)
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
+
+
 def _entry_status(entry: Any) -> int | None:
     response = entry.get("response") if isinstance(entry, dict) else None
     status = response.get("status") if isinstance(response, dict) else None
@@ -85,31 +94,49 @@ def _bundle(body: bytes) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) and doc.get("resourceType") == "Bundle" else None
 
 
-def inspect(body: bytes, old_base: str, new_base: str | None, want_entries: bool) -> Inspection | None:
-    """Rewrite a Bundle's URLs from ``old_base`` to ``new_base`` and read its entries'
-    statuses; None when the body is not a JSON Bundle (it then passes unchanged)."""
+def base_literals(base: str) -> re.Pattern[bytes]:
+    """Every JSON string literal in a body that starts with ``base`` and goes on, if at all,
+    with ``/``, ``?`` or ``#`` (``http://up:8081/base2`` is not under ``http://up:8081/base``):
+    written plainly or with ``\\/`` escapes. Compiled once per upstream."""
+    plain = json.dumps(base, ensure_ascii=False).encode()[:-1]  # without its closing quote
+    escaped = plain.replace(b"/", b"\\/")
+    prefix = (
+        re.escape(plain) if plain == escaped else b"(?:" + re.escape(plain) + b"|" + re.escape(escaped) + b")"
+    )
+    return re.compile(prefix + rb'(?:(?:[/?#]|\\/)(?:[^"\\]|\\.)*)?"')
+
+
+def inspect(
+    body: bytes, old_base: str, literals: re.Pattern[bytes], new_base: str | None, want_entries: bool
+) -> Inspection | None:
+    """Rewrite a Bundle's URLs from ``old_base`` (whose literals ``base_literals`` finds) to
+    ``new_base`` and read its entries' statuses; None when the body is not a JSON Bundle (it
+    then passes unchanged). One pass over the body, whatever the number of entries."""
     doc = _bundle(body)
     if doc is None:
         return None
-    rewritten = 0
+    rewritten: set[str] = set()
     if new_base is not None and new_base != old_base:
-        seen: set[str] = set()
-        for url in _urls(doc):
-            if url in seen or not url.startswith(old_base):
-                continue
-            rest = url[len(old_base) :]
-            if rest and rest[0] not in "/?#":
-                continue  # http://up:8081/base2 is not under http://up:8081/base
-            seen.add(url)
-            literal = json.dumps(url, ensure_ascii=False).encode()
-            if literal in body:
-                body = body.replace(literal, json.dumps(new_base + rest, ensure_ascii=False).encode())
-                rewritten += 1
+        urls = {u for u in _urls(doc) if u.startswith(old_base)}
+        if urls:
+            parts: list[bytes] = []
+            last = 0
+            for found in literals.finditer(body):
+                value = _string(found.group(0))
+                if value is None or value not in urls:
+                    continue
+                parts.append(body[last : found.start()])
+                parts.append(json.dumps(new_base + value[len(old_base) :], ensure_ascii=False).encode())
+                last = found.end()
+                rewritten.add(value)
+            if rewritten:
+                parts.append(body[last:])
+                body = b"".join(parts)
     statuses: list[int | None] | None = None
     if want_entries and doc.get("type") in BATCH_RESPONSE_TYPES:
         entries = doc.get("entry")
         statuses = [_entry_status(e) for e in entries] if isinstance(entries, list) else []
-    return Inspection(body, rewritten, statuses)
+    return Inspection(body, len(rewritten), statuses)
 
 
 def request_entries(body: bytes) -> list[tuple[str, str]] | None:

@@ -230,6 +230,10 @@ class Proxy:
             # gateway's fault (503, counted bad), and recorded like any other request.
             status, error_type = 503, "shutdown"
             raise
+        except Exception:
+            # A defect of ours (the server logs its traceback): counted bad, never unlabelled.
+            status, error_type = 500, "gateway_error"
+            raise
         finally:
             active.dec()
             self._record(started, t0, span, facility, service, route, method, status, error_type, upstream_ms)
@@ -419,9 +423,7 @@ class Proxy:
                         # or the upstream's address to rewrite (two byte searches decide it).
                         leaked = bool(data) and contains(data, upstream.leak_authority) and _leaks(data, leak)
                         if inspect_max and (leaked or tee is not None) and len(data) <= inspect_max:
-                            data = self._inspect(
-                                data, match, facility, upstream.base, external, tee, server_span
-                            )
+                            data = self._inspect(data, match, facility, upstream, external, tee, server_span)
                             leaked = _leaks(data, leak)
                         if leaked:
                             self.metrics.url_leak(facility, match.service, "body")
@@ -479,14 +481,14 @@ class Proxy:
         data: bytes,
         match: Match,
         facility: str,
-        old_base: str,
+        upstream: Upstream,
         external: str,
         tee: _Tee | None,
         server_span: AnySpan,
     ) -> bytes:
         """A FHIR JSON response: its upstream URLs rewritten, a batch's entries counted."""
         want_entries = tee is not None
-        found = inspect(data, old_base, external, want_entries)
+        found = inspect(data, upstream.base, upstream.base_literals, external, want_entries)
         if found is None:
             return data
         statuses = found.entry_statuses

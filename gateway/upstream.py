@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from gateway.bundle import base_literals
 from gateway.config import UpstreamConfig
 from gateway.errors import (
     ClientError,
@@ -511,6 +512,8 @@ class Upstream:
         """The upstream's origin as its own absolute URLs spell it (``http://fhir.internal:8081``)."""
         self.base = self.origin + self._base_path
         """Where the gateway's paths start on the upstream: what a Location is rewritten from."""
+        self.base_literals = base_literals(self.base)
+        """JSON string literals under ``base`` (in a Bundle to rewrite)."""
         authority = self._host_header.encode("latin-1")
         self.leak_authority = authority
         """Searched for first (one scan of a body); then the two forms it leaks in."""
