@@ -68,6 +68,13 @@ def _urls(doc: dict[str, Any]) -> list[str]:
     return out
 
 
+def _utf8(data: bytes) -> str | None:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def _string(literal: bytes) -> str | None:
     try:
         value = json.loads(literal)
@@ -119,14 +126,21 @@ def inspect(
     if new_base is not None and new_base != old_base:
         urls = {u for u in _urls(doc) if u.startswith(old_base)}
         if urls:
+            old_open = json.dumps(old_base, ensure_ascii=False).encode()[:-1]
+            new_open = json.dumps(new_base, ensure_ascii=False).encode()[:-1]
             parts: list[bytes] = []
             last = 0
             for found in literals.finditer(body):
-                value = _string(found.group(0))
+                literal = found.group(0)
+                plain = b"\\" not in literal  # (the common case: no escapes to decode)
+                value = _utf8(literal[1:-1]) if plain else _string(literal)
                 if value is None or value not in urls:
                     continue
                 parts.append(body[last : found.start()])
-                parts.append(json.dumps(new_base + value[len(old_base) :], ensure_ascii=False).encode())
+                if plain:  # the literal's own bytes after the base, as they were
+                    parts.append(new_open + literal[len(old_open) :])
+                else:
+                    parts.append(json.dumps(new_base + value[len(old_base) :], ensure_ascii=False).encode())
                 last = found.end()
                 rewritten.add(value)
             if rewritten:
