@@ -123,7 +123,7 @@ def metadata_rules(slo: Slo) -> list[dict[str, Any]]:
 
 def _condition(slo: Slo, w: BurnWindow) -> str:
     budget = round(1 - slo.objective, 12)
-    factor = round(w.threshold(period_s(slo.window_s, slo.calendar), slo.objective), 6)
+    factor = slo.burn_threshold(w)
     long_ratio = f"{names.error_ratio(w.long)}{_sel(slo)}"
     short_ratio = f"{names.error_ratio(w.short)}{_sel(slo)}"
     enough = f"{names.requests(w.long)}{_sel(slo)} >= {slo.min_events}"
@@ -139,9 +139,7 @@ def alert_rules(slo: Slo, opts: RuleOptions) -> list[dict[str, Any]]:
     out = []
     runbook = slo.runbook_url or opts.runbook_url
     for severity in ("page", "ticket"):
-        if not (slo.page if severity == "page" else slo.ticket):
-            continue
-        conds = [_condition(slo, w) for w in slo.windows if w.severity == severity]
+        conds = [_condition(slo, w) for w in slo.alerting_windows if w.severity == severity]
         if not conds:
             continue
         expr = " or ".join(f"({c})" for c in conds)

@@ -31,7 +31,7 @@ from grafana_foundation_sdk.models import prometheus as pm
 from slo import conventions as names
 from slo.promql import METRIC
 from slo.spec import Facility, Slo
-from slo.windows import SRE_WORKBOOK_WINDOWS, period_s
+from slo.windows import STATUS_WINDOWS_S
 
 DS = cm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 TAGS = ["vitalgate", "slo"]
@@ -183,12 +183,39 @@ def _facility_var(multi: bool, current: str | None = None, query: str | None = N
     return v
 
 
-def _burn_thresholds(slos: Sequence[Slo]) -> db.ThresholdsConfig:
-    """Lines at the page and ticket burn rates (of the first SLO's period; 30d when none)."""
-    p = period_s(slos[0].window_s, slos[0].calendar) if slos else 30 * 86400.0
-    page = min(w.factor(p) for w in SRE_WORKBOOK_WINDOWS if w.severity == "page")
-    ticket = min(w.factor(p) for w in SRE_WORKBOOK_WINDOWS if w.severity == "ticket")
-    return _steps((None, "green"), (round(ticket, 4), "orange"), (round(page, 4), "red"))
+_SEVERITY_COLOURS = {"page": "red", "ticket": "orange"}
+
+
+def _burn_rate_panel(title: str, sel: str, slos: Sequence[Slo], by: str) -> timeseries.Panel:
+    """Burn rates over every long window the SLOs alert on, each series with the thresholds
+    its alerts fire at drawn as lines (``Slo.burn_threshold``, the number the alert rules
+    compare against: of each SLO's own period and windows, capped). Series are named
+    ``<slo> <window>`` on a facility's dashboard (``by`` "slo") and ``<facility> <window>``
+    on an SLO's (``by`` "facility", one SLO)."""
+    longs = sorted(
+        {w.long for s in slos for w in s.alerting_windows}, key=lambda name: STATUS_WINDOWS_S[name]
+    )
+    panel = (
+        timeseries.Panel()
+        .title(title)
+        .datasource(DS)
+        .description("Burn rate over each alerting window; lines where its page (red) and ticket alerts fire")
+        .thresholds(_steps((None, "green")))
+        .thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.LINE))
+    )
+    for i, long in enumerate(longs):
+        using = [s for s in slos if any(w.long == long for w in s.alerting_windows)]
+        matchers = ",".join(m for m in (sel, 'slo=~"' + "|".join(s.name for s in using) + '"') if m)
+        expr = f"{names.error_ratio(long)}{{{matchers}}} / on (slo) group_left {names.ERROR_BUDGET}"
+        panel = panel.with_target(_q(expr, f"{{{{{by}}}}} {long}", chr(ord("A") + i)))
+        for s in using:
+            lines = sorted((s.burn_threshold(w), w.severity) for w in s.alerting_windows if w.long == long)
+            steps: list[dict[str, float | str | None]] = [{"value": None, "color": "green"}]
+            steps += [{"value": value, "color": _SEVERITY_COLOURS[sev]} for value, sev in lines]
+            series = f"^{s.name} {long}$" if by == "slo" else f"^.* {long}$"
+            config = dm.DynamicConfigValue(id_val="thresholds", value={"mode": "absolute", "steps": steps})
+            panel = panel.override_by_regexp(series, [config])
+    return panel
 
 
 def fleet_overview(
@@ -355,28 +382,7 @@ def facility_dashboard(f: Facility, slos: Sequence[Slo], opts: DashboardOptions)
         "{{slo}}",
         _steps(*BUDGET_STEPS),
     )
-    burn = (
-        timeseries.Panel()
-        .title("Burn rate against the alert thresholds")
-        .datasource(DS)
-        .description("1h and 6h burn rates; lines at the page and ticket thresholds.")
-        .with_target(
-            _q(
-                f"{names.error_ratio('1h')}{{{sel}}} / on (slo) group_left {names.ERROR_BUDGET}",
-                "{{slo}} 1h",
-                "A",
-            )
-        )
-        .with_target(
-            _q(
-                f"{names.error_ratio('6h')}{{{sel}}} / on (slo) group_left {names.ERROR_BUDGET}",
-                "{{slo}} 6h",
-                "B",
-            )
-        )
-        .thresholds(_burn_thresholds(slos))
-        .thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.LINE))
-    )
+    burn = _burn_rate_panel("Burn rate against the alert thresholds", sel, slos, "slo")
     d = d.with_panel(lay.place(burndown, 12, 8)).with_panel(lay.place(burn, 12, 8))
     d = d.with_row(lay.row("Traffic by route"))
     rate = (
@@ -455,17 +461,7 @@ def slo_dashboard(s: Slo, opts: DashboardOptions) -> GeneratedDashboard:
         .unit("percentunit")
         .with_target(_q(f"{names.BUDGET_REMAINING}{{{sel}}}", "{{facility}}"))
         .thresholds(_steps(*BUDGET_STEPS)),
-        timeseries.Panel()
-        .title("1h burn rate by facility")
-        .datasource(DS)
-        .with_target(
-            _q(
-                f"{names.error_ratio('1h')}{{{sel}}} / on (slo) group_left {names.ERROR_BUDGET}",
-                "{{facility}}",
-            )
-        )
-        .thresholds(_burn_thresholds([s]))
-        .thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.LINE)),
+        _burn_rate_panel("Burn rate by facility", sel, [s], "facility"),
         timeseries.Panel()
         .title("Requests in the last hour by facility")
         .datasource(DS)

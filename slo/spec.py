@@ -19,7 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from slo.configfile import ConfigError, Problem, Source, read_yaml, validate
 from slo.durations import format_duration, parse_duration_s
-from slo.windows import SRE_WORKBOOK_WINDOWS, BurnWindow
+from slo.windows import SRE_WORKBOOK_WINDOWS, BurnWindow, period_s
 
 NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -190,6 +190,17 @@ class Slo:
     @property
     def error_budget(self) -> float:
         return 1.0 - self.objective
+
+    @property
+    def alerting_windows(self) -> tuple[BurnWindow, ...]:
+        """The windows that alert: those of the severities turned on (``page``, ``ticket``)."""
+        return tuple(w for w in self.windows if (self.page if w.severity == "page" else self.ticket))
+
+    def burn_threshold(self, w: BurnWindow) -> float:
+        """The burn rate at which window ``w`` fires for this SLO (of its period, capped at a
+        total outage's): the one number the alert rules compare against and the dashboards
+        draw."""
+        return round(w.threshold(period_s(self.window_s, self.calendar), self.objective), 6)
 
     @cached_property
     def key(self) -> str:

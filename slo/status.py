@@ -128,10 +128,11 @@ def compute_status(
         periods,
         np.array([float(r.slo.min_events if r.slo.budgeting == "occurrences" else 1) for r in rows]),
     )
-    # SLOs with their own window table: only their alert states differ from the Workbook's.
+    # SLOs with their own window table, or a severity turned off (Slo.alerting_windows, as the
+    # alert rules use): only their alert states differ from the Workbook's.
     alerts = ev.alert.copy()
-    for windows in {r.slo.windows for r in rows} - {SRE_WORKBOOK_WINDOWS}:
-        idx = np.array([i for i, r in enumerate(rows) if r.slo.windows == windows])
+    for windows in {r.slo.alerting_windows for r in rows} - {SRE_WORKBOOK_WINDOWS}:
+        idx = np.array([i for i, r in enumerate(rows) if r.slo.alerting_windows == windows])
         rates = {name: rate[idx] for name, rate in ev.burn_rates.items()}
         alerts[idx] = alert_states(rates, objective[idx], periods[idx], windows)
     names = {f.id: f for f in facilities}
@@ -140,10 +141,6 @@ def compute_status(
         fac = names.get(r.facility)
         sli = _num(ev.sli[i])
         alert = int(alerts[i])
-        if alert == 2 and not r.slo.page:
-            alert = 1 if r.slo.ticket else 0
-        if alert == 1 and not r.slo.ticket:
-            alert = 0
         out.append(
             StatusRow(
                 slo=r.slo.name,

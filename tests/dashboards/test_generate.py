@@ -154,3 +154,53 @@ def test_queries_are_valid_promql(generated: Path, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"SUCCESS: {len(rules)} rules found" in proc.stdout
+
+
+def _alert_thresholds(rules_file: Path) -> set[tuple[str, str, str, float]]:
+    """(slo, severity, long window, burn rate) of every burn-rate alert condition."""
+    out = set()
+    for group in yaml.safe_load(rules_file.read_text())["groups"]:
+        for rule in group["rules"]:
+            if "alert" not in rule or "severity" not in rule["labels"]:
+                continue
+            # Each condition: ((<long ratio>{slo} / budget) >= f) and on (facility) ((<short>
+            # ...: the long window's is the one not after "on (facility) ".
+            for long, slo, factor in re.findall(
+                r'(?<!\(facility\) )\(\(slo:sli_error:ratio_rate(\w+)\{slo="([^"]+)"\} / [0-9.e-]+\) >= ([0-9.e+-]+)\)',
+                rule["expr"],
+            ):
+                out.add((slo, rule["labels"]["severity"], long, float(factor)))
+    return out
+
+
+def _drawn_thresholds(models: dict[str, dict[str, Any]]) -> set[tuple[str, str, str, float]]:
+    """(slo, severity, window, burn rate) of every threshold line on a burn-rate panel."""
+    severity = {"red": "page", "orange": "ticket"}
+    out = set()
+    for uid, model in models.items():
+        for panel in model["panels"]:
+            if "Burn rate" not in panel.get("title", ""):
+                continue
+            for override in panel["fieldConfig"]["overrides"]:
+                series = override["matcher"]["options"].strip("^$")
+                name, _, long = series.rpartition(" ")
+                slo = uid.removeprefix("vg-slo-") if name == ".*" else name
+                for prop in override["properties"]:
+                    for step in prop["value"]["steps"][1:]:
+                        out.add((slo, severity[step["color"]], long, float(step["value"])))
+    return out
+
+
+def test_dashboards_draw_the_thresholds_the_alerts_fire_at(generated: Path, tmp_path: Path) -> None:
+    """The golden config mixes a 30d 99.9%, a 28d 99%, a calendar month without pages, and a
+    7d 90% SLO with its own windows (whose page is capped): every burn-rate line on every
+    dashboard is a threshold an alert compares against, and every alert's threshold is drawn
+    (on the facility dashboards and on its SLO's)."""
+    vitalgate("alerts", "generate", "--config", str(CONFIG), "--out", str(tmp_path / "alerts"), timeout=120)
+    alerts = _alert_thresholds(tmp_path / "alerts" / "rules.yaml")
+    models = _models(generated)
+    assert ("portal-best-effort", "page", "1h", 8.4) in alerts  # 5% of 7d in 1h, under the cap of 10
+    assert not any(s == "scheduling-monthly" and sev == "page" for s, sev, _, _ in alerts)
+    facility = _drawn_thresholds({k: v for k, v in models.items() if k.startswith("vg-facility-")})
+    per_slo = _drawn_thresholds({k: v for k, v in models.items() if k.startswith("vg-slo-")})
+    assert facility == per_slo == alerts

@@ -296,3 +296,27 @@ def test_catch_up_fills_the_gap_after_a_replay(tmp_path: Path, slos: list[Slo]) 
     want = status(live, slos, "2026-11-21T12:00:00+00:00")
     assert {k: (r.total, r.good) for k, r in got.items()} == {k: (r.total, r.good) for k, r in want.items()}
     assert got[("reads-fast", "chicago")].total == 60
+
+
+def test_status_pages_only_when_an_alert_would(tmp_path: Path) -> None:
+    """An outage pages an SLO with pages on; an SLO with ``page: false`` shows a ticket at most,
+    as its generated alert rules do (Slo.alerting_windows decides both)."""
+    p = tmp_path / "slos.yaml"
+    p.write_text(
+        "version: 1\nslos:\n"
+        "  - {name: paged, service: fhir, objective: 99, window: 30d, sli: {availability: {}}}\n"
+        "  - {name: quiet, service: fhir, objective: 99, window: 30d, sli: {availability: {}},\n"
+        "     alerting: {page: false}}\n"
+    )
+    slos = load_slos(p)
+    store = Store(tmp_path / "s.db")
+    w = StoreWriter(store, slos, BOUNDS)
+    start = ts("2026-11-20T10:00:00+00:00")
+    failing = [
+        (datetime.fromtimestamp(start + 20 * i, UTC).isoformat(), "chicago", 500, 0.05, "GET")
+        for i in range(180)
+    ]
+    w.apply(requests(*failing))  # an hour of nothing but 500s
+    got = status(store, slos, "2026-11-20T11:00:00+00:00")
+    assert got[("paged", "chicago")].alert == "page"
+    assert got[("quiet", "chicago")].alert == "ticket"
