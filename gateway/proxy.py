@@ -124,7 +124,8 @@ class _Hop:
 
 
 class Proxy:
-    """The aiohttp handler for every proxied request."""
+    """The handler of every request on the proxy listener (``HttpServer``): route, attribute,
+    forward, and record it."""
 
     def __init__(
         self,

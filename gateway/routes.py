@@ -12,9 +12,6 @@ from __future__ import annotations
 from gateway.config import RouteConfig
 from gateway.fhir import OPERATIONS, RESOURCE_TYPES
 
-NO_ROUTE = "none"
-"""Service and route label of a request that matched no route."""
-
 FACILITY_PLACEHOLDER = "{facility}"
 
 

@@ -366,7 +366,6 @@ class LoopExporter:
         self._batch_size = batch_size
         self._interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
-        self._wake: asyncio.Event | None = None
 
     def on_end(self, span: Span) -> None:
         if len(self._spans) >= self._queue_size:
@@ -380,15 +379,11 @@ class LoopExporter:
         self._spans.append(encoded)
 
     async def start(self) -> None:
-        self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        assert self._wake is not None
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval_s)
-            self._wake.clear()
+            await asyncio.sleep(self._interval_s)
             await self.drain()
 
     async def drain(self) -> None:

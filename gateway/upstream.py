@@ -64,7 +64,8 @@ _HIGH_WATER = 256 * 1024
 
 
 class BodySource(Protocol):
-    """What the request body is read from: aiohttp's ``StreamReader`` fits."""
+    """What the request body is read from: the proxy listener's ``Body`` (or anything with
+    ``readany``, which returns ``b""`` at the end)."""
 
     async def readany(self) -> bytes: ...
 

@@ -29,7 +29,6 @@ import sqlite3
 import struct
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -399,12 +398,6 @@ def hour_rollup(day_counts: U32, target: float) -> U32:
     has = total > 0
     ok = has & (good >= target * total - 1e-9)
     return np.stack([total.sum(1), good.sum(1), has.sum(1), ok.sum(1)]).astype(np.uint32)
-
-
-@dataclass
-class _SloTarget:
-    slo: Slo
-    index: int
 
 
 class StoreWriter:
