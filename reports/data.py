@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from slo.spec import ENTRY_ROUTE_PREFIX, Facility, Slo
-from slo.store import CHUNK_DAYS, MINUTES_PER_DAY, Store
+from slo.store import Store
 
 F64 = npt.NDArray[np.float64]
 
@@ -153,34 +153,17 @@ class Report:
 
 def minute_arrays(store: Store, key: str, facility: str, start_s: int, end_s: int) -> tuple[F64, F64]:
     """Total and good requests per minute over [start_s, end_s) from the per-SLO minute rows."""
-    d0, d1 = start_s // 86400, (end_s - 1) // 86400
-    ids, arr = store.slo_arrays("slo_minutes", [key], d0, d1)
-    days = np.zeros((d1 - d0 + 1, 2, MINUTES_PER_DAY))
-    for j, (_k, fac, day) in enumerate(ids):
-        if fac == facility:
-            days[day - d0] = arr[j]
-    flat = days.transpose(1, 0, 2).reshape(2, -1)
-    off = (start_s - d0 * 86400) // 60
-    n = (end_s - start_s) // 60
-    return flat[0, off : off + n], flat[1, off : off + n]
+    counts = store.slo_minute_counts({(key, facility): 0}, 1, start_s, (end_s - start_s) // 60)
+    return counts[0, 0].astype(np.float64), counts[0, 1].astype(np.float64)
 
 
 def hour_totals(store: Store, key: str, facility: str, start_s: int, end_s: int) -> tuple[float, float]:
     """Total and good over [start_s, end_s) from the hourly rows (for earlier periods)."""
-    d0, d1 = start_s // 86400, (end_s - 1) // 86400
-    c0, c1 = d0 // CHUNK_DAYS, d1 // CHUNK_DAYS
-    ids, arr = store.slo_arrays("slo_hours", [key], c0, c1)
-    total = good = 0.0
     h0, h1 = start_s // 3600, end_s // 3600
-    for j, (_k, fac, chunk) in enumerate(ids):
-        if fac != facility:
-            continue
-        first_hour = chunk * CHUNK_DAYS * 24
-        lo, hi = max(h0 - first_hour, 0), min(h1 - first_hour, CHUNK_DAYS * 24)
-        if hi > lo:
-            total += float(arr[j, 0, lo:hi].sum())
-            good += float(arr[j, 1, lo:hi].sum())
-    return total, good
+    if h1 <= h0:
+        return 0.0, 0.0
+    counts = store.slo_hour_counts({(key, facility): 0}, 1, h0 * 3600, h1 - h0)
+    return float(counts[0, 0].sum()), float(counts[0, 1].sum())
 
 
 def _local(ts: float, tz: ZoneInfo) -> str:

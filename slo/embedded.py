@@ -15,39 +15,11 @@ import numpy.typing as npt
 
 from slo.engine import timeslices, window_sums
 from slo.status import Counts, RowSpec
-from slo.store import CHUNK_DAYS, MINUTES_PER_DAY, Store
+from slo.store import Store
 from slo.windows import STATUS_WINDOWS_S
 
 RECENT_HOURS = 72
 Counts32 = npt.NDArray[np.uint32]
-
-
-def _placement(
-    index: dict[tuple[str, str], int], ids: list[tuple[str, str, int]], day0: int
-) -> tuple[list[int], list[int], list[int]]:
-    """For each stored row that belongs to a status row: (status row, day offset, stored row)."""
-    rows, days, picks = [], [], []
-    for j, (key, fac, day) in enumerate(ids):
-        i = index.get((key, fac))
-        if i is not None:
-            rows.append(i)
-            days.append(day - day0)
-            picks.append(j)
-    return rows, days, picks
-
-
-def _channel(
-    shape: tuple[int, int, int],
-    place: tuple[list[int], list[int], list[int]],
-    stored: np.ndarray | None,
-    ch: int,
-) -> Counts32:
-    """One channel (total, good, ...) of every status row, its days side by side."""
-    out = np.zeros(shape, dtype=np.uint32)
-    rows, days, picks = place
-    if picks and stored is not None:
-        out[rows, days] = stored[picks, ch]
-    return out.reshape(shape[0], shape[1] * shape[2])
 
 
 class EmbeddedBackend:
@@ -66,24 +38,11 @@ class EmbeddedBackend:
         longest = max(r.window_min for r in rows)
         n_hour = max(0, math.ceil((longest - n_min) / 60)) + 1
         h_start = m_start - n_hour * 3600
-        keys = sorted({r.slo.key for r in rows})
-        md0, md1 = m_start // 86400, now_min // 86400
-        hd0, hd1 = h_start // 86400, (m_start - 1) // 86400
         R = len(rows)
         index = {(r.slo.key, r.facility): i for i, r in enumerate(rows)}
-        # Every row's days side by side, placed in bulk; one array per channel.
-        m_ids, m_arr = self.store.slo_arrays("slo_minutes", keys, md0, md1)
-        m_place = _placement(index, m_ids, md0)
-        m_shape = (R, md1 - md0 + 1, MINUTES_PER_DAY)
-        m_off = (m_start - md0 * 86400) // 60
-        mt, mg = (_channel(m_shape, m_place, m_arr, ch)[:, m_off : m_off + n_min] for ch in (0, 1))
-        c0, c1 = hd0 // CHUNK_DAYS, hd1 // CHUNK_DAYS
-        h_off = (h_start - c0 * CHUNK_DAYS * 86400) // 3600
-        h_ids, h_arr = self.store.slo_arrays("slo_hours", keys, c0, c1)
-        h_place = _placement(index, h_ids, c0)
-        h_shape = (R, c1 - c0 + 1, CHUNK_DAYS * 24)
-        ht = np.stack([_channel(h_shape, h_place, h_arr, ch)[:, h_off : h_off + n_hour] for ch in range(4)])
-        ht = ht.transpose(1, 0, 2)
+        minutes = self.store.slo_minute_counts(index, R, m_start, n_min)
+        mt, mg = minutes[:, 0].copy(), minutes[:, 1].copy()
+        ht = self.store.slo_hour_counts(index, R, h_start, n_hour).copy()
         self._exclude_maintenance(rows, mt, mg, ht, m_start, h_start)
         return mt, mg, ht[:, 0], ht[:, 1], ht[:, 2], ht[:, 3], m_start, h_start
 

@@ -262,10 +262,55 @@ class Store:
     def _slo_rows(
         self, table: str, keys: Sequence[str], day_from: int, day_to: int
     ) -> dict[tuple[str, str, int], U32]:
-        ids, arrays = self.slo_arrays(table, keys, day_from, day_to)
+        ids, arrays = self._rows(table, keys, day_from, day_to)
         return {k: arrays[i] for i, k in enumerate(ids)}
 
-    def slo_arrays(
+    def slo_minute_counts(self, index: Mapping[tuple[str, str], int], rows: int, start_s: int, n: int) -> U32:
+        """uint32[rows, 2, n]: (total, good) per minute from ``start_s`` (minute-aligned) for
+        each ``(slo key, facility)`` of ``index`` at its row; zeros where nothing is stored."""
+        last = start_s + 60 * (n - 1)
+        d0, d1 = start_s // 86400, last // 86400
+        shape = (rows, d1 - d0 + 1, MINUTES_PER_DAY)
+        off = (start_s - d0 * 86400) // 60
+        return self._counts("slo_minutes", index, d0, d1, d0, shape, 2)[:, :, off : off + n]
+
+    def slo_hour_counts(self, index: Mapping[tuple[str, str], int], rows: int, start_s: int, n: int) -> U32:
+        """uint32[rows, 4, n]: per hour from ``start_s`` (hour-aligned) the total, good,
+        slices with data and good slices, as ``slo_minute_counts`` places them. (Hours are
+        stored in chunks of CHUNK_DAYS days: that stays in here.)"""
+        last_day = (start_s + 3600 * n - 1) // 86400
+        c0, c1 = (start_s // 86400) // CHUNK_DAYS, last_day // CHUNK_DAYS
+        shape = (rows, c1 - c0 + 1, CHUNK_DAYS * 24)
+        off = (start_s - c0 * CHUNK_DAYS * 86400) // 3600
+        return self._counts("slo_hours", index, c0, c1, c0, shape, 4)[:, :, off : off + n]
+
+    def _counts(
+        self,
+        table: str,
+        index: Mapping[tuple[str, str], int],
+        first: int,
+        last: int,
+        origin: int,
+        shape: tuple[int, int, int],
+        channels: int,
+    ) -> U32:
+        """Stored rows placed in bulk: out[row, channel, unit] with each stored day (or chunk)
+        side by side along the last axis."""
+        ids, stored = self._rows(table, sorted({k for k, _ in index}), first, last)
+        out = np.zeros((shape[0], channels, shape[1], shape[2]), dtype=np.uint32)
+        rows, units, picks = [], [], []
+        for j, (key, fac, unit) in enumerate(ids):
+            i = index.get((key, fac))
+            if i is not None:
+                rows.append(i)
+                units.append(unit - origin)
+                picks.append(j)
+        if picks:
+            for ch in range(channels):
+                out[rows, ch, units] = stored[picks, ch]
+        return out.reshape(shape[0], channels, shape[1] * shape[2])
+
+    def _rows(
         self, table: str, keys: Sequence[str], day_from: int, day_to: int
     ) -> tuple[list[tuple[str, str, int]], U32]:
         """Rows of ``slo_minutes`` (by day) or ``slo_hours`` (by chunk: pass chunk numbers)
