@@ -20,8 +20,6 @@ import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -45,10 +43,10 @@ from gateway.httpserver import HttpServer
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import Proxy
 from gateway.recorder import Recorder
+from gateway.roles import Role, mark_ready
 from gateway.routes import Router
 from gateway.tracing import Tracing
 from gateway.upstream import Upstream
-from gateway.workers import mark_ready, supervise
 from slo.embedded import EmbeddedBackend
 from slo.spec import ALL_FACILITIES, latency_thresholds_s
 from slo.status import StatusRow, compute_status, sort_worst_first
@@ -58,22 +56,6 @@ log = logging.getLogger("vitalgate.gateway")
 SWITCH_INTERVAL_S = 0.0005
 AdminExtension = Callable[[web.Application, "Gateway"], None]
 """Adds routes to the admin app (the composition root adds the status pages and reports)."""
-
-
-@dataclass(frozen=True)
-class Role:
-    """What this process is: the only one, one of ``count`` workers, or their supervisor.
-
-    Workers each bind the proxy port with SO_REUSEPORT (the kernel spreads
-    connections over them) and serve no admin listener; the supervisor serves
-    the admin listener, with /metrics summed over every worker's metric files."""
-
-    kind: Literal["single", "worker", "supervisor"] = "single"
-    index: int = 0
-    count: int = 1
-    port: int | None = None
-    """The proxy port every worker binds (the supervisor resolves a configured port 0)."""
-    metrics_dir: str | None = None
 
 
 # Descriptors kept free of client connections: the admin listener and its clients, the store,
@@ -420,14 +402,3 @@ def run(config: Config, admin_extensions: Sequence[AdminExtension] = (), role: R
     except ImportError:
         return asyncio.run(serve(config, admin_extensions=admin_extensions, role=role))
     return int(uvloop.run(serve(config, admin_extensions=admin_extensions, role=role)))
-
-
-def run_workers(
-    config: Config, config_path: str, count: int, admin_extensions: Sequence[AdminExtension] = ()
-) -> int:
-    """Run ``count`` worker processes under a supervisor (see ``gateway.workers``)."""
-    try:
-        import uvloop  # noqa: PLC0415
-    except ImportError:
-        return asyncio.run(supervise(config, config_path, count, admin_extensions))
-    return int(uvloop.run(supervise(config, config_path, count, admin_extensions)))

@@ -31,14 +31,11 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from gateway import native
 from gateway.config import Config, split_listen
-
-if TYPE_CHECKING:
-    from gateway.server import AdminExtension
+from gateway.roles import Role, ready_file
+from gateway.server import AdminExtension, Gateway
 
 WORKER_ENV = "VITALGATE_WORKER"
 """Set by the supervisor for its workers: ``index/count/port``."""
@@ -74,17 +71,6 @@ def worker_role_from_env() -> tuple[int, int, int] | None:
     return index, count, port
 
 
-def ready_file(metrics_dir: str, index: int) -> Path:
-    return Path(metrics_dir) / f"worker-{index}.ready"
-
-
-def mark_ready(metrics_dir: str, index: int) -> None:
-    path = ready_file(metrics_dir, index)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(str(os.getpid()))
-    tmp.replace(path)
-
-
 def _reserve_port(host: str, port: int) -> tuple[socket.socket | None, int]:
     """A configured port 0 becomes a real one, held (bound, not listening) so it stays ours."""
     if port != 0:
@@ -112,7 +98,6 @@ async def supervise(
     config: Config, config_path: str, count: int, admin_extensions: Sequence[AdminExtension] = ()
 ) -> int:
     """Run ``count`` workers and the admin listener until SIGTERM or SIGINT; returns the exit code."""
-    from gateway.server import Gateway, Role  # noqa: PLC0415
 
     metrics_dir = os.environ[METRICS_DIR_ENV]
     loop = asyncio.get_running_loop()
@@ -228,3 +213,14 @@ def _mark_dead(pid: int, metrics_dir: str) -> None:
     from prometheus_client import multiprocess  # noqa: PLC0415
 
     multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
+
+
+def run_workers(
+    config: Config, config_path: str, count: int, admin_extensions: Sequence[AdminExtension] = ()
+) -> int:
+    """Run ``count`` worker processes under a supervisor."""
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:
+        return asyncio.run(supervise(config, config_path, count, admin_extensions))
+    return int(uvloop.run(supervise(config, config_path, count, admin_extensions)))

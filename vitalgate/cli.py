@@ -67,7 +67,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         use_metrics_dir()
     elif args.workers > 1:
         prepare_metrics_dir()
-    from gateway.server import Role, run, run_workers  # noqa: PLC0415  (keeps `check` fast)
+    from gateway.roles import Role  # noqa: PLC0415  (keeps `check` fast)
+    from gateway.server import run  # noqa: PLC0415
+    from gateway.workers import run_workers  # noqa: PLC0415
     from vitalgate.admin_pages import extend_admin  # noqa: PLC0415
 
     if worker is not None:
