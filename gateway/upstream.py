@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import ssl
 import time
 from collections.abc import Mapping, Sequence
@@ -55,6 +56,7 @@ from gateway.errors import (
 )
 from gateway.flow import FlowControlled, wake
 
+log = logging.getLogger("vitalgate.upstream")
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 KEEPALIVE_S = 30.0
 """How long an idle pooled connection is kept (less if the upstream's Keep-Alive says so)."""
@@ -825,7 +827,9 @@ class Upstream:
                 except (ConnectionError, asyncio.IncompleteReadError) as exc:
                     raise ClientGone("client went away while sending the body") from exc
                 except Exception as exc:
-                    # Not the client: a defect of ours, counted as the gateway's fault.
+                    # Not the client: a defect of ours. Logged with its traceback here; the
+                    # request is recorded as 500 gateway_error, so it counts bad.
+                    log.error("vitalgate: reading a request body failed", exc_info=exc)
                     raise GatewayError(f"reading the request body failed: {type(exc).__name__}") from exc
                 finally:
                     ex.awaiting_client = False

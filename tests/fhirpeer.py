@@ -15,18 +15,16 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from tests.helpers import free_port
+from tests.helpers import AppPeer
 
 FHIR_JSON = "application/fhir+json"
 
 
-class FhirPeer:
+class FhirPeer(AppPeer):
     def __init__(self, base: Literal["host", "fixed"], patients: int = 23) -> None:
         self.mode = base
         self.patients = [f"p{i}" for i in range(patients)]
         self.seen: list[dict[str, Any]] = []
-        self.port = 0
-        self._runner: web.AppRunner | None = None
 
     def base_url(self, request: web.Request) -> str:
         host = request.host if self.mode == "host" else f"127.0.0.1:{self.port}"
@@ -120,12 +118,18 @@ class FhirPeer:
             content_type=FHIR_JSON,
         )
 
-    async def start(self) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        self.port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+def batch(*more: dict[str, Any]) -> dict[str, Any]:
+    """A batch whose entries this peer answers 200, 201, 404 and 500 (twice), then ``more``."""
+    return {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"request": {"method": "GET", "url": "Patient/p1"}},
+            {"request": {"method": "POST", "url": "Patient"}, "resource": {"resourceType": "Patient"}},
+            {"request": {"method": "GET", "url": "Patient/fail-404"}},
+            {"request": {"method": "GET", "url": "Patient/fail-500"}},
+            {"request": {"method": "DELETE", "url": "Patient/fail-500"}},
+            *more,
+        ],
+    }

@@ -36,15 +36,33 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Upstream:
+class AppPeer:
+    """An aiohttp application a test serves on a free loopback port (``app()`` builds it)."""
+
+    port = 0
+    _runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        self.port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+class Upstream(AppPeer):
     """A clinical upstream for tests. ``X-Test-Fault`` picks a misbehaviour:
     ``500``, ``reset`` (close without answering), ``slow`` (sleep past the gateway's
     timeout), ``midbody`` (headers, part of the body, then close), ``status:N``."""
 
     def __init__(self) -> None:
         self.seen: list[dict[str, Any]] = []
-        self.port = 0
-        self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024**3)
@@ -105,16 +123,6 @@ class Upstream:
             {"resourceType": "Bundle", "received_bytes": size, "path": request.path},
             headers={"X-Upstream": "yes", "Set-Cookie": "a=1"},
         )
-
-    async def start(self) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        self.port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 async def start_sink(sink: OtlpSink) -> tuple[web.AppRunner, int]:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from tests.fhirpeer import FhirPeer
+from tests.fhirpeer import batch as fhir_batch
 from tests.helpers import (
     GatewayProcess,
     PrometheusProcess,
@@ -38,18 +39,7 @@ SLOS = [
         "sli": {"availability": {"bundle_entries": True}},
     },
 ]
-BATCH = {
-    "resourceType": "Bundle",
-    "type": "batch",
-    "entry": [
-        {"request": {"method": "GET", "url": "Patient/p1"}},
-        {"request": {"method": "POST", "url": "Patient"}, "resource": {"resourceType": "Patient"}},
-        {"request": {"method": "GET", "url": "Patient/fail-404"}},
-        {"request": {"method": "GET", "url": "Patient/fail-500"}},
-        {"request": {"method": "DELETE", "url": "Patient/fail-500"}},
-        {"request": {"method": "DELETE", "url": "Patient/p2"}},
-    ],
-}
+BATCH = fhir_batch({"request": {"method": "DELETE", "url": "Patient/p2"}})
 
 
 class _PeerThread:
