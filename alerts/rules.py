@@ -39,6 +39,8 @@ class RuleOptions:
     time_scale: float = 1.0
     """Divides every window's duration (names unchanged). Tests only: 60 makes 1h a minute."""
     absent_for_s: float = 300.0
+    facility_ids: tuple[str, ...] = ()
+    """The configured facilities: those whose dashboard uid is hashed are linked by name."""
 
 
 FACILITY = "{{ $labels.facility }}"
@@ -157,8 +159,8 @@ def alert_rules(slo: Slo, opts: RuleOptions) -> list[dict[str, Any]]:
         if runbook:
             annotations["runbook_url"] = runbook.replace("{slo}", slo.name).replace("{facility}", FACILITY)
         if opts.dashboard_url:
-            uid = names.dashboard_uid("facility")
-            annotations["dashboard_url"] = f"{opts.dashboard_url.rstrip('/')}/d/{uid}-{FACILITY}"
+            uid = names.facility_uid_go_template(opts.facility_ids)
+            annotations["dashboard_url"] = f"{opts.dashboard_url.rstrip('/')}/d/{uid}"
         out.append(
             {
                 "alert": names.ALERT_BURN,

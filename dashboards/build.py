@@ -62,6 +62,7 @@ class GeneratedDashboard:
 
 
 FLEET_FOLDER = ("vitalgate fleet", "vg-fleet")
+UID_COLUMN = "dashboard_uid"
 
 
 def facility_folder(f: Facility) -> tuple[str, str]:
@@ -222,6 +223,14 @@ def fleet_overview(
     slos: Sequence[Slo], facilities: Sequence[Facility], opts: DashboardOptions
 ) -> GeneratedDashboard:
     uid = names.dashboard_uid("fleet")
+    # Grafana's data links cannot hash: when some facility's uid is hashed, the budget
+    # query carries each facility's uid as a (hidden) column for the link to use.
+    budget, link = names.BUDGET_REMAINING, f"/d/{names.FACILITY_UID_PREFIX}${{__data.fields.facility}}"
+    hidden = {"Time": True, "__name__": True, "service": False}
+    if names.hashed_facility_uids(f.id for f in facilities):
+        budget = names.facility_uid_promql(budget, (f.id for f in facilities), UID_COLUMN)
+        link = f"/d/${{__data.fields.{UID_COLUMN}}}"
+        hidden[UID_COLUMN] = True
     lay = _Layout()
     d = _base("vitalgate: fleet overview", uid, opts, ["fleet"])
     d = d.with_row(lay.row("Every facility and SLO, worst error budget first"))
@@ -239,7 +248,7 @@ def fleet_overview(
             "against the internal objective and the facility's contractual SLA."
         )
         .datasource(DS)
-        .with_target(_q(names.BUDGET_REMAINING, ref="A", instant=True, table_fmt=True))
+        .with_target(_q(budget, ref="A", instant=True, table_fmt=True))
         .with_target(_q(names.PERIOD_SLI, ref="B", instant=True, table_fmt=True))
         # One row per facility and SLO for every column, so the table merges on those labels.
         .with_target(
@@ -263,7 +272,7 @@ def fleet_overview(
             dm.DataTransformerConfig(
                 id_val="organize",
                 options={
-                    "excludeByName": {"Time": True, "__name__": True, "service": False},
+                    "excludeByName": hidden,
                     "indexByName": {
                         "facility": 0,
                         "slo": 1,
@@ -291,7 +300,7 @@ def fleet_overview(
                 dm.DynamicConfigValue(
                     id_val="links",
                     value=[
-                        {"title": "Facility dashboard", "url": "/d/vg-facility-${__data.fields.facility}"}
+                        {"title": "Facility dashboard", "url": link}
                     ],
                 )
             ],

@@ -6,7 +6,10 @@ Sloth's do, so existing dashboards and habits carry over.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
+from collections.abc import Iterable
 
 ALERT_BURN = "ErrorBudgetBurn"
 ALERT_ABSENT = "SLOMetricsAbsent"
@@ -35,7 +38,54 @@ def rule_group(slo_name: str) -> str:
     return RULE_GROUP_PREFIX + slo_name
 
 
+UID_LIMIT = 40
+"""Grafana's longest uid."""
+_PLAIN_UID = re.compile(r"[a-z0-9_-]+")
+
+
 def dashboard_uid(kind: str, name: str = "") -> str:
-    """Grafana uids are at most 40 characters: ``vg-facility-st-marys``."""
+    """The one source of every dashboard and folder uid, and of every link to one.
+
+    ``vg-facility-st-marys`` while that fits Grafana's 40 characters; a longer (or
+    non-slug) name keeps a readable head and ends in ``-Z`` and ten base32 characters
+    of its SHA-256, so the uid is stable and two names sharing a long prefix differ.
+    Names are lower-case slugs, so the upper-case tail never equals a plain uid.
+    """
     base = f"vg-{kind}-{name}" if name else f"vg-{kind}"
-    return re.sub(r"[^a-zA-Z0-9_-]", "-", base)[:40]
+    if len(base) <= UID_LIMIT and _PLAIN_UID.fullmatch(base):
+        return base
+    digest = base64.b32encode(hashlib.sha256(base.encode()).digest()).decode()[:10]
+    head = re.sub(r"[^a-z0-9_-]", "-", base)[: UID_LIMIT - 12]
+    return f"{head}-Z{digest}"
+
+
+FACILITY_UID_PREFIX = dashboard_uid("facility") + "-"
+
+
+def hashed_facility_uids(facility_ids: Iterable[str]) -> dict[str, str]:
+    """Facility id -> dashboard uid, for the ids whose uid is not the prefix plus the id.
+
+    Links are filled in at render time (by Prometheus' or Grafana's templating), which
+    cannot hash: the generators spell these few out and template the rest.
+    """
+    uids = {fid: dashboard_uid("facility", fid) for fid in facility_ids}
+    return {fid: uid for fid, uid in sorted(uids.items()) if uid != FACILITY_UID_PREFIX + fid}
+
+
+def facility_uid_go_template(facility_ids: Iterable[str], label: str = "$labels.facility") -> str:
+    """A Prometheus (Go) template printing the dashboard uid of the facility in ``label``."""
+    plain = f"{FACILITY_UID_PREFIX}{{{{ {label} }}}}"
+    hashed = hashed_facility_uids(facility_ids)
+    if not hashed:
+        return plain
+    branches = "{{ else if ".join(f'eq {label} "{fid}" }}}}{uid}' for fid, uid in hashed.items())
+    return f"{{{{ if {branches}{{{{ else }}}}{plain}{{{{ end }}}}"
+
+
+def facility_uid_promql(expr: str, facility_ids: Iterable[str], label: str = "dashboard_uid") -> str:
+    """``expr`` with a ``label`` naming each facility's dashboard uid (for Grafana data links)."""
+    out = f'label_replace({expr}, "{label}", "{FACILITY_UID_PREFIX}$1", "facility", "(.+)")'
+    # Facility ids are slugs: as a (fully anchored) regex each matches itself only.
+    for fid, uid in hashed_facility_uids(facility_ids).items():
+        out = f'label_replace({out}, "{label}", "{uid}", "facility", "{fid}")'
+    return out

@@ -30,7 +30,12 @@ def write_alerts(config: Config, out: Path, time_scale: float = 1.0) -> tuple[li
     out.mkdir(parents=True, exist_ok=True)
     (out / "tests").mkdir(exist_ok=True)
     a = config.gateway.alerting
-    opts = rules.RuleOptions(runbook_url=a.runbook_url, dashboard_url=a.dashboard_url, time_scale=time_scale)
+    opts = rules.RuleOptions(
+        runbook_url=a.runbook_url,
+        dashboard_url=a.dashboard_url,
+        time_scale=time_scale,
+        facility_ids=tuple(f.id for f in config.facilities()),
+    )
     services = sorted(config.gateway.upstreams)
     source = config.path.name
     doc = rules.build_rules(config.slos, services, opts)

@@ -204,3 +204,112 @@ def test_dashboards_draw_the_thresholds_the_alerts_fire_at(generated: Path, tmp_
     facility = _drawn_thresholds({k: v for k, v in models.items() if k.startswith("vg-facility-")})
     per_slo = _drawn_thresholds({k: v for k, v in models.items() if k.startswith("vg-slo-")})
     assert facility == per_slo == alerts
+
+
+LONG_IDS = {
+    "county-general-hospital-north-campus": "County General North",
+    "county-general-hospital-north-annex": "County General Annex",
+    "a" * 63: "Sixty-three",
+}
+
+
+def test_long_facility_ids_get_unique_uids_that_every_link_names(tmp_path: Path) -> None:
+    """Ids of up to 63 characters: every dashboard and folder uid fits Grafana's 40 and is
+    unique (two ids sharing 35 characters included), and the links a real Prometheus renders
+    (the alert's dashboard_url) and the fleet table's link column name exactly those uids."""
+    config = yaml.safe_load(CONFIG.read_text())
+    config["facilities"]["known"].update({fid: {"name": name} for fid, name in LONG_IDS.items()})
+    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(config))
+    shutil.copy(CONFIG.with_name("slos.yaml"), tmp_path / "slos.yaml")
+    out = tmp_path / "dash"
+    vitalgate("dashboards", "generate", "--config", str(tmp_path / "gateway.yaml"), "--out", str(out))
+    vitalgate("alerts", "generate", "--config", str(tmp_path / "gateway.yaml"), "--out", str(tmp_path / "al"))
+    models = _models(out)
+    facility_uid = {m["title"].removeprefix("vitalgate: "): uid for uid, m in models.items() if "facility-" in uid}
+    folders = {p.parent.name: p for p in (out / "provisioning" / "dashboards").rglob("*.json")}
+    uids = [m["uid"] for m in models.values()]
+    assert len(set(uids)) == len(uids) and all(len(u) <= 40 for u in uids)
+    assert all(name in folders for name in LONG_IDS.values())
+    by_id = {fid: facility_uid[name] for fid, name in LONG_IDS.items()}
+    assert len(set(by_id.values())) == len(LONG_IDS)
+
+    rules = yaml.safe_load((tmp_path / "al" / "rules.yaml").read_text())
+    template = next(
+        r["annotations"]["dashboard_url"] for g in rules["groups"] for r in g["rules"] if "alert" in r
+    )
+    fleet = models["vg-fleet"]
+    table = next(p for p in fleet["panels"] if p.get("type") == "table")
+    budget_expr = next(t["expr"] for t in table["targets"] if t["refId"] == "A")
+    link = next(o for o in table["fieldConfig"]["overrides"] if o["matcher"]["options"] == "facility")
+    assert link["properties"][0]["value"][0]["url"] == "/d/${__data.fields.dashboard_uid}"
+    organize = next(t for t in table["transformations"] if t["id"] == "organize")
+    assert organize["options"]["excludeByName"]["dashboard_uid"] is True
+
+    ids = [*LONG_IDS, "st-marys"]
+    by_id["st-marys"] = "vg-facility-st-marys"
+    probe_rules = {
+        "groups": [
+            {
+                "name": "links",
+                "rules": [
+                    {
+                        "alert": f"Link{i}",
+                        "expr": f'label_replace(vector(1), "facility", "{fid}", "", "")',
+                        "annotations": {"dashboard_url": template},
+                    }
+                    for i, fid in enumerate(ids)
+                ],
+            }
+        ]
+    }
+    (tmp_path / "links.yaml").write_text(yaml.safe_dump(probe_rules))
+    budget = "slo:period_error_budget_remaining:ratio"
+    test = {
+        "rule_files": ["links.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": f'{budget}{{facility="{fid}", slo="s", service="fhir"}}', "values": "1x5"}
+                    for fid in ids
+                ],
+                "alert_rule_test": [
+                    {
+                        "alertname": f"Link{i}",
+                        "eval_time": "1m",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"facility": fid},
+                                "exp_annotations": {"dashboard_url": f"https://grafana.example.org/d/{by_id[fid]}"},
+                            }
+                        ],
+                    }
+                    for i, fid in enumerate(ids)
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": budget_expr,
+                        "eval_time": "1m",
+                        "exp_samples": [
+                            {
+                                "labels": f'{budget}{{facility="{fid}", slo="s", service="fhir", '
+                                f'dashboard_uid="{by_id[fid]}"}}',
+                                "value": 1,
+                            }
+                            for fid in ids
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "links_test.yaml").write_text(yaml.safe_dump(test))
+    done = subprocess.run(
+        [require_binary("promtool"), "test", "rules", "links_test.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
