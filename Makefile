@@ -4,8 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NATIVE := $(VENV)/.compiled
-# The request-path modules setup.py compiles with mypyc (gateway/native.py's HOT_PATH).
-HOT_PATH := $(shell sed -n 's/^    "gateway\.\([a-z_]*\)",$$/gateway\/\1.py/p' gateway/native.py)
+# The request path setup.py compiles with mypyc: every module of the data-plane folder.
+HOT_PATH := $(wildcard gateway/dataplane/*.py)
 DURATION ?= 60
 
 .PHONY: install demo test lint typecheck pytest bench clean pure
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml setup.py gateway/native.py scripts/install-system-deps
 
 # Compile the request path; again whenever one of its modules changed (an old extension would
 # shadow the new source).
-$(NATIVE): $(STAMP) $(HOT_PATH) gateway/_memscan.c
+$(NATIVE): $(STAMP) $(HOT_PATH) gateway/dataplane/_memscan.c
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(NATIVE)
 
@@ -53,7 +53,7 @@ bench: install
 
 # Run the request path from its .py sources (for debugging); `make install` compiles it again.
 pure:
-	rm -f gateway/*.so vitalgate_native*.so $(NATIVE)
+	rm -f gateway/dataplane/*.so vitalgate_native*.so $(NATIVE)
 
 clean: pure
 	rm -rf $(VENV) build var .pytest_cache .mypy_cache .ruff_cache .hypothesis test-artifacts

@@ -1,7 +1,7 @@
 """Build hook: compile the request path to C with mypyc.
 
 Everything else about the package lives in pyproject.toml. The modules of
-gateway/native.py's HOT_PATH run once or more per proxied request; compiled,
+gateway/dataplane/ (gateway/native.py's HOT_PATH) run once or more per proxied request; compiled,
 the same typed Python executes about 45% fewer instructions a request
 (README, Benchmarks: bench/instructions.py). The .py files stay the source of
 truth: `VITALGATE_PURE_PYTHON=1 pip install .` skips the compiler, and
@@ -18,8 +18,8 @@ import sys
 
 from setuptools import Extension, setup
 
-# The request path (one proxied request runs code from every one of these modules), as
-# gateway/native.py lists it for `vitalgate version`.
+# The request path: every module of gateway/dataplane/ (one proxied request runs code from
+# each), as gateway/native.py lists it for `vitalgate version`.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gateway.native import HOT_PATH
 
@@ -43,8 +43,10 @@ def ext_modules() -> list[object]:
         "--follow-imports=silent",
     ]
     compiled = list(mypycify([*options, *SOURCES], opt_level="3", group_name="vitalgate_native"))
-    # The response-body byte search (gateway/memscan.py says why).
-    compiled.append(Extension("gateway._memscan", ["gateway/_memscan.c"], extra_compile_args=["-O2"]))
+    # The response-body byte search (gateway/dataplane/memscan.py says why).
+    compiled.append(
+        Extension("gateway.dataplane._memscan", ["gateway/dataplane/_memscan.c"], extra_compile_args=["-O2"])
+    )
     return compiled
 
 

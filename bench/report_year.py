@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from bench.slo_engine import SLOS_YAML
-from gateway.metrics import duration_buckets_s
+from gateway.dataplane.metrics import duration_buckets_s
 from reports.data import build_report, parse_period
 from reports.render import write_report
 from slo.spec import Facility, Maintenance, load_slos

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.metrics import duration_buckets_s
+from gateway.dataplane.metrics import duration_buckets_s
 from slo.embedded import EmbeddedBackend
 from slo.spec import Facility, Slo, load_slos
 from slo.status import compute_status, row_specs

@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.proxy import LOAD_CORE, PROXY_CORE, free_port, nginx_conf, start, stop_all, wait_port
-from gateway.fhir import RESOURCE_TYPES
+from gateway.dataplane.fhir import RESOURCE_TYPES
 
 LUA = """
 local facilities = {}

@@ -299,9 +299,7 @@ def fleet_overview(
             [
                 dm.DynamicConfigValue(
                     id_val="links",
-                    value=[
-                        {"title": "Facility dashboard", "url": link}
-                    ],
+                    value=[{"title": "Facility dashboard", "url": link}],
                 )
             ],
         )

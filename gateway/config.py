@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.dataplane import settings as settings_
 from slo.configfile import ConfigError, Loc, Problem, Source, read_yaml, validate
 from slo.spec import NAME_RE, DurationS, Facility, Maintenance, Slo, load_slos
 
@@ -81,6 +82,9 @@ class TimeoutConfig(_Strict):
     """The longest a request waits for a free connection (all max_connections busy): then
     503 upstream_pool_exhausted."""
 
+    def settings(self) -> settings_.Timeouts:
+        return settings_.Timeouts(self.connect, self.read, self.total, self.pool)
+
 
 class UpstreamConfig(_Strict):
     url: str
@@ -89,6 +93,11 @@ class UpstreamConfig(_Strict):
     max_connections: int = Field(default=100, ge=1, le=10000)
     host: Literal["client", "upstream"] = "client"
     """The ``Host`` sent upstream: the client's (as Envoy and Traefik do), or the upstream URL's."""
+
+    def settings(self) -> settings_.UpstreamSettings:
+        return settings_.UpstreamSettings(
+            self.url, self.timeout.settings(), self.ca_file, self.max_connections, self.host
+        )
 
     @field_validator("url")
     @classmethod
@@ -114,6 +123,17 @@ class RouteConfig(_Strict):
     rewrite_max_bytes: int = Field(default=4 * 1024 * 1024, ge=0, le=256 * 1024 * 1024)
     """``kind: fhir``: FHIR JSON responses up to this size are inspected (Bundle links
     rewritten, batch entries counted); larger ones stream through untouched."""
+
+    def settings(self) -> settings_.RouteSettings:
+        return settings_.RouteSettings(
+            self.prefix,
+            self.upstream,
+            self.kind,
+            tuple(self.templates),
+            tuple(self.operations),
+            tuple(self.query_parameters),
+            self.rewrite_max_bytes,
+        )
 
     @field_validator("prefix")
     @classmethod
@@ -185,6 +205,12 @@ class FacilitiesConfig(_Strict):
     from_: list[FacilitySource] = Field(default_factory=list, alias="from")
     known: dict[str, FacilityConfig] = Field(default_factory=dict)
 
+    def settings(self) -> settings_.FacilitySettings:
+        return settings_.FacilitySettings(
+            tuple(settings_.FacilitySource(f.header, f.path_segment, f.jwt_claim) for f in self.from_),
+            frozenset(self.known),
+        )
+
     @field_validator("known")
     @classmethod
     def _ids(cls, v: dict[str, FacilityConfig]) -> dict[str, FacilityConfig]:
@@ -205,6 +231,11 @@ class TracesConfig(_Strict):
     service_name: str = "vitalgate"
     queue_size: int = Field(default=8192, ge=16)
     export_timeout: Annotated[DurationS, AfterValidator(_within(0.01, 300))] = 5.0
+
+    def settings(self) -> settings_.TraceSettings:
+        return settings_.TraceSettings(
+            self.otlp_endpoint, self.sample_ratio, self.service_name, self.queue_size, self.export_timeout
+        )
 
     @field_validator("otlp_endpoint")
     @classmethod

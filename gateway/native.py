@@ -1,9 +1,10 @@
 """Which build of the request path is running: compiled by mypyc, or pure Python.
 
-``setup.py`` compiles the request-path modules (``HOT_PATH``) to C extensions
-next to their sources. Python imports an extension in preference to the .py
-beside it, so a source edited after the build would silently not run: this
-module says so, for ``vitalgate version``, the start-up line and the tests.
+``setup.py`` compiles the request-path modules (``HOT_PATH``: every module of
+``gateway/dataplane/``) to C extensions next to their sources. Python imports an
+extension in preference to the .py beside it, so a source edited after the build
+would silently not run: this module says so, for ``vitalgate version``, the
+start-up line and the tests.
 """
 
 from __future__ import annotations
@@ -13,24 +14,20 @@ import os
 from dataclasses import dataclass
 from importlib.machinery import EXTENSION_SUFFIXES
 
-# The modules setup.py compiles (and the Makefile recompiles when one changes).
-HOT_PATH = (
-    "gateway.flow",
-    "gateway.httpserver",
-    "gateway.upstream",
-    "gateway.proxy",
-    "gateway.routes",
-    "gateway.facility",
-    "gateway.metrics",
-    "gateway.accesslog",
-    "gateway.tracing",
-    "gateway.recorder",
-    "gateway.bundle",
-    "gateway.query",
-)
+DATAPLANE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dataplane")
+"""The data plane: every module in this folder is compiled, and nothing outside it."""
+
+
+def hot_path(folder: str = DATAPLANE) -> tuple[str, ...]:
+    """The modules setup.py compiles: every ``.py`` of the data-plane folder."""
+    stems = sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and not f.startswith("_"))
+    return tuple(f"gateway.dataplane.{stem}" for stem in stems)
+
+
+HOT_PATH = hot_path()
 
 # C sources setup.py builds beside them (module, source): counted with the compiled modules.
-EXTENSIONS = (("gateway._memscan", "gateway/_memscan.c"),)
+EXTENSIONS = (("gateway.dataplane._memscan", "gateway/dataplane/_memscan.c"),)
 
 
 @dataclass(frozen=True)
@@ -72,17 +69,17 @@ def build() -> Build:
         source = os.path.join(os.path.dirname(path), name.rsplit(".", 1)[1] + ".py")
         if os.path.exists(source) and os.path.getmtime(source) > os.path.getmtime(path):
             stale.append(name)
-    # Looked for beside this file: ``gateway`` is a namespace package, so an import could find
-    # an extension in another checkout on the path.
-    here = os.path.dirname(os.path.abspath(__file__))
+    # Looked for in this checkout's folder: ``gateway`` is a namespace package, so an import
+    # could find an extension in another checkout on the path.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for name, c_source in EXTENSIONS:
-        stem = os.path.join(here, name.rsplit(".", 1)[1])
+        stem = os.path.join(DATAPLANE, name.rsplit(".", 1)[1])
         built = next((stem + s for s in EXTENSION_SUFFIXES if os.path.exists(stem + s)), None)
         if built is None:
             pure.append(name)
             continue
         compiled.append(name)
-        source = os.path.join(os.path.dirname(here), c_source)
+        source = os.path.join(root, c_source)
         if os.path.exists(source) and os.path.getmtime(source) > os.path.getmtime(built):
             stale.append(name)
     return Build(tuple(compiled), tuple(pure), tuple(stale))

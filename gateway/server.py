@@ -27,7 +27,6 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway import native
-from gateway.accesslog import AccessLog
 from gateway.admin_auth import (
     ANONYMOUS,
     AdminAuth,
@@ -38,15 +37,18 @@ from gateway.admin_auth import (
 )
 from gateway.admin_http import AdminRunner
 from gateway.config import Config, split_listen
-from gateway.facility import FacilityResolver
-from gateway.httpserver import HttpServer
-from gateway.metrics import GatewayMetrics
-from gateway.proxy import Proxy
-from gateway.recorder import Recorder
+from gateway.dataplane.accesslog import AccessLog
+from gateway.dataplane.facility import FacilityResolver
+from gateway.dataplane.httpserver import HttpServer
+from gateway.dataplane.metrics import LabelBudget
+from gateway.dataplane.outcome import EntrySink, RequestSink, SpanSink
+from gateway.dataplane.proxy import Outputs, Proxy
+from gateway.dataplane.recorder import Recorder
+from gateway.dataplane.routes import Router
+from gateway.dataplane.tracing import Tracing
+from gateway.dataplane.upstream import Upstream
+from gateway.exposition import GatewayMetrics, request_metrics
 from gateway.roles import Role, mark_ready
-from gateway.routes import Router
-from gateway.tracing import Tracing
-from gateway.upstream import Upstream
 from slo.embedded import EmbeddedBackend
 from slo.spec import ALL_FACILITIES, latency_thresholds_s
 from slo.status import StatusRow, compute_status, sort_worst_first
@@ -79,11 +81,10 @@ class Gateway:
         self.metrics = GatewayMetrics(
             self.registry,
             latency_thresholds_s(config.slos),
-            cfg.telemetry.metrics.max_label_sets,
             {fid: f.name for fid, f in cfg.facilities.known.items()},
             {fid: f.sla / 100.0 for fid, f in cfg.facilities.known.items() if f.sla is not None},
-            multiprocess=role.kind != "single",
         )
+        self.request_metrics = request_metrics(self.registry, self.metrics.buckets_s, role.kind != "single")
         log_path = cfg.telemetry.access_log.path
         self.access_log = AccessLog(
             log_path if log_path == "-" else config.resolve(log_path),
@@ -91,16 +92,18 @@ class Gateway:
             lambda n: self.metrics.drop("log", n),
         )
         self.tracing = Tracing(
-            cfg.telemetry.traces, lambda n: self.metrics.drop("span", n), instance=_instance_id(role)
+            cfg.telemetry.traces.settings(),
+            lambda n: self.metrics.drop("span", n),
+            instance=_instance_id(role),
         )
         for service in cfg.upstreams:  # every service has series from start-up: silence is visible
-            self.metrics.active_child("unknown", service)
-        self.facilities = FacilityResolver(cfg.facilities)
-        self.router = Router(cfg.routes, self.facilities.path_segment)
+            self.request_metrics.active.child("unknown", service)
+        self.facilities = FacilityResolver(cfg.facilities.settings())
+        self.router = Router([r.settings() for r in cfg.routes], self.facilities.path_segment)
         self.upstreams = {
             name: Upstream(
                 name,
-                u,
+                u.settings(),
                 str(config.resolve(u.ca_file)) if u.ca_file else None,
                 cfg.limits.max_upstream_header_size,
             )
@@ -126,16 +129,25 @@ class Gateway:
             port = role.port
         self._host, self._port = host, port
         self._admin_host, self._admin_port = split_listen(cfg.admin.listen)
-        self.proxy = Proxy(
-            self.router,
-            self.facilities,
-            self.upstreams,
+        # The sinks every request ends in, chosen once: spans first (their end time is the
+        # closest to the response), then the histogram, the store (when kept) and the log.
+        sinks: list[RequestSink] = [SpanSink()] if self.tracing.enabled else []
+        sinks.append(self.request_metrics.histogram)
+        entry_sinks: list[EntrySink] = [self.metrics]
+        if self.recorder is not None:
+            sinks.append(self.recorder)
+            entry_sinks.append(self.recorder)
+        sinks.append(self.access_log)
+        outputs = Outputs(
+            self.tracing.tracer,
+            LabelBudget(cfg.telemetry.metrics.max_label_sets, self.metrics.folded),
+            self.request_metrics.active,
             self.metrics,
-            self.access_log,
-            self.tracing,
-            "https" if cfg.tls else "http",
-            port,
-            self.recorder,
+            tuple(sinks),
+            tuple(entry_sinks),
+        )
+        self.proxy = Proxy(
+            self.router, self.facilities, self.upstreams, outputs, "https" if cfg.tls else "http", port
         )
         self.draining = False
         self.ready = False
@@ -353,7 +365,7 @@ async def serve(
     try:
         await gateway.start()
     except (StoreError, sqlite3.Error, OSError) as exc:
-        print(f"vitalgate: cannot start: {exc}", file=sys.stderr, flush=True)
+        log.error("cannot start: %s", exc, extra={"event": "start_failed"})
         return 1
     if role.kind == "worker":
         assert role.metrics_dir is not None
@@ -372,27 +384,22 @@ async def serve(
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     await stop.wait()
     t0 = time.monotonic()
-    who = f"vitalgate worker {role.index}" if role.kind == "worker" else "vitalgate"
-    print(f"{who}: draining", file=sys.stderr, flush=True)
+    who = {"worker": role.index} if role.kind == "worker" else {}
+    log.info("draining", extra={"event": "draining", **who})
     await gateway.stop()
-    print(f"{who}: stopped after {time.monotonic() - t0:.2f}s drain", file=sys.stderr, flush=True)
+    drain_s = round(time.monotonic() - t0, 3)
+    log.info("stopped after %.2fs drain", drain_s, extra={"event": "stopped", "drain_s": drain_s, **who})
     return 0
 
 
 def _announce(config: Config, gateway: Gateway) -> None:
-    print(
-        f"vitalgate: proxy on {config.gateway.listen.rsplit(':', 1)[0]}:{gateway.proxy_port}, "
-        f"admin (metrics) on {config.gateway.admin.listen.rsplit(':', 1)[0]}:{gateway.admin_port}, "
-        f"{native.build().describe()}",
-        file=sys.stderr,
-        flush=True,
-    )
+    proxy = f"{config.gateway.listen.rsplit(':', 1)[0]}:{gateway.proxy_port}"
+    admin = f"{config.gateway.admin.listen.rsplit(':', 1)[0]}:{gateway.admin_port}"
+    build = native.build().describe()
+    fields = {"event": "listening", "proxy": proxy, "admin": admin, "build": build}
+    log.info("proxy on %s, admin (metrics) on %s, %s", proxy, admin, build, extra=fields)
     if not config.gateway.admin.tokens:
-        print(
-            "vitalgate: warning: no admin tokens configured; admin API is open",
-            file=sys.stderr,
-            flush=True,
-        )
+        log.warning("no admin tokens configured; admin API is open", extra={"event": "admin_open"})
 
 
 def run(config: Config, admin_extensions: Sequence[AdminExtension] = (), role: Role = Role()) -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -36,6 +37,8 @@ from gateway import native
 from gateway.config import Config, split_listen
 from gateway.roles import Role, ready_file
 from gateway.server import AdminExtension, Gateway
+
+log = logging.getLogger("vitalgate.supervisor")
 
 WORKER_ENV = "VITALGATE_WORKER"
 """Set by the supervisor for its workers: ``index/count/port``."""
@@ -117,7 +120,7 @@ async def supervise(
     except Exception as exc:
         if lock is not None:
             lock.release()
-        print(f"vitalgate: cannot start: store: {exc}", file=sys.stderr, flush=True)
+        log.error("cannot start: store: %s", exc, extra={"event": "start_failed"})
         return 1
     gateway = Gateway(
         config,
@@ -145,10 +148,12 @@ async def supervise(
             if stop.is_set():
                 return
             failures += 1
-            print(
-                f"vitalgate: worker {index} (pid {proc.pid}) exited with {code}; restarting",
-                file=sys.stderr,
-                flush=True,
+            log.error(
+                "worker %d (pid %d) exited with %s; restarting",
+                index,
+                proc.pid,
+                code,
+                extra={"event": "worker_exited", "worker": index, "pid": proc.pid, "exit_code": code},
             )
             await asyncio.sleep(RESTART_DELAY_S)
             if stop.is_set():
@@ -160,23 +165,23 @@ async def supervise(
     deadline = time.monotonic() + 60
     while not all(_is_ready(metrics_dir, i, p.pid) for i, p in procs.items()):
         if time.monotonic() > deadline or any(p.returncode is not None for p in procs.values()):
-            print("vitalgate: cannot start: a worker did not come up", file=sys.stderr, flush=True)
+            log.error("cannot start: a worker did not come up", extra={"event": "start_failed"})
             stop.set()
             break
         await asyncio.sleep(0.05)
     watchers = [loop.create_task(watch(i)) for i in range(count)]
     if not stop.is_set():
         gateway.ready = True
-        print(
-            f"vitalgate: proxy on {host}:{port} ({count} workers), admin (metrics) on "
-            f"{config.gateway.admin.listen.rsplit(':', 1)[0]}:{gateway.admin_port}, "
-            f"{native.build().describe()}",
-            file=sys.stderr,
-            flush=True,
+        proxy = f"{host}:{port}"
+        admin = f"{config.gateway.admin.listen.rsplit(':', 1)[0]}:{gateway.admin_port}"
+        build = native.build().describe()
+        fields = {"event": "listening", "proxy": proxy, "workers": count, "admin": admin, "build": build}
+        log.info(
+            "proxy on %s (%d workers), admin (metrics) on %s, %s", proxy, count, admin, build, extra=fields
         )
     await stop.wait()
     t0 = time.monotonic()
-    print("vitalgate: draining", file=sys.stderr, flush=True)
+    log.info("draining", extra={"event": "draining"})
     gateway.draining = True
     for proc in procs.values():
         if proc.returncode is None:
@@ -198,7 +203,8 @@ async def supervise(
     if reserved is not None:
         reserved.close()
     shutil.rmtree(metrics_dir, ignore_errors=True)
-    print(f"vitalgate: stopped after {time.monotonic() - t0:.2f}s drain", file=sys.stderr, flush=True)
+    drain_s = round(time.monotonic() - t0, 3)
+    log.info("stopped after %.2fs drain", drain_s, extra={"event": "stopped", "drain_s": drain_s})
     return 0 if all(c == 0 for c in codes) and gateway.ready else 1
 
 

@@ -11,8 +11,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from gateway.config import Config, load_config
+from gateway.dataplane.metrics import duration_buckets_s
+from gateway.diagnostics import configure as configure_diagnostics
 from gateway.importer import import_file
-from gateway.metrics import duration_buckets_s
 from gateway.native import build
 from slo.configfile import ConfigError
 from slo.embedded import EmbeddedBackend
@@ -412,6 +413,7 @@ SIGPIPE_EXIT = 128 + 13
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_diagnostics()  # the process's own log records: JSON lines on stderr
     try:
         code = int(args.func(args))
         sys.stdout.flush()

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gateway.accesslog import RequestFormatter, rfc3339
+from gateway.dataplane.accesslog import RequestFormatter, rfc3339
+from tests.helpers import make_outcome
 
 
 @pytest.mark.parametrize(
@@ -26,18 +27,14 @@ def test_request_line_is_exact_json(
     fmt = RequestFormatter()
     ts = datetime(2026, 11, 27, 15, 4, 5, 987_000, tzinfo=UTC).timestamp() + 0.0004
     line = fmt(
-        ts,
-        "ab" * 16,
-        "cd" * 8,
-        "01",
-        "st-marys",
-        "fhir",
-        "/fhir/Patient/{id}",
-        "GET",
-        503,
-        duration_ms,
-        upstream_ms,
-        'upstream "timeout"\n',
+        make_outcome(
+            status=503,
+            duration_s=duration_ms / 1000,
+            started=ts,
+            upstream_ms=upstream_ms,
+            error_type='upstream "timeout"\n',
+            sampled=True,
+        )
     )
     record = json.loads(line)
     assert record == {
@@ -61,7 +58,7 @@ def test_request_line_is_exact_json(
 def test_no_route_line_has_no_route_field() -> None:
     record = json.loads(
         RequestFormatter()(
-            0.5, "0" * 32, "0" * 16, "00", "unknown", "none", None, "_OTHER", 404, 0.1, None, None
+            make_outcome("unknown", "none", "", "_OTHER", 404, 0.0001, started=0.5, trace_id="0" * 32)
         )
     )
     assert "http.route" not in record and record["timestamp"] == "1970-01-01T00:00:00.500Z"

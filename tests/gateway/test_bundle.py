@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from gateway.bundle import base_literals, inspect
+from gateway.dataplane.bundle import base_literals, inspect
 
 OLD = "http://fhir.internal:8081/base"
 NEW = "https://ehr.example.org"

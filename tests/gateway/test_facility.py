@@ -4,7 +4,7 @@ import json
 from multidict import CIMultiDict
 
 from gateway.config import FacilitiesConfig
-from gateway.facility import UNKNOWN, FacilityResolver, jwt_claim
+from gateway.dataplane.facility import UNKNOWN, FacilityResolver, jwt_claim
 
 
 def _jwt(claims: object) -> str:
@@ -19,7 +19,7 @@ CFG = FacilitiesConfig.model_validate(
         "from": [{"header": "X-Facility-ID"}, {"path_segment": 1}, {"jwt_claim": "facility"}],
         "known": {"st-marys": {"name": "St Mary's"}, "riverside": {"name": "Riverside"}},
     }
-)
+).settings()
 
 
 def test_sources_in_order() -> None:

@@ -1,4 +1,4 @@
-"""HTTP/1.1 conformance of the proxy listener (``gateway.httpserver``), over raw sockets.
+"""HTTP/1.1 conformance of the proxy listener (``gateway.dataplane.httpserver``), over raw sockets.
 
 Each case speaks bytes to a running gateway (in front of the aiohttp test
 upstream) and reads the bytes back, so nothing in between can paper over a

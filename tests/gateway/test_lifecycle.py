@@ -63,7 +63,13 @@ def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
         assert [r["http.response.status_code"] for r in log] == [200]
         server_spans = [s for s in peers.sink.spans if s.kind == "SERVER"]
         assert [s.trace_id for s in server_spans] == [log[0]["trace_id"]]  # flushed before exit
-        assert "draining" in gw.stderr_path.read_text()
+        # The gateway's own diagnostics: one JSON object per line, each with its level.
+        events = [json.loads(line) for line in gw.stderr_path.read_text().splitlines()]
+        assert all({"timestamp", "level", "logger", "message"} <= e.keys() for e in events), events
+        said = [(e["level"], e.get("event")) for e in events]
+        assert said[:1] == [("info", "listening")] and ("info", "draining") in said
+        stopped = next(e for e in events if e.get("event") == "stopped")
+        assert stopped["drain_s"] >= 1.0  # the slow request finished first
 
 
 def test_collector_down_costs_only_dropped_spans(tmp_path: Path) -> None:

@@ -9,7 +9,9 @@ import random
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from gateway.metrics import ACTIVE, DURATION, LABELS, GatewayMetrics
+from gateway.dataplane.metrics import LabelBudget
+from gateway.exposition import ACTIVE, DURATION, LABELS, GatewayMetrics, request_metrics
+from tests.helpers import make_outcome
 
 
 def _without_created(text: bytes) -> list[str]:
@@ -25,7 +27,8 @@ def _reference(local: GatewayMetrics) -> tuple[CollectorRegistry, Histogram]:
 
 def test_local_histogram_exposes_what_prometheus_client_would() -> None:
     rng = random.Random(7)
-    local = GatewayMetrics(CollectorRegistry(), [0.3, 0.0125], max_label_sets=1000)
+    local = GatewayMetrics(CollectorRegistry(), [0.3, 0.0125])
+    own = request_metrics(local.registry, local.buckets_s, multiprocess=False)
     reference_registry, reference = _reference(local)
     active_reference = Gauge(
         ACTIVE, "Number of active HTTP server requests.", ("facility", "service"), registry=reference_registry
@@ -35,11 +38,10 @@ def test_local_histogram_exposes_what_prometheus_client_would() -> None:
     for i, v in enumerate(values):
         facility = ("st-marys", "riverside")[i % 2]
         status = (200, 404, 503)[i % 3]
-        child, _key = local.request_child(facility, "fhir", "/fhir/Patient/{id}", "GET", status)
-        child.observe(v)
+        own.histogram.request(make_outcome(facility, "fhir", "/fhir/Patient/{id}", "GET", status, v))
         reference.labels(facility, "fhir", "/fhir/Patient/{id}", "GET", str(status)).observe(v)
     for facility, n in (("st-marys", 3), ("riverside", 1)):
-        gauge, ref = local.active_child(facility, "fhir"), active_reference.labels(facility, "fhir")
+        gauge, ref = own.active.child(facility, "fhir"), active_reference.labels(facility, "fhir")
         for _ in range(n + 2):
             gauge.inc()
             ref.inc()
@@ -66,14 +68,25 @@ def test_local_histogram_exposes_what_prometheus_client_would() -> None:
 
 
 def test_exemplars_and_openmetrics_match_prometheus_client() -> None:
-    local = GatewayMetrics(CollectorRegistry(), [], max_label_sets=1000)
+    local = GatewayMetrics(CollectorRegistry(), [])
+    own = request_metrics(local.registry, local.buckets_s, multiprocess=False)
     reference_registry, reference = _reference(local)
-    for v, trace in ((0.004, "a" * 32), (0.2, "b" * 32), (0.3, None), (30.0, "c" * 32)):
-        child, _key = local.request_child("lakeside", "fhir", "/fhir/Observation", "POST", 201)
+    # Sampled requests a second apart carry an exemplar each; an unsampled one none.
+    for i, (v, trace) in enumerate(((0.004, "a" * 32), (0.2, "b" * 32), (0.3, None), (30.0, "c" * 32))):
+        outcome = make_outcome(
+            "lakeside",
+            "fhir",
+            "/fhir/Observation",
+            "POST",
+            201,
+            v,
+            started=1e9 + i,
+            trace_id=trace or "d" * 32,
+            sampled=trace is not None,
+        )
+        own.histogram.request(outcome)
         ref = reference.labels("lakeside", "fhir", "/fhir/Observation", "POST", "201")
-        exemplar = {"trace_id": trace} if trace else None
-        child.observe(v, exemplar)
-        ref.observe(v, exemplar)
+        ref.observe(v, {"trace_id": trace} if trace else None)
 
     def lines(registry: CollectorRegistry) -> list[str]:
         # Exemplar timestamps differ by when each was taken: compare up to them.
@@ -88,11 +101,32 @@ def test_exemplars_and_openmetrics_match_prometheus_client() -> None:
     assert sum(" # {trace_id=" in line for line in ours) == 3
 
 
+def test_exemplars_are_at_most_one_a_second_per_label_set() -> None:
+    local = GatewayMetrics(CollectorRegistry(), [])
+    own = request_metrics(local.registry, local.buckets_s, multiprocess=False)
+    # Each request in a bucket of its own, so every exemplar attached stays visible.
+    times = (0.0, 0.5, 0.99, 1.0, 1.2, 2.5)
+    durations = (0.001, 0.007, 0.02, 0.04, 0.06, 0.09)
+    for i, (t, d) in enumerate(zip(times, durations, strict=True)):
+        outcome = make_outcome(duration_s=d, started=1e9 + t, trace_id=f"{i + 1:032x}", sampled=True)
+        own.histogram.request(outcome)
+    unsampled = make_outcome(duration_s=3.0, started=1e9 + 9, trace_id=f"{7:032x}", sampled=False)
+    own.histogram.request(unsampled)
+    text = generate_openmetrics(local.registry).decode()  # type: ignore[no-untyped-call]
+    attached = {
+        int(line.split('trace_id="')[1][:32], 16) for line in text.splitlines() if "trace_id=" in line
+    }
+    # 0.5 and 0.99 come too soon after 0.0, 1.2 too soon after 1.0; unsampled never attaches.
+    assert attached == {1, 4, 6}
+
+
 def test_cardinality_fold_with_local_histograms() -> None:
-    local = GatewayMetrics(CollectorRegistry(), [], max_label_sets=3)
+    local = GatewayMetrics(CollectorRegistry(), [])
+    own = request_metrics(local.registry, local.buckets_s, multiprocess=False)
+    budget = LabelBudget(3, local.folded)
     for i in range(5):
-        child, key = local.request_child("riverside", "fhir", f"/fhir/T{i}", "GET", 200)
-        child.observe(0.01)
+        key = budget.key("riverside", "fhir", f"/fhir/T{i}", "GET", 200)
+        own.histogram.request(make_outcome("riverside", "fhir", f"/fhir/T{i}", "GET", 200, key_route=key[2]))
     text = generate_latest(local.registry).decode()
     assert 'http_route="other"' in text
     assert (

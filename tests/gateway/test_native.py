@@ -20,7 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import memscan, native
+from gateway import native
+from gateway.dataplane import memscan
 from tests.helpers import BackgroundPeers, GatewayProcess, gateway_config, histogram_counts, read_log
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,16 +73,17 @@ def _source_copy(tmp: Path) -> Path:
 
 def test_a_stale_extension_is_reported(tmp_path: Path) -> None:
     src = _source_copy(tmp_path / "src")
-    compiled = sorted((ROOT / "gateway").glob("proxy.*.so"))
+    plane = ROOT / "gateway" / "dataplane"
+    compiled = sorted(plane.glob("proxy.*.so"))
     if not compiled:
         pytest.skip("the request path is not compiled here (make pure); CI runs the compiled build")
-    for extension in [*(ROOT / "gateway").glob("*.so"), *ROOT.glob("vitalgate_native__mypyc*.so")]:
+    for extension in [*plane.glob("*.so"), *ROOT.glob("vitalgate_native__mypyc*.so")]:
         shutil.copy2(extension, src / extension.relative_to(ROOT))
     later = compiled[0].stat().st_mtime + 10
-    os.utime(src / "gateway" / "proxy.py", (later, later))
+    os.utime(src / "gateway" / "dataplane" / "proxy.py", (later, later))
     out = _version(src)
     assert out.returncode == 1
-    assert "STALE: gateway.proxy changed after compiling" in out.stdout
+    assert "STALE: gateway.dataplane.proxy changed after compiling" in out.stdout
     assert out.stdout.count("STALE") == 1 and "request path compiled (mypyc)" in out.stdout
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gateway.query import name_ok, redact_query
+from gateway.dataplane.query import name_ok, redact_query
 
 
 @pytest.mark.parametrize(

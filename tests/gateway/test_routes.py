@@ -1,7 +1,7 @@
 import pytest
 
 from gateway.config import RouteConfig
-from gateway.routes import Router, normalize_path
+from gateway.dataplane.routes import Router, normalize_path
 
 ROUTES = [
     RouteConfig(prefix="/fhir/", upstream="fhir", kind="fhir", operations=["custom-op"]),
@@ -16,6 +16,7 @@ ROUTES = [
     ),
     RouteConfig(prefix="/fhir/r5/", upstream="fhir5", kind="fhir"),
 ]
+SETTINGS = [r.settings() for r in ROUTES]
 
 
 @pytest.mark.parametrize(
@@ -59,13 +60,13 @@ ROUTES = [
     ],
 )
 def test_templates(path: str, route: str) -> None:
-    match = Router(ROUTES).match(path)
+    match = Router(SETTINGS).match(path)
     assert match is not None
     assert match.route == route
 
 
 def test_service_and_no_route() -> None:
-    router = Router(ROUTES)
+    router = Router(SETTINGS)
     m = router.match("/fhir/r5/Patient/1")
     assert m is not None
     assert (m.service, m.upstream) == ("fhir5", "fhir5")
@@ -75,7 +76,9 @@ def test_service_and_no_route() -> None:
 
 def test_facility_partition_in_path() -> None:
     # /fhir/{tenant}/Patient/123 as in HAPI FHIR partitioning: segment 1 is the facility.
-    router = Router([RouteConfig(prefix="/fhir/", upstream="fhir", kind="fhir")], facility_segment=1)
+    router = Router(
+        [RouteConfig(prefix="/fhir/", upstream="fhir", kind="fhir").settings()], facility_segment=1
+    )
     m = router.match("/fhir/st-marys/Patient/123")
     assert m is not None
     assert m.route == "/fhir/{facility}/Patient/{id}"

@@ -7,7 +7,7 @@ import random
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
 
-from gateway.tracing import (
+from gateway.dataplane.tracing import (
     CLIENT,
     SERVER,
     OtlpEncoder,

@@ -1,4 +1,4 @@
-"""HTTP/1.1 conformance of the upstream client (``gateway.upstream``) against real servers.
+"""HTTP/1.1 conformance of the upstream client (``gateway.dataplane.upstream``) against real servers.
 
 Three kinds of peer: an aiohttp server, nginx (the upstream most hospitals'
 FHIR servers sit behind), and a scripted raw-socket server for the cases no
@@ -23,13 +23,13 @@ import uvloop
 from aiohttp import web
 
 from gateway.config import TimeoutConfig, UpstreamConfig
-from gateway.errors import (
+from gateway.dataplane.errors import (
     UpstreamConnectError,
     UpstreamProtocolError,
     UpstreamReset,
     UpstreamTimeout,
 )
-from gateway.upstream import Upstream, UpstreamResponse
+from gateway.dataplane.upstream import Upstream, UpstreamResponse
 from tests.helpers import free_port, require_binary
 
 # Overriding event_loop_policy is deprecated in pytest-asyncio 1.4 in favour of a conftest-wide
@@ -74,7 +74,7 @@ def client(
         timeout=TimeoutConfig.model_validate(timeout or {}),
         max_connections=max_connections,
     )
-    return Upstream("test", cfg, None)
+    return Upstream("test", cfg.settings(), None)
 
 
 async def read_all(resp: UpstreamResponse) -> bytes:

@@ -81,7 +81,10 @@ def _config(tmp_path: Path, peers: BackgroundPeers) -> Path:
 
 
 def _proxy_base(gw: GatewayProcess) -> str:
-    port = int(gw.stderr_path.read_text().split("proxy on 127.0.0.1:")[1].split()[0])
+    events = [json.loads(line) for line in gw.stderr_path.read_text().splitlines()]
+    listening = next(e for e in events if e.get("event") == "listening")
+    assert listening["level"] == "info" and listening["workers"] == 2
+    port = int(listening["proxy"].removeprefix("127.0.0.1:"))
     return f"http://127.0.0.1:{port}"
 
 

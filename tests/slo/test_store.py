@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from gateway.dataplane.metrics import duration_buckets_s
 from gateway.importer import import_access_log
-from gateway.metrics import duration_buckets_s
 from slo.embedded import EmbeddedBackend
 from slo.spec import Facility, Maintenance, Slo, load_slos
 from slo.status import StatusRow, compute_status, period_start

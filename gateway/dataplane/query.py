@@ -23,8 +23,8 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote_plus
 
-from gateway.fhir import RESOURCE_TYPES
-from gateway.fhir_names import ELEMENT_NAMES, SEARCH_PARAMETER_CODES
+from gateway.dataplane.fhir import RESOURCE_TYPES
+from gateway.dataplane.fhir_names import ELEMENT_NAMES, SEARCH_PARAMETER_CODES
 
 REDACTED = "REDACTED"
 MAX_RECORDED = 2048

@@ -1,9 +1,10 @@
 """The JSON access log: one line per proxied request, written off the event loop.
 
-The request path hands the writer a tuple of already-bounded values; a
-thread turns it into JSON and writes it. The queue is bounded: when the
-writer cannot keep up (a full disk, a stalled stdout pipe) lines are dropped
-and counted, and the proxy never waits.
+The access log is a request sink (``gateway/dataplane/outcome.py``): each
+request's outcome is formatted on the event loop (about 2 us compiled) and
+queued; a thread writes the queue. The queue is bounded: when the writer
+cannot keep up (a full disk, a stalled stdout pipe) lines are dropped and
+counted, and the proxy never waits.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.dataplane.outcome import Outcome
+
 log = logging.getLogger("vitalgate.accesslog")
 
-# Field order of a request record: the hot path builds a tuple in this order.
+# Field order of a request record.
 REQUEST_FIELDS = (
     "trace_id",
     "span_id",
@@ -69,26 +72,13 @@ class RequestFormatter:
                 self._labels[key] = part
         return part
 
-    def __call__(
-        self,
-        ts: float,
-        trace_id: str,
-        span_id: str,
-        flags: str,
-        facility: str,
-        service: str,
-        route: str | None,
-        method: str,
-        status: int,
-        dur: float,
-        up_ms: float | None,
-        err: str | None,
-    ) -> str:
+    def __call__(self, o: Outcome) -> str:
+        ts = o.started
         second = int(ts)
         if second != self._second:  # date and time change once a second; milliseconds every line
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        key = (facility, service, route, method)
+        key = (o.facility, o.service, o.route or None, o.method)
         labels = self._labels.get(key)
         if labels is None:
             labels = self._label_part(key)
@@ -96,17 +86,19 @@ class RequestFormatter:
         # format spec or a float repr costs more than the rest of the line. Milliseconds carry
         # three decimals, built from integers with a table of zero-padded digits.
         ms = int((ts - second) * 1000)
-        us = int(dur * 1000.0 + 0.5)
+        us = int(o.duration_s * 1_000_000.0 + 0.5)
+        ctx = o.context
         line = (
-            f'{{"timestamp":"{self._prefix}.{_PAD3[ms]}Z","event":"request","trace_id":"{trace_id}",'
-            f'"span_id":"{span_id}","trace_flags":"{flags}"{labels},"http.response.status_code":{status},'
-            f'"duration_ms":{us // 1000}.{_PAD3[us % 1000]}'
+            f'{{"timestamp":"{self._prefix}.{_PAD3[ms]}Z","event":"request","trace_id":"{ctx.trace_hex()}",'
+            f'"span_id":"{ctx.span_hex()}","trace_flags":"{ctx.flags_hex()}"{labels},'
+            f'"http.response.status_code":{o.status},"duration_ms":{us // 1000}.{_PAD3[us % 1000]}'
         )
+        up_ms = o.upstream_ms
         if up_ms is not None:
             us = int(up_ms * 1000.0 + 0.5)
             line += f',"upstream_duration_ms":{us // 1000}.{_PAD3[us % 1000]}'
-        if err is not None:
-            line += ',"error.type":' + _quote(err)
+        if o.error_type is not None:
+            line += ',"error.type":' + _quote(o.error_type)
         return line + "}"
 
 
@@ -148,8 +140,8 @@ class AccessLog:
         self._writer_thread = threading.Thread(target=self._run, name="vitalgate-access-log", daemon=True)
         self._writer_thread.start()
 
-    def request(self, line: str) -> None:
-        """Queue a request line made by ``format`` (a ``RequestFormatter``). Never blocks.
+    def request(self, outcome: Outcome) -> None:
+        """Format and queue a request's line (a request sink). Never blocks.
 
         Lines are formatted on the request path (about 2 us compiled) rather than in the
         writer thread: a thread formatting a batch holds the GIL while the event loop waits
@@ -157,7 +149,7 @@ class AccessLog:
         if len(self._items) >= self._queue_size:
             self._on_drop(1)
         else:
-            self._items.append(line)
+            self._items.append(self.format(outcome))
 
     def event(self, ts: float, event: str, fields: dict[str, Any]) -> None:
         """Queue any other event (e.g. an admin access). Never blocks."""

@@ -35,8 +35,8 @@ from typing import Any, NoReturn
 
 import httptools
 
-from gateway.errors import ClientBodyInvalid, ClientTimeout
-from gateway.flow import FlowControlled, wake
+from gateway.dataplane.errors import ClientBodyInvalid, ClientTimeout
+from gateway.dataplane.flow import FlowControlled, wake
 
 _HIGH_WATER = 256 * 1024
 _REASONS = {s.value: s.phrase for s in http.HTTPStatus}

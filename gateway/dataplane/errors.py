@@ -16,7 +16,7 @@
         ├── ClientBodyInvalid         400  error.type=invalid_body (malformed chunked framing)
         └── ClientTimeout             408  error.type=client_timeout (the body stalled)
 
-The upstream client (``gateway.upstream``) raises these types itself;
+The upstream client (``gateway.dataplane.upstream``) raises these types itself;
 ``translate`` maps what can still escape it (timeouts, OS-level connection
 errors, TLS errors) onto them. The ``error.type`` value goes to the access log
 and the span.
@@ -25,11 +25,14 @@ and the span.
 from __future__ import annotations
 
 import ssl
+from typing import ClassVar
 
 
 class GatewayError(Exception):
-    status = 500
-    error_type = "gateway_error"
+    # Class attributes of the type (ClassVar: compiled, a plain assignment would be an
+    # instance attribute that a subclass's instances do not get).
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "gateway_error"
 
 
 class UpstreamError(GatewayError):
@@ -37,53 +40,53 @@ class UpstreamError(GatewayError):
 
 
 class UpstreamPoolExhausted(GatewayError):
-    status = 503
-    error_type = "upstream_pool_exhausted"
+    status: ClassVar[int] = 503
+    error_type: ClassVar[str] = "upstream_pool_exhausted"
 
 
 class UpstreamTimeout(UpstreamError):
-    status = 504
-    error_type = "upstream_timeout"
+    status: ClassVar[int] = 504
+    error_type: ClassVar[str] = "upstream_timeout"
 
 
 class UpstreamUnavailable(UpstreamError):
-    status = 502
-    error_type = "upstream_unavailable"
+    status: ClassVar[int] = 502
+    error_type: ClassVar[str] = "upstream_unavailable"
 
 
 class UpstreamConnectError(UpstreamUnavailable):
-    error_type = "upstream_connect_error"
+    error_type: ClassVar[str] = "upstream_connect_error"
 
 
 class UpstreamReset(UpstreamUnavailable):
-    error_type = "upstream_reset"
+    error_type: ClassVar[str] = "upstream_reset"
 
 
 class UpstreamTlsError(UpstreamUnavailable):
-    error_type = "upstream_tls_error"
+    error_type: ClassVar[str] = "upstream_tls_error"
 
 
 class UpstreamProtocolError(UpstreamUnavailable):
-    error_type = "upstream_protocol_error"
+    error_type: ClassVar[str] = "upstream_protocol_error"
 
 
 class ClientError(GatewayError):
-    status = 400
-    error_type = "bad_request"
+    status: ClassVar[int] = 400
+    error_type: ClassVar[str] = "bad_request"
 
 
 class ClientGone(ClientError):
-    status = 499
-    error_type = "client_disconnect"
+    status: ClassVar[int] = 499
+    error_type: ClassVar[str] = "client_disconnect"
 
 
 class ClientBodyInvalid(ClientError):
-    error_type = "invalid_body"
+    error_type: ClassVar[str] = "invalid_body"
 
 
 class ClientTimeout(ClientError):
-    status = 408
-    error_type = "client_timeout"
+    status: ClassVar[int] = 408
+    error_type: ClassVar[str] = "client_timeout"
 
 
 def translate(exc: BaseException) -> GatewayError:

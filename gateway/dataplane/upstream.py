@@ -23,7 +23,7 @@ keeps HTTP/1.1's rules:
   body whose reused connection died before any byte of a response came back
   (the upstream closed it as the request went out).
 
-Failures are raised as the gateway's own error types (``gateway.errors``).
+Failures are raised as the gateway's own error types (``gateway.dataplane.errors``).
 """
 
 from __future__ import annotations
@@ -40,9 +40,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from gateway.bundle import base_literals
-from gateway.config import UpstreamConfig
-from gateway.errors import (
+from gateway.dataplane.bundle import base_literals
+from gateway.dataplane.errors import (
     ClientError,
     ClientGone,
     ClientTimeout,
@@ -54,7 +53,8 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamTlsError,
 )
-from gateway.flow import FlowControlled, wake
+from gateway.dataplane.flow import FlowControlled, wake
+from gateway.dataplane.settings import UpstreamSettings
 
 log = logging.getLogger("vitalgate.upstream")
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -494,7 +494,7 @@ TICK_S = 0.05
 
 class Upstream:
     def __init__(
-        self, name: str, cfg: UpstreamConfig, ca_file: str | None, max_header_size: int = 65536
+        self, name: str, cfg: UpstreamSettings, ca_file: str | None, max_header_size: int = 65536
     ) -> None:
         self.name = name
         self.max_header_size = max_header_size

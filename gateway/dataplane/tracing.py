@@ -35,9 +35,9 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.config import TimeoutConfig, TracesConfig, UpstreamConfig
-from gateway.errors import GatewayError, UpstreamReset
-from gateway.upstream import Upstream
+from gateway.dataplane.errors import GatewayError, UpstreamReset
+from gateway.dataplane.settings import Timeouts, TraceSettings, UpstreamSettings
+from gateway.dataplane.upstream import Upstream
 
 SERVER = 2  # OTLP Span.SpanKind
 CLIENT = 3
@@ -350,11 +350,8 @@ class LoopExporter:
         origin = f"{parts.scheme}://{parts.netloc}"
         self._client = Upstream(
             "otlp",
-            UpstreamConfig(
-                url=origin,
-                max_connections=2,
-                timeout=TimeoutConfig.model_validate({"connect": f"{timeout_s}s", "total": f"{timeout_s}s"}),
-            ),
+            # Waiting longer than the export timeout for one of its two connections is no use.
+            UpstreamSettings(origin, Timeouts(timeout_s, None, timeout_s, timeout_s), None, 2, "upstream"),
             None,
         )
         # Spans are encoded when they end and wait as bytes: no span object outlives its
@@ -435,7 +432,7 @@ def _version() -> str:
 class Tracing:
     """The tracer the proxy uses, and the processor that owns export."""
 
-    def __init__(self, cfg: TracesConfig, on_drop: Callable[[int], None], instance: str = "") -> None:
+    def __init__(self, cfg: TraceSettings, on_drop: Callable[[int], None], instance: str = "") -> None:
         self.enabled = cfg.otlp_endpoint is not None
         self.processor: LoopExporter | None = None
         if cfg.otlp_endpoint is not None:

@@ -1,6 +1,6 @@
 """``contains(data, needle)``: a byte search over response bodies.
 
-The C extension ``gateway._memscan`` (built with the compiled request path) searches with
+The C extension ``gateway.dataplane._memscan`` (built with the compiled request path) searches with
 glibc's ``memmem``, several times faster than ``needle in data`` on FHIR JSON; without it (a
 pure-Python install) the same question is answered by ``in``.
 """
@@ -13,7 +13,7 @@ def _contains(data: bytes, needle: bytes, /) -> bool:
 
 
 try:
-    from gateway._memscan import contains
+    from gateway.dataplane._memscan import contains
 except ModuleNotFoundError:  # VITALGATE_PURE_PYTHON=1: nothing was compiled
     contains = _contains
 

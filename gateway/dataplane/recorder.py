@@ -20,6 +20,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from gateway.dataplane.outcome import Outcome
 from slo.spec import ENTRY_ROUTE_PREFIX, Slo
 from slo.store import SeriesKey, Store, StoreLock, StoreWriter, catch_up
 
@@ -65,25 +66,27 @@ class Recorder:
         self._error: BaseException | None = None
         self.flushes = 0
 
-    def record_entries(
-        self, facility: str, service: str, route: str, method: str, status: int, start_s: float, n: int
+    def entries(
+        self, facility: str, service: str, method: str, route: str, status: int | None, start_s: float, n: int
     ) -> None:
         """Count ``n`` batch entries with one outcome, as their own series (``entry {route}``),
-        for SLOs that count batch entries (``bundle_entries``)."""
-        key = (facility, service, ENTRY_ROUTE_PREFIX + route, method, status)
+        for SLOs that count batch entries (``bundle_entries``); an entry sink."""
+        # An entry without a readable status is the server's protocol error: bad, as 502.
+        key = (facility, service, ENTRY_ROUTE_PREFIX + route, method, status if status is not None else 502)
         k = (key, int(start_s) - int(start_s) % 60)
         counts = self._acc.get(k)
         if counts is None:
             counts = self._acc[k] = [0] * self._cols
         counts[0] += n
 
-    def record(self, key: SeriesKey, start_s: float, duration_s: float) -> None:
-        """Count one request (hot path)."""
-        k = (key, int(start_s) - int(start_s) % 60)
+    def request(self, outcome: Outcome) -> None:
+        """Count one request under its (budgeted) label set: a request sink."""
+        start_s = int(outcome.started)
+        k = (outcome.key, start_s - start_s % 60)
         counts = self._acc.get(k)
         if counts is None:
             counts = self._acc[k] = [0] * self._cols
-        counts[bisect_left(self._bounds, duration_s)] += 1
+        counts[bisect_left(self._bounds, outcome.duration_s)] += 1
 
     def start(self) -> None:
         """Open the store (in the writer thread) and start flushing; raises if it cannot open."""

@@ -2,9 +2,9 @@
 
 Per request the gateway resolves a route template and a facility (both
 bounded), opens a SERVER span and a CLIENT child span, forwards the request
-with its body streamed, streams the response back, and then records one
-histogram observation, one access log line and the spans. Nothing here waits
-on telemetry.
+with its body streamed, streams the response back, and then hands one
+``Outcome`` to each sink it was assembled with (``Outputs``). Nothing here
+waits on telemetry.
 """
 
 from __future__ import annotations
@@ -13,21 +13,21 @@ import asyncio
 import contextlib
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.accesslog import AccessLog
-from gateway.bundle import inspect, is_fhir_json, request_entries, status_class
-from gateway.errors import ClientError, ClientGone, GatewayError, translate
-from gateway.facility import FacilityResolver
-from gateway.httpserver import Headers, Request
-from gateway.memscan import contains
-from gateway.metrics import GatewayMetrics
-from gateway.query import redact_query
-from gateway.recorder import Recorder
-from gateway.routes import Match, Router, normalize_path
-from gateway.tracing import AnySpan, Span, Tracing, format_traceparent, parse_traceparent
-from gateway.upstream import Upstream, UpstreamResponse
+from gateway.dataplane.bundle import inspect, is_fhir_json, request_entries, status_class
+from gateway.dataplane.errors import ClientError, ClientGone, GatewayError, translate
+from gateway.dataplane.facility import FacilityResolver
+from gateway.dataplane.httpserver import Headers, Request
+from gateway.dataplane.memscan import contains
+from gateway.dataplane.metrics import Gauges, LabelBudget, ProxyCounters
+from gateway.dataplane.outcome import EntrySink, Outcome, RequestSink
+from gateway.dataplane.query import redact_query
+from gateway.dataplane.routes import Match, Router, normalize_path
+from gateway.dataplane.tracing import AnySpan, Span, Tracer, format_traceparent, parse_traceparent
+from gateway.dataplane.upstream import Upstream, UpstreamResponse
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 HOP_BY_HOP = frozenset(
@@ -123,6 +123,21 @@ class _Hop:
         """The five headers (four without a Host) written out, for ``Upstream.send``."""
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """Where the proxy's observations go, chosen once by the composition root."""
+
+    tracer: Tracer
+    budget: LabelBudget
+    """The request histogram's label sets (``Outcome.key``)."""
+    active: Gauges
+    counters: ProxyCounters
+    sinks: tuple[RequestSink, ...]
+    """Each finished request, in this order (the span sink first: its end time is closest)."""
+    entry_sinks: tuple[EntrySink, ...]
+    """The entries of each FHIR batch or transaction."""
+
+
 class Proxy:
     """The handler of every request on the proxy listener (``HttpServer``): route, attribute,
     forward, and record it."""
@@ -132,25 +147,24 @@ class Proxy:
         router: Router,
         facilities: FacilityResolver,
         upstreams: dict[str, Upstream],
-        metrics: GatewayMetrics,
-        access_log: AccessLog,
-        tracing: Tracing,
+        outputs: Outputs,
         scheme: str,
         server_port: int,
-        recorder: Recorder | None = None,
     ) -> None:
         self.router = router
         self.facilities = facilities
         self.upstreams = upstreams
-        self.metrics = metrics
-        self.access_log = access_log
-        self.tracer = tracing.tracer
+        self.tracer = outputs.tracer
+        self._budget = outputs.budget
+        self._active = outputs.active
+        self.counters = outputs.counters
+        self._sinks = outputs.sinks
+        self._entry_sinks = outputs.entry_sinks
         self.scheme = scheme
         self.server_port = server_port
         self._port_str = str(server_port)
         self.default_host = f"127.0.0.1:{server_port}"
         """The gateway's own authority, for a client that sent no Host (HTTP/1.0)."""
-        self.recorder = recorder
         self._hops: dict[tuple[str, str | None, str], _Hop] = {}
         self._copyable: dict[str, bool] = {}
         self.in_flight = 0
@@ -208,7 +222,7 @@ class Proxy:
             if method == "_OTHER":
                 attrs["http.request.method_original"] = request.method[:16]
             span.set_attributes(attrs)
-        active = self.metrics.active_child(facility, service)
+        active = self._active.child(facility, service)
         active.inc()
         status = 500
         error_type: str | None = None
@@ -255,40 +269,14 @@ class Proxy:
         error_type: str | None,
         upstream_ms: float | None,
     ) -> None:
-        """A finished request into the metrics, the store, its span and the access log."""
+        """A finished request, as one outcome, into every sink."""
         duration_s = time.perf_counter() - t0
-        ctx = span.get_span_context()
-        child, key = self.metrics.request_child(facility, service, route, method, status)
-        if self.recorder is not None:
-            self.recorder.record(key, started, duration_s)
-        if ctx.sampled and self.metrics.exemplar_due(key, t0):
-            child.observe(duration_s, {"trace_id": ctx.trace_hex()})
-        else:
-            child.observe(duration_s)
-        if span.is_recording():
-            span.set_attribute("http.response.status_code", status)
-            if error_type is not None:
-                span.set_attribute("error.type", error_type)
-            if status >= 500:
-                span.set_error()
-            span.end()
-        log = self.access_log
-        log.request(
-            log.format(
-                started,
-                ctx.trace_hex(),
-                ctx.span_hex(),
-                ctx.flags_hex(),
-                facility,
-                service,
-                route or None,
-                method,
-                status,
-                duration_s * 1000,
-                upstream_ms,
-                error_type,
-            )
+        key = self._budget.key(facility, service, route, method, status)
+        outcome = Outcome(
+            started, duration_s, facility, service, route, method, status, error_type, upstream_ms, key, span
         )
+        for sink in self._sinks:
+            sink.request(outcome)
 
     def rejected(self, status: int, error_type: str, headers: Headers, target: str, peer: str | None) -> None:
         """A request the HTTP parser refused (400, 408, 431, 501): never handled, still seen,
@@ -409,7 +397,7 @@ class Proxy:
                 upstream_status = upstream_status_ = upstream_response.status
                 out, length, ctype, urls = self._response_headers(upstream_response, upstream, external)
                 if urls and self._header_leak(out, upstream):
-                    self.metrics.url_leak(facility, match.service, "header")
+                    self.counters.url_leak(facility, match.service, "header")
                 reason = upstream_response.reason or None
                 inspect_max = match.inspect_max if is_fhir_json(ctype) else 0
                 leak = upstream.leak_needles
@@ -427,11 +415,11 @@ class Proxy:
                             data = self._inspect(data, match, facility, upstream, external, tee, server_span)
                             leaked = _leaks(data, leak)
                         if leaked:
-                            self.metrics.url_leak(facility, match.service, "body")
+                            self.counters.url_leak(facility, match.service, "body")
                         await request.respond(upstream_status_, out, data, reason, length)
                     else:
                         if inspect_max:
-                            self.metrics.uninspected(match.service, "too_large")
+                            self.counters.uninspected(match.service, "too_large")
                         request.start(upstream_status_, out, length, reason)
                         leaked = False
                         tail = b""
@@ -445,7 +433,7 @@ class Proxy:
                             await request.write(chunk)
                         await request.write_eof()
                         if leaked:
-                            self.metrics.url_leak(facility, match.service, "body")
+                            self.counters.url_leak(facility, match.service, "body")
                 except ConnectionError as exc:
                     raise ClientGone("client went away") from exc
             finally:
@@ -508,7 +496,7 @@ class Proxy:
         requested = request_entries(tee.data) if tee is not None and not tee.overflow else None
         if requested is None or len(requested) != len(statuses):
             if tee is not None and tee.overflow:
-                self.metrics.uninspected(match.service, "request_too_large")
+                self.counters.uninspected(match.service, "request_too_large")
             requested = [("_OTHER", "")] * len(statuses)
         counts: dict[tuple[str, str, int | None], int] = {}
         by_class: dict[str, int] = {}
@@ -519,13 +507,8 @@ class Proxy:
             by_class[cls] = by_class.get(cls, 0) + 1
         now = time.time()
         for (entry_method, entry_route, status), n in counts.items():
-            self.metrics.bundle_entries(
-                facility, match.service, entry_method, entry_route, status_class(status), n
-            )
-            if self.recorder is not None:
-                # An entry without a readable status is the server's protocol error: bad, as 502.
-                code = status if status is not None else 502
-                self.recorder.record_entries(facility, match.service, entry_route, entry_method, code, now, n)
+            for sink in self._entry_sinks:
+                sink.entries(facility, match.service, entry_method, entry_route, status, now, n)
         if server_span.is_recording():
             server_span.set_attributes({f"vitalgate.bundle.entries.{c}": n for c, n in by_class.items()})
 

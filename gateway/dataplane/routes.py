@@ -9,8 +9,10 @@ templates); anything else under a prefix folds into one value per route
 
 from __future__ import annotations
 
-from gateway.config import RouteConfig
-from gateway.fhir import OPERATIONS, RESOURCE_TYPES
+from collections.abc import Sequence
+
+from gateway.dataplane.fhir import OPERATIONS, RESOURCE_TYPES
+from gateway.dataplane.settings import RouteSettings
 
 FACILITY_PLACEHOLDER = "{facility}"
 
@@ -84,7 +86,7 @@ class Match:
 class _Templates:
     """Declared templates such as ``/scheduling/appointments/{id}``, matched by segment."""
 
-    def __init__(self, templates: list[str]) -> None:
+    def __init__(self, templates: Sequence[str]) -> None:
         self._by_len: dict[int, list[tuple[str, tuple[str | None, ...]]]] = {}
         for t in templates:
             parts = tuple(
@@ -102,7 +104,7 @@ class _Templates:
 class Route:
     """One configured route: a prefix, its upstream, and how it names paths."""
 
-    def __init__(self, cfg: RouteConfig, facility_segment: int | None = None) -> None:
+    def __init__(self, cfg: RouteSettings, facility_segment: int | None = None) -> None:
         self.prefix = cfg.prefix
         self.upstream = cfg.upstream
         self.service = cfg.upstream
@@ -201,7 +203,7 @@ class Route:
 class Router:
     """Longest-prefix route matching; built once from config."""
 
-    def __init__(self, routes: list[RouteConfig], facility_segment: int | None = None) -> None:
+    def __init__(self, routes: Sequence[RouteSettings], facility_segment: int | None = None) -> None:
         self._routes = sorted((Route(r, facility_segment) for r in routes), key=lambda r: -len(r.prefix))
 
     def match(self, path: str) -> Match | None:

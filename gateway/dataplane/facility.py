@@ -14,7 +14,7 @@ import binascii
 import json
 from typing import Protocol
 
-from gateway.config import FacilitiesConfig
+from gateway.dataplane.settings import FacilitySettings
 
 UNKNOWN = "unknown"
 
@@ -51,11 +51,11 @@ def jwt_claim(authorization: str | None, claim: str) -> str | None:
 class FacilityResolver:
     """Built once from config; ``resolve`` is called per request."""
 
-    def __init__(self, cfg: FacilitiesConfig) -> None:
+    def __init__(self, cfg: FacilitySettings) -> None:
         self._known = frozenset(cfg.known)
         # Case-insensitive headers; ids compared lower-cased so "St-Marys" still attributes.
-        self._sources = [(s.header, s.path_segment, s.jwt_claim) for s in cfg.from_]
-        self.path_segment = next((s.path_segment for s in cfg.from_ if s.path_segment is not None), None)
+        self._sources = [(s.header, s.path_segment, s.jwt_claim) for s in cfg.sources]
+        self.path_segment = next((s.path_segment for s in cfg.sources if s.path_segment is not None), None)
 
     @property
     def known(self) -> frozenset[str]:

@@ -5,7 +5,7 @@
  * bytes search examines most bytes of a JSON body for a needle such as "fhir.internal:8081"
  * (its skip filter keys on the low 6 bits of a byte, where digits share bits with common
  * letters); memmem skips ahead by most of the needle's length, three to four times faster on
- * FHIR JSON (README, Benchmarks). gateway/memscan.py falls back to `needle in data` when this
+ * FHIR JSON (README, Benchmarks). gateway/dataplane/memscan.py falls back to `needle in data` when this
  * extension is not built (VITALGATE_PURE_PYTHON=1): same answers.
  */
 #define _GNU_SOURCE
@@ -38,7 +38,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "gateway._memscan", "Byte search by memmem.", 0, methods,
+    PyModuleDef_HEAD_INIT, "gateway.dataplane._memscan", "Byte search by memmem.", 0, methods,
     NULL, NULL, NULL, NULL,
 };
 

@@ -1,0 +1,94 @@
+"""How a request ends: one ``Outcome`` record, handed to each sink the gateway was assembled
+with (histogram, access log, store recorder, spans; an audit trail would be one more).
+
+The sinks are chosen once, by the composition root (``gateway/server.py``): in one process
+the histogram is the gateway's own, with ``--workers`` prometheus_client's multiprocess one;
+without a store there is no recorder sink at all. The request path calls each in turn and
+knows nothing else about them.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gateway.dataplane.tracing import AnySpan, SpanContext
+
+RequestKey = tuple[str, str, str, str, int]
+"""facility, service, route, method, status: one label set of the request histogram."""
+
+
+class Outcome:
+    """One finished request (or one the HTTP parser refused), as every sink sees it."""
+
+    __slots__ = (
+        "context",
+        "duration_s",
+        "error_type",
+        "facility",
+        "key",
+        "method",
+        "route",
+        "service",
+        "span",
+        "started",
+        "status",
+        "upstream_ms",
+    )
+
+    def __init__(
+        self,
+        started: float,
+        duration_s: float,
+        facility: str,
+        service: str,
+        route: str,
+        method: str,
+        status: int,
+        error_type: str | None,
+        upstream_ms: float | None,
+        key: RequestKey,
+        span: AnySpan,
+    ) -> None:
+        self.started = started
+        """Wall-clock start, seconds since the epoch."""
+        self.duration_s = duration_s
+        self.facility = facility
+        self.service = service
+        self.route = route
+        """The route template; "" when no route matched."""
+        self.method = method
+        self.status = status
+        self.error_type = error_type
+        self.upstream_ms = upstream_ms
+        self.key = key
+        """The label set after the cardinality budget (its route may be folded to ``other``):
+        what bounded stores (the histogram, the embedded store) count under."""
+        self.span = span
+        self.context: SpanContext = span.get_span_context()
+
+
+class RequestSink(Protocol):
+    def request(self, outcome: Outcome) -> None:
+        """Take one finished request. Runs on the event loop for every request: never block."""
+
+
+class EntrySink(Protocol):
+    def entries(
+        self, facility: str, service: str, method: str, route: str, status: int | None, start_s: float, n: int
+    ) -> None:
+        """Take ``n`` entries of a FHIR batch or transaction with one outcome (``status`` None:
+        the entry had no readable status)."""
+
+
+class SpanSink:
+    """Ends the request's server span with its status and error type."""
+
+    def request(self, outcome: Outcome) -> None:
+        span = outcome.span
+        if span.is_recording():
+            span.set_attribute("http.response.status_code", outcome.status)
+            if outcome.error_type is not None:
+                span.set_attribute("error.type", outcome.error_type)
+            if outcome.status >= 500:
+                span.set_error()
+            span.end()

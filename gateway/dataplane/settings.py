@@ -1,0 +1,61 @@
+"""What the data plane is told: plain frozen values, built once by the composition root.
+
+The data plane reads these, never the config schema (``gateway/config.py``, pydantic): the
+compiled request path has no validation library in it, and a newcomer reads here exactly
+what the request path depends on. No defaults: those live once, in the config schema.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float
+    read: float | None
+    total: float
+    pool: float
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    url: str
+    timeout: Timeouts
+    ca_file: str | None
+    max_connections: int
+    host: Literal["client", "upstream"]
+
+
+@dataclass(frozen=True)
+class RouteSettings:
+    prefix: str
+    upstream: str
+    kind: Literal["fhir", "generic"]
+    templates: tuple[str, ...]
+    operations: tuple[str, ...]
+    query_parameters: tuple[str, ...]
+    rewrite_max_bytes: int
+
+
+@dataclass(frozen=True)
+class FacilitySource:
+    header: str | None
+    path_segment: int | None
+    jwt_claim: str | None
+
+
+@dataclass(frozen=True)
+class FacilitySettings:
+    sources: tuple[FacilitySource, ...]
+    known: frozenset[str]
+
+
+@dataclass(frozen=True)
+class TraceSettings:
+    otlp_endpoint: str | None
+    sample_ratio: float
+    service_name: str
+    queue_size: int
+    export_timeout: float

@@ -1,0 +1,226 @@
+"""The gateway's Prometheus metrics, named after the OpenTelemetry HTTP conventions: the
+registry's counters, the exposition of the data plane's own histogram and gauge, and, with
+``--workers``, prometheus_client's multiprocess objects behind the data plane's protocols.
+
+Which of the two request-histogram sinks a process uses is decided here, once, when the
+gateway is assembled (``request_metrics``), as prometheus_client picks its value class once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import cast
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
+from prometheus_client.utils import floatToGoString
+
+from gateway.dataplane.bundle import status_class
+from gateway.dataplane.metrics import (
+    ExemplarClock,
+    Gauges,
+    LocalGauges,
+    LocalHistograms,
+    duration_buckets_s,
+)
+from gateway.dataplane.metrics import Gauge as GaugeChild
+from gateway.dataplane.outcome import Outcome, RequestKey, RequestSink
+
+LABELS = ("facility", "service", "http_route", "http_request_method", "http_response_status_code")
+SIGNALS = ("log", "span", "store")
+DURATION = "http_server_request_duration_seconds"
+DURATION_HELP = "Duration of HTTP server requests through the gateway."
+ACTIVE = "http_server_active_requests"
+ACTIVE_HELP = "Number of active HTTP server requests."
+ACTIVE_LABELS = ("facility", "service")
+
+
+class LocalCollector:
+    """Exposes the data plane's own histogram and gauge with prometheus_client's sample layout."""
+
+    def __init__(self, histograms: LocalHistograms, gauges: LocalGauges) -> None:
+        self._le = [floatToGoString(b) for b in histograms.bounds]  # type: ignore[no-untyped-call]
+        self._histograms = histograms
+        self._gauges = gauges
+
+    def collect(self) -> Iterator[Metric]:
+        h = Metric(DURATION, DURATION_HELP, "histogram")
+        for key, child in list(self._histograms.children.items()):
+            labels = dict(zip(LABELS, (*key[:4], str(key[4])), strict=True))
+            counts = list(child.counts)  # one consistent copy
+            total = 0
+            for le, n, exemplar in zip(self._le, counts, child.exemplars, strict=True):
+                total += n
+                ex = Exemplar({"trace_id": exemplar[0]}, exemplar[1], exemplar[2]) if exemplar else None
+                h.add_sample(f"{DURATION}_bucket", {**labels, "le": le}, float(total), None, ex)
+            h.add_sample(f"{DURATION}_count", labels, float(total))
+            h.add_sample(f"{DURATION}_sum", labels, child.sum)
+            h.add_sample(f"{DURATION}_created", labels, child.created)
+        yield h
+        g = Metric(ACTIVE, ACTIVE_HELP, "gauge")
+        for (facility, service), gauge in list(self._gauges.children.items()):
+            g.add_sample(ACTIVE, {"facility": facility, "service": service}, float(gauge.value))
+        yield g
+
+
+class SharedHistograms:
+    """The request histogram in prometheus_client's multiprocess files (``--workers``)."""
+
+    def __init__(self, registry: CollectorRegistry, buckets_s: tuple[float, ...]) -> None:
+        self._metric = Histogram(DURATION, DURATION_HELP, LABELS, buckets=buckets_s, registry=registry)
+        self._children: dict[RequestKey, Histogram] = {}
+        self._exemplars = ExemplarClock()
+
+    def request(self, outcome: Outcome) -> None:
+        key = outcome.key
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._metric.labels(key[0], key[1], key[2], key[3], str(key[4]))
+        if self._exemplars.due(outcome):
+            child.observe(outcome.duration_s, {"trace_id": outcome.context.trace_hex()})
+        else:
+            child.observe(outcome.duration_s)
+
+
+class SharedGauges:
+    """Active requests summed over live workers."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._metric = Gauge(
+            ACTIVE, ACTIVE_HELP, ACTIVE_LABELS, registry=registry, multiprocess_mode="livesum"
+        )
+        self._children: dict[tuple[str, str], Gauge] = {}
+
+    def child(self, facility: str, service: str) -> GaugeChild:
+        key = (facility, service)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = self._metric.labels(facility, service)
+        return found
+
+
+@dataclass(frozen=True)
+class RequestMetrics:
+    histogram: RequestSink
+    active: Gauges
+
+
+def request_metrics(
+    registry: CollectorRegistry, buckets_s: tuple[float, ...], multiprocess: bool
+) -> RequestMetrics:
+    """The request histogram and active gauge for this process: the data plane's own (one
+    process) or prometheus_client's multiprocess ones (workers)."""
+    if multiprocess:
+        return RequestMetrics(SharedHistograms(registry, buckets_s), SharedGauges(registry))
+    histograms, gauges = LocalHistograms(buckets_s), LocalGauges()
+    registry.register(cast(Collector, LocalCollector(histograms, gauges)))
+    return RequestMetrics(histograms, gauges)
+
+
+class GatewayMetrics:
+    """Every other metric of the gateway (counters and the facility info gauges); the proxy's
+    ``ProxyCounters`` and, for bundle entries, an entry sink."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        thresholds_s: list[float],
+        facilities: dict[str, str] | None = None,
+        slas: dict[str, float] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.buckets_s = duration_buckets_s(thresholds_s)
+        self._dropped = Counter(
+            "vitalgate_telemetry_dropped",
+            "Telemetry items dropped because a queue was full or an exporter failed.",
+            ("signal",),
+            registry=registry,
+        )
+        self._overflow = Counter(
+            "vitalgate_cardinality_overflow",
+            "Label sets folded into route 'other' because the cardinality budget was spent.",
+            ("metric",),
+            registry=registry,
+        )
+        self.dropped = {s: self._dropped.labels(s) for s in SIGNALS}
+        info = Gauge(
+            "vitalgate_facility_info",
+            "Configured facilities (1 each): the display name for dashboards and alerts.",
+            ("facility", "facility_name"),
+            registry=registry,
+            multiprocess_mode="max",  # with --workers: 1, not one per process
+        )
+        for fid, name in (facilities or {}).items():
+            info.labels(fid, name).set(1)
+        sla = Gauge(
+            "vitalgate_facility_sla_ratio",
+            "Contractual availability per facility (0..1), for dashboards beside the SLO objective.",
+            ("facility",),
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        for fid, value in (slas or {}).items():
+            sla.labels(fid).set(value)
+        self._overflow_duration = self._overflow.labels(DURATION)
+        self._entries = Counter(
+            "vitalgate_fhir_bundle_entries",
+            "Entries of FHIR batch and transaction responses, by the entry's method, route "
+            "template and status class (a batch answers 200 while its entries may fail).",
+            ("facility", "service", "http_request_method", "http_route", "status_class"),
+            registry=registry,
+        )
+        self._leaks = Counter(
+            "vitalgate_upstream_url_leak",
+            "Responses passed on that still name the upstream's own address (a client following "
+            "it would bypass the gateway), by where the address was found.",
+            ("facility", "service", "where"),
+            registry=registry,
+        )
+        self._store_errors = Counter(
+            "vitalgate_store_errors",
+            "Embedded-store operations that failed (operation: write, retried until it succeeds; "
+            "compaction, retention not applied).",
+            ("operation",),
+            registry=registry,
+        )
+        self._refused = Counter(
+            "vitalgate_client_connections_refused",
+            "Client connections closed at once with 503 because the gateway held "
+            "limits.max_client_connections already.",
+            registry=registry,
+        )
+        self._uninspected = Counter(
+            "vitalgate_fhir_responses_uninspected",
+            "FHIR JSON responses that could not be inspected for URLs and batch entries.",
+            ("service", "reason"),
+            registry=registry,
+        )
+
+    def entries(
+        self, facility: str, service: str, method: str, route: str, status: int | None, start_s: float, n: int
+    ) -> None:
+        self._entries.labels(facility, service, method, route, status_class(status)).inc(n)
+
+    def folded(self) -> None:
+        """A request's label set was folded by the cardinality budget."""
+        self._overflow_duration.inc()
+
+    def store_error(self, operation: str) -> None:
+        """A store write or compaction failed (thread-safe: the store's writer thread calls it)."""
+        self._store_errors.labels(operation).inc()
+
+    def connections_refused(self) -> None:
+        self._refused.inc()
+
+    def url_leak(self, facility: str, service: str, where: str) -> None:
+        self._leaks.labels(facility, service, where).inc()
+
+    def uninspected(self, service: str, reason: str) -> None:
+        self._uninspected.labels(service, reason).inc()
+
+    def drop(self, signal: str, n: int = 1) -> None:
+        """Count ``n`` lost telemetry items; thread-safe (exporters call it)."""
+        self.dropped[signal].inc(n)
