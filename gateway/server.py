@@ -11,10 +11,8 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import resource
 import signal
-import socket
 import sqlite3
 import ssl
 import sys
@@ -36,18 +34,12 @@ from gateway.admin_auth import (
     refuse_facility,
 )
 from gateway.admin_http import AdminRunner
+from gateway.assembly import DataPlane
 from gateway.config import Config, split_listen
 from gateway.dataplane.accesslog import AccessLog
-from gateway.dataplane.facility import FacilityResolver
 from gateway.dataplane.httpserver import HttpServer
-from gateway.dataplane.metrics import LabelBudget
-from gateway.dataplane.outcome import EntrySink, RequestSink, SpanSink
-from gateway.dataplane.proxy import Outputs, Proxy
-from gateway.dataplane.recorder import Recorder
-from gateway.dataplane.routes import Router
-from gateway.dataplane.tracing import Tracing
-from gateway.dataplane.upstream import Upstream
-from gateway.exposition import GatewayMetrics, request_metrics
+from gateway.dataplane.proxy import Proxy
+from gateway.exposition import GatewayMetrics
 from gateway.roles import Role, mark_ready
 from slo.embedded import EmbeddedBackend
 from slo.spec import ALL_FACILITIES, latency_thresholds_s
@@ -84,71 +76,21 @@ class Gateway:
             {fid: f.name for fid, f in cfg.facilities.known.items()},
             {fid: f.sla / 100.0 for fid, f in cfg.facilities.known.items() if f.sla is not None},
         )
-        self.request_metrics = request_metrics(self.registry, self.metrics.buckets_s, role.kind != "single")
         log_path = cfg.telemetry.access_log.path
         self.access_log = AccessLog(
             log_path if log_path == "-" else config.resolve(log_path),
             cfg.telemetry.access_log.queue_size,
             lambda n: self.metrics.drop("log", n),
         )
-        self.tracing = Tracing(
-            cfg.telemetry.traces.settings(),
-            lambda n: self.metrics.drop("span", n),
-            instance=_instance_id(role),
-        )
-        for service in cfg.upstreams:  # every service has series from start-up: silence is visible
-            self.request_metrics.active.child("unknown", service)
-        self.facilities = FacilityResolver(cfg.facilities.settings())
-        self.router = Router([r.settings() for r in cfg.routes], self.facilities.path_segment)
-        self.upstreams = {
-            name: Upstream(
-                name,
-                u.settings(),
-                str(config.resolve(u.ca_file)) if u.ca_file else None,
-                cfg.limits.max_upstream_header_size,
-            )
-            for name, u in cfg.upstreams.items()
-        }
-        store = cfg.telemetry.store
-        self.recorder: Recorder | None = None
-        if store.enabled:
-            self.recorder = Recorder(
-                config.resolve(store.path),
-                config.slos,
-                self.metrics.buckets_s,
-                lambda n: self.metrics.drop("store", n),
-                flush_interval_s=store.flush_interval,
-                minute_days=int(store.minute_retention // 86400),
-                hour_days=int(store.hour_retention // 86400),
-                shared=role.kind == "worker",
-                maintenance=role.index == 0,
-                on_error=self.metrics.store_error,
-            )
         host, port = split_listen(cfg.listen)
         if role.port is not None:
             port = role.port
         self._host, self._port = host, port
         self._admin_host, self._admin_port = split_listen(cfg.admin.listen)
-        # The sinks every request ends in, chosen once: spans first (their end time is the
-        # closest to the response), then the histogram, the store (when kept) and the log.
-        sinks: list[RequestSink] = [SpanSink()] if self.tracing.enabled else []
-        sinks.append(self.request_metrics.histogram)
-        entry_sinks: list[EntrySink] = [self.metrics]
-        if self.recorder is not None:
-            sinks.append(self.recorder)
-            entry_sinks.append(self.recorder)
-        sinks.append(self.access_log)
-        outputs = Outputs(
-            self.tracing.tracer,
-            LabelBudget(cfg.telemetry.metrics.max_label_sets, self.metrics.folded),
-            self.request_metrics.active,
-            self.metrics,
-            tuple(sinks),
-            tuple(entry_sinks),
-        )
-        self.proxy = Proxy(
-            self.router, self.facilities, self.upstreams, outputs, "https" if cfg.tls else "http", port
-        )
+        # A --workers supervisor proxies nothing: it builds no data plane.
+        self.dataplane: DataPlane | None = None
+        if role.kind != "supervisor":
+            self.dataplane = DataPlane(config, role, self.registry, self.metrics, self.access_log, port)
         self.draining = False
         self.ready = False
         self._refused_logged_at = -_REFUSED_LOG_EVERY_S
@@ -240,7 +182,7 @@ class Gateway:
         refused = refuse_facility(identity, facility, known) if facility is not None else None
         if refused is not None:
             return refused
-        if self.recorder is None:
+        if not self.config.gateway.telemetry.store.enabled:
             return web.json_response(
                 {"error": "the embedded store is disabled (telemetry.store.enabled)"}, status=503
             )
@@ -271,18 +213,19 @@ class Gateway:
             return web.json_response({"status": "ready"})
         return web.json_response({"status": "draining" if self.draining else "starting"}, status=503)
 
+    @property
+    def proxy(self) -> Proxy:
+        assert self.dataplane is not None, "a supervisor has no proxy"
+        return self.dataplane.proxy
+
     async def start(self) -> None:
-        if self.role.kind == "supervisor":
+        if self.dataplane is None:
             self.access_log.start()
             await self._start_admin()
             self.ready = False  # until every worker is up (gateway.workers)
             return
-        if self.recorder is not None:
-            self.recorder.start()
+        await self.dataplane.start()
         self.access_log.start()
-        await self.tracing.start()
-        for u in self.upstreams.values():
-            await u.start()
         limits = self.config.gateway.limits
         self._server = HttpServer(
             self.proxy.handle,
@@ -318,29 +261,20 @@ class Gateway:
         if self._server is not None:
             await self._server.stop_accepting()  # open connections finish their requests
         timeout_s = self.config.gateway.limits.shutdown_timeout
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.proxy.idle.wait(), timeout_s)
+        if self.dataplane is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proxy.idle.wait(), timeout_s)
         if self._server is not None:
             await self._server.close()
-        for u in self.upstreams.values():
-            await u.close()
+        if self.dataplane is not None:
+            await self.dataplane.close()
         loop = asyncio.get_running_loop()
-        if self.recorder is not None:
-            self.recorder.flush()
-            await loop.run_in_executor(None, self.recorder.close)
-        await self.tracing.shutdown()
         # The log's writer gets as long as requests did to finish (up to 10 s); what a stalled
         # output still holds then is counted as dropped.
         log_s = max(1.0, min(10.0, timeout_s))
         await loop.run_in_executor(None, self.access_log.close, log_s)
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
-
-
-def _instance_id(role: Role) -> str:
-    """OpenTelemetry's service.instance.id: this process among the gateway's processes."""
-    suffix = f"/worker-{role.index}" if role.kind == "worker" else ""
-    return f"{socket.gethostname()}:{os.getpid()}{suffix}"
 
 
 def _bound_port(runner: web.BaseRunner) -> int:

@@ -10,10 +10,6 @@ import json
 from html import escape
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display: render to memory
-import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -54,8 +50,14 @@ def _verdict(met: bool | None) -> str:
 def _png(fig: Figure) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _figure(width: float, height: float) -> tuple[Figure, Axes]:
+    """A figure of its own, outside pyplot: nothing process-wide (backend, figure list) is
+    touched, and it is freed with its last reference."""
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots()
 
 
 def _day_axis(ax: Axes, labels: list[str]) -> None:
@@ -69,7 +71,7 @@ def _charts(r: Report, s: SloReport) -> list[tuple[str, str]]:
     x = list(range(len(days)))
     avail = [100 * d.availability if d.availability is not None else float("nan") for d in s.days]
     out = []
-    fig, ax = plt.subplots(figsize=(6.4, 2.6))
+    fig, ax = _figure(6.4, 2.6)
     ax.plot(x, avail, marker="." if len(x) < 100 else None, color="#2461b3", label="daily availability")
     if s.sla is not None:
         ax.axhline(100 * s.sla, color="#b3261e", linestyle="--", label=f"SLA {100 * s.sla:g}%")
@@ -79,7 +81,7 @@ def _charts(r: Report, s: SloReport) -> list[tuple[str, str]]:
     ax.legend(fontsize=7, loc="lower left")
     _day_axis(ax, days)
     out.append(("Daily availability against the SLA", _png(fig)))
-    fig, ax = plt.subplots(figsize=(6.4, 2.6))
+    fig, ax = _figure(6.4, 2.6)
     ax.plot(x, [100 * c if c is not None else float("nan") for c in s.budget_curve], color="#7a4cc2")
     ax.axhline(0, color="#b3261e", linewidth=0.8)
     ax.set_title("Error budget left (burn-down across the period)")
@@ -88,7 +90,7 @@ def _charts(r: Report, s: SloReport) -> list[tuple[str, str]]:
     out.append(("Error budget burn-down", _png(fig)))
     weeks = r.latency_weeks.get(s.service, [])
     if weeks:
-        fig, ax = plt.subplots(figsize=(6.4, 2.6))
+        fig, ax = _figure(6.4, 2.6)
         labels = [w[0][5:] for w in weeks]
         for idx, (name, color) in enumerate((("p50", "#2e8b57"), ("p95", "#d98a00"), ("p99", "#b3261e"))):
             values = [w[idx + 1] for w in weeks]
@@ -100,7 +102,7 @@ def _charts(r: Report, s: SloReport) -> list[tuple[str, str]]:
         _day_axis(ax, labels)
         out.append(("Latency by week", _png(fig)))
     if s.previous:
-        fig, ax = plt.subplots(figsize=(6.4, 2.4))
+        fig, ax = _figure(6.4, 2.4)
         bars = [p for p, _ in reversed(s.previous)] + [r.period]
         avails = [a for _, a in reversed(s.previous)] + [s.availability]
         ax.bar(bars, [100 * v if v is not None else 0 for v in avails], color="#2461b3")

@@ -1,0 +1,118 @@
+"""The composition root of one proxy process's data plane: config in, the request path out.
+
+Everything the compiled request path (``gateway/dataplane/``) is given is decided here, once:
+its frozen settings, the upstream pools, the sinks each request's outcome goes to (spans when
+traces are exported, the request histogram of this process or of the workers' shared files,
+the store recorder when the store is kept, the access log). A ``--workers`` supervisor builds
+none of it: it proxies nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+from prometheus_client import CollectorRegistry
+
+from gateway.config import Config
+from gateway.dataplane.accesslog import AccessLog
+from gateway.dataplane.facility import FacilityResolver
+from gateway.dataplane.metrics import LabelBudget
+from gateway.dataplane.outcome import EntrySink, RequestSink, SpanSink
+from gateway.dataplane.proxy import Outputs, Proxy
+from gateway.dataplane.recorder import Recorder
+from gateway.dataplane.routes import Router
+from gateway.dataplane.tracing import Tracing
+from gateway.dataplane.upstream import Upstream
+from gateway.exposition import GatewayMetrics, request_metrics
+from gateway.roles import Role
+
+
+def instance_id(role: Role) -> str:
+    """OpenTelemetry's service.instance.id: this process among the gateway's processes."""
+    suffix = f"/worker-{role.index}" if role.kind == "worker" else ""
+    return f"{socket.gethostname()}:{os.getpid()}{suffix}"
+
+
+class DataPlane:
+    """The request path of one proxy process (one gateway, or one worker)."""
+
+    def __init__(
+        self,
+        config: Config,
+        role: Role,
+        registry: CollectorRegistry,
+        metrics: GatewayMetrics,
+        access_log: AccessLog,
+        port: int,
+    ) -> None:
+        cfg = config.gateway
+        self.request_metrics = request_metrics(registry, metrics.buckets_s, role.kind != "single")
+        self.tracing = Tracing(
+            cfg.telemetry.traces.settings(), lambda n: metrics.drop("span", n), instance=instance_id(role)
+        )
+        for service in cfg.upstreams:  # every service has series from start-up: silence is visible
+            self.request_metrics.active.child("unknown", service)
+        self.facilities = FacilityResolver(cfg.facilities.settings())
+        self.router = Router([r.settings() for r in cfg.routes], self.facilities.path_segment)
+        self.upstreams = {
+            name: Upstream(
+                name,
+                u.settings(),
+                str(config.resolve(u.ca_file)) if u.ca_file else None,
+                cfg.limits.max_upstream_header_size,
+            )
+            for name, u in cfg.upstreams.items()
+        }
+        store = cfg.telemetry.store
+        self.recorder: Recorder | None = None
+        if store.enabled:
+            self.recorder = Recorder(
+                config.resolve(store.path),
+                config.slos,
+                metrics.buckets_s,
+                lambda n: metrics.drop("store", n),
+                flush_interval_s=store.flush_interval,
+                minute_days=int(store.minute_retention // 86400),
+                hour_days=int(store.hour_retention // 86400),
+                shared=role.kind == "worker",
+                maintenance=role.index == 0,
+                on_error=metrics.store_error,
+            )
+        # Spans first (their end time is the closest to the response), then the histogram, the
+        # store (when kept) and the log.
+        sinks: list[RequestSink] = [SpanSink()] if self.tracing.enabled else []
+        sinks.append(self.request_metrics.histogram)
+        entry_sinks: list[EntrySink] = [metrics]
+        if self.recorder is not None:
+            sinks.append(self.recorder)
+            entry_sinks.append(self.recorder)
+        sinks.append(access_log)
+        outputs = Outputs(
+            self.tracing.tracer,
+            LabelBudget(cfg.telemetry.metrics.max_label_sets, metrics.folded),
+            self.request_metrics.active,
+            metrics,
+            tuple(sinks),
+            tuple(entry_sinks),
+        )
+        scheme = "https" if cfg.tls else "http"
+        self.proxy = Proxy(self.router, self.facilities, self.upstreams, outputs, scheme, port)
+
+    async def start(self) -> None:
+        """Open the store (raises if it cannot), start span export and the upstream pools."""
+        if self.recorder is not None:
+            self.recorder.start()
+        await self.tracing.start()
+        for u in self.upstreams.values():
+            await u.start()
+
+    async def close(self) -> None:
+        """After the last request: close the pools, flush the store, then the spans."""
+        for u in self.upstreams.values():
+            await u.close()
+        if self.recorder is not None:
+            self.recorder.flush()
+            await asyncio.get_running_loop().run_in_executor(None, self.recorder.close)
+        await self.tracing.shutdown()
