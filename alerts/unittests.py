@@ -23,11 +23,11 @@ PER_MIN = 600
 
 def _labels(slo: Slo, facility: str, status: int) -> dict[str, str]:
     return {
-        "facility": facility,
-        "service": slo.service,
-        "http_route": slo.routes[0] if slo.routes else "/fhir/Patient/{id}",
-        "http_request_method": slo.methods[0] if slo.methods else "GET",
-        "http_response_status_code": str(status),
+        names.FACILITY: facility,
+        names.SERVICE: slo.service,
+        names.ROUTE: slo.routes[0] if slo.routes else "/fhir/Patient/{id}",
+        names.METHOD: slo.methods[0] if slo.methods else "GET",
+        names.STATUS: str(status),
     }
 
 
@@ -101,7 +101,7 @@ def build_tests(slo: Slo, rules_file: str) -> dict[str, Any]:
         + [
             {
                 "series": _series(
-                    names.FACILITY_INFO, {"facility": "burning", "facility_name": "Burning General"}
+                    names.FACILITY_INFO, {names.FACILITY: "burning", names.FACILITY_NAME: "Burning General"}
                 ),
                 "values": f"1x{EVAL_MIN + 10}",
             }

@@ -38,6 +38,9 @@ TAGS = ["vitalgate", "slo"]
 RATE = "$__rate_interval"
 COUNT = f"{METRIC}_count"
 BUCKET = f"{METRIC}_bucket"
+ROUTE, STATUS = names.ROUTE, names.STATUS
+BY_ROUTE = f"{{{{{ROUTE}}}}}"
+"""The legend ``{{http_route}}``."""
 
 
 @dataclass(frozen=True)
@@ -397,7 +400,7 @@ def facility_dashboard(f: Facility, slos: Sequence[Slo], opts: DashboardOptions)
         .title("Requests/s by route")
         .datasource(DS)
         .unit("reqps")
-        .with_target(_q(f"sum by (http_route) (rate({COUNT}{{{sel}}}[{RATE}]))", "{{http_route}}"))
+        .with_target(_q(f"sum by ({ROUTE}) (rate({COUNT}{{{sel}}}[{RATE}]))", BY_ROUTE))
     )
     errors = (
         timeseries.Panel()
@@ -406,9 +409,9 @@ def facility_dashboard(f: Facility, slos: Sequence[Slo], opts: DashboardOptions)
         .unit("percentunit")
         .with_target(
             _q(
-                f'sum by (http_route) (rate({COUNT}{{{sel}, http_response_status_code=~"5.."}}[{RATE}]))'
-                f" / sum by (http_route) (rate({COUNT}{{{sel}}}[{RATE}]))",
-                "{{http_route}}",
+                f'sum by ({ROUTE}) (rate({COUNT}{{{sel}, {STATUS}=~"5.."}}[{RATE}]))'
+                f" / sum by ({ROUTE}) (rate({COUNT}{{{sel}}}[{RATE}]))",
+                BY_ROUTE,
             )
         )
     )
@@ -419,8 +422,8 @@ def facility_dashboard(f: Facility, slos: Sequence[Slo], opts: DashboardOptions)
         .unit("s")
         .with_target(
             _q(
-                f"histogram_quantile(0.95, sum by (le, http_route) (rate({BUCKET}{{{sel}}}[{RATE}])))",
-                "{{http_route}}",
+                f"histogram_quantile(0.95, sum by (le, {ROUTE}) (rate({BUCKET}{{{sel}}}[{RATE}])))",
+                BY_ROUTE,
                 exemplar=True,
             )
         )
@@ -481,14 +484,14 @@ def slo_dashboard(s: Slo, opts: DashboardOptions) -> GeneratedDashboard:
 
 def latency_dashboard(opts: DashboardOptions) -> GeneratedDashboard:
     uid = names.dashboard_uid("latency")
-    sel = 'facility=~"$facility", http_route=~"$route"'
+    sel = f'facility=~"$facility", {ROUTE}=~"$route"'
     lay = _Layout()
     title = "vitalgate: latency diagnosis"
     route_var = (
         db.QueryVariable("route")
         .label("Route")
         .datasource(DS)
-        .query(f'label_values({COUNT}{{facility=~"$facility"}}, http_route)')
+        .query(f'label_values({COUNT}{{facility=~"$facility"}}, {ROUTE})')
         .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .multi(True)
         .include_all(True)
@@ -504,9 +507,9 @@ def latency_dashboard(opts: DashboardOptions) -> GeneratedDashboard:
             .unit("s")
             .with_target(
                 _q(
-                    f"histogram_quantile({q}, sum by (le, http_route, facility) "
+                    f"histogram_quantile({q}, sum by (le, {ROUTE}, facility) "
                     f"(rate({BUCKET}{{{sel}}}[{RATE}])))",
-                    "{{facility}} {{http_route}}",
+                    "{{facility}} " + BY_ROUTE,
                     exemplar=True,
                 )
             )
@@ -529,7 +532,7 @@ def latency_dashboard(opts: DashboardOptions) -> GeneratedDashboard:
         .unit("s")
         .with_target(
             _q(
-                "topk(10, histogram_quantile(0.99, sum by (le, http_route, facility) "
+                f"topk(10, histogram_quantile(0.99, sum by (le, {ROUTE}, facility) "
                 f"(rate({BUCKET}{{{sel}}}[5m]))))",
                 instant=True,
                 table_fmt=True,

@@ -27,6 +27,7 @@ from gateway.dataplane.tracing import Tracing
 from gateway.dataplane.upstream import Upstream
 from gateway.exposition import GatewayMetrics, request_metrics
 from gateway.roles import Role
+from slo.conventions import UNKNOWN_FACILITY
 
 
 def instance_id(role: Role) -> str:
@@ -53,7 +54,7 @@ class DataPlane:
             cfg.telemetry.traces.settings(), lambda n: metrics.drop("span", n), instance=instance_id(role)
         )
         for service in cfg.upstreams:  # every service has series from start-up: silence is visible
-            self.request_metrics.active.child("unknown", service)
+            self.request_metrics.active.child(UNKNOWN_FACILITY, service)
         self.facilities = FacilityResolver(cfg.facilities.settings())
         self.router = Router([r.settings() for r in cfg.routes], self.facilities.path_segment)
         self.upstreams = {

@@ -28,14 +28,15 @@ from gateway.dataplane.metrics import (
 )
 from gateway.dataplane.metrics import Gauge as GaugeChild
 from gateway.dataplane.outcome import Outcome, RequestKey, RequestSink
+from slo import conventions as names
 
-LABELS = ("facility", "service", "http_route", "http_request_method", "http_response_status_code")
+LABELS = names.REQUEST_LABELS
 SIGNALS = ("log", "span", "store")
-DURATION = "http_server_request_duration_seconds"
+DURATION = names.REQUEST_DURATION
 DURATION_HELP = "Duration of HTTP server requests through the gateway."
-ACTIVE = "http_server_active_requests"
+ACTIVE = names.ACTIVE_REQUESTS
 ACTIVE_HELP = "Number of active HTTP server requests."
-ACTIVE_LABELS = ("facility", "service")
+ACTIVE_LABELS = (names.FACILITY, names.SERVICE)
 
 
 class LocalCollector:
@@ -62,7 +63,9 @@ class LocalCollector:
         yield h
         g = Metric(ACTIVE, ACTIVE_HELP, "gauge")
         for (facility, service), gauge in list(self._gauges.children.items()):
-            g.add_sample(ACTIVE, {"facility": facility, "service": service}, float(gauge.value))
+            g.add_sample(
+                ACTIVE, dict(zip(ACTIVE_LABELS, (facility, service), strict=True)), float(gauge.value)
+            )
         yield g
 
 
@@ -134,31 +137,31 @@ class GatewayMetrics:
         self.registry = registry
         self.buckets_s = duration_buckets_s(thresholds_s)
         self._dropped = Counter(
-            "vitalgate_telemetry_dropped",
+            names.TELEMETRY_DROPPED,
             "Telemetry items dropped because a queue was full or an exporter failed.",
             ("signal",),
             registry=registry,
         )
         self._overflow = Counter(
-            "vitalgate_cardinality_overflow",
+            names.CARDINALITY_OVERFLOW,
             "Label sets folded into route 'other' because the cardinality budget was spent.",
             ("metric",),
             registry=registry,
         )
         self.dropped = {s: self._dropped.labels(s) for s in SIGNALS}
         info = Gauge(
-            "vitalgate_facility_info",
+            names.FACILITY_INFO,
             "Configured facilities (1 each): the display name for dashboards and alerts.",
-            ("facility", "facility_name"),
+            (names.FACILITY, names.FACILITY_NAME),
             registry=registry,
             multiprocess_mode="max",  # with --workers: 1, not one per process
         )
         for fid, name in (facilities or {}).items():
             info.labels(fid, name).set(1)
         sla = Gauge(
-            "vitalgate_facility_sla_ratio",
+            names.FACILITY_SLA,
             "Contractual availability per facility (0..1), for dashboards beside the SLO objective.",
-            ("facility",),
+            (names.FACILITY,),
             registry=registry,
             multiprocess_mode="max",
         )
@@ -166,36 +169,36 @@ class GatewayMetrics:
             sla.labels(fid).set(value)
         self._overflow_duration = self._overflow.labels(DURATION)
         self._entries = Counter(
-            "vitalgate_fhir_bundle_entries",
+            names.BUNDLE_ENTRIES,
             "Entries of FHIR batch and transaction responses, by the entry's method, route "
             "template and status class (a batch answers 200 while its entries may fail).",
-            ("facility", "service", "http_request_method", "http_route", "status_class"),
+            (names.FACILITY, names.SERVICE, names.METHOD, names.ROUTE, names.STATUS_CLASS),
             registry=registry,
         )
         self._leaks = Counter(
-            "vitalgate_upstream_url_leak",
+            names.URL_LEAK,
             "Responses passed on that still name the upstream's own address (a client following "
             "it would bypass the gateway), by where the address was found.",
-            ("facility", "service", "where"),
+            (names.FACILITY, names.SERVICE, "where"),
             registry=registry,
         )
         self._store_errors = Counter(
-            "vitalgate_store_errors",
+            names.STORE_ERRORS,
             "Embedded-store operations that failed (operation: write, retried until it succeeds; "
             "compaction, retention not applied).",
             ("operation",),
             registry=registry,
         )
         self._refused = Counter(
-            "vitalgate_client_connections_refused",
+            names.CONNECTIONS_REFUSED,
             "Client connections closed at once with 503 because the gateway held "
             "limits.max_client_connections already.",
             registry=registry,
         )
         self._uninspected = Counter(
-            "vitalgate_fhir_responses_uninspected",
+            names.RESPONSES_UNINSPECTED,
             "FHIR JSON responses that could not be inspected for URLs and batch entries.",
-            ("service", "reason"),
+            (names.SERVICE, "reason"),
             registry=registry,
         )
 

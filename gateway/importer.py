@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from slo import conventions as names
 from slo.spec import Slo
 from slo.store import SeriesKey, Store, StoreWriter
 
@@ -36,18 +37,18 @@ def _parse(line: str) -> tuple[SeriesKey, float, float] | None:
         rec = json.loads(line)
     except ValueError:
         return None
-    if not isinstance(rec, dict) or rec.get("event") != "request":
+    if not isinstance(rec, dict) or rec.get(names.LOG_EVENT) != names.REQUEST_EVENT:
         return None
     try:
-        ts = datetime.fromisoformat(str(rec["timestamp"]).replace("Z", "+00:00")).timestamp()
+        ts = datetime.fromisoformat(str(rec[names.LOG_TIMESTAMP]).replace("Z", "+00:00")).timestamp()
         key: SeriesKey = (
-            str(rec["facility"]),
-            str(rec["service"]),
-            str(rec.get("http.route", "")),
-            str(rec["http.request.method"]),
-            int(rec["http.response.status_code"]),
+            str(rec[names.LOG_FACILITY]),
+            str(rec[names.LOG_SERVICE]),
+            str(rec.get(names.LOG_ROUTE, "")),
+            str(rec[names.LOG_METHOD]),
+            int(rec[names.LOG_STATUS]),
         )
-        return key, ts, float(rec["duration_ms"]) / 1000.0
+        return key, ts, float(rec[names.LOG_DURATION_MS]) / 1000.0
     except (KeyError, ValueError, TypeError):
         return None
 

@@ -41,8 +41,9 @@ from gateway.dataplane.httpserver import HttpServer
 from gateway.dataplane.proxy import Proxy
 from gateway.exposition import GatewayMetrics
 from gateway.roles import Role, mark_ready
+from slo.conventions import ALL_FACILITIES
 from slo.embedded import EmbeddedBackend
-from slo.spec import ALL_FACILITIES, latency_thresholds_s
+from slo.spec import latency_thresholds_s
 from slo.status import StatusRow, compute_status, sort_worst_first
 from slo.store import Store, StoreError
 

@@ -1,7 +1,12 @@
-"""Every generated name in one place: recording rules, alerts, labels, dashboard uids.
+"""Every name in one place: what the gateway emits (metric names and labels, access-log
+fields, the reserved service and facility values) and what is generated from it (recording
+rules, alerts, dashboard uids).
 
-Recording rules follow Prometheus' ``level:metric:operations`` convention, as
-Sloth's do, so existing dashboards and habits carry over.
+The gateway's metrics follow the OpenTelemetry HTTP semantic conventions as Prometheus
+spells them; recording rules follow Prometheus' ``level:metric:operations`` convention, as
+Sloth's do, so existing dashboards and habits carry over. Everything that reads or writes one
+of these (the data plane, the exposition, the store importer, PromQL, rules, unit tests,
+dashboards, the demo) takes it from here.
 """
 
 from __future__ import annotations
@@ -10,6 +15,72 @@ import base64
 import hashlib
 import re
 from collections.abc import Iterable
+from typing import Final
+
+# What the gateway emits. -----------------------------------------------------------------
+REQUEST_DURATION: Final = "http_server_request_duration_seconds"
+ACTIVE_REQUESTS: Final = "http_server_active_requests"
+FACILITY: Final = "facility"
+SERVICE: Final = "service"
+ROUTE: Final = "http_route"
+METHOD: Final = "http_request_method"
+STATUS: Final = "http_response_status_code"
+REQUEST_LABELS: Final = (FACILITY, SERVICE, ROUTE, METHOD, STATUS)
+"""The request histogram's labels, in the order of the gateway's label sets."""
+STATUS_CLASS: Final = "status_class"
+"""``2xx`` .. ``5xx``, or ``invalid``: a batch entry's outcome."""
+TELEMETRY_DROPPED: Final = "vitalgate_telemetry_dropped"
+CARDINALITY_OVERFLOW: Final = "vitalgate_cardinality_overflow"
+BUNDLE_ENTRIES: Final = "vitalgate_fhir_bundle_entries"
+URL_LEAK: Final = "vitalgate_upstream_url_leak"
+STORE_ERRORS: Final = "vitalgate_store_errors"
+CONNECTIONS_REFUSED: Final = "vitalgate_client_connections_refused"
+RESPONSES_UNINSPECTED: Final = "vitalgate_fhir_responses_uninspected"
+FACILITY_INFO: Final = "vitalgate_facility_info"
+FACILITY_SLA: Final = "vitalgate_facility_sla_ratio"
+FACILITY_NAME: Final = "facility_name"
+
+NO_SERVICE: Final = "none"
+"""The service of a request no route matched (and of one the HTTP parser refused)."""
+UNKNOWN_FACILITY: Final = "unknown"
+"""A request whose facility is missing or not configured."""
+ALL_FACILITIES: Final = "*"
+"""Status over every facility at once (``slo status --facility '*'``, the store's rows)."""
+OTHER_ROUTE: Final = "other"
+"""The route a label set folds into once the cardinality budget is spent."""
+OTHER_METHOD: Final = "_OTHER"
+"""OpenTelemetry's method for one outside the known set."""
+
+# Access-log fields, in the order a request line carries them.
+LOG_TIMESTAMP: Final = "timestamp"
+LOG_EVENT: Final = "event"
+LOG_TRACE_ID: Final = "trace_id"
+LOG_SPAN_ID: Final = "span_id"
+LOG_TRACE_FLAGS: Final = "trace_flags"
+LOG_FACILITY: Final = FACILITY
+LOG_SERVICE: Final = SERVICE
+LOG_ROUTE: Final = "http.route"
+LOG_METHOD: Final = "http.request.method"
+LOG_STATUS: Final = "http.response.status_code"
+LOG_DURATION_MS: Final = "duration_ms"
+LOG_UPSTREAM_MS: Final = "upstream_duration_ms"
+LOG_ERROR_TYPE: Final = "error.type"
+REQUEST_EVENT: Final = "request"
+REQUEST_FIELDS: Final = (
+    LOG_TRACE_ID,
+    LOG_SPAN_ID,
+    LOG_TRACE_FLAGS,
+    LOG_FACILITY,
+    LOG_SERVICE,
+    LOG_ROUTE,
+    LOG_METHOD,
+    LOG_STATUS,
+    LOG_DURATION_MS,
+    LOG_UPSTREAM_MS,
+    LOG_ERROR_TYPE,
+)
+
+# What is generated. -----------------------------------------------------------------------
 
 ALERT_BURN = "ErrorBudgetBurn"
 ALERT_ABSENT = "SLOMetricsAbsent"
@@ -20,8 +91,6 @@ ERROR_BUDGET = "slo:error_budget:ratio"
 BUDGET_REMAINING = "slo:period_error_budget_remaining:ratio"
 PERIOD_BURN_RATE = "slo:period_burn_rate:ratio"
 PERIOD_SLI = "slo:period_sli:ratio"
-FACILITY_INFO = "vitalgate_facility_info"
-FACILITY_SLA = "vitalgate_facility_sla_ratio"
 
 
 def error_ratio(window: str) -> str:

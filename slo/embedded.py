@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from slo.conventions import ALL_FACILITIES
 from slo.engine import timeslices, window_sums
 from slo.status import Counts, RowSpec
 from slo.store import Store
@@ -54,9 +55,9 @@ class EmbeddedBackend:
         subtract the facility's own counts for those times."""
         index = {(r.slo.key, r.facility): i for i, r in enumerate(rows)}
         for i, r in enumerate(rows):
-            if r.facility == "*":
+            if r.facility == ALL_FACILITIES:
                 continue
-            star = index.get((r.slo.key, "*"))
+            star = index.get((r.slo.key, ALL_FACILITIES))
             for mw in r.maintenance:
                 a = max(0, int((mw.start.timestamp() - m_start) // 60))
                 b = max(0, math.ceil((mw.end.timestamp() - m_start) / 60))

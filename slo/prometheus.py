@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from slo import promql
-from slo.spec import ALL_FACILITIES, Slo
+from slo.conventions import ALL_FACILITIES
+from slo.spec import Slo
 from slo.status import Counts, RowSpec
 from slo.windows import STATUS_WINDOWS_S
 

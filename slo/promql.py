@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from slo import conventions as names
 from slo.spec import Slo
 
-METRIC = "http_server_request_duration_seconds"
-ENTRIES = "vitalgate_fhir_bundle_entries_total"
+METRIC = names.REQUEST_DURATION
+ENTRIES = f"{names.BUNDLE_ENTRIES}_total"
 """Batch and transaction entries by outcome (the gateway's ``status_class`` label)."""
 
 
@@ -18,11 +19,11 @@ def _escape(value: str) -> str:
 
 
 def matchers(slo: Slo, extra: dict[str, str] | None = None) -> list[str]:
-    out = [f'service="{_escape(slo.service)}"']
+    out = [f'{names.SERVICE}="{_escape(slo.service)}"']
     if slo.methods:
-        out.append(f'http_request_method=~"{"|".join(slo.methods)}"')
+        out.append(f'{names.METHOD}=~"{"|".join(slo.methods)}"')
     if slo.routes:
-        out.append('http_route=~"' + "|".join(_escape(_regex_quote(r)) for r in slo.routes) + '"')
+        out.append(f'{names.ROUTE}=~"' + "|".join(_escape(_regex_quote(r)) for r in slo.routes) + '"')
     for k, v in (extra or {}).items():
         out.append(f'{k}="{_escape(v)}"')
     return out
@@ -49,7 +50,7 @@ def good_series(slo: Slo, extra: dict[str, str] | None = None) -> str:
         assert slo.threshold_s is not None
         m.append(f'le="{le_label(slo.threshold_s)}"')
         return f"{METRIC}_bucket{{{', '.join(m)}}}"
-    m.append(f'http_response_status_code!~"{bad_status_regex(slo)}"')
+    m.append(f'{names.STATUS}!~"{bad_status_regex(slo)}"')
     return f"{METRIC}_count{{{', '.join(m)}}}"
 
 
@@ -57,7 +58,7 @@ def entry_series(slo: Slo, extra: dict[str, str] | None, good: bool) -> str:
     """A batch entry counts bad when its status is 5xx or unreadable (``invalid``)."""
     m = matchers(slo, extra)
     if good:
-        m.append('status_class!~"5xx|invalid"')
+        m.append(f'{names.STATUS_CLASS}!~"5xx|invalid"')
     return f"{ENTRIES}{{{', '.join(m)}}}"
 
 

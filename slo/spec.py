@@ -337,7 +337,4 @@ class Facility:
     maintenance: tuple[Maintenance, ...] = ()
 
 
-ALL_FACILITIES = "*"
-
-
 __all__ = ["Slo", "SlosDoc", "format_duration", "latency_thresholds_s", "load_slos"]

@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from slo.spec import ALL_FACILITIES, Slo
+from slo.conventions import ALL_FACILITIES
+from slo.spec import Slo
 
 SCHEMA_VERSION = 2  # 2: arrays carry a dense/sparse flag; hour roll-ups in 32-day chunks
 MINUTES_PER_DAY = 1440

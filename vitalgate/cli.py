@@ -16,10 +16,11 @@ from gateway.diagnostics import configure as configure_diagnostics
 from gateway.importer import import_file
 from gateway.native import build
 from slo.configfile import ConfigError
+from slo.conventions import ALL_FACILITIES
 from slo.embedded import EmbeddedBackend
 from slo.openslo import openslo_to_slos_yaml
 from slo.prometheus import PrometheusBackend, PrometheusError
-from slo.spec import ALL_FACILITIES, latency_thresholds_s
+from slo.spec import latency_thresholds_s
 from slo.status import CountsBackend, compute_status, now_utc, sort_worst_first, to_json, to_table
 from slo.store import Store, StoreError, replay
 

@@ -29,6 +29,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import load_config
+from slo import conventions as names
 from slo.embedded import EmbeddedBackend
 from slo.status import compute_status, now_utc, sort_worst_first, to_table
 from slo.store import Store
@@ -290,13 +291,13 @@ def read_snapshot(metrics_text: str) -> Snapshot:
     errors: dict[str, float] = defaultdict(float)
     buckets: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
     for family in text_string_to_metric_families(metrics_text):
-        if family.name != "http_server_request_duration_seconds":
+        if family.name != names.REQUEST_DURATION:
             continue
         for s in family.samples:
-            fac = s.labels.get("facility", "")
+            fac = s.labels.get(names.FACILITY, "")
             if s.name.endswith("_count"):
                 total[fac] += s.value
-                if s.labels.get("http_response_status_code", "").startswith("5"):
+                if s.labels.get(names.STATUS, "").startswith("5"):
                     errors[fac] += s.value
             elif s.name.endswith("_bucket"):
                 buckets[fac][float(s.labels["le"])] += s.value

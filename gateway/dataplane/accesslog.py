@@ -23,30 +23,25 @@ from pathlib import Path
 from typing import Any
 
 from gateway.dataplane.outcome import Outcome
+from slo import conventions as names
 
 log = logging.getLogger("vitalgate.accesslog")
-
-# Field order of a request record.
-REQUEST_FIELDS = (
-    "trace_id",
-    "span_id",
-    "trace_flags",
-    "facility",
-    "service",
-    "http.route",
-    "http.request.method",
-    "http.response.status_code",
-    "duration_ms",
-    "upstream_duration_ms",
-    "error.type",
-)
 
 
 def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-_KEYS = tuple(json.dumps(name) + ":" for name in REQUEST_FIELDS)
+_KEYS = tuple(json.dumps(name) + ":" for name in names.REQUEST_FIELDS)
+# The fixed pieces of a request line, field names spelled by slo.conventions.
+_K_TIMESTAMP = "{" + json.dumps(names.LOG_TIMESTAMP) + ':"'
+_K_EVENT = 'Z",' + json.dumps(names.LOG_EVENT) + ":" + json.dumps(names.REQUEST_EVENT) + "," + _KEYS[0] + '"'
+_K_SPAN = '",' + _KEYS[1] + '"'
+_K_FLAGS = '",' + _KEYS[2] + '"'
+_K_STATUS = "," + _KEYS[7]
+_K_DURATION = "," + _KEYS[8]
+_K_UPSTREAM = "," + _KEYS[9]
+_K_ERROR = "," + _KEYS[10]
 _quote = json.encoder.encode_basestring_ascii  # the C string encoder
 
 
@@ -89,16 +84,16 @@ class RequestFormatter:
         us = int(o.duration_s * 1_000_000.0 + 0.5)
         ctx = o.context
         line = (
-            f'{{"timestamp":"{self._prefix}.{_PAD3[ms]}Z","event":"request","trace_id":"{ctx.trace_hex()}",'
-            f'"span_id":"{ctx.span_hex()}","trace_flags":"{ctx.flags_hex()}"{labels},'
-            f'"http.response.status_code":{o.status},"duration_ms":{us // 1000}.{_PAD3[us % 1000]}'
+            f"{_K_TIMESTAMP}{self._prefix}.{_PAD3[ms]}{_K_EVENT}{ctx.trace_hex()}{_K_SPAN}{ctx.span_hex()}"
+            f'{_K_FLAGS}{ctx.flags_hex()}"{labels}{_K_STATUS}{o.status}'
+            f"{_K_DURATION}{us // 1000}.{_PAD3[us % 1000]}"
         )
         up_ms = o.upstream_ms
         if up_ms is not None:
             us = int(up_ms * 1000.0 + 0.5)
-            line += f',"upstream_duration_ms":{us // 1000}.{_PAD3[us % 1000]}'
+            line += f"{_K_UPSTREAM}{us // 1000}.{_PAD3[us % 1000]}"
         if o.error_type is not None:
-            line += ',"error.type":' + _quote(o.error_type)
+            line += _K_ERROR + _quote(o.error_type)
         return line + "}"
 
 

@@ -24,6 +24,8 @@ import json
 import re
 from typing import Any
 
+from slo.conventions import OTHER_METHOD
+
 FHIR_JSON_TYPES = ("application/fhir+json", "application/json+fhir", "application/json")
 BATCH_RESPONSE_TYPES = frozenset({"batch-response", "transaction-response"})
 ENTRY_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
@@ -166,7 +168,7 @@ def request_entries(body: bytes) -> list[tuple[str, str]] | None:
         url = req.get("url") if isinstance(req, dict) else None
         out.append(
             (
-                method if isinstance(method, str) and method in ENTRY_METHODS else "_OTHER",
+                method if isinstance(method, str) and method in ENTRY_METHODS else OTHER_METHOD,
                 url if isinstance(url, str) else "",
             )
         )

@@ -15,8 +15,9 @@ import json
 from typing import Protocol
 
 from gateway.dataplane.settings import FacilitySettings
+from slo.conventions import UNKNOWN_FACILITY
 
-UNKNOWN = "unknown"
+UNKNOWN = UNKNOWN_FACILITY
 
 
 class HeaderLookup(Protocol):

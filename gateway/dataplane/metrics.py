@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from gateway.dataplane.outcome import Outcome, RequestKey
+from slo.conventions import OTHER_ROUTE
 
 # OTel advisory boundaries for http.server.request.duration, in seconds.
 OTEL_DURATION_BUCKETS_S = (
@@ -42,7 +43,6 @@ OTEL_DURATION_BUCKETS_S = (
     7.5,
     10.0,
 )
-OTHER = "other"
 EXEMPLAR_INTERVAL_S = 1.0
 
 
@@ -85,7 +85,7 @@ class LabelBudget:
             return found
         if len(self._keys) >= self._max:
             self._on_fold()  # once per request over budget: how much traffic lost its route
-            folded = (facility, service, OTHER, method, status)
+            folded = (facility, service, OTHER_ROUTE, method, status)
             if folded not in self._keys:
                 self._keys[folded] = folded
             return folded

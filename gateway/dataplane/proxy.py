@@ -28,6 +28,7 @@ from gateway.dataplane.query import redact_query
 from gateway.dataplane.routes import Match, Router, normalize_path
 from gateway.dataplane.tracing import AnySpan, Span, Tracer, format_traceparent, parse_traceparent
 from gateway.dataplane.upstream import Upstream, UpstreamResponse
+from slo.conventions import NO_SERVICE, OTHER_METHOD
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 HOP_BY_HOP = frozenset(
@@ -196,10 +197,10 @@ class Proxy:
             elif normal != path:
                 path = normal
                 request.raw_path = f"{path}?{query}" if query else path
-        method = request.method if request.method in KNOWN_METHODS else "_OTHER"
+        method = request.method if request.method in KNOWN_METHODS else OTHER_METHOD
         match = self.router.match(path) if not refused else None
         facility = self.facilities.resolve(request.headers, path)
-        service = match.service if match else "none"
+        service = match.service if match else NO_SERVICE
         route = match.route if match else ""
         headers_in = request.headers
         # tracestate is passed on to the upstream as sent, but never onto the gateway's spans: its
@@ -219,7 +220,7 @@ class Proxy:
                 attrs["http.route"] = route
             if query:
                 attrs["url.query"] = redact_query(query, match.query_names if match else frozenset())
-            if method == "_OTHER":
+            if method == OTHER_METHOD:
                 attrs["http.request.method_original"] = request.method[:16]
             span.set_attributes(attrs)
         active = self._active.child(facility, service)
@@ -284,12 +285,12 @@ class Proxy:
         started = time.time()
         t0 = time.perf_counter()
         facility = self.facilities.resolve(headers, target.partition("?")[0])
-        span = self.tracer.start_server("_OTHER", None, int(started * 1e9))
+        span = self.tracer.start_server(OTHER_METHOD, None, int(started * 1e9))
         if span.is_recording():
             span.set_attributes(
                 {"url.scheme": self.scheme, "server.port": self.server_port, "facility": facility}
             )
-        self._record(started, t0, span, facility, "none", "", "_OTHER", status, error_type, None)
+        self._record(started, t0, span, facility, NO_SERVICE, "", OTHER_METHOD, status, error_type, None)
 
     def _forward_headers(
         self, request: Request, traceparent: str
@@ -497,7 +498,7 @@ class Proxy:
         if requested is None or len(requested) != len(statuses):
             if tee is not None and tee.overflow:
                 self.counters.uninspected(match.service, "request_too_large")
-            requested = [("_OTHER", "")] * len(statuses)
+            requested = [(OTHER_METHOD, "")] * len(statuses)
         counts: dict[tuple[str, str, int | None], int] = {}
         by_class: dict[str, int] = {}
         for (entry_method, url), status in zip(requested, statuses, strict=True):
