@@ -15,7 +15,7 @@ from alerts.yamlout import dump
 from slo import conventions as names
 from slo import promql
 from slo.spec import Slo
-from slo.windows import period_s
+from slo.windows import fires
 
 EVAL_MIN = 90
 PER_MIN = 600
@@ -48,14 +48,8 @@ def expected_severities(slo: Slo) -> list[str]:
     """What fires for ``burning`` at EVAL_MIN: every window then holds the same error ratio."""
     burn = bad_fraction(slo) / (1 - slo.objective)
     out: list[str] = []
-    period = period_s(slo.window_s, slo.calendar)
     for severity in ("page", "ticket"):
-        if not (slo.page if severity == "page" else slo.ticket):
-            continue
-        if any(
-            w.severity == severity and burn >= w.threshold(period, slo.objective) * (1 - 1e-9)
-            for w in slo.windows
-        ):
+        if any(w.severity == severity and fires(burn, slo.burn_threshold(w)) for w in slo.alerting_windows):
             out.append(severity)
     return out
 

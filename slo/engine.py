@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from slo.windows import SRE_WORKBOOK_WINDOWS, STATUS_WINDOWS_S, BurnWindow
+from slo.windows import SRE_WORKBOOK_WINDOWS, STATUS_WINDOWS_S, BurnWindow, fires
 
 F64 = npt.NDArray[np.float64]
 ALERT_NONE, ALERT_TICKET, ALERT_PAGE = 0, 1, 2
@@ -130,17 +130,24 @@ def evaluate(
 def alert_states(
     rates: dict[str, F64], objective: F64, period_s: F64, windows: Sequence[BurnWindow]
 ) -> npt.NDArray[np.int8]:
-    """Page, ticket or none per row, from burn rates over STATUS_WINDOWS_S and a window table."""
+    """Page, ticket or none per row, from burn rates over STATUS_WINDOWS_S and a window table:
+    each window's threshold and firing test are the ones the alert rules use."""
     alert = np.zeros(objective.shape, dtype=np.int8)
     for bw in windows:
-        # budget_fraction x period / long window (capped at a total outage), less a hair
-        # for floating-point error
-        factor = np.minimum(bw.factor(1.0) * period_s, 1.0 / (1.0 - objective)) * (1 - 1e-9)
-        with np.errstate(invalid="ignore"):
-            fires = (rates[bw.long] >= factor) & (rates[bw.short] >= factor)
+        threshold = bw.threshold(period_s, objective)
+        both = fires(rates[bw.long], threshold) & fires(rates[bw.short], threshold)
         level = ALERT_PAGE if bw.severity == "page" else ALERT_TICKET
-        alert = np.where(fires & (alert < level), np.int8(level), alert)
+        alert = np.where(both & (alert < level), np.int8(level), alert)
     return alert
+
+
+def good_minutes(total: F64, good: F64, target: F64 | float) -> npt.NDArray[np.bool_]:
+    """The timeslice rule: a minute is good when its good ratio meets ``target`` (less a hair
+    for floating-point error); a minute with no requests is no data, never good."""
+    has: npt.NDArray[np.bool_] = total > 0
+    with np.errstate(invalid="ignore"):
+        out: npt.NDArray[np.bool_] = has & (good >= target * total - 1e-9)
+    return out
 
 
 def timeslices(
@@ -152,7 +159,4 @@ def timeslices(
     good ratio meets ``target[r]``; a minute with no requests is no data, not good."""
     t = np.asarray(total, dtype=np.float64)
     g = np.asarray(good, dtype=np.float64)
-    has = t > 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ok = has & (g >= target[:, None] * t - 1e-9)
-    return has.astype(np.float64), ok.astype(np.float64)
+    return (t > 0).astype(np.float64), good_minutes(t, g, target[:, None]).astype(np.float64)

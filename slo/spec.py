@@ -15,15 +15,20 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from slo.configfile import ConfigError, Problem, Source, read_yaml, validate
 from slo.durations import format_duration, parse_duration_s
-from slo.windows import SRE_WORKBOOK_WINDOWS, BurnWindow, period_s
+from slo.windows import SRE_WORKBOOK_WINDOWS, BurnWindow
+from slo.windows import period_s as _period_s
 
 NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 ENTRY_ROUTE_PREFIX = "entry "
+LE_TOLERANCE_S = 1e-9
+"""A duration bucket's bound and a latency threshold closer than this are the same number."""
 """The embedded store keeps a batch entry's outcomes as a series whose route is this prefix
 and the entry's route template (``entry /fhir/Patient/{id}``): no request route starts so."""
 
@@ -200,7 +205,18 @@ class Slo:
         """The burn rate at which window ``w`` fires for this SLO (of its period, capped at a
         total outage's): the one number the alert rules compare against and the dashboards
         draw."""
-        return round(w.threshold(period_s(self.window_s, self.calendar), self.objective), 6)
+        return w.threshold(self.period_s, self.objective)
+
+    @property
+    def period_s(self) -> float:
+        """The period the budget is spread over (a calendar window's nominal length)."""
+        return _period_s(self.window_s, self.calendar)
+
+    def good_buckets(self, upper_s: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+        """Latency: which duration buckets (by upper bound) hold good requests: those at or
+        below the threshold (the gateway makes every threshold a bucket bound; the tolerance
+        absorbs the bound's float spelling)."""
+        return upper_s <= (self.threshold_s or 0.0) + LE_TOLERANCE_S
 
     @cached_property
     def key(self) -> str:
@@ -223,7 +239,7 @@ class Slo:
     def counts_as_good(self, status: int, bucket_upper_s: float) -> bool:
         """Whether a request counts as good (for latency: its duration bucket's upper bound)."""
         if self.kind == "latency":
-            return bucket_upper_s <= (self.threshold_s or 0.0) + 1e-9
+            return bucket_upper_s <= (self.threshold_s or 0.0) + LE_TOLERANCE_S
         return status < 500 and status not in self.bad_statuses
 
     def matches(self, service: str, route: str, method: str) -> bool:

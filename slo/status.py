@@ -21,7 +21,7 @@ import numpy as np
 from slo.conventions import ALL_FACILITIES
 from slo.engine import ALERT_NAMES, F64, alert_states, evaluate
 from slo.spec import Facility, Maintenance, Slo
-from slo.windows import SRE_WORKBOOK_WINDOWS, STATUS_WINDOWS_S, period_s
+from slo.windows import SRE_WORKBOOK_WINDOWS, STATUS_WINDOWS_S
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def compute_status(
         return []
     c = backend.counts(rows, now_s)
     objective = np.array([r.slo.objective for r in rows])
-    periods = np.array([period_s(r.slo.window_s, r.slo.calendar) for r in rows])
+    periods = np.array([r.slo.period_s for r in rows])
     ev = evaluate(
         c.window_total,
         c.window_good,

@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from slo.conventions import ALL_FACILITIES
+from slo.engine import good_minutes
 from slo.spec import Slo
 
 SCHEMA_VERSION = 2  # 2: arrays carry a dense/sparse flag; hour roll-ups in 32-day chunks
@@ -442,7 +443,7 @@ def hour_rollup(day_counts: U32, target: float) -> U32:
     total = day_counts[0].reshape(24, 60).astype(np.float64)
     good = day_counts[1].reshape(24, 60).astype(np.float64)
     has = total > 0
-    ok = has & (good >= target * total - 1e-9)
+    ok = good_minutes(total, good, target)
     return np.stack([total.sum(1), good.sum(1), has.sum(1), ok.sum(1)]).astype(np.uint32)
 
 
@@ -483,7 +484,7 @@ class StoreWriter:
             for s in self.slos:
                 if s.matches(service, route, method):
                     if s.kind == "latency":
-                        found.append((s, self._upper <= (s.threshold_s or 0) + 1e-9, False))
+                        found.append((s, s.good_buckets(self._upper), False))
                     else:
                         found.append((s, None, s.counts_as_good(status, 0.0)))
             self._matching[key] = found
@@ -660,7 +661,7 @@ def rebuild(store: Store, slos: Sequence[Slo], from_day: int) -> None:
 
     def good_fraction(slo: Slo, key: SeriesKey, layout: int, arr: U32) -> npt.NDArray[np.uint64]:
         if slo.kind == "latency":
-            cols = layouts[layout] <= (slo.threshold_s or 0) + 1e-9
+            cols = slo.good_buckets(layouts[layout])
             out: npt.NDArray[np.uint64] = arr[:, cols].sum(axis=1, dtype=np.uint64)
             return out
         total: npt.NDArray[np.uint64] = arr.sum(axis=1, dtype=np.uint64)

@@ -10,6 +10,15 @@ for any other SLO period follows as ``budget_fraction x period / long_window``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar, overload
+
+import numpy as np
+import numpy.typing as npt
+
+Num = TypeVar("Num", float, npt.NDArray[np.float64])
+
+BURN_TOLERANCE = 1e-9
+"""Relative: a burn rate this close below a threshold is floating-point error, and fires."""
 
 # The windows every status reports a burn rate over, in seconds.
 STATUS_WINDOWS_S: dict[str, int] = {
@@ -46,11 +55,35 @@ class BurnWindow:
         """The burn rate at which this window fires, for an SLO over ``period_s``."""
         return self.budget_fraction * period_s / self.long_s
 
-    def threshold(self, period_s: float, objective: float) -> float:
+    def threshold(self, period_s: Num, objective: Num) -> Num:
         """The burn rate that fires, capped at a total outage's (1 / budget): a 90% SLO can
         burn at most 10x, so the Workbook's 14.4x page would never fire; here a total
-        outage always does."""
-        return min(self.factor(period_s), 1.0 / (1.0 - objective))
+        outage always does. Rounded to 6 decimals, as the alert rules write it: the one
+        number the rules compare against, the dashboards draw and ``slo status`` uses (for
+        one SLO, or for arrays of periods and objectives)."""
+        capped = np.round(
+            np.minimum(self.budget_fraction * period_s / self.long_s, 1.0 / (1.0 - objective)), 6
+        )
+        return capped if isinstance(capped, np.ndarray) else float(capped)  # type: ignore[return-value]
+
+
+@overload
+def fires(burn_rate: float, threshold: float) -> bool: ...
+
+
+@overload
+def fires(
+    burn_rate: npt.NDArray[np.float64], threshold: npt.NDArray[np.float64] | float
+) -> npt.NDArray[np.bool_]: ...
+
+
+def fires(
+    burn_rate: float | npt.NDArray[np.float64], threshold: float | npt.NDArray[np.float64]
+) -> bool | npt.NDArray[np.bool_]:
+    """Whether a burn rate reaches a window's threshold (NaN, no data, never does)."""
+    with np.errstate(invalid="ignore"):
+        out = burn_rate >= threshold * (1 - BURN_TOLERANCE)
+    return out if isinstance(out, np.ndarray) else bool(out)
 
 
 SRE_WORKBOOK_WINDOWS: tuple[BurnWindow, ...] = (

@@ -1,10 +1,13 @@
 """Budget math against the SRE Workbook's figures, through the same functions `slo status` uses."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from slo.engine import ALERT_NAMES, Evaluation, evaluate, window_sums
-from slo.windows import SRE_WORKBOOK_WINDOWS, STATUS_WINDOWS_S
+from slo.engine import ALERT_NAMES, ALERT_PAGE, ALERT_TICKET, Evaluation, alert_states, evaluate, window_sums
+from slo.spec import load_slos
+from slo.windows import SRE_WORKBOOK_WINDOWS, STATUS_WINDOWS_S, BurnWindow
 
 OBJ = 0.999
 PERIOD_30D = 30 * 86400
@@ -125,8 +128,6 @@ def test_vectorised_rows_are_independent() -> None:
 
 
 def test_a_custom_window_table_changes_only_the_alert() -> None:
-    from slo.engine import alert_states
-    from slo.windows import BurnWindow
 
     mt, mg, ht, hg = _series(60, error_ratio=20 * (1 - OBJ))  # 20x over the last hour
     ev = _evaluate(mt, mg, ht, hg)
@@ -134,3 +135,22 @@ def test_a_custom_window_table_changes_only_the_alert() -> None:
     strict = (BurnWindow("page", "1h", "5m", 0.05, "5% in an hour"),)  # 36x over a 30-day period
     got = alert_states(ev.burn_rates, np.array([OBJ]), np.array([float(PERIOD_30D)]), strict)
     assert ALERT_NAMES[got[0]] == "none"
+
+
+def test_slo_status_fires_at_the_thresholds_the_alert_rules_compare_against() -> None:
+    """The golden SLO mix (30d 99.9%, 28d 99%, a calendar month, a 7d 90% with its own capped
+    windows): at each window's rule threshold `slo status` raises that severity, and just
+    below it (one part in a million) it does not."""
+    slos = load_slos(Path(__file__).resolve().parents[1] / "golden" / "alerts" / "slos.yaml")
+    checked = 0
+    for slo in slos:
+        for w in slo.alerting_windows:
+            threshold = slo.burn_threshold(w)
+            level = ALERT_PAGE if w.severity == "page" else ALERT_TICKET
+            for burn, expect in ((threshold, True), (threshold * (1 - 1e-6), False)):
+                rates = {n: np.array([0.0]) for n in STATUS_WINDOWS_S}
+                rates[w.long] = rates[w.short] = np.array([burn])
+                got = alert_states(rates, np.array([slo.objective]), np.array([slo.period_s]), [w])
+                assert bool(got[0] == level) is expect, (slo.name, w, burn)
+                checked += 1
+    assert checked >= 12
