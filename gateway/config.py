@@ -434,14 +434,24 @@ def _cross_check(data: Any, source: Source, base: Path) -> list[Problem]:
     """Checks across fields, on the raw document so they run even when other fields are wrong."""
     if not isinstance(data, dict):
         return []
-    problems = []
     upstreams = _mapping(data, "upstreams")
     known = _mapping(_mapping(data, "facilities"), "known")
-    for fid in known:
-        if fid in RESERVED_FACILITY_IDS:
-            problems.append(
-                source.problem(("facilities", "known", fid), f"facility id {fid!r} is reserved", at_key=True)
-            )
+    problems = [
+        source.problem(("facilities", "known", fid), f"facility id {fid!r} is reserved", at_key=True)
+        for fid in known
+        if fid in RESERVED_FACILITY_IDS
+    ]
+    problems += _route_problems(data, source, upstreams)
+    problems += _facility_references(data, source, known)
+    admin = _mapping(data, "admin")
+    if admin.get("listen", "127.0.0.1:9464") == data.get("listen", "127.0.0.1:8080"):
+        problems.append(source.problem(("admin", "listen"), "must differ from the proxy's listen address"))
+    return problems + _file_problems(data, source, base, upstreams)
+
+
+def _route_problems(data: dict[str, Any], source: Source, upstreams: dict[str, Any]) -> list[Problem]:
+    """Routes name known upstreams, prefixes are unique, templates lie under their prefix."""
+    problems = []
     prefixes: set[str] = set()
     for i, route in _items(data.get("routes")):
         if not isinstance(route, dict):
@@ -465,8 +475,14 @@ def _cross_check(data: Any, source: Source, base: Path) -> list[Problem]:
                             f"template {t!r} is not under prefix {prefix!r}",
                         )
                     )
-    admin = _mapping(data, "admin")
-    for i, tok in _items(admin.get("tokens")):
+    return problems
+
+
+def _facility_references(data: dict[str, Any], source: Source, known: dict[str, Any]) -> list[Problem]:
+    """Admin tokens, alert routing and dashboard teams name configured facilities (and alert
+    routing configured receivers)."""
+    problems = []
+    for i, tok in _items(_mapping(data, "admin").get("tokens")):
         for j, fid in _items(tok.get("facilities") if isinstance(tok, dict) else None):
             if fid not in known:
                 problems.append(
@@ -494,8 +510,14 @@ def _cross_check(data: Any, source: Source, base: Path) -> list[Problem]:
             problems.append(
                 source.problem(("dashboards", "folder_teams", fid), f"unknown facility {fid!r}", at_key=True)
             )
-    if admin.get("listen", "127.0.0.1:9464") == data.get("listen", "127.0.0.1:8080"):
-        problems.append(source.problem(("admin", "listen"), "must differ from the proxy's listen address"))
+    return problems
+
+
+def _file_problems(
+    data: dict[str, Any], source: Source, base: Path, upstreams: dict[str, Any]
+) -> list[Problem]:
+    """Certificate and CA files exist and load (relative to the config file)."""
+    problems = []
     files: list[tuple[Loc, Any]] = []
     tls = data.get("tls")
     if isinstance(tls, dict):

@@ -37,6 +37,7 @@ from gateway import native
 from gateway.config import Config, split_listen
 from gateway.roles import Role, ready_file
 from gateway.server import AdminExtension, Gateway
+from slo.store import StoreLock
 
 log = logging.getLogger("vitalgate.supervisor")
 
@@ -97,57 +98,34 @@ def _catch_up(config: Config) -> None:
         store.close()
 
 
-async def supervise(
-    config: Config, config_path: str, count: int, admin_extensions: Sequence[AdminExtension] = ()
-) -> int:
-    """Run ``count`` workers and the admin listener until SIGTERM or SIGINT; returns the exit code."""
+class _Workers:
+    """The worker processes of one supervisor: spawned, watched (a dead one is replaced after
+    RESTART_DELAY_S), and drained."""
 
-    metrics_dir = os.environ[METRICS_DIR_ENV]
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    host, port = split_listen(config.gateway.listen)
-    reserved, port = _reserve_port(host, port)
-    from slo.store import StoreLock  # noqa: PLC0415
+    def __init__(
+        self, config_path: str, count: int, port: int, metrics_dir: str, stop: asyncio.Event
+    ) -> None:
+        self._config_path = config_path
+        self._count = count
+        self._port = port
+        self._metrics_dir = metrics_dir
+        self._stop = stop
+        self.procs: dict[int, asyncio.subprocess.Process] = {}
 
-    lock: StoreLock | None = None
-    try:
-        if config.gateway.telemetry.store.enabled:
-            # Held while the workers run: they share the file; no other gateway may.
-            lock = StoreLock(config.resolve(config.gateway.telemetry.store.path))
-        await loop.run_in_executor(None, _catch_up, config)
-    except Exception as exc:
-        if lock is not None:
-            lock.release()
-        log.error("cannot start: store: %s", exc, extra={"event": "start_failed"})
-        return 1
-    gateway = Gateway(
-        config,
-        admin_extensions,
-        Role("supervisor", count=count, port=port, metrics_dir=metrics_dir),
-    )
-    await gateway.start()
-    gateway.proxy_port = port
-    procs: dict[int, asyncio.subprocess.Process] = {}
-    failures = 0
-
-    async def spawn(index: int) -> None:
-        env = dict(os.environ, **{WORKER_ENV: f"{index}/{count}/{port}"})
-        ready_file(metrics_dir, index).unlink(missing_ok=True)
-        procs[index] = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "vitalgate", "serve", "--config", config_path, env=env
+    async def spawn(self, index: int) -> None:
+        env = dict(os.environ, **{WORKER_ENV: f"{index}/{self._count}/{self._port}"})
+        ready_file(self._metrics_dir, index).unlink(missing_ok=True)
+        self.procs[index] = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "vitalgate", "serve", "--config", self._config_path, env=env
         )
 
-    async def watch(index: int) -> None:
-        nonlocal failures
+    async def watch(self, index: int) -> None:
         while True:
-            proc = procs[index]
+            proc = self.procs[index]
             code = await proc.wait()
-            _mark_dead(proc.pid, metrics_dir)
-            if stop.is_set():
+            _mark_dead(proc.pid, self._metrics_dir)
+            if self._stop.is_set():
                 return
-            failures += 1
             log.error(
                 "worker %d (pid %d) exited with %s; restarting",
                 index,
@@ -156,45 +134,91 @@ async def supervise(
                 extra={"event": "worker_exited", "worker": index, "pid": proc.pid, "exit_code": code},
             )
             await asyncio.sleep(RESTART_DELAY_S)
-            if stop.is_set():
+            if self._stop.is_set():
                 return
-            await spawn(index)
+            await self.spawn(index)
 
+    async def all_ready(self, timeout_s: float) -> bool:
+        """Whether every worker said it is ready within ``timeout_s`` (none exited meanwhile)."""
+        deadline = time.monotonic() + timeout_s
+        while not all(_is_ready(self._metrics_dir, i, p.pid) for i, p in self.procs.items()):
+            if time.monotonic() > deadline or any(p.returncode is not None for p in self.procs.values()):
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    async def drain(self, grace_s: float) -> list[int]:
+        """SIGTERM to every worker, then their exit codes (killed after ``grace_s``)."""
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):  # it exited since: nothing to signal
+                    proc.send_signal(signal.SIGTERM)
+        codes = []
+        for proc in self.procs.values():
+            try:
+                codes.append(await asyncio.wait_for(proc.wait(), grace_s))
+            except TimeoutError:
+                proc.kill()
+                codes.append(await proc.wait())
+        return codes
+
+
+async def _lock_and_catch_up(config: Config) -> StoreLock | None:
+    """The store's lock (held while the workers run: they share the file, no other gateway may),
+    after replaying and catching up; raises if either fails."""
+    lock: StoreLock | None = None
+    try:
+        if config.gateway.telemetry.store.enabled:
+            lock = StoreLock(config.resolve(config.gateway.telemetry.store.path))
+        await asyncio.get_running_loop().run_in_executor(None, _catch_up, config)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock
+
+
+async def supervise(
+    config: Config, config_path: str, count: int, admin_extensions: Sequence[AdminExtension] = ()
+) -> int:
+    """Run ``count`` workers and the admin listener until SIGTERM or SIGINT; returns the exit code."""
+    metrics_dir = os.environ[METRICS_DIR_ENV]
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    host, port = split_listen(config.gateway.listen)
+    reserved, port = _reserve_port(host, port)
+    try:
+        lock = await _lock_and_catch_up(config)
+    except Exception as exc:
+        log.error("cannot start: store: %s", exc, extra={"event": "start_failed"})
+        return 1
+    gateway = Gateway(
+        config, admin_extensions, Role("supervisor", count=count, port=port, metrics_dir=metrics_dir)
+    )
+    await gateway.start()
+    gateway.proxy_port = port
+    workers = _Workers(config_path, count, port, metrics_dir, stop)
     for i in range(count):
-        await spawn(i)
-    deadline = time.monotonic() + 60
-    while not all(_is_ready(metrics_dir, i, p.pid) for i, p in procs.items()):
-        if time.monotonic() > deadline or any(p.returncode is not None for p in procs.values()):
-            log.error("cannot start: a worker did not come up", extra={"event": "start_failed"})
-            stop.set()
-            break
-        await asyncio.sleep(0.05)
-    watchers = [loop.create_task(watch(i)) for i in range(count)]
+        await workers.spawn(i)
+    if not await workers.all_ready(60.0):
+        log.error("cannot start: a worker did not come up", extra={"event": "start_failed"})
+        stop.set()
+    watchers = [loop.create_task(workers.watch(i)) for i in range(count)]
     if not stop.is_set():
         gateway.ready = True
         proxy = f"{host}:{port}"
         admin = f"{config.gateway.admin.listen.rsplit(':', 1)[0]}:{gateway.admin_port}"
         build = native.build().describe()
         fields = {"event": "listening", "proxy": proxy, "workers": count, "admin": admin, "build": build}
-        log.info(
-            "proxy on %s (%d workers), admin (metrics) on %s, %s", proxy, count, admin, build, extra=fields
-        )
+        text = "proxy on %s (%d workers), admin (metrics) on %s, %s"
+        log.info(text, proxy, count, admin, build, extra=fields)
     await stop.wait()
     t0 = time.monotonic()
     log.info("draining", extra={"event": "draining"})
     gateway.draining = True
-    for proc in procs.values():
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-    grace = config.gateway.limits.shutdown_timeout + 60
-    codes = []
-    for proc in procs.values():
-        try:
-            codes.append(await asyncio.wait_for(proc.wait(), grace))
-        except TimeoutError:
-            proc.kill()
-            codes.append(await proc.wait())
+    codes = await workers.drain(config.gateway.limits.shutdown_timeout + 60)
     for w in watchers:
         w.cancel()
     await gateway.stop()

@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import numpy.typing as npt
 
+from slo.engine import good_minutes
 from slo.spec import ENTRY_ROUTE_PREFIX, Facility, Slo
 from slo.store import Store
 
@@ -234,20 +235,26 @@ def source_of(data: Store | ReportSource) -> ReportSource:
     return StoreSource(data) if isinstance(data, Store) else data
 
 
-def build_report(
-    store: Store | ReportSource,
-    slos: Sequence[Slo],
-    facility: Facility,
-    period: Period,
-    now_s: float,
-    previous_periods: int = 3,
-) -> Report:
-    source = source_of(store)
+@dataclass(frozen=True)
+class _Minutes:
+    """The minutes of a report's period (local days, maintenance, the future): shared by its SLOs."""
+
+    start_s: int
+    end_s: int
+    tz: ZoneInfo
+    excluded: npt.NDArray[np.bool_]
+    """Maintenance or not yet happened: counted as neither up nor down."""
+    maint: npt.NDArray[np.bool_]
+    future: npt.NDArray[np.bool_]
+    day_starts: list[tuple[date, int]]
+    day_index: npt.NDArray[np.intp]
+
+
+def _minutes(facility: Facility, period: Period, now_s: float) -> tuple[_Minutes, list[dict[str, str]]]:
     tz = ZoneInfo(facility.timezone)
     start_s, end_s = period.bounds_s(facility.timezone)
-    n = (end_s - start_s) // 60
-    minute_ts = start_s + 60 * np.arange(n)
-    maint = np.zeros(n, dtype=bool)
+    minute_ts = start_s + 60 * np.arange((end_s - start_s) // 60)
+    maint = np.zeros(len(minute_ts), dtype=bool)
     listed = []
     for m in facility.maintenance:
         a, b = m.start.timestamp(), m.end.timestamp()
@@ -262,85 +269,110 @@ def build_report(
         d += timedelta(days=1)
     day_index = np.searchsorted([s for _, s in day_starts], minute_ts, side="right") - 1
     future = minute_ts >= now_s
-    reports = []
-    for s in slos:
-        total, good = source.minutes(s, facility.id, start_s, end_s)
-        total = np.where(maint | future, 0.0, total)
-        good = np.where(maint | future, 0.0, good)
-        has = total > 0
-        up = has & (good >= s.timeslice_target * total - 1e-9)
-        down = has & ~up
-        bad = total - good
-        tot, gd = int(total.sum()), int(good.sum())
-        avail = gd / tot if tot else None
-        data_min = int(has.sum())
-        uptime = int(up.sum()) / data_min if data_min else None
-        measure = uptime if s.budgeting == "timeslices" else avail
-        budget_used = (1 - measure) / (1 - s.objective) if measure is not None else None
-        no_data = ~has & ~maint & ~future
-        day_t, day_g, day_up, day_down, day_nd, day_m = (
-            _per_day(day_index, v, len(day_starts)) for v in (total, good, up, down, no_data, maint)
+    return _Minutes(start_s, end_s, tz, maint | future, maint, future, day_starts, day_index), listed
+
+
+def _days(
+    mins: _Minutes,
+    total: F64,
+    good: F64,
+    up: npt.NDArray[np.bool_],
+    down: npt.NDArray[np.bool_],
+    no_data: npt.NDArray[np.bool_],
+) -> list[DayFigures]:
+    n = len(mins.day_starts)
+    day_t, day_g, day_up, day_down, day_nd, day_m = (
+        _per_day(mins.day_index, v, n) for v in (total, good, up, down, no_data, mins.maint)
+    )
+    return [
+        DayFigures(
+            day=day.isoformat(),
+            total=day_t[k],
+            good=day_g[k],
+            availability=day_g[k] / day_t[k] if day_t[k] else None,
+            up_minutes=day_up[k],
+            down_minutes=day_down[k],
+            no_data_minutes=day_nd[k],
+            maintenance_minutes=day_m[k],
         )
-        days = [
-            DayFigures(
-                day=day.isoformat(),
-                total=day_t[k],
-                good=day_g[k],
-                availability=day_g[k] / day_t[k] if day_t[k] else None,
-                up_minutes=day_up[k],
-                down_minutes=day_down[k],
-                no_data_minutes=day_nd[k],
-                maintenance_minutes=day_m[k],
-            )
-            for k, (day, _) in enumerate(day_starts)
-        ]
-        # Budget left after each day, against the whole period's allowance so far.
-        cum_t, cum_b = np.cumsum([x.total for x in days]), np.cumsum([x.total - x.good for x in days])
-        allowed = cum_t[-1] * (1 - s.objective) if len(cum_t) and cum_t[-1] else 0.0
-        curve = [round(1 - b / allowed, 6) if allowed else None for b in cum_b]
-        previous = []
-        p = period
-        for _ in range(previous_periods):
-            p = p.previous()
-            ps, pe = p.bounds_s(facility.timezone)
-            pt, pg = source.totals(s, facility.id, ps, pe)
-            previous.append((p.label, round(pg / pt, 6) if pt else None))
-        reports.append(
-            SloReport(
-                slo=s.name,
-                service=s.service,
-                kind=s.kind,
-                objective=s.objective,
-                sla=facility.sla,
-                timeslice_target=s.timeslice_target,
-                total=tot,
-                good=gd,
-                availability=round(avail, 6) if avail is not None else None,
-                uptime=round(uptime, 6) if uptime is not None else None,
-                objective_met=None if measure is None else measure >= s.objective,
-                sla_met=None if measure is None or facility.sla is None else measure >= facility.sla,
-                budget_used=round(budget_used, 6) if budget_used is not None else None,
-                up_minutes=int(up.sum()),
-                down_minutes=int(down.sum()),
-                no_data_minutes=int((~has & ~maint & ~future).sum()),
-                maintenance_minutes=int(maint.sum()),
-                incidents=incidents(down, up, bad, start_s, tz),
-                days=days,
-                budget_curve=curve,
-                previous=previous,
-            )
-        )
+        for k, (day, _) in enumerate(mins.day_starts)
+    ]
+
+
+def _slo_report(
+    source: ReportSource, s: Slo, facility: Facility, period: Period, mins: _Minutes, previous_periods: int
+) -> SloReport:
+    total, good = source.minutes(s, facility.id, mins.start_s, mins.end_s)
+    total = np.where(mins.excluded, 0.0, total)
+    good = np.where(mins.excluded, 0.0, good)
+    has = total > 0
+    up = good_minutes(total, good, s.timeslice_target)  # the store's and the engine's rule
+    down = has & ~up
+    tot, gd = int(total.sum()), int(good.sum())
+    avail = gd / tot if tot else None
+    data_min = int(has.sum())
+    uptime = int(up.sum()) / data_min if data_min else None
+    measure = uptime if s.budgeting == "timeslices" else avail
+    budget_used = (1 - measure) / (1 - s.objective) if measure is not None else None
+    no_data = ~has & ~mins.excluded
+    days = _days(mins, total, good, up, down, no_data)
+    # Budget left after each day, against the whole period's allowance so far.
+    cum_t, cum_b = np.cumsum([x.total for x in days]), np.cumsum([x.total - x.good for x in days])
+    allowed = cum_t[-1] * (1 - s.objective) if len(cum_t) and cum_t[-1] else 0.0
+    curve = [round(1 - b / allowed, 6) if allowed else None for b in cum_b]
+    previous = []
+    p = period
+    for _ in range(previous_periods):
+        p = p.previous()
+        ps, pe = p.bounds_s(facility.timezone)
+        pt, pg = source.totals(s, facility.id, ps, pe)
+        previous.append((p.label, round(pg / pt, 6) if pt else None))
+    return SloReport(
+        slo=s.name,
+        service=s.service,
+        kind=s.kind,
+        objective=s.objective,
+        sla=facility.sla,
+        timeslice_target=s.timeslice_target,
+        total=tot,
+        good=gd,
+        availability=round(avail, 6) if avail is not None else None,
+        uptime=round(uptime, 6) if uptime is not None else None,
+        objective_met=None if measure is None else measure >= s.objective,
+        sla_met=None if measure is None or facility.sla is None else measure >= facility.sla,
+        budget_used=round(budget_used, 6) if budget_used is not None else None,
+        up_minutes=int(up.sum()),
+        down_minutes=int(down.sum()),
+        no_data_minutes=int(no_data.sum()),
+        maintenance_minutes=int(mins.maint.sum()),
+        incidents=incidents(down, up, total - good, mins.start_s, mins.tz),
+        days=days,
+        budget_curve=curve,
+        previous=previous,
+    )
+
+
+def build_report(
+    store: Store | ReportSource,
+    slos: Sequence[Slo],
+    facility: Facility,
+    period: Period,
+    now_s: float,
+    previous_periods: int = 3,
+) -> Report:
+    source = source_of(store)
+    mins, listed = _minutes(facility, period, now_s)
     report = Report(
         facility=facility.id,
         facility_name=facility.name,
         timezone=facility.timezone,
         period=period.label,
-        start=_local(start_s, tz),
-        end=_local(end_s, tz),
-        generated_at=_local(now_s, tz),
-        slos=reports,
+        start=_local(mins.start_s, mins.tz),
+        end=_local(mins.end_s, mins.tz),
+        generated_at=_local(now_s, mins.tz),
+        slos=[_slo_report(source, s, facility, period, mins, previous_periods) for s in slos],
         maintenance=listed,
-        latency_weeks=source.latency_weeks(slos, facility.id, period, tz),
+        latency_weeks=source.latency_weeks(slos, facility.id, period, mins.tz),
     )
     report.seal()
     return report
