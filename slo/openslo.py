@@ -45,6 +45,28 @@ def _rolling_days(duration: str) -> str | None:
     return f"{n}d" if n > 0 else None
 
 
+class _Refused(Exception):
+    """An SLO that cannot be imported, and the one problem that says why."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+_IMPORTED_KEYS = frozenset(
+    {
+        "service",
+        "description",
+        "indicator",
+        "indicatorRef",
+        "objectives",
+        "timeWindow",
+        "budgetingMethod",
+        "alertPolicies",
+    }
+)
+
+
 def _convert(
     src: Source,
     doc: dict[str, Any],
@@ -52,171 +74,29 @@ def _convert(
     notes: list[Problem],
     errors: list[Problem],
 ) -> dict[str, Any] | None:
+    """One kind: SLO document as a slos.yaml entry (None, with the reason in ``errors``, when it
+    cannot be imported); what is dropped on the way goes to ``notes``."""
     spec = _dict(doc.get("spec"))
-    name = _get(doc, "metadata", "name")
-    if not isinstance(name, str) or not re.fullmatch(NAME_RE, name):
-        errors.append(src.problem(("metadata", "name"), f"SLO name must match {NAME_RE} (got {name!r})"))
-        return None
-    out: dict[str, Any] = {"name": name}
-    service = spec.get("service")
-    if not isinstance(service, str):
-        errors.append(src.problem(("spec", "service"), "required: the upstream (service) the SLO is about"))
-        return None
-    out["service"] = service
-    if isinstance(spec.get("description"), str):
-        out["description"] = spec["description"]
-
-    # The indicator: inline, or a reference to a kind: SLI document in the same file.
-    indicator: dict[str, Any] | None = (
-        spec.get("indicator") if isinstance(spec.get("indicator"), dict) else None
-    )
-    ind_src: Source = src
-    ind_loc: Loc = ("spec", "indicator")
-    if indicator is None and isinstance(spec.get("indicatorRef"), str):
-        ref = slis.get(spec["indicatorRef"])
-        if ref is None:
-            errors.append(
-                src.problem(
-                    ("spec", "indicatorRef"), f"no kind: SLI named {spec['indicatorRef']!r} in this file"
-                )
+    try:
+        name = _get(doc, "metadata", "name")
+        if not isinstance(name, str) or not re.fullmatch(NAME_RE, name):
+            raise _Refused(src.problem(("metadata", "name"), f"SLO name must match {NAME_RE} (got {name!r})"))
+        service = spec.get("service")
+        if not isinstance(service, str):
+            raise _Refused(
+                src.problem(("spec", "service"), "required: the upstream (service) the SLO is about")
             )
-            return None
-        ind_src, ind_loc, indicator = ref
-    if indicator is None:
-        errors.append(src.problem(("spec",), "an indicator or indicatorRef is required"))
-        return None
-    ind_spec = _dict(indicator.get("spec"))
-
-    objectives = _list(spec.get("objectives"))
-    if not objectives or not isinstance(objectives[0], dict):
-        errors.append(src.problem(("spec", "objectives"), "at least one objective is required"))
-        return None
-    if len(objectives) > 1:
-        notes.append(
-            src.problem(
-                ("spec", "objectives", 1),
-                "only the first objective is imported; the others are not",
-                at_key=True,
-            )
-        )
-    obj = objectives[0]
-    if "targetPercent" in obj:
-        out["objective"] = float(obj["targetPercent"])
-    elif "target" in obj:
-        out["objective"] = round(float(obj["target"]) * 100, 6)
-    else:
-        errors.append(src.problem(("spec", "objectives", 0), "target or targetPercent is required"))
-        return None
-
-    if "ratioMetric" in ind_spec:
-        ratio = ind_spec["ratioMetric"]
-        out["sli"] = {"availability": {}}
-        notes.append(
-            ind_src.problem(
-                (*ind_loc, "spec", "ratioMetric"),
-                "queries not translated: measured at the gateway as availability (status < 500)",
-                at_key=True,
-            )
-        )
-        if isinstance(ratio, dict) and ratio.get("counter") is False:
-            notes.append(
-                ind_src.problem(
-                    (*ind_loc, "spec", "ratioMetric", "counter"),
-                    "gauge ratios are not supported; counted as requests",
-                    at_key=True,
-                )
-            )
-    elif "thresholdMetric" in ind_spec:
-        op, value = obj.get("op"), obj.get("value")
-        if op not in ("lte", "lt") or not isinstance(value, int | float):
-            errors.append(
-                src.problem(
-                    ("spec", "objectives", 0),
-                    "a thresholdMetric objective needs op: lte and a value (seconds)",
-                )
-            )
-            return None
-        out["sli"] = {"latency": {"threshold": f"{round(float(value) * 1000)}ms"}}
-        notes.append(
-            ind_src.problem(
-                (*ind_loc, "spec", "thresholdMetric"),
-                f"query not translated: latency measured at the gateway against {value} s",
-                at_key=True,
-            )
-        )
-    else:
-        errors.append(
-            ind_src.problem(
-                (*ind_loc, "spec"), "only ratioMetric and thresholdMetric indicators are supported"
-            )
-        )
-        return None
-
-    windows = _list(spec.get("timeWindow"))
-    if len(windows) != 1 or not isinstance(windows[0], dict):
-        errors.append(src.problem(("spec", "timeWindow"), "exactly one time window is required"))
-        return None
-    tw = windows[0]
-    duration = str(tw.get("duration", ""))
-    if tw.get("isRolling", False):
-        days = _rolling_days(duration)
-        if days is None:
-            errors.append(
-                src.problem(
-                    ("spec", "timeWindow", 0, "duration"),
-                    f"rolling windows must be whole days or weeks (got {duration!r})",
-                )
-            )
-            return None
-        out["window"] = days
-    else:
-        cal = _CALENDAR.get(duration)
-        if cal is None:
-            errors.append(
-                src.problem(
-                    ("spec", "timeWindow", 0, "duration"),
-                    f"calendar windows must be 1M or 1Q (got {duration!r})",
-                )
-            )
-            return None
-        out["window"] = {"calendar": cal}
-        if _get(tw, "calendar", "timeZone") is not None:
-            notes.append(
-                src.problem(
-                    ("spec", "timeWindow", 0, "calendar", "timeZone"),
-                    "not imported: calendar windows use each facility's own time zone",
-                    at_key=True,
-                )
-            )
-        if _get(tw, "calendar", "startTime") is not None:
-            notes.append(
-                src.problem(
-                    ("spec", "timeWindow", 0, "calendar", "startTime"),
-                    "not imported: periods start on the first of the month or quarter",
-                    at_key=True,
-                )
-            )
-
-    method = spec.get("budgetingMethod", "Occurrences")
-    if method == "Timeslices":
-        out["budgeting"] = "timeslices"
-        window = str(obj.get("timeSliceWindow", "1m"))
-        if window not in ("1m", "60s"):
-            notes.append(
-                src.problem(
-                    ("spec", "objectives", 0, "timeSliceWindow"),
-                    f"slices are always 1m (got {window!r})",
-                    at_key=True,
-                )
-            )
-        if "timeSliceTarget" in obj:
-            out["timeslice"] = {"target": round(float(obj["timeSliceTarget"]) * 100, 6)}
-    elif method != "Occurrences":
-        errors.append(
-            src.problem(
-                ("spec", "budgetingMethod"), f"{method!r} is not supported (Occurrences or Timeslices)"
-            )
-        )
+        out: dict[str, Any] = {"name": name, "service": service}
+        if isinstance(spec.get("description"), str):
+            out["description"] = spec["description"]
+        indicator = _indicator(src, spec, slis)
+        obj = _objective(src, spec, notes)
+        out["objective"] = _target(src, obj)
+        sli = _sli(src, indicator, obj, notes)
+        out["window"] = _window(src, spec, notes)
+        out.update(_budgeting(src, spec, obj, notes))
+    except _Refused as refused:
+        errors.append(refused.problem)
         return None
     if spec.get("alertPolicies"):
         notes.append(
@@ -226,19 +106,153 @@ def _convert(
                 at_key=True,
             )
         )
-    for key in spec:
-        if key not in {
-            "service",
-            "description",
-            "indicator",
-            "indicatorRef",
-            "objectives",
-            "timeWindow",
-            "budgetingMethod",
-            "alertPolicies",
-        }:
-            notes.append(src.problem(("spec", key), "not imported: no equivalent", at_key=True))
-    out["sli"] = out.pop("sli")
+    notes.extend(
+        src.problem(("spec", key), "not imported: no equivalent", at_key=True)
+        for key in spec
+        if key not in _IMPORTED_KEYS
+    )
+    out["sli"] = sli
+    return out
+
+
+def _indicator(
+    src: Source, spec: dict[str, Any], slis: dict[str, tuple[Source, Loc, dict[str, Any]]]
+) -> tuple[Source, Loc, dict[str, Any]]:
+    """The indicator: inline, or a reference to a kind: SLI document in the same file (with
+    where it is, for notes about it)."""
+    indicator = spec.get("indicator")
+    if isinstance(indicator, dict):
+        return src, ("spec", "indicator"), _dict(indicator.get("spec"))
+    ref_name = spec.get("indicatorRef")
+    if isinstance(ref_name, str):
+        ref = slis.get(ref_name)
+        if ref is None:
+            raise _Refused(
+                src.problem(("spec", "indicatorRef"), f"no kind: SLI named {ref_name!r} in this file")
+            )
+        return ref[0], ref[1], _dict(ref[2].get("spec"))
+    raise _Refused(src.problem(("spec",), "an indicator or indicatorRef is required"))
+
+
+def _objective(src: Source, spec: dict[str, Any], notes: list[Problem]) -> dict[str, Any]:
+    objectives = _list(spec.get("objectives"))
+    if not objectives or not isinstance(objectives[0], dict):
+        raise _Refused(src.problem(("spec", "objectives"), "at least one objective is required"))
+    if len(objectives) > 1:
+        notes.append(
+            src.problem(
+                ("spec", "objectives", 1),
+                "only the first objective is imported; the others are not",
+                at_key=True,
+            )
+        )
+    first: dict[str, Any] = objectives[0]
+    return first
+
+
+def _target(src: Source, obj: dict[str, Any]) -> float:
+    if "targetPercent" in obj:
+        return float(obj["targetPercent"])
+    if "target" in obj:
+        return round(float(obj["target"]) * 100, 6)
+    raise _Refused(src.problem(("spec", "objectives", 0), "target or targetPercent is required"))
+
+
+def _sli(
+    src: Source, indicator: tuple[Source, Loc, dict[str, Any]], obj: dict[str, Any], notes: list[Problem]
+) -> dict[str, Any]:
+    """The SLI as the gateway measures it: queries are not translated."""
+    ind_src, ind_loc, ind_spec = indicator
+    if "ratioMetric" in ind_spec:
+        notes.append(
+            ind_src.problem(
+                (*ind_loc, "spec", "ratioMetric"),
+                "queries not translated: measured at the gateway as availability (status < 500)",
+                at_key=True,
+            )
+        )
+        ratio = ind_spec["ratioMetric"]
+        if isinstance(ratio, dict) and ratio.get("counter") is False:
+            notes.append(
+                ind_src.problem(
+                    (*ind_loc, "spec", "ratioMetric", "counter"),
+                    "gauge ratios are not supported; counted as requests",
+                    at_key=True,
+                )
+            )
+        return {"availability": {}}
+    if "thresholdMetric" in ind_spec:
+        op, value = obj.get("op"), obj.get("value")
+        if op not in ("lte", "lt") or not isinstance(value, int | float):
+            raise _Refused(
+                src.problem(
+                    ("spec", "objectives", 0),
+                    "a thresholdMetric objective needs op: lte and a value (seconds)",
+                )
+            )
+        notes.append(
+            ind_src.problem(
+                (*ind_loc, "spec", "thresholdMetric"),
+                f"query not translated: latency measured at the gateway against {value} s",
+                at_key=True,
+            )
+        )
+        return {"latency": {"threshold": f"{round(float(value) * 1000)}ms"}}
+    raise _Refused(
+        ind_src.problem((*ind_loc, "spec"), "only ratioMetric and thresholdMetric indicators are supported")
+    )
+
+
+def _window(src: Source, spec: dict[str, Any], notes: list[Problem]) -> str | dict[str, str]:
+    windows = _list(spec.get("timeWindow"))
+    if len(windows) != 1 or not isinstance(windows[0], dict):
+        raise _Refused(src.problem(("spec", "timeWindow"), "exactly one time window is required"))
+    tw = windows[0]
+    duration = str(tw.get("duration", ""))
+    loc: Loc = ("spec", "timeWindow", 0, "duration")
+    if tw.get("isRolling", False):
+        days = _rolling_days(duration)
+        if days is None:
+            raise _Refused(
+                src.problem(loc, f"rolling windows must be whole days or weeks (got {duration!r})")
+            )
+        return days
+    cal = _CALENDAR.get(duration)
+    if cal is None:
+        raise _Refused(src.problem(loc, f"calendar windows must be 1M or 1Q (got {duration!r})"))
+    for key, why in (
+        ("timeZone", "not imported: calendar windows use each facility's own time zone"),
+        ("startTime", "not imported: periods start on the first of the month or quarter"),
+    ):
+        if _get(tw, "calendar", key) is not None:
+            notes.append(src.problem(("spec", "timeWindow", 0, "calendar", key), why, at_key=True))
+    return {"calendar": cal}
+
+
+def _budgeting(
+    src: Source, spec: dict[str, Any], obj: dict[str, Any], notes: list[Problem]
+) -> dict[str, Any]:
+    method = spec.get("budgetingMethod", "Occurrences")
+    if method == "Occurrences":
+        return {}
+    if method != "Timeslices":
+        raise _Refused(
+            src.problem(
+                ("spec", "budgetingMethod"), f"{method!r} is not supported (Occurrences or Timeslices)"
+            )
+        )
+    out: dict[str, Any] = {"budgeting": "timeslices"}
+    window = str(obj.get("timeSliceWindow", "1m"))
+    if window not in ("1m", "60s"):
+        notes.append(
+            src.problem(
+                ("spec", "objectives", 0, "timeSliceWindow"),
+                f"slices are always 1m (got {window!r})",
+                at_key=True,
+            )
+        )
+    if "timeSliceTarget" in obj:
+        out["timeslice"] = {"target": round(float(obj["timeSliceTarget"]) * 100, 6)}
     return out
 
 
