@@ -377,31 +377,12 @@ async def _demo(duration_s: float, out: Path, rate: float) -> int:
     admin = f"http://127.0.0.1:{admin_port}"
     try:
         async with aiohttp.ClientSession() as session:
-            for _ in range(100):
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(f"{admin}/readyz") as r:
-                        if r.status == 200:
-                            break
-                if proc.returncode is not None:
-                    print(
-                        f"vitalgate demo: the gateway exited; see {out / 'gateway.stderr'}",
-                        file=sys.stderr,
-                    )
-                    return 1
-                await asyncio.sleep(0.1)
-            upstream.t0 = t0 = time.monotonic()
+            if not await _ready(session, admin, proc):
+                print(f"vitalgate demo: the gateway exited; see {out / 'gateway.stderr'}", file=sys.stderr)
+                return 1
+            upstream.t0 = time.monotonic()
             gen = asyncio.create_task(traffic(f"http://127.0.0.1:{gw_port}", rate, duration_s))
-            tty = sys.stdout.isatty()
-            prev, prev_t = Snapshot({}, {}, {}), time.monotonic()
-            while not gen.done():
-                await asyncio.wait({gen}, timeout=2.0)
-                async with session.get(f"{admin}/metrics") as r:
-                    metrics_text = await r.text()
-                cur = read_snapshot(metrics_text)
-                now = time.monotonic()
-                table = render_table(prev, cur, max(now - prev_t, 1e-3), now - t0, duration_s, faults)
-                print(("\x1b[2J\x1b[H" if tty else "\n") + table, flush=True)
-                prev, prev_t = cur, now
+            cur, metrics_text = await _show_while(gen, session, admin, upstream.t0, duration_s, faults)
             sent = gen.result()
             (out / "metrics.txt").write_text(metrics_text)
     finally:
@@ -412,15 +393,58 @@ async def _demo(duration_s: float, out: Path, rate: float) -> int:
         await asyncio.sleep(0.6)  # the last span export
         for runner in runners:
             await runner.cleanup()
+    _summary(out, config_path, admin, sent, cur, len(sink.spans))
+    return 0 if proc.returncode == 0 else 1
+
+
+async def _ready(session: aiohttp.ClientSession, admin: str, proc: asyncio.subprocess.Process) -> bool:
+    """Wait (up to 10 s) for the gateway's /readyz; False if it exited first."""
+    for _ in range(100):
+        with contextlib.suppress(aiohttp.ClientError):  # not listening yet
+            async with session.get(f"{admin}/readyz") as r:
+                if r.status == 200:
+                    return True
+        if proc.returncode is not None:
+            return False
+        await asyncio.sleep(0.1)
+    return True  # still starting: the traffic will say what is wrong
+
+
+async def _show_while(
+    gen: asyncio.Task[dict[str, int]],
+    session: aiohttp.ClientSession,
+    admin: str,
+    t0: float,
+    duration_s: float,
+    faults: list[Fault],
+) -> tuple[Snapshot, str]:
+    """Redraw the per-facility table every 2 s from /metrics until the traffic is done."""
+    tty = sys.stdout.isatty()
+    prev, prev_t = Snapshot({}, {}, {}), time.monotonic()
+    cur, metrics_text = prev, ""
+    while not gen.done():
+        await asyncio.wait({gen}, timeout=2.0)
+        async with session.get(f"{admin}/metrics") as r:
+            metrics_text = await r.text()
+        cur = read_snapshot(metrics_text)
+        now = time.monotonic()
+        table = render_table(prev, cur, max(now - prev_t, 1e-3), now - t0, duration_s, faults)
+        print(("\x1b[2J\x1b[H" if tty else "\n") + table, flush=True)
+        prev, prev_t = cur, now
+    return cur, metrics_text
+
+
+def _summary(
+    out: Path, config_path: Path, admin: str, sent: dict[str, int], cur: Snapshot, n_spans: int
+) -> None:
     print()
     print(f"{'facility':<14}{'sent':>8}{'counted':>9}{'errors':>8}")
-    for fac in [*FACILITIES, "unknown"]:
+    for fac in [*FACILITIES, names.UNKNOWN_FACILITY]:
         counted, errors = cur.total.get(fac, 0), cur.errors.get(fac, 0)
         print(f"{fac:<14}{sent.get(fac, 0):>8}{counted:>9.0f}{errors:>8.0f}")
     print()
     print(f"Metrics:  {admin}/metrics (Prometheus text; final copy in {out / 'metrics.txt'})")
     print(f"Logs:     {out / 'access.log'} (one JSON line per request; trace_id links to the spans)")
-    n_spans = len(sink.spans)
     print(f"Traces:   {out / 'traces.jsonl'} ({n_spans} spans received over OTLP/HTTP protobuf)")
     print(f"Config:   {config_path}")
     config = load_config(config_path)
@@ -431,7 +455,6 @@ async def _demo(duration_s: float, out: Path, rate: float) -> int:
     print()
     print("SLOs per facility (embedded store, worst budget first):")
     print(slo_table(config_path))
-    return 0 if proc.returncode == 0 else 1
 
 
 def slo_table(config_path: Path) -> str:
