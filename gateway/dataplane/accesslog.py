@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from gateway.dataplane.outcome import Outcome
 from slo import conventions as names
@@ -32,20 +32,22 @@ def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-_KEYS = tuple(json.dumps(name) + ":" for name in names.REQUEST_FIELDS)
+_KEYS: Final = tuple(json.dumps(name) + ":" for name in names.REQUEST_FIELDS)
 # The fixed pieces of a request line, field names spelled by slo.conventions.
-_K_TIMESTAMP = "{" + json.dumps(names.LOG_TIMESTAMP) + ':"'
-_K_EVENT = 'Z",' + json.dumps(names.LOG_EVENT) + ":" + json.dumps(names.REQUEST_EVENT) + "," + _KEYS[0] + '"'
-_K_SPAN = '",' + _KEYS[1] + '"'
-_K_FLAGS = '",' + _KEYS[2] + '"'
-_K_STATUS = "," + _KEYS[7]
-_K_DURATION = "," + _KEYS[8]
-_K_UPSTREAM = "," + _KEYS[9]
-_K_ERROR = "," + _KEYS[10]
+_K_TIMESTAMP: Final = "{" + json.dumps(names.LOG_TIMESTAMP) + ':"'
+_K_EVENT: Final = (
+    'Z",' + json.dumps(names.LOG_EVENT) + ":" + json.dumps(names.REQUEST_EVENT) + "," + _KEYS[0] + '"'
+)
+_K_SPAN: Final = '",' + _KEYS[1] + '"'
+_K_FLAGS: Final = '",' + _KEYS[2] + '"'
+_K_STATUS: Final = "," + _KEYS[7]
+_K_DURATION: Final = "," + _KEYS[8]
+_K_UPSTREAM: Final = "," + _KEYS[9]
+_K_ERROR: Final = "," + _KEYS[10]
 _quote = json.encoder.encode_basestring_ascii  # the C string encoder
 
 
-_PAD3 = tuple(f"{i:03d}" for i in range(1000))
+_PAD3: Final = tuple(f"{i:03d}" for i in range(1000))
 
 
 class RequestFormatter:
@@ -101,8 +103,8 @@ def format_event(ts: float, event: str, fields: dict[str, Any]) -> str:
     return json.dumps({"timestamp": rfc3339(ts), "event": event, **fields}, separators=(",", ":"))
 
 
-_PIPE_BUF = 4096
-WRITE_INTERVAL_S = 0.05
+_PIPE_BUF: Final = 4096
+WRITE_INTERVAL_S: Final = 0.05
 
 
 class AccessLog:

@@ -22,13 +22,17 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Final
 
 from slo.conventions import OTHER_METHOD
 
-FHIR_JSON_TYPES = ("application/fhir+json", "application/json+fhir", "application/json")
-BATCH_RESPONSE_TYPES = frozenset({"batch-response", "transaction-response"})
-ENTRY_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+FHIR_JSON_TYPES: Final[tuple[str, ...]] = (
+    "application/fhir+json",
+    "application/json+fhir",
+    "application/json",
+)
+BATCH_RESPONSE_TYPES: Final = frozenset({"batch-response", "transaction-response"})
+ENTRY_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
 
 
 def is_fhir_json(content_type: str | None) -> bool:

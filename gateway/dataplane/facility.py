@@ -12,12 +12,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Protocol
+from typing import Final, Protocol
 
 from gateway.dataplane.settings import FacilitySettings
 from slo.conventions import UNKNOWN_FACILITY
 
-UNKNOWN = UNKNOWN_FACILITY
+UNKNOWN: Final = UNKNOWN_FACILITY
 
 
 class HeaderLookup(Protocol):
@@ -26,7 +26,7 @@ class HeaderLookup(Protocol):
     def get(self, name: str, /) -> str | None: ...
 
 
-_MAX_JWT = 8192
+_MAX_JWT: Final = 8192
 
 
 def jwt_claim(authorization: str | None, claim: str) -> str | None:

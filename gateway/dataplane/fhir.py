@@ -7,7 +7,9 @@ never becomes a label.
 
 from __future__ import annotations
 
-RESOURCE_TYPES = frozenset(
+from typing import Final
+
+RESOURCE_TYPES: Final = frozenset(
     (
         "Account",
         "ActivityDefinition",
@@ -192,7 +194,7 @@ RESOURCE_TYPES = frozenset(
     )
 )
 
-OPERATIONS = frozenset(
+OPERATIONS: Final = frozenset(
     (
         "apply",
         "closure",

@@ -3,8 +3,10 @@
 Regenerate with scripts/gen-fhir-names (it says where the definitions come from).
 """
 
+from typing import Final
+
 # fmt: off
-SEARCH_PARAMETER_CODES = frozenset((
+SEARCH_PARAMETER_CODES: Final = frozenset((
     '_content',
     '_filter',
     '_has',
@@ -626,7 +628,7 @@ SEARCH_PARAMETER_CODES = frozenset((
     'workflow',
 ))
 
-ELEMENT_NAMES = frozenset((
+ELEMENT_NAMES: Final = frozenset((
     'abatement',
     'abnormalCodedValueSet',
     'about',

@@ -31,23 +31,23 @@ import ipaddress
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import httptools
 
 from gateway.dataplane.errors import ClientBodyInvalid, ClientTimeout
 from gateway.dataplane.flow import FlowControlled, wake
 
-_HIGH_WATER = 256 * 1024
-_REASONS = {s.value: s.phrase for s in http.HTTPStatus}
-_TOO_MANY_BODY = (
+_HIGH_WATER: Final = 256 * 1024
+_REASONS: Final = {s.value: s.phrase for s in http.HTTPStatus}
+_TOO_MANY_BODY: Final = (
     b'{"error": "too_many_connections", "detail": "the gateway is at its client connection limit"}'
 )
-_TOO_MANY = (
+_TOO_MANY: Final = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
     b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(_TOO_MANY_BODY), _TOO_MANY_BODY)
 )
-_NO_BODY_STATUS = frozenset({204, 304})
+_NO_BODY_STATUS: Final = frozenset({204, 304})
 
 
 class Headers:

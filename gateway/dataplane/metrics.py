@@ -21,13 +21,13 @@ import math
 import time
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 from gateway.dataplane.outcome import Outcome, RequestKey
 from slo.conventions import OTHER_ROUTE
 
 # OTel advisory boundaries for http.server.request.duration, in seconds.
-OTEL_DURATION_BUCKETS_S = (
+OTEL_DURATION_BUCKETS_S: Final[tuple[float, ...]] = (
     0.005,
     0.01,
     0.025,
@@ -43,7 +43,7 @@ OTEL_DURATION_BUCKETS_S = (
     7.5,
     10.0,
 )
-EXEMPLAR_INTERVAL_S = 1.0
+EXEMPLAR_INTERVAL_S: Final = 1.0
 
 
 def duration_buckets_s(thresholds_s: list[float]) -> tuple[float, ...]:

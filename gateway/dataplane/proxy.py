@@ -14,7 +14,7 @@ import contextlib
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from gateway.dataplane.bundle import inspect, is_fhir_json, request_entries, status_class
@@ -30,8 +30,10 @@ from gateway.dataplane.tracing import AnySpan, Span, Tracer, format_traceparent,
 from gateway.dataplane.upstream import Upstream, UpstreamResponse
 from slo.conventions import NO_SERVICE, OTHER_METHOD
 
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
-HOP_BY_HOP = frozenset(
+KNOWN_METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+HOP_BY_HOP: Final = frozenset(
     h.lower()
     for h in (
         "Connection",
@@ -49,7 +51,7 @@ HOP_BY_HOP = frozenset(
 )
 # Replaced by the gateway's own values, not copied from the client: forwarding headers are
 # believed only from a trusted proxy (and then extended, not copied).
-_NOT_COPIED = HOP_BY_HOP | {
+_NOT_COPIED: Final = HOP_BY_HOP | {
     "traceparent",
     "x-forwarded-for",
     "x-forwarded-proto",
@@ -57,20 +59,44 @@ _NOT_COPIED = HOP_BY_HOP | {
     "x-forwarded-port",
     "forwarded",
 }
-_STRIP_RESPONSE = frozenset(h for h in HOP_BY_HOP if h != "host") | {"content-length"}
+_STRIP_RESPONSE: Final = frozenset(h for h in HOP_BY_HOP if h != "host") | {"content-length"}
 # Response headers that carry URLs a client follows: rewritten from the upstream's base.
-_URL_HEADERS = frozenset({"location", "content-location", "link"})
-_PROTOS = frozenset({"http", "https"})
-_HOP_CACHE_SIZE = 256
-_NAME_CACHE_SIZE = 512
+_URL_HEADERS: Final = frozenset({"location", "content-location", "link"})
+_PROTOS: Final = frozenset({"http", "https"})
+_HOP_CACHE_SIZE: Final = 256
+_NAME_CACHE_SIZE: Final = 512
 
 
-_JSON = [("Content-Type", "application/json; charset=utf-8")]
-_NO_ROUTE = b'{"error": "no route", "detail": "no configured route matches this path"}'
-_BAD_PATH = (
+_JSON: Final = [("Content-Type", "application/json; charset=utf-8")]
+_NO_ROUTE: Final = b'{"error": "no route", "detail": "no configured route matches this path"}'
+_BAD_PATH: Final = (
     b'{"error": "invalid_path", "detail": "the path climbs above the root, or has a backslash or an'
     b' encoded / or \\\\"}'
 )
+
+
+def _end_client_span(span: AnySpan, upstream_status: int | None, error: GatewayError | None) -> None:
+    if not span.is_recording():
+        return
+    if upstream_status is not None:
+        span.set_attribute("http.response.status_code", upstream_status)
+    if error is not None:
+        span.set_attribute("error.type", error.error_type)
+    if error is not None or (upstream_status or 0) >= 400:
+        span.set_error()
+    span.end()
+
+
+async def _answer_error(request: Request, error: GatewayError) -> int:
+    """The status recorded for a request the gateway failed, after telling the client."""
+    if request.prepared:
+        # Headers already went out: the only honest signal left is to cut the connection.
+        request.abort()
+        return error.status if isinstance(error, ClientError) else 502
+    body = json.dumps({"error": error.error_type, "detail": str(error)}).encode()
+    with contextlib.suppress(ConnectionError):  # the client left: nothing more to tell it
+        await request.respond(error.status, _JSON, body)
+    return error.status
 
 
 def _quoted(value: str) -> str:
@@ -362,22 +388,7 @@ class Proxy:
     ) -> tuple[int, str | None, float | None]:
         """Forward and answer; the status recorded, the error type, the upstream time in ms."""
         upstream = self.upstreams[match.upstream]
-        route = match.route
-        if isinstance(server_span, Span):
-            client_span: AnySpan = self.tracer.start_client(
-                f"{method} {route}",
-                server_span,
-                {
-                    "http.request.method": method,
-                    "server.address": upstream.host,
-                    "server.port": upstream.port,
-                    "url.template": route,
-                    "vitalgate.upstream": match.upstream,
-                },
-            )
-        else:
-            # Not sampled: no span to record, so the upstream's parent is the server span itself.
-            client_span = server_span
+        client_span = self._client_span(server_span, method, match, upstream)
         headers, forwarding, host, external = self._forward_headers(
             request, format_traceparent(client_span.get_span_context())
         )
@@ -395,46 +406,34 @@ class Proxy:
                 request.method, request.raw_path, headers, body, expect, host, True, forwarding
             )
             try:
-                upstream_status = upstream_status_ = upstream_response.status
+                upstream_status = status = upstream_response.status
                 out, length, ctype, urls = self._response_headers(upstream_response, upstream, external)
                 if urls and self._header_leak(out, upstream):
                     self.counters.url_leak(facility, match.service, "header")
                 reason = upstream_response.reason or None
                 inspect_max = match.inspect_max if is_fhir_json(ctype) else 0
-                leak = upstream.leak_needles
                 try:
                     if inspect_max and not upstream_response.complete:
                         # Small enough to inspect: gather it (bounded), then answer it whole.
                         await upstream_response.gather(inspect_max)
                     if upstream_response.complete:
                         # The whole response is already here (the common case): one write.
-                        data = upstream_response.read_all_buffered()
-                        # Parsed only when there is something to do: a batch's entries to count,
-                        # or the upstream's address to rewrite (two byte searches decide it).
-                        leaked = bool(data) and contains(data, upstream.leak_authority) and _leaks(data, leak)
-                        if inspect_max and (leaked or tee is not None) and len(data) <= inspect_max:
-                            data = self._inspect(data, match, facility, upstream, external, tee, server_span)
-                            leaked = _leaks(data, leak)
-                        if leaked:
-                            self.counters.url_leak(facility, match.service, "body")
-                        await request.respond(upstream_status_, out, data, reason, length)
+                        data = self._whole(
+                            upstream_response,
+                            inspect_max,
+                            match,
+                            facility,
+                            upstream,
+                            external,
+                            tee,
+                            server_span,
+                        )
+                        await request.respond(status, out, data, reason, length)
                     else:
                         if inspect_max:
                             self.counters.uninspected(match.service, "too_large")
-                        request.start(upstream_status_, out, length, reason)
-                        leaked = False
-                        tail = b""
-                        width = len(leak[1])
-                        while chunk := await upstream_response.read():
-                            if not leaked:
-                                # Also across chunk boundaries: the last bytes of the one before.
-                                seam = tail + chunk[:width]
-                                leaked = _leaks(chunk, leak) or _leaks(seam, leak)
-                                tail = chunk[-width:]
-                            await request.write(chunk)
-                        await request.write_eof()
-                        if leaked:
-                            self.counters.url_leak(facility, match.service, "body")
+                        request.start(status, out, length, reason)
+                        await self._stream(request, upstream_response, match, facility, upstream)
                 except ConnectionError as exc:
                     raise ClientGone("client went away") from exc
             finally:
@@ -445,26 +444,77 @@ class Proxy:
             error = translate(exc)
         finally:
             upstream_ms = (time.perf_counter() - u0) * 1000
-            if client_span is not server_span and client_span.is_recording():
-                if upstream_status is not None:
-                    client_span.set_attribute("http.response.status_code", upstream_status)
-                if error is not None:
-                    client_span.set_attribute("error.type", error.error_type)
-                if error is not None or (upstream_status or 0) >= 400:
-                    client_span.set_error()
-                client_span.end()
+            if client_span is not server_span:
+                _end_client_span(client_span, upstream_status, error)
         if error is None:
             assert upstream_status is not None
             return upstream_status, None, upstream_ms
-        if request.prepared:
-            # Headers already went out: the only honest signal left is to cut the connection.
-            request.abort()
-            status = error.status if isinstance(error, ClientError) else 502
-            return status, error.error_type, upstream_ms
-        body_out = json.dumps({"error": error.error_type, "detail": str(error)}).encode()
-        with contextlib.suppress(ConnectionError):
-            await request.respond(error.status, _JSON, body_out)
-        return error.status, error.error_type, upstream_ms
+        return await _answer_error(request, error), error.error_type, upstream_ms
+
+    def _client_span(self, server_span: AnySpan, method: str, match: Match, upstream: Upstream) -> AnySpan:
+        """The CLIENT span of the upstream call; not sampled, the server span itself (the
+        upstream's parent), as there is nothing to record."""
+        if not isinstance(server_span, Span):
+            return server_span
+        return self.tracer.start_client(
+            f"{method} {match.route}",
+            server_span,
+            {
+                "http.request.method": method,
+                "server.address": upstream.host,
+                "server.port": upstream.port,
+                "url.template": match.route,
+                "vitalgate.upstream": match.upstream,
+            },
+        )
+
+    def _whole(
+        self,
+        upstream_response: UpstreamResponse,
+        inspect_max: int,
+        match: Match,
+        facility: str,
+        upstream: Upstream,
+        external: str,
+        tee: _Tee | None,
+        server_span: AnySpan,
+    ) -> bytes:
+        """A response body that is here whole, as the client gets it: inspected (and rewritten)
+        only when there is something to do, a batch's entries to count or the upstream's
+        address to rewrite (two byte searches decide it)."""
+        data = upstream_response.read_all_buffered()
+        leak = upstream.leak_needles
+        leaked = bool(data) and contains(data, upstream.leak_authority) and _leaks(data, leak)
+        if inspect_max and (leaked or tee is not None) and len(data) <= inspect_max:
+            data = self._inspect(data, match, facility, upstream, external, tee, server_span)
+            leaked = _leaks(data, leak)
+        if leaked:
+            self.counters.url_leak(facility, match.service, "body")
+        return data
+
+    async def _stream(
+        self,
+        request: Request,
+        upstream_response: UpstreamResponse,
+        match: Match,
+        facility: str,
+        upstream: Upstream,
+    ) -> None:
+        """A response too large (or too slow) to hold, streamed through, searched for leaks."""
+        leak = upstream.leak_needles
+        leaked = False
+        tail = b""
+        width = len(leak[1])
+        while chunk := await upstream_response.read():
+            if not leaked:
+                # Also across chunk boundaries: the last bytes of the one before.
+                seam = tail + chunk[:width]
+                leaked = _leaks(chunk, leak) or _leaks(seam, leak)
+                tail = chunk[-width:]
+            await request.write(chunk)
+        await request.write_eof()
+        if leaked:
+            self.counters.url_leak(facility, match.service, "body")
 
     def _inspect(
         self,

@@ -21,17 +21,18 @@ control parameter (``_count=Zebulon``). So the rule is an allow-list:
 from __future__ import annotations
 
 import re
+from typing import Final
 from urllib.parse import unquote_plus
 
 from gateway.dataplane.fhir import RESOURCE_TYPES
 from gateway.dataplane.fhir_names import ELEMENT_NAMES, SEARCH_PARAMETER_CODES
 
-REDACTED = "REDACTED"
-MAX_RECORDED = 2048
+REDACTED: Final = "REDACTED"
+MAX_RECORDED: Final = 2048
 """Longest ``url.query`` recorded: a query is bounded before it reaches a span."""
 
 # FHIR R5 search modifiers (3.2.1.5.5), with R4's (``recurse`` on _include).
-MODIFIERS = frozenset(
+MODIFIERS: Final = frozenset(
     (
         "above",
         "below",
@@ -52,9 +53,9 @@ MODIFIERS = frozenset(
     )
 )
 
-_DIGITS = re.compile(r"[0-9]{1,9}")
-_OPAQUE_PAGE = re.compile(r"[0-9A-Fa-f-]{8,64}")  # page ids servers mint (HAPI: UUIDs)
-_FORMATS = frozenset(
+_DIGITS: Final = re.compile(r"[0-9]{1,9}")
+_OPAQUE_PAGE: Final = re.compile(r"[0-9A-Fa-f-]{8,64}")  # page ids servers mint (HAPI: UUIDs)
+_FORMATS: Final = frozenset(
     (
         "json",
         "xml",
@@ -120,9 +121,9 @@ _ENUMS: dict[str, frozenset[str]] = {
     "_pretty": _codes("true", "false"),
     "_format": _FORMATS,
 }
-_NUMERIC = frozenset(("_count", "_offset", "_getpagesoffset", "_maxresults"))
-_OPAQUE = frozenset(("_page", "_getpages", "_pageId"))
-CONTROL_PARAMETERS = frozenset(
+_NUMERIC: Final = frozenset(("_count", "_offset", "_getpagesoffset", "_maxresults"))
+_OPAQUE: Final = frozenset(("_page", "_getpages", "_pageId"))
+CONTROL_PARAMETERS: Final = frozenset(
     (*_ENUMS, *_NUMERIC, *_OPAQUE, "_sort", "_elements", "_include", "_revinclude", "_type")
 )
 """Parameters whose values shape the response; their values are kept when they parse."""

@@ -19,14 +19,15 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Final
 
 from gateway.dataplane.outcome import Outcome
 from slo.spec import ENTRY_ROUTE_PREFIX, Slo
 from slo.store import SeriesKey, Store, StoreLock, StoreWriter, catch_up
 
-_STOP = object()
+_STOP: Final = object()
 log = logging.getLogger("vitalgate.store")
-MAINTENANCE_INTERVAL_S = 3600.0
+MAINTENANCE_INTERVAL_S: Final = 3600.0
 
 
 class Recorder:

@@ -10,14 +10,15 @@ templates); anything else under a prefix folds into one value per route
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 from gateway.dataplane.fhir import OPERATIONS, RESOURCE_TYPES
 from gateway.dataplane.settings import RouteSettings
 
-FACILITY_PLACEHOLDER = "{facility}"
+FACILITY_PLACEHOLDER: Final = "{facility}"
 
 
-_ENCODED_SEPARATORS = ("%2f", "%2F", "%5c", "%5C")
+_ENCODED_SEPARATORS: Final[tuple[str, ...]] = ("%2f", "%2F", "%5c", "%5C")
 
 
 def normalize_path(path: str) -> str | None:

@@ -32,19 +32,19 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from gateway.dataplane.errors import GatewayError, UpstreamReset
 from gateway.dataplane.settings import Timeouts, TraceSettings, UpstreamSettings
 from gateway.dataplane.upstream import Upstream
 
-SERVER = 2  # OTLP Span.SpanKind
-CLIENT = 3
-STATUS_UNSET = 0
-STATUS_ERROR = 2
-_TRACE_ID_LOW = (1 << 64) - 1
-_FLAGS_HEX = ("00", "01", "02", "03")
+SERVER: Final = 2  # OTLP Span.SpanKind
+CLIENT: Final = 3
+STATUS_UNSET: Final = 0
+STATUS_ERROR: Final = 2
+_TRACE_ID_LOW: Final = (1 << 64) - 1
+_FLAGS_HEX: Final[tuple[str, ...]] = ("00", "01", "02", "03")
 
 
 class SpanContext:
@@ -250,10 +250,10 @@ def _key_value(key: str, value: str | int | float | bool) -> bytes:
 
 
 # Span fields 1 (trace_id, 16 bytes) and 2 (span_id, 8 bytes), tags and lengths included.
-_IDS = struct.Struct(">HQQHQ").pack
-_PARENT = struct.Struct(">HQ").pack  # field 4, parent_span_id
+_IDS: Final = struct.Struct(">HQQHQ").pack
+_PARENT: Final = struct.Struct(">HQ").pack  # field 4, parent_span_id
 # Fields 6 (kind, varint), 7 and 8 (start and end, fixed64).
-_KIND_TIMES = struct.Struct("<BBBQBQ").pack
+_KIND_TIMES: Final = struct.Struct("<BBBQBQ").pack
 
 
 class OtlpEncoder:

@@ -35,7 +35,7 @@ import logging
 import ssl
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 import httptools
@@ -57,12 +57,12 @@ from gateway.dataplane.flow import FlowControlled, wake
 from gateway.dataplane.settings import UpstreamSettings
 
 log = logging.getLogger("vitalgate.upstream")
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-KEEPALIVE_S = 30.0
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+KEEPALIVE_S: Final = 30.0
 """How long an idle pooled connection is kept (less if the upstream's Keep-Alive says so)."""
-EXPECT_WAIT_S = 1.0
+EXPECT_WAIT_S: Final = 1.0
 """How long a body held back by ``Expect: 100-continue`` waits for ``100 Continue``."""
-_HIGH_WATER = 256 * 1024
+_HIGH_WATER: Final = 256 * 1024
 
 
 class BodySource(Protocol):
@@ -489,7 +489,7 @@ class _Timer:
         self._pool._timers.discard(self)
 
 
-TICK_S = 0.05
+TICK_S: Final = 0.05
 
 
 class Upstream:
