@@ -15,7 +15,7 @@ import socket
 
 from prometheus_client import CollectorRegistry
 
-from gateway.config import Config
+from gateway.config import Config, GatewayConfig
 from gateway.dataplane.accesslog import AccessLog
 from gateway.dataplane.facility import FacilityResolver
 from gateway.dataplane.metrics import LabelBudget
@@ -41,7 +41,7 @@ class DataPlane:
 
     def __init__(
         self,
-        config: Config,
+        config: Config[GatewayConfig],
         role: Role,
         registry: CollectorRegistry,
         metrics: GatewayMetrics,

@@ -11,26 +11,32 @@ import functools
 import ipaddress
 import re
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 from urllib.parse import SplitResult, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from gateway.dataplane import settings as settings_
-from slo.configfile import ConfigError, Loc, Problem, Source, read_yaml, validate
+from slo.configfile import (
+    ConfigError,
+    Loc,
+    Problem,
+    Source,
+    StrictModel,
+    items_of,
+    mapping_at,
+    read_yaml,
+    validate,
+)
 from slo.spec import NAME_RE, DurationS, Facility, Maintenance, Slo, load_slos
 
 FACILITY_ID_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 # Label values the gateway itself uses: a configured facility must not take one.
 RESERVED_FACILITY_IDS = frozenset({"unknown", "other", "*"})
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 def _listen(value: str) -> str:
@@ -73,7 +79,7 @@ def _url_port(parts: SplitResult) -> None:
         raise ValueError("has port 0 (a port is 1 to 65535)")
 
 
-class TimeoutConfig(_Strict):
+class TimeoutConfig(StrictModel):
     # A zero timeout would fail every request (504); an enormous one overflows the loop's timers.
     connect: Annotated[DurationS, AfterValidator(_within(0.001, 600))] = 2.0
     read: Annotated[DurationS, AfterValidator(_within(0.001, 86400))] | None = None
@@ -86,7 +92,7 @@ class TimeoutConfig(_Strict):
         return settings_.Timeouts(self.connect, self.read, self.total, self.pool)
 
 
-class UpstreamConfig(_Strict):
+class UpstreamConfig(StrictModel):
     url: str
     timeout: TimeoutConfig = Field(default_factory=TimeoutConfig)
     ca_file: str | None = None
@@ -111,7 +117,7 @@ class UpstreamConfig(_Strict):
         return v.rstrip("/")
 
 
-class RouteConfig(_Strict):
+class RouteConfig(StrictModel):
     prefix: str
     upstream: str
     kind: Literal["fhir", "generic"] = "generic"
@@ -151,7 +157,7 @@ class RouteConfig(_Strict):
         return v
 
 
-class FacilitySource(_Strict):
+class FacilitySource(StrictModel):
     header: str | None = None
     path_segment: int | None = Field(default=None, ge=0, le=32)
     jwt_claim: str | None = None
@@ -163,7 +169,7 @@ class FacilitySource(_Strict):
         return self
 
 
-class MaintenanceConfig(_Strict):
+class MaintenanceConfig(StrictModel):
     start: datetime
     end: datetime
     reason: str = ""
@@ -177,7 +183,7 @@ class MaintenanceConfig(_Strict):
         return self
 
 
-class FacilityConfig(_Strict):
+class FacilityConfig(StrictModel):
     name: str
     timezone: str = "UTC"
     sla: float | None = None
@@ -201,7 +207,7 @@ class FacilityConfig(_Strict):
         return v
 
 
-class FacilitiesConfig(_Strict):
+class FacilitiesConfig(StrictModel):
     from_: list[FacilitySource] = Field(default_factory=list, alias="from")
     known: dict[str, FacilityConfig] = Field(default_factory=dict)
 
@@ -220,12 +226,12 @@ class FacilitiesConfig(_Strict):
         return v
 
 
-class AccessLogConfig(_Strict):
+class AccessLogConfig(StrictModel):
     path: str = "-"
     queue_size: int = Field(default=65536, ge=16)
 
 
-class TracesConfig(_Strict):
+class TracesConfig(StrictModel):
     otlp_endpoint: str | None = None
     sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
     service_name: str = "vitalgate"
@@ -249,7 +255,7 @@ class TracesConfig(_Strict):
         return v
 
 
-class StoreConfig(_Strict):
+class StoreConfig(StrictModel):
     enabled: bool = True
     path: str = "var/vitalgate.db"
     flush_interval: DurationS = 10.0
@@ -271,69 +277,38 @@ class StoreConfig(_Strict):
         return v
 
 
-class MetricsConfig(_Strict):
+class MetricsConfig(StrictModel):
     max_label_sets: int = Field(default=20000, ge=10)
     """Cardinality budget of the request histogram; new label sets past it fold into 'other'."""
 
 
-class TelemetryConfig(_Strict):
+class TelemetryConfig(StrictModel):
     access_log: AccessLogConfig = Field(default_factory=AccessLogConfig)
     traces: TracesConfig = Field(default_factory=TracesConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
 
-class TokenConfig(_Strict):
+class TokenConfig(StrictModel):
     name: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     role: Literal["sre", "engineer", "account_manager"]
     facilities: list[str] = Field(default_factory=list)
 
 
-class AdminConfig(_Strict):
+class AdminConfig(StrictModel):
     listen: ListenAddr = "127.0.0.1:9464"
     tokens: list[TokenConfig] = Field(default_factory=list)
     protect_metrics: bool = False
     """Also require a token for /metrics, /healthz and /readyz."""
 
 
-class ReceiverConfig(_Strict):
-    webhook_url: str | None = None
-    pagerduty_routing_key: str | None = None
-
-    @model_validator(mode="after")
-    def _one(self) -> ReceiverConfig:
-        if self.webhook_url is None and self.pagerduty_routing_key is None:
-            raise ValueError("needs webhook_url or pagerduty_routing_key")
-        return self
-
-
-class AlertingConfig(_Strict):
-    runbook_url: str | None = None
-    """Runbook for every alert; ``{slo}`` and ``{facility}`` are filled in. An SLO's own wins."""
-    dashboard_url: str | None = None
-    """Grafana base URL: alerts link to the facility's dashboard."""
-    receivers: dict[str, ReceiverConfig] = Field(default_factory=dict)
-    default_receiver: str | None = None
-    facility_receivers: dict[str, list[str]] = Field(default_factory=dict)
-    group_wait: DurationS = 30.0
-    group_interval: DurationS = 300.0
-    repeat_interval: DurationS = 4 * 3600.0
-
-
-class DashboardsConfig(_Strict):
-    datasource_uid: str = "prometheus"
-    trace_datasource_uid: str = "tempo"
-    folder_teams: dict[str, str] = Field(default_factory=dict)
-    """Facility id -> Grafana team that alone may view that facility's folder."""
-
-
-class TlsConfig(_Strict):
+class TlsConfig(StrictModel):
     cert_file: str
     key_file: str
 
 
-class LimitsConfig(_Strict):
+class LimitsConfig(StrictModel):
     max_header_size: int = Field(default=16384, ge=1024, le=1048576)
     shutdown_timeout: Annotated[DurationS, AfterValidator(_within(0.1, 3600))] = 30.0
     header_timeout: Annotated[DurationS, AfterValidator(_within(0.1, 3600))] = 30.0
@@ -361,7 +336,7 @@ def _networks(value: list[str]) -> list[str]:
     return value
 
 
-class GatewayConfig(_Strict):
+class GatewayConfig(StrictModel):
     version: Literal[1]
     listen: ListenAddr = "127.0.0.1:8080"
     trusted_proxies: Annotated[list[str], AfterValidator(_networks)] = Field(default_factory=list)
@@ -373,8 +348,6 @@ class GatewayConfig(_Strict):
     facilities: FacilitiesConfig = Field(default_factory=FacilitiesConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    alerting: AlertingConfig = Field(default_factory=AlertingConfig)
-    dashboards: DashboardsConfig = Field(default_factory=DashboardsConfig)
     slos: str | None = None
 
     @field_validator("upstreams")
@@ -386,14 +359,23 @@ class GatewayConfig(_Strict):
         return v
 
 
-class Config:
+Doc_co = TypeVar("Doc_co", bound=GatewayConfig, covariant=True)
+"""The validated document: the gateway's sections, or the whole product's (a subclass with the
+sections of alerting and dashboards, assembled by ``vitalgate.config``)."""
+
+
+class Config(Generic[Doc_co]):
     """A loaded gateway config: the validated file, its directory, and its SLOs."""
 
-    def __init__(self, path: Path, gateway: GatewayConfig, slos: list[Slo]) -> None:
+    def __init__(self, path: Path, gateway: Doc_co, slos: list[Slo]) -> None:
         self.path = path
         self.base_dir = path.parent
-        self.gateway = gateway
+        self._doc = gateway
         self.slos = slos
+
+    @property
+    def gateway(self) -> Doc_co:
+        return self._doc
 
     def facilities(self) -> list[Facility]:
         """The known facilities as the SLO engine sees them (maintenance times made aware)."""
@@ -417,25 +399,12 @@ class Config:
         return p if p.is_absolute() else self.base_dir / p
 
 
-def _items(value: Any) -> list[tuple[Any, Any]]:
-    if isinstance(value, dict):
-        return list(value.items())
-    if isinstance(value, list):
-        return list(enumerate(value))
-    return []
-
-
-def _mapping(data: dict[Any, Any], key: str) -> dict[Any, Any]:
-    value = data.get(key)
-    return value if isinstance(value, dict) else {}
-
-
 def _cross_check(data: Any, source: Source, base: Path) -> list[Problem]:
     """Checks across fields, on the raw document so they run even when other fields are wrong."""
     if not isinstance(data, dict):
         return []
-    upstreams = _mapping(data, "upstreams")
-    known = _mapping(_mapping(data, "facilities"), "known")
+    upstreams = mapping_at(data, "upstreams")
+    known = mapping_at(mapping_at(data, "facilities"), "known")
     problems = [
         source.problem(("facilities", "known", fid), f"facility id {fid!r} is reserved", at_key=True)
         for fid in known
@@ -443,7 +412,7 @@ def _cross_check(data: Any, source: Source, base: Path) -> list[Problem]:
     ]
     problems += _route_problems(data, source, upstreams)
     problems += _facility_references(data, source, known)
-    admin = _mapping(data, "admin")
+    admin = mapping_at(data, "admin")
     if admin.get("listen", "127.0.0.1:9464") == data.get("listen", "127.0.0.1:8080"):
         problems.append(source.problem(("admin", "listen"), "must differ from the proxy's listen address"))
     return problems + _file_problems(data, source, base, upstreams)
@@ -453,7 +422,7 @@ def _route_problems(data: dict[str, Any], source: Source, upstreams: dict[str, A
     """Routes name known upstreams, prefixes are unique, templates lie under their prefix."""
     problems = []
     prefixes: set[str] = set()
-    for i, route in _items(data.get("routes")):
+    for i, route in items_of(data.get("routes")):
         if not isinstance(route, dict):
             continue
         up = route.get("upstream")
@@ -467,7 +436,7 @@ def _route_problems(data: dict[str, Any], source: Source, upstreams: dict[str, A
             if prefix in prefixes:
                 problems.append(source.problem(("routes", i, "prefix"), f"duplicate prefix {prefix!r}"))
             prefixes.add(prefix)
-            for j, t in _items(route.get("templates")):
+            for j, t in items_of(route.get("templates")):
                 if isinstance(t, str) and not t.startswith(prefix):
                     problems.append(
                         source.problem(
@@ -479,37 +448,14 @@ def _route_problems(data: dict[str, Any], source: Source, upstreams: dict[str, A
 
 
 def _facility_references(data: dict[str, Any], source: Source, known: dict[str, Any]) -> list[Problem]:
-    """Admin tokens, alert routing and dashboard teams name configured facilities (and alert
-    routing configured receivers)."""
+    """Admin tokens name configured facilities."""
     problems = []
-    for i, tok in _items(_mapping(data, "admin").get("tokens")):
-        for j, fid in _items(tok.get("facilities") if isinstance(tok, dict) else None):
+    for i, tok in items_of(mapping_at(data, "admin").get("tokens")):
+        for j, fid in items_of(tok.get("facilities") if isinstance(tok, dict) else None):
             if fid not in known:
                 problems.append(
                     source.problem(("admin", "tokens", i, "facilities", j), f"unknown facility {fid!r}")
                 )
-    alerting = _mapping(data, "alerting")
-    receivers = _mapping(alerting, "receivers")
-    default = alerting.get("default_receiver")
-    if isinstance(default, str) and default not in receivers:
-        problems.append(source.problem(("alerting", "default_receiver"), f"unknown receiver {default!r}"))
-    for fid, names in _mapping(alerting, "facility_receivers").items():
-        if fid not in known:
-            problems.append(
-                source.problem(
-                    ("alerting", "facility_receivers", fid), f"unknown facility {fid!r}", at_key=True
-                )
-            )
-        for j, name in _items(names):
-            if name not in receivers:
-                problems.append(
-                    source.problem(("alerting", "facility_receivers", fid, j), f"unknown receiver {name!r}")
-                )
-    for fid in _mapping(_mapping(data, "dashboards"), "folder_teams"):
-        if fid not in known:
-            problems.append(
-                source.problem(("dashboards", "folder_teams", fid), f"unknown facility {fid!r}", at_key=True)
-            )
     return problems
 
 
@@ -555,17 +501,26 @@ def _pem_problem(source: Source, loc: Loc, load: Callable[[], object]) -> list[P
     return []
 
 
-def load_config(path: str | Path) -> Config:
-    """Load gateway.yaml and the slos.yaml it names; raise ConfigError with every problem."""
+SectionCheck = Callable[[Any, Source, dict[str, Any]], list[Problem]]
+"""A check across fields of one section: (the raw document, its source, the known facilities)."""
+D = TypeVar("D", bound=GatewayConfig)
+
+
+def load_config(path: str | Path, model: type[D], checks: Sequence[SectionCheck] = ()) -> Config[D]:
+    """Load gateway.yaml as ``model`` and the slos.yaml it names; raise ConfigError with every
+    problem, each at its ``file:line:column`` (the sections' own ``checks`` included)."""
     p = Path(path)
     source = read_yaml(p)
     problems: list[Problem] = []
-    cfg: GatewayConfig | None = None
+    cfg: D | None = None
     try:
-        cfg = validate(GatewayConfig, source)
+        cfg = validate(model, source)
     except ConfigError as exc:
         problems.extend(exc.problems)
     problems.extend(_cross_check(source.data, source, p.parent))
+    known = mapping_at(mapping_at(source.data, "facilities"), "known")
+    for check in checks:
+        problems.extend(check(source.data, source, known))
     slos: list[Slo] = []
     data = source.data if isinstance(source.data, dict) else {}
     slos_file = data.get("slos")

@@ -35,7 +35,7 @@ from gateway.admin_auth import (
 )
 from gateway.admin_http import AdminRunner
 from gateway.assembly import DataPlane
-from gateway.config import Config, split_listen
+from gateway.config import Config, GatewayConfig, split_listen
 from gateway.dataplane.accesslog import AccessLog
 from gateway.dataplane.httpserver import HttpServer
 from gateway.dataplane.proxy import Proxy
@@ -63,7 +63,10 @@ class Gateway:
     """One gateway process: build with a Config, ``start``, later ``stop``."""
 
     def __init__(
-        self, config: Config, admin_extensions: Sequence[AdminExtension] = (), role: Role = Role()
+        self,
+        config: Config[GatewayConfig],
+        admin_extensions: Sequence[AdminExtension] = (),
+        role: Role = Role(),
     ) -> None:
         self.config = config
         self.role = role
@@ -286,7 +289,7 @@ def _bound_port(runner: web.BaseRunner) -> int:
 
 
 async def serve(
-    config: Config,
+    config: Config[GatewayConfig],
     on_ready: Callable[[Gateway], Awaitable[None]] | None = None,
     admin_extensions: Sequence[AdminExtension] = (),
     role: Role = Role(),
@@ -327,7 +330,7 @@ async def serve(
     return 0
 
 
-def _announce(config: Config, gateway: Gateway) -> None:
+def _announce(config: Config[GatewayConfig], gateway: Gateway) -> None:
     proxy = f"{config.gateway.listen.rsplit(':', 1)[0]}:{gateway.proxy_port}"
     admin = f"{config.gateway.admin.listen.rsplit(':', 1)[0]}:{gateway.admin_port}"
     build = native.build().describe()
@@ -337,7 +340,9 @@ def _announce(config: Config, gateway: Gateway) -> None:
         log.warning("no admin tokens configured; admin API is open", extra={"event": "admin_open"})
 
 
-def run(config: Config, admin_extensions: Sequence[AdminExtension] = (), role: Role = Role()) -> int:
+def run(
+    config: Config[GatewayConfig], admin_extensions: Sequence[AdminExtension] = (), role: Role = Role()
+) -> int:
     """Run the gateway on uvloop when it is installed."""
     try:
         import uvloop  # noqa: PLC0415

@@ -34,7 +34,7 @@ import time
 from collections.abc import Sequence
 
 from gateway import native
-from gateway.config import Config, split_listen
+from gateway.config import Config, GatewayConfig, split_listen
 from gateway.roles import Role, ready_file
 from gateway.server import AdminExtension, Gateway
 from slo.store import StoreLock
@@ -85,7 +85,7 @@ def _reserve_port(host: str, port: int) -> tuple[socket.socket | None, int]:
     return sock, int(sock.getsockname()[1])
 
 
-def _catch_up(config: Config) -> None:
+def _catch_up(config: Config[GatewayConfig]) -> None:
     store_cfg = config.gateway.telemetry.store
     if not store_cfg.enabled:
         return
@@ -163,7 +163,7 @@ class _Workers:
         return codes
 
 
-async def _lock_and_catch_up(config: Config) -> StoreLock | None:
+async def _lock_and_catch_up(config: Config[GatewayConfig]) -> StoreLock | None:
     """The store's lock (held while the workers run: they share the file, no other gateway may),
     after replaying and catching up; raises if either fails."""
     lock: StoreLock | None = None
@@ -179,7 +179,10 @@ async def _lock_and_catch_up(config: Config) -> StoreLock | None:
 
 
 async def supervise(
-    config: Config, config_path: str, count: int, admin_extensions: Sequence[AdminExtension] = ()
+    config: Config[GatewayConfig],
+    config_path: str,
+    count: int,
+    admin_extensions: Sequence[AdminExtension] = (),
 ) -> int:
     """Run ``count`` workers and the admin listener until SIGTERM or SIGINT; returns the exit code."""
     metrics_dir = os.environ[METRICS_DIR_ENV]
@@ -246,7 +249,10 @@ def _mark_dead(pid: int, metrics_dir: str) -> None:
 
 
 def run_workers(
-    config: Config, config_path: str, count: int, admin_extensions: Sequence[AdminExtension] = ()
+    config: Config[GatewayConfig],
+    config_path: str,
+    count: int,
+    admin_extensions: Sequence[AdminExtension] = (),
 ) -> int:
     """Run ``count`` worker processes under a supervisor."""
     try:

@@ -17,10 +17,32 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """A config section: unknown keys are errors, values never change after loading."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def mapping_at(data: Any, key: str) -> dict[Any, Any]:
+    """``data[key]`` when both are mappings, else empty: for checks on a raw document that
+    must run even where other fields are wrong."""
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
+def items_of(value: Any) -> list[tuple[Any, Any]]:
+    """(key, value) of a mapping or (index, value) of a list; nothing for anything else."""
+    if isinstance(value, dict):
+        return list(value.items())
+    if isinstance(value, list):
+        return list(enumerate(value))
+    return []
 
 
 @dataclass(frozen=True)

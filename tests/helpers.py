@@ -25,10 +25,10 @@ import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.config import load_config
 from gateway.dataplane.outcome import Outcome
 from gateway.dataplane.tracing import NonRecordingSpan, SpanContext
 from gateway.server import Gateway
+from vitalgate.config import load_config
 from vitalgate.otlpsink import OtlpSink
 
 

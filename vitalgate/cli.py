@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from gateway.config import Config, load_config
+from gateway.config import Config
 from gateway.dataplane.metrics import duration_buckets_s
 from gateway.diagnostics import configure as configure_diagnostics
 from gateway.importer import import_file
@@ -23,9 +23,10 @@ from slo.prometheus import PrometheusBackend, PrometheusError
 from slo.spec import latency_thresholds_s
 from slo.status import CountsBackend, compute_status, now_utc, sort_worst_first, to_json, to_table
 from slo.store import Store, StoreError, replay
+from vitalgate.config import ProductConfig, load_config
 
 
-def _load(path: str) -> Config | None:
+def _load(path: str) -> Config[ProductConfig] | None:
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -92,7 +93,7 @@ def _prometheus_url(args: argparse.Namespace) -> str | None:
     return url
 
 
-def _store(config: Config, readonly: bool = True) -> Store | None:
+def _store(config: Config[ProductConfig], readonly: bool = True) -> Store | None:
     path = config.resolve(config.gateway.telemetry.store.path)
     try:
         return Store(path, readonly=readonly)

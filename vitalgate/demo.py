@@ -28,11 +28,11 @@ import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.config import load_config
 from slo import conventions as names
 from slo.embedded import EmbeddedBackend
 from slo.status import compute_status, now_utc, sort_worst_first, to_table
 from slo.store import Store
+from vitalgate.config import load_config
 from vitalgate.generate import write_alerts, write_all_dashboards
 from vitalgate.otlpsink import OtlpSink
 

@@ -8,9 +8,10 @@ from alerts import alertmanager, rules, unittests
 from dashboards.build import DashboardOptions, GeneratedDashboard, build_all, facility_folder
 from dashboards.provisioning import write_dashboards
 from gateway.config import Config
+from vitalgate.config import ProductConfig
 
 
-def routing(config: Config) -> alertmanager.Routing:
+def routing(config: Config[ProductConfig]) -> alertmanager.Routing:
     a = config.gateway.alerting
     return alertmanager.Routing(
         receivers=tuple(
@@ -25,7 +26,7 @@ def routing(config: Config) -> alertmanager.Routing:
     )
 
 
-def write_alerts(config: Config, out: Path, time_scale: float = 1.0) -> tuple[list[Path], int]:
+def write_alerts(config: Config[ProductConfig], out: Path, time_scale: float = 1.0) -> tuple[list[Path], int]:
     """Write rules.yaml, alertmanager.yml and tests/<slo>.yaml; returns the files and the rule count."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "tests").mkdir(exist_ok=True)
@@ -52,16 +53,16 @@ def write_alerts(config: Config, out: Path, time_scale: float = 1.0) -> tuple[li
     return written, rules.rule_count(doc)
 
 
-def dashboard_options(config: Config) -> DashboardOptions:
+def dashboard_options(config: Config[ProductConfig]) -> DashboardOptions:
     d = config.gateway.dashboards
     return DashboardOptions(datasource_uid=d.datasource_uid, trace_datasource_uid=d.trace_datasource_uid)
 
 
-def dashboards(config: Config) -> list[GeneratedDashboard]:
+def dashboards(config: Config[ProductConfig]) -> list[GeneratedDashboard]:
     return build_all(config.slos, config.facilities(), dashboard_options(config))
 
 
-def folder_teams(config: Config) -> dict[str, str]:
+def folder_teams(config: Config[ProductConfig]) -> dict[str, str]:
     """Folder uid -> team, for the facilities that have one."""
     by_id = {f.id: f for f in config.facilities()}
     return {
@@ -69,5 +70,5 @@ def folder_teams(config: Config) -> dict[str, str]:
     }
 
 
-def write_all_dashboards(config: Config, out: Path) -> list[Path]:
+def write_all_dashboards(config: Config[ProductConfig], out: Path) -> list[Path]:
     return write_dashboards(dashboards(config), out, dashboard_options(config))

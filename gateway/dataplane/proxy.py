@@ -486,7 +486,12 @@ class Proxy:
         leak = upstream.leak_needles
         leaked = bool(data) and contains(data, upstream.leak_authority) and _leaks(data, leak)
         if inspect_max and (leaked or tee is not None) and len(data) <= inspect_max:
-            data = self._inspect(data, match, facility, upstream, external, tee, server_span)
+            # FHIR JSON: its upstream URLs rewritten, a batch's entries counted.
+            found = inspect(data, upstream.base, upstream.base_literals, external, tee is not None)
+            if found is not None:
+                if found.entry_statuses is not None:
+                    self._count_entries(found.entry_statuses, match, facility, tee, server_span)
+                data = found.body
             leaked = _leaks(data, leak)
         if leaked:
             self.counters.url_leak(facility, match.service, "body")
@@ -515,26 +520,6 @@ class Proxy:
         await request.write_eof()
         if leaked:
             self.counters.url_leak(facility, match.service, "body")
-
-    def _inspect(
-        self,
-        data: bytes,
-        match: Match,
-        facility: str,
-        upstream: Upstream,
-        external: str,
-        tee: _Tee | None,
-        server_span: AnySpan,
-    ) -> bytes:
-        """A FHIR JSON response: its upstream URLs rewritten, a batch's entries counted."""
-        want_entries = tee is not None
-        found = inspect(data, upstream.base, upstream.base_literals, external, want_entries)
-        if found is None:
-            return data
-        statuses = found.entry_statuses
-        if statuses is not None:
-            self._count_entries(statuses, match, facility, tee, server_span)
-        return found.body
 
     def _count_entries(
         self,

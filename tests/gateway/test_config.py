@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import load_config
 from slo.configfile import ConfigError
 from tests.helpers import vitalgate
+from vitalgate.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,6 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from gateway.config import load_config
 from gateway.roles import Role
 from gateway.server import Gateway
 from tests.helpers import (
@@ -24,6 +23,7 @@ from tests.helpers import (
     histogram_counts,
     slo_status,
 )
+from vitalgate.config import load_config
 
 SLOS = [{"name": "avail", "service": "fhir", "objective": 99.5, "sli": {"availability": {}}}]
 FACILITIES = ["st-marys", "riverside", "lakeside"]

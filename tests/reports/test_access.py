@@ -10,10 +10,10 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.config import load_config
 from gateway.server import Gateway
 from tests.helpers import GatewayProcess, Upstream, free_port, gateway_config, read_log
 from vitalgate.admin_pages import extend_admin
+from vitalgate.config import load_config
 
 TOKENS = {"sre": "s3cret-sre-token", "engineer": "s3cret-eng-token", "account_manager": "s3cret-am-token"}
 

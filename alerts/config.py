@@ -1,0 +1,57 @@
+"""The ``alerting:`` section of gateway.yaml: where alerts go and what they link to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from slo.configfile import Problem, Source, StrictModel, items_of, mapping_at
+from slo.spec import DurationS
+
+
+class ReceiverConfig(StrictModel):
+    webhook_url: str | None = None
+    pagerduty_routing_key: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ReceiverConfig:
+        if self.webhook_url is None and self.pagerduty_routing_key is None:
+            raise ValueError("needs webhook_url or pagerduty_routing_key")
+        return self
+
+
+class AlertingConfig(StrictModel):
+    runbook_url: str | None = None
+    """Runbook for every alert; ``{slo}`` and ``{facility}`` are filled in. An SLO's own wins."""
+    dashboard_url: str | None = None
+    """Grafana base URL: alerts link to the facility's dashboard."""
+    receivers: dict[str, ReceiverConfig] = Field(default_factory=dict)
+    default_receiver: str | None = None
+    facility_receivers: dict[str, list[str]] = Field(default_factory=dict)
+    group_wait: DurationS = 30.0
+    group_interval: DurationS = 300.0
+    repeat_interval: DurationS = 4 * 3600.0
+
+
+def alerting_problems(data: Any, source: Source, known: dict[str, Any]) -> list[Problem]:
+    """Alert routing names configured receivers and facilities (on the raw document)."""
+    problems = []
+    alerting = mapping_at(data, "alerting")
+    receivers = mapping_at(alerting, "receivers")
+    default = alerting.get("default_receiver")
+    if isinstance(default, str) and default not in receivers:
+        problems.append(source.problem(("alerting", "default_receiver"), f"unknown receiver {default!r}"))
+    for fid, names in mapping_at(alerting, "facility_receivers").items():
+        if fid not in known:
+            problems.append(
+                source.problem(
+                    ("alerting", "facility_receivers", fid), f"unknown facility {fid!r}", at_key=True
+                )
+            )
+        for j, name in items_of(names):
+            if name not in receivers:
+                problems.append(
+                    source.problem(("alerting", "facility_receivers", fid, j), f"unknown receiver {name!r}")
+                )
+    return problems
