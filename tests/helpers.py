@@ -197,6 +197,19 @@ def gateway_config(
     return path
 
 
+async def flushed(gw: Gateway, timeout_s: float = 10.0) -> None:
+    """Hand the store recorder what it holds and wait until it is written: the counts of
+    every request answered before the call are then in the store."""
+    assert gw.dataplane is not None and gw.dataplane.recorder is not None
+    recorder = gw.dataplane.recorder
+    recorder.flush()
+    target = recorder.handed_over
+    deadline = time.monotonic() + timeout_s
+    while recorder.flushes < target:
+        assert time.monotonic() < deadline, f"{recorder.flushes} of {target} batches written"
+        await asyncio.sleep(0.02)
+
+
 @asynccontextmanager
 async def running_gateway(config_path: Path) -> AsyncIterator[Gateway]:
     gw = Gateway(load_config(config_path))

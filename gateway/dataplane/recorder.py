@@ -66,6 +66,9 @@ class Recorder:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self.flushes = 0
+        """Batches written, in the order they were handed over."""
+        self.handed_over = 0
+        """Batches given to the writer thread: once ``flushes`` reaches it, all are written."""
 
     def entries(
         self, facility: str, service: str, method: str, route: str, status: int | None, start_s: float, n: int
@@ -109,6 +112,7 @@ class Recorder:
             return
         try:
             self._queue.put_nowait(batch)
+            self.handed_over += 1
         except queue.Full:
             self._on_drop(sum(sum(c) for c in batch.values()))
 

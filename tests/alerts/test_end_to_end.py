@@ -9,6 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from tests import slos
 from tests.helpers import (
     AlertmanagerProcess,
     BackgroundPeers,
@@ -21,7 +22,7 @@ from tests.helpers import (
     vitalgate,
 )
 
-SLOS = [{"name": "fhir-availability", "service": "fhir", "objective": 99.9, "sli": {"availability": {}}}]
+SLOS = slos.FHIR_AVAILABILITY
 
 
 def test_faults_at_one_facility_page_that_facility_only(tmp_path: Path) -> None:

@@ -6,19 +6,11 @@ import time
 from pathlib import Path
 
 from dashboards.build import queries
+from tests import slos
 from tests.dashboards.test_generate import substitute
 from tests.helpers import BackgroundPeers, GatewayProcess, PrometheusProcess, fetch, gateway_config, vitalgate
 
-SLOS = [
-    {"name": "fhir-availability", "service": "fhir", "objective": 99.9, "sli": {"availability": {}}},
-    {
-        "name": "fhir-read-latency",
-        "service": "fhir",
-        "objective": 99,
-        "filter": {"methods": ["GET"]},
-        "sli": {"latency": {"threshold": "100ms"}},
-    },
-]
+SLOS = slos.DASHBOARDS
 
 
 def test_every_panel_query_returns_data(tmp_path: Path) -> None:

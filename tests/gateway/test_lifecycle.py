@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import slos
 from tests.helpers import (
     BackgroundPeers,
     GatewayProcess,
@@ -220,7 +221,7 @@ def test_a_request_cut_at_the_shutdown_timeout_is_recorded(tmp_path: Path) -> No
             tmp_path,
             peers.upstream.port,
             timeout_total="20s",
-            slos=[{"name": "avail", "service": "fhir", "objective": 99.5, "sli": {"availability": {}}}],
+            slos=slos.AVAIL,
             extra={"limits": {"shutdown_timeout": "500ms"}},
         )
         gw = GatewayProcess(cfg)

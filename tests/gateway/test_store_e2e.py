@@ -1,6 +1,5 @@
 """Exact counts end to end: traffic through a running gateway, then `slo status`."""
 
-import asyncio
 import json
 import signal
 import subprocess
@@ -13,28 +12,21 @@ from typing import Any
 
 import aiohttp
 
+from tests import slos
 from tests.helpers import (
     BackgroundPeers,
     GatewayProcess,
     Upstream,
     counter_value,
     fetch,
+    flushed,
     gateway_config,
     running_gateway,
     slo_status,
     vitalgate,
 )
 
-SLOS = [
-    {"name": "avail", "service": "fhir", "objective": 99.5, "sli": {"availability": {}}},
-    {
-        "name": "fast-reads",
-        "service": "fhir",
-        "objective": 90,
-        "filter": {"methods": ["GET"]},
-        "sli": {"latency": {"threshold": "250ms"}},
-    },
-]
+SLOS = slos.STORE
 
 
 async def test_slo_status_counts_exactly_what_was_sent(tmp_path: Path, upstream: Upstream) -> None:
@@ -64,7 +56,7 @@ async def test_slo_status_counts_exactly_what_was_sent(tmp_path: Path, upstream:
                     method, f"http://127.0.0.1:{gw.proxy_port}/fhir/Patient/1", headers=headers
                 ) as r:
                     await r.read()
-            await asyncio.sleep(0.6)  # two flushes
+            await flushed(gw)
             async with s.get(f"http://127.0.0.1:{gw.admin_port}/api/v1/slo?facility=riverside") as r:
                 assert r.status == 200
                 api = (await r.json())["slos"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gateway.roles import Role
 from gateway.server import Gateway
+from tests import slos
 from tests.helpers import (
     BackgroundPeers,
     GatewayProcess,
@@ -25,7 +26,7 @@ from tests.helpers import (
 )
 from vitalgate.config import load_config
 
-SLOS = [{"name": "avail", "service": "fhir", "objective": 99.5, "sli": {"availability": {}}}]
+SLOS = slos.AVAIL
 FACILITIES = ["st-marys", "riverside", "lakeside"]
 
 

@@ -1,6 +1,5 @@
 """Facility-scoped access to the admin API and pages: 401 and 403 for every role."""
 
-import asyncio
 import hashlib
 import json
 import socket
@@ -11,7 +10,8 @@ from pathlib import Path
 import aiohttp
 
 from gateway.server import Gateway
-from tests.helpers import GatewayProcess, Upstream, free_port, gateway_config, read_log
+from tests import slos
+from tests.helpers import GatewayProcess, Upstream, flushed, free_port, gateway_config, read_log
 from vitalgate.admin_pages import extend_admin
 from vitalgate.config import load_config
 
@@ -32,7 +32,7 @@ def _tokens() -> list[dict[str, object]]:
     return out
 
 
-SLOS = [{"name": "avail", "service": "fhir", "objective": 99.5, "sli": {"availability": {}}}]
+SLOS = slos.AVAIL
 
 
 async def test_roles(tmp_path: Path, upstream: Upstream) -> None:
@@ -55,7 +55,7 @@ async def test_roles(tmp_path: Path, upstream: Upstream) -> None:
                     f"http://127.0.0.1:{gw.proxy_port}/fhir/Patient/1", headers={"X-Facility-ID": fac}
                 ) as r:
                     assert r.status == 200
-            await asyncio.sleep(0.5)
+            await flushed(gw)
 
             async def get(path: str, role: str | None, token: str | None = None) -> tuple[int, bytes]:
                 headers = {}

@@ -6,12 +6,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests import slos
 from tests.helpers import BackgroundPeers, GatewayProcess, fetch, gateway_config, require_binary
 
-SLOS = [
-    {"name": "fhir-availability", "service": "fhir", "objective": 99.5, "sli": {"availability": {}}},
-    {"name": "fhir-latency", "service": "fhir", "objective": 99, "sli": {"latency": {"threshold": "250ms"}}},
-]
+SLOS = slos.BROWSER
 
 
 def chromium(binary: str, profile: Path, *args: str) -> str:

@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
+from tests import slos
 from tests.fhirpeer import FhirPeer
 from tests.fhirpeer import batch as fhir_batch
 from tests.helpers import (
@@ -23,22 +24,7 @@ from tests.helpers import (
     vitalgate,
 )
 
-SLOS = [
-    {"name": "avail", "service": "fhir", "objective": 99, "sli": {"availability": {}}},
-    {
-        "name": "entries",
-        "service": "fhir",
-        "objective": 99,
-        "sli": {"availability": {"bundle_entries": True}},
-    },
-    {
-        "name": "entry-deletes",
-        "service": "fhir",
-        "objective": 99,
-        "filter": {"methods": ["DELETE"]},
-        "sli": {"availability": {"bundle_entries": True}},
-    },
-]
+SLOS = slos.ENTRIES
 BATCH = fhir_batch({"request": {"method": "DELETE", "url": "Patient/p2"}})
 
 

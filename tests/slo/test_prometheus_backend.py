@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from tests import slos
 from tests.helpers import (
     BackgroundPeers,
     GatewayProcess,
@@ -18,17 +19,7 @@ from tests.helpers import (
     vitalgate,
 )
 
-SLOS = [
-    {"name": "avail", "service": "fhir", "objective": 99.5, "sli": {"availability": {}}},
-    {
-        "name": "monthly",
-        "service": "fhir",
-        "objective": 99,
-        "window": {"calendar": "month"},
-        "sli": {"availability": {}},
-    },
-    {"name": "fast", "service": "fhir", "objective": 90, "sli": {"latency": {"threshold": "250ms"}}},
-]
+SLOS = slos.PROMETHEUS
 
 
 def report(config: Path, period: str, out: Path, *extra: str) -> dict[str, Any]:

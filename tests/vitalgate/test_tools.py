@@ -10,17 +10,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests import slos
 from tests.helpers import BackgroundPeers, GatewayProcess, free_port, gateway_config
 
-SLOS = [
-    {
-        "name": "fhir-availability",
-        "service": "fhir",
-        "objective": 99.9,
-        "window": "30d",
-        "sli": {"availability": {}},
-    }
-]
+SLOS = [slos.availability("fhir-availability", 99.9, window="30d")]
 
 
 def test_otlpsink_receives_the_gateways_spans(tmp_path: Path) -> None:
