@@ -32,12 +32,10 @@ class _Handler(RequestHandler):
     ) -> web.StreamResponse:
         if status >= 500 and exc is not None:
             frames = "".join(traceback.format_tb(exc.__traceback__))
-            log.error("vitalgate: admin listener: %s in a handler\n%s", type(exc).__name__, frames)
+            log.error("admin listener: %s in a handler\n%s", type(exc).__name__, frames)
             body: dict[str, str] = {"error": "internal", "detail": "the admin listener failed"}
         else:
-            log.warning(
-                "vitalgate: admin listener: refused a malformed request from %s (%d)", request.remote, status
-            )
+            log.warning("admin listener: refused a malformed request from %s (%d)", request.remote, status)
             body = {"error": "bad_request", "detail": "malformed request"}
         resp = web.json_response(body, status=status, headers=SECURITY_HEADERS)
         resp.force_close()

@@ -21,18 +21,9 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway import native
-from gateway.admin_auth import (
-    ANONYMOUS,
-    AdminAuth,
-    Identity,
-    add_security_headers,
-    identity_of,
-    refuse_facility,
-)
+from gateway.admin_api import AdminApi, AdminExtension, Lifecycle
 from gateway.admin_http import AdminRunner
 from gateway.assembly import DataPlane
 from gateway.config import Config, GatewayConfig, split_listen
@@ -41,15 +32,11 @@ from gateway.dataplane.httpserver import HttpServer
 from gateway.dataplane.proxy import Proxy
 from gateway.exposition import GatewayMetrics
 from gateway.roles import Role, mark_ready
-from slo.conventions import ALL_FACILITIES
-from slo.embedded import EmbeddedBackend
 from slo.spec import latency_thresholds_s
-from slo.status import StatusRow, compute_status, sort_worst_first
-from slo.store import Store, StoreError
+from slo.store import StoreError
 
 log = logging.getLogger("vitalgate.gateway")
 SWITCH_INTERVAL_S = 0.0005
-AdminExtension = Callable[[web.Application, "Gateway"], None]
 """Adds routes to the admin app (the composition root adds the status pages and reports)."""
 
 
@@ -71,9 +58,8 @@ class Gateway:
         self.config = config
         self.role = role
         cfg = config.gateway
-        self.auth = AdminAuth(cfg.admin.tokens, cfg.admin.protect_metrics)
-        self._admin_extensions = list(admin_extensions)
         self.registry = CollectorRegistry()
+        self.lifecycle = Lifecycle()
         self.metrics = GatewayMetrics(
             self.registry,
             latency_thresholds_s(config.slos),
@@ -95,8 +81,9 @@ class Gateway:
         self.dataplane: DataPlane | None = None
         if role.kind != "supervisor":
             self.dataplane = DataPlane(config, role, self.registry, self.metrics, self.access_log, port)
-        self.draining = False
-        self.ready = False
+        self.admin = AdminApi(
+            config, role, self.registry, self.access_log, self.lifecycle, list(admin_extensions)
+        )
         self._refused_logged_at = -_REFUSED_LOG_EVERY_S
         self._server: HttpServer | None = None
         self._admin_runner: web.AppRunner | None = None
@@ -145,77 +132,21 @@ class Gateway:
         ctx.load_cert_chain(self.config.resolve(tls.cert_file), self.config.resolve(tls.key_file))
         return ctx
 
-    def admin_app(self) -> web.Application:
-        app = web.Application(middlewares=[self.auth.middleware])
-        app.on_response_prepare.append(add_security_headers)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/api/v1/slo", self._slo_status)
-        for extend in self._admin_extensions:
-            extend(app, self)
-        return app
+    @property
+    def ready(self) -> bool:
+        return self.lifecycle.ready
 
-    def log_access(self, request: web.Request, what: str, facility: str | None, status: int) -> None:
-        """An access to a report or facility page, in the access log, by token name (never the token)."""
-        self.access_log.event(
-            time.time(),
-            "admin_access",
-            {"token": identity_of(request).name, "what": what, "facility": facility, "status": status},
-        )
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        self.lifecycle.ready = value
 
-    def status_rows(self, facility: str | None, identity: Identity = ANONYMOUS) -> list[StatusRow]:
-        """SLO status from the store, the rows this identity may see (worst first)."""
-        store = Store(self.config.resolve(self.config.gateway.telemetry.store.path), readonly=True)
-        try:
-            rows = compute_status(
-                self.config.slos, self.config.facilities(), EmbeddedBackend(store), time.time()
-            )
-        finally:
-            store.close()
-        return [
-            r
-            for r in sort_worst_first(rows)
-            if (facility is None or r.facility == facility) and identity.may_see(r.facility)
-        ]
+    @property
+    def draining(self) -> bool:
+        return self.lifecycle.draining
 
-    async def _slo_status(self, request: web.Request) -> web.Response:
-        facility = request.query.get("facility")
-        identity = identity_of(request)
-        known = {f.id for f in self.config.facilities()} | {ALL_FACILITIES}
-        refused = refuse_facility(identity, facility, known) if facility is not None else None
-        if refused is not None:
-            return refused
-        if not self.config.gateway.telemetry.store.enabled:
-            return web.json_response(
-                {"error": "the embedded store is disabled (telemetry.store.enabled)"}, status=503
-            )
-        try:
-            rows = await asyncio.get_running_loop().run_in_executor(
-                None, self.status_rows, facility, identity
-            )
-        except (StoreError, sqlite3.Error) as exc:
-            return web.json_response({"error": "store unavailable", "detail": str(exc)}, status=503)
-        return web.json_response({"slos": [r.to_json() for r in rows]})
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        if self.role.kind == "supervisor":
-            # Every worker's (and this process's) metric files, counters and histograms summed.
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry, self.role.metrics_dir)  # type: ignore[no-untyped-call]
-            body = encoder(registry)
-        else:
-            body = encoder(self.registry)
-        return web.Response(body=body, headers={"Content-Type": content_type})
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        if self.ready and not self.draining:
-            return web.json_response({"status": "ready"})
-        return web.json_response({"status": "draining" if self.draining else "starting"}, status=503)
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.lifecycle.draining = value
 
     @property
     def proxy(self) -> Proxy:
@@ -253,7 +184,7 @@ class Gateway:
         await self._start_admin()
 
     async def _start_admin(self) -> None:
-        self._admin_runner = AdminRunner(self.admin_app(), access_log=None, handle_signals=False)
+        self._admin_runner = AdminRunner(self.admin.app(), access_log=None, handle_signals=False)
         await self._admin_runner.setup()
         await web.TCPSite(self._admin_runner, self._admin_host, self._admin_port).start()
         self.admin_port = _bound_port(self._admin_runner)

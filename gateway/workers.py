@@ -34,9 +34,10 @@ import time
 from collections.abc import Sequence
 
 from gateway import native
+from gateway.admin_api import AdminExtension
 from gateway.config import Config, GatewayConfig, split_listen
 from gateway.roles import Role, ready_file
-from gateway.server import AdminExtension, Gateway
+from gateway.server import Gateway
 from slo.store import StoreLock
 
 log = logging.getLogger("vitalgate.supervisor")

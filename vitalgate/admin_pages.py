@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
+from gateway.admin_api import AdminApi
 from gateway.admin_auth import identity_of, refuse_facility
-from gateway.server import Gateway
 from reports.data import PeriodError, build_report, daily_availability, parse_period
 from reports.pages import facility_page, fleet_page
 from slo.store import Store, StoreError
@@ -23,20 +23,20 @@ from slo.store import Store, StoreError
 T = TypeVar("T")
 
 
-def extend_admin(app: web.Application, gateway: Gateway) -> None:
-    pages = AdminPages(gateway)
+def extend_admin(app: web.Application, admin: AdminApi) -> None:
+    pages = AdminPages(admin)
     app.router.add_get("/ui", pages.fleet)
     app.router.add_get("/ui/facilities/{facility}", pages.facility)
     app.router.add_get("/api/v1/reports/{facility}/{period}.{fmt:pdf|html}", pages.report)
 
 
 class AdminPages:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.facilities = {f.id: f for f in gateway.config.facilities()}
+    def __init__(self, admin: AdminApi) -> None:
+        self.admin = admin
+        self.facilities = {f.id: f for f in admin.config.facilities()}
 
     def _store(self) -> Store:
-        cfg = self.gateway.config
+        cfg = self.admin.config
         return Store(cfg.resolve(cfg.gateway.telemetry.store.path), readonly=True)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -51,16 +51,16 @@ class AdminPages:
             ) from exc
 
     async def fleet(self, request: web.Request) -> web.Response:
-        rows = await self._run(self.gateway.status_rows, None, identity_of(request))
+        rows = await self._run(self.admin.status_rows, None, identity_of(request))
         return web.Response(text=fleet_page(rows), content_type="text/html")
 
     def _facility_html(self, facility_id: str) -> str:
         f = self.facilities[facility_id]
         now = time.time()
-        rows = self.gateway.status_rows(facility_id)
+        rows = self.admin.status_rows(facility_id)
         store = self._store()
         try:
-            slos = self.gateway.config.slos
+            slos = self.admin.config.slos
             calendars = [(s.name, s.objective, daily_availability(store, s, f, now)) for s in slos]
             local = datetime.fromtimestamp(now, ZoneInfo(f.timezone))
             month = parse_period(f"{local.year}-{local.month:02d}")
@@ -82,10 +82,10 @@ class AdminPages:
         refused = refuse_facility(identity_of(request), facility_id, self.facilities)
         if refused is not None:
             known = facility_id if facility_id in self.facilities else None  # (never a free-text id)
-            self.gateway.log_access(request, "facility_page", known, refused.status)
+            self.admin.log_access(request, "facility_page", known, refused.status)
             return refused
         html = await self._run(self._facility_html, facility_id)
-        self.gateway.log_access(request, "facility_page", facility_id, 200)
+        self.admin.log_access(request, "facility_page", facility_id, 200)
         return web.Response(text=html, content_type="text/html")
 
     def _report(self, facility_id: str, period_label: str, fmt: str) -> bytes:
@@ -96,7 +96,7 @@ class AdminPages:
         try:
             report = build_report(
                 store,
-                self.gateway.config.slos,
+                self.admin.config.slos,
                 self.facilities[facility_id],
                 parse_period(period_label),
                 time.time(),
@@ -110,14 +110,14 @@ class AdminPages:
         refused = refuse_facility(identity_of(request), facility_id, self.facilities)
         if refused is not None:
             known = facility_id if facility_id in self.facilities else None  # (never a free-text id)
-            self.gateway.log_access(request, f"report_{fmt}", known, refused.status)
+            self.admin.log_access(request, f"report_{fmt}", known, refused.status)
             return refused
         try:
             parse_period(period)
         except PeriodError as exc:
             return web.json_response({"error": "bad period", "detail": str(exc)}, status=400)
         body = await self._run(self._report, facility_id, period, fmt)
-        self.gateway.log_access(request, f"report_{fmt}", facility_id, 200)
+        self.admin.log_access(request, f"report_{fmt}", facility_id, 200)
         content_type = "application/pdf" if fmt == "pdf" else "text/html"
         headers = {"Content-Disposition": f'inline; filename="uptime-{facility_id}-{period}.{fmt}"'}
         return web.Response(body=body, content_type=content_type, headers=headers)

@@ -210,9 +210,9 @@ class AccessLog:
                 os.ftruncate(fd, start)
                 return
         except OSError as exc:
-            log.warning("vitalgate: access log: a partly written line could not be cut off: %s", exc)
+            log.warning("access log: a partly written line could not be cut off: %s", exc)
             return
-        log.warning("vitalgate: access log: a partly written line is followed by another writer's")
+        log.warning("access log: a partly written line is followed by another writer's")
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write everything queued, then stop the writer."""
@@ -229,7 +229,7 @@ class AccessLog:
             if lost:
                 self._on_drop(lost)
                 log.warning(
-                    "vitalgate: access log: %d lines not written at shutdown (the output did not"
+                    "access log: %d lines not written at shutdown (the output did not"
                     " accept them within %g s); counted in vitalgate_telemetry_dropped_total",
                     lost,
                     timeout_s,

@@ -158,7 +158,7 @@ class Recorder:
                             failing = True
                             # (logging, not print: a full disk may hold stderr too, and
                             # a raise here would end this thread and every later write)
-                            log.warning("vitalgate: store write failed, retrying: %s", exc)
+                            log.warning("store write failed, retrying: %s", exc)
                         if len(pending) > self._max_pending or stopping:
                             lost = pending.popleft()
                             self._on_drop(sum(sum(c) for c in lost.values()))
@@ -168,7 +168,7 @@ class Recorder:
                     self.flushes += 1
                     if failing:
                         failing = False
-                        log.warning("vitalgate: store writes succeed again")
+                        log.warning("store writes succeed again")
                 if stopping:
                     return
                 if self._maintenance and time.monotonic() >= next_maintenance:
@@ -177,7 +177,7 @@ class Recorder:
                         store.compact_and_purge(time.time(), self._minute_days, self._hour_days)
                     except Exception as exc:  # retention stopping must be seen: logged, counted
                         self._on_error("compaction")
-                        log.warning("vitalgate: store compaction failed: %s", exc)
+                        log.warning("store compaction failed: %s", exc)
         finally:
             store.close()
             if lock is not None:

@@ -829,7 +829,7 @@ class Upstream:
                 except Exception as exc:
                     # Not the client: a defect of ours. Logged with its traceback here; the
                     # request is recorded as 500 gateway_error, so it counts bad.
-                    log.error("vitalgate: reading a request body failed", exc_info=exc)
+                    log.error("reading a request body failed", exc_info=exc)
                     raise GatewayError(f"reading the request body failed: {type(exc).__name__}") from exc
                 finally:
                     ex.awaiting_client = False

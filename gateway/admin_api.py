@@ -1,0 +1,138 @@
+"""The admin API, in one place: ``/metrics``, ``/healthz``, ``/readyz``, ``/api/v1/slo``, and
+the extensions that add pages to it (``vitalgate/admin_pages.py``). Authentication and the
+security headers are ``gateway/admin_auth.py``'s; the server that never echoes a request is
+``gateway/admin_http.py``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from gateway.admin_auth import (
+    ANONYMOUS,
+    AdminAuth,
+    Identity,
+    add_security_headers,
+    identity_of,
+    refuse_facility,
+)
+from gateway.config import Config, GatewayConfig
+from gateway.dataplane.accesslog import AccessLog
+from gateway.roles import Role
+from slo.conventions import ALL_FACILITIES
+from slo.embedded import EmbeddedBackend
+from slo.status import StatusRow, compute_status, sort_worst_first
+from slo.store import Store, StoreError
+
+
+@dataclass
+class Lifecycle:
+    """Where a gateway process is: ready once it serves, draining once told to stop."""
+
+    ready: bool = False
+    draining: bool = False
+
+
+class AdminApi:
+    def __init__(
+        self,
+        config: Config[GatewayConfig],
+        role: Role,
+        registry: CollectorRegistry,
+        access_log: AccessLog,
+        lifecycle: Lifecycle,
+        extensions: list[AdminExtension],
+    ) -> None:
+        self.config = config
+        self.role = role
+        self.registry = registry
+        self.auth = AdminAuth(config.gateway.admin.tokens, config.gateway.admin.protect_metrics)
+        self._access_log = access_log
+        self._lifecycle = lifecycle
+        self._extensions = extensions
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self.auth.middleware])
+        app.on_response_prepare.append(add_security_headers)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/api/v1/slo", self._slo_status)
+        for extend in self._extensions:
+            extend(app, self)
+        return app
+
+    def log_access(self, request: web.Request, what: str, facility: str | None, status: int) -> None:
+        """An access to a report or facility page, in the access log, by token name (never the token)."""
+        self._access_log.event(
+            time.time(),
+            "admin_access",
+            {"token": identity_of(request).name, "what": what, "facility": facility, "status": status},
+        )
+
+    def status_rows(self, facility: str | None, identity: Identity = ANONYMOUS) -> list[StatusRow]:
+        """SLO status from the store, the rows this identity may see (worst first)."""
+        store = Store(self.config.resolve(self.config.gateway.telemetry.store.path), readonly=True)
+        try:
+            rows = compute_status(
+                self.config.slos, self.config.facilities(), EmbeddedBackend(store), time.time()
+            )
+        finally:
+            store.close()
+        return [
+            r
+            for r in sort_worst_first(rows)
+            if (facility is None or r.facility == facility) and identity.may_see(r.facility)
+        ]
+
+    async def _slo_status(self, request: web.Request) -> web.Response:
+        facility = request.query.get("facility")
+        identity = identity_of(request)
+        known = {f.id for f in self.config.facilities()} | {ALL_FACILITIES}
+        refused = refuse_facility(identity, facility, known) if facility is not None else None
+        if refused is not None:
+            return refused
+        if not self.config.gateway.telemetry.store.enabled:
+            return web.json_response(
+                {"error": "the embedded store is disabled (telemetry.store.enabled)"}, status=503
+            )
+        try:
+            rows = await asyncio.get_running_loop().run_in_executor(
+                None, self.status_rows, facility, identity
+            )
+        except (StoreError, sqlite3.Error) as exc:
+            return web.json_response({"error": "store unavailable", "detail": str(exc)}, status=503)
+        return web.json_response({"slos": [r.to_json() for r in rows]})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        if self.role.kind == "supervisor":
+            # Every worker's (and this process's) metric files, counters and histograms summed.
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, self.role.metrics_dir)  # type: ignore[no-untyped-call]
+            body = encoder(registry)
+        else:
+            body = encoder(self.registry)
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        state = self._lifecycle
+        if state.ready and not state.draining:
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "draining" if state.draining else "starting"}, status=503)
+
+
+AdminExtension = Callable[[web.Application, AdminApi], None]
+"""Adds routes to the admin API (the status pages and reports, ``vitalgate/admin_pages.py``)."""
