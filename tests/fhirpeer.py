@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from tests.helpers import AppPeer
+from vitalgate.peers import AppPeer
 
 FHIR_JSON = "application/fhir+json"
 

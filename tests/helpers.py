@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,46 +29,16 @@ from gateway.dataplane.tracing import NonRecordingSpan, SpanContext
 from gateway.server import Gateway
 from vitalgate.config import load_config
 from vitalgate.otlpsink import OtlpSink
+from vitalgate.peers import UpstreamPeer, free_port, reset
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class AppPeer:
-    """An aiohttp application a test serves on a free loopback port (``app()`` builds it)."""
-
-    port = 0
-    _runner: web.AppRunner | None = None
-
-    def app(self) -> web.Application:
-        raise NotImplementedError
-
-    async def start(self) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        self.port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-
-class Upstream(AppPeer):
+class Upstream(UpstreamPeer):
     """A clinical upstream for tests. ``X-Test-Fault`` picks a misbehaviour:
     ``500``, ``reset`` (close without answering), ``slow`` (sleep past the gateway's
     timeout), ``midbody`` (headers, part of the body, then close), ``status:N``."""
 
     def __init__(self) -> None:
         self.seen: list[dict[str, Any]] = []
-
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=1024**3)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         fault = request.headers.get("X-Test-Fault", "")
@@ -88,9 +57,7 @@ class Upstream(AppPeer):
         if fault == "500":
             return web.json_response({"resourceType": "OperationOutcome"}, status=500)
         if fault == "reset":
-            assert request.transport is not None
-            request.transport.close()
-            return web.Response()
+            return reset(request)
         if fault == "slow":
             await asyncio.sleep(float(request.headers.get("X-Test-Sleep", "5")))
         if fault.startswith("status:"):

@@ -16,7 +16,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sys
 import time
 from collections import defaultdict
@@ -35,6 +34,7 @@ from slo.store import Store
 from vitalgate.config import load_config
 from vitalgate.generate import write_alerts, write_all_dashboards
 from vitalgate.otlpsink import OtlpSink
+from vitalgate.peers import UpstreamPeer, free_port, operation_outcome, reset
 
 FACILITIES = {
     "st-marys": {"name": "St Mary's", "timezone": "America/Chicago", "sla": 99.9},
@@ -65,17 +65,14 @@ def fault_script(duration_s: float) -> list[Fault]:
     ]
 
 
-class DemoUpstream:
+class DemoUpstream(UpstreamPeer):
     """A FHIR-like server that misbehaves on schedule for some facilities."""
+
+    max_body = 32 * 1024 * 1024
 
     def __init__(self, faults: list[Fault], t0: float) -> None:
         self.faults = faults
         self.t0 = t0
-
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=32 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
 
     def _active(self, facility: str) -> str | None:
         now = time.monotonic() - self.t0
@@ -92,12 +89,11 @@ class DemoUpstream:
         if fault == "latency":
             await asyncio.sleep(random.uniform(0.3, 0.9))
         if fault == "errors" and random.random() < 0.35:
-            if random.random() < 0.15 and request.transport is not None:
-                request.transport.close()  # a reset: the gateway answers 502
-                return web.Response(status=500)
-            return web.json_response(_outcome("exception", "database unavailable"), status=500)
+            if random.random() < 0.15:
+                return reset(request)
+            return web.json_response(operation_outcome("exception", "database unavailable"), status=500)
         if fault == "down":
-            return web.json_response(_outcome("transient", "service unavailable"), status=503)
+            return web.json_response(operation_outcome("transient", "service unavailable"), status=503)
         path = request.path
         if path.endswith("/metadata"):
             return web.json_response(
@@ -112,19 +108,6 @@ class DemoUpstream:
         ):
             return web.json_response({"resourceType": "Bundle", "type": "searchset", "total": 3, "entry": []})
         return web.json_response({"resourceType": "Patient", "id": path.rsplit("/", 1)[-1], "active": True})
-
-
-def _outcome(code: str, text: str) -> dict[str, object]:
-    return {
-        "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "code": code, "diagnostics": text}],
-    }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_demo_config(
@@ -350,7 +333,7 @@ async def _demo(duration_s: float, out: Path, rate: float) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for name in ("access.log", "traces.jsonl", "gateway.stderr"):
         (out / name).unlink(missing_ok=True)
-    ports = [_free_port() for _ in range(4)]
+    ports = [free_port() for _ in range(4)]
     gw_port, admin_port, up_port, otlp_port = ports
     config_path = write_demo_config(out, gw_port, admin_port, up_port, otlp_port)
     faults = fault_script(duration_s)

@@ -17,10 +17,10 @@ from tests.helpers import (
     PrometheusProcess,
     Webhook,
     fetch,
-    free_port,
     gateway_config,
     vitalgate,
 )
+from vitalgate.peers import free_port
 
 SLOS = slos.FHIR_AVAILABILITY
 

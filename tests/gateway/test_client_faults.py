@@ -18,11 +18,11 @@ from tests.helpers import (
     GatewayProcess,
     Upstream,
     counter_value,
-    free_port,
     gateway_config,
     read_log,
     running_gateway,
 )
+from vitalgate.peers import free_port
 
 
 class RawUpstream:

@@ -162,7 +162,8 @@ def test_tls_listener_and_verified_https_upstream(tmp_path: Path) -> None:
 
     from aiohttp import web
 
-    from tests.helpers import Upstream, free_port
+    from tests.helpers import Upstream
+    from vitalgate.peers import free_port
 
     cert, key = _make_cert(tmp_path)
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -11,9 +11,10 @@ import aiohttp
 
 from gateway.server import Gateway
 from tests import slos
-from tests.helpers import GatewayProcess, Upstream, flushed, free_port, gateway_config, read_log
+from tests.helpers import GatewayProcess, Upstream, flushed, gateway_config, read_log
 from vitalgate.admin_pages import extend_admin
 from vitalgate.config import load_config
+from vitalgate.peers import free_port
 
 TOKENS = {"sre": "s3cret-sre-token", "engineer": "s3cret-eng-token", "account_manager": "s3cret-am-token"}
 

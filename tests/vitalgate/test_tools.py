@@ -11,7 +11,8 @@ import urllib.request
 from pathlib import Path
 
 from tests import slos
-from tests.helpers import BackgroundPeers, GatewayProcess, free_port, gateway_config
+from tests.helpers import BackgroundPeers, GatewayProcess, gateway_config
+from vitalgate.peers import free_port
 
 SLOS = [slos.availability("fhir-availability", 99.9, window="30d")]
 
