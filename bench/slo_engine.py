@@ -16,6 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ import numpy as np
 from gateway.dataplane.metrics import duration_buckets_s
 from slo.embedded import EmbeddedBackend
 from slo.spec import Facility, Slo, load_slos
-from slo.status import compute_status, row_specs
+from slo.status import StatusRow, compute_status, row_specs
 from slo.store import MINUTES_PER_DAY, Store, StoreWriter, hour_rollup
 
 SLOS_YAML = """
@@ -99,6 +100,16 @@ def store_size_per_day(
     return raw_bytes * 24 / 1e6, slo_bytes / 1e6, series
 
 
+def _median_s(repeat: int, run: Callable[[], object]) -> float:
+    """The median wall time of ``repeat`` runs of ``run``, in seconds."""
+    timings = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        run()
+        timings.append(time.perf_counter() - t)
+    return statistics.median(timings)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -127,40 +138,23 @@ def main() -> int:
     )
 
     backend = EmbeddedBackend(store)
-    timings = []
-    for _ in range(args.repeat):
-        t = time.perf_counter()
-        rows = compute_status(slos, facilities, backend, now_s)
-        timings.append(time.perf_counter() - t)
-    status_s = statistics.median(timings)
+    rows: list[StatusRow] = []
 
+    def status() -> None:
+        rows[:] = compute_status(slos, facilities, backend, now_s)
+
+    status_s = _median_s(args.repeat, status)
     # The same arrays, loaded once; then only summed.
     specs = row_specs(slos, facilities, now_s)
     mt, mg, ht, hg, hs, hsg, _, _ = backend.arrays(specs, now_s)
-    sums = []
-    for _ in range(args.repeat):
-        t = time.perf_counter()
-        for a in (mt, mg, ht, hg, hs, hsg):
-            a.sum(axis=1)
-        sums.append(time.perf_counter() - t)
-    sum_s = statistics.median(sums)
-    load = []
-    for _ in range(args.repeat):
-        t = time.perf_counter()
-        backend.arrays(specs, now_s)
-        load.append(time.perf_counter() - t)
-    load_s = statistics.median(load)
-    n_numbers = sum(a.size for a in (mt, mg, ht, hg, hs, hsg))
+    read = (mt, mg, ht, hg, hs, hsg)
+    sum_s = _median_s(args.repeat, lambda: [a.sum(axis=1) for a in read])
+    load_s = _median_s(args.repeat, lambda: backend.arrays(specs, now_s))
+    n_numbers = sum(a.size for a in read)
     # The data as it sits in the store: every row's 30 days of minutes, total and good.
     day_of_traffic = np.random.default_rng(3).poisson(20, size=args.days * MINUTES_PER_DAY).astype(np.uint32)
     full = [np.tile(day_of_traffic, (len(specs), 1)) for _ in range(2)]
-    full_sums = []
-    for _ in range(args.repeat):
-        t = time.perf_counter()
-        for a in full:
-            a.sum(axis=1)
-        full_sums.append(time.perf_counter() - t)
-    full_sum_s = statistics.median(full_sums)
+    full_sum_s = _median_s(args.repeat, lambda: [a.sum(axis=1) for a in full])
 
     raw_mb, slo_mb, series = store_size_per_day(tmp, slos, args.facilities, 30)
     print(
