@@ -1,4 +1,5 @@
-"""Assembling and running the gateway: the proxy listener, the admin listener, shutdown.
+"""Running one gateway process: the proxy listener over the data plane (assembled by
+``gateway/assembly.py``), the admin listener (``gateway/admin_api.py``), shutdown.
 
 SIGTERM (or SIGINT) drains: the proxy stops accepting, ``/readyz`` turns 503,
 in-flight requests finish (up to ``limits.shutdown_timeout``), then the access
