@@ -51,22 +51,19 @@ _NO_BODY_STATUS: Final = frozenset({204, 304})
 
 
 class Headers:
-    """Request headers: the raw list in order, and case-insensitive ``get`` (repeats joined).
-    Names are lowered once, on first use, for both."""
+    """Request headers: the raw list in order, and case-insensitive ``get`` (repeats joined,
+    names lowered once, on first use)."""
 
-    __slots__ = ("_lower", "_map", "raw")
+    __slots__ = ("_map", "raw")
 
     def __init__(self, raw: list[tuple[str, str]]) -> None:
         self.raw = raw
         self._map: dict[str, str] | None = None
-        self._lower: list[str] = []
 
     def _lookup(self) -> dict[str, str]:
         m: dict[str, str] = {}
-        lower = self._lower
         for name, value in self.raw:
             key = name.lower()
-            lower.append(key)
             m[key] = f"{m[key]}, {value}" if key in m else value
         self._map = m
         return m
@@ -86,16 +83,9 @@ class Headers:
         raw.append((raw_name, value))
         self.raw[:] = raw
         self._map = None
-        self._lower = []
 
     def items(self) -> list[tuple[str, str]]:
         return self.raw
-
-    def lower_names(self) -> list[str]:
-        """The names of ``raw`` lowercased, in the same order."""
-        if self._map is None:
-            self._lookup()
-        return self._lower
 
 
 class Body:

@@ -59,7 +59,6 @@ _NOT_COPIED: Final = HOP_BY_HOP | {
     "x-forwarded-port",
     "forwarded",
 }
-_STRIP_RESPONSE: Final = frozenset(h for h in HOP_BY_HOP if h != "host") | {"content-length"}
 # Response headers that carry URLs a client follows: rewritten from the upstream's base.
 _URL_HEADERS: Final = frozenset({"location", "content-location", "link"})
 _PROTOS: Final = frozenset({"http", "https"})
@@ -327,17 +326,16 @@ class Proxy:
         incoming = request.headers
         connection = incoming.get_lower("connection")
         listed = {h.strip().lower() for h in connection.split(",")} if connection else None
-        raw, lower = incoming.raw, incoming.lower_names()
         copyable = self._copyable
         out = []
-        # (An index loop: compiled, zip(..., strict=True) is a slow generic call.)
-        for i in range(len(raw)):
-            name = lower[i]
-            copy = copyable.get(name)
+        for header in incoming.raw:
+            # Decided by the name as the client spelled it: clients repeat their spellings, so
+            # the common case lowercases nothing.
+            copy = copyable.get(header[0])
             if copy is None:
-                copy = self._learn_name(name)
-            if copy and (listed is None or name not in listed):
-                out.append(raw[i])
+                copy = self._learn_name(header[0])
+            if copy and (listed is None or header[0].lower() not in listed):
+                out.append(header)
         peer = request.remote or ""
         host = incoming.get_lower("host")
         out.append(("traceparent", traceparent))
@@ -364,10 +362,10 @@ class Proxy:
         return out, lines, host, hop.external
 
     def _learn_name(self, name: str) -> bool:
-        """Is a (lowercase) request header name passed on? Not a hop-by-hop name, nor one with
+        """Is a request header name (as spelled) passed on? Not a hop-by-hop name, nor one with
         "_", dropped as nginx does (some servers read Content_Length or X_Forwarded_For as their
-        dashed twins). Remembered for the few hundred names clients send (bounded)."""
-        copy = name not in _NOT_COPIED and "_" not in name
+        dashed twins). Remembered for the few hundred spellings clients send (bounded)."""
+        copy = name.lower() not in _NOT_COPIED and "_" not in name
         if len(self._copyable) < _NAME_CACHE_SIZE:
             self._copyable[name] = copy
         return copy
@@ -571,8 +569,7 @@ class Proxy:
         """The upstream's headers to pass on (URLs that point at the upstream rewritten to the
         gateway, as nginx's ``proxy_redirect default``), its Content-Length (framing is the
         server's), its Content-Type, and whether it had a header carrying a URL."""
-        raw, lower = upstream_response.headers, upstream_response.lower_names
-        out = [raw[i] for i in range(len(raw)) if lower[i] not in _STRIP_RESPONSE]
+        out = upstream_response.passed_on
         urls = upstream_response.has_urls  # noted while the head was parsed: no scan here
         if urls:
             base = upstream.base

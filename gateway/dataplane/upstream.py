@@ -65,6 +65,25 @@ EXPECT_WAIT_S: Final = 1.0
 _HIGH_WATER: Final = 256 * 1024
 
 
+NOT_PASSED_ON: Final = frozenset(
+    {
+        # Hop-by-hop (RFC 9110 7.6.1): this connection's, not the response's.
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+        # The gateway frames the body it sends itself.
+        "content-length",
+    }
+)
+
+
 class BodySource(Protocol):
     """What the request body is read from: the proxy listener's ``Body`` (or anything with
     ``readany``, which returns ``b""`` at the end)."""
@@ -92,7 +111,7 @@ class _Exchange:
         "informational",
         "keep_alive",
         "keep_alive_s",
-        "lower_names",
+        "passed_on",
         "reader",
         "reason",
         "received",
@@ -106,7 +125,8 @@ class _Exchange:
         self.status = 0
         self.reason = ""
         self.headers: list[tuple[str, str]] = []
-        self.lower_names: list[str] = []
+        self.passed_on: list[tuple[str, str]] = []
+        """``headers`` without the hop-by-hop ones and Content-Length: what a proxy passes on."""
         self.content_length: str | None = None
         self.content_type: str | None = None
         self.has_urls = False
@@ -210,10 +230,12 @@ class _Connection(FlowControlled):
         ex.status = status
         ex.keep_alive = self.parser.should_keep_alive()
         chunked = False
-        lower = ex.lower_names
-        for name, value in ex.headers:
+        passed_on = ex.passed_on
+        for header in ex.headers:
+            name, value = header
             lname = name.lower()
-            lower.append(lname)
+            if lname not in NOT_PASSED_ON:
+                passed_on.append(header)
             if lname == "content-length":
                 ex.content_length = value
             elif lname == "transfer-encoding":
@@ -364,9 +386,9 @@ class UpstreamResponse:
         return self._ex.complete and self._ex.error is None
 
     @property
-    def lower_names(self) -> list[str]:
-        """The names of ``headers`` lowercased, in the same order."""
-        return self._ex.lower_names
+    def passed_on(self) -> list[tuple[str, str]]:
+        """The response headers a proxy passes on (``NOT_PASSED_ON`` left out), in order."""
+        return self._ex.passed_on
 
     @property
     def content_length(self) -> str | None:
