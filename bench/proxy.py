@@ -226,10 +226,113 @@ facilities:
   known: {{st-marys: {{name: "St Mary's"}}, riverside: {{name: Riverside}}}}
 telemetry:
   access_log: {{path: {work / (name + ".log")}}}
+  store: {{path: {work / (name + ".db")}}}
   traces: {{otlp_endpoint: "http://127.0.0.1:{sink_port}", sample_ratio: {ratio}}}
 """
     )
     return cfg, port
+
+
+Targets = dict[str, tuple[str, int | None]]
+"""name -> (URL, pid of the proxy whose CPU is counted; None: no proxy)."""
+
+
+def _start_targets(
+    work: Path, nginx: str, workers: int, procs: dict[str, subprocess.Popen[bytes]]
+) -> tuple[Targets, list[int]]:
+    """The upstream, the sink and every proxy compared, started into ``procs``; the targets
+    and the ports to wait for."""
+    up_port, nginx_port, bare_port, sink_port = free_port(), free_port(), free_port(), free_port()
+    up_conf = nginx_conf(
+        work,
+        f"server {{ listen 127.0.0.1:{up_port}; root {work};"
+        " location / { default_type application/fhir+json;"
+        " try_files /patient.json =404; } }",
+    )
+    procs["upstream"] = start([nginx, "-p", str(work), "-c", str(up_conf)], LOAD_CORE)
+    px_conf = nginx_conf(
+        work,
+        f"upstream backend {{ server 127.0.0.1:{up_port}; keepalive 64; }}\n"
+        f"server {{ listen 127.0.0.1:{nginx_port};"
+        " location / { proxy_pass http://backend; proxy_http_version 1.1;"
+        ' proxy_set_header Connection ""; } }',
+    )
+    procs["nginx proxy"] = start([nginx, "-p", str(work), "-c", str(px_conf)], PROXY_CORE)
+    (work / "bare.py").write_text(BARE_PROXY)
+    procs["bare aiohttp proxy"] = start(
+        [sys.executable, str(work / "bare.py"), str(bare_port), f"http://127.0.0.1:{up_port}"], PROXY_CORE
+    )
+    (work / "sink.py").write_text(SINK)
+    procs["sink"] = start([sys.executable, str(work / "sink.py"), str(sink_port)], LOAD_CORE)
+    path = "/fhir/Patient/123"
+    targets: Targets = {
+        "direct (nginx upstream)": (f"http://127.0.0.1:{up_port}{path}", None),
+        "nginx proxy": (f"http://127.0.0.1:{nginx_port}{path}", procs["nginx proxy"].pid),
+        "bare aiohttp proxy": (f"http://127.0.0.1:{bare_port}{path}", procs["bare aiohttp proxy"].pid),
+    }
+    gateways = [
+        (name, name.split()[-1].rstrip(")"), ratio, 0, PROXY_CORE)
+        for name, ratio in (("vitalgate (sample 1.0)", 1.0), ("vitalgate (sample 0.1)", 0.1))
+    ]
+    if workers:
+        # Both unpinned: the kernel may use both cores (shared with wrk and the upstream).
+        gateways += [(f"vitalgate x{n} unpinned", f"w{n}", 1.0, n, "0-1") for n in (1, workers)]
+    for name, tag, ratio, n, cores in gateways:
+        cfg, port = vitalgate_config(work, tag, up_port, sink_port, ratio)
+        cmd = [sys.executable, "-m", "vitalgate", "serve", "--config", str(cfg)]
+        procs[name] = start([*cmd, "--workers", str(n)] if n else cmd, cores)
+        targets[name] = (f"http://127.0.0.1:{port}{path}", procs[name].pid)
+    return targets, [up_port, nginx_port, bare_port, sink_port]
+
+
+def _measure(
+    targets: Targets, upstream_pid: int, rounds: int, seconds: float, connections: int
+) -> dict[str, list[Result]]:
+    """Interleaved rounds of wrk against every target, after a warm-up of each."""
+    headers = {"X-Facility-ID": "st-marys", "Accept": "application/fhir+json"}
+    samples: dict[str, list[Result]] = {name: [] for name in targets}
+    for url, _ in targets.values():  # warm-up: connection pools, first-call paths
+        run_wrk(url, 1, connections, headers)
+    for r in range(rounds):
+        for name, (url, pid) in targets.items():
+            # For a proxy, the process children's and threads' CPU is counted; the
+            # direct target has no proxy, so its CPU figure is the upstream's.
+            pid_for_cpu = pid if pid is not None else upstream_pid
+            c0 = cpu_ticks(pid_for_cpu)
+            rps, p50, p99, errors = run_wrk(url, seconds, connections, headers)
+            cpu_s = (cpu_ticks(pid_for_cpu) - c0) / TICKS
+            n = rps * seconds
+            samples[name].append(Result(name, rps, p50, p99, cpu_s / n * 1e6 if n else 0.0, errors))
+            print(f"round {r + 1}/{rounds}  {name:<26} {rps:>9.0f} req/s", file=sys.stderr)
+    return samples
+
+
+def _median_results(samples: dict[str, list[Result]]) -> dict[str, Result]:
+    return {
+        name: Result(
+            name,
+            statistics.median(s.rps for s in rs),
+            statistics.median(s.p50_ms for s in rs),
+            statistics.median(s.p99_ms for s in rs),
+            statistics.median(s.cpu_us_per_req for s in rs),
+            sum(s.errors for s in rs),
+        )
+        for name, rs in samples.items()
+    }
+
+
+def _print_table(results: dict[str, Result]) -> None:
+    nginx_rps = results["nginx proxy"].rps
+    bare_rps = results["bare aiohttp proxy"].rps
+    print(
+        f"{'target':<26}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}{'x nginx':>9}{'x bare':>8}{'errors':>8}"
+    )
+    for r_ in results.values():
+        print(
+            f"{r_.target:<26}{r_.rps:>10.0f}{r_.p50_ms:>9.2f}{r_.p99_ms:>9.2f}{r_.cpu_us_per_req:>12.1f}"
+            f"{r_.rps / nginx_rps:>9.2f}{r_.rps / bare_rps:>8.2f}{r_.errors:>8}"
+        )
+    print("\n(CPU us/req of 'direct' is the nginx upstream's own cost.)")
 
 
 def main() -> int:
@@ -258,106 +361,23 @@ def main() -> int:
     os.chmod(work, 0o755)  # noqa: S103  nginx workers (user root) and the sink read it
     body = json.dumps(PATIENT, indent=1).encode()
     (work / "patient.json").write_bytes(body)
-    up_port, nginx_port, bare_port, sink_port = free_port(), free_port(), free_port(), free_port()
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        up_conf = nginx_conf(
-            work,
-            f"server {{ listen 127.0.0.1:{up_port}; root {work};"
-            " location / { default_type application/fhir+json;"
-            " try_files /patient.json =404; } }",
-        )
-        procs["upstream"] = start([nginx, "-p", str(work), "-c", str(up_conf)], LOAD_CORE)
-        px_conf = nginx_conf(
-            work,
-            f"upstream backend {{ server 127.0.0.1:{up_port}; keepalive 64; }}\n"
-            f"server {{ listen 127.0.0.1:{nginx_port};"
-            " location / { proxy_pass http://backend; proxy_http_version 1.1;"
-            ' proxy_set_header Connection ""; } }',
-        )
-        procs["nginx proxy"] = start([nginx, "-p", str(work), "-c", str(px_conf)], PROXY_CORE)
-        (work / "bare.py").write_text(BARE_PROXY)
-        procs["bare aiohttp proxy"] = start(
-            [sys.executable, str(work / "bare.py"), str(bare_port), f"http://127.0.0.1:{up_port}"],
-            PROXY_CORE,
-        )
-        (work / "sink.py").write_text(SINK)
-        procs["sink"] = start([sys.executable, str(work / "sink.py"), str(sink_port)], LOAD_CORE)
-        targets: dict[str, tuple[str, int | None]] = {
-            "direct (nginx upstream)": (f"http://127.0.0.1:{up_port}/fhir/Patient/123", None),
-            "nginx proxy": (
-                f"http://127.0.0.1:{nginx_port}/fhir/Patient/123",
-                procs["nginx proxy"].pid,
-            ),
-            "bare aiohttp proxy": (
-                f"http://127.0.0.1:{bare_port}/fhir/Patient/123",
-                procs["bare aiohttp proxy"].pid,
-            ),
-        }
-        for name, ratio in (("vitalgate (sample 1.0)", 1.0), ("vitalgate (sample 0.1)", 0.1)):
-            cfg, port = vitalgate_config(work, name.split()[-1].rstrip(")"), up_port, sink_port, ratio)
-            procs[name] = start(
-                [sys.executable, "-m", "vitalgate", "serve", "--config", str(cfg)], PROXY_CORE
-            )
-            targets[name] = (f"http://127.0.0.1:{port}/fhir/Patient/123", procs[name].pid)
-        if args.workers:
-            # Both unpinned: the kernel may use both cores (shared with wrk and the upstream).
-            for n in (1, args.workers):
-                name = f"vitalgate x{n} unpinned"
-                cfg, port = vitalgate_config(work, f"w{n}", up_port, sink_port, 1.0)
-                procs[name] = start(
-                    [sys.executable, "-m", "vitalgate", "serve", "--config", str(cfg), "--workers", str(n)],
-                    "0-1",
-                )
-                targets[name] = (f"http://127.0.0.1:{port}/fhir/Patient/123", procs[name].pid)
-        for port in (up_port, nginx_port, bare_port, sink_port):
+        targets, ports = _start_targets(work, nginx, args.workers, procs)
+        for port in ports:
             wait_port(port)
         for url, _ in targets.values():
             wait_port(int(url.split(":")[2].split("/")[0]))
-        headers = {"X-Facility-ID": "st-marys", "Accept": "application/fhir+json"}
-        samples: dict[str, list[Result]] = {name: [] for name in targets}
-        for url, _ in targets.values():  # warm-up: connection pools, first-call paths
-            run_wrk(url, 1, args.connections, headers)
-        for r in range(args.rounds):
-            for name, (url, pid) in targets.items():
-                # For a proxy, the process children's and threads' CPU is counted; the
-                # direct target has no proxy, so its CPU figure is the upstream's.
-                pid_for_cpu = pid if pid is not None else procs["upstream"].pid
-                c0 = cpu_ticks(pid_for_cpu)
-                rps, p50, p99, errors = run_wrk(url, args.seconds, args.connections, headers)
-                cpu_s = (cpu_ticks(pid_for_cpu) - c0) / TICKS
-                n = rps * args.seconds
-                samples[name].append(Result(name, rps, p50, p99, cpu_s / n * 1e6 if n else 0.0, errors))
-                print(f"round {r + 1}/{args.rounds}  {name:<26} {rps:>9.0f} req/s", file=sys.stderr)
+        samples = _measure(targets, procs["upstream"].pid, args.rounds, args.seconds, args.connections)
     finally:
         stop_all(procs.values())
-    results = {
-        name: Result(
-            name,
-            statistics.median(s.rps for s in rs),
-            statistics.median(s.p50_ms for s in rs),
-            statistics.median(s.p99_ms for s in rs),
-            statistics.median(s.cpu_us_per_req for s in rs),
-            sum(s.errors for s in rs),
-        )
-        for name, rs in samples.items()
-    }
-    nginx_rps = results["nginx proxy"].rps
-    bare_rps = results["bare aiohttp proxy"].rps
+    results = _median_results(samples)
     print(
         f"\nmedian of {args.rounds} interleaved rounds, {args.seconds:.0f} s each, "
         f"wrk -t1 -c{args.connections}; proxy on core {PROXY_CORE}, wrk+upstream on core {LOAD_CORE}; "
         f"{len(body)} B JSON body\n"
     )
-    print(
-        f"{'target':<26}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}{'x nginx':>9}{'x bare':>8}{'errors':>8}"
-    )
-    for r_ in results.values():
-        print(
-            f"{r_.target:<26}{r_.rps:>10.0f}{r_.p50_ms:>9.2f}{r_.p99_ms:>9.2f}{r_.cpu_us_per_req:>12.1f}"
-            f"{r_.rps / nginx_rps:>9.2f}{r_.rps / bare_rps:>8.2f}{r_.errors:>8}"
-        )
-    print("\n(CPU us/req of 'direct' is the nginx upstream's own cost.)")
+    _print_table(results)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results.values()], indent=2))
     shutil.rmtree(work, ignore_errors=True)
