@@ -179,7 +179,7 @@ def absent_rules(services: Sequence[str], opts: RuleOptions) -> list[dict[str, A
         {
             "alert": names.ALERT_ABSENT,
             # The gateway exports this gauge for every service from start-up, traffic or not.
-            "expr": f'absent_over_time(http_server_active_requests{{service="{s}"}}[{r}])',
+            "expr": f'absent_over_time({names.ACTIVE_REQUESTS}{{service="{s}"}}[{r}])',
             "for": format_duration(_range(opts.absent_for_s, opts)),
             "labels": {"severity": "page", "service": s},
             "annotations": {

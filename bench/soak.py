@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bench.proxy import LOAD_CORE, PROXY_CORE, free_port, nginx_conf, start, stop_all, wait_port
 from gateway.dataplane.fhir import RESOURCE_TYPES
+from slo.conventions import REQUEST_DURATION
 
 LUA = """
 local facilities = {}
@@ -81,9 +82,7 @@ def _sample(
         time.sleep(every_s)
         with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as r:
             series = sum(
-                1
-                for line in r.read().decode().splitlines()
-                if line.startswith("http_server_request_duration_seconds_count")
+                1 for line in r.read().decode().splitlines() if line.startswith(f"{REQUEST_DURATION}_count")
             )
         mb = rss_kb(gw_pid) / 1024
         samples.append((time.monotonic() - t0, mb, series))
