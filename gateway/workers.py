@@ -173,6 +173,8 @@ async def _lock_and_catch_up(config: Config[GatewayConfig]) -> StoreLock | None:
             lock = StoreLock(config.resolve(config.gateway.telemetry.store.path))
         await asyncio.get_running_loop().run_in_executor(None, _catch_up, config)
     except BaseException:
+        # Not handled here: the lock is let go whatever stopped the catch-up (cancellation
+        # included), and the error goes on to the caller, which reports it.
         if lock is not None:
             lock.release()
         raise
@@ -196,7 +198,9 @@ async def supervise(
     try:
         lock = await _lock_and_catch_up(config)
     except Exception as exc:
-        log.error("cannot start: store: %s", exc, extra={"event": "start_failed"})
+        # Whatever the store did, the gateway does not start: logged with its traceback as a
+        # start_failed event, and the process exits 1 (no metrics exist yet to count it in).
+        log.error("cannot start: store: %s", exc, exc_info=exc, extra={"event": "start_failed"})
         return 1
     gateway = Gateway(
         config, admin_extensions, Role("supervisor", count=count, port=port, metrics_dir=metrics_dir)
@@ -211,7 +215,7 @@ async def supervise(
         stop.set()
     watchers = [loop.create_task(workers.watch(i)) for i in range(count)]
     if not stop.is_set():
-        gateway.ready = True
+        gateway.lifecycle.ready = True
         proxy = f"{host}:{port}"
         admin = f"{config.gateway.admin.listen.rsplit(':', 1)[0]}:{gateway.admin_port}"
         build = native.build().describe()
@@ -221,7 +225,7 @@ async def supervise(
     await stop.wait()
     t0 = time.monotonic()
     log.info("draining", extra={"event": "draining"})
-    gateway.draining = True
+    gateway.lifecycle.draining = True
     codes = await workers.drain(config.gateway.limits.shutdown_timeout + 60)
     for w in watchers:
         w.cancel()
@@ -233,7 +237,7 @@ async def supervise(
     shutil.rmtree(metrics_dir, ignore_errors=True)
     drain_s = round(time.monotonic() - t0, 3)
     log.info("stopped after %.2fs drain", drain_s, extra={"event": "stopped", "drain_s": drain_s})
-    return 0 if all(c == 0 for c in codes) and gateway.ready else 1
+    return 0 if all(c == 0 for c in codes) and gateway.lifecycle.ready else 1
 
 
 def _is_ready(metrics_dir: str, index: int, pid: int) -> bool:
