@@ -30,11 +30,8 @@ from gateway.dataplane.metrics import Gauge as GaugeChild
 from gateway.dataplane.outcome import Outcome, RequestKey, RequestSink
 from slo import conventions as names
 
-LABELS = names.REQUEST_LABELS
 SIGNALS = ("log", "span", "store")
-DURATION = names.REQUEST_DURATION
 DURATION_HELP = "Duration of HTTP server requests through the gateway."
-ACTIVE = names.ACTIVE_REQUESTS
 ACTIVE_HELP = "Number of active HTTP server requests."
 ACTIVE_LABELS = (names.FACILITY, names.SERVICE)
 
@@ -48,23 +45,25 @@ class LocalCollector:
         self._gauges = gauges
 
     def collect(self) -> Iterator[Metric]:
-        h = Metric(DURATION, DURATION_HELP, "histogram")
+        h = Metric(names.REQUEST_DURATION, DURATION_HELP, "histogram")
         for key, child in list(self._histograms.children.items()):
-            labels = dict(zip(LABELS, (*key[:4], str(key[4])), strict=True))
+            labels = dict(zip(names.REQUEST_LABELS, (*key[:4], str(key[4])), strict=True))
             counts = list(child.counts)  # one consistent copy
             total = 0
             for le, n, exemplar in zip(self._le, counts, child.exemplars, strict=True):
                 total += n
                 ex = Exemplar({"trace_id": exemplar[0]}, exemplar[1], exemplar[2]) if exemplar else None
-                h.add_sample(f"{DURATION}_bucket", {**labels, "le": le}, float(total), None, ex)
-            h.add_sample(f"{DURATION}_count", labels, float(total))
-            h.add_sample(f"{DURATION}_sum", labels, child.sum)
-            h.add_sample(f"{DURATION}_created", labels, child.created)
+                h.add_sample(f"{names.REQUEST_DURATION}_bucket", {**labels, "le": le}, float(total), None, ex)
+            h.add_sample(f"{names.REQUEST_DURATION}_count", labels, float(total))
+            h.add_sample(f"{names.REQUEST_DURATION}_sum", labels, child.sum)
+            h.add_sample(f"{names.REQUEST_DURATION}_created", labels, child.created)
         yield h
-        g = Metric(ACTIVE, ACTIVE_HELP, "gauge")
+        g = Metric(names.ACTIVE_REQUESTS, ACTIVE_HELP, "gauge")
         for (facility, service), gauge in list(self._gauges.children.items()):
             g.add_sample(
-                ACTIVE, dict(zip(ACTIVE_LABELS, (facility, service), strict=True)), float(gauge.value)
+                names.ACTIVE_REQUESTS,
+                dict(zip(ACTIVE_LABELS, (facility, service), strict=True)),
+                float(gauge.value),
             )
         yield g
 
@@ -73,7 +72,9 @@ class SharedHistograms:
     """The request histogram in prometheus_client's multiprocess files (``--workers``)."""
 
     def __init__(self, registry: CollectorRegistry, buckets_s: tuple[float, ...]) -> None:
-        self._metric = Histogram(DURATION, DURATION_HELP, LABELS, buckets=buckets_s, registry=registry)
+        self._metric = Histogram(
+            names.REQUEST_DURATION, DURATION_HELP, names.REQUEST_LABELS, buckets=buckets_s, registry=registry
+        )
         self._children: dict[RequestKey, Histogram] = {}
         self._exemplars = ExemplarClock()
 
@@ -93,7 +94,7 @@ class SharedGauges:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._metric = Gauge(
-            ACTIVE, ACTIVE_HELP, ACTIVE_LABELS, registry=registry, multiprocess_mode="livesum"
+            names.ACTIVE_REQUESTS, ACTIVE_HELP, ACTIVE_LABELS, registry=registry, multiprocess_mode="livesum"
         )
         self._children: dict[tuple[str, str], Gauge] = {}
 
@@ -167,7 +168,7 @@ class GatewayMetrics:
         )
         for fid, value in (slas or {}).items():
             sla.labels(fid).set(value)
-        self._overflow_duration = self._overflow.labels(DURATION)
+        self._overflow_duration = self._overflow.labels(names.REQUEST_DURATION)
         self._entries = Counter(
             names.BUNDLE_ENTRIES,
             "Entries of FHIR batch and transaction responses, by the entry's method, route "

@@ -134,22 +134,6 @@ class Gateway:
         return ctx
 
     @property
-    def ready(self) -> bool:
-        return self.lifecycle.ready
-
-    @ready.setter
-    def ready(self, value: bool) -> None:
-        self.lifecycle.ready = value
-
-    @property
-    def draining(self) -> bool:
-        return self.lifecycle.draining
-
-    @draining.setter
-    def draining(self, value: bool) -> None:
-        self.lifecycle.draining = value
-
-    @property
     def proxy(self) -> Proxy:
         assert self.dataplane is not None, "a supervisor has no proxy"
         return self.dataplane.proxy
@@ -158,7 +142,7 @@ class Gateway:
         if self.dataplane is None:
             self.access_log.start()
             await self._start_admin()
-            self.ready = False  # until every worker is up (gateway.workers)
+            self.lifecycle.ready = False  # until every worker is up (gateway.workers)
             return
         await self.dataplane.start()
         self.access_log.start()
@@ -180,7 +164,7 @@ class Gateway:
         )
         self.proxy.bound(self._host, self.proxy_port)
         if self.role.kind == "worker":
-            self.ready = True
+            self.lifecycle.ready = True
             return
         await self._start_admin()
 
@@ -189,11 +173,11 @@ class Gateway:
         await self._admin_runner.setup()
         await web.TCPSite(self._admin_runner, self._admin_host, self._admin_port).start()
         self.admin_port = _bound_port(self._admin_runner)
-        self.ready = True
+        self.lifecycle.ready = True
 
     async def stop(self) -> None:
         """Drain and flush; safe to call once after start."""
-        self.draining = True
+        self.lifecycle.draining = True
         if self._server is not None:
             await self._server.stop_accepting()  # open connections finish their requests
         timeout_s = self.config.gateway.limits.shutdown_timeout

@@ -184,7 +184,7 @@ async def running_gateway(config_path: Path) -> AsyncIterator[Gateway]:
     try:
         yield gw
     finally:
-        if not gw.draining:
+        if not gw.lifecycle.draining:
             await gw.stop()
 
 

@@ -10,7 +10,10 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_late
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from gateway.dataplane.metrics import LabelBudget
-from gateway.exposition import ACTIVE, DURATION, LABELS, GatewayMetrics, request_metrics
+from gateway.exposition import GatewayMetrics, request_metrics
+from slo.conventions import ACTIVE_REQUESTS as ACTIVE
+from slo.conventions import REQUEST_DURATION as DURATION
+from slo.conventions import REQUEST_LABELS as LABELS
 from tests.helpers import make_outcome
 
 
