@@ -27,31 +27,17 @@ from gateway.dataplane.outcome import EntrySink, Outcome, RequestSink
 from gateway.dataplane.query import redact_query
 from gateway.dataplane.routes import Match, Router, normalize_path
 from gateway.dataplane.tracing import AnySpan, Span, Tracer, format_traceparent, parse_traceparent
-from gateway.dataplane.upstream import Upstream, UpstreamResponse
+from gateway.dataplane.upstream import HOP_BY_HOP, Upstream, UpstreamResponse
 from slo.conventions import NO_SERVICE, OTHER_METHOD
 
 KNOWN_METHODS: Final = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
 )
-HOP_BY_HOP: Final = frozenset(
-    h.lower()
-    for h in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-        "Proxy-Connection",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-        "Expect",
-        "Host",
-    )
-)
-# Replaced by the gateway's own values, not copied from the client: forwarding headers are
-# believed only from a trusted proxy (and then extended, not copied).
+# Not copied from the client: hop-by-hop headers and Host (the upstream's Host is decided by
+# its ``host:`` setting), and what the gateway replaces with its own values (forwarding headers
+# are believed only from a trusted proxy, and then extended, not copied).
 _NOT_COPIED: Final = HOP_BY_HOP | {
+    "host",
     "traceparent",
     "x-forwarded-for",
     "x-forwarded-proto",

@@ -65,9 +65,10 @@ EXPECT_WAIT_S: Final = 1.0
 _HIGH_WATER: Final = 256 * 1024
 
 
-NOT_PASSED_ON: Final = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
-        # Hop-by-hop (RFC 9110 7.6.1): this connection's, not the response's.
+        # RFC 9110 7.6.1: this connection's, not the message's (Expect too: the gateway
+        # answers 100-continue itself).
         "connection",
         "keep-alive",
         "proxy-authenticate",
@@ -78,10 +79,11 @@ NOT_PASSED_ON: Final = frozenset(
         "transfer-encoding",
         "upgrade",
         "expect",
-        # The gateway frames the body it sends itself.
-        "content-length",
     }
 )
+NOT_PASSED_ON: Final = HOP_BY_HOP | {"content-length"}
+"""Response headers a proxy does not pass on: hop-by-hop, and the length (it frames the body
+it sends itself)."""
 
 
 class BodySource(Protocol):
