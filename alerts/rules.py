@@ -43,17 +43,18 @@ class RuleOptions:
     """The configured facilities: those whose dashboard uid is hashed are linked by name."""
 
 
-FACILITY = "{{ $labels.facility }}"
+BY_FACILITY = f"sum by ({names.FACILITY})"
+FACILITY = "{{ $labels." + names.FACILITY + " }}"
 # Prometheus alert templates; the facility's display name comes from the gateway's info metric.
 SUMMARY = (
-    "@SLO@: {{ with printf `@INFO@{facility='%s'}` $labels.facility | query }}"
-    "{{ . | first | label `facility_name` }}{{ else }}{{ $labels.facility }}{{ end }}"
+    "@SLO@: {{ with printf `@INFO@{@F@='%s'}` $labels.@F@ | query }}"
+    "{{ . | first | label `@NAME@` }}{{ else }}{{ $labels.@F@ }}{{ end }}"
     " is burning its error budget {{ $value | printf `%.1f` }}x too fast"
 )
 DESCRIPTION = (
-    "@WHAT@ (objective @OBJECTIVE@ over @WINDOW@). Facility {{ $labels.facility }}: burn rate"
+    "@WHAT@ (objective @OBJECTIVE@ over @WINDOW@). Facility {{ $labels.@F@ }}: burn rate"
     " {{ $value | printf `%.2f` }}x; budget left"
-    " {{ with printf `@REMAINING@{slo='@SLO@',facility='%s'}` $labels.facility | query }}"
+    " {{ with printf `@REMAINING@{@S@='@SLO@',@F@='%s'}` $labels.@F@ | query }}"
     "{{ . | first | value | humanizePercentage }}{{ else }}unknown{{ end }}."
 )
 
@@ -61,6 +62,10 @@ DESCRIPTION = (
 def _fill(template: str, **values: str) -> str:
     """Fill ``@NAME@`` tokens in one pass, so a value can never be mistaken for a token."""
     return re.sub(r"@([A-Z]+)@", lambda m: values[m.group(1)], template)
+
+
+def _slo_labels(slo: Slo) -> dict[str, str]:
+    return {names.SLO_LABEL: slo.name, names.SERVICE: slo.service}
 
 
 def _period_name(slo: Slo) -> str:
@@ -73,13 +78,13 @@ def _range(seconds: float, opts: RuleOptions) -> float:
 
 def _aggregated(slo: Slo, window_s: float, opts: RuleOptions) -> tuple[str, str]:
     r = _range(window_s, opts)
-    total = promql.counted(slo, None, "sum by (facility)", False, lambda s: promql.exact_increase(s, r))
-    good = promql.counted(slo, None, "sum by (facility)", True, lambda s: promql.exact_increase(s, r))
+    total = promql.counted(slo, None, BY_FACILITY, False, lambda s: promql.exact_increase(s, r))
+    good = promql.counted(slo, None, BY_FACILITY, True, lambda s: promql.exact_increase(s, r))
     return total, good
 
 
 def recording_rules(slo: Slo, opts: RuleOptions) -> list[dict[str, Any]]:
-    labels = {"slo": slo.name, "service": slo.service}
+    labels = _slo_labels(slo)
     windows = dict(STATUS_WINDOWS_S)
     windows[_period_name(slo)] = int(slo.period_s)
     rules: list[dict[str, Any]] = []
@@ -87,7 +92,7 @@ def recording_rules(slo: Slo, opts: RuleOptions) -> list[dict[str, Any]]:
         total, good = _aggregated(slo, seconds, opts)
         rules.append({"record": names.requests(name), "expr": total, "labels": labels})
         # Bad = total - good; a facility with no good requests has no good series: count zero.
-        recorded = f"sum by (facility) ({names.requests(name)}{_sel(slo)})"
+        recorded = f"{BY_FACILITY} ({names.requests(name)}{_sel(slo)})"
         rules.append(
             {
                 "record": names.error_ratio(name),
@@ -99,11 +104,11 @@ def recording_rules(slo: Slo, opts: RuleOptions) -> list[dict[str, Any]]:
 
 
 def _sel(slo: Slo) -> str:
-    return f'{{slo="{slo.name}"}}'
+    return f'{{{names.SLO_LABEL}="{slo.name}"}}'
 
 
 def metadata_rules(slo: Slo) -> list[dict[str, Any]]:
-    labels = {"slo": slo.name, "service": slo.service}
+    labels = _slo_labels(slo)
     period = _period_name(slo)
     budget = round(1 - slo.objective, 12)
     return [
@@ -132,8 +137,8 @@ def _condition(slo: Slo, w: BurnWindow) -> str:
     # The value of the alert is the long window's burn rate.
     return (
         f"(({long_ratio} / {budget!r}) >= {factor!r})"
-        f" and on (facility) (({short_ratio} / {budget!r}) >= {factor!r})"
-        f" and on (facility) ({enough})"
+        f" and on ({names.FACILITY}) (({short_ratio} / {budget!r}) >= {factor!r})"
+        f" and on ({names.FACILITY}) ({enough})"
     )
 
 
@@ -146,7 +151,9 @@ def alert_rules(slo: Slo, opts: RuleOptions) -> list[dict[str, Any]]:
             continue
         expr = " or ".join(f"({c})" for c in conds)
         annotations = {
-            "summary": _fill(SUMMARY, SLO=slo.name, INFO=names.FACILITY_INFO),
+            "summary": _fill(
+                SUMMARY, SLO=slo.name, INFO=names.FACILITY_INFO, F=names.FACILITY, NAME=names.FACILITY_NAME
+            ),
             "description": _fill(
                 DESCRIPTION,
                 SLO=slo.name,
@@ -154,6 +161,8 @@ def alert_rules(slo: Slo, opts: RuleOptions) -> list[dict[str, Any]]:
                 OBJECTIVE=f"{100 * slo.objective:g}%",
                 WINDOW=slo.window,
                 REMAINING=names.BUDGET_REMAINING,
+                F=names.FACILITY,
+                S=names.SLO_LABEL,
             ),
         }
         if runbook:
@@ -165,7 +174,7 @@ def alert_rules(slo: Slo, opts: RuleOptions) -> list[dict[str, Any]]:
             {
                 "alert": names.ALERT_BURN,
                 "expr": expr,
-                "labels": {"severity": severity, "slo": slo.name, "service": slo.service},
+                "labels": {"severity": severity, **_slo_labels(slo)},
                 "annotations": annotations,
             }
         )
@@ -179,9 +188,9 @@ def absent_rules(services: Sequence[str], opts: RuleOptions) -> list[dict[str, A
         {
             "alert": names.ALERT_ABSENT,
             # The gateway exports this gauge for every service from start-up, traffic or not.
-            "expr": f'absent_over_time({names.ACTIVE_REQUESTS}{{service="{s}"}}[{r}])',
+            "expr": f'absent_over_time({names.ACTIVE_REQUESTS}{{{names.SERVICE}="{s}"}}[{r}])',
             "for": format_duration(_range(opts.absent_for_s, opts)),
-            "labels": {"severity": "page", "service": s},
+            "labels": {"severity": "page", names.SERVICE: s},
             "annotations": {
                 "summary": f"No metrics from the vitalgate gateway for service {s}",
                 "description": (

@@ -79,9 +79,10 @@ def _traffic(slo: Slo, facility: str, per_min: float, bad: float) -> list[dict[s
     return series
 
 
-def build_tests(slo: Slo, rules_file: str) -> dict[str, Any]:
+def _input_series(slo: Slo) -> list[dict[str, str]]:
+    """A burning, a healthy, a trickling and an idle facility, and the burning one's name."""
     bad = bad_fraction(slo)
-    inputs = (
+    return (
         _traffic(slo, "burning", PER_MIN, bad)
         + _traffic(slo, "healthy", PER_MIN, 0.0)
         # Fewer failing requests an hour than min_events (half of it): must not page.
@@ -101,6 +102,10 @@ def build_tests(slo: Slo, rules_file: str) -> dict[str, Any]:
             }
         ]
     )
+
+
+def build_tests(slo: Slo, rules_file: str) -> dict[str, Any]:
+    inputs = _input_series(slo)
     firing = [
         {
             "labels": _series(
@@ -108,10 +113,10 @@ def build_tests(slo: Slo, rules_file: str) -> dict[str, Any]:
                 {
                     "alertname": names.ALERT_BURN,
                     "alertstate": "firing",
-                    "facility": "burning",
-                    "service": slo.service,
+                    names.FACILITY: "burning",
+                    names.SERVICE: slo.service,
                     "severity": sev,
-                    "slo": slo.name,
+                    names.SLO_LABEL: slo.name,
                 },
             ),
             "value": 1,
@@ -129,26 +134,39 @@ def build_tests(slo: Slo, rules_file: str) -> dict[str, Any]:
                 "promql_expr_test": [
                     {
                         "expr": _series(
-                            "ALERTS", {"alertname": names.ALERT_BURN, "slo": slo.name, "alertstate": "firing"}
+                            "ALERTS",
+                            {
+                                "alertname": names.ALERT_BURN,
+                                names.SLO_LABEL: slo.name,
+                                "alertstate": "firing",
+                            },
                         ),
                         "eval_time": f"{EVAL_MIN}m",
                         "exp_samples": firing,
                     },
                     {
-                        "expr": f'{names.error_ratio("1h")}{{slo="{slo.name}", facility="healthy"}}',
+                        "expr": _series(
+                            names.error_ratio("1h"), {names.SLO_LABEL: slo.name, names.FACILITY: "healthy"}
+                        ),
                         "eval_time": f"{EVAL_MIN}m",
                         "exp_samples": [
                             {
                                 "labels": _series(
                                     names.error_ratio("1h"),
-                                    {"facility": "healthy", "service": slo.service, "slo": slo.name},
+                                    {
+                                        names.FACILITY: "healthy",
+                                        names.SERVICE: slo.service,
+                                        names.SLO_LABEL: slo.name,
+                                    },
                                 ),
                                 "value": 0,
                             }
                         ],
                     },
                     {
-                        "expr": f'{names.error_ratio("1h")}{{slo="{slo.name}", facility="idle"}}',
+                        "expr": _series(
+                            names.error_ratio("1h"), {names.SLO_LABEL: slo.name, names.FACILITY: "idle"}
+                        ),
                         "eval_time": f"{EVAL_MIN}m",
                         "exp_samples": [],
                     },

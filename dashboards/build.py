@@ -39,6 +39,11 @@ RATE = "$__rate_interval"
 COUNT = f"{METRIC}_count"
 BUCKET = f"{METRIC}_bucket"
 ROUTE, STATUS = names.ROUTE, names.STATUS
+FACILITY, SERVICE, SLO = names.FACILITY, names.SERVICE, names.SLO_LABEL
+# Each dashboard variable is named after the label it selects.
+VAR_FACILITY = "$" + FACILITY
+BY_FACILITY = "{{" + FACILITY + "}}"
+BY_SLO = "{{" + SLO + "}}"
 BY_ROUTE = f"{{{{{ROUTE}}}}}"
 """The legend ``{{http_route}}``."""
 
@@ -173,10 +178,10 @@ def _base(title: str, uid: str, opts: DashboardOptions, tags: Sequence[str] = ()
 
 def _facility_var(multi: bool, current: str | None = None, query: str | None = None) -> db.QueryVariable:
     v = (
-        db.QueryVariable("facility")
+        db.QueryVariable(FACILITY)
         .label("Facility")
         .datasource(DS)
-        .query(query or f"label_values({names.FACILITY_INFO}, facility)")
+        .query(query or f"label_values({names.FACILITY_INFO}, {FACILITY})")
         .refresh(dm.VariableRefresh.ON_DASHBOARD_LOAD)
         .sort(dm.VariableSort.ALPHABETICAL_ASC)
         .multi(multi)
@@ -209,41 +214,36 @@ def _burn_rate_panel(title: str, sel: str, slos: Sequence[Slo], by: str) -> time
     )
     for i, long in enumerate(longs):
         using = [s for s in slos if any(w.long == long for w in s.alerting_windows)]
-        matchers = ",".join(m for m in (sel, 'slo=~"' + "|".join(s.name for s in using) + '"') if m)
-        expr = f"{names.error_ratio(long)}{{{matchers}}} / on (slo) group_left {names.ERROR_BUDGET}"
+        matchers = ",".join(m for m in (sel, f'{SLO}=~"' + "|".join(s.name for s in using) + '"') if m)
+        expr = f"{names.error_ratio(long)}{{{matchers}}} / on ({SLO}) group_left {names.ERROR_BUDGET}"
         panel = panel.with_target(_q(expr, f"{{{{{by}}}}} {long}", chr(ord("A") + i)))
         for s in using:
             lines = sorted((s.burn_threshold(w), w.severity) for w in s.alerting_windows if w.long == long)
             steps: list[dict[str, float | str | None]] = [{"value": None, "color": "green"}]
             steps += [{"value": value, "color": _SEVERITY_COLOURS[sev]} for value, sev in lines]
-            series = f"^{s.name} {long}$" if by == "slo" else f"^.* {long}$"
+            series = f"^{s.name} {long}$" if by == SLO else f"^.* {long}$"
             config = dm.DynamicConfigValue(id_val="thresholds", value={"mode": "absolute", "steps": steps})
             panel = panel.override_by_regexp(series, [config])
     return panel
 
 
-def fleet_overview(
-    slos: Sequence[Slo], facilities: Sequence[Facility], opts: DashboardOptions
-) -> GeneratedDashboard:
-    uid = names.dashboard_uid("fleet")
+def _fleet_budget_table(facilities: Sequence[Facility]) -> table.Panel:
+    """Every facility and SLO in one table: budget left, SLI, objective, contract SLA."""
     # Grafana's data links cannot hash: when some facility's uid is hashed, the budget
     # query carries each facility's uid as a (hidden) column for the link to use.
-    budget, link = names.BUDGET_REMAINING, f"/d/{names.FACILITY_UID_PREFIX}${{__data.fields.facility}}"
-    hidden = {"Time": True, "__name__": True, "service": False}
+    budget, link = names.BUDGET_REMAINING, f"/d/{names.FACILITY_UID_PREFIX}${{__data.fields.{FACILITY}}}"
+    hidden = {"Time": True, "__name__": True, SERVICE: False}
     if names.hashed_facility_uids(f.id for f in facilities):
         budget = names.facility_uid_promql(budget, (f.id for f in facilities), UID_COLUMN)
         link = f"/d/${{__data.fields.{UID_COLUMN}}}"
         hidden[UID_COLUMN] = True
-    lay = _Layout()
-    d = _base("vitalgate: fleet overview", uid, opts, ["fleet"])
-    d = d.with_row(lay.row("Every facility and SLO, worst error budget first"))
     fields = {
         "Value #A": ("Budget left", "percentunit"),
         "Value #B": ("SLI", "percentunit"),
         "Value #C": ("Objective", "percentunit"),
         "Value #D": ("Contract SLA", "percentunit"),
     }
-    t = (
+    return (
         table.Panel()
         .title("Error budget remaining by facility and SLO")
         .description(
@@ -264,7 +264,7 @@ def fleet_overview(
         )
         .with_target(
             _q(
-                f"{names.BUDGET_REMAINING} * 0 + on (facility) group_left {names.FACILITY_SLA}",
+                f"{names.BUDGET_REMAINING} * 0 + on ({FACILITY}) group_left {names.FACILITY_SLA}",
                 ref="D",
                 instant=True,
                 table_fmt=True,
@@ -277,9 +277,9 @@ def fleet_overview(
                 options={
                     "excludeByName": hidden,
                     "indexByName": {
-                        "facility": 0,
-                        "slo": 1,
-                        "service": 2,
+                        FACILITY: 0,
+                        SLO: 1,
+                        SERVICE: 2,
                         "Value #A": 3,
                         "Value #B": 4,
                         "Value #C": 5,
@@ -298,7 +298,7 @@ def fleet_overview(
             [dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"})],
         )
         .override_by_name(
-            "facility",
+            FACILITY,
             [
                 dm.DynamicConfigValue(
                     id_val="links",
@@ -307,7 +307,16 @@ def fleet_overview(
             ],
         )
     )
-    d = d.with_panel(lay.place(t, 24, 12))
+
+
+def fleet_overview(
+    slos: Sequence[Slo], facilities: Sequence[Facility], opts: DashboardOptions
+) -> GeneratedDashboard:
+    uid = names.dashboard_uid("fleet")
+    lay = _Layout()
+    d = _base("vitalgate: fleet overview", uid, opts, ["fleet"])
+    d = d.with_row(lay.row("Every facility and SLO, worst error budget first"))
+    d = d.with_panel(lay.place(_fleet_budget_table(facilities), 24, 12))
     d = d.with_row(lay.row("Now"))
     paging = (
         stat.Panel()
@@ -315,7 +324,7 @@ def fleet_overview(
         .datasource(DS)
         .with_target(
             _q(
-                f'count(count by (facility) (ALERTS{{alertname="{names.ALERT_BURN}", alertstate="firing", '
+                f'count(count by ({FACILITY}) (ALERTS{{alertname="{names.ALERT_BURN}", alertstate="firing", '
                 'severity="page"})) or vector(0)',
                 instant=True,
             )
@@ -341,60 +350,48 @@ def fleet_overview(
     worst = _ratio_over_time(
         "Lowest error budgets over time",
         f"bottomk(10, {names.BUDGET_REMAINING})",
-        "{{facility}} {{slo}}",
+        BY_FACILITY + " " + BY_SLO,
         _steps(*BUDGET_STEPS),
     )
     d = d.with_panel(lay.place(worst, 24, 9))
     return GeneratedDashboard(uid, "vitalgate: fleet overview", *FLEET_FOLDER, _build(d))
 
 
-def facility_dashboard(f: Facility, slos: Sequence[Slo], opts: DashboardOptions) -> GeneratedDashboard:
-    uid = names.dashboard_uid("facility", f.id)
-    sel = 'facility="$facility"'
-    lay = _Layout()
-    title = f"vitalgate: {f.name}"
-    d = _base(title, uid, opts, ["facility"]).with_variable(_facility_var(False, f.id))
-    d = d.with_row(lay.row("SLOs"))
-    for s in slos:
-        sli = (
-            stat.Panel()
-            .title(f"{s.name}: SLI")
-            .description(
-                f"{s.description or s.name}. Objective {100 * s.objective:g}% over {s.window}"
-                + (f"; contract SLA {100 * f.sla:g}%" if f.sla is not None else "")
-            )
-            .datasource(DS)
-            .unit("percentunit")
-            .decimals(3)
-            .with_target(_q(f'{names.PERIOD_SLI}{{{sel}, slo="{s.name}"}}', instant=True))
-            .thresholds(
-                _steps(
-                    (None, "red"),
-                    (round(min(s.objective, f.sla or s.objective), 6), "orange"),
-                    (round(s.objective, 6), "green"),
-                )
+def _slo_stats(f: Facility, s: Slo, sel: str) -> tuple[stat.Panel, stat.Panel]:
+    """A facility's SLI (against objective and SLA) and budget left for one SLO."""
+    sli = (
+        stat.Panel()
+        .title(f"{s.name}: SLI")
+        .description(
+            f"{s.description or s.name}. Objective {100 * s.objective:g}% over {s.window}"
+            + (f"; contract SLA {100 * f.sla:g}%" if f.sla is not None else "")
+        )
+        .datasource(DS)
+        .unit("percentunit")
+        .decimals(3)
+        .with_target(_q(f'{names.PERIOD_SLI}{{{sel}, {SLO}="{s.name}"}}', instant=True))
+        .thresholds(
+            _steps(
+                (None, "red"),
+                (round(min(s.objective, f.sla or s.objective), 6), "orange"),
+                (round(s.objective, 6), "green"),
             )
         )
-        budget = (
-            stat.Panel()
-            .title(f"{s.name}: budget left")
-            .datasource(DS)
-            .unit("percentunit")
-            .decimals(1)
-            .with_target(_q(f'{names.BUDGET_REMAINING}{{{sel}, slo="{s.name}"}}', instant=True))
-            .thresholds(_steps(*BUDGET_STEPS))
-        )
-        d = d.with_panel(lay.place(sli, 6, 4)).with_panel(lay.place(budget, 6, 4))
-    d = d.with_row(lay.row("Error budget"))
-    burndown = _ratio_over_time(
-        "Error budget remaining (burn-down over each SLO's window)",
-        f"{names.BUDGET_REMAINING}{{{sel}}}",
-        "{{slo}}",
-        _steps(*BUDGET_STEPS),
     )
-    burn = _burn_rate_panel("Burn rate against the alert thresholds", sel, slos, "slo")
-    d = d.with_panel(lay.place(burndown, 12, 8)).with_panel(lay.place(burn, 12, 8))
-    d = d.with_row(lay.row("Traffic by route"))
+    budget = (
+        stat.Panel()
+        .title(f"{s.name}: budget left")
+        .datasource(DS)
+        .unit("percentunit")
+        .decimals(1)
+        .with_target(_q(f'{names.BUDGET_REMAINING}{{{sel}, {SLO}="{s.name}"}}', instant=True))
+        .thresholds(_steps(*BUDGET_STEPS))
+    )
+    return sli, budget
+
+
+def _route_panels(sel: str) -> tuple[timeseries.Panel, ...]:
+    """Request rate, 5xx ratio and p95 latency by route, for the series ``sel`` selects."""
     rate = (
         timeseries.Panel()
         .title("Requests/s by route")
@@ -428,7 +425,30 @@ def facility_dashboard(f: Facility, slos: Sequence[Slo], opts: DashboardOptions)
             )
         )
     )
-    for p in (rate, errors, latency):
+    return rate, errors, latency
+
+
+def facility_dashboard(f: Facility, slos: Sequence[Slo], opts: DashboardOptions) -> GeneratedDashboard:
+    uid = names.dashboard_uid("facility", f.id)
+    sel = f'{FACILITY}="{VAR_FACILITY}"'
+    lay = _Layout()
+    title = f"vitalgate: {f.name}"
+    d = _base(title, uid, opts, [FACILITY]).with_variable(_facility_var(False, f.id))
+    d = d.with_row(lay.row("SLOs"))
+    for s in slos:
+        sli, budget = _slo_stats(f, s, sel)
+        d = d.with_panel(lay.place(sli, 6, 4)).with_panel(lay.place(budget, 6, 4))
+    d = d.with_row(lay.row("Error budget"))
+    burndown = _ratio_over_time(
+        "Error budget remaining (burn-down over each SLO's window)",
+        f"{names.BUDGET_REMAINING}{{{sel}}}",
+        BY_SLO,
+        _steps(*BUDGET_STEPS),
+    )
+    burn = _burn_rate_panel("Burn rate against the alert thresholds", sel, slos, SLO)
+    d = d.with_panel(lay.place(burndown, 12, 8)).with_panel(lay.place(burn, 12, 8))
+    d = d.with_row(lay.row("Traffic by route"))
+    for p in _route_panels(sel):
         d = d.with_panel(lay.place(p, 8, 8))
     d = d.with_row(lay.row("Alerts"))
     alerts = (
@@ -449,11 +469,11 @@ def facility_dashboard(f: Facility, slos: Sequence[Slo], opts: DashboardOptions)
 
 def slo_dashboard(s: Slo, opts: DashboardOptions) -> GeneratedDashboard:
     uid = names.dashboard_uid("slo", s.name)
-    sel = f'slo="{s.name}", facility=~"$facility"'
+    sel = f'{SLO}="{s.name}", {FACILITY}=~"{VAR_FACILITY}"'
     lay = _Layout()
     title = f"vitalgate SLO: {s.name}"
     d = _base(title, uid, opts, ["slo-detail"]).with_variable(
-        _facility_var(True, query=f'label_values({names.BUDGET_REMAINING}{{slo="{s.name}"}}, facility)')
+        _facility_var(True, query=f'label_values({names.BUDGET_REMAINING}{{{SLO}="{s.name}"}}, {FACILITY})')
     )
     d = d.with_row(
         lay.row(f"{s.name}: {s.description or s.kind} (objective {100 * s.objective:g}% over {s.window})")
@@ -462,20 +482,20 @@ def slo_dashboard(s: Slo, opts: DashboardOptions) -> GeneratedDashboard:
         _ratio_over_time(
             "SLI by facility",
             f"{names.PERIOD_SLI}{{{sel}}}",
-            "{{facility}}",
+            BY_FACILITY,
             _steps((None, "red"), (round(s.objective, 6), "green")),
         ),
         timeseries.Panel()
         .title("Error budget remaining by facility")
         .datasource(DS)
         .unit("percentunit")
-        .with_target(_q(f"{names.BUDGET_REMAINING}{{{sel}}}", "{{facility}}"))
+        .with_target(_q(f"{names.BUDGET_REMAINING}{{{sel}}}", BY_FACILITY))
         .thresholds(_steps(*BUDGET_STEPS)),
-        _burn_rate_panel("Burn rate by facility", sel, [s], "facility"),
+        _burn_rate_panel("Burn rate by facility", sel, [s], FACILITY),
         timeseries.Panel()
         .title("Requests in the last hour by facility")
         .datasource(DS)
-        .with_target(_q(f"{names.requests('1h')}{{{sel}}}", "{{facility}}")),
+        .with_target(_q(f"{names.requests('1h')}{{{sel}}}", BY_FACILITY)),
     ]
     for p in panels:
         d = d.with_panel(lay.place(p, 12, 8))
@@ -484,14 +504,14 @@ def slo_dashboard(s: Slo, opts: DashboardOptions) -> GeneratedDashboard:
 
 def latency_dashboard(opts: DashboardOptions) -> GeneratedDashboard:
     uid = names.dashboard_uid("latency")
-    sel = f'facility=~"$facility", {ROUTE}=~"$route"'
+    sel = f'{FACILITY}=~"{VAR_FACILITY}", {ROUTE}=~"$route"'
     lay = _Layout()
     title = "vitalgate: latency diagnosis"
     route_var = (
         db.QueryVariable("route")
         .label("Route")
         .datasource(DS)
-        .query(f'label_values({COUNT}{{facility=~"$facility"}}, {ROUTE})')
+        .query(f'label_values({COUNT}{{{FACILITY}=~"{VAR_FACILITY}"}}, {ROUTE})')
         .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .multi(True)
         .include_all(True)
@@ -507,9 +527,9 @@ def latency_dashboard(opts: DashboardOptions) -> GeneratedDashboard:
             .unit("s")
             .with_target(
                 _q(
-                    f"histogram_quantile({q}, sum by (le, {ROUTE}, facility) "
+                    f"histogram_quantile({q}, sum by (le, {ROUTE}, {FACILITY}) "
                     f"(rate({BUCKET}{{{sel}}}[{RATE}])))",
-                    "{{facility}} " + BY_ROUTE,
+                    BY_FACILITY + " " + BY_ROUTE,
                     exemplar=True,
                 )
             )
@@ -532,7 +552,7 @@ def latency_dashboard(opts: DashboardOptions) -> GeneratedDashboard:
         .unit("s")
         .with_target(
             _q(
-                f"topk(10, histogram_quantile(0.99, sum by (le, {ROUTE}, facility) "
+                f"topk(10, histogram_quantile(0.99, sum by (le, {ROUTE}, {FACILITY}) "
                 f"(rate({BUCKET}{{{sel}}}[5m]))))",
                 instant=True,
                 table_fmt=True,

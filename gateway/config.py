@@ -20,9 +20,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
+from gateway.admin.config import AdminConfig
 from gateway.dataplane import settings as settings_
 from slo.configfile import (
     ConfigError,
+    ListenAddr,
     Loc,
     Problem,
     Source,
@@ -37,21 +39,6 @@ from slo.spec import NAME_RE, DurationS, Facility, Maintenance, Slo, load_slos
 FACILITY_ID_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 # Label values the gateway itself uses: a configured facility must not take one.
 RESERVED_FACILITY_IDS = frozenset({"unknown", "other", "*"})
-
-
-def _listen(value: str) -> str:
-    m = re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})", value)
-    if not m or not 0 <= int(m.group(2)) <= 65535:
-        raise ValueError(f"must be host:port, such as 127.0.0.1:8080 (got {value!r})")
-    return value
-
-
-ListenAddr = Annotated[str, AfterValidator(_listen)]
-
-
-def split_listen(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 def _within(low: float, high: float, zero: bool = False) -> Callable[[float], float]:
@@ -287,20 +274,6 @@ class TelemetryConfig(StrictModel):
     traces: TracesConfig = Field(default_factory=TracesConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-
-
-class TokenConfig(StrictModel):
-    name: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    role: Literal["sre", "engineer", "account_manager"]
-    facilities: list[str] = Field(default_factory=list)
-
-
-class AdminConfig(StrictModel):
-    listen: ListenAddr = "127.0.0.1:9464"
-    tokens: list[TokenConfig] = Field(default_factory=list)
-    protect_metrics: bool = False
-    """Also require a token for /metrics, /healthz and /readyz."""
 
 
 class TlsConfig(StrictModel):

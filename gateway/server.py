@@ -1,5 +1,5 @@
 """Running one gateway process: the proxy listener over the data plane (assembled by
-``gateway/assembly.py``), the admin listener (``gateway/admin_api.py``), shutdown.
+``gateway/assembly.py``), the admin listener (``gateway/admin/api.py``), shutdown.
 
 SIGTERM (or SIGINT) drains: the proxy stops accepting, ``/readyz`` turns 503,
 in-flight requests finish (up to ``limits.shutdown_timeout``), then the access
@@ -24,15 +24,16 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway import native
-from gateway.admin_api import AdminApi, AdminExtension, Lifecycle
-from gateway.admin_http import AdminRunner
+from gateway.admin.api import AdminApi, AdminExtension, Lifecycle
+from gateway.admin.listener import AdminRunner
 from gateway.assembly import DataPlane
-from gateway.config import Config, GatewayConfig, split_listen
+from gateway.config import Config, GatewayConfig
 from gateway.dataplane.accesslog import AccessLog
 from gateway.dataplane.httpserver import HttpServer
 from gateway.dataplane.proxy import Proxy
 from gateway.exposition import GatewayMetrics
 from gateway.roles import Role, mark_ready
+from slo.configfile import split_listen
 from slo.spec import latency_thresholds_s
 from slo.store import StoreError
 

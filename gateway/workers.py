@@ -34,10 +34,11 @@ import time
 from collections.abc import Sequence
 
 from gateway import native
-from gateway.admin_api import AdminExtension
-from gateway.config import Config, GatewayConfig, split_listen
+from gateway.admin.api import AdminExtension
+from gateway.config import Config, GatewayConfig
 from gateway.roles import Role, ready_file
 from gateway.server import Gateway
+from slo.configfile import split_listen
 from slo.store import StoreLock
 
 log = logging.getLogger("vitalgate.supervisor")

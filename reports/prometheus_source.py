@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from reports.data import F64, Period
+from slo import conventions as names
 from slo import promql
 from slo.prometheus import PrometheusBackend
 from slo.spec import Slo
@@ -42,13 +43,13 @@ class PrometheusSource:
         return out
 
     def minutes(self, slo: Slo, facility: str, start_s: int, end_s: int) -> tuple[F64, F64]:
-        sel = {"facility": facility}
+        sel = {names.FACILITY: facility}
         total = promql.counted(slo, sel, "sum", False, lambda s: promql.exact_increase(s, 60))
         good = promql.counted(slo, sel, "sum", True, lambda s: promql.exact_increase(s, 60))
         return self._per_minute(total, start_s, end_s), self._per_minute(good, start_s, end_s)
 
     def totals(self, slo: Slo, facility: str, start_s: int, end_s: int) -> tuple[float, float]:
-        sel = {"facility": facility}
+        sel = {names.FACILITY: facility}
         rng = end_s - start_s
         t = self.backend.query(
             promql.counted(slo, sel, "sum", False, lambda s: promql.exact_increase(s, rng)), end_s
@@ -69,7 +70,7 @@ class PrometheusSource:
             while week < period.after:
                 start = int(datetime(week.year, week.month, week.day, tzinfo=tz).timestamp())
                 end = start + 7 * 86400
-                sel = f'{promql.METRIC}_bucket{{facility="{facility}", service="{service}"}}'
+                sel = f'{promql.METRIC}_bucket{{{names.FACILITY}="{facility}", {names.SERVICE}="{service}"}}'
                 inc = f"sum by (le) ({promql.exact_increase(sel, end - start)})"
                 qs = [self.backend.query(f"histogram_quantile({q}, {inc})", end) for q in (0.5, 0.95, 0.99)]
                 p50, p95, p99 = (_finite(next(iter(v.values()), None)) for v in qs)

@@ -10,14 +10,15 @@ written at; pydantic's error locations are then mapped back to those positions.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
@@ -27,6 +28,22 @@ class StrictModel(BaseModel):
     """A config section: unknown keys are errors, values never change after loading."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _listen(value: str) -> str:
+    m = re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})", value)
+    if not m or not 0 <= int(m.group(2)) <= 65535:
+        raise ValueError(f"must be host:port, such as 127.0.0.1:8080 (got {value!r})")
+    return value
+
+
+# A host:port a listener binds; every component's config uses this one type.
+ListenAddr = Annotated[str, AfterValidator(_listen)]
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def mapping_at(data: Any, key: str) -> dict[Any, Any]:

@@ -22,6 +22,8 @@ REQUEST_DURATION: Final = "http_server_request_duration_seconds"
 ACTIVE_REQUESTS: Final = "http_server_active_requests"
 FACILITY: Final = "facility"
 SERVICE: Final = "service"
+SLO_LABEL: Final = "slo"
+"""The label of every recorded SLO series and SLO alert: the SLO's name."""
 ROUTE: Final = "http_route"
 METHOD: Final = "http_request_method"
 STATUS: Final = "http_response_status_code"
@@ -141,7 +143,7 @@ def hashed_facility_uids(facility_ids: Iterable[str]) -> dict[str, str]:
     return {fid: uid for fid, uid in sorted(uids.items()) if uid != FACILITY_UID_PREFIX + fid}
 
 
-def facility_uid_go_template(facility_ids: Iterable[str], label: str = "$labels.facility") -> str:
+def facility_uid_go_template(facility_ids: Iterable[str], label: str = "$labels." + FACILITY) -> str:
     """A Prometheus (Go) template printing the dashboard uid of the facility in ``label``."""
     plain = f"{FACILITY_UID_PREFIX}{{{{ {label} }}}}"
     hashed = hashed_facility_uids(facility_ids)
@@ -153,8 +155,8 @@ def facility_uid_go_template(facility_ids: Iterable[str], label: str = "$labels.
 
 def facility_uid_promql(expr: str, facility_ids: Iterable[str], label: str = "dashboard_uid") -> str:
     """``expr`` with a ``label`` naming each facility's dashboard uid (for Grafana data links)."""
-    out = f'label_replace({expr}, "{label}", "{FACILITY_UID_PREFIX}$1", "facility", "(.+)")'
+    out = f'label_replace({expr}, "{label}", "{FACILITY_UID_PREFIX}$1", "{FACILITY}", "(.+)")'
     # Facility ids are slugs: as a (fully anchored) regex each matches itself only.
     for fid, uid in hashed_facility_uids(facility_ids).items():
-        out = f'label_replace({out}, "{label}", "{uid}", "facility", "{fid}")'
+        out = f'label_replace({out}, "{label}", "{uid}", "{FACILITY}", "{fid}")'
     return out

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from slo import promql
-from slo.conventions import ALL_FACILITIES
+from slo.conventions import ALL_FACILITIES, FACILITY
 from slo.spec import Slo
 from slo.status import Counts, RowSpec
 from slo.windows import STATUS_WINDOWS_S
@@ -35,7 +35,7 @@ class PrometheusBackend:
         body = self._post("/api/v1/query", {"query": expr, "time": f"{at_s:.3f}"})
         out: dict[str, float] = {}
         for sample in body["data"]["result"]:
-            fac = sample["metric"].get("facility", ALL_FACILITIES)
+            fac = sample["metric"].get(FACILITY, ALL_FACILITIES)
             out[fac] = float(sample["value"][1])
         return out
 
@@ -119,9 +119,7 @@ class PrometheusBackend:
                 for members in groups.values():
                     r0 = rows[members[0]]
                     range_s = now_s - r0.window_start_s
-                    extra = (
-                        None if star or not slo.calendar or len(members) > 1 else {"facility": r0.facility}
-                    )
+                    extra = None if star or not slo.calendar or len(members) > 1 else {FACILITY: r0.facility}
                     t, g = self._pair(slo, range_s, extra, star, now_s)
                     for i in members:
                         rt[i] = round(t.get(rows[i].facility, 0.0), 6)

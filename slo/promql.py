@@ -98,7 +98,7 @@ def exact_increase(series: str, range_s: float) -> str:
 
 
 def by_facility(expr: str) -> str:
-    return f"sum by (facility) ({expr})"
+    return f"sum by ({names.FACILITY}) ({expr})"
 
 
 def all_facilities(expr: str) -> str:

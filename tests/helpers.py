@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -429,6 +429,15 @@ class AlertmanagerProcess(ServiceProcess):
         with urllib.request.urlopen(self.url + "/api/v2/alerts", timeout=5) as r:
             result: list[dict[str, Any]] = json.loads(r.read())
         return result
+
+
+def eventually(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
+    """Wait for ``check`` to hold (polled every 50 ms); fail naming ``what`` if it never does."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s:g} s: {what}")
+        time.sleep(0.05)
 
 
 def fetch(url: str, headers: dict[str, str] | None = None, timeout_s: float = 10.0) -> int:

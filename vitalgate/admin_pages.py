@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from gateway.admin_api import AdminApi
-from gateway.admin_auth import identity_of, refuse_facility
+from gateway.admin.api import AdminApi
+from gateway.admin.auth import identity_of, refuse_facility
 from reports.data import PeriodError, build_report, daily_availability, parse_period
 from reports.pages import facility_page, fleet_page
 from slo.store import Store, StoreError

@@ -324,12 +324,12 @@ def _positive_int(value: str) -> int:
     return n
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vitalgate", description="Observability and SLO reliability gateway for clinical APIs."
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+# argparse exports no public name for the object add_subparsers returns.
+Subcommands = argparse._SubParsersAction
 
+
+def _gateway_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
+    """serve, version, check and demo: running the gateway."""
     p = sub.add_parser("serve", help="run the gateway")
     p.add_argument("--config", required=True, help="gateway.yaml")
     p.add_argument(
@@ -352,6 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="var/demo", help="folder for config, logs and traces (default var/demo)")
     p.add_argument("--rate", type=float, default=60.0, help="requests per second in total (default 60)")
     p.set_defaults(func=cmd_demo)
+
+
+def _generator_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
+    """slo, alerts and dashboards: what the SLOs are and what is generated from them."""
     slo = sub.add_parser("slo", help="SLO status and import").add_subparsers(
         dest="slo_command", required=True
     )
@@ -388,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
     p.set_defaults(func=cmd_dashboards_publish)
 
+
+def _record_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
+    """report and store: the figures the embedded store keeps and what is made of them."""
     p = sub.add_parser("report", help="uptime report for a facility and period (PDF or HTML)")
     p.add_argument("--config", required=True)
     who = p.add_mutually_exclusive_group(required=True)
@@ -406,6 +413,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--access-log", required=True)
     p.set_defaults(func=cmd_store_import)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitalgate", description="Observability and SLO reliability gateway for clinical APIs."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _gateway_commands(sub)
+    _generator_commands(sub)
+    _record_commands(sub)
     return parser
 
 

@@ -8,7 +8,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,6 +21,7 @@ from tests.helpers import (
     BackgroundPeers,
     GatewayProcess,
     counter_value,
+    eventually,
     gateway_config,
     read_log,
     slo_status,
@@ -51,10 +51,9 @@ def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
 
         thread = threading.Thread(target=slow)
         thread.start()
-        while not peers.upstream.seen:  # the request is in flight at the upstream
-            time.sleep(0.01)
+        eventually(lambda: bool(peers.upstream.seen), "the request in flight at the upstream")
         gw.proc.send_signal(15)
-        time.sleep(0.3)
+        eventually(lambda: '"draining"' in gw.stderr_path.read_text(), "the gateway draining")
         with pytest.raises(OSError):  # no longer accepting
             _get(gw.proxy + "/fhir/Patient/2")
         thread.join(10)
@@ -83,14 +82,13 @@ def test_collector_down_costs_only_dropped_spans(tmp_path: Path) -> None:
         try:
             for i in range(50):
                 assert _get(gw.proxy + f"/fhir/Patient/{i}")[0] == 200
-            dropped = 0.0
-            for _ in range(100):
-                metrics = _get(gw.admin + "/metrics")[1].decode()
-                dropped = counter_value(metrics, "vitalgate_telemetry_dropped_total", signal="span")
-                if dropped >= 100:
-                    break
-                time.sleep(0.1)
-            assert dropped == 100  # 50 SERVER + 50 CLIENT spans, each counted once
+
+            def dropped() -> float:
+                return counter_value(_metrics(gw), "vitalgate_telemetry_dropped_total", signal="span")
+
+            eventually(lambda: dropped() >= 100, "the spans counted as dropped")
+            assert dropped() == 100  # 50 SERVER + 50 CLIENT spans, each counted once
+            metrics = _metrics(gw)
             assert counter_value(metrics, "vitalgate_telemetry_dropped_total", signal="log") == 0
         finally:
             assert gw.terminate() == 0
@@ -236,7 +234,7 @@ def test_a_request_cut_at_the_shutdown_timeout_is_recorded(tmp_path: Path) -> No
 
         t = threading.Thread(target=slow)
         t.start()
-        time.sleep(0.5)  # the request is with the upstream
+        eventually(lambda: bool(peers.upstream.seen), "the request with the upstream")
         assert gw.terminate() == 0
         t.join(10)
     assert len(got) == 1 and not isinstance(got[0], tuple)  # cut, never answered 200
@@ -275,9 +273,11 @@ def test_log_lines_a_stalled_stdout_never_took_are_counted(tmp_path: Path) -> No
                 assert _get(f"http://{settings['listen']}/fhir/Patient/1")[0] == 200
             proc.send_signal(signal.SIGTERM)
             assert proc.stdout is not None
-            time.sleep(3)  # draining, the log's writer stuck on the full pipe: lines given up
-            written = proc.stdout.read().decode().count('"event":"request"')
+            # Draining, the log's writer stuck on the full pipe gives the lines up; read only
+            # once the gateway is gone (a read before would let the stuck write finish after
+            # its lines were counted lost).
             proc.wait(30)
+            written = proc.stdout.read().decode().count('"event":"request"')
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -300,21 +300,30 @@ def test_a_full_disk_never_leaves_a_torn_log_line(tmp_path: Path) -> None:
         try:
             for _ in range(5):
                 assert _get(gw.proxy + "/fhir/Patient/1")[0] == 200
-            time.sleep(0.3)  # written
+            eventually(lambda: _log_and_dropped(gw, log_path) == 5, "5 lines written")
             size = log_path.stat().st_size
             subprocess.run(["prlimit", f"--pid={gw.proc.pid}", f"--fsize={size + 100}:unlimited"], check=True)
             for _ in range(3):
                 assert _get(gw.proxy + "/fhir/Patient/1")[0] == 200  # the proxy is unaffected
-            time.sleep(0.3)
+            eventually(lambda: _log_and_dropped(gw, log_path) == 8, "3 more lines written or dropped")
             subprocess.run(["prlimit", f"--pid={gw.proc.pid}", "--fsize=unlimited:unlimited"], check=True)
             for _ in range(4):
                 assert _get(gw.proxy + "/fhir/Patient/1")[0] == 200
-            time.sleep(0.3)
-            with urllib.request.urlopen(gw.admin + "/metrics", timeout=5) as r:
-                dropped = counter_value(r.read().decode(), "vitalgate_telemetry_dropped_total", signal="log")
+            eventually(lambda: _log_and_dropped(gw, log_path) == 12, "4 more lines written")
+            dropped = counter_value(_metrics(gw), "vitalgate_telemetry_dropped_total", signal="log")
         finally:
             assert gw.terminate() == 0
     lines = log_path.read_bytes().split(b"\n")
     assert lines[-1] == b""
     records = [json.loads(line) for line in lines[:-1]]  # every line whole JSON
     assert len(records) + dropped == 12 and dropped >= 1
+
+
+def _metrics(gw: GatewayProcess) -> str:
+    return _get(gw.admin + "/metrics")[1].decode()
+
+
+def _log_and_dropped(gw: GatewayProcess, log_path: Path) -> float:
+    """Whole lines in the access log plus the lines counted as dropped."""
+    whole = log_path.read_bytes().count(b"\n")
+    return whole + counter_value(_metrics(gw), "vitalgate_telemetry_dropped_total", signal="log")

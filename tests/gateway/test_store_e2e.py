@@ -4,7 +4,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -18,6 +17,7 @@ from tests.helpers import (
     GatewayProcess,
     Upstream,
     counter_value,
+    eventually,
     fetch,
     flushed,
     gateway_config,
@@ -93,7 +93,7 @@ def test_kill_9_loses_at_most_a_flush_and_restart_continues(tmp_path: Path) -> N
         )
         gw = GatewayProcess(cfg)
         _send(gw.proxy, 120, "st-marys")
-        time.sleep(1.5)  # at least two flushes after the last request
+        eventually(lambda: _live_total(gw.admin, "st-marys") == 120, "the 120 requests flushed")
         _send(gw.proxy, 7, "riverside")  # may or may not be flushed before the kill
         gw.proc.send_signal(signal.SIGKILL)
         gw.proc.wait()
@@ -195,15 +195,13 @@ def test_a_full_disk_that_frees_again_loses_nothing_and_counts_once(tmp_path: Pa
         gw = GatewayProcess(cfg)
         try:
             _send(gw.proxy, 20, "st-marys")
-            time.sleep(0.8)  # flushed
+            eventually(lambda: _live_total(gw.admin, "st-marys") == 20, "the first 20 flushed")
             subprocess.run(["prlimit", f"--pid={gw.proc.pid}", "--fsize=0:unlimited"], check=True)
             _send(gw.proxy, 30, "st-marys")
-            time.sleep(1.0)  # several flushes fail and are kept
-            errors = counter_value(_metrics(gw.admin), "vitalgate_store_errors_total", operation="write")
-            assert errors >= 1
+            eventually(lambda: _store_write_errors(gw.admin) >= 2, "several flushes fail and are kept")
             subprocess.run(["prlimit", f"--pid={gw.proc.pid}", "--fsize=unlimited:unlimited"], check=True)
             _send(gw.proxy, 5, "st-marys")
-            time.sleep(1.0)  # the retries succeed
+            eventually(lambda: _live_total(gw.admin, "st-marys") == 55, "the retries succeed")
             live = _json(gw.admin + "/api/v1/slo")
             metrics = _metrics(gw.admin)
             assert counter_value(metrics, "vitalgate_telemetry_dropped_total", signal="store") == 0
@@ -214,6 +212,16 @@ def test_a_full_disk_that_frees_again_loses_nothing_and_counts_once(tmp_path: Pa
     assert slo_status(cfg)[("avail", "st-marys")]["total"] == 55  # the history, read afresh
     # (the failure's own line could not be written either: stderr is a file on the same "disk")
     assert "store writes succeed again" in gw.stderr_path.read_text()
+
+
+def _live_total(admin: str, facility: str) -> int:
+    """What the running gateway's store holds of the ``avail`` SLO for ``facility``."""
+    rows = _json(admin + "/api/v1/slo")["slos"]
+    return int(next((r["total"] for r in rows if r["slo"] == "avail" and r["facility"] == facility), 0))
+
+
+def _store_write_errors(admin: str) -> float:
+    return counter_value(_metrics(admin), "vitalgate_store_errors_total", operation="write")
 
 
 def _metrics(admin: str) -> str:

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import threading
-import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -19,6 +18,7 @@ from tests.helpers import (
     BackgroundPeers,
     GatewayProcess,
     counter_value,
+    eventually,
     fetch,
     gateway_config,
     histogram_counts,
@@ -150,14 +150,13 @@ def test_a_dead_worker_is_replaced_and_its_counts_kept(tmp_path: Path) -> None:
             assert sum(before.values()) == sum(sent.values()) == 200
             victim = _worker_pids(gw.proc.pid)[0]
             os.kill(victim, signal.SIGKILL)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
+
+            def replaced() -> bool:
                 pids = _worker_pids(gw.proc.pid)
-                if len(pids) == 2 and victim not in pids:
-                    break
-                time.sleep(0.1)
-            assert len(pids) == 2 and victim not in pids
-            time.sleep(1.0)  # the new worker binds the port
+                return len(pids) == 2 and victim not in pids
+
+            # Until the new worker binds, SO_REUSEPORT hands every connection to the other.
+            eventually(replaced, "the killed worker replaced", timeout_s=30)
             for _ in range(20):
                 assert fetch(base + "/fhir/Patient/x", {"X-Facility-ID": "lakeside"}) == 200
             after = _by_facility(fetch_text(gw.admin + "/metrics"))

@@ -1,7 +1,7 @@
 """The admin API, in one place: ``/metrics``, ``/healthz``, ``/readyz``, ``/api/v1/slo``, and
 the extensions that add pages to it (``vitalgate/admin_pages.py``). Authentication and the
-security headers are ``gateway/admin_auth.py``'s; the server that never echoes a request is
-``gateway/admin_http.py``'s.
+security headers are ``gateway/admin/auth.py``'s; the server that never echoes a request is
+``gateway/admin/listener.py``'s.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from gateway.admin_auth import (
+from gateway.admin.auth import (
     ANONYMOUS,
     AdminAuth,
     Identity,

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from gateway.admin_auth import SECURITY_HEADERS
+from gateway.admin.auth import SECURITY_HEADERS
 
 log = logging.getLogger("vitalgate.admin")
 

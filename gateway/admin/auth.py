@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.config import TokenConfig
+from gateway.admin.config import TokenConfig
 
 IDENTITY_KEY = web.RequestKey("vitalgate.identity", object)
 OPEN_PATHS = ("/metrics", "/healthz", "/readyz")

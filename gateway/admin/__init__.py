@@ -1,0 +1,1 @@
+"""The admin listener: its config section, routes, access control and HTTP server."""
