@@ -440,6 +440,13 @@ def eventually(check: Callable[[], bool], what: str, timeout_s: float = 20.0) ->
         time.sleep(0.05)
 
 
+def live_total(admin: str, slo: str, facility: str) -> int:
+    """The requests a running gateway's store holds of ``slo`` for ``facility`` (``*``: all)."""
+    with urllib.request.urlopen(admin + "/api/v1/slo", timeout=5) as r:
+        rows = json.loads(r.read())["slos"]
+    return int(next((r["total"] for r in rows if r["slo"] == slo and r["facility"] == facility), 0))
+
+
 def fetch(url: str, headers: dict[str, str] | None = None, timeout_s: float = 10.0) -> int:
     """GET through real HTTP; the status, whether 2xx or not (the body is read and dropped)."""
     req = urllib.request.Request(url, headers=headers or {})

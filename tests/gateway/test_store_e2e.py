@@ -21,6 +21,7 @@ from tests.helpers import (
     fetch,
     flushed,
     gateway_config,
+    live_total,
     running_gateway,
     slo_status,
     vitalgate,
@@ -93,7 +94,7 @@ def test_kill_9_loses_at_most_a_flush_and_restart_continues(tmp_path: Path) -> N
         )
         gw = GatewayProcess(cfg)
         _send(gw.proxy, 120, "st-marys")
-        eventually(lambda: _live_total(gw.admin, "st-marys") == 120, "the 120 requests flushed")
+        eventually(lambda: live_total(gw.admin, "avail", "st-marys") == 120, "the 120 requests flushed")
         _send(gw.proxy, 7, "riverside")  # may or may not be flushed before the kill
         gw.proc.send_signal(signal.SIGKILL)
         gw.proc.wait()
@@ -195,29 +196,20 @@ def test_a_full_disk_that_frees_again_loses_nothing_and_counts_once(tmp_path: Pa
         gw = GatewayProcess(cfg)
         try:
             _send(gw.proxy, 20, "st-marys")
-            eventually(lambda: _live_total(gw.admin, "st-marys") == 20, "the first 20 flushed")
+            eventually(lambda: live_total(gw.admin, "avail", "st-marys") == 20, "the first 20 flushed")
             subprocess.run(["prlimit", f"--pid={gw.proc.pid}", "--fsize=0:unlimited"], check=True)
             _send(gw.proxy, 30, "st-marys")
             eventually(lambda: _store_write_errors(gw.admin) >= 2, "several flushes fail and are kept")
             subprocess.run(["prlimit", f"--pid={gw.proc.pid}", "--fsize=unlimited:unlimited"], check=True)
             _send(gw.proxy, 5, "st-marys")
-            eventually(lambda: _live_total(gw.admin, "st-marys") == 55, "the retries succeed")
-            live = _json(gw.admin + "/api/v1/slo")
+            eventually(lambda: live_total(gw.admin, "avail", "st-marys") == 55, "the retries succeed")
             metrics = _metrics(gw.admin)
             assert counter_value(metrics, "vitalgate_telemetry_dropped_total", signal="store") == 0
         finally:
             assert gw.terminate() == 0
-    live_total = next(r["total"] for r in live["slos"] if r["slo"] == "avail" and r["facility"] == "st-marys")
-    assert live_total == 55
     assert slo_status(cfg)[("avail", "st-marys")]["total"] == 55  # the history, read afresh
     # (the failure's own line could not be written either: stderr is a file on the same "disk")
     assert "store writes succeed again" in gw.stderr_path.read_text()
-
-
-def _live_total(admin: str, facility: str) -> int:
-    """What the running gateway's store holds of the ``avail`` SLO for ``facility``."""
-    rows = _json(admin + "/api/v1/slo")["slos"]
-    return int(next((r["total"] for r in rows if r["slo"] == "avail" and r["facility"] == facility), 0))
 
 
 def _store_write_errors(admin: str) -> float:

@@ -3,11 +3,18 @@ Screenshots are saved as test artifacts (test-artifacts/, or VITALGATE_TEST_ARTI
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 from tests import slos
-from tests.helpers import BackgroundPeers, GatewayProcess, fetch, gateway_config, require_binary
+from tests.helpers import (
+    BackgroundPeers,
+    GatewayProcess,
+    eventually,
+    fetch,
+    gateway_config,
+    live_total,
+    require_binary,
+)
 
 SLOS = slos.BROWSER
 
@@ -54,7 +61,7 @@ def test_status_pages_render_in_chromium(tmp_path: Path) -> None:
                 if fac == "riverside" and i % 2:
                     headers["X-Test-Fault"] = "500"
                 fetch(gw.proxy + "/fhir/Patient/1", headers)
-            time.sleep(0.8)  # flushed to the store
+            eventually(lambda: live_total(gw.admin, "fhir-availability", "*") == 60, "flushed to the store")
             fleet = chromium(browser, tmp_path / "p1", "--dump-dom", gw.admin + "/ui")
             assert "vitalgate: fleet" in fleet
             for name in ("St Mary", "Riverside", "Lakeside", "fhir-availability"):
