@@ -12,9 +12,16 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from gateway.audit.config import AuditConfig, retention_s
+from gateway.audit.identity import HeaderIdentity, Identities, JwksIdentity, NoIdentity
+from gateway.audit.keys import Keyring, read_signing_key
+from gateway.audit.store import CHECKPOINT_EVENT
+from gateway.audit.trail import AuditTrail, TrailSettings
 from gateway.config import Config, GatewayConfig
 from gateway.dataplane.accesslog import AccessLog
 from gateway.dataplane.facility import FacilityResolver
@@ -90,6 +97,11 @@ class DataPlane:
             sinks.append(self.recorder)
             entry_sinks.append(self.recorder)
         sinks.append(access_log)
+        self.audit: AuditTrail | None = None
+        if cfg.audit is not None:
+            self.audit = audit_trail(config, cfg.audit, metrics, access_log)
+            sinks.append(self.audit)
+        identity = cfg.audit.identity if cfg.audit is not None else None
         outputs = Outputs(
             self.tracing.tracer,
             LabelBudget(cfg.telemetry.metrics.max_label_sets, metrics.folded),
@@ -97,6 +109,8 @@ class DataPlane:
             metrics,
             tuple(sinks),
             tuple(entry_sinks),
+            audit=self.audit is not None,
+            audit_user_header=(identity.header or "").lower() if identity is not None else "",
         )
         scheme = "https" if cfg.tls else "http"
         self.proxy = Proxy(self.router, self.facilities, self.upstreams, outputs, scheme, port)
@@ -105,6 +119,8 @@ class DataPlane:
         """Open the store (raises if it cannot), start span export and the upstream pools."""
         if self.recorder is not None:
             self.recorder.start()
+        if self.audit is not None:
+            self.audit.start()
         await self.tracing.start()
         for u in self.upstreams.values():
             await u.start()
@@ -116,4 +132,40 @@ class DataPlane:
         if self.recorder is not None:
             self.recorder.flush()
             await asyncio.get_running_loop().run_in_executor(None, self.recorder.close)
+        if self.audit is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.audit.close)
         await self.tracing.shutdown()
+
+
+def identities(config: Config[GatewayConfig], audit: AuditConfig) -> Identities:
+    ident = audit.identity
+    if ident is None:
+        return NoIdentity()
+    if ident.header is not None:
+        return HeaderIdentity(ident.trusted_sources)
+    assert ident.issuer is not None and ident.audience is not None  # the schema requires both
+    jwks_file = config.resolve(ident.jwks_file) if ident.jwks_file else None
+    return JwksIdentity(ident.issuer, ident.audience, jwks_file, ident.jwks_url, ident.refresh)
+
+
+def audit_trail(
+    config: Config[GatewayConfig], audit: AuditConfig, metrics: GatewayMetrics, access_log: AccessLog
+) -> AuditTrail:
+    """The audit sink: its keys loaded (``vitalgate check`` has checked them), checkpoints
+    published in the access log, outside the audit store."""
+    settings = TrailSettings(
+        directory=config.resolve(audit.path),
+        flush_interval_s=audit.flush_interval,
+        checkpoint_interval_s=audit.checkpoint_interval,
+        retention_s=retention_s(audit.retention),
+        max_queue=audit.max_queue,
+        max_patients=audit.max_patients,
+        upstream_addresses={name: u.url for name, u in config.gateway.upstreams.items()},
+    )
+    keyring = Keyring.load([config.resolve(k) for k in audit.data_key_files()])
+    signer = read_signing_key(config.resolve(audit.signing_key_file))
+
+    def publish(checkpoint: dict[str, Any]) -> None:
+        access_log.event(time.time(), CHECKPOINT_EVENT, {"checkpoint": checkpoint})
+
+    return AuditTrail(settings, keyring, signer, identities(config, audit), metrics, publish)

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from gateway.admin.config import AdminConfig
+from gateway.audit import config as audit_config
 from gateway.dataplane import settings as settings_
 from slo.configfile import (
     ConfigError,
@@ -116,6 +117,8 @@ class RouteConfig(StrictModel):
     rewrite_max_bytes: int = Field(default=4 * 1024 * 1024, ge=0, le=256 * 1024 * 1024)
     """``kind: fhir``: FHIR JSON responses up to this size are inspected (Bundle links
     rewritten, batch entries counted); larger ones stream through untouched."""
+    audit: bool | None = None
+    """Record each request in the audit trail (``audit:``); default: on for ``kind: fhir``."""
 
     def settings(self) -> settings_.RouteSettings:
         return settings_.RouteSettings(
@@ -126,6 +129,7 @@ class RouteConfig(StrictModel):
             tuple(self.operations),
             tuple(self.query_parameters),
             self.rewrite_max_bytes,
+            self.kind == "fhir" if self.audit is None else self.audit,
         )
 
     @field_validator("prefix")
@@ -322,6 +326,8 @@ class GatewayConfig(StrictModel):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     slos: str | None = None
+    audit: audit_config.AuditConfig | None = None
+    """The audit trail (``gateway/audit``); none unless configured."""
 
     @field_validator("upstreams")
     @classmethod
@@ -388,6 +394,7 @@ def _cross_check(data: Any, source: Source, base: Path) -> list[Problem]:
     admin = mapping_at(data, "admin")
     if admin.get("listen", "127.0.0.1:9464") == data.get("listen", "127.0.0.1:8080"):
         problems.append(source.problem(("admin", "listen"), "must differ from the proxy's listen address"))
+    problems += audit_config.file_problems(mapping_at(data, "audit"), source, base)
     return problems + _file_problems(data, source, base, upstreams)
 
 

@@ -30,7 +30,7 @@ from gateway.dataplane.metrics import Gauge as GaugeChild
 from gateway.dataplane.outcome import Outcome, RequestKey, RequestSink
 from slo import conventions as names
 
-SIGNALS = ("log", "span", "store")
+SIGNALS = ("log", "span", "store", "audit")
 DURATION_HELP = "Duration of HTTP server requests through the gateway."
 ACTIVE_HELP = "Number of active HTTP server requests."
 ACTIVE_LABELS = (names.FACILITY, names.SERVICE)
@@ -202,6 +202,24 @@ class GatewayMetrics:
             (names.SERVICE, "reason"),
             registry=registry,
         )
+
+        self._audit_records = Counter(
+            names.AUDIT_RECORDS, "AuditEvents written to the audit trail (fsynced).", registry=registry
+        )
+        self._audit_errors = Counter(
+            names.AUDIT_WRITE_ERRORS,
+            "Failed writes of the audit trail (records, checkpoints, expiry); a failed batch is retried.",
+            registry=registry,
+        )
+
+    def audit_written(self, n: int) -> None:
+        self._audit_records.inc(n)
+
+    def audit_dropped(self, n: int) -> None:
+        self.drop("audit", n)
+
+    def audit_write_error(self) -> None:
+        self._audit_errors.inc()
 
     def entries(
         self, facility: str, service: str, method: str, route: str, status: int | None, start_s: float, n: int

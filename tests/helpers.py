@@ -88,10 +88,30 @@ class Upstream(UpstreamPeer):
             return resp
         if fault == "slow":
             return web.json_response({"slow": True})
+        if fault == "searchset":  # two patients, and an Observation about a third
+            return web.json_response(SEARCHSET, content_type="application/fhir+json")
         return web.json_response(
             {"resourceType": "Bundle", "received_bytes": size, "path": request.path},
             headers={"X-Upstream": "yes", "Set-Cookie": "a=1"},
         )
+
+
+SEARCHSET = {
+    "resourceType": "Bundle",
+    "type": "searchset",
+    "entry": [
+        {"resource": {"resourceType": "Patient", "id": "p-smith-1", "name": [{"family": "Smithfield"}]}},
+        {"resource": {"resourceType": "Patient", "id": "p-jones-2", "name": [{"family": "Jonesworth"}]}},
+        {
+            "resource": {
+                "resourceType": "Observation",
+                "id": "o1",
+                "subject": {"reference": "Patient/p-lee-3"},
+            }
+        },
+    ],
+}
+"""A FHIR search result naming three patients (``X-Test-Fault: searchset``)."""
 
 
 async def start_sink(sink: OtlpSink) -> tuple[web.AppRunner, int]:

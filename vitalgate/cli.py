@@ -6,11 +6,12 @@ import argparse
 import os
 import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from gateway.config import Config
+from gateway.audit.keys import AuditKeyError
+from gateway.config import Config, GatewayConfig
 from gateway.dataplane.metrics import duration_buckets_s
 from gateway.diagnostics import configure as configure_diagnostics
 from gateway.importer import import_file
@@ -23,6 +24,7 @@ from slo.prometheus import PrometheusBackend, PrometheusError
 from slo.spec import latency_thresholds_s
 from slo.status import CountsBackend, compute_status, now_utc, sort_worst_first, to_json, to_table
 from slo.store import Store, StoreError, replay
+from vitalgate import audit_cli
 from vitalgate.config import ProductConfig, load_config
 
 
@@ -35,6 +37,24 @@ def _load(path: str) -> Config[ProductConfig] | None:
         n = len(exc.problems)
         print(f"vitalgate: {n} problem{'s' if n != 1 else ''} in configuration", file=sys.stderr)
         return None
+
+
+def _with_config(
+    command: Callable[[Config[GatewayConfig], argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """A command run with its ``--config`` loaded (exit 1 with the problems when it is bad)."""
+
+    def run(args: argparse.Namespace) -> int:
+        config = _load(args.config)
+        if config is None:
+            return 1
+        try:
+            return command(config, args)
+        except (AuditKeyError, ValueError) as exc:
+            print(f"vitalgate: {exc}", file=sys.stderr)
+            return 1
+
+    return run
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -80,6 +100,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         role = Role("worker", index, count, port, os.environ["PROMETHEUS_MULTIPROC_DIR"])
         return run(config, role=role)
     if args.workers > 1:
+        if config.gateway.audit is not None:
+            # One hash chain has one writer: workers would each need a chain of their own.
+            print("vitalgate: the audit trail runs in a single process (--workers 1)", file=sys.stderr)
+            return 1
         return run_workers(config, args.config, args.workers, admin_extensions=[extend_admin])
     return run(config, admin_extensions=[extend_admin])
 
@@ -423,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     _gateway_commands(sub)
     _generator_commands(sub)
     _record_commands(sub)
+    audit_cli.add_commands(sub, _with_config)
     return parser
 
 

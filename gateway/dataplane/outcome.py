@@ -17,10 +17,63 @@ RequestKey = tuple[str, str, str, str, int]
 """facility, service, route, method, status: one label set of the request histogram."""
 
 
+class AuditFacts:
+    """What the audit trail needs of a request on an audited route, and telemetry never
+    carries: the path and query as sent (ids included), the credentials, the client's
+    address, the request id, and a FHIR JSON response small enough to look for patients in.
+    Built only when an audit trail is configured; read only by its sink."""
+
+    __slots__ = (
+        "authorization",
+        "body",
+        "forwarded_for",
+        "method",
+        "path",
+        "peer",
+        "prefix",
+        "query",
+        "request_body",
+        "request_id",
+        "upstream",
+        "user",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        prefix: str,
+        upstream: str,
+        peer: str | None,
+        forwarded_for: str | None,
+        authorization: str | None,
+        user: str | None,
+        request_id: str | None,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.prefix = prefix
+        self.upstream = upstream
+        self.peer = peer
+        self.forwarded_for = forwarded_for
+        """The client's address a trusted proxy in front gave (X-Forwarded-For), if any."""
+        self.authorization = authorization
+        self.user = user
+        """The value of the identity header, when the peer is a trusted source of it."""
+        self.request_id = request_id
+        self.body: bytes | None = None
+        """The whole response, when it was FHIR JSON within the route's inspection limit."""
+        self.request_body: bytes | None = None
+        """The (bounded) Bundle posted to the base, for its batch or transaction type."""
+
+
 class Outcome:
     """One finished request (or one the HTTP parser refused), as every sink sees it."""
 
     __slots__ = (
+        "audit",
         "context",
         "duration_s",
         "error_type",
@@ -65,6 +118,8 @@ class Outcome:
         what bounded stores (the histogram, the embedded store) count under."""
         self.span = span
         self.context: SpanContext = span.get_span_context()
+        self.audit: AuditFacts | None = None
+        """Set on audited routes only, when the gateway has an audit trail."""
 
 
 class RequestSink(Protocol):

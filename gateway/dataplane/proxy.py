@@ -23,7 +23,7 @@ from gateway.dataplane.facility import FacilityResolver
 from gateway.dataplane.httpserver import Headers, Request
 from gateway.dataplane.memscan import contains
 from gateway.dataplane.metrics import Gauges, LabelBudget, ProxyCounters
-from gateway.dataplane.outcome import EntrySink, Outcome, RequestSink
+from gateway.dataplane.outcome import AuditFacts, EntrySink, Outcome, RequestSink
 from gateway.dataplane.query import redact_query
 from gateway.dataplane.routes import Match, Router, normalize_path
 from gateway.dataplane.tracing import AnySpan, Span, Tracer, format_traceparent, parse_traceparent
@@ -148,6 +148,10 @@ class Outputs:
     """Each finished request, in this order (the span sink first: its end time is closest)."""
     entry_sinks: tuple[EntrySink, ...]
     """The entries of each FHIR batch or transaction."""
+    audit: bool = False
+    """An audit trail is configured: requests on audited routes carry ``AuditFacts``."""
+    audit_user_header: str = ""
+    """The lower-case header an authenticating proxy names the user in ("" for none)."""
 
 
 class Proxy:
@@ -172,6 +176,8 @@ class Proxy:
         self.counters = outputs.counters
         self._sinks = outputs.sinks
         self._entry_sinks = outputs.entry_sinks
+        self._audit = outputs.audit
+        self._audit_user_header = outputs.audit_user_header
         self.scheme = scheme
         self.server_port = server_port
         self._port_str = str(server_port)
@@ -234,6 +240,7 @@ class Proxy:
             if method == OTHER_METHOD:
                 attrs["http.request.method_original"] = request.method[:16]
             span.set_attributes(attrs)
+        facts = self._audit_facts(request, match, path, query) if self._audit and match is not None else None
         active = self._active.child(facility, service)
         active.inc()
         status = 500
@@ -251,7 +258,9 @@ class Proxy:
                 with contextlib.suppress(ConnectionError):
                     await request.respond(404, _JSON, _NO_ROUTE)
                 return
-            status, error_type, upstream_ms = await self._forward(request, match, facility, method, span)
+            status, error_type, upstream_ms = await self._forward(
+                request, match, facility, method, span, facts
+            )
         except asyncio.CancelledError:
             # Still running at limits.shutdown_timeout: cut by our own shutdown, so the
             # gateway's fault (503, counted bad), and recorded like any other request.
@@ -263,7 +272,9 @@ class Proxy:
             raise
         finally:
             active.dec()
-            self._record(started, t0, span, facility, service, route, method, status, error_type, upstream_ms)
+            self._record(
+                started, t0, span, facility, service, route, method, status, error_type, upstream_ms, facts
+            )
             self.in_flight -= 1
             if self.in_flight == 0:
                 self.idle.set()
@@ -280,6 +291,7 @@ class Proxy:
         status: int,
         error_type: str | None,
         upstream_ms: float | None,
+        facts: AuditFacts | None = None,
     ) -> None:
         """A finished request, as one outcome, into every sink."""
         duration_s = time.perf_counter() - t0
@@ -287,6 +299,7 @@ class Proxy:
         outcome = Outcome(
             started, duration_s, facility, service, route, method, status, error_type, upstream_ms, key, span
         )
+        outcome.audit = facts
         for sink in self._sinks:
             sink.request(outcome)
 
@@ -367,8 +380,32 @@ class Proxy:
             hop = self._hops[key] = _Hop(peer, host, proto, self._port_str, self.default_host)
         return hop
 
+    def _audit_facts(self, request: Request, match: Match, path: str, query: str) -> AuditFacts | None:
+        """What the audit trail records of a request on an audited route (None elsewhere)."""
+        if not match.audit:
+            return None
+        h = request.headers
+        return AuditFacts(
+            request.method,
+            path,
+            query,
+            match.prefix,
+            match.upstream,
+            request.remote,
+            h.get_lower("x-forwarded-for") if request.trusted else None,
+            h.get_lower("authorization"),
+            h.get_lower(self._audit_user_header) if self._audit_user_header else None,
+            h.get_lower("x-request-id"),
+        )
+
     async def _forward(
-        self, request: Request, match: Match, facility: str, method: str, server_span: AnySpan
+        self,
+        request: Request,
+        match: Match,
+        facility: str,
+        method: str,
+        server_span: AnySpan,
+        facts: AuditFacts | None,
     ) -> tuple[int, str | None, float | None]:
         """Forward and answer; the status recorded, the error type, the upstream time in ms."""
         upstream = self.upstreams[match.upstream]
@@ -412,6 +449,8 @@ class Proxy:
                             tee,
                             server_span,
                         )
+                        if facts is not None and inspect_max and len(data) <= inspect_max:
+                            facts.body = data  # the audit sink looks for the patients in it
                         await request.respond(status, out, data, reason, length)
                     else:
                         if inspect_max:
@@ -430,6 +469,8 @@ class Proxy:
             upstream_ms = (time.perf_counter() - u0) * 1000
             if client_span is not server_span:
                 _end_client_span(client_span, upstream_status, error)
+        if facts is not None and tee is not None and not tee.overflow:
+            facts.request_body = tee.data
         if error is None:
             assert upstream_status is not None
             return upstream_status, None, upstream_ms

@@ -54,7 +54,7 @@ class Match:
     """Where a request goes and how it is named. Shared between requests (one per route
     template, cached by its route), so treated as immutable."""
 
-    __slots__ = ("inspect_max", "prefix", "query_names", "route", "service", "upstream")
+    __slots__ = ("audit", "inspect_max", "prefix", "query_names", "route", "service", "upstream")
 
     def __init__(
         self,
@@ -64,6 +64,7 @@ class Match:
         prefix: str,
         inspect_max: int = 0,
         query_names: frozenset[str] = frozenset(),
+        audit: bool = False,
     ) -> None:
         self.service = service
         self.upstream = upstream
@@ -74,6 +75,8 @@ class Match:
         """FHIR JSON responses up to this many bytes are inspected (0: a route that is not FHIR)."""
         self.query_names = query_names
         """Query parameter names this route records beside FHIR's own."""
+        self.audit = audit
+        """Requests on this route go to the audit trail."""
 
     @property
     def is_base(self) -> bool:
@@ -118,6 +121,7 @@ class Route:
         self._operations = OPERATIONS | frozenset(cfg.operations)
         self._inspect_max = cfg.rewrite_max_bytes if cfg.kind == "fhir" else 0
         self._query_names = frozenset(cfg.query_parameters)
+        self._audit = cfg.audit
         self._prefix_segments = len(cfg.prefix.strip("/").split("/"))
         # Absolute index of a path segment that carries the facility (URL partition),
         # relative to this route's remainder; None when the facility is not in the path.
@@ -156,7 +160,13 @@ class Route:
         m = self._matches.get(route)
         if m is None:
             m = self._matches[route] = Match(
-                self.service, self.upstream, route, self.prefix, self._inspect_max, self._query_names
+                self.service,
+                self.upstream,
+                route,
+                self.prefix,
+                self._inspect_max,
+                self._query_names,
+                self._audit,
             )
         return m
 

@@ -37,6 +37,8 @@ class RouteSettings:
     operations: tuple[str, ...]
     query_parameters: tuple[str, ...]
     rewrite_max_bytes: int
+    audit: bool
+    """Each request on the route is recorded in the audit trail (when one is configured)."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The audit trail: who touched which patient's record, encrypted, hash-chained and signed."""

@@ -1,0 +1,157 @@
+"""Who made a request, for the audit trail: a bearer JWT verified against a JWKS (RS256 or
+ES256; signature, expiry, issuer, audience, with PyJWT), or a header an authenticating proxy
+in front sets, believed only from its configured addresses. What cannot be established is
+recorded as unverified, with the token's SHA-256, never the token.
+
+Runs on the audit writer's thread, never on the request path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from gateway.audit.events import Who
+
+ALGORITHMS = ["RS256", "ES256"]
+CACHE_MAX = 10_000
+
+
+def _sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+class Identities:
+    """Resolves the user of a request (``resolve``), caching verified tokens until they expire."""
+
+    def resolve(self, authorization: str | None, user_header: str | None, peer: str | None) -> Who:
+        raise NotImplementedError
+
+
+class NoIdentity(Identities):
+    """No ``audit.identity`` configured: every user is unverified (the token's hash kept)."""
+
+    def resolve(self, authorization: str | None, user_header: str | None, peer: str | None) -> Who:
+        token = _bearer(authorization)
+        return Who(None, None, None, False, _sha256(token) if token else None, "no identity configured")
+
+
+class HeaderIdentity(Identities):
+    def __init__(self, trusted_sources: Sequence[str]) -> None:
+        self._networks = [ipaddress.ip_network(s, strict=False) for s in trusted_sources]
+        self._trusted: dict[str, bool] = {}
+
+    def _is_trusted(self, peer: str | None) -> bool:
+        if peer is None:
+            return False
+        known = self._trusted.get(peer)
+        if known is None:
+            try:
+                addr = ipaddress.ip_address(peer)
+            except ValueError:
+                return False
+            known = any(addr in n for n in self._networks)
+            if len(self._trusted) < CACHE_MAX:
+                self._trusted[peer] = known
+        return known
+
+    def resolve(self, authorization: str | None, user_header: str | None, peer: str | None) -> Who:
+        token = _bearer(authorization)
+        digest = _sha256(token) if token else None
+        if not user_header:
+            return Who(None, None, None, False, digest, "no identity header")
+        if not self._is_trusted(peer):
+            return Who(None, None, None, False, digest, "identity header from an untrusted address")
+        return Who(user_header, None, None, True, None)
+
+
+class JwksIdentity(Identities):
+    def __init__(
+        self,
+        issuer: str,
+        audience: str,
+        jwks_file: Path | None,
+        jwks_url: str | None,
+        refresh_s: float,
+    ) -> None:
+        self.issuer = issuer
+        self.audience = audience
+        self._file = jwks_file
+        self._client = jwt.PyJWKClient(jwks_url, lifespan=int(refresh_s)) if jwks_url else None
+        self._refresh_s = refresh_s
+        self._keys: dict[str, Any] = {}
+        self._loaded_at = 0.0
+        self._mtime = 0.0
+        self._cache: dict[str, tuple[Who, float]] = {}
+
+    def _file_key(self, kid: str | None) -> Any:
+        assert self._file is not None
+        now = time.monotonic()
+        if now - self._loaded_at > self._refresh_s or (kid is not None and kid not in self._keys):
+            mtime = self._file.stat().st_mtime
+            if mtime != self._mtime or not self._keys:
+                keyset = jwt.PyJWKSet.from_dict(json.loads(self._file.read_text()))
+                self._keys = {k.key_id or "": k for k in keyset.keys}
+                self._mtime = mtime
+            self._loaded_at = now
+        key = self._keys.get(kid or "") or (next(iter(self._keys.values())) if len(self._keys) == 1 else None)
+        if key is None:
+            raise jwt.InvalidKeyError(f"no key {kid!r} in the JWKS")
+        return key
+
+    def _verify(self, token: str) -> dict[str, Any]:
+        if self._client is not None:
+            key: Any = self._client.get_signing_key_from_jwt(token)
+        else:
+            key = self._file_key(jwt.get_unverified_header(token).get("kid"))
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=ALGORITHMS,
+            audience=self.audience,
+            issuer=self.issuer,
+            options={"require": ["exp", "iss", "aud", "sub"]},
+        )
+        return claims
+
+    def resolve(self, authorization: str | None, user_header: str | None, peer: str | None) -> Who:
+        token = _bearer(authorization)
+        if token is None:
+            return Who(None, None, None, False, None, "no bearer token")
+        digest = _sha256(token)
+        cached = self._cache.get(digest)
+        now = time.time()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        try:
+            claims = self._verify(token)
+        except jwt.ExpiredSignatureError:
+            return Who(None, None, None, False, digest, "expired")
+        except jwt.InvalidSignatureError:
+            return Who(None, None, None, False, digest, "bad_signature")
+        except (jwt.InvalidAudienceError, jwt.InvalidIssuerError):
+            return Who(None, None, None, False, digest, "wrong_issuer_or_audience")
+        except (jwt.PyJWTError, OSError, ValueError) as exc:
+            # A malformed token, an unknown key, an unreadable or unreachable JWKS: the user is
+            # not established, and the record says why (the reason is a fixed class name).
+            return Who(None, None, None, False, digest, type(exc).__name__)
+        client = claims.get("azp") or claims.get("client_id")
+        who = Who(str(claims["sub"]), self.issuer, str(client) if client else None, True, None)
+        if len(self._cache) >= CACHE_MAX:
+            self._cache.clear()
+        self._cache[digest] = (who, float(claims["exp"]))
+        return who

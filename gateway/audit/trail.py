@@ -1,0 +1,289 @@
+"""The audit trail as a request sink: each finished request on an audited route is queued on
+the event loop (a deque append) and turned into AuditEvents, encrypted and appended by one
+writer thread, which fsyncs every ``flush_interval`` and signs a checkpoint every
+``checkpoint_interval`` and at shutdown.
+
+``batched`` durability: what a crash can lose is what was queued since the last fsync, at
+most ``flush_interval`` of records (1 s by default); the records a full queue or a failing
+disk could not keep are counted (``vitalgate_telemetry_dropped_total{signal="audit"}``) and
+logged. A failing disk is retried every interval with the batch kept (bounded by the queue).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from gateway.audit import events
+from gateway.audit.identity import Identities
+from gateway.audit.keys import Keyring
+from gateway.audit.store import Appender, Head, segment_name
+from gateway.audit.verify import expire
+from gateway.dataplane.outcome import Outcome
+
+log = logging.getLogger("vitalgate.audit")
+
+RETENTION_EVERY_S = 3600.0
+
+
+class AuditCounters(Protocol):
+    def audit_written(self, n: int) -> None: ...
+    def audit_dropped(self, n: int) -> None: ...
+    def audit_write_error(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class TrailSettings:
+    directory: Path
+    flush_interval_s: float
+    checkpoint_interval_s: float
+    retention_s: float
+    max_queue: int
+    max_patients: int
+    upstream_addresses: dict[str, str]
+    """Upstream name -> its base URL (the server agent's network address)."""
+
+
+def patients_in(body: bytes, limit: int) -> tuple[list[str], int]:
+    """Patient ids in a FHIR JSON search result (the Patients themselves, and the patient or
+    subject of each other resource), at most ``limit``, and how many more there were."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return [], 0
+    if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
+        return [], 0
+    found: dict[str, None] = {}
+    for entry in doc.get("entry") or []:
+        res = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(res, dict):
+            continue
+        if res.get("resourceType") == "Patient" and isinstance(res.get("id"), str):
+            found[res["id"]] = None
+            continue
+        for key in ("patient", "subject"):
+            ref = res.get(key)
+            ref = ref.get("reference") if isinstance(ref, dict) else None
+            if isinstance(ref, str) and ref.startswith("Patient/"):
+                found[ref[len("Patient/") :]] = None
+    ids = list(found)
+    return ids[:limit], max(0, len(ids) - limit)
+
+
+def bundle_type(body: bytes | None) -> str | None:
+    if not body:
+        return None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    kind = doc.get("type") if isinstance(doc, dict) else None
+    return kind if kind in ("batch", "transaction") else None
+
+
+class AuditTrail:
+    """A ``RequestSink``; ``start`` opens the store, ``close`` writes all and checkpoints."""
+
+    def __init__(
+        self,
+        settings: TrailSettings,
+        keyring: Keyring,
+        signer: Any,
+        identities: Identities,
+        counters: AuditCounters,
+        publish: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
+        self.settings = settings
+        self._keyring = keyring
+        self._signer = signer
+        self._identities = identities
+        self._counters = counters
+        self._publish = publish
+        self._queue: deque[Outcome] = deque()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._appender: Appender | None = None
+        self._pending_records: list[tuple[int, bytes]] = []
+        """Encoded records a failed write left, tried again first (bounded by ``max_queue``)."""
+        self._failing = False
+        self.written = 0
+        self.last_checkpoint: dict[str, Any] | None = None
+
+    # -- the request path ------------------------------------------------------------------
+
+    def request(self, outcome: Outcome) -> None:
+        if outcome.audit is None:
+            return
+        if len(self._queue) >= self.settings.max_queue:
+            self._counters.audit_dropped(1)
+            return
+        self._queue.append(outcome)
+
+    # -- the writer thread -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._appender = Appender(self.settings.directory, self._keyring, self._signer)
+        if self._appender.torn_bytes:
+            log.warning(
+                "audit: a torn last record (%d bytes, never confirmed written) was cut off the store",
+                self._appender.torn_bytes,
+                extra={"event": "audit_torn_tail", "bytes": self._appender.torn_bytes},
+            )
+        self._thread = threading.Thread(target=self._run, name="vitalgate-audit", daemon=True)
+        self._thread.start()
+
+    def _events(self, o: Outcome) -> list[dict[str, Any]]:
+        facts = o.audit
+        assert facts is not None
+        who = self._identities.resolve(facts.authorization, facts.user, facts.peer)
+        req = events.Request(
+            recorded_s=o.started + o.duration_s,
+            method=facts.method,
+            path=facts.path,
+            query=facts.query,
+            prefix=facts.prefix,
+            route=o.route,
+            status=o.status,
+            error_type=o.error_type,
+            facility=o.facility,
+            service=o.service,
+            upstream=facts.upstream,
+            upstream_address=self.settings.upstream_addresses.get(facts.upstream, facts.upstream),
+            peer=facts.peer,
+            forwarded_for=facts.forwarded_for,
+            trace_id=o.context.trace_hex(),
+            request_id=facts.request_id,
+            bundle_type=bundle_type(facts.request_body),
+        )
+        found, cut = patients_in(facts.body, self.settings.max_patients) if facts.body else ([], 0)
+        return events.build(req, who, found, cut)
+
+    def _encode(self, batch: Sequence[Outcome]) -> list[tuple[int, bytes]]:
+        out = []
+        for o in batch:
+            t_ms = int((o.started + o.duration_s) * 1000)
+            for ev in self._events(o):
+                out.append((t_ms, json.dumps(ev, separators=(",", ":")).encode()))
+        return out
+
+    def _flush(self) -> None:
+        """Append what is queued (and what a failed write left), fsync, or keep it for the next
+        try. Runs on the writer thread only."""
+        app = self._appender
+        assert app is not None
+        batch = [self._queue.popleft() for _ in range(len(self._queue))]
+        records = self._pending_records + self._encode(batch)
+        if not records:
+            return
+        before = Head(app.head.size, app.head.hash, app.head.segment)
+        try:
+            lines: list[bytes] = []
+            for t_ms, plain in records:
+                if app.head.segment is None or app.head.segment != segment_name(t_ms):
+                    if lines:
+                        app.write(lines)
+                        lines = []
+                    app.segment_for(t_ms)
+                lines.append(app.encode(plain, t_ms))
+            app.write(lines)
+            app.sync()
+        except OSError as exc:
+            app.rollback(before)
+            self._counters.audit_write_error()
+            kept = records[-self.settings.max_queue :]
+            if len(kept) < len(records):
+                self._counters.audit_dropped(len(records) - len(kept))
+            self._pending_records = kept
+            if not self._failing:
+                self._failing = True
+                log.error(
+                    "audit: writing the trail failed (%s); %d records kept for the next try",
+                    exc.strerror or exc,
+                    len(kept),
+                    extra={"event": "audit_write_failed"},
+                )
+            return
+        if self._failing:
+            self._failing = False
+            log.warning("audit: writes succeed again", extra={"event": "audit_write_recovered"})
+        self._pending_records = []
+        self.written += len(records)
+        self._counters.audit_written(len(records))
+
+    def _checkpoint(self) -> None:
+        app = self._appender
+        assert app is not None
+        try:
+            self.last_checkpoint = app.checkpoint(self._publish)
+        except OSError as exc:
+            self._counters.audit_write_error()
+            log.error(
+                "audit: checkpoint not written (%s)",
+                exc.strerror or exc,
+                extra={"event": "audit_checkpoint_failed"},
+            )
+
+    def _run(self) -> None:
+        s = self.settings
+        next_cp = time.monotonic() + s.checkpoint_interval_s
+        next_expiry = time.monotonic()
+        while True:
+            self._wake.wait(s.flush_interval_s)
+            self._wake.clear()
+            stopping = self._stopping
+            self._flush()
+            now = time.monotonic()
+            if now >= next_cp or stopping:
+                self._checkpoint()
+                next_cp = now + s.checkpoint_interval_s
+            if now >= next_expiry and not stopping:
+                next_expiry = now + RETENTION_EVERY_S
+                self._expire()
+            if stopping:
+                return
+
+    def _expire(self) -> None:
+        try:
+            removed = expire(self.settings.directory, self._signer, self.settings.retention_s, time.time())
+        except OSError as exc:
+            self._counters.audit_write_error()
+            log.error(
+                "audit: expiring old segments failed (%s)",
+                exc.strerror or exc,
+                extra={"event": "audit_expiry_failed"},
+            )
+            return
+        for name in removed:
+            log.info(
+                "audit: %s removed past retention, with a signed deletion record",
+                name,
+                extra={"event": "audit_expired"},
+            )
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Write everything queued, sign a last checkpoint, stop the writer."""
+        if self._thread is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            lost = len(self._queue)
+            self._counters.audit_dropped(lost)
+            log.error(
+                "audit: %d records not written at shutdown (the disk did not take them within %g s)",
+                lost,
+                timeout_s,
+                extra={"event": "audit_lost_at_shutdown"},
+            )
+        self._thread = None
+        if self._appender is not None:
+            self._appender.close()

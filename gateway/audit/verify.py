@@ -1,0 +1,239 @@
+"""Reading the audit store back: every record checked (``verify``), decrypted (``search``,
+``export``), and expired segments removed under a signed deletion record (retention)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from gateway.audit.keys import Keyring
+from gateway.audit.store import (
+    CHECKPOINT_EVENT,
+    CHECKPOINTS,
+    DELETIONS,
+    GENESIS,
+    SEGMENTS,
+    aad,
+    chain_hash,
+    read_jsonl,
+    sign,
+    signature_ok,
+)
+
+
+@dataclass
+class Report:
+    records: int = 0
+    segments: int = 0
+    checkpoints: int = 0
+    anchor: dict[str, Any] | None = None
+    problem: str | None = None
+    """The first thing wrong (the record and what), or None when the trail is whole."""
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Bad(Exception):
+    pass
+
+
+@dataclass
+class Record:
+    index: int
+    t_ms: int
+    event: dict[str, Any]
+
+
+def _records(
+    directory: Path,
+    keyring: Keyring,
+    public: Ed25519PublicKey | None,
+    report: Report,
+    heads: dict[int, str],
+) -> Iterator[Record]:
+    """Every record in order, each checked against the chain. ``heads`` comes in with the
+    chain sizes whose hash the checkpoints need (as keys) and leaves with those hashes, and
+    the chain's length under -1. Raises ``_Bad`` at the first wrong thing."""
+    needed = set(heads)
+    heads.clear()
+    expected, prev = 0, GENESIS
+    for d in read_jsonl(directory / DELETIONS):
+        if public is not None and not signature_ok("deletion", d, public):
+            raise _Bad(
+                f"{DELETIONS}: the deletion record of {d.get('segment')} is not signed by the audit key"
+            )
+        if int(d["first"]) != expected:
+            raise _Bad(f"{DELETIONS}: {d.get('segment')} starts at record {d['first']}, expected {expected}")
+        expected, prev = int(d["size"]), str(d["head"])
+        heads[expected] = prev
+    seg_dir = directory / SEGMENTS
+    segments = sorted(seg_dir.glob("*.seg")) if seg_dir.exists() else []
+    for n, path in enumerate(segments):
+        report.segments += 1
+        sealed = False
+        with path.open("rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                where = f"{SEGMENTS}/{path.name}:{lineno}"
+                try:
+                    rec = json.loads(raw)
+                except ValueError:
+                    raise _Bad(f"record {expected} ({where}): not a JSON line (altered or torn)") from None
+                if sealed:
+                    raise _Bad(f"record {expected} ({where}): a line after the segment's seal")
+                if "seal" in rec:
+                    seal = rec["seal"]
+                    if public is not None and not signature_ok("seal", seal, public):
+                        raise _Bad(f"{where}: the seal is not signed by the audit key")
+                    if (seal.get("segment"), seal.get("size"), seal.get("head")) != (
+                        path.name,
+                        expected,
+                        prev,
+                    ):
+                        raise _Bad(f"{where}: the seal does not match the chain (records removed or added)")
+                    sealed = True
+                    continue
+                try:
+                    i, t, kid, nonce, ct, h = (rec[k] for k in ("i", "t", "k", "n", "c", "h"))
+                except (KeyError, TypeError):
+                    raise _Bad(f"record {expected} ({where}): not a record") from None
+                if i != expected:
+                    what = "missing" if isinstance(i, int) and i > expected else "out of order or inserted"
+                    raise _Bad(f"record {expected} ({where}): found record {i}: records {what}")
+                if chain_hash(prev, i, t, kid, nonce, ct) != h:
+                    raise _Bad(f"record {i} ({where}): its hash does not match (the record was altered)")
+                plain = keyring.open(kid, base64.b64decode(nonce), base64.b64decode(ct), aad(i, prev))
+                if plain is None:
+                    known = "unknown key " + kid if kid not in keyring.keys else "does not decrypt"
+                    raise _Bad(f"record {i} ({where}): {known}")
+                prev = h
+                expected += 1
+                report.records += 1
+                if expected in needed:
+                    heads[expected] = h
+                yield Record(i, int(t), json.loads(plain))
+        if not sealed and n < len(segments) - 1:
+            raise _Bad(f"{SEGMENTS}/{path.name}: not sealed, yet a later segment exists (cut or replaced)")
+    heads[expected] = prev
+    heads[-1] = str(expected)  # the chain's length, for the checkpoint checks
+
+
+def published_checkpoints(lines: Iterable[str]) -> list[dict[str, Any]]:
+    """The checkpoints published in an access log (or an anchor file of them, one a line)."""
+    out = []
+    for line in lines:
+        if CHECKPOINT_EVENT not in line and '"sig"' not in line:
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        cp = doc.get("checkpoint") if doc.get("event") == CHECKPOINT_EVENT else doc
+        if isinstance(cp, dict) and {"size", "head", "sig"} <= cp.keys():
+            out.append(cp)
+    return out
+
+
+def verify(
+    directory: Path, keyring: Keyring, public: Ed25519PublicKey, anchors: list[dict[str, Any]]
+) -> Report:
+    report = Report()
+    stored = list(read_jsonl(directory / CHECKPOINTS))
+    report.checkpoints = len(stored)
+    valid_anchors = [a for a in anchors if signature_ok("checkpoint", a, public)]
+    if len(valid_anchors) < len(anchors):
+        report.warnings.append(
+            f"{len(anchors) - len(valid_anchors)} published checkpoints not signed by the key"
+        )
+    report.anchor = max(valid_anchors, key=lambda a: (int(a["size"]), int(a["t"])), default=None)
+    if report.anchor is None:
+        report.warnings.append("no published checkpoint: a cut tail or a replaced store cannot be detected")
+    everything = stored + valid_anchors
+    heads = {int(c["size"]): "" for c in everything}
+    try:
+        for _record in _records(directory, keyring, public, report, heads):
+            pass
+        _check_checkpoints(stored, valid_anchors, heads, public)
+    except _Bad as bad:
+        report.problem = str(bad)
+    return report
+
+
+def _check_checkpoints(
+    stored: list[dict[str, Any]],
+    anchors: list[dict[str, Any]],
+    heads: dict[int, str],
+    public: Ed25519PublicKey,
+) -> None:
+    """Every checkpoint, kept in the store or published outside it, must match the chain:
+    one the chain is shorter than means records are gone; one whose hash differs, a store
+    written afresh (with the same keys) in place of the one it signed."""
+    length = int(heads[-1])
+    for n, cp in enumerate(stored, 1):
+        if not signature_ok("checkpoint", cp, public):
+            raise _Bad(f"{CHECKPOINTS}:{n}: not signed by the audit key")
+    checks = [(c, f"{CHECKPOINTS}:{n}") for n, c in enumerate(stored, 1)]
+    checks += [(a, "published") for a in anchors]
+    for cp, where in checks:
+        size = int(cp["size"])
+        if size > length:
+            raise _Bad(
+                f"{where} checkpoint: {size} records, the chain has {length}: records {length} to {size - 1}"
+                " are gone (the tail was cut or a segment deleted)"
+            )
+        if heads.get(size) != cp["head"]:
+            raise _Bad(
+                f"{where} checkpoint: the chain's hash at {size} records differs (the store was replaced)"
+            )
+
+
+def records(directory: Path, keyring: Keyring) -> Iterator[Record]:
+    """Every record, decrypted, in order (checked as ``verify`` checks the chain)."""
+    report = Report()
+    try:
+        yield from _records(directory, keyring, None, report, {})
+    except _Bad as bad:
+        raise ValueError(f"the audit trail is damaged: {bad} (run `vitalgate audit verify`)") from None
+
+
+def expire(directory: Path, signer: Ed25519PrivateKey, retention_s: float, now_s: float) -> list[str]:
+    """Remove sealed segments older than the retention, oldest first, each after a signed
+    deletion record saying which records it held and the chain's hash after them."""
+    seg_dir = directory / SEGMENTS
+    removed: list[str] = []
+    cutoff = datetime.fromtimestamp(now_s - retention_s, UTC).strftime("%Y-%m-%d") + ".seg"
+    for path in sorted(seg_dir.glob("*.seg")) if seg_dir.exists() else []:
+        if path.name >= cutoff:
+            break
+        lines = path.read_bytes().splitlines()
+        last = json.loads(lines[-1]) if lines else {}
+        if "seal" not in last:
+            break  # the open segment is never removed
+        first = (
+            json.loads(lines[0]).get("i", last["seal"]["size"]) if len(lines) > 1 else last["seal"]["size"]
+        )
+        seal = last["seal"]
+        body = {
+            "segment": path.name,
+            "first": first,
+            "size": seal["size"],
+            "head": seal["head"],
+            "t": int(now_s * 1000),
+        }
+        record = sign("deletion", body, signer)
+        fd = os.open(directory / DELETIONS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, json.dumps(record, separators=(",", ":")).encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        path.chmod(0o600)
+        path.unlink()
+        removed.append(path.name)
+    return removed

@@ -1,0 +1,280 @@
+"""The audit trail through its real interfaces: a gateway process with real signed JWTs in
+front of the test upstream, then ``vitalgate audit verify|search|export`` on what it wrote."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from fhir.resources.R4B.auditevent import AuditEvent
+
+from tests.helpers import BackgroundPeers, GatewayProcess, fetch, gateway_config, read_log, vitalgate
+
+ISSUER = "https://idp.example.org"
+AUDIENCE = "vitalgate-fhir"
+# Synthetic PHI: none of it may be readable anywhere but through the audit commands.
+PATIENT = "mrn-778812"
+SECRET_NAMES = (b"Smithfield", b"Jonesworth")
+
+
+def _jwk(key: Any, kid: str) -> dict[str, Any]:
+    if isinstance(key, rsa.RSAPrivateKey):
+        doc = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    else:
+        doc = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    return {**doc, "kid": kid, "use": "sig"}
+
+
+class Idp:
+    """A test identity provider: an RSA and an EC key, their JWKS, and tokens signed by them."""
+
+    def __init__(self, folder: Path) -> None:
+        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.ec = ec.generate_private_key(ec.SECP256R1())
+        self.jwks = folder / "jwks.json"
+        self.jwks.write_text(json.dumps({"keys": [_jwk(self.rsa, "r1"), _jwk(self.ec, "e1")]}))
+
+    def token(self, sub: str, *, alg: str = "RS256", exp_in: float = 300, **claims: Any) -> str:
+        key, kid = (self.rsa, "r1") if alg == "RS256" else (self.ec, "e1")
+        body = {"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "exp": int(time.time() + exp_in), **claims}
+        return jwt.encode(body, key, algorithm=alg, headers={"kid": kid})
+
+
+def _audit_config(tmp_path: Path, upstream_port: int, keygen: bool = True, **audit: Any) -> Path:
+    if keygen:
+        vitalgate("audit", "keygen", "--out", str(tmp_path / "keys"))
+    section = {
+        "path": "audit",
+        "key_file": "keys/audit.key",
+        "signing_key_file": "keys/audit-signing.key",
+        "identity": {"jwks_file": "jwks.json", "issuer": ISSUER, "audience": AUDIENCE},
+        "flush_interval": "200ms",
+        **audit,
+    }
+    return gateway_config(tmp_path, upstream_port, extra={"audit": section})
+
+
+def _get(base: str, path: str, token: str | None = None, **headers: str) -> int:
+    h = {"X-Facility-ID": "st-marys", **headers}
+    if token:
+        h["Authorization"] = f"Bearer {token}"
+    return fetch(base + path, h)
+
+
+def test_keygen_writes_private_keys_and_never_overwrites(tmp_path: Path) -> None:
+    out = vitalgate("audit", "keygen", "--out", str(tmp_path / "k")).stdout.split()
+    assert [Path(p).name for p in out] == ["audit.key", "audit-signing.key", "audit-signing.pub"]
+    for name in ("audit.key", "audit-signing.key"):
+        assert stat.S_IMODE((tmp_path / "k" / name).stat().st_mode) == 0o600
+    again = vitalgate("audit", "keygen", "--out", str(tmp_path / "k"), check=False)
+    assert again.returncode == 1 and "never overwritten" in again.stderr
+
+
+def test_check_reports_audit_problems_with_positions(tmp_path: Path) -> None:
+    with BackgroundPeers() as peers:
+        cfg = _audit_config(tmp_path, peers.upstream.port)
+    (tmp_path / "keys" / "audit.key").chmod(0o644)
+    text = cfg.read_text().replace(
+        "signing_key_file: keys/audit-signing.key", "signing_key_file: keys/nope.key"
+    )
+    cfg.write_text(text)
+    res = vitalgate("check", "--config", str(cfg), check=False)
+    assert res.returncode == 1
+    lines = res.stderr.splitlines()
+    assert any(" audit.key_file: " in line and "chmod 600" in line for line in lines), lines
+    assert any(" audit.signing_key_file: " in line and "keys/nope.key" in line for line in lines), lines
+    assert all(line.count(":") >= 3 for line in lines[:-1])  # file:line:column: field: message
+
+
+def test_requests_are_recorded_verified_and_exported_as_balp_audit_events(tmp_path: Path) -> None:
+    idp = Idp(tmp_path)
+    with BackgroundPeers() as peers:
+        cfg = _audit_config(tmp_path, peers.upstream.port)
+        gw = GatewayProcess(cfg)
+        try:
+            good = idp.token("dr-house", azp="ehr-web")
+            assert _get(gw.proxy, f"/fhir/Patient/{PATIENT}", good, **{"X-Request-Id": "req-1"}) == 200
+            assert (
+                _get(
+                    gw.proxy, f"/fhir/Observation?patient={PATIENT}&_count=5", idp.token("nurse", alg="ES256")
+                )
+                == 200
+            )
+            expired = idp.token("dr-house", exp_in=-60)
+            assert _get(gw.proxy, f"/fhir/Patient/{PATIENT}", expired) == 200
+            assert _get(gw.proxy, "/fhir/Patient?name=smith", good, **{"X-Test-Fault": "searchset"}) == 200
+            assert _get(gw.proxy, "/fhir/Patient/p-2", good, **{"X-Test-Fault": "500"}) == 500
+            assert _get(gw.proxy, "/scheduling/appointments/9", good) == 200  # not a FHIR route: not audited
+        finally:
+            assert gw.terminate() == 0
+
+    out = vitalgate("audit", "verify", "--config", str(cfg)).stdout
+    # 1 read + 1 search + 1 read + 3 patients found + 1 failed read
+    assert out.startswith("audit trail: OK: 7 records in 1 segments") and "anchored at 7 records" in out
+
+    found = json.loads(
+        vitalgate("audit", "search", "--config", str(cfg), "--patient", PATIENT, "--format", "json").stdout
+    )
+    assert len(found) == 3
+    read, search, unverified = found
+    for ev in found:
+        AuditEvent.model_validate(ev)  # the FHIR R4(B) AuditEvent model
+        assert ev["type"]["code"] == "rest" and ev["source"]["site"] == "st-marys"
+    assert (read["subtype"][0]["code"], read["action"], read["outcome"]) == ("read", "R", "0")
+    assert read["meta"]["profile"] == [
+        "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PatientRead"
+    ]
+    user, client, server = read["agent"]
+    assert user["requestor"] is True and user["who"]["identifier"] == {"system": ISSUER, "value": "dr-house"}
+    assert client["who"]["display"] == "ehr-web" and client["network"]["address"] == "127.0.0.1"
+    assert server["type"]["coding"][0]["code"] == "110153"
+    entities = {e.get("role", {}).get("code"): e for e in read["entity"]}
+    assert entities["1"]["what"]["reference"] == f"Patient/{PATIENT}"
+    assert entities["3"]["detail"] == [{"type": "X-Request-Id", "valueString": "req-1"}]
+    assert len(entities["3"]["what"]["identifier"]["value"]) == 32  # the trace id
+
+    assert (search["subtype"][0]["code"], search["action"]) == ("search-type", "E")
+    query = next(e for e in search["entity"] if e["role"]["code"] == "24")
+    assert base64.b64decode(query["query"]).decode() == f"patient={PATIENT}&_count=5"
+    assert search["agent"][0]["who"]["identifier"]["value"] == "nurse"
+
+    assert unverified["agent"][0]["who"]["display"] == "unverified (expired)"
+    digest = unverified["agent"][0]["who"]["identifier"]["value"]
+    assert digest == hashlib.sha256(expired.encode()).hexdigest()
+
+    by_user = json.loads(
+        vitalgate("audit", "search", "--config", str(cfg), "--user", "dr-house", "--format", "json").stdout
+    )
+    patients = sorted(
+        e["what"]["reference"] for ev in by_user for e in ev["entity"] if e.get("role", {}).get("code") == "1"
+    )
+    assert patients == [
+        f"Patient/{PATIENT}",
+        "Patient/p-2",
+        "Patient/p-jones-2",
+        "Patient/p-lee-3",
+        "Patient/p-smith-1",
+    ]
+    failed = next(ev for ev in by_user if "Patient/p-2" in json.dumps(ev))
+    assert failed["outcome"] == "8" and failed["outcomeDesc"] == "HTTP 500"
+
+    export = tmp_path / "accounting.json"
+    vitalgate("audit", "export", "--config", str(cfg), "--patient", PATIENT, "--out", str(export))
+    bundle = json.loads(export.read_text())
+    assert bundle["type"] == "collection" and bundle["total"] == 3
+    assert [e["resource"]["id"] for e in bundle["entry"]] == [ev["id"] for ev in found]
+
+    # Nothing readable in the store; the telemetry names none of it either.
+    raw = b"".join(p.read_bytes() for p in (tmp_path / "audit").rglob("*") if p.is_file())
+    for secret in (PATIENT.encode(), b"dr-house", b"nurse", good.encode(), expired.encode(), *SECRET_NAMES):
+        assert secret not in raw
+    log = (tmp_path / "access.log").read_bytes()
+    for secret in (PATIENT.encode(), b"p-smith-1", good.encode(), b"dr-house"):
+        assert secret not in log
+    checkpoints = [r for r in read_log(tmp_path / "access.log") if r["event"] == "audit_checkpoint"]
+    assert checkpoints and checkpoints[-1]["checkpoint"]["size"] == 7
+
+
+@pytest.fixture
+def trail(tmp_path: Path) -> tuple[Path, Path]:
+    """A gateway that wrote 12 records; its config and audit folder."""
+    Idp(tmp_path)
+    with BackgroundPeers() as peers:
+        cfg = _audit_config(tmp_path, peers.upstream.port, checkpoint_interval="1s")
+        gw = GatewayProcess(cfg)
+        try:
+            for i in range(12):
+                assert _get(gw.proxy, f"/fhir/Patient/t{i}") == 200
+        finally:
+            assert gw.terminate() == 0
+    return cfg, tmp_path / "audit"
+
+
+def _verify(cfg: Path, *extra: str) -> tuple[int, str]:
+    res = vitalgate("audit", "verify", "--config", str(cfg), *extra, check=False)
+    return res.returncode, res.stdout
+
+
+def _segment(audit: Path) -> Path:
+    (seg,) = (audit / "segments").glob("*.seg")
+    return seg
+
+
+def _rewrite(path: Path, lines: list[bytes]) -> None:
+    path.chmod(0o600)
+    path.write_bytes(b"".join(lines))
+
+
+def test_verify_names_the_first_bad_record_of_every_tampering(trail: tuple[Path, Path]) -> None:
+    cfg, audit = trail
+    assert _verify(cfg)[0] == 0
+    seg = _segment(audit)
+    original = seg.read_bytes()
+    lines = original.splitlines(keepends=True)
+    cases: dict[str, tuple[list[bytes], str]] = {}
+    flipped = bytearray(lines[4])
+    at = flipped.index(b'"c":"') + 10
+    flipped[at] = ord("A") if flipped[at] != ord("A") else ord("B")
+    cases["flipped byte"] = ([*lines[:4], bytes(flipped), *lines[5:]], "record 4 ")
+    cases["deleted"] = ([*lines[:3], *lines[4:]], "record 3 ")
+    cases["reordered"] = ([*lines[:2], lines[3], lines[2], *lines[4:]], "record 2 ")
+    cases["inserted"] = ([*lines[:6], lines[5], *lines[6:]], "record 6 ")
+    cases["truncated tail"] = (lines[:9], "records 9 to 11 are gone")
+    for what, (content, expected) in cases.items():
+        _rewrite(seg, content)
+        code, out = _verify(cfg)
+        assert code == 1 and out.startswith("audit trail: BAD: ") and expected in out, (what, out)
+    _rewrite(seg, list(original.splitlines(keepends=True)))
+    assert _verify(cfg)[0] == 0
+
+    # The whole store replaced by one written afresh with the same keys: only the checkpoint
+    # published outside it (the access log) tells.
+    published = [
+        r["checkpoint"] for r in read_log(cfg.parent / "access.log") if r["event"] == "audit_checkpoint"
+    ]
+    anchor = cfg.parent / "published.jsonl"
+    anchor.write_text(json.dumps(published[-1]) + "\n")
+    for p in [*audit.rglob("*.seg"), audit / "checkpoints.jsonl"]:
+        p.chmod(0o600)
+        p.unlink()
+    with BackgroundPeers() as peers:
+        cfg = _audit_config(cfg.parent, peers.upstream.port, keygen=False)
+        gw = GatewayProcess(cfg)
+        try:
+            for i in range(12):
+                assert _get(gw.proxy, f"/fhir/Patient/forged{i}") == 200
+        finally:
+            assert gw.terminate() == 0
+    code, out = _verify(cfg)  # the access log holds both runs' checkpoints
+    assert code == 1 and "the store was replaced" in out, out
+    code, out = _verify(cfg, "--anchor", str(anchor))
+    assert code == 1 and "the store was replaced" in out, out
+
+
+def test_a_record_from_another_key_or_a_forged_checkpoint_is_caught(trail: tuple[Path, Path]) -> None:
+    cfg, audit = trail
+    cps = (audit / "checkpoints.jsonl").read_text().splitlines()
+    forged = json.loads(cps[-1])
+    forged["size"] = 5
+    anchor = cfg.parent / "forged.jsonl"
+    anchor.write_text(json.dumps(forged) + "\n")
+    res = vitalgate("audit", "verify", "--config", str(cfg), "--anchor", str(anchor), check=False)
+    assert "not signed by the key" in res.stderr
+    # A rotated-in key: old records stay readable with the old key kept in key_files.
+    vitalgate("audit", "keygen", "--out", str(cfg.parent / "keys2"))
+    text = cfg.read_text().replace("key_file: keys/audit.key", "key_files: [keys2/audit.key, keys/audit.key]")
+    cfg.write_text(text)
+    assert _verify(cfg)[0] == 0
+    cfg.write_text(
+        text.replace("key_files: [keys2/audit.key, keys/audit.key]", "key_files: [keys2/audit.key]")
+    )
+    code, out = _verify(cfg)
+    assert code == 1 and "record 0 " in out and "unknown key" in out
