@@ -111,6 +111,7 @@ class DataPlane:
             tuple(entry_sinks),
             audit=self.audit is not None,
             audit_user_header=(identity.header or "").lower() if identity is not None else "",
+            audit_gate=self.audit if cfg.audit is not None and cfg.audit.durability == "strict" else None,
         )
         scheme = "https" if cfg.tls else "http"
         self.proxy = Proxy(self.router, self.facilities, self.upstreams, outputs, scheme, port)

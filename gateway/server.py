@@ -86,6 +86,8 @@ class Gateway:
         self.admin = AdminApi(
             config, role, self.registry, self.access_log, self.lifecycle, list(admin_extensions)
         )
+        if self.dataplane is not None and self.dataplane.audit is not None:
+            self.admin.audit = self.dataplane.audit
         self._refused_logged_at = -_REFUSED_LOG_EVERY_S
         self._server: HttpServer | None = None
         self._admin_runner: web.AppRunner | None = None

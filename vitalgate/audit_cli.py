@@ -12,6 +12,7 @@ from typing import Any
 
 from gateway.audit.config import AuditConfig
 from gateway.audit.keys import AuditKeyError, Keyring, keygen, read_signing_key
+from gateway.audit.search import AuditQuery
 from gateway.audit.verify import Record, published_checkpoints, records, verify
 from gateway.config import Config, GatewayConfig
 
@@ -71,36 +72,10 @@ def cmd_verify(config: Config[GatewayConfig], args: argparse.Namespace) -> int:
     return 0
 
 
-def _time(value: str | None) -> float | None:
-    if value is None:
-        return None
-    t = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
-
-
-def _matches(ev: dict[str, Any], args: argparse.Namespace) -> bool:
-    if args.patient is not None:
-        refs = {e.get("what", {}).get("reference") for e in ev.get("entity", [])}
-        if f"Patient/{args.patient}" not in refs:
-            return False
-    if args.user is not None:
-        users = {
-            a.get("who", {}).get("identifier", {}).get("value")
-            for a in ev.get("agent", [])
-            if a.get("requestor")
-        }
-        if args.user not in users:
-            return False
-    return args.facility is None or ev.get("source", {}).get("site") == args.facility
-
-
 def selected(config: Config[GatewayConfig], audit: AuditConfig, args: argparse.Namespace) -> Iterator[Record]:
-    since, until = _time(args.since), _time(args.until)
+    query = AuditQuery.of(args.patient, args.user, args.facility, args.since, args.until)
     for rec in records(config.resolve(audit.path), _keyring(config, audit)):
-        t = rec.t_ms / 1000
-        if (since is not None and t < since) or (until is not None and t >= until):
-            continue
-        if _matches(rec.event, args):
+        if query.matches(rec.event, rec.t_ms):
             yield rec
 
 

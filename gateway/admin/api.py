@@ -25,6 +25,8 @@ from gateway.admin.auth import (
     identity_of,
     refuse_facility,
 )
+from gateway.audit.search import AuditQuery
+from gateway.audit.trail import AuditTrail
 from gateway.config import Config, GatewayConfig
 from gateway.dataplane.accesslog import AccessLog
 from gateway.roles import Role
@@ -59,6 +61,8 @@ class AdminApi:
         self._access_log = access_log
         self._lifecycle = lifecycle
         self._extensions = extensions
+        self.audit: AuditTrail | None = None
+        """The audit trail this process writes, for ``/api/v1/audit`` (role auditor)."""
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self.auth.middleware])
@@ -67,6 +71,7 @@ class AdminApi:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/api/v1/slo", self._slo_status)
+        app.router.add_get("/api/v1/audit", self._audit)
         for extend in self._extensions:
             extend(app, self)
         return app
@@ -112,6 +117,34 @@ class AdminApi:
         except (StoreError, sqlite3.Error) as exc:
             return web.json_response({"error": "store unavailable", "detail": str(exc)}, status=503)
         return web.json_response({"slos": [r.to_json() for r in rows]})
+
+    async def _audit(self, request: web.Request) -> web.Response:
+        """AuditEvents (``patient``, ``user``, ``facility``, ``since``, ``until``), for the auditor
+        role only; the read is itself recorded in the trail, under the token's name."""
+        identity = identity_of(request)
+        if identity.role != "auditor":
+            return web.json_response(
+                {"error": "forbidden", "detail": "the audit trail is readable by the auditor role only"},
+                status=403,
+            )
+        if self.audit is None:
+            return web.json_response({"error": "no audit trail configured (audit:)"}, status=404)
+        q = request.query
+        try:
+            search = AuditQuery.of(
+                q.get("patient"), q.get("user"), q.get("facility"), q.get("since"), q.get("until")
+            )
+        except ValueError as exc:
+            return web.json_response({"error": "bad_query", "detail": str(exc)}, status=400)
+        trail = self.audit
+        trail.record_read(identity.name, request.remote, request.query_string, time.time())
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(None, trail.search, search)
+        except ValueError as exc:  # a damaged trail: say so, as verify would
+            return web.json_response({"error": "audit_damaged", "detail": str(exc)}, status=500)
+        bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(found)}
+        bundle["entry"] = [{"fullUrl": f"urn:uuid:{ev['id']}", "resource": ev} for ev in found]
+        return web.json_response(bundle, content_type="application/fhir+json")
 
     async def _metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))

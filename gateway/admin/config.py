@@ -16,7 +16,8 @@ from slo.configfile import ListenAddr, StrictModel
 class TokenConfig(StrictModel):
     name: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    role: Literal["sre", "engineer", "account_manager"]
+    role: Literal["sre", "engineer", "account_manager", "auditor"]
+    """``auditor``: the audit trail (``/api/v1/audit``) only; no other role may read it."""
     facilities: list[str] = Field(default_factory=list)
 
 

@@ -29,6 +29,7 @@ SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
 TRACE_ID = "https://www.w3.org/TR/trace-context/#trace-id"
 REQUEST_ID = "urn:ietf:params:http-header:X-Request-Id"
 UNVERIFIED = "urn:vitalgate:audit:unverified-token-sha256"
+ADMIN_USERS = "urn:vitalgate:admin-token-name"
 
 ACTIONS = {
     "create": "C",
@@ -238,6 +239,51 @@ def _profile(subtype: str, action: str, patient: bool) -> str | None:
         return None
     base = {"C": "Create", "R": "Read", "U": "Update", "D": "Delete"}.get(action, "Query")
     return BALP + ("Patient" + base if patient else base)
+
+
+def trail_read(
+    token: str, peer: str | None, query: str, recorded_s: float, observer: str = "vitalgate"
+) -> dict[str, Any]:
+    """The AuditEvent of a read of the audit trail itself (``/api/v1/audit``), by admin token."""
+    recorded = datetime.fromtimestamp(recorded_s, UTC).isoformat(timespec="milliseconds")
+    client: dict[str, Any] = {
+        "type": {"coding": [_coding(DCM, "110153", "Source Role ID")]},
+        "who": {"display": "admin API client"},
+        "requestor": False,
+    }
+    if peer:
+        client["network"] = {"address": peer, "type": "2"}
+    return {
+        "resourceType": "AuditEvent",
+        "id": str(uuid.uuid4()),
+        "meta": {"profile": [BALP + "Query"]},
+        "type": _coding(EVENT_TYPE, "rest", "Restful Operation"),
+        "subtype": [_coding(INTERACTION, "search-type", "search-type")],
+        "action": "E",
+        "recorded": recorded.replace("+00:00", "Z"),
+        "outcome": "0",
+        "outcomeDesc": "read of the audit trail (/api/v1/audit)",
+        "agent": [
+            {
+                "type": {"coding": [_coding(PARTICIPATION, "IRCP", "information recipient")]},
+                "who": {"identifier": {"system": ADMIN_USERS, "value": token}},
+                "requestor": True,
+            },
+            client,
+        ],
+        "source": {
+            "observer": {"display": observer},
+            "type": [_coding(SOURCE_TYPE, "4", "Application Server")],
+        },
+        "entity": [
+            {
+                "what": {"display": "AuditEvent"},
+                "type": _coding(ENTITY_TYPE, "2", "System Object"),
+                "role": _coding(ENTITY_ROLE, "24", "Query"),
+                "query": base64.b64encode(query.encode()).decode(),
+            }
+        ],
+    }
 
 
 def event_id(trace_id: str, index: int) -> str:

@@ -11,6 +11,7 @@ logged. A failing disk is retried every interval with the batch kept (bounded by
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -18,19 +19,29 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.audit import events
 from gateway.audit.identity import Identities
 from gateway.audit.keys import Keyring
+from gateway.audit.search import AuditQuery
 from gateway.audit.store import Appender, Head, segment_name
-from gateway.audit.verify import expire
-from gateway.dataplane.outcome import Outcome
+from gateway.audit.verify import expire, records
+from gateway.dataplane.outcome import AuditFacts, Outcome
+from gateway.dataplane.tracing import AnySpan
 
 log = logging.getLogger("vitalgate.audit")
 
 RETENTION_EVERY_S = 3600.0
+HOLD_TIMEOUT_S = 10.0
+"""The longest a strict response waits for its record (a disk that hangs): then 503."""
+
+
+def _settle(fut: asyncio.Future[bool], ok: bool) -> None:
+    if not fut.done():  # a waiter that timed out has gone
+        fut.set_result(ok)
 
 
 class AuditCounters(Protocol):
@@ -106,7 +117,8 @@ class AuditTrail:
         self._identities = identities
         self._counters = counters
         self._publish = publish
-        self._queue: deque[Outcome] = deque()
+        self._queue: deque[Outcome | dict[str, Any]] = deque()
+        """Finished requests, and events already built (reads of the trail itself)."""
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -114,23 +126,69 @@ class AuditTrail:
         self._pending_records: list[tuple[int, bytes]] = []
         """Encoded records a failed write left, tried again first (bounded by ``max_queue``)."""
         self._failing = False
+        self._held: deque[Outcome] = deque()
+        """Strict records of responses not yet served: written, or dropped if the write fails
+        (the request is then answered 503, and that outcome recorded by ``request``)."""
+        self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[bool]]] = deque()
         self.written = 0
+        self.durable_size = 0
+        """Records in the chain known to be on disk (fsynced)."""
         self.last_checkpoint: dict[str, Any] | None = None
 
     # -- the request path ------------------------------------------------------------------
 
     def request(self, outcome: Outcome) -> None:
-        if outcome.audit is None:
+        if outcome.audit is None or outcome.audit.committed:
             return
         if len(self._queue) >= self.settings.max_queue:
             self._counters.audit_dropped(1)
             return
         self._queue.append(outcome)
 
+    async def hold(
+        self,
+        facts: AuditFacts,
+        facility: str,
+        service: str,
+        route: str,
+        method: str,
+        status: int,
+        error_type: str | None,
+        span: AnySpan,
+    ) -> bool:
+        """``durability: strict``: queue the record and wake the writer, which commits every
+        record queued meanwhile with one fsync (group commit) and then answers each waiter.
+        False, at once, while the disk is failing, or after ``HOLD_TIMEOUT_S``."""
+        if self._failing or self._thread is None:
+            return False
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
+        now = time.time()
+        key = (facility, service, route, method, status)
+        outcome = Outcome(now, 0.0, facility, service, route, method, status, error_type, None, key, span)
+        outcome.audit = facts
+        if len(self._queue) >= self.settings.max_queue:
+            self._counters.audit_dropped(1)
+            return False
+        self._waiters.append((loop, done))
+        self._held.append(outcome)
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(done, HOLD_TIMEOUT_S)
+        except TimeoutError:
+            return False
+
+    def _answer(
+        self, ok: bool, waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[bool]]]
+    ) -> None:
+        for loop, fut in waiters:
+            loop.call_soon_threadsafe(_settle, fut, ok)
+
     # -- the writer thread -------------------------------------------------------------------
 
     def start(self) -> None:
         self._appender = Appender(self.settings.directory, self._keyring, self._signer)
+        self.durable_size = self._appender.head.size
         if self._appender.torn_bytes:
             log.warning(
                 "audit: a torn last record (%d bytes, never confirmed written) was cut off the store",
@@ -166,12 +224,35 @@ class AuditTrail:
         found, cut = patients_in(facts.body, self.settings.max_patients) if facts.body else ([], 0)
         return events.build(req, who, found, cut)
 
-    def _encode(self, batch: Sequence[Outcome]) -> list[tuple[int, bytes]]:
+    def _encode(self, batch: Sequence[Outcome | dict[str, Any]]) -> list[tuple[int, bytes]]:
         out = []
         for o in batch:
+            if isinstance(o, dict):
+                t_ms = int(datetime.fromisoformat(o["recorded"]).timestamp() * 1000)
+                out.append((t_ms, json.dumps(o, separators=(",", ":")).encode()))
+                continue
             t_ms = int((o.started + o.duration_s) * 1000)
             for ev in self._events(o):
                 out.append((t_ms, json.dumps(ev, separators=(",", ":")).encode()))
+        return out
+
+    def record_read(self, token: str, peer: str | None, query: str, t_s: float) -> None:
+        """A read of the trail, recorded in it like any access (by the admin token's name)."""
+        if len(self._queue) >= self.settings.max_queue:
+            self._counters.audit_dropped(1)
+            return
+        self._queue.append(events.trail_read(token, peer, query, t_s))
+
+    def search(self, query: AuditQuery) -> list[dict[str, Any]]:
+        """The events ``query`` selects among those on disk (a record being written is not read:
+        the search stops at the size the last fsync made durable)."""
+        size = self.durable_size
+        out = []
+        for rec in records(self.settings.directory, self._keyring):
+            if rec.index >= size:
+                break
+            if query.matches(rec.event, rec.t_ms):
+                out.append(rec.event)
         return out
 
     def _flush(self) -> None:
@@ -179,9 +260,13 @@ class AuditTrail:
         try. Runs on the writer thread only."""
         app = self._appender
         assert app is not None
+        waiters = [self._waiters.popleft() for _ in range(len(self._waiters))]
+        held = [self._held.popleft() for _ in range(len(self._held))]
         batch = [self._queue.popleft() for _ in range(len(self._queue))]
-        records = self._pending_records + self._encode(batch)
+        kept = self._pending_records + self._encode(batch)
+        records = kept + self._encode(held)
         if not records:
+            self._answer(True, waiters)
             return
         before = Head(app.head.size, app.head.hash, app.head.segment)
         try:
@@ -198,9 +283,12 @@ class AuditTrail:
         except OSError as exc:
             app.rollback(before)
             self._counters.audit_write_error()
-            kept = records[-self.settings.max_queue :]
-            if len(kept) < len(records):
-                self._counters.audit_dropped(len(records) - len(kept))
+            # Strict waiters are told at once (their responses are not served); their records
+            # stay pending with the rest, so the attempt is still recorded once the disk recovers.
+            self._answer(False, waiters)
+            if len(kept) > self.settings.max_queue:
+                self._counters.audit_dropped(len(kept) - self.settings.max_queue)
+                kept = kept[-self.settings.max_queue :]
             self._pending_records = kept
             if not self._failing:
                 self._failing = True
@@ -216,7 +304,9 @@ class AuditTrail:
             log.warning("audit: writes succeed again", extra={"event": "audit_write_recovered"})
         self._pending_records = []
         self.written += len(records)
+        self.durable_size = app.head.size
         self._counters.audit_written(len(records))
+        self._answer(True, waiters)
 
     def _checkpoint(self) -> None:
         app = self._appender

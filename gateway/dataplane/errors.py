@@ -1,6 +1,9 @@
 """How the gateway fails a request, as a typed tree.
 
     GatewayError                      a request the gateway itself could not complete
+    ├── AuditUnavailable              503  error.type=audit_unavailable (audit ``durability:
+    │                                      strict``: the record could not be made durable, so
+    │                                      the response is not served)
     ├── UpstreamPoolExhausted         503  error.type=upstream_pool_exhausted (every connection
     │                                      to the upstream busy past timeout.pool: the gateway's
     │                                      capacity, counted bad like any 5xx)
@@ -37,6 +40,11 @@ class GatewayError(Exception):
 
 class UpstreamError(GatewayError):
     pass
+
+
+class AuditUnavailable(GatewayError):
+    status: ClassVar[int] = 503
+    error_type: ClassVar[str] = "audit_unavailable"
 
 
 class UpstreamPoolExhausted(GatewayError):

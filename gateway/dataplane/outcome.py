@@ -26,6 +26,7 @@ class AuditFacts:
     __slots__ = (
         "authorization",
         "body",
+        "committed",
         "forwarded_for",
         "method",
         "path",
@@ -67,6 +68,8 @@ class AuditFacts:
         """The whole response, when it was FHIR JSON within the route's inspection limit."""
         self.request_body: bytes | None = None
         """The (bounded) Bundle posted to the base, for its batch or transaction type."""
+        self.committed = False
+        """Already on disk before its response was served (``durability: strict``)."""
 
 
 class Outcome:
@@ -120,6 +123,22 @@ class Outcome:
         self.context: SpanContext = span.get_span_context()
         self.audit: AuditFacts | None = None
         """Set on audited routes only, when the gateway has an audit trail."""
+
+
+class AuditGate(Protocol):
+    async def hold(
+        self,
+        facts: AuditFacts,
+        facility: str,
+        service: str,
+        route: str,
+        method: str,
+        status: int,
+        error_type: str | None,
+        span: AnySpan,
+    ) -> bool:
+        """Record the request as it is about to be answered with ``status``, and return once the
+        record is on disk (True), or when it cannot be made durable (False: not served)."""
 
 
 class RequestSink(Protocol):

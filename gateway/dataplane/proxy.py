@@ -18,12 +18,12 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from gateway.dataplane.bundle import inspect, is_fhir_json, request_entries, status_class
-from gateway.dataplane.errors import ClientError, ClientGone, GatewayError, translate
+from gateway.dataplane.errors import AuditUnavailable, ClientError, ClientGone, GatewayError, translate
 from gateway.dataplane.facility import FacilityResolver
 from gateway.dataplane.httpserver import Headers, Request
 from gateway.dataplane.memscan import contains
 from gateway.dataplane.metrics import Gauges, LabelBudget, ProxyCounters
-from gateway.dataplane.outcome import AuditFacts, EntrySink, Outcome, RequestSink
+from gateway.dataplane.outcome import AuditFacts, AuditGate, EntrySink, Outcome, RequestSink
 from gateway.dataplane.query import redact_query
 from gateway.dataplane.routes import Match, Router, normalize_path
 from gateway.dataplane.tracing import AnySpan, Span, Tracer, format_traceparent, parse_traceparent
@@ -152,6 +152,8 @@ class Outputs:
     """An audit trail is configured: requests on audited routes carry ``AuditFacts``."""
     audit_user_header: str = ""
     """The lower-case header an authenticating proxy names the user in ("" for none)."""
+    audit_gate: AuditGate | None = None
+    """``durability: strict``: each audited response waits until its record is on disk."""
 
 
 class Proxy:
@@ -178,6 +180,7 @@ class Proxy:
         self._entry_sinks = outputs.entry_sinks
         self._audit = outputs.audit
         self._audit_user_header = outputs.audit_user_header
+        self._audit_gate = outputs.audit_gate
         self.scheme = scheme
         self.server_port = server_port
         self._port_str = str(server_port)
@@ -451,10 +454,12 @@ class Proxy:
                         )
                         if facts is not None and inspect_max and len(data) <= inspect_max:
                             facts.body = data  # the audit sink looks for the patients in it
+                        await self._held(facts, facility, match, method, status, None, server_span)
                         await request.respond(status, out, data, reason, length)
                     else:
                         if inspect_max:
                             self.counters.uninspected(match.service, "too_large")
+                        await self._held(facts, facility, match, method, status, None, server_span)
                         request.start(status, out, length, reason)
                         await self._stream(request, upstream_response, match, facility, upstream)
                 except ConnectionError as exc:
@@ -474,7 +479,31 @@ class Proxy:
         if error is None:
             assert upstream_status is not None
             return upstream_status, None, upstream_ms
+        if facts is not None and not facts.committed and not isinstance(error, AuditUnavailable):
+            # An error answer discloses nothing: when its record cannot be made durable it is
+            # still served, and recorded (as batched) once the disk takes it.
+            with contextlib.suppress(AuditUnavailable):
+                await self._held(facts, facility, match, method, error.status, error.error_type, server_span)
         return await _answer_error(request, error), error.error_type, upstream_ms
+
+    async def _held(
+        self,
+        facts: AuditFacts | None,
+        facility: str,
+        match: Match,
+        method: str,
+        status: int,
+        error_type: str | None,
+        span: AnySpan,
+    ) -> None:
+        """Under ``durability: strict``, the request's audit record is on disk before any of its
+        response is; raises ``AuditUnavailable`` (503, not served) when it cannot be."""
+        gate = self._audit_gate
+        if gate is None or facts is None:
+            return
+        if not await gate.hold(facts, facility, match.service, match.route, method, status, error_type, span):
+            raise AuditUnavailable("the audit record could not be written")
+        facts.committed = True
 
     def _client_span(self, server_span: AnySpan, method: str, match: Match, upstream: Upstream) -> AnySpan:
         """The CLIENT span of the upstream call; not sampled, the server span itself (the

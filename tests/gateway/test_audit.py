@@ -7,16 +7,29 @@ import base64
 import hashlib
 import json
 import stat
+import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
+import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fhir.resources.R4B.auditevent import AuditEvent
 
-from tests.helpers import BackgroundPeers, GatewayProcess, fetch, gateway_config, read_log, vitalgate
+from tests.helpers import (
+    BackgroundPeers,
+    GatewayProcess,
+    counter_value,
+    eventually,
+    fetch,
+    gateway_config,
+    read_log,
+    vitalgate,
+)
 
 ISSUER = "https://idp.example.org"
 AUDIENCE = "vitalgate-fhir"
@@ -278,3 +291,181 @@ def test_a_record_from_another_key_or_a_forged_checkpoint_is_caught(trail: tuple
     )
     code, out = _verify(cfg)
     assert code == 1 and "record 0 " in out and "unknown key" in out
+
+
+def _records_in(cfg: Path) -> int:
+    out = vitalgate("audit", "verify", "--config", str(cfg)).stdout
+    assert out.startswith("audit trail: OK: "), out
+    return int(out.split()[3])
+
+
+@pytest.mark.parametrize("durability", ["strict", "batched"])
+def test_kill_9_under_load_loses_nothing_strict_and_at_most_the_window_batched(
+    tmp_path: Path, durability: str
+) -> None:
+    """Each answered request's record: on disk before the answer (strict), or at most one
+    flush interval behind it (batched)."""
+    Idp(tmp_path)
+    window_s = 0.5
+    with BackgroundPeers() as peers:
+        cfg = _audit_config(
+            tmp_path, peers.upstream.port, durability=durability, flush_interval=f"{window_s}s"
+        )
+        gw = GatewayProcess(cfg)
+        answered: list[float] = []
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            assert _get(gw.proxy, f"/fhir/Patient/k{len(answered)}") == 200
+            answered.append(time.monotonic())
+        killed_at = time.monotonic()
+        gw.kill()
+    kept = _records_in(cfg)
+    lost = len(answered) - kept
+    if durability == "strict":
+        assert lost == 0, (len(answered), kept)
+    else:
+        # Generously: what was answered in the last window plus the writer's own turn.
+        recent = sum(1 for t in answered if t > killed_at - window_s - 0.3)
+        assert 0 <= lost <= recent, (lost, recent, len(answered))
+
+
+@pytest.mark.parametrize("durability", ["strict", "batched"])
+def test_a_full_disk_refuses_strict_and_serves_batched_and_nothing_is_lost(
+    tmp_path: Path, durability: str
+) -> None:
+    """No file may grow (RLIMIT_FSIZE on the running gateway), then it may again."""
+    Idp(tmp_path)
+    with BackgroundPeers() as peers:
+        cfg = _audit_config(tmp_path, peers.upstream.port, durability=durability, flush_interval="200ms")
+        gw = GatewayProcess(cfg)
+        try:
+            assert _get(gw.proxy, "/fhir/Patient/d1") == 200
+            time.sleep(0.5)  # the first record on disk (the segment exists and has grown)
+            subprocess.run(["prlimit", f"--pid={gw.proc.pid}", "--fsize=0:unlimited"], check=True)
+            during = [_get(gw.proxy, f"/fhir/Patient/d{i}") for i in range(2, 6)]
+            assert _get(gw.proxy, "/scheduling/appointments/1") == 200  # not audited: unaffected
+            eventually(
+                lambda: counter_value(_metrics(gw), "vitalgate_audit_write_errors_total") >= 1, "a failed write"
+            )
+            subprocess.run(["prlimit", f"--pid={gw.proc.pid}", "--fsize=unlimited:unlimited"], check=True)
+            eventually(
+                lambda: counter_value(_metrics(gw), "vitalgate_audit_records_total") >= 5, "all recorded"
+            )
+            metrics = _metrics(gw)
+        finally:
+            assert gw.terminate() == 0
+    assert during == ([503] * 4 if durability == "strict" else [200] * 4)
+    assert counter_value(metrics, "vitalgate_audit_write_errors_total") >= 1
+    assert counter_value(metrics, "vitalgate_telemetry_dropped_total", signal="audit") == 0
+    events = json.loads(vitalgate("audit", "search", "--config", str(cfg), "--format", "json").stdout)
+    outcomes = [(ev["entity"][-1]["what"]["reference"], ev["outcome"]) for ev in events]
+    expected = "12" if durability == "strict" else "0"  # strict: refused by the gateway itself
+    assert outcomes == [("Patient/d1", "0"), *((f"Patient/d{i}", expected) for i in range(2, 6))]
+
+
+def _metrics(gw: GatewayProcess) -> str:
+    with urllib.request.urlopen(gw.admin + "/metrics", timeout=5) as r:
+        return str(r.read().decode())
+
+
+def _admin_get(url: str, token: str | None) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def test_only_the_auditor_reads_the_trail_and_every_read_is_recorded(tmp_path: Path) -> None:
+    Idp(tmp_path)
+    tokens = {role: f"token-{role}-0123456789" for role in ("sre", "engineer", "account_manager", "auditor")}
+    admin_tokens = [
+        {"name": f"{role}-1", "sha256": hashlib.sha256(t.encode()).hexdigest(), "role": role}
+        | ({"facilities": ["st-marys"]} if role == "account_manager" else {})
+        for role, t in tokens.items()
+    ]
+    with BackgroundPeers() as peers:
+        cfg = _audit_config(tmp_path, peers.upstream.port)
+        doc = yaml.safe_load(cfg.read_text())
+        doc["admin"]["tokens"] = admin_tokens
+        cfg.write_text(yaml.safe_dump(doc))
+        gw = GatewayProcess(cfg)
+        try:
+            assert _get(gw.proxy, f"/fhir/Patient/{PATIENT}") == 200
+            url = f"{gw.admin}/api/v1/audit?patient={PATIENT}"
+            eventually(lambda: _admin_get(url, tokens["auditor"])[1].get("total") == 1, "the read recorded")
+            assert _admin_get(url, None)[0] == 401
+            assert _admin_get(url, "not-a-token")[0] == 401
+            for role in ("sre", "engineer", "account_manager"):
+                assert _admin_get(url, tokens[role])[0] == 403, role
+            status, bundle = _admin_get(url, tokens["auditor"])
+            assert status == 200 and bundle["type"] == "searchset"
+            (entry,) = bundle["entry"]
+            assert entry["resource"]["entity"][-1]["what"]["reference"] == f"Patient/{PATIENT}"
+            assert _admin_get(f"{gw.admin}/api/v1/audit?since=yesterday", tokens["auditor"])[0] == 400
+        finally:
+            assert gw.terminate() == 0
+    reads = json.loads(
+        vitalgate("audit", "search", "--config", str(cfg), "--user", "auditor-1", "--format", "json").stdout
+    )
+    assert len(reads) >= 3  # every auditor read above, the refused ones not
+    query = next(e for e in reads[0]["entity"] if e["role"]["code"] == "24")
+    assert base64.b64decode(query["query"]).decode() == f"patient={PATIENT}"
+    assert not (tmp_path / "access.log").read_text().count(PATIENT)
+
+
+def test_a_header_identity_is_believed_only_from_its_trusted_sources(tmp_path: Path) -> None:
+    with BackgroundPeers() as peers:
+        for sources, expected in ((["127.0.0.1/32"], "alice"), (["10.0.0.0/8"], "unverified")):
+            folder = tmp_path / sources[0].replace("/", "_")
+            folder.mkdir()
+            identity = {"header": "X-Authenticated-User", "trusted_sources": sources}
+            cfg = _audit_config(folder, peers.upstream.port, identity=identity)
+            gw = GatewayProcess(cfg)
+            try:
+                assert _get(gw.proxy, "/fhir/Patient/h1", **{"X-Authenticated-User": "alice"}) == 200
+            finally:
+                assert gw.terminate() == 0
+            (ev,) = json.loads(vitalgate("audit", "search", "--config", str(cfg), "--format", "json").stdout)
+            who = ev["agent"][0]["who"]
+            assert (who["identifier"]["value"] if expected == "alice" else who["display"]).startswith(
+                expected
+            )
+
+
+def test_retention_removes_old_segments_only_with_a_signed_deletion_record(tmp_path: Path) -> None:
+    """Segments of days past ``retention`` go, each replaced by a signed deletion record that
+    verify accepts; a segment removed without one is caught."""
+    from gateway.audit.keys import Keyring, keygen, read_signing_key
+    from gateway.audit.store import Appender
+    from gateway.audit.verify import expire, verify
+
+    keygen(tmp_path / "keys")
+    keyring = Keyring.load([tmp_path / "keys" / "audit.key"])
+    signer = read_signing_key(tmp_path / "keys" / "audit-signing.key")
+    store = tmp_path / "audit"
+    app = Appender(store, keyring, signer)
+    day_ms = 86_400_000
+    start = (int(time.time() * 1000) // day_ms - 10) * day_ms + 3_600_000  # 01:00 UTC, 10 days ago
+    for day in range(4):  # four days, three records a day
+        for n in range(3):
+            t = start + day * day_ms + n
+            app.segment_for(t)
+            app.write([app.encode(json.dumps({"day": day, "n": n}).encode(), t)])
+    app.sync()
+    app.checkpoint(None)
+    app.close()
+    assert len(list((store / "segments").glob("*.seg"))) == 4
+    public = signer.public_key()
+    assert verify(store, keyring, public, []).problem is None
+    removed = expire(store, signer, retention_s=8 * 86400, now_s=start / 1000 + 10 * 86400)
+    assert len(removed) == 2  # the first two days; the open segment is never removed
+    report = verify(store, keyring, public, [])
+    assert report.problem is None and report.records == 6
+    # A sealed segment deleted by hand, with no deletion record: caught.
+    oldest = sorted((store / "segments").glob("*.seg"))[0]
+    oldest.chmod(0o600)
+    oldest.unlink()
+    problem = verify(store, keyring, public, []).problem
+    assert problem is not None and "records missing" in problem
