@@ -12,7 +12,7 @@ a warm-up, counting is switched on for ``--requests`` GET requests over 20
 keep-alive connections (to the same nginx upstream and FHIR body as
 ``bench/proxy.py``), then off, and the total is divided by the requests.
 
-    python -m bench.instructions [--requests 2000] [--ratio 1.0 --ratio 0.1] [--keep DIR]
+    python -m bench.instructions [--requests 2000] [--ratio 1.0 --ratio 0.1] [--keep DIR] [--audit MODE]
                                  [--body patient|bundle]
 
 ``--body bundle`` answers every request with a 100-entry searchset Bundle whose
@@ -105,7 +105,12 @@ def bundle(origin: str, entries: int = 100) -> dict[str, object]:
 
 
 def measure(
-    ratio: float, requests: int, keep: Path | None, body: str = "patient", inspect: bool = True
+    ratio: float,
+    requests: int,
+    keep: Path | None,
+    body: str = "patient",
+    inspect: bool = True,
+    audit: str | None = None,
 ) -> float:
     work = Path(tempfile.mkdtemp(prefix="vitalgate-instr-"))
     os.chmod(work, 0o755)  # noqa: S103  nginx workers (user root) read it
@@ -127,7 +132,7 @@ def measure(
         # connection) waits its turn behind 19 others' Bundles, so the upstream timeouts are
         # lifted well clear of it.
         cfg, port = vitalgate_config(
-            work, "instr", up, sink, ratio, inspect, total_timeout_s=600, connect_timeout_s=120
+            work, "instr", up, sink, ratio, inspect, total_timeout_s=600, connect_timeout_s=120, audit=audit
         )
         out = work / "callgrind.out"
         gateway = subprocess.Popen(
@@ -180,6 +185,9 @@ def main() -> int:
     parser.add_argument(
         "--no-inspect", action="store_true", help="FHIR JSON passes uninspected (rewrite_max_bytes: 0)"
     )
+    parser.add_argument(
+        "--audit", choices=["batched", "strict"], default=None, help="with the audit trail (default: none)"
+    )
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "taskset"):
         if shutil.which(tool) is None:
@@ -188,10 +196,11 @@ def main() -> int:
 
     print(f"vitalgate request path: {build().describe()}")
     for ratio in args.ratio or [1.0, 0.1]:
-        per_request = measure(ratio, args.requests, args.keep, args.body, not args.no_inspect)
+        per_request = measure(ratio, args.requests, args.keep, args.body, not args.no_inspect, args.audit)
+        audit = f", audit {args.audit}" if args.audit else ""
         print(
             f"sample ratio {ratio}: {per_request:,.0f} instructions per request "
-            f"({args.requests} requests, {args.body} body{', not inspected' if args.no_inspect else ''})"
+            f"({args.requests} requests, {args.body} body{', not inspected' if args.no_inspect else ''}{audit})"
         )
     return 0
 

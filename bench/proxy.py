@@ -211,9 +211,21 @@ def vitalgate_config(
     inspect: bool = True,
     total_timeout_s: float = 30.0,
     connect_timeout_s: float = 2.0,
+    audit: str | None = None,
 ) -> tuple[Path, int]:
+    """A gateway config; ``audit`` (``batched`` or ``strict``) adds an audit trail with keys of
+    its own."""
     port = free_port()
     cfg = work / f"{name}.yaml"
+    audit_section = ""
+    if audit is not None:
+        from gateway.audit.keys import keygen
+
+        keygen(work / f"keys-{name}")
+        audit_section = (
+            f"audit: {{path: {work / ('audit-' + name)}, key_file: {work / f'keys-{name}' / 'audit.key'},"
+            f" signing_key_file: {work / f'keys-{name}' / 'audit-signing.key'}, durability: {audit}}}\n"
+        )
     cfg.write_text(
         f"""version: 1
 listen: "127.0.0.1:{port}"
@@ -229,6 +241,7 @@ telemetry:
   store: {{path: {work / (name + ".db")}}}
   traces: {{otlp_endpoint: "http://127.0.0.1:{sink_port}", sample_ratio: {ratio}}}
 """
+        + audit_section
     )
     return cfg, port
 
@@ -238,7 +251,7 @@ Targets = dict[str, tuple[str, int | None]]
 
 
 def _start_targets(
-    work: Path, nginx: str, workers: int, procs: dict[str, subprocess.Popen[bytes]]
+    work: Path, nginx: str, workers: int, procs: dict[str, subprocess.Popen[bytes]], audit: bool = False
 ) -> tuple[Targets, list[int]]:
     """The upstream, the sink and every proxy compared, started into ``procs``; the targets
     and the ports to wait for."""
@@ -270,15 +283,19 @@ def _start_targets(
         "nginx proxy": (f"http://127.0.0.1:{nginx_port}{path}", procs["nginx proxy"].pid),
         "bare aiohttp proxy": (f"http://127.0.0.1:{bare_port}{path}", procs["bare aiohttp proxy"].pid),
     }
-    gateways = [
-        (name, name.split()[-1].rstrip(")"), ratio, 0, PROXY_CORE)
+    gateways: list[tuple[str, str, float, int, str, str | None]] = [
+        (name, name.split()[-1].rstrip(")"), ratio, 0, PROXY_CORE, None)
         for name, ratio in (("vitalgate (sample 1.0)", 1.0), ("vitalgate (sample 0.1)", 0.1))
     ]
+    if audit:
+        gateways += [
+            (f"vitalgate audit {d}", f"audit-{d}", 1.0, 0, PROXY_CORE, d) for d in ("batched", "strict")
+        ]
     if workers:
         # Both unpinned: the kernel may use both cores (shared with wrk and the upstream).
-        gateways += [(f"vitalgate x{n} unpinned", f"w{n}", 1.0, n, "0-1") for n in (1, workers)]
-    for name, tag, ratio, n, cores in gateways:
-        cfg, port = vitalgate_config(work, tag, up_port, sink_port, ratio)
+        gateways += [(f"vitalgate x{n} unpinned", f"w{n}", 1.0, n, "0-1", None) for n in (1, workers)]
+    for name, tag, ratio, n, cores, durability in gateways:
+        cfg, port = vitalgate_config(work, tag, up_port, sink_port, ratio, audit=durability)
         cmd = [sys.executable, "-m", "vitalgate", "serve", "--config", str(cfg)]
         procs[name] = start([*cmd, "--workers", str(n)] if n else cmd, cores)
         targets[name] = (f"http://127.0.0.1:{port}{path}", procs[name].pid)
@@ -349,6 +366,11 @@ def main() -> int:
         default=0,
         help="also run vitalgate --workers N (sample 1.0) against 1 worker, both unpinned",
     )
+    parser.add_argument(
+        "--audit",
+        action="store_true",
+        help="also run vitalgate (sample 1.0) with the audit trail, batched and strict",
+    )
     args = parser.parse_args()
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
@@ -363,7 +385,7 @@ def main() -> int:
     (work / "patient.json").write_bytes(body)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        targets, ports = _start_targets(work, nginx, args.workers, procs)
+        targets, ports = _start_targets(work, nginx, args.workers, procs, args.audit)
         for port in ports:
             wait_port(port)
         for url, _ in targets.values():

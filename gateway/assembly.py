@@ -17,7 +17,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from gateway.audit.config import AuditConfig, retention_s
+from gateway.audit.config import AuditConfig, ForwardConfig, retention_s
+from gateway.audit.forward import Forwarder, ForwardSettings
 from gateway.audit.identity import HeaderIdentity, Identities, JwksIdentity, NoIdentity
 from gateway.audit.keys import Keyring, read_signing_key
 from gateway.audit.store import CHECKPOINT_EVENT
@@ -98,9 +99,12 @@ class DataPlane:
             entry_sinks.append(self.recorder)
         sinks.append(access_log)
         self.audit: AuditTrail | None = None
+        self.forwarder: Forwarder | None = None
         if cfg.audit is not None:
             self.audit = audit_trail(config, cfg.audit, metrics, access_log)
             sinks.append(self.audit)
+            if cfg.audit.forward is not None:
+                self.forwarder = forwarder(config, cfg.audit, cfg.audit.forward, self.audit, metrics)
         identity = cfg.audit.identity if cfg.audit is not None else None
         outputs = Outputs(
             self.tracing.tracer,
@@ -122,6 +126,8 @@ class DataPlane:
             self.recorder.start()
         if self.audit is not None:
             self.audit.start()
+        if self.forwarder is not None:
+            self.forwarder.start()
         await self.tracing.start()
         for u in self.upstreams.values():
             await u.start()
@@ -133,6 +139,8 @@ class DataPlane:
         if self.recorder is not None:
             self.recorder.flush()
             await asyncio.get_running_loop().run_in_executor(None, self.recorder.close)
+        if self.forwarder is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.forwarder.close)
         if self.audit is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.audit.close)
         await self.tracing.shutdown()
@@ -170,3 +178,22 @@ def audit_trail(
         access_log.event(time.time(), CHECKPOINT_EVENT, {"checkpoint": checkpoint})
 
     return AuditTrail(settings, keyring, signer, identities(config, audit), metrics, publish)
+
+
+def forwarder(
+    config: Config[GatewayConfig],
+    audit: AuditConfig,
+    fwd: ForwardConfig,
+    trail: AuditTrail,
+    metrics: GatewayMetrics,
+) -> Forwarder:
+    token = config.resolve(fwd.token_file).read_text().strip() if fwd.token_file else None
+    settings = ForwardSettings(
+        url=fwd.url,
+        batch_size=fwd.batch_size,
+        interval_s=fwd.interval,
+        timeout_s=fwd.timeout,
+        ca_file=str(config.resolve(fwd.ca_file)) if fwd.ca_file else None,
+        authorization=f"Bearer {token}" if token else None,
+    )
+    return Forwarder(settings, trail.settings.directory, trail.keyring, lambda: trail.durable_size, metrics)

@@ -212,6 +212,31 @@ class GatewayMetrics:
             registry=registry,
         )
 
+        self._forwarded = Counter(
+            names.AUDIT_FORWARDED, "AuditEvents the audit repository accepted.", registry=registry
+        )
+        self._forward_failures = Counter(
+            names.AUDIT_FORWARD_FAILURES,
+            "Batches the audit repository did not take (retried with backoff), by reason.",
+            ("reason",),
+            registry=registry,
+        )
+        self._forward_lag = Gauge(
+            names.AUDIT_FORWARD_LAG,
+            "AuditEvents on disk not yet accepted by the audit repository.",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+
+    def audit_forwarded(self, n: int) -> None:
+        self._forwarded.inc(n)
+
+    def audit_forward_failed(self, reason: str) -> None:
+        self._forward_failures.labels(reason).inc()
+
+    def audit_forward_lag(self, records: int) -> None:
+        self._forward_lag.set(records)
+
     def audit_written(self, n: int) -> None:
         self._audit_records.inc(n)
 

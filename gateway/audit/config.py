@@ -71,6 +71,18 @@ class IdentityConfig(StrictModel):
         return self
 
 
+class ForwardConfig(StrictModel):
+    """An audit repository: a FHIR server's base, to which AuditEvents are posted in batches."""
+
+    url: str = Field(pattern=r"^https?://")
+    batch_size: int = Field(default=100, ge=1, le=1000)
+    interval: Annotated[DurationS, Field(gt=0, le=3600)] = 5.0
+    timeout: Annotated[DurationS, Field(gt=0, le=300)] = 10.0
+    ca_file: str | None = None
+    token_file: str | None = None
+    """A file holding the bearer token the repository wants (kept out of gateway.yaml)."""
+
+
 class AuditConfig(StrictModel):
     path: str = "audit"
     key_file: str | None = None
@@ -84,6 +96,7 @@ class AuditConfig(StrictModel):
     checkpoint_interval: Annotated[DurationS, Field(ge=1, le=3600)] = 60.0
     retention: Annotated[str, AfterValidator(_retention)] = "6y"
     max_queue: int = Field(default=100_000, ge=100, le=10_000_000)
+    forward: ForwardConfig | None = None
     max_patients: int = Field(default=100, ge=1, le=10_000)
     """Patients recorded from one search's results; those past it are counted in the event."""
 
@@ -110,6 +123,9 @@ def file_problems(audit: dict[str, Any], source: Source, base: Path) -> list[Pro
     identity = audit.get("identity")
     if isinstance(identity, dict):
         checks.append((("audit", "identity", "jwks_file"), identity.get("jwks_file"), _read_jwks))
+    forward = audit.get("forward")
+    if isinstance(forward, dict):
+        checks += [(("audit", "forward", k), forward.get(k), _exists) for k in ("ca_file", "token_file")]
     for loc, rel, load in checks:
         if not isinstance(rel, str):
             continue
@@ -119,6 +135,11 @@ def file_problems(audit: dict[str, Any], source: Source, base: Path) -> list[Pro
         except AuditKeyError as exc:
             problems.append(source.problem(loc, str(exc).replace(str(path), rel)))
     return problems
+
+
+def _exists(path: Path) -> None:
+    if not path.is_file():
+        raise AuditKeyError(f"{path}: file not found")
 
 
 def _read_jwks(path: Path) -> None:

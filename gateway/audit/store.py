@@ -5,7 +5,7 @@ A segment is ``segments/YYYY-MM-DD.seg`` (the UTC day of writing), one JSON obje
 
     {"i": 17, "t": 1764640000123, "k": "<key id>", "n": "<nonce>", "c": "<ciphertext>", "h": "<hash>"}
 
-``c`` is the AuditEvent, AES-256-GCM under key ``k`` with the record's position and the
+``c`` is the AuditEvent (deflated), AES-256-GCM under key ``k`` with the record's position and the
 previous hash as associated data, so a record cannot be moved or replayed elsewhere in the
 chain. ``h`` = SHA-256 of the previous record's ``h`` and this record's other fields: changing,
 removing, inserting or reordering a record breaks every hash after it. The first day a record
@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -55,6 +56,12 @@ def chain_hash(prev: str, i: int, t: int, kid: str, nonce: str, ct: str) -> str:
 
 def aad(i: int, prev: str) -> bytes:
     return f"vitalgate-audit|{i}|{prev}".encode()
+
+
+def event_of(plain: bytes) -> dict[str, Any]:
+    """The AuditEvent in a record's decrypted content."""
+    event: dict[str, Any] = json.loads(zlib.decompress(plain))
+    return event
 
 
 def segment_name(t_ms: int) -> str:
@@ -167,10 +174,12 @@ class Appender:
         self._fd_segment: str | None = None
 
     def encode(self, plaintext: bytes, t_ms: int) -> bytes:
-        """The next record's line (the head advances; written by ``write``)."""
+        """The next record's line (the head advances; written by ``write``). The event is
+        deflated before it is encrypted: a BALP event's JSON shrinks 2.5 times, which over six
+        years of retention is most of the disk."""
         i, prev = self.head.size, self.head.hash
         nonce = os.urandom(12)
-        ct = _b64(self.keyring.seal(nonce, plaintext, aad(i, prev)))
+        ct = _b64(self.keyring.seal(nonce, zlib.compress(plaintext, 1), aad(i, prev)))
         n = _b64(nonce)
         kid = self.keyring.current
         h = chain_hash(prev, i, t_ms, kid, n, ct)

@@ -112,7 +112,7 @@ class AuditTrail:
         publish: Callable[[dict[str, Any]], None] | None,
     ) -> None:
         self.settings = settings
-        self._keyring = keyring
+        self.keyring = keyring
         self._signer = signer
         self._identities = identities
         self._counters = counters
@@ -187,7 +187,7 @@ class AuditTrail:
     # -- the writer thread -------------------------------------------------------------------
 
     def start(self) -> None:
-        self._appender = Appender(self.settings.directory, self._keyring, self._signer)
+        self._appender = Appender(self.settings.directory, self.keyring, self._signer)
         self.durable_size = self._appender.head.size
         if self._appender.torn_bytes:
             log.warning(
@@ -248,7 +248,7 @@ class AuditTrail:
         the search stops at the size the last fsync made durable)."""
         size = self.durable_size
         out = []
-        for rec in records(self.settings.directory, self._keyring):
+        for rec in records(self.settings.directory, self.keyring):
             if rec.index >= size:
                 break
             if query.matches(rec.event, rec.t_ms):

@@ -23,6 +23,7 @@ from gateway.audit.store import (
     SEGMENTS,
     aad,
     chain_hash,
+    event_of,
     read_jsonl,
     sign,
     signature_ok,
@@ -117,7 +118,7 @@ def _records(
                 report.records += 1
                 if expected in needed:
                     heads[expected] = h
-                yield Record(i, int(t), json.loads(plain))
+                yield Record(i, int(t), event_of(plain))
         if not sealed and n < len(segments) - 1:
             raise _Bad(f"{SEGMENTS}/{path.name}: not sealed, yet a later segment exists (cut or replaced)")
     heads[expected] = prev

@@ -17,6 +17,7 @@ from typing import Any
 import jwt
 import pytest
 import yaml
+from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fhir.resources.R4B.auditevent import AuditEvent
 
@@ -30,6 +31,7 @@ from tests.helpers import (
     read_log,
     vitalgate,
 )
+from vitalgate.peers import UpstreamPeer, operation_outcome
 
 ISSUER = "https://idp.example.org"
 AUDIENCE = "vitalgate-fhir"
@@ -345,7 +347,8 @@ def test_a_full_disk_refuses_strict_and_serves_batched_and_nothing_is_lost(
             during = [_get(gw.proxy, f"/fhir/Patient/d{i}") for i in range(2, 6)]
             assert _get(gw.proxy, "/scheduling/appointments/1") == 200  # not audited: unaffected
             eventually(
-                lambda: counter_value(_metrics(gw), "vitalgate_audit_write_errors_total") >= 1, "a failed write"
+                lambda: counter_value(_metrics(gw), "vitalgate_audit_write_errors_total") >= 1,
+                "a failed write",
             )
             subprocess.run(["prlimit", f"--pid={gw.proc.pid}", "--fsize=unlimited:unlimited"], check=True)
             eventually(
@@ -469,3 +472,67 @@ def test_retention_removes_old_segments_only_with_a_signed_deletion_record(tmp_p
     oldest.unlink()
     problem = verify(store, keyring, public, []).problem
     assert problem is not None and "records missing" in problem
+
+
+class Repository(UpstreamPeer):
+    """An audit repository (a FHIR server's batch endpoint) that refuses its first batches."""
+
+    def __init__(self, refuse_first: int) -> None:
+        self.refuse_left = refuse_first
+        self.events: dict[str, dict[str, Any]] = {}
+        self.received = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if self.refuse_left > 0:
+            self.refuse_left -= 1
+            return web.json_response(operation_outcome("transient", "down for maintenance"), status=503)
+        answers = []
+        for entry in body["entry"]:
+            assert entry["request"]["method"] == "PUT"
+            kind, _, rid = entry["request"]["url"].partition("/")
+            assert kind == "AuditEvent" and rid == entry["resource"]["id"]
+            answers.append({"response": {"status": "200 OK" if rid in self.events else "201 Created"}})
+            self.events[rid] = entry["resource"]
+            self.received += 1
+        return web.json_response({"resourceType": "Bundle", "type": "batch-response", "entry": answers})
+
+
+def test_forwarding_survives_a_failing_repository_and_a_restart_exactly_once_in_effect(
+    tmp_path: Path,
+) -> None:
+    Idp(tmp_path)
+    with BackgroundPeers() as peers:
+        repo = Repository(refuse_first=2)
+        peers.run(repo.start())
+        try:
+            forward = {"url": f"http://127.0.0.1:{repo.port}/fhir", "batch_size": 5, "interval": "100ms"}
+            cfg = _audit_config(tmp_path, peers.upstream.port, forward=forward)
+            gw = GatewayProcess(cfg)
+            try:
+                for i in range(12):
+                    assert _get(gw.proxy, f"/fhir/Patient/f{i}") == 200
+                eventually(lambda: len(repo.events) == 12, "12 events forwarded", timeout_s=30)
+                eventually(
+                    lambda: counter_value(_metrics(gw), "vitalgate_audit_forward_lag_records") == 0, "no lag"
+                )
+                metrics = _metrics(gw)
+            finally:
+                assert gw.terminate() == 0
+            assert counter_value(metrics, "vitalgate_audit_forward_failures_total", reason="http_5xx") == 2
+            assert counter_value(metrics, "vitalgate_audit_forwarded_total") == 12
+            gw = GatewayProcess(cfg)  # resumes at its cursor
+            try:
+                for i in range(3):
+                    assert _get(gw.proxy, f"/fhir/Patient/g{i}") == 200
+                eventually(lambda: len(repo.events) == 15, "the 3 new events forwarded", timeout_s=30)
+            finally:
+                assert gw.terminate() == 0
+        finally:
+            peers.run(repo.stop())
+    assert repo.received == 15  # none sent twice: the cursor held across the restart
+    assert (tmp_path / "audit" / "forward.cursor").read_text().strip() == "15"
+    stored = json.loads(vitalgate("audit", "search", "--config", str(cfg), "--format", "json").stdout)
+    assert {ev["id"] for ev in stored} == set(repo.events)
+    for ev in repo.events.values():
+        AuditEvent.model_validate(ev)
