@@ -54,13 +54,13 @@ def build(folder: Path, n: int) -> tuple[Path, float]:
     lines: list[bytes] = []
     for i in range(n):
         t_s = start_s + i * (86400 / PER_DAY)
-        (event,) = events.build(_request(i, t_s), who)
+        (record,) = events.facts(_request(i, t_s), who)
         t_ms = int(t_s * 1000)
         if app.head.segment is not None and app.head.segment != segment_name(t_ms):
             app.write(lines)
             lines = []
         app.segment_for(t_ms)
-        lines.append(app.encode(json.dumps(event, separators=(",", ":")).encode(), t_ms))
+        lines.append(app.encode(json.dumps(record, separators=(",", ":")).encode(), t_ms))
         if len(lines) >= 10_000:
             app.write(lines)
             app.sync()

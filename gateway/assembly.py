@@ -21,7 +21,7 @@ from gateway.audit.config import AuditConfig, ForwardConfig, retention_s
 from gateway.audit.forward import Forwarder, ForwardSettings
 from gateway.audit.identity import HeaderIdentity, Identities, JwksIdentity, NoIdentity
 from gateway.audit.keys import Keyring, read_signing_key
-from gateway.audit.store import CHECKPOINT_EVENT
+from gateway.audit.store import CHECKPOINT_EVENT, CHECKPOINT_SPAN
 from gateway.audit.trail import AuditTrail, TrailSettings
 from gateway.config import Config, GatewayConfig
 from gateway.dataplane.accesslog import AccessLog
@@ -101,7 +101,7 @@ class DataPlane:
         self.audit: AuditTrail | None = None
         self.forwarder: Forwarder | None = None
         if cfg.audit is not None:
-            self.audit = audit_trail(config, cfg.audit, metrics, access_log)
+            self.audit = audit_trail(config, cfg.audit, metrics, access_log, self.tracing)
             sinks.append(self.audit)
             if cfg.audit.forward is not None:
                 self.forwarder = forwarder(config, cfg.audit, cfg.audit.forward, self.audit, metrics)
@@ -158,10 +158,15 @@ def identities(config: Config[GatewayConfig], audit: AuditConfig) -> Identities:
 
 
 def audit_trail(
-    config: Config[GatewayConfig], audit: AuditConfig, metrics: GatewayMetrics, access_log: AccessLog
+    config: Config[GatewayConfig],
+    audit: AuditConfig,
+    metrics: GatewayMetrics,
+    access_log: AccessLog,
+    tracing: Tracing,
 ) -> AuditTrail:
     """The audit sink: its keys loaded (``vitalgate check`` has checked them), checkpoints
-    published in the access log, outside the audit store."""
+    published outside the audit store: in the access log, and as a span when traces are
+    exported."""
     settings = TrailSettings(
         directory=config.resolve(audit.path),
         flush_interval_s=audit.flush_interval,
@@ -176,6 +181,9 @@ def audit_trail(
 
     def publish(checkpoint: dict[str, Any]) -> None:
         access_log.event(time.time(), CHECKPOINT_EVENT, {"checkpoint": checkpoint})
+        tracing.event_span(
+            CHECKPOINT_SPAN, {f"vitalgate.audit.checkpoint.{k}": v for k, v in checkpoint.items()}
+        )
 
     return AuditTrail(settings, keyring, signer, identities(config, audit), metrics, publish)
 

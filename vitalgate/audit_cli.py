@@ -75,7 +75,7 @@ def cmd_verify(config: Config[GatewayConfig], args: argparse.Namespace) -> int:
 def selected(config: Config[GatewayConfig], audit: AuditConfig, args: argparse.Namespace) -> Iterator[Record]:
     query = AuditQuery.of(args.patient, args.user, args.facility, args.since, args.until)
     for rec in records(config.resolve(audit.path), _keyring(config, audit)):
-        if query.matches(rec.event, rec.t_ms):
+        if query.matches(rec):
             yield rec
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.audit.keys import Keyring
-from gateway.audit.store import DELETIONS, GENESIS, SEGMENTS, aad, event_of, read_jsonl
+from gateway.audit.store import DELETIONS, GENESIS, SEGMENTS, aad, facts_of, read_jsonl
 from gateway.audit.verify import Record
 
 log = logging.getLogger("vitalgate.audit")
@@ -99,7 +99,7 @@ class Tail:
                     )
                     if plain is None:
                         raise ValueError(f"record {i} does not decrypt (run `vitalgate audit verify`)")
-                    out.append(Record(i, int(rec["t"]), event_of(plain)))
+                    out.append(Record(i, int(rec["t"]), facts_of(plain)))
                     self._start = i + 1
         return out
 

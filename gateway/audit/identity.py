@@ -3,7 +3,10 @@ ES256; signature, expiry, issuer, audience, with PyJWT), or a header an authenti
 in front sets, believed only from its configured addresses. What cannot be established is
 recorded as unverified, with the token's SHA-256, never the token.
 
-Runs on the audit writer's thread, never on the request path.
+Runs on the audit writer's thread, never on the request path: a token is judged when its
+record is written (within ``flush_interval``), its expiry against the time of the request, and
+its signature against the JWKS as the writer finds it then (an unknown key id fetches a
+``jwks_url`` again).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from gateway.audit.events import Who
 
 ALGORITHMS = ["RS256", "ES256"]
 CACHE_MAX = 10_000
+NBF_LEEWAY_S = 30.0
+"""Clock skew allowed between the identity provider and the gateway for ``nbf``."""
 
 
 def _sha256(token: str) -> str:
@@ -38,14 +43,18 @@ def _bearer(authorization: str | None) -> str | None:
 class Identities:
     """Resolves the user of a request (``resolve``), caching verified tokens until they expire."""
 
-    def resolve(self, authorization: str | None, user_header: str | None, peer: str | None) -> Who:
+    def resolve(
+        self, authorization: str | None, user_header: str | None, peer: str | None, at_s: float
+    ) -> Who:
         raise NotImplementedError
 
 
 class NoIdentity(Identities):
     """No ``audit.identity`` configured: every user is unverified (the token's hash kept)."""
 
-    def resolve(self, authorization: str | None, user_header: str | None, peer: str | None) -> Who:
+    def resolve(
+        self, authorization: str | None, user_header: str | None, peer: str | None, at_s: float
+    ) -> Who:
         token = _bearer(authorization)
         return Who(None, None, None, False, _sha256(token) if token else None, "no identity configured")
 
@@ -69,7 +78,9 @@ class HeaderIdentity(Identities):
                 self._trusted[peer] = known
         return known
 
-    def resolve(self, authorization: str | None, user_header: str | None, peer: str | None) -> Who:
+    def resolve(
+        self, authorization: str | None, user_header: str | None, peer: str | None, at_s: float
+    ) -> Who:
         token = _bearer(authorization)
         digest = _sha256(token) if token else None
         if not user_header:
@@ -91,7 +102,13 @@ class JwksIdentity(Identities):
         self.issuer = issuer
         self.audience = audience
         self._file = jwks_file
-        self._client = jwt.PyJWKClient(jwks_url, lifespan=int(refresh_s)) if jwks_url else None
+        # An unknown key id fetches the set again, at most once per refresh period (PyJWT's
+        # cooldown: tokens with made-up key ids cannot make the gateway hammer the provider).
+        self._client = (
+            jwt.PyJWKClient(jwks_url, lifespan=refresh_s, cooldown_duration=min(30.0, refresh_s))
+            if jwks_url
+            else None
+        )
         self._refresh_s = refresh_s
         self._keys: dict[str, Any] = {}
         self._loaded_at = 0.0
@@ -113,7 +130,7 @@ class JwksIdentity(Identities):
             raise jwt.InvalidKeyError(f"no key {kid!r} in the JWKS")
         return key
 
-    def _verify(self, token: str) -> dict[str, Any]:
+    def _verify(self, token: str, at_s: float) -> dict[str, Any]:
         if self._client is not None:
             key: Any = self._client.get_signing_key_from_jwt(token)
         else:
@@ -124,21 +141,27 @@ class JwksIdentity(Identities):
             algorithms=ALGORITHMS,
             audience=self.audience,
             issuer=self.issuer,
-            options={"require": ["exp", "iss", "aud", "sub"]},
+            # Expiry and not-before are judged at the request's time, below, not the writer's.
+            options={"require": ["exp", "iss", "aud", "sub"], "verify_exp": False, "verify_nbf": False},
         )
+        if float(claims["exp"]) <= at_s:
+            raise jwt.ExpiredSignatureError("expired before the request")
+        if "nbf" in claims and float(claims["nbf"]) > at_s + NBF_LEEWAY_S:
+            raise jwt.ImmatureSignatureError("not yet valid at the request")
         return claims
 
-    def resolve(self, authorization: str | None, user_header: str | None, peer: str | None) -> Who:
+    def resolve(
+        self, authorization: str | None, user_header: str | None, peer: str | None, at_s: float
+    ) -> Who:
         token = _bearer(authorization)
         if token is None:
             return Who(None, None, None, False, None, "no bearer token")
         digest = _sha256(token)
         cached = self._cache.get(digest)
-        now = time.time()
-        if cached is not None and cached[1] > now:
+        if cached is not None and cached[1] > at_s:
             return cached[0]
         try:
-            claims = self._verify(token)
+            claims = self._verify(token, at_s)
         except jwt.ExpiredSignatureError:
             return Who(None, None, None, False, digest, "expired")
         except jwt.InvalidSignatureError:

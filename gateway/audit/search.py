@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+
+from gateway.audit import events
+from gateway.audit.verify import Record
 
 
 def parse_time(value: str | None) -> float | None:
@@ -33,22 +35,16 @@ class AuditQuery:
     ) -> AuditQuery:
         return cls(patient, user, facility, parse_time(since), parse_time(until))
 
-    def matches(self, event: dict[str, Any], t_ms: int) -> bool:
-        t = t_ms / 1000
+    def matches(self, record: Record) -> bool:
+        """Decided on the stored facts: a search renders only the events it returns."""
+        t = record.t_ms / 1000
         if (self.since_s is not None and t < self.since_s) or (
             self.until_s is not None and t >= self.until_s
         ):
             return False
-        if self.patient is not None:
-            refs = {e.get("what", {}).get("reference") for e in event.get("entity", [])}
-            if f"Patient/{self.patient}" not in refs:
-                return False
-        if self.user is not None:
-            users = {
-                a.get("who", {}).get("identifier", {}).get("value")
-                for a in event.get("agent", [])
-                if a.get("requestor")
-            }
-            if self.user not in users:
-                return False
-        return self.facility is None or event.get("source", {}).get("site") == self.facility
+        f = record.fields
+        if self.patient is not None and events.patient_of(f) != self.patient:
+            return False
+        if self.user is not None and events.user_of(f) != self.user:
+            return False
+        return self.facility is None or events.site_of(f) == self.facility

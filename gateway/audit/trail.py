@@ -19,7 +19,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -117,12 +116,13 @@ class AuditTrail:
         self._identities = identities
         self._counters = counters
         self._publish = publish
-        self._queue: deque[Outcome | dict[str, Any]] = deque()
-        """Finished requests, and events already built (reads of the trail itself)."""
+        self._queue: deque[Outcome | list[Any]] = deque()
+        """Finished requests, and records already made (reads of the trail itself)."""
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._appender: Appender | None = None
+        self._dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
         self._pending_records: list[tuple[int, bytes]] = []
         """Encoded records a failed write left, tried again first (bounded by ``max_queue``)."""
         self._failing = False
@@ -198,10 +198,10 @@ class AuditTrail:
         self._thread = threading.Thread(target=self._run, name="vitalgate-audit", daemon=True)
         self._thread.start()
 
-    def _events(self, o: Outcome) -> list[dict[str, Any]]:
+    def _facts(self, o: Outcome) -> list[list[Any]]:
         facts = o.audit
         assert facts is not None
-        who = self._identities.resolve(facts.authorization, facts.user, facts.peer)
+        who = self._identities.resolve(facts.authorization, facts.user, facts.peer, o.started)
         req = events.Request(
             recorded_s=o.started + o.duration_s,
             method=facts.method,
@@ -222,18 +222,18 @@ class AuditTrail:
             bundle_type=bundle_type(facts.request_body),
         )
         found, cut = patients_in(facts.body, self.settings.max_patients) if facts.body else ([], 0)
-        return events.build(req, who, found, cut)
+        return events.facts(req, who, found, cut)
 
-    def _encode(self, batch: Sequence[Outcome | dict[str, Any]]) -> list[tuple[int, bytes]]:
+    def _encode(self, batch: Sequence[Outcome | list[Any]]) -> list[tuple[int, bytes]]:
+        dumps = self._dumps
         out = []
         for o in batch:
-            if isinstance(o, dict):
-                t_ms = int(datetime.fromisoformat(o["recorded"]).timestamp() * 1000)
-                out.append((t_ms, json.dumps(o, separators=(",", ":")).encode()))
+            if isinstance(o, list):
+                out.append((int(o[2] * 1000), dumps(o).encode()))
                 continue
             t_ms = int((o.started + o.duration_s) * 1000)
-            for ev in self._events(o):
-                out.append((t_ms, json.dumps(ev, separators=(",", ":")).encode()))
+            for record in self._facts(o):
+                out.append((t_ms, dumps(record).encode()))
         return out
 
     def record_read(self, token: str, peer: str | None, query: str, t_s: float) -> None:
@@ -241,7 +241,7 @@ class AuditTrail:
         if len(self._queue) >= self.settings.max_queue:
             self._counters.audit_dropped(1)
             return
-        self._queue.append(events.trail_read(token, peer, query, t_s))
+        self._queue.append(events.trail_read_facts(token, peer, query, t_s))
 
     def search(self, query: AuditQuery) -> list[dict[str, Any]]:
         """The events ``query`` selects among those on disk (a record being written is not read:
@@ -251,7 +251,7 @@ class AuditTrail:
         for rec in records(self.settings.directory, self.keyring):
             if rec.index >= size:
                 break
-            if query.matches(rec.event, rec.t_ms):
+            if query.matches(rec):
                 out.append(rec.event)
         return out
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from gateway.audit import events
 from gateway.audit.keys import Keyring
 from gateway.audit.store import (
     CHECKPOINT_EVENT,
@@ -23,7 +24,7 @@ from gateway.audit.store import (
     SEGMENTS,
     aad,
     chain_hash,
-    event_of,
+    facts_of,
     read_jsonl,
     sign,
     signature_ok,
@@ -49,7 +50,13 @@ class _Bad(Exception):
 class Record:
     index: int
     t_ms: int
-    event: dict[str, Any]
+    fields: list[Any]
+    """What the store holds of the event (``events.facts``)."""
+
+    @property
+    def event(self) -> dict[str, Any]:
+        """The FHIR AuditEvent (rendered on each use)."""
+        return events.render(self.fields)
 
 
 def _records(
@@ -118,7 +125,11 @@ def _records(
                 report.records += 1
                 if expected in needed:
                     heads[expected] = h
-                yield Record(i, int(t), event_of(plain))
+                try:
+                    fields = facts_of(plain)
+                except ValueError:
+                    raise _Bad(f"record {i} ({where}): decrypts, but is not an audit record") from None
+                yield Record(i, int(t), fields)
         if not sealed and n < len(segments) - 1:
             raise _Bad(f"{SEGMENTS}/{path.name}: not sealed, yet a later segment exists (cut or replaced)")
     heads[expected] = prev

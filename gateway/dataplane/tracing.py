@@ -39,7 +39,8 @@ from gateway.dataplane.errors import GatewayError, UpstreamReset
 from gateway.dataplane.settings import Timeouts, TraceSettings, UpstreamSettings
 from gateway.dataplane.upstream import Upstream
 
-SERVER: Final = 2  # OTLP Span.SpanKind
+INTERNAL: Final = 1  # OTLP Span.SpanKind
+SERVER: Final = 2
 CLIENT: Final = 3
 STATUS_UNSET: Final = 0
 STATUS_ERROR: Final = 2
@@ -454,6 +455,20 @@ class Tracing:
         # No collector: new traces are not recorded, but ids still go to the log and the
         # upstream, and a caller's sampling decision is passed on unchanged.
         self.tracer = Tracer(cfg.sample_ratio, self.processor.on_end if self.processor else None)
+
+    def event_span(self, name: str, attributes: dict[str, str | int | float | bool]) -> bool:
+        """Export one INTERNAL span of its own trace, always sampled (an event of the gateway's,
+        such as an audit checkpoint, rather than of a request). Thread-safe: the exporter's
+        queue is a deque. False when no traces are exported."""
+        if self.processor is None:
+            return False
+        rand = random.Random()
+        ctx = SpanContext(rand.getrandbits(128) or 1, rand.getrandbits(64) or 1, True, 0x01)
+        now = time.time_ns()
+        span = Span(self.processor.on_end, ctx, 0, name, INTERNAL, now)
+        span.attributes = attributes
+        span.end(now)
+        return True
 
     async def start(self) -> None:
         if self.processor is not None:

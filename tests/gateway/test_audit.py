@@ -8,6 +8,7 @@ import hashlib
 import json
 import stat
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -63,7 +64,9 @@ class Idp:
         return jwt.encode(body, key, algorithm=alg, headers={"kid": kid})
 
 
-def _audit_config(tmp_path: Path, upstream_port: int, keygen: bool = True, **audit: Any) -> Path:
+def _audit_config(
+    tmp_path: Path, upstream_port: int, keygen: bool = True, otlp_port: int | None = None, **audit: Any
+) -> Path:
     if keygen:
         vitalgate("audit", "keygen", "--out", str(tmp_path / "keys"))
     section = {
@@ -74,7 +77,7 @@ def _audit_config(tmp_path: Path, upstream_port: int, keygen: bool = True, **aud
         "flush_interval": "200ms",
         **audit,
     }
-    return gateway_config(tmp_path, upstream_port, extra={"audit": section})
+    return gateway_config(tmp_path, upstream_port, otlp_port, extra={"audit": section})
 
 
 def _get(base: str, path: str, token: str | None = None, **headers: str) -> int:
@@ -112,7 +115,7 @@ def test_check_reports_audit_problems_with_positions(tmp_path: Path) -> None:
 def test_requests_are_recorded_verified_and_exported_as_balp_audit_events(tmp_path: Path) -> None:
     idp = Idp(tmp_path)
     with BackgroundPeers() as peers:
-        cfg = _audit_config(tmp_path, peers.upstream.port)
+        cfg = _audit_config(tmp_path, peers.upstream.port, otlp_port=peers.sink_port)
         gw = GatewayProcess(cfg)
         try:
             good = idp.token("dr-house", azp="ehr-web")
@@ -196,6 +199,12 @@ def test_requests_are_recorded_verified_and_exported_as_balp_audit_events(tmp_pa
         assert secret not in log
     checkpoints = [r for r in read_log(tmp_path / "access.log") if r["event"] == "audit_checkpoint"]
     assert checkpoints and checkpoints[-1]["checkpoint"]["size"] == 7
+    # ... and as a span: the same checkpoint, through the collector, to a second place.
+    spans = [s for s in peers.sink.spans if s.name == "audit checkpoint"]
+    assert spans and spans[-1].attributes["vitalgate.audit.checkpoint.size"] == 7
+    assert spans[-1].attributes["vitalgate.audit.checkpoint.sig"] == checkpoints[-1]["checkpoint"]["sig"]
+    for span in peers.sink.spans:  # the request spans name no patient either
+        assert PATIENT not in json.dumps(span.attributes) and "p-smith-1" not in json.dumps(span.attributes)
 
 
 @pytest.fixture
@@ -316,15 +325,25 @@ def test_kill_9_under_load_loses_nothing_strict_and_at_most_the_window_batched(
         gw = GatewayProcess(cfg)
         answered: list[float] = []
         deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            assert _get(gw.proxy, f"/fhir/Patient/k{len(answered)}") == 200
-            answered.append(time.monotonic())
+
+        def client(n: int) -> None:
+            i = 0
+            while time.monotonic() < deadline:
+                assert _get(gw.proxy, f"/fhir/Patient/k{n}-{i}") == 200
+                answered.append(time.monotonic())
+                i += 1
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         killed_at = time.monotonic()
         gw.kill()
     kept = _records_in(cfg)
     lost = len(answered) - kept
     if durability == "strict":
-        assert lost == 0, (len(answered), kept)
+        assert lost <= 0, (len(answered), kept)  # every answered one, and maybe some in flight
     else:
         # Generously: what was answered in the last window plus the writer's own turn.
         recent = sum(1 for t in answered if t > killed_at - window_s - 0.3)
@@ -455,7 +474,7 @@ def test_retention_removes_old_segments_only_with_a_signed_deletion_record(tmp_p
         for n in range(3):
             t = start + day * day_ms + n
             app.segment_for(t)
-            app.write([app.encode(json.dumps({"day": day, "n": n}).encode(), t)])
+            app.write([app.encode(json.dumps([1, "test", t / 1000, day, n]).encode(), t)])
     app.sync()
     app.checkpoint(None)
     app.close()
@@ -536,3 +555,71 @@ def test_forwarding_survives_a_failing_repository_and_a_restart_exactly_once_in_
     assert {ev["id"] for ev in stored} == set(repo.events)
     for ev in repo.events.values():
         AuditEvent.model_validate(ev)
+
+
+class JwksServer(UpstreamPeer):
+    """An identity provider's JWKS endpoint, whose key set the test changes."""
+
+    def __init__(self, keys: list[dict[str, Any]]) -> None:
+        self.keys = keys
+        self.fetches = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.fetches += 1
+        return web.json_response({"keys": self.keys})
+
+
+def test_a_jwks_url_is_refetched_for_a_new_key_and_search_results_are_capped(tmp_path: Path) -> None:
+    idp = Idp(tmp_path)
+    rotated = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with BackgroundPeers() as peers:
+        jwks = JwksServer([_jwk(idp.rsa, "r1")])
+        peers.run(jwks.start())
+        try:
+            identity = {
+                "jwks_url": f"http://127.0.0.1:{jwks.port}/jwks",
+                "issuer": ISSUER,
+                "audience": AUDIENCE,
+                "refresh": "1s",
+            }
+            cfg = _audit_config(tmp_path, peers.upstream.port, identity=identity, max_patients=2)
+            gw = GatewayProcess(cfg)
+            try:
+                assert _get(gw.proxy, "/fhir/Patient/j1", idp.token("before-rotation")) == 200
+                eventually(
+                    lambda: counter_value(_metrics(gw), "vitalgate_audit_records_total") == 1, "j1 written"
+                )
+                body = {
+                    "iss": ISSUER,
+                    "aud": AUDIENCE,
+                    "sub": "after-rotation",
+                    "exp": int(time.time() + 300),
+                }
+                new_token = jwt.encode(body, rotated, algorithm="RS256", headers={"kid": "r2"})
+                rogue = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+                forged = jwt.encode(
+                    {**body, "sub": "mallory"}, rogue, algorithm="RS256", headers={"kid": "r1"}
+                )
+                assert _get(gw.proxy, "/fhir/Patient/j2", forged) == 200  # the proxy is no access control
+                jwks.keys = [_jwk(idp.rsa, "r1"), _jwk(rotated, "r2")]  # the IdP rotates in r2
+                time.sleep(1.1)  # past the refetch cooldown (the refresh period) since j1's fetch
+                assert _get(gw.proxy, "/fhir/Patient/j3", new_token) == 200
+                assert (
+                    _get(gw.proxy, "/fhir/Patient?name=x", new_token, **{"X-Test-Fault": "searchset"}) == 200
+                )
+            finally:
+                assert gw.terminate() == 0
+        finally:
+            peers.run(jwks.stop())
+    events = json.loads(vitalgate("audit", "search", "--config", str(cfg), "--format", "json").stdout)
+    who = [ev["agent"][0]["who"] for ev in events]
+    assert who[0]["identifier"]["value"] == "before-rotation"
+    assert who[1]["display"] == "unverified (bad_signature)"  # kid r1, but not r1's signature
+    assert who[2]["identifier"]["value"] == "after-rotation"  # the JWKS fetched again for kid r2
+    assert jwks.fetches == 2  # once for j1, once more for the unknown kid r2
+    found = events[3:]
+    assert [ev["entity"][-1]["what"]["reference"] for ev in found] == [
+        "Patient/p-smith-1",
+        "Patient/p-jones-2",
+    ]
+    assert found[-1]["outcomeDesc"].endswith("1 more patients in the results not recorded (audit limit)")
