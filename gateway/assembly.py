@@ -101,7 +101,8 @@ class DataPlane:
         self.audit: AuditTrail | None = None
         self.forwarder: Forwarder | None = None
         if cfg.audit is not None:
-            self.audit = audit_trail(config, cfg.audit, metrics, access_log, self.tracing)
+            chain = "" if role.kind == "single" else f"worker-{role.index}"
+            self.audit = audit_trail(config, cfg.audit, metrics, access_log, self.tracing, chain)
             sinks.append(self.audit)
             if cfg.audit.forward is not None:
                 self.forwarder = forwarder(config, cfg.audit, cfg.audit.forward, self.audit, metrics)
@@ -162,28 +163,33 @@ def audit_trail(
     audit: AuditConfig,
     metrics: GatewayMetrics,
     access_log: AccessLog,
-    tracing: Tracing,
+    tracing: Tracing | None,
+    chain: str = "",
 ) -> AuditTrail:
     """The audit sink: its keys loaded (``vitalgate check`` has checked them), checkpoints
     published outside the audit store: in the access log, and as a span when traces are
     exported."""
+    root = config.resolve(audit.path)
     settings = TrailSettings(
-        directory=config.resolve(audit.path),
+        directory=root / chain if chain else root,
         flush_interval_s=audit.flush_interval,
         checkpoint_interval_s=audit.checkpoint_interval,
         retention_s=retention_s(audit.retention),
         max_queue=audit.max_queue,
         max_patients=audit.max_patients,
         upstream_addresses={name: u.url for name, u in config.gateway.upstreams.items()},
+        chain=chain,
+        root=root,
     )
     keyring = Keyring.load([config.resolve(k) for k in audit.data_key_files()])
     signer = read_signing_key(config.resolve(audit.signing_key_file))
 
     def publish(checkpoint: dict[str, Any]) -> None:
         access_log.event(time.time(), CHECKPOINT_EVENT, {"checkpoint": checkpoint})
-        tracing.event_span(
-            CHECKPOINT_SPAN, {f"vitalgate.audit.checkpoint.{k}": v for k, v in checkpoint.items()}
-        )
+        if tracing is not None:
+            tracing.event_span(
+                CHECKPOINT_SPAN, {f"vitalgate.audit.checkpoint.{k}": v for k, v in checkpoint.items()}
+            )
 
     return AuditTrail(settings, keyring, signer, identities(config, audit), metrics, publish)
 

@@ -26,7 +26,8 @@ from prometheus_client import CollectorRegistry
 from gateway import native
 from gateway.admin.api import AdminApi, AdminExtension, Lifecycle
 from gateway.admin.listener import AdminRunner
-from gateway.assembly import DataPlane
+from gateway.assembly import DataPlane, audit_trail
+from gateway.audit.trail import AuditTrail
 from gateway.config import Config, GatewayConfig
 from gateway.dataplane.accesslog import AccessLog
 from gateway.dataplane.httpserver import HttpServer
@@ -86,8 +87,16 @@ class Gateway:
         self.admin = AdminApi(
             config, role, self.registry, self.access_log, self.lifecycle, list(admin_extensions)
         )
+        self._audit_reads: AuditTrail | None = None
         if self.dataplane is not None and self.dataplane.audit is not None:
             self.admin.audit = self.dataplane.audit
+        elif role.kind == "supervisor" and config.gateway.audit is not None:
+            # The workers each write a chain of their own; the supervisor serves the admin API,
+            # and records the reads of the trail there in one more chain.
+            self._audit_reads = audit_trail(
+                config, config.gateway.audit, self.metrics, self.access_log, None, "supervisor"
+            )
+            self.admin.audit = self._audit_reads
         self._refused_logged_at = -_REFUSED_LOG_EVERY_S
         self._server: HttpServer | None = None
         self._admin_runner: web.AppRunner | None = None
@@ -144,6 +153,8 @@ class Gateway:
     async def start(self) -> None:
         if self.dataplane is None:
             self.access_log.start()
+            if self._audit_reads is not None:
+                self._audit_reads.start()
             await self._start_admin()
             self.lifecycle.ready = False  # until every worker is up (gateway.workers)
             return
@@ -192,6 +203,8 @@ class Gateway:
         if self.dataplane is not None:
             await self.dataplane.close()
         loop = asyncio.get_running_loop()
+        if self._audit_reads is not None:
+            await loop.run_in_executor(None, self._audit_reads.close)
         # The log's writer gets as long as requests did to finish (up to 10 s); what a stalled
         # output still holds then is counted as dropped.
         log_s = max(1.0, min(10.0, timeout_s))

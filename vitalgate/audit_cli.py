@@ -13,7 +13,7 @@ from typing import Any
 from gateway.audit.config import AuditConfig
 from gateway.audit.keys import AuditKeyError, Keyring, keygen, read_signing_key
 from gateway.audit.search import AuditQuery
-from gateway.audit.verify import Record, published_checkpoints, records, verify
+from gateway.audit.verify import Record, all_records, published_checkpoints, verify
 from gateway.config import Config, GatewayConfig
 
 
@@ -74,7 +74,7 @@ def cmd_verify(config: Config[GatewayConfig], args: argparse.Namespace) -> int:
 
 def selected(config: Config[GatewayConfig], audit: AuditConfig, args: argparse.Namespace) -> Iterator[Record]:
     query = AuditQuery.of(args.patient, args.user, args.facility, args.since, args.until)
-    for rec in records(config.resolve(audit.path), _keyring(config, audit)):
+    for rec in all_records(config.resolve(audit.path), _keyring(config, audit)):
         if query.matches(rec):
             yield rec
 

@@ -100,10 +100,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         role = Role("worker", index, count, port, os.environ["PROMETHEUS_MULTIPROC_DIR"])
         return run(config, role=role)
     if args.workers > 1:
-        if config.gateway.audit is not None:
-            # One hash chain has one writer: workers would each need a chain of their own.
-            print("vitalgate: the audit trail runs in a single process (--workers 1)", file=sys.stderr)
-            return 1
         return run_workers(config, args.config, args.workers, admin_extensions=[extend_admin])
     return run(config, admin_extensions=[extend_admin])
 

@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +66,12 @@ def facts_of(plain: bytes) -> list[Any]:
     return fields
 
 
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
 def segment_name(t_ms: int) -> str:
-    return datetime.fromtimestamp(t_ms / 1000, UTC).strftime("%Y-%m-%d") + ".seg"
+    """The segment of a record written at ``t_ms``: its UTC day (asked for every record)."""
+    return date.fromordinal(_EPOCH_ORDINAL + t_ms // 86_400_000).isoformat() + ".seg"
 
 
 def _signed_bytes(kind: str, body: dict[str, Any]) -> bytes:
@@ -165,12 +169,17 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 class Appender:
     """Writes records at the chain's head (one thread at a time: the audit writer's)."""
 
-    def __init__(self, directory: Path, keyring: Keyring, signer: Ed25519PrivateKey) -> None:
+    def __init__(self, directory: Path, keyring: Keyring, signer: Ed25519PrivateKey, chain: str = "") -> None:
         self.directory = directory
+        self.chain = chain
+        """Which chain of the trail this is: "" for a single gateway process, ``worker-N`` or
+        ``supervisor`` with ``--workers`` (one chain per writer); named in each checkpoint."""
         self.keyring = keyring
         self.signer = signer
         (directory / SEGMENTS).mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
+        if chain:
+            os.chmod(directory.parent, 0o700)
         self.head, self.torn_bytes = recover(directory)
         self._fd: int | None = None
         self._fd_segment: str | None = None
@@ -233,7 +242,12 @@ class Appender:
         """Sign the head, keep it in ``checkpoints.jsonl`` and publish it."""
         cp = sign(
             "checkpoint",
-            {"size": self.head.size, "head": self.head.hash, "t": int(time.time() * 1000)},
+            {
+                "chain": self.chain,
+                "size": self.head.size,
+                "head": self.head.hash,
+                "t": int(time.time() * 1000),
+            },
             self.signer,
         )
         fd = os.open(self.directory / CHECKPOINTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

@@ -27,7 +27,7 @@ from gateway.audit.identity import Identities
 from gateway.audit.keys import Keyring
 from gateway.audit.search import AuditQuery
 from gateway.audit.store import Appender, Head, segment_name
-from gateway.audit.verify import expire, records
+from gateway.audit.verify import all_records, expire
 from gateway.dataplane.outcome import AuditFacts, Outcome
 from gateway.dataplane.tracing import AnySpan
 
@@ -59,6 +59,9 @@ class TrailSettings:
     max_patients: int
     upstream_addresses: dict[str, str]
     """Upstream name -> its base URL (the server agent's network address)."""
+    chain: str = ""
+    root: Path | None = None
+    """The trail's folder when this chain is one of several in it (``--workers``)."""
 
 
 def patients_in(body: bytes, limit: int) -> tuple[list[str], int]:
@@ -98,6 +101,37 @@ def bundle_type(body: bytes | None) -> str | None:
     return kind if kind in ("batch", "transaction") else None
 
 
+Pending = tuple[Any, ...]
+"""A request waiting for the writer, as a flat tuple of strings and numbers: the garbage
+collector stops tracking such a tuple, where a queue of outcomes (spans, dicts) held for a
+second would be walked by every collection."""
+
+
+def _pending(o: Outcome, f: AuditFacts) -> Pending:
+    return (
+        o.started,
+        o.started + o.duration_s,
+        f.method,
+        f.path,
+        f.query,
+        f.prefix,
+        o.route,
+        o.status,
+        o.error_type,
+        o.facility,
+        o.service,
+        f.upstream,
+        f.peer,
+        f.forwarded_for,
+        o.context.trace_hex(),
+        f.request_id,
+        f.authorization,
+        f.user,
+        f.body,
+        f.request_body,
+    )
+
+
 class AuditTrail:
     """A ``RequestSink``; ``start`` opens the store, ``close`` writes all and checkpoints."""
 
@@ -116,7 +150,7 @@ class AuditTrail:
         self._identities = identities
         self._counters = counters
         self._publish = publish
-        self._queue: deque[Outcome | list[Any]] = deque()
+        self._queue: deque[Pending | list[Any]] = deque()
         """Finished requests, and records already made (reads of the trail itself)."""
         self._wake = threading.Event()
         self._stopping = False
@@ -126,7 +160,7 @@ class AuditTrail:
         self._pending_records: list[tuple[int, bytes]] = []
         """Encoded records a failed write left, tried again first (bounded by ``max_queue``)."""
         self._failing = False
-        self._held: deque[Outcome] = deque()
+        self._held: deque[Pending] = deque()
         """Strict records of responses not yet served: written, or dropped if the write fails
         (the request is then answered 503, and that outcome recorded by ``request``)."""
         self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[bool]]] = deque()
@@ -138,12 +172,13 @@ class AuditTrail:
     # -- the request path ------------------------------------------------------------------
 
     def request(self, outcome: Outcome) -> None:
-        if outcome.audit is None or outcome.audit.committed:
+        facts = outcome.audit
+        if facts is None or facts.committed:
             return
         if len(self._queue) >= self.settings.max_queue:
             self._counters.audit_dropped(1)
             return
-        self._queue.append(outcome)
+        self._queue.append(_pending(outcome, facts))
 
     async def hold(
         self,
@@ -166,12 +201,11 @@ class AuditTrail:
         now = time.time()
         key = (facility, service, route, method, status)
         outcome = Outcome(now, 0.0, facility, service, route, method, status, error_type, None, key, span)
-        outcome.audit = facts
         if len(self._queue) >= self.settings.max_queue:
             self._counters.audit_dropped(1)
             return False
         self._waiters.append((loop, done))
-        self._held.append(outcome)
+        self._held.append(_pending(outcome, facts))
         self._wake.set()
         try:
             return await asyncio.wait_for(done, HOLD_TIMEOUT_S)
@@ -187,7 +221,7 @@ class AuditTrail:
     # -- the writer thread -------------------------------------------------------------------
 
     def start(self) -> None:
-        self._appender = Appender(self.settings.directory, self.keyring, self._signer)
+        self._appender = Appender(self.settings.directory, self.keyring, self._signer, self.settings.chain)
         self.durable_size = self._appender.head.size
         if self._appender.torn_bytes:
             log.warning(
@@ -198,40 +232,43 @@ class AuditTrail:
         self._thread = threading.Thread(target=self._run, name="vitalgate-audit", daemon=True)
         self._thread.start()
 
-    def _facts(self, o: Outcome) -> list[list[Any]]:
-        facts = o.audit
-        assert facts is not None
-        who = self._identities.resolve(facts.authorization, facts.user, facts.peer, o.started)
+    def _facts(self, p: Pending) -> list[list[Any]]:
+        (started, ended, method, path, query, prefix, route, status, error_type, facility, service) = p[:11]
+        upstream, peer, forwarded_for, trace_id, request_id, authorization, user, body, request_body = p[11:]
+        who = self._identities.resolve(authorization, user, peer, started)
         req = events.Request(
-            recorded_s=o.started + o.duration_s,
-            method=facts.method,
-            path=facts.path,
-            query=facts.query,
-            prefix=facts.prefix,
-            route=o.route,
-            status=o.status,
-            error_type=o.error_type,
-            facility=o.facility,
-            service=o.service,
-            upstream=facts.upstream,
-            upstream_address=self.settings.upstream_addresses.get(facts.upstream, facts.upstream),
-            peer=facts.peer,
-            forwarded_for=facts.forwarded_for,
-            trace_id=o.context.trace_hex(),
-            request_id=facts.request_id,
-            bundle_type=bundle_type(facts.request_body),
+            ended,
+            method,
+            path,
+            query,
+            prefix,
+            route,
+            status,
+            error_type,
+            facility,
+            service,
+            upstream,
+            self.settings.upstream_addresses.get(upstream) or str(upstream),
+            peer,
+            forwarded_for,
+            trace_id,
+            request_id,
+            bundle_type(request_body),
         )
-        found, cut = patients_in(facts.body, self.settings.max_patients) if facts.body else ([], 0)
+        found: list[str] = []
+        cut = 0
+        if body and events.interaction(method, prefix, route, None).startswith(("search", "history")):
+            found, cut = patients_in(body, self.settings.max_patients)
         return events.facts(req, who, found, cut)
 
-    def _encode(self, batch: Sequence[Outcome | list[Any]]) -> list[tuple[int, bytes]]:
+    def _encode(self, batch: Sequence[Pending | list[Any]]) -> list[tuple[int, bytes]]:
         dumps = self._dumps
         out = []
         for o in batch:
             if isinstance(o, list):
                 out.append((int(o[2] * 1000), dumps(o).encode()))
                 continue
-            t_ms = int((o.started + o.duration_s) * 1000)
+            t_ms = int(o[1] * 1000)
             for record in self._facts(o):
                 out.append((t_ms, dumps(record).encode()))
         return out
@@ -244,16 +281,10 @@ class AuditTrail:
         self._queue.append(events.trail_read_facts(token, peer, query, t_s))
 
     def search(self, query: AuditQuery) -> list[dict[str, Any]]:
-        """The events ``query`` selects among those on disk (a record being written is not read:
-        the search stops at the size the last fsync made durable)."""
-        size = self.durable_size
-        out = []
-        for rec in records(self.settings.directory, self.keyring):
-            if rec.index >= size:
-                break
-            if query.matches(rec):
-                out.append(rec.event)
-        return out
+        """The events ``query`` selects, of every chain of the trail, in time order (a line
+        still being written, by this process or another, is not read yet)."""
+        root = self.settings.root or self.settings.directory
+        return [rec.event for rec in all_records(root, self.keyring, partial_tail=True) if query.matches(rec)]
 
     def _flush(self) -> None:
         """Append what is queued (and what a failed write left), fsync, or keep it for the next

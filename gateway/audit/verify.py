@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import heapq
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -65,6 +66,7 @@ def _records(
     public: Ed25519PublicKey | None,
     report: Report,
     heads: dict[int, str],
+    partial_tail: bool = False,
 ) -> Iterator[Record]:
     """Every record in order, each checked against the chain. ``heads`` comes in with the
     chain sizes whose hash the checkpoints need (as keys) and leaves with those hashes, and
@@ -89,6 +91,8 @@ def _records(
         with path.open("rb") as f:
             for lineno, raw in enumerate(f, 1):
                 where = f"{SEGMENTS}/{path.name}:{lineno}"
+                if partial_tail and not raw.endswith(b"\n") and n == len(segments) - 1:
+                    return  # being written (a reader beside a running gateway)
                 try:
                     rec = json.loads(raw)
                 except ValueError:
@@ -152,29 +156,63 @@ def published_checkpoints(lines: Iterable[str]) -> list[dict[str, Any]]:
     return out
 
 
-def verify(
-    directory: Path, keyring: Keyring, public: Ed25519PublicKey, anchors: list[dict[str, Any]]
-) -> Report:
+def chains(root: Path) -> list[tuple[str, Path]]:
+    """The trail's chains: the folder itself (one gateway process), and one folder per writer
+    with ``--workers`` (``worker-0`` ..., ``supervisor``)."""
+    found = [("", root)] if (root / SEGMENTS).exists() or (root / CHECKPOINTS).exists() else []
+    if root.exists():
+        found += [
+            (p.name, p)
+            for p in sorted(root.iterdir())
+            if p.is_dir() and p.name != SEGMENTS and ((p / SEGMENTS).exists() or (p / CHECKPOINTS).exists())
+        ]
+    return found
+
+
+def verify(root: Path, keyring: Keyring, public: Ed25519PublicKey, anchors: list[dict[str, Any]]) -> Report:
+    """Every chain of the trail, against its own checkpoints and the published ones naming it."""
     report = Report()
+    valid = [a for a in anchors if signature_ok("checkpoint", a, public)]
+    if len(valid) < len(anchors):
+        report.warnings.append(f"{len(anchors) - len(valid)} published checkpoints not signed by the key")
+    found = chains(root)
+    names = {name for name, _ in found}
+    for a in valid:
+        if str(a.get("chain", "")) not in names:
+            report.problem = f"a published checkpoint names chain {a.get('chain')!r}, which is gone"
+            return report
+    for name, directory in found:
+        mine = [a for a in valid if str(a.get("chain", "")) == name]
+        problem = _verify_chain(directory, keyring, public, mine, report)
+        if problem is not None:
+            report.problem = f"{name}: {problem}" if name else problem
+            return report
+    return report
+
+
+def _verify_chain(
+    directory: Path, keyring: Keyring, public: Ed25519PublicKey, anchors: list[dict[str, Any]], report: Report
+) -> str | None:
     stored = list(read_jsonl(directory / CHECKPOINTS))
-    report.checkpoints = len(stored)
-    valid_anchors = [a for a in anchors if signature_ok("checkpoint", a, public)]
-    if len(valid_anchors) < len(anchors):
-        report.warnings.append(
-            f"{len(anchors) - len(valid_anchors)} published checkpoints not signed by the key"
+    report.checkpoints += len(stored)
+    anchor = max(anchors, key=lambda a: (int(a["size"]), int(a["t"])), default=None)
+    if anchor is None:
+        what = (
+            f"chain {directory.name}" if directory.name.startswith(("worker-", "supervisor")) else "the trail"
         )
-    report.anchor = max(valid_anchors, key=lambda a: (int(a["size"]), int(a["t"])), default=None)
-    if report.anchor is None:
-        report.warnings.append("no published checkpoint: a cut tail or a replaced store cannot be detected")
-    everything = stored + valid_anchors
-    heads = {int(c["size"]): "" for c in everything}
+        report.warnings.append(
+            f"no published checkpoint of {what}: a cut tail or a replaced store cannot be detected"
+        )
+    elif report.anchor is None or int(anchor["size"]) > int(report.anchor["size"]):
+        report.anchor = anchor
+    heads = {int(c["size"]): "" for c in stored + anchors}
     try:
         for _record in _records(directory, keyring, public, report, heads):
             pass
-        _check_checkpoints(stored, valid_anchors, heads, public)
+        _check_checkpoints(stored, anchors, heads, public)
     except _Bad as bad:
-        report.problem = str(bad)
-    return report
+        return str(bad)
+    return None
 
 
 def _check_checkpoints(
@@ -205,13 +243,19 @@ def _check_checkpoints(
             )
 
 
-def records(directory: Path, keyring: Keyring) -> Iterator[Record]:
-    """Every record, decrypted, in order (checked as ``verify`` checks the chain)."""
+def records(directory: Path, keyring: Keyring, partial_tail: bool = False) -> Iterator[Record]:
+    """Every record of one chain, decrypted, in order (checked as ``verify`` checks the chain)."""
     report = Report()
     try:
-        yield from _records(directory, keyring, None, report, {})
+        yield from _records(directory, keyring, None, report, {}, partial_tail)
     except _Bad as bad:
         raise ValueError(f"the audit trail is damaged: {bad} (run `vitalgate audit verify`)") from None
+
+
+def all_records(root: Path, keyring: Keyring, partial_tail: bool = False) -> Iterator[Record]:
+    """The records of every chain of the trail, merged in time order."""
+    streams = [records(d, keyring, partial_tail) for _, d in chains(root)]
+    return heapq.merge(*streams, key=lambda r: r.t_ms)
 
 
 def expire(directory: Path, signer: Ed25519PrivateKey, retention_s: float, now_s: float) -> list[str]:

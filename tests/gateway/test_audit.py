@@ -623,3 +623,46 @@ def test_a_jwks_url_is_refetched_for_a_new_key_and_search_results_are_capped(tmp
         "Patient/p-jones-2",
     ]
     assert found[-1]["outcomeDesc"].endswith("1 more patients in the results not recorded (audit limit)")
+
+
+def test_with_workers_each_writes_a_chain_and_the_supervisor_serves_and_records_reads(tmp_path: Path) -> None:
+    Idp(tmp_path)
+    token = "token-auditor-0123456789"
+    with BackgroundPeers() as peers:
+        cfg = _audit_config(tmp_path, peers.upstream.port)
+        doc = yaml.safe_load(cfg.read_text())
+        doc["admin"]["tokens"] = [
+            {"name": "auditor-1", "sha256": hashlib.sha256(token.encode()).hexdigest(), "role": "auditor"}
+        ]
+        cfg.write_text(yaml.safe_dump(doc))
+        gw = GatewayProcess(cfg, workers=2)
+        try:
+            for i in range(40):  # new connections: SO_REUSEPORT spreads them over both workers
+                assert _get(gw.proxy, f"/fhir/Patient/w{i}") == 200
+            url = f"{gw.admin}/api/v1/audit?facility=st-marys"
+            eventually(
+                lambda: _admin_get(url, token)[1].get("total") == 40,
+                "40 events readable through the supervisor",
+            )
+        finally:
+            assert gw.terminate() == 0
+    chains = sorted(p.name for p in (tmp_path / "audit").iterdir() if p.is_dir())
+    assert chains == ["supervisor", "worker-0", "worker-1"]
+    out = vitalgate("audit", "verify", "--config", str(cfg)).stdout
+    assert out.startswith("audit trail: OK: "), out
+    events = json.loads(vitalgate("audit", "search", "--config", str(cfg), "--format", "json").stdout)
+    requests = [ev for ev in events if ev["source"].get("site") == "st-marys"]
+    assert sorted(ev["entity"][-1]["what"]["reference"] for ev in requests) == sorted(
+        f"Patient/w{i}" for i in range(40)
+    )
+    assert [ev["recorded"] for ev in events] == sorted(
+        ev["recorded"] for ev in events
+    )  # merged in time order
+    reads = [ev for ev in events if ev["agent"][0]["who"]["identifier"].get("value") == "auditor-1"]
+    assert reads  # recorded in the supervisor's chain
+    checkpoints = {
+        r["checkpoint"]["chain"]
+        for r in read_log(tmp_path / "access.log")
+        if r["event"] == "audit_checkpoint"
+    }
+    assert checkpoints == {"supervisor", "worker-0", "worker-1"}
