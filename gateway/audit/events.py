@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+from gateway.dataplane.auditrecord import FACTS_VERSION, REST, rows
+
 BALP = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit."
 EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 INTERACTION = "http://hl7.org/fhir/restful-interaction"
@@ -124,11 +126,46 @@ def _ids(path: str, prefix: str, route: str) -> list[tuple[str, str]]:
     return out
 
 
+@dataclass(frozen=True)
+class Shape:
+    """What a route template says about its requests' patients (the same for every request on
+    it: the writer keeps one per method and template)."""
+
+    patient_segments: tuple[int, ...]
+    """Where ``Patient/{id}`` puts an id in the path after the prefix."""
+    searches: bool
+    """A search or history: its results may name patients."""
+
+
+def shape(method: str, prefix: str, route: str) -> Shape:
+    rel = route[len(prefix) :].split("/") if route.startswith(prefix) else []
+    ids = tuple(i for i, seg in enumerate(rel) if seg == "{id}" and i > 0 and rel[i - 1] == "Patient")
+    return Shape(ids, interaction(method, prefix, route, None).startswith(("search", "history")))
+
+
+def patients_named(path: str, query: str, prefix: str, s: Shape) -> list[str]:
+    """Patient ids a request itself names: ``Patient/{id}`` paths (compartments included) and
+    the ``patient``/``subject`` search parameters."""
+    found = []
+    if s.patient_segments and path.startswith(prefix):
+        segments = path[len(prefix) :].split("/")
+        found = [segments[i] for i in s.patient_segments if i < len(segments)]
+    if query:
+        found += _patient_parameters(query)
+    return found
+
+
 def patients_of(req: Request) -> list[str]:
-    """Patient ids the request itself names: ``Patient/{id}`` paths (compartments included)
-    and the ``patient``/``subject`` search parameters."""
-    found = [rid for rtype, rid in _ids(req.path, req.prefix, req.route) if rtype == "Patient"]
-    for name, value in parse_qsl(req.query, keep_blank_values=False):
+    return list(
+        dict.fromkeys(
+            patients_named(req.path, req.query, req.prefix, shape(req.method, req.prefix, req.route))
+        )
+    )
+
+
+def _patient_parameters(query: str) -> list[str]:
+    found = []
+    for name, value in parse_qsl(query, keep_blank_values=False):
         if name not in PATIENT_PARAMETERS:
             continue
         for v in value.split(","):
@@ -294,49 +331,26 @@ def event_id(trace_id: str, index: int) -> str:
     return str(uuid.UUID(bytes=digest, version=4))
 
 
-FACTS_VERSION = 1
-REST, TRAIL_READ = "rest", "trail-read"
+TRAIL_READ = "trail-read"
 _N_REQUEST = len(dataclasses.fields(Request))
 _N_WHO = len(dataclasses.fields(Who))
 
 
 def facts(req: Request, who: Who, found_patients: Sequence[str] = (), cut: int = 0) -> list[list[Any]]:
-    """What the store keeps of one request: one record per AuditEvent (one per patient it
-    touched, or one with none), each the request's and the user's facts, the patient, the
-    event's index and, on the last, how many patients were cut. ``render`` turns a record into
-    its AuditEvent: kept compact (some 300 bytes rather than 2 KB of JSON), a record costs the
-    gateway a fraction of building the resource, and the rendering is a pure function of it."""
-    base: list[Any] = [
-        FACTS_VERSION,
-        REST,
-        req.recorded_s,
-        req.method,
-        req.path,
-        req.query,
-        req.prefix,
-        req.route,
-        req.status,
-        req.error_type,
-        req.facility,
-        req.service,
-        req.upstream,
-        req.upstream_address,
-        req.peer,
-        req.forwarded_for,
-        req.trace_id,
-        req.request_id,
-        req.bundle_type,
-        who.user,
-        who.issuer,
-        who.client,
-        who.verified,
-        who.token_sha256,
-        who.reason,
-    ]
-    named: list[str | None] = list(dict.fromkeys([*patients_of(req), *found_patients]))
-    patients = named or [None]
-    last = len(patients) - 1
-    return [[*base, patient, i, cut if i == last else 0] for i, patient in enumerate(patients)]
+    """``facts_of`` a ``Request``."""
+    base = [getattr(req, f.name) for f in dataclasses.fields(Request)]
+    return facts_of(base, who, [*patients_of(req), *found_patients], cut)
+
+
+def facts_of(base: list[Any], who: Who, patients: Sequence[str], cut: int) -> list[list[Any]]:
+    """What the store keeps of one request (``base``: its fields in ``Request`` order): one
+    record per AuditEvent (one per patient it touched, or one with none), each the request's
+    and the user's facts, the patient, the event's index and, on the last, how many patients
+    were cut. ``render`` turns a record into its AuditEvent: kept compact (some 300 bytes
+    rather than 2 KB of JSON), a record costs the gateway a fraction of building the resource,
+    and the rendering is a pure function of it."""
+    who_fields = [who.user, who.issuer, who.client, who.verified, who.token_sha256, who.reason]
+    return rows(base, who_fields, list(patients), cut)
 
 
 def trail_read_facts(token: str, peer: str | None, query: str, recorded_s: float) -> list[Any]:

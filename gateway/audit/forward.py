@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.audit.keys import Keyring
-from gateway.audit.store import DELETIONS, GENESIS, SEGMENTS, aad, facts_of, read_jsonl
+from gateway.audit.store import DELETIONS, GENESIS, SEGMENTS, facts_of, read_jsonl
 from gateway.audit.verify import Record
+from gateway.dataplane.auditrecord import aad
 
 log = logging.getLogger("vitalgate.audit")
 

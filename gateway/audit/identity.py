@@ -49,6 +49,9 @@ class Identities:
         raise NotImplementedError
 
 
+NOBODY = Who(None, None, None, False, None, "no identity configured")
+
+
 class NoIdentity(Identities):
     """No ``audit.identity`` configured: every user is unverified (the token's hash kept)."""
 
@@ -56,7 +59,9 @@ class NoIdentity(Identities):
         self, authorization: str | None, user_header: str | None, peer: str | None, at_s: float
     ) -> Who:
         token = _bearer(authorization)
-        return Who(None, None, None, False, _sha256(token) if token else None, "no identity configured")
+        if token is None:
+            return NOBODY
+        return Who(None, None, None, False, _sha256(token), "no identity configured")
 
 
 class HeaderIdentity(Identities):

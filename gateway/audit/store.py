@@ -23,7 +23,6 @@ the whole chain, which is a minute for a million records, rather than a logarith
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import time
@@ -37,6 +36,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gateway.audit.keys import Keyring, public_id
+from gateway.dataplane.auditrecord import encode_line
 
 GENESIS = "0" * 64
 SEGMENTS = "segments"
@@ -48,14 +48,6 @@ CHECKPOINT_SPAN = "audit checkpoint"
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def chain_hash(prev: str, i: int, t: int, kid: str, nonce: str, ct: str) -> str:
-    return hashlib.sha256(f"{prev}|{i}|{t}|{kid}|{nonce}|{ct}".encode()).hexdigest()
-
-
-def aad(i: int, prev: str) -> bytes:
-    return f"vitalgate-audit|{i}|{prev}".encode()
 
 
 def facts_of(plain: bytes) -> list[Any]:
@@ -183,18 +175,14 @@ class Appender:
         self.head, self.torn_bytes = recover(directory)
         self._fd: int | None = None
         self._fd_segment: str | None = None
+        self._seal = keyring.keys[keyring.current].encrypt
 
     def encode(self, plaintext: bytes, t_ms: int) -> bytes:
         """The next record's line (the head advances; written by ``write``)."""
-        i, prev = self.head.size, self.head.hash
-        nonce = os.urandom(12)
-        ct = _b64(self.keyring.seal(nonce, plaintext, aad(i, prev)))
-        n = _b64(nonce)
-        kid = self.keyring.current
-        h = chain_hash(prev, i, t_ms, kid, n, ct)
-        self.head = Head(i + 1, h, self.head.segment)
-        # Every field is a number, a hex or a base64 string: nothing to escape.
-        return f'{{"i":{i},"t":{t_ms},"k":"{kid}","n":"{n}","c":"{ct}","h":"{h}"}}\n'.encode()
+        head = self.head
+        line, head.hash = encode_line(self._seal, self.keyring.current, head.size, head.hash, plaintext, t_ms)
+        head.size += 1
+        return line
 
     def segment_for(self, t_ms: int) -> None:
         """Records from ``t_ms`` on go to that day's segment: the previous one is sealed."""

@@ -28,12 +28,14 @@ from gateway.audit.keys import Keyring
 from gateway.audit.search import AuditQuery
 from gateway.audit.store import Appender, Head, segment_name
 from gateway.audit.verify import all_records, expire
+from gateway.dataplane.auditrecord import pending
 from gateway.dataplane.outcome import AuditFacts, Outcome
 from gateway.dataplane.tracing import AnySpan
 
 log = logging.getLogger("vitalgate.audit")
 
 RETENTION_EVERY_S = 3600.0
+SHAPES_MAX = 10_000
 HOLD_TIMEOUT_S = 10.0
 """The longest a strict response waits for its record (a disk that hangs): then 503."""
 
@@ -102,34 +104,7 @@ def bundle_type(body: bytes | None) -> str | None:
 
 
 Pending = tuple[Any, ...]
-"""A request waiting for the writer, as a flat tuple of strings and numbers: the garbage
-collector stops tracking such a tuple, where a queue of outcomes (spans, dicts) held for a
-second would be walked by every collection."""
-
-
-def _pending(o: Outcome, f: AuditFacts) -> Pending:
-    return (
-        o.started,
-        o.started + o.duration_s,
-        f.method,
-        f.path,
-        f.query,
-        f.prefix,
-        o.route,
-        o.status,
-        o.error_type,
-        o.facility,
-        o.service,
-        f.upstream,
-        f.peer,
-        f.forwarded_for,
-        o.context.trace_hex(),
-        f.request_id,
-        f.authorization,
-        f.user,
-        f.body,
-        f.request_body,
-    )
+"""A request waiting for the writer (``auditrecord.pending``)."""
 
 
 class AuditTrail:
@@ -156,6 +131,7 @@ class AuditTrail:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._appender: Appender | None = None
+        self._shapes: dict[tuple[str, str, str], events.Shape] = {}
         self._dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
         self._pending_records: list[tuple[int, bytes]] = []
         """Encoded records a failed write left, tried again first (bounded by ``max_queue``)."""
@@ -178,7 +154,7 @@ class AuditTrail:
         if len(self._queue) >= self.settings.max_queue:
             self._counters.audit_dropped(1)
             return
-        self._queue.append(_pending(outcome, facts))
+        self._queue.append(pending(outcome, facts))
 
     async def hold(
         self,
@@ -205,7 +181,7 @@ class AuditTrail:
             self._counters.audit_dropped(1)
             return False
         self._waiters.append((loop, done))
-        self._held.append(_pending(outcome, facts))
+        self._held.append(pending(outcome, facts))
         self._wake.set()
         try:
             return await asyncio.wait_for(done, HOLD_TIMEOUT_S)
@@ -233,10 +209,23 @@ class AuditTrail:
         self._thread.start()
 
     def _facts(self, p: Pending) -> list[list[Any]]:
-        (started, ended, method, path, query, prefix, route, status, error_type, facility, service) = p[:11]
+        """The records of one request (``events.facts_of``), built straight from the tuple: this
+        runs for every request, so the route's patient positions come from a per-route cache."""
+        started, ended, method, path, query, prefix, route, status, error_type, facility, service = p[:11]
         upstream, peer, forwarded_for, trace_id, request_id, authorization, user, body, request_body = p[11:]
+        key = (method, prefix, route)
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = events.shape(method, prefix, route)
+            if len(self._shapes) < SHAPES_MAX:  # templates are bounded; the cache is too
+                self._shapes[key] = shape
         who = self._identities.resolve(authorization, user, peer, started)
-        req = events.Request(
+        patients = events.patients_named(path, query, prefix, shape)
+        cut = 0
+        if body and shape.searches:
+            found, cut = patients_in(body, self.settings.max_patients)
+            patients += found
+        base = [
             ended,
             method,
             path,
@@ -253,13 +242,9 @@ class AuditTrail:
             forwarded_for,
             trace_id,
             request_id,
-            bundle_type(request_body),
-        )
-        found: list[str] = []
-        cut = 0
-        if body and events.interaction(method, prefix, route, None).startswith(("search", "history")):
-            found, cut = patients_in(body, self.settings.max_patients)
-        return events.facts(req, who, found, cut)
+            bundle_type(request_body) if request_body else None,
+        ]
+        return events.facts_of(base, who, patients, cut)
 
     def _encode(self, batch: Sequence[Pending | list[Any]]) -> list[tuple[int, bytes]]:
         dumps = self._dumps

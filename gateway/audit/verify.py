@@ -23,13 +23,12 @@ from gateway.audit.store import (
     DELETIONS,
     GENESIS,
     SEGMENTS,
-    aad,
-    chain_hash,
     facts_of,
     read_jsonl,
     sign,
     signature_ok,
 )
+from gateway.dataplane.auditrecord import aad, chain_hash
 
 
 @dataclass

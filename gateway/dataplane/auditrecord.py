@@ -1,0 +1,98 @@
+"""The audit trail's per-request work that runs for every audited request, compiled with the
+rest of the request path: the finished request as a flat tuple (on the event loop), its
+records' rows, and each record as the line its chain appends (on the audit writer's thread).
+
+Everything else of the audit trail (identity, the AuditEvent rendering, segments, seals,
+checkpoints, verification) is in ``gateway/audit/``, which calls these.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import os
+from collections.abc import Callable
+from typing import Any, Final
+
+from gateway.dataplane.outcome import AuditFacts, Outcome
+
+FACTS_VERSION: Final = 1
+REST: Final = "rest"
+
+
+def pending(o: Outcome, f: AuditFacts) -> tuple[Any, ...]:
+    """A finished request for the audit writer: strings and numbers only, so the garbage
+    collector stops tracking the tuple, where a queue of outcomes (spans, dicts) held for a
+    flush interval would be walked by every collection."""
+    return (
+        o.started,
+        o.started + o.duration_s,
+        f.method,
+        f.path,
+        f.query,
+        f.prefix,
+        o.route,
+        o.status,
+        o.error_type,
+        o.facility,
+        o.service,
+        f.upstream,
+        f.peer,
+        f.forwarded_for,
+        o.context.trace_hex(),
+        f.request_id,
+        f.authorization,
+        f.user,
+        f.body,
+        f.request_body,
+    )
+
+
+def rows(base: list[Any], who: list[Any], patients: list[str], cut: int) -> list[list[Any]]:
+    """The stored records of one request (``gateway.audit.events.facts_of`` says what each
+    field is): one per patient, in the order first named, or one with none."""
+    head: list[Any] = [FACTS_VERSION, REST]
+    head.extend(base)
+    head.extend(who)
+    if not patients:
+        row = list(head)
+        row.extend((None, 0, cut))
+        return [row]
+    seen: set[str] = set()
+    named: list[str] = []
+    for p in patients:
+        if p not in seen:
+            seen.add(p)
+            named.append(p)
+    out: list[list[Any]] = []
+    last = len(named) - 1
+    for i, patient in enumerate(named):
+        row = list(head)
+        row.extend((patient, i, cut if i == last else 0))
+        out.append(row)
+    return out
+
+
+def chain_hash(prev: str, i: int, t: int, kid: str, nonce: str, ct: str) -> str:
+    return hashlib.sha256(f"{prev}|{i}|{t}|{kid}|{nonce}|{ct}".encode()).hexdigest()
+
+
+def aad(i: int, prev: str) -> bytes:
+    """What each record's encryption is bound to: its position, and the chain before it."""
+    return f"vitalgate-audit|{i}|{prev}".encode()
+
+
+def _b64(data: bytes) -> str:
+    return binascii.b2a_base64(data, newline=False).decode()
+
+
+def encode_line(
+    seal: Callable[[bytes, bytes, bytes], bytes], kid: str, i: int, prev: str, plaintext: bytes, t_ms: int
+) -> tuple[bytes, str]:
+    """Record ``i`` of a chain whose head hash is ``prev``: its line, and the new head hash."""
+    nonce = os.urandom(12)
+    ct = _b64(seal(nonce, plaintext, aad(i, prev)))
+    n = _b64(nonce)
+    h = chain_hash(prev, i, t_ms, kid, n, ct)
+    # Every field is a number, a hex or a base64 string: nothing to escape.
+    return f'{{"i":{i},"t":{t_ms},"k":"{kid}","n":"{n}","c":"{ct}","h":"{h}"}}\n'.encode(), h
