@@ -62,6 +62,10 @@ class Who:
     reason: str | None = None
     """Why the identity is unverified (``expired``, ``bad_signature``, ``no_credentials``...)."""
 
+    def row(self) -> list[Any]:
+        """The fields as a stored record holds them (``facts_of``)."""
+        return [self.user, self.issuer, self.client, self.verified, self.token_sha256, self.reason]
+
 
 @dataclass(frozen=True)
 class Request:
@@ -151,7 +155,7 @@ def patients_named(path: str, query: str, prefix: str, s: Shape) -> list[str]:
         segments = path[len(prefix) :].split("/")
         found = [segments[i] for i in s.patient_segments if i < len(segments)]
     if query:
-        found += _patient_parameters(query)
+        found += query_patients(query)
     return found
 
 
@@ -163,7 +167,8 @@ def patients_of(req: Request) -> list[str]:
     )
 
 
-def _patient_parameters(query: str) -> list[str]:
+def query_patients(query: str) -> list[str]:
+    """Patient ids the ``patient``/``subject`` search parameters of a query name."""
     found = []
     for name, value in parse_qsl(query, keep_blank_values=False):
         if name not in PATIENT_PARAMETERS:
@@ -349,8 +354,7 @@ def facts_of(base: list[Any], who: Who, patients: Sequence[str], cut: int) -> li
     were cut. ``render`` turns a record into its AuditEvent: kept compact (some 300 bytes
     rather than 2 KB of JSON), a record costs the gateway a fraction of building the resource,
     and the rendering is a pure function of it."""
-    who_fields = [who.user, who.issuer, who.client, who.verified, who.token_sha256, who.reason]
-    return rows(base, who_fields, list(patients), cut)
+    return rows(base, who.row(), list(patients), cut)
 
 
 def trail_read_facts(token: str, peer: str | None, query: str, recorded_s: float) -> list[Any]:

@@ -32,6 +32,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -52,18 +53,22 @@ def _b64(data: bytes) -> str:
 
 def facts_of(plain: bytes) -> list[Any]:
     """The facts (``events.facts``) in a record's decrypted content."""
-    fields = json.loads(plain)
+    try:
+        fields = orjson.loads(plain)
+    except orjson.JSONDecodeError:
+        raise ValueError("not an audit record") from None
     if not isinstance(fields, list):
         raise ValueError("not an audit record")
     return fields
 
 
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+DAY_MS = 86_400_000
 
 
 def segment_name(t_ms: int) -> str:
     """The segment of a record written at ``t_ms``: its UTC day (asked for every record)."""
-    return date.fromordinal(_EPOCH_ORDINAL + t_ms // 86_400_000).isoformat() + ".seg"
+    return date.fromordinal(_EPOCH_ORDINAL + t_ms // DAY_MS).isoformat() + ".seg"
 
 
 def _signed_bytes(kind: str, body: dict[str, Any]) -> bytes:
@@ -176,6 +181,8 @@ class Appender:
         self._fd: int | None = None
         self._fd_segment: str | None = None
         self._seal = keyring.keys[keyring.current].encrypt
+        self._day = -1
+        """The UTC day of the open segment (``t_ms // DAY_MS``), once a record was placed."""
 
     def encode(self, plaintext: bytes, t_ms: int) -> bytes:
         """The next record's line (the head advances; written by ``write``)."""
@@ -184,9 +191,31 @@ class Appender:
         head.size += 1
         return line
 
+    def append(self, records: list[tuple[int, bytes]]) -> None:
+        """Encode and write ``(t_ms, plaintext)`` records in order, each in its day's segment
+        (the previous one sealed where a new day starts). The writer's loop, per record."""
+        seal, kid, head = self._seal, self.keyring.current, self.head
+        lines: list[bytes] = []
+        size, h, day = head.size, head.hash, self._day
+        for t_ms, plain in records:
+            if t_ms // DAY_MS != day:
+                head.size, head.hash = size, h
+                if lines:
+                    self.write(lines)
+                    lines = []
+                self.segment_for(t_ms)
+                day = self._day
+            line, h = encode_line(seal, kid, size, h, plain, t_ms)
+            size += 1
+            lines.append(line)
+        head.size, head.hash = size, h
+        if lines:
+            self.write(lines)
+
     def segment_for(self, t_ms: int) -> None:
         """Records from ``t_ms`` on go to that day's segment: the previous one is sealed."""
         name = segment_name(t_ms)
+        self._day = t_ms // DAY_MS
         if name == self.head.segment:
             return
         if self.head.segment is not None and (self.directory / SEGMENTS / self.head.segment).exists():

@@ -48,6 +48,55 @@ def pending(o: Outcome, f: AuditFacts) -> tuple[Any, ...]:
     )
 
 
+def base_of(p: tuple[Any, ...], address: str, bundle_type: str | None) -> list[Any]:
+    """A ``pending`` request's fields in the order ``gateway.audit.events.Request`` keeps them
+    (the upstream's address and the Bundle's type added, the credentials and bodies left)."""
+    return [
+        p[1],
+        p[2],
+        p[3],
+        p[4],
+        p[5],
+        p[6],
+        p[7],
+        p[8],
+        p[9],
+        p[10],
+        p[11],
+        address,
+        p[12],
+        p[13],
+        p[14],
+        p[15],
+        bundle_type,
+    ]
+
+
+def request_rows(
+    p: tuple[Any, ...],
+    address: str,
+    bundle_type: str | None,
+    who: list[Any],
+    patient_segments: tuple[int, ...],
+    named: list[str],
+    cut: int,
+) -> list[list[Any]]:
+    """The rows of a ``pending`` request: its fields (``base_of``), the user's, and one row per
+    patient: those its path names at ``patient_segments`` (after the prefix), then ``named``
+    (its query's, its results')."""
+    patients: list[str] = []
+    if patient_segments:
+        path: str = p[3]
+        prefix: str = p[5]
+        if path.startswith(prefix):
+            segments = path[len(prefix) :].split("/")
+            for i in patient_segments:
+                if i < len(segments):
+                    patients.append(segments[i])
+    patients.extend(named)
+    return rows(base_of(p, address, bundle_type), who, patients, cut)
+
+
 def rows(base: list[Any], who: list[Any], patients: list[str], cut: int) -> list[list[Any]]:
     """The stored records of one request (``gateway.audit.events.facts_of`` says what each
     field is): one per patient, in the order first named, or one with none."""
