@@ -8,7 +8,6 @@ problem of the gateway file and of the ``slos.yaml`` it names at once, each as
 from __future__ import annotations
 
 import functools
-import ipaddress
 import re
 import ssl
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from slo.configfile import (
     ConfigError,
     ListenAddr,
     Loc,
+    Networks,
     Problem,
     Source,
     StrictModel,
@@ -304,19 +304,10 @@ class LimitsConfig(StrictModel):
     """The longest response head an upstream may send; a longer one is 502 upstream_protocol_error."""
 
 
-def _networks(value: list[str]) -> list[str]:
-    for v in value:
-        try:
-            ipaddress.ip_network(v, strict=False)
-        except ValueError:
-            raise ValueError(f"must be IP addresses or networks, such as 10.0.0.0/8 (got {v!r})") from None
-    return value
-
-
 class GatewayConfig(StrictModel):
     version: Literal[1]
     listen: ListenAddr = "127.0.0.1:8080"
-    trusted_proxies: Annotated[list[str], AfterValidator(_networks)] = Field(default_factory=list)
+    trusted_proxies: Networks = Field(default_factory=list)
     """Peers whose X-Forwarded-* and Forwarded headers are believed (a load balancer in front)."""
     tls: TlsConfig | None = None
     admin: AdminConfig = Field(default_factory=AdminConfig)

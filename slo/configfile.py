@@ -9,6 +9,7 @@ written at; pydantic's error locations are then mapped back to those positions.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import stat
@@ -39,6 +40,19 @@ def _listen(value: str) -> str:
 
 # A host:port a listener binds; every component's config uses this one type.
 ListenAddr = Annotated[str, AfterValidator(_listen)]
+
+
+def _networks(value: list[str]) -> list[str]:
+    for v in value:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            raise ValueError(f"must be IP addresses or networks, such as 10.0.0.0/8 (got {v!r})") from None
+    return value
+
+
+Networks = Annotated[list[str], AfterValidator(_networks)]
+"""Addresses or networks (``10.0.0.0/8``) a listener believes: trusted proxies, identity sources."""
 
 
 def split_listen(value: str) -> tuple[str, int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, model_validator
 
 from gateway.audit.keys import AuditKeyError, read_data_key, read_signing_key
-from slo.configfile import Loc, Problem, Source, StrictModel
+from slo.configfile import Loc, Networks, Problem, Source, StrictModel
 from slo.spec import DurationS
 
 _YEAR_S = 365.25 * 86400
@@ -34,15 +33,6 @@ def _retention(value: str) -> str:
     return value
 
 
-def _networks(value: list[str]) -> list[str]:
-    for v in value:
-        try:
-            ipaddress.ip_network(v, strict=False)
-        except ValueError:
-            raise ValueError(f"must be IP addresses or networks, such as 10.0.0.0/8 (got {v!r})") from None
-    return value
-
-
 class IdentityConfig(StrictModel):
     """Either a JWKS (``jwks_file`` or ``jwks_url``, with ``issuer`` and ``audience``), or a
     ``header`` an authenticating proxy sets, believed from ``trusted_sources`` only."""
@@ -53,7 +43,7 @@ class IdentityConfig(StrictModel):
     audience: str | None = None
     refresh: DurationS = 300.0
     header: str | None = Field(default=None, pattern=r"^[A-Za-z0-9-]+$")
-    trusted_sources: Annotated[list[str], AfterValidator(_networks)] = Field(default_factory=list)
+    trusted_sources: Networks = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one(self) -> IdentityConfig:
