@@ -37,7 +37,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gateway.audit.keys import Keyring, public_id
-from gateway.dataplane.auditrecord import encode_line
+from gateway.dataplane.auditrecord import encode_line, nonces
 
 GENESIS = "0" * 64
 SEGMENTS = "segments"
@@ -187,7 +187,9 @@ class Appender:
     def encode(self, plaintext: bytes, t_ms: int) -> bytes:
         """The next record's line (the head advances; written by ``write``)."""
         head = self.head
-        line, head.hash = encode_line(self._seal, self.keyring.current, head.size, head.hash, plaintext, t_ms)
+        line, head.hash = encode_line(
+            self._seal, self.keyring.current, head.size, head.hash, plaintext, t_ms, nonces(1)
+        )
         head.size += 1
         return line
 
@@ -197,7 +199,8 @@ class Appender:
         seal, kid, head = self._seal, self.keyring.current, self.head
         lines: list[bytes] = []
         size, h, day = head.size, head.hash, self._day
-        for t_ms, plain in records:
+        random = nonces(len(records))
+        for n, (t_ms, plain) in enumerate(records):
             if t_ms // DAY_MS != day:
                 head.size, head.hash = size, h
                 if lines:
@@ -205,7 +208,7 @@ class Appender:
                     lines = []
                 self.segment_for(t_ms)
                 day = self._day
-            line, h = encode_line(seal, kid, size, h, plain, t_ms)
+            line, h = encode_line(seal, kid, size, h, plain, t_ms, random[12 * n : 12 * n + 12])
             size += 1
             lines.append(line)
         head.size, head.hash = size, h

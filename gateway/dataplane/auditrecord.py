@@ -122,8 +122,15 @@ def rows(base: list[Any], who: list[Any], patients: list[str], cut: int) -> list
     return out
 
 
+# Copying a hash object skips OpenSSL's digest lookup that ``hashlib.sha256()`` repeats on
+# every call (never updated itself: each use is on a copy).
+_SHA256: Final = hashlib.sha256()
+
+
 def chain_hash(prev: str, i: int, t: int, kid: str, nonce: str, ct: str) -> str:
-    return hashlib.sha256(f"{prev}|{i}|{t}|{kid}|{nonce}|{ct}".encode()).hexdigest()
+    h = _SHA256.copy()
+    h.update(f"{prev}|{i}|{t}|{kid}|{nonce}|{ct}".encode())
+    return h.hexdigest()
 
 
 def aad(i: int, prev: str) -> bytes:
@@ -135,11 +142,21 @@ def _b64(data: bytes) -> str:
     return binascii.b2a_base64(data, newline=False).decode()
 
 
+def nonces(n: int) -> bytes:
+    """``n`` random 96-bit GCM nonces in one read of the kernel's generator."""
+    return os.urandom(12 * n)
+
+
 def encode_line(
-    seal: Callable[[bytes, bytes, bytes], bytes], kid: str, i: int, prev: str, plaintext: bytes, t_ms: int
+    seal: Callable[[bytes, bytes, bytes], bytes],
+    kid: str,
+    i: int,
+    prev: str,
+    plaintext: bytes,
+    t_ms: int,
+    nonce: bytes,
 ) -> tuple[bytes, str]:
     """Record ``i`` of a chain whose head hash is ``prev``: its line, and the new head hash."""
-    nonce = os.urandom(12)
     ct = _b64(seal(nonce, plaintext, aad(i, prev)))
     n = _b64(nonce)
     h = chain_hash(prev, i, t_ms, kid, n, ct)

@@ -452,8 +452,15 @@ class Proxy:
                             tee,
                             server_span,
                         )
-                        if facts is not None and inspect_max and len(data) <= inspect_max:
-                            facts.body = data  # the audit sink looks for the patients in it
+                        if (
+                            facts is not None
+                            and inspect_max
+                            and len(data) <= inspect_max
+                            and match.route[-1:] != "}"
+                        ):
+                            # A search's results (not a read of one resource: its template ends
+                            # in an id), for the audit sink to find the patients in.
+                            facts.body = data
                         await self._held(facts, facility, match, method, status, None, server_span)
                         await request.respond(status, out, data, reason, length)
                     else:
