@@ -375,12 +375,12 @@ def wait_ready(url: str, what: str, proc: subprocess.Popen[bytes], timeout_s: fl
 class ServiceProcess:
     """A server binary from Debian's packages, on a loopback port, logging to a file."""
 
-    def __init__(self, name: str, cmd: list[str], log: Path, port: int) -> None:
+    def __init__(self, name: str, cmd: list[str], log: Path, port: int, ready_path: str = "/-/ready") -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log = log.open("w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log)
-        wait_ready(self.url + "/-/ready", name, self.proc)
+        wait_ready(self.url + ready_path, name, self.proc)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -420,6 +420,39 @@ class PrometheusProcess(ServiceProcess):
             *(extra_args or []),
         ]
         super().__init__("prometheus", cmd, workdir / "prometheus.log", port)
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        with urllib.request.urlopen(
+            f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}", timeout=10
+        ) as r:
+            body = json.loads(r.read())
+        assert body["status"] == "success", body
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+
+class VictoriaMetricsProcess(ServiceProcess):
+    """A real single-node VictoriaMetrics (Debian's ``victoria-metrics``) scraping the given
+    targets every second itself, queried through its Prometheus API."""
+
+    def __init__(self, workdir: Path, targets: list[str]) -> None:
+        cfg = {
+            "global": {"scrape_interval": "1s"},
+            "scrape_configs": [{"job_name": "vitalgate", "static_configs": [{"targets": targets}]}],
+        }
+        (workdir / "vmscrape.yml").write_text(yaml.safe_dump(cfg))
+        port = free_port()
+        cmd = [
+            require_binary("victoria-metrics"),
+            f"-promscrape.config={workdir / 'vmscrape.yml'}",
+            f"-storageDataPath={workdir / 'vmdata'}",
+            f"-httpListenAddr=127.0.0.1:{port}",
+            # Samples are queryable at once (the default hides the last 30 s), and no response
+            # is answered from a cache of an earlier, shorter history.
+            "-search.latencyOffset=0s",
+            "-search.disableCache",
+        ]
+        super().__init__("victoria-metrics", cmd, workdir / "victoria-metrics.log", port, "/health")
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         with urllib.request.urlopen(

@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from tests import slos
 from tests.helpers import (
     BackgroundPeers,
     GatewayProcess,
     PrometheusProcess,
+    VictoriaMetricsProcess,
     fetch,
     gateway_config,
     slo_status,
@@ -41,7 +44,10 @@ def report(config: Path, period: str, out: Path, *extra: str) -> dict[str, Any]:
     return figures
 
 
-def test_prometheus_totals_equal_requests_sent_to_both_replicas(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["prometheus", "victoria-metrics"])
+def test_prometheus_totals_equal_requests_sent_to_both_replicas(tmp_path: Path, store: str) -> None:
+    """The same figures from Prometheus and from VictoriaMetrics (a long-term store speaking
+    the Prometheus query API), scraping the same two replicas, as their embedded stores."""
     with BackgroundPeers() as peers:
         replicas = []
         for name in ("a", "b"):
@@ -54,7 +60,12 @@ def test_prometheus_totals_equal_requests_sent_to_both_replicas(tmp_path: Path) 
                 extra={"telemetry": {"store": {"path": "store.db", "flush_interval": "200ms"}}},
             )
             replicas.append((cfg, GatewayProcess(cfg)))
-        prom = PrometheusProcess(tmp_path, [g.admin.removeprefix("http://") for _, g in replicas])
+        targets = [g.admin.removeprefix("http://") for _, g in replicas]
+        prom: PrometheusProcess | VictoriaMetricsProcess = (
+            PrometheusProcess(tmp_path, targets)
+            if store == "prometheus"
+            else VictoriaMetricsProcess(tmp_path, targets)
+        )
         try:
             sent: Counter[str] = Counter()
             bad: Counter[str] = Counter()
