@@ -464,6 +464,30 @@ class VictoriaMetricsProcess(ServiceProcess):
         return result
 
 
+class VmalertProcess(ServiceProcess):
+    """Debian's ``vmalert`` evaluating rule files against a VictoriaMetrics, writing recording
+    rules and alert state back to it and notifying an Alertmanager."""
+
+    def __init__(self, workdir: Path, rule_files: list[Path], datasource: str, alertmanager: str) -> None:
+        port = free_port()
+        cmd = [
+            require_binary("vmalert"),
+            *(f"-rule={p}" for p in rule_files),
+            f"-datasource.url={datasource}",
+            f"-remoteWrite.url={datasource}",
+            f"-notifier.url=http://{alertmanager}",
+            "-evaluationInterval=1s",
+            f"-httpListenAddr=127.0.0.1:{port}",
+        ]
+        super().__init__("vmalert", cmd, workdir / "vmalert.log", port, "/health")
+
+    def groups(self) -> list[dict[str, Any]]:
+        with urllib.request.urlopen(f"{self.url}/api/v1/rules", timeout=10) as r:
+            body = json.loads(r.read())
+        groups: list[dict[str, Any]] = body["data"]["groups"]
+        return groups
+
+
 class AlertmanagerProcess(ServiceProcess):
     """A real Alertmanager (Debian's prometheus-alertmanager), clustering off."""
 

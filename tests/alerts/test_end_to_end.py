@@ -7,6 +7,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+import yaml
 from aiohttp import web
 
 from tests import slos
@@ -15,7 +17,10 @@ from tests.helpers import (
     BackgroundPeers,
     GatewayProcess,
     PrometheusProcess,
+    VictoriaMetricsProcess,
+    VmalertProcess,
     Webhook,
+    eventually,
     fetch,
     gateway_config,
     vitalgate,
@@ -25,7 +30,10 @@ from vitalgate.peers import free_port
 SLOS = slos.FHIR_AVAILABILITY
 
 
-def test_faults_at_one_facility_page_that_facility_only(tmp_path: Path) -> None:
+@pytest.mark.parametrize("evaluator", ["prometheus", "vmalert"])
+def test_faults_at_one_facility_page_that_facility_only(tmp_path: Path, evaluator: str) -> None:
+    """With Prometheus evaluating the rules, or vmalert evaluating them against VictoriaMetrics:
+    alerting does not depend on one Prometheus."""
     with BackgroundPeers() as peers:
         hook = Webhook()
         hook_port = free_port()
@@ -63,12 +71,16 @@ def test_faults_at_one_facility_page_that_facility_only(tmp_path: Path) -> None:
             "60",
         )
         am = AlertmanagerProcess(tmp_path, out / "alertmanager.yml")
-        prom = PrometheusProcess(
-            tmp_path,
-            [g.admin.removeprefix("http://") for g in replicas],
-            rule_files=[out / "rules.yaml"],
-            alertmanager=f"127.0.0.1:{am.port}",
-        )
+        targets = [g.admin.removeprefix("http://") for g in replicas]
+        vmalert: VmalertProcess | None = None
+        prom: PrometheusProcess | VictoriaMetricsProcess
+        if evaluator == "prometheus":
+            prom = PrometheusProcess(
+                tmp_path, targets, rule_files=[out / "rules.yaml"], alertmanager=f"127.0.0.1:{am.port}"
+            )
+        else:
+            prom = VictoriaMetricsProcess(tmp_path, targets)
+            vmalert = VmalertProcess(tmp_path, [out / "rules.yaml"], prom.url, f"127.0.0.1:{am.port}")
         stop = threading.Event()
 
         def traffic() -> None:
@@ -96,17 +108,28 @@ def test_faults_at_one_facility_page_that_facility_only(tmp_path: Path) -> None:
                 ):
                     break
                 time.sleep(0.5)
-            firing = prom.query('ALERTS{alertname="ErrorBudgetBurn", alertstate="firing"}')
+            alerts = 'ALERTS{alertname="ErrorBudgetBurn", alertstate="firing"}'
+            # vmalert writes the ALERTS series back through remote write, seconds later.
+            eventually(lambda: bool(prom.query(alerts)), "the ALERTS series stored", timeout_s=30)
+            firing = prom.query(alerts)
             am_alerts = am.alerts()
+            groups = vmalert.groups() if vmalert is not None else []
         finally:
             stop.set()
             sender.join(10)
+            if vmalert is not None:
+                vmalert.stop()
             prom.stop()
             am.stop()
             for gw in replicas:
                 gw.terminate()
             peers.run(hook_runner.cleanup())
 
+    if evaluator == "vmalert":  # every generated group loaded, and every rule evaluating cleanly
+        generated = yaml.safe_load((out / "rules.yaml").read_text())["groups"]
+        assert sorted(g["name"] for g in groups) == sorted(g["name"] for g in generated)
+        errors = [(r["name"], r["lastError"]) for g in groups for r in g["rules"] if r.get("lastError")]
+        assert errors == []
     burn = [(receiver, lab) for receiver, lab in delivered if lab["alertname"] == "ErrorBudgetBurn"]
     assert burn, f"no ErrorBudgetBurn delivered; got {delivered}"
     # The page reached riverside's own receiver, and nothing about any other facility was sent.
