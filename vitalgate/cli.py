@@ -6,6 +6,7 @@ import argparse
 import os
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -108,7 +109,7 @@ def _prometheus_url(args: argparse.Namespace) -> str | None:
     """``--prometheus-url``, else $PROMETHEUS_URL; None (said on stderr) when neither is set."""
     url: str | None = args.prometheus_url or os.environ.get("PROMETHEUS_URL")
     if not url:
-        print("vitalgate: --backend prometheus needs --prometheus-url URL", file=sys.stderr)
+        print("vitalgate: this needs --prometheus-url URL (or PROMETHEUS_URL)", file=sys.stderr)
         return None
     return url
 
@@ -218,6 +219,32 @@ def cmd_alerts_generate(args: argparse.Namespace) -> int:
     print(f"wrote {len(files)} files to {out}: {n_rules} rules for {len(config.slos)} SLOs")
     for f in files:
         print(f"  {f}")
+    return 0
+
+
+def cmd_alerts_verify(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    from alerts.verify import RulesUnavailable, loaded_groups, problems  # noqa: PLC0415
+    from vitalgate.generate import rule_document  # noqa: PLC0415
+
+    url = _prometheus_url(args)
+    if url is None:
+        return 1
+    expected = rule_document(config, args.time_scale)["groups"]
+    try:
+        wrong = problems(expected, loaded_groups(url), time.time())
+    except RulesUnavailable as exc:
+        print(f"vitalgate: {exc}", file=sys.stderr)
+        return 1
+    for p in wrong:
+        print(p)
+    n_rules = sum(len(g["rules"]) for g in expected)
+    if wrong:
+        print(f"{len(wrong)} problems with the {len(expected)} groups generated from {config.path.name}")
+        return 1
+    print(f"{url}: all {len(expected)} groups ({n_rules} rules) loaded, evaluating and keeping up")
     return 0
 
 
@@ -398,6 +425,13 @@ def _generator_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--time-scale", type=float, default=1.0, help=argparse.SUPPRESS)  # tests: shrink windows
     p.set_defaults(func=cmd_alerts_generate)
+    p = alerts.add_parser("verify", help="whether Prometheus runs every generated rule group, without errors")
+    p.add_argument("--config", required=True)
+    p.add_argument(
+        "--prometheus-url", default=None, help="Prometheus (or vmalert) base URL (or PROMETHEUS_URL)"
+    )
+    p.add_argument("--time-scale", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_alerts_verify)
 
     dash = sub.add_parser("dashboards", help="Grafana dashboards").add_subparsers(
         dest="dashboards_command", required=True

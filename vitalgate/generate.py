@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alerts import alertmanager, rules, unittests
 from dashboards.build import DashboardOptions, GeneratedDashboard, build_all, facility_folder
@@ -26,10 +27,8 @@ def routing(config: Config[ProductConfig]) -> alertmanager.Routing:
     )
 
 
-def write_alerts(config: Config[ProductConfig], out: Path, time_scale: float = 1.0) -> tuple[list[Path], int]:
-    """Write rules.yaml, alertmanager.yml and tests/<slo>.yaml; returns the files and the rule count."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "tests").mkdir(exist_ok=True)
+def rule_document(config: Config[ProductConfig], time_scale: float = 1.0) -> dict[str, Any]:
+    """The rules.yaml document the config generates (what ``alerts verify`` expects loaded)."""
     a = config.gateway.alerting
     opts = rules.RuleOptions(
         runbook_url=a.runbook_url,
@@ -37,9 +36,15 @@ def write_alerts(config: Config[ProductConfig], out: Path, time_scale: float = 1
         time_scale=time_scale,
         facility_ids=tuple(f.id for f in config.facilities()),
     )
-    services = sorted(config.gateway.upstreams)
+    return rules.build_rules(config.slos, sorted(config.gateway.upstreams), opts)
+
+
+def write_alerts(config: Config[ProductConfig], out: Path, time_scale: float = 1.0) -> tuple[list[Path], int]:
+    """Write rules.yaml, alertmanager.yml and tests/<slo>.yaml; returns the files and the rule count."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tests").mkdir(exist_ok=True)
     source = config.path.name
-    doc = rules.build_rules(config.slos, services, opts)
+    doc = rule_document(config, time_scale)
     written = [out / "rules.yaml", out / "alertmanager.yml"]
     (out / "rules.yaml").write_text(rules.render(doc, source))
     (out / "alertmanager.yml").write_text(

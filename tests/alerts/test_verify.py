@@ -1,0 +1,63 @@
+"""``vitalgate alerts verify`` against real servers running the generated rules."""
+
+from pathlib import Path
+
+import yaml
+
+from tests import slos
+from tests.helpers import (
+    PrometheusProcess,
+    VictoriaMetricsProcess,
+    VmalertProcess,
+    eventually,
+    gateway_config,
+    vitalgate,
+)
+from vitalgate.peers import free_port
+
+SLOS = slos.DASHBOARDS
+
+
+def _verify(cfg: Path, url: str) -> tuple[int, str]:
+    res = vitalgate("alerts", "verify", "--config", str(cfg), "--prometheus-url", url, check=False)
+    return res.returncode, res.stdout + res.stderr
+
+
+def test_verify_finds_every_group_running_and_names_the_one_left_out(tmp_path: Path) -> None:
+    cfg = gateway_config(tmp_path, free_port(), slos=SLOS)
+    out = tmp_path / "generated"
+    vitalgate("alerts", "generate", "--config", str(cfg), "--out", str(out))
+    groups = yaml.safe_load((out / "rules.yaml").read_text())["groups"]
+    (tmp_path / "full").mkdir()
+    full = PrometheusProcess(tmp_path / "full", [], rule_files=[out / "rules.yaml"])
+    partial_rules = tmp_path / "partial.yaml"
+    partial_rules.write_text(yaml.safe_dump({"groups": groups[1:]}))
+    (tmp_path / "partial").mkdir()
+    partial = PrometheusProcess(tmp_path / "partial", [], rule_files=[partial_rules])
+    try:
+        eventually(lambda: _verify(cfg, full.url)[0] == 0, "every group evaluated", timeout_s=30)
+        code, said = _verify(cfg, full.url)
+        assert code == 0 and f"all {len(groups)} groups" in said, said
+        eventually(lambda: "not evaluated yet" not in _verify(cfg, partial.url)[1], "evaluated", timeout_s=30)
+        code, said = _verify(cfg, partial.url)
+        assert code == 1
+        assert said.splitlines()[0].startswith(f"group {groups[0]['name']}: not loaded"), said
+        assert len(said.splitlines()) == 2  # that one, and the summary
+    finally:
+        full.stop()
+        partial.stop()
+    code, said = _verify(cfg, full.url)  # gone
+    assert code == 1 and "api/v1/rules" in said
+
+
+def test_verify_reads_vmalert_as_it_reads_prometheus(tmp_path: Path) -> None:
+    cfg = gateway_config(tmp_path, free_port(), slos=SLOS)
+    out = tmp_path / "generated"
+    vitalgate("alerts", "generate", "--config", str(cfg), "--out", str(out))
+    vm = VictoriaMetricsProcess(tmp_path, [])
+    vmalert = VmalertProcess(tmp_path, [out / "rules.yaml"], vm.url, f"127.0.0.1:{free_port()}")
+    try:
+        eventually(lambda: _verify(cfg, vmalert.url)[0] == 0, "every group evaluated", timeout_s=30)
+    finally:
+        vmalert.stop()
+        vm.stop()
