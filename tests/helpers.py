@@ -382,6 +382,16 @@ class ServiceProcess:
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log)
         wait_ready(self.url + ready_path, name, self.proc)
 
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """An instant query of the Prometheus API (Prometheus, VictoriaMetrics)."""
+        with urllib.request.urlopen(
+            f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}", timeout=10
+        ) as r:
+            body = json.loads(r.read())
+        assert body["status"] == "success", body
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -421,15 +431,6 @@ class PrometheusProcess(ServiceProcess):
         ]
         super().__init__("prometheus", cmd, workdir / "prometheus.log", port)
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        with urllib.request.urlopen(
-            f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}", timeout=10
-        ) as r:
-            body = json.loads(r.read())
-        assert body["status"] == "success", body
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
-
 
 class VictoriaMetricsProcess(ServiceProcess):
     """A real single-node VictoriaMetrics (Debian's ``victoria-metrics``) scraping the given
@@ -453,15 +454,6 @@ class VictoriaMetricsProcess(ServiceProcess):
             "-search.disableCache",
         ]
         super().__init__("victoria-metrics", cmd, workdir / "victoria-metrics.log", port, "/health")
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        with urllib.request.urlopen(
-            f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}", timeout=10
-        ) as r:
-            body = json.loads(r.read())
-        assert body["status"] == "success", body
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
 
 
 class VmalertProcess(ServiceProcess):
