@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-from gateway.dataplane.auditrecord import FACTS_VERSION, REST, rows
+from gateway.dataplane.auditrecord import FACTS_VERSION, REST, path_patients, rows
 
 BALP = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit."
 EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
@@ -145,26 +145,6 @@ def shape(method: str, prefix: str, route: str) -> Shape:
     rel = route[len(prefix) :].split("/") if route.startswith(prefix) else []
     ids = tuple(i for i, seg in enumerate(rel) if seg == "{id}" and i > 0 and rel[i - 1] == "Patient")
     return Shape(ids, interaction(method, prefix, route, None).startswith(("search", "history")))
-
-
-def patients_named(path: str, query: str, prefix: str, s: Shape) -> list[str]:
-    """Patient ids a request itself names: ``Patient/{id}`` paths (compartments included) and
-    the ``patient``/``subject`` search parameters."""
-    found = []
-    if s.patient_segments and path.startswith(prefix):
-        segments = path[len(prefix) :].split("/")
-        found = [segments[i] for i in s.patient_segments if i < len(segments)]
-    if query:
-        found += query_patients(query)
-    return found
-
-
-def patients_of(req: Request) -> list[str]:
-    return list(
-        dict.fromkeys(
-            patients_named(req.path, req.query, req.prefix, shape(req.method, req.prefix, req.route))
-        )
-    )
 
 
 def query_patients(query: str) -> list[str]:
@@ -344,7 +324,10 @@ _N_WHO = len(dataclasses.fields(Who))
 def facts(req: Request, who: Who, found_patients: Sequence[str] = (), cut: int = 0) -> list[list[Any]]:
     """``facts_of`` a ``Request``."""
     base = [getattr(req, f.name) for f in dataclasses.fields(Request)]
-    return facts_of(base, who, [*patients_of(req), *found_patients], cut)
+    s = shape(req.method, req.prefix, req.route)
+    named = path_patients(req.path, req.prefix, s.patient_segments)
+    named += query_patients(req.query) if req.query else []
+    return facts_of(base, who, [*named, *found_patients], cut)
 
 
 def facts_of(base: list[Any], who: Who, patients: Sequence[str], cut: int) -> list[list[Any]]:
@@ -423,10 +406,3 @@ def _event(req: Request, who: Who, patient: str | None, i: int, cut: int, observ
         detail += f"; {cut} more patients in the results not recorded (audit limit)"
     event["outcomeDesc"] = detail
     return event
-
-
-def build(
-    req: Request, who: Who, found_patients: Sequence[str] = (), cut: int = 0, observer: str = "vitalgate"
-) -> list[dict[str, Any]]:
-    """The AuditEvents of one request (``render`` of each of its ``facts``)."""
-    return [render(f, observer) for f in facts(req, who, found_patients, cut)]

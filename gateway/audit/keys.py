@@ -127,9 +127,6 @@ class Keyring:
         keys = {key_id(k): AESGCM(k) for k in raw}
         return cls(keys, key_id(raw[0]))
 
-    def seal(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        return self.keys[self.current].encrypt(nonce, plaintext, aad)
-
     def open(self, kid: str, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes | None:
         """The plaintext, or None when the key is unknown or the record was altered."""
         aes = self.keys.get(kid)

@@ -84,17 +84,18 @@ def request_rows(
     """The rows of a ``pending`` request: its fields (``base_of``), the user's, and one row per
     patient: those its path names at ``patient_segments`` (after the prefix), then ``named``
     (its query's, its results')."""
-    patients: list[str] = []
-    if patient_segments:
-        path: str = p[3]
-        prefix: str = p[5]
-        if path.startswith(prefix):
-            segments = path[len(prefix) :].split("/")
-            for i in patient_segments:
-                if i < len(segments):
-                    patients.append(segments[i])
+    patients = path_patients(p[3], p[5], patient_segments) if patient_segments else []
     patients.extend(named)
     return rows(base_of(p, address, bundle_type), who, patients, cut)
+
+
+def path_patients(path: str, prefix: str, patient_segments: tuple[int, ...]) -> list[str]:
+    """The patient ids a path names where its route template has ``Patient/{id}``
+    (``patient_segments``: positions after the prefix)."""
+    if not path.startswith(prefix):
+        return []
+    segments = path[len(prefix) :].split("/")
+    return [segments[i] for i in patient_segments if i < len(segments)]
 
 
 def rows(base: list[Any], who: list[Any], patients: list[str], cut: int) -> list[list[Any]]:
