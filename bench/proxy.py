@@ -3,7 +3,9 @@
 Run by hand (``make bench``); results go in the issue note, never into test
 assertions. One run interleaves rounds of every target, so machine noise hits
 all of them alike. The proxy under test is pinned to core 0; wrk, the nginx
-upstream (serving a ~1.5 KB FHIR JSON file) and the OTLP sink to core 1.
+upstream (serving a ~1.5 KB FHIR JSON file) and the OTLP sink to core 1. With
+``--audit``, the gateway's audit writer process goes to core 1 as well (and in one
+more target stays on core 0); a proxy's CPU figure includes its child processes.
 
     python bench/proxy.py [--rounds 3] [--seconds 5] [--connections 50]
 """
@@ -27,6 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 PROXY_CORE, LOAD_CORE = "0", "1"
+AUDIT_ONE_CORE = "vitalgate audit batched, 1 core"
+"""The audit writer left on the proxy's core: the cost where no second core is free."""
 TICKS = os.sysconf("SC_CLK_TCK")
 PATIENT = {
     "resourceType": "Patient",
@@ -291,6 +295,7 @@ def _start_targets(
         gateways += [
             (f"vitalgate audit {d}", f"audit-{d}", 1.0, 0, PROXY_CORE, d) for d in ("batched", "strict")
         ]
+        gateways.append((AUDIT_ONE_CORE, "audit-one-core", 1.0, 0, PROXY_CORE, "batched"))
     if workers:
         # Both unpinned: the kernel may use both cores (shared with wrk and the upstream).
         gateways += [(f"vitalgate x{n} unpinned", f"w{n}", 1.0, n, "0-1", None) for n in (1, workers)]
@@ -300,6 +305,24 @@ def _start_targets(
         procs[name] = start([*cmd, "--workers", str(n)] if n else cmd, cores)
         targets[name] = (f"http://127.0.0.1:{port}{path}", procs[name].pid)
     return targets, [up_port, nginx_port, bare_port, sink_port]
+
+
+def audit_writer(gateway_pid: int) -> int | None:
+    """The audit writer process a gateway process started (``gateway.audit.writer``)."""
+    for child in Path(f"/proc/{gateway_pid}/task/{gateway_pid}/children").read_text().split():
+        if b"gateway.audit.writer" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return int(child)
+    return None
+
+
+def pin_audit_writers(targets: Targets) -> None:
+    """Each audit writer onto the load core, beside the other processes that are not the proxy
+    (the sink, the upstream), except in ``AUDIT_ONE_CORE``: there it shares the proxy's core.
+    Its CPU is counted with the gateway's either way (``cpu_ticks`` reads the children)."""
+    for name, (_, pid) in targets.items():
+        writer = audit_writer(pid) if pid is not None and name.startswith("vitalgate audit") else None
+        if writer is not None and name != AUDIT_ONE_CORE:
+            subprocess.run(["taskset", "-pc", LOAD_CORE, str(writer)], check=True, stdout=subprocess.DEVNULL)
 
 
 def _measure(
@@ -390,6 +413,7 @@ def main() -> int:
             wait_port(port)
         for url, _ in targets.values():
             wait_port(int(url.split(":")[2].split("/")[0]))
+        pin_audit_writers(targets)
         samples = _measure(targets, procs["upstream"].pid, args.rounds, args.seconds, args.connections)
     finally:
         stop_all(procs.values())

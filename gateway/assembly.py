@@ -19,10 +19,11 @@ from prometheus_client import CollectorRegistry
 
 from gateway.audit.config import AuditConfig, ForwardConfig, retention_s
 from gateway.audit.forward import Forwarder, ForwardSettings
-from gateway.audit.identity import HeaderIdentity, Identities, JwksIdentity, NoIdentity
+from gateway.audit.identity import IdentitySettings
 from gateway.audit.keys import Keyring, read_signing_key
 from gateway.audit.store import CHECKPOINT_EVENT, CHECKPOINT_SPAN
-from gateway.audit.trail import AuditTrail, TrailSettings
+from gateway.audit.trail import AuditTrail
+from gateway.audit.writer import TrailSettings, WriterSpec
 from gateway.config import Config, GatewayConfig
 from gateway.dataplane.accesslog import AccessLog
 from gateway.dataplane.facility import FacilityResolver
@@ -126,7 +127,7 @@ class DataPlane:
         if self.recorder is not None:
             self.recorder.start()
         if self.audit is not None:
-            self.audit.start()
+            await self.audit.start()
         if self.forwarder is not None:
             self.forwarder.start()
         await self.tracing.start()
@@ -143,19 +144,23 @@ class DataPlane:
         if self.forwarder is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.forwarder.close)
         if self.audit is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.audit.close)
+            await self.audit.close()
         await self.tracing.shutdown()
 
 
-def identities(config: Config[GatewayConfig], audit: AuditConfig) -> Identities:
+def identity_settings(config: Config[GatewayConfig], audit: AuditConfig) -> IdentitySettings | None:
     ident = audit.identity
     if ident is None:
-        return NoIdentity()
+        return None
     if ident.header is not None:
-        return HeaderIdentity(ident.trusted_sources)
-    assert ident.issuer is not None and ident.audience is not None  # the schema requires both
-    jwks_file = config.resolve(ident.jwks_file) if ident.jwks_file else None
-    return JwksIdentity(ident.issuer, ident.audience, jwks_file, ident.jwks_url, ident.refresh)
+        return IdentitySettings(header=True, trusted_sources=tuple(ident.trusted_sources))
+    return IdentitySettings(
+        issuer=ident.issuer,
+        audience=ident.audience,
+        jwks_file=config.resolve(ident.jwks_file) if ident.jwks_file else None,
+        jwks_url=ident.jwks_url,
+        refresh_s=ident.refresh,
+    )
 
 
 def audit_trail(
@@ -180,9 +185,15 @@ def audit_trail(
         upstream_addresses={name: u.url for name, u in config.gateway.upstreams.items()},
         chain=chain,
         root=root,
+        strict=audit.durability == "strict",
     )
-    keyring = Keyring.load([config.resolve(k) for k in audit.data_key_files()])
-    signer = read_signing_key(config.resolve(audit.signing_key_file))
+    key_files = tuple(config.resolve(k) for k in audit.data_key_files())
+    signing_key_file = config.resolve(audit.signing_key_file)
+    # Read here too, so that a key the writer could not read stops the gateway's start with
+    # the key's own error; the writer process reads its own copy.
+    keyring = Keyring.load(key_files)
+    read_signing_key(signing_key_file)
+    spec = WriterSpec(settings, key_files, signing_key_file, identity_settings(config, audit))
 
     def publish(checkpoint: dict[str, Any]) -> None:
         access_log.event(time.time(), CHECKPOINT_EVENT, {"checkpoint": checkpoint})
@@ -191,7 +202,7 @@ def audit_trail(
                 CHECKPOINT_SPAN, {f"vitalgate.audit.checkpoint.{k}": v for k, v in checkpoint.items()}
             )
 
-    return AuditTrail(settings, keyring, signer, identities(config, audit), metrics, publish)
+    return AuditTrail(settings, keyring, spec, metrics, publish)
 
 
 def forwarder(

@@ -154,7 +154,7 @@ class Gateway:
         if self.dataplane is None:
             self.access_log.start()
             if self._audit_reads is not None:
-                self._audit_reads.start()
+                await self._audit_reads.start()
             await self._start_admin()
             self.lifecycle.ready = False  # until every worker is up (gateway.workers)
             return
@@ -204,7 +204,7 @@ class Gateway:
             await self.dataplane.close()
         loop = asyncio.get_running_loop()
         if self._audit_reads is not None:
-            await loop.run_in_executor(None, self._audit_reads.close)
+            await self._audit_reads.close()
         # The log's writer gets as long as requests did to finish (up to 10 s); what a stalled
         # output still holds then is counted as dropped.
         log_s = max(1.0, min(10.0, timeout_s))

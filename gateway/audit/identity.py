@@ -3,7 +3,7 @@ ES256; signature, expiry, issuer, audience, with PyJWT), or a header an authenti
 in front sets, believed only from its configured addresses. What cannot be established is
 recorded as unverified, with the token's SHA-256, never the token.
 
-Runs on the audit writer's thread, never on the request path: a token is judged when its
+Runs in the audit writer's process, never on the request path: a token is judged when its
 record is written (within ``flush_interval``), its expiry against the time of the request, and
 its signature against the JWKS as the writer finds it then (an unknown key id fetches a
 ``jwks_url`` again).
@@ -16,6 +16,7 @@ import ipaddress
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,10 @@ ALGORITHMS = ["RS256", "ES256"]
 CACHE_MAX = 10_000
 NBF_LEEWAY_S = 30.0
 """Clock skew allowed between the identity provider and the gateway for ``nbf``."""
+
+
+_UNSEEN = ""
+"""``Identities.digest``'s marker for a header value not seen yet (no digest is empty)."""
 
 
 def _sha256(token: str) -> str:
@@ -43,6 +48,23 @@ def _bearer(authorization: str | None) -> str | None:
 class Identities:
     """Resolves the user of a request (``resolve``), caching verified tokens until they expire."""
 
+    def __init__(self) -> None:
+        self._digests: dict[str, str | None] = {}
+
+    def digest(self, authorization: str | None) -> str | None:
+        """The SHA-256 of a request's bearer token, None without one. Kept per header value: a
+        client sends the same token with every request of its session."""
+        if not authorization:
+            return None
+        digest = self._digests.get(authorization, _UNSEEN)
+        if digest is _UNSEEN:
+            token = _bearer(authorization)
+            digest = _sha256(token) if token else None
+            if len(self._digests) >= CACHE_MAX:
+                self._digests.clear()
+            self._digests[authorization] = digest
+        return digest
+
     def resolve(
         self, authorization: str | None, user_header: str | None, peer: str | None, at_s: float
     ) -> Who:
@@ -55,17 +77,26 @@ NOBODY = Who(None, None, None, False, None, "no identity configured")
 class NoIdentity(Identities):
     """No ``audit.identity`` configured: every user is unverified (the token's hash kept)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._who: dict[str | None, Who] = {}
+
     def resolve(
         self, authorization: str | None, user_header: str | None, peer: str | None, at_s: float
     ) -> Who:
-        token = _bearer(authorization)
-        if token is None:
-            return NOBODY
-        return Who(None, None, None, False, _sha256(token), "no identity configured")
+        who = self._who.get(authorization)
+        if who is None:
+            digest = self.digest(authorization)
+            who = NOBODY if digest is None else Who(None, None, None, False, digest, "no identity configured")
+            if len(self._who) >= CACHE_MAX:
+                self._who.clear()
+            self._who[authorization] = who
+        return who
 
 
 class HeaderIdentity(Identities):
     def __init__(self, trusted_sources: Sequence[str]) -> None:
+        super().__init__()
         self._networks = [ipaddress.ip_network(s, strict=False) for s in trusted_sources]
         self._trusted: dict[str, bool] = {}
 
@@ -86,8 +117,7 @@ class HeaderIdentity(Identities):
     def resolve(
         self, authorization: str | None, user_header: str | None, peer: str | None, at_s: float
     ) -> Who:
-        token = _bearer(authorization)
-        digest = _sha256(token) if token else None
+        digest = self.digest(authorization)
         if not user_header:
             return Who(None, None, None, False, digest, "no identity header")
         if not self._is_trusted(peer):
@@ -104,6 +134,7 @@ class JwksIdentity(Identities):
         jwks_url: str | None,
         refresh_s: float,
     ) -> None:
+        super().__init__()
         self.issuer = issuer
         self.audience = audience
         self._file = jwks_file
@@ -161,7 +192,7 @@ class JwksIdentity(Identities):
         token = _bearer(authorization)
         if token is None:
             return Who(None, None, None, False, None, "no bearer token")
-        digest = _sha256(token)
+        digest = self.digest(authorization) or _sha256(token)
         cached = self._cache.get(digest)
         if cached is not None and cached[1] > at_s:
             return cached[0]
@@ -183,3 +214,29 @@ class JwksIdentity(Identities):
             self._cache.clear()
         self._cache[digest] = (who, float(claims["exp"]))
         return who
+
+
+@dataclass(frozen=True)
+class IdentitySettings:
+    """``audit.identity`` as the writer process builds it (``build``): plain data, since it
+    crosses to that process."""
+
+    header: bool = False
+    trusted_sources: tuple[str, ...] = ()
+    issuer: str | None = None
+    audience: str | None = None
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    refresh_s: float = 300.0
+
+
+def build(settings: IdentitySettings | None) -> Identities:
+    """The identities ``settings`` describe; None (no ``audit.identity``) is ``NoIdentity``."""
+    if settings is None:
+        return NoIdentity()
+    if settings.header:
+        return HeaderIdentity(settings.trusted_sources)
+    assert settings.issuer is not None and settings.audience is not None  # the schema requires both
+    return JwksIdentity(
+        settings.issuer, settings.audience, settings.jwks_file, settings.jwks_url, settings.refresh_s
+    )

@@ -5,8 +5,9 @@ A segment is ``segments/YYYY-MM-DD.seg`` (the UTC day of writing), one JSON obje
 
     {"i": 17, "t": 1764640000123, "k": "<key id>", "n": "<nonce>", "c": "<ciphertext>", "h": "<hash>"}
 
-``c`` is the AuditEvent (deflated), AES-256-GCM under key ``k`` with the record's position and the
-previous hash as associated data, so a record cannot be moved or replayed elsewhere in the
+``c`` is the record's facts (``events.facts``: a JSON array the AuditEvent is rendered from
+when read), AES-256-GCM under key ``k`` with the record's position and the previous hash as
+associated data, so a record cannot be moved or replayed elsewhere in the
 chain. ``h`` = SHA-256 of the previous record's ``h`` and this record's other fields: changing,
 removing, inserting or reordering a record breaks every hash after it. The first day a record
 is written into a new segment, the previous one gets a last line ``{"seal": ...}`` (signed)
@@ -37,7 +38,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gateway.audit.keys import Keyring, public_id
-from gateway.dataplane.auditrecord import encode_line, nonces
+from gateway.dataplane.auditrecord import encode_line, encode_run, nonces
 
 GENESIS = "0" * 64
 SEGMENTS = "segments"
@@ -193,26 +194,20 @@ class Appender:
         head.size += 1
         return line
 
-    def append(self, records: list[tuple[int, bytes]]) -> None:
-        """Encode and write ``(t_ms, plaintext)`` records in order, each in its day's segment
-        (the previous one sealed where a new day starts). The writer's loop, per record."""
+    def append(self, records: list[tuple[int, Any]]) -> None:
+        """Encode and write ``(t_ms, facts)`` records in order (``facts``: a JSON array, as
+        ``events.facts`` makes), each in its day's segment (the previous one sealed where a new
+        day starts)."""
         seal, kid, head = self._seal, self.keyring.current, self.head
-        lines: list[bytes] = []
-        size, h, day = head.size, head.hash, self._day
         random = nonces(len(records))
-        for n, (t_ms, plain) in enumerate(records):
-            if t_ms // DAY_MS != day:
-                head.size, head.hash = size, h
-                if lines:
-                    self.write(lines)
-                    lines = []
-                self.segment_for(t_ms)
-                day = self._day
-            line, h = encode_line(seal, kid, size, h, plain, t_ms, random[12 * n : 12 * n + 12])
-            size += 1
-            lines.append(line)
-        head.size, head.hash = size, h
-        if lines:
+        i = 0
+        while i < len(records):
+            if records[i][0] // DAY_MS != self._day:
+                self.segment_for(records[i][0])
+            lines, size, h, i = encode_run(
+                seal, orjson.dumps, kid, head.size, head.hash, records, i, self._day, DAY_MS, random
+            )
+            head.size, head.hash = size, h
             self.write(lines)
 
     def segment_for(self, t_ms: int) -> None:

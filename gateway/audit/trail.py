@@ -1,50 +1,53 @@
-"""The audit trail as a request sink: each finished request on an audited route is queued on
-the event loop (a deque append) and turned into AuditEvents, encrypted and appended by one
-writer thread, which fsyncs every ``flush_interval`` and signs a checkpoint every
-``checkpoint_interval`` and at shutdown.
+"""The audit trail as a request sink, in the gateway's process: each finished request on an
+audited route is queued on the event loop (a deque append), and every ``SHIP_INTERVAL_S``
+(at once for a strict response being held) the queue goes down a pipe to the trail's writer
+process (``gateway.audit.writer``), which makes the AuditEvents, encrypts, chains, appends,
+fsyncs every ``flush_interval`` and checkpoints. Its replies (counts, acknowledgements,
+checkpoints, log records) come back on the same loop and go to the gateway's metrics, held
+responses, access log and log.
 
-``batched`` durability: what a crash can lose is what was queued since the last fsync, at
-most ``flush_interval`` of records (1 s by default); the records a full queue or a failing
-disk could not keep are counted (``vitalgate_telemetry_dropped_total{signal="audit"}``) and
-logged. A failing disk is retried every interval with the batch kept (bounded by the queue).
+All of it on the event loop, with no thread: a thread waking in this process takes the
+interpreter lock from the loop, and the handoffs cost the loop more than the thread's own work.
+
+``batched`` durability: a crash of the gateway process loses what it had not shipped (at most
+``SHIP_INTERVAL_S`` of records); a crash of the machine what the writer had not fsynced (at
+most ``flush_interval`` more, 1 s by default). What a full queue, a failing disk or a writer
+that died could not keep is counted (``vitalgate_telemetry_dropped_total{signal="audit"}``,
+in requests) and logged; a writer that died is started again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
-import threading
+import marshal
+import pickle
+import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
-import orjson
-
 from gateway.audit import events
-from gateway.audit.identity import Identities
 from gateway.audit.keys import Keyring
 from gateway.audit.search import AuditQuery
-from gateway.audit.store import Appender, Head
-from gateway.audit.verify import all_records, expire
-from gateway.dataplane.auditrecord import pending, request_rows
+from gateway.audit.verify import all_records
+from gateway.audit.writer import FRAME, SHIP_INTERVAL_S, Pending, TrailSettings, WriterSpec, frame
+from gateway.dataplane.auditrecord import pending
 from gateway.dataplane.outcome import AuditFacts, Outcome
 from gateway.dataplane.tracing import AnySpan
 
 log = logging.getLogger("vitalgate.audit")
 
-RETENTION_EVERY_S = 3600.0
-SHAPES_MAX = 10_000
 HOLD_TIMEOUT_S = 10.0
 """The longest a strict response waits for its record (a disk that hangs): then 503."""
-
-
-def _settle(fut: asyncio.Future[bool], ok: bool) -> None:
-    if not fut.done():  # a waiter that timed out has gone
-        fut.set_result(ok)
+START_TIMEOUT_S = 30.0
+"""How long a writer may take to start (it waits for an earlier one to finish the chain)."""
+RESTART_AFTER_S = 1.0
+MAX_UNSENT_BYTES = 64 << 20
+"""Shipped but not yet taken by the writer's pipe: past this, the queue waits here instead
+(bounded by ``max_queue``, then counted as dropped)."""
 
 
 class AuditCounters(Protocol):
@@ -53,95 +56,72 @@ class AuditCounters(Protocol):
     def audit_write_error(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class TrailSettings:
-    directory: Path
-    flush_interval_s: float
-    checkpoint_interval_s: float
-    retention_s: float
-    max_queue: int
-    max_patients: int
-    upstream_addresses: dict[str, str]
-    """Upstream name -> its base URL (the server agent's network address)."""
-    chain: str = ""
-    root: Path | None = None
-    """The trail's folder when this chain is one of several in it (``--workers``)."""
+class WriterError(OSError):
+    """The writer process could not open the trail (its reason in the message)."""
 
 
-def patients_in(body: bytes, limit: int) -> tuple[list[str], int]:
-    """Patient ids in a FHIR JSON search result (the Patients themselves, and the patient or
-    subject of each other resource), at most ``limit``, and how many more there were."""
+Waiter = tuple[int, asyncio.Future[bool]]
+
+
+class _Child:
+    """One writer process, and what was shipped to it but not yet accounted for."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.shipped = 0
+        self.accounted = 0
+        self.dead = False
+        self.reader: asyncio.Task[None] | None = None
+
+    @property
+    def stdin(self) -> asyncio.StreamWriter:
+        assert self.proc.stdin is not None
+        return self.proc.stdin
+
+    @property
+    def stdout(self) -> asyncio.StreamReader:
+        assert self.proc.stdout is not None
+        return self.proc.stdout
+
+
+async def _read_frame(stream: asyncio.StreamReader) -> Any:
+    """The next reply, or None at the end of the pipe."""
     try:
-        doc = json.loads(body)
-    except ValueError:
-        return [], 0
-    if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
-        return [], 0
-    found: dict[str, None] = {}
-    for entry in doc.get("entry") or []:
-        res = entry.get("resource") if isinstance(entry, dict) else None
-        if not isinstance(res, dict):
-            continue
-        if res.get("resourceType") == "Patient" and isinstance(res.get("id"), str):
-            found[res["id"]] = None
-            continue
-        for key in ("patient", "subject"):
-            ref = res.get(key)
-            ref = ref.get("reference") if isinstance(ref, dict) else None
-            if isinstance(ref, str) and ref.startswith("Patient/"):
-                found[ref[len("Patient/") :]] = None
-    ids = list(found)
-    return ids[:limit], max(0, len(ids) - limit)
-
-
-def bundle_type(body: bytes | None) -> str | None:
-    if not body:
+        (n,) = FRAME.unpack(await stream.readexactly(FRAME.size))
+        data = await stream.readexactly(n)
+    except asyncio.IncompleteReadError:
         return None
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return None
-    kind = doc.get("type") if isinstance(doc, dict) else None
-    return kind if kind in ("batch", "transaction") else None
-
-
-Pending = tuple[Any, ...]
-"""A request waiting for the writer (``auditrecord.pending``)."""
+    return marshal.loads(data)  # noqa: S302  (from the writer this process started)
 
 
 class AuditTrail:
-    """A ``RequestSink``; ``start`` opens the store, ``close`` writes all and checkpoints."""
+    """A ``RequestSink``; ``start`` starts the writer, ``close`` has it write all and checkpoint."""
 
     def __init__(
         self,
         settings: TrailSettings,
         keyring: Keyring,
-        signer: Any,
-        identities: Identities,
+        spec: WriterSpec,
         counters: AuditCounters,
         publish: Callable[[dict[str, Any]], None] | None,
     ) -> None:
         self.settings = settings
         self.keyring = keyring
-        self._signer = signer
-        self._identities = identities
+        self._spec = spec
         self._counters = counters
         self._publish = publish
         self._queue: deque[Pending | list[Any]] = deque()
         """Finished requests, and records already made (reads of the trail itself)."""
-        self._wake = threading.Event()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-        self._appender: Appender | None = None
-        self._shapes: dict[tuple[str, str, str], events.Shape] = {}
-        self._pending_records: list[tuple[int, bytes]] = []
-        """Encoded records a failed write left, tried again first (bounded by ``max_queue``)."""
+        self._held: deque[tuple[int, Pending]] = deque()
+        """Strict records of responses not yet served, numbered: written, or dropped if the
+        write fails (the request is then answered 503, and that outcome recorded by ``request``)."""
+        self._waiters: deque[Waiter] = deque()
+        self._seq = 0
         self._failing = False
-        self._held: deque[Pending] = deque()
-        """Strict records of responses not yet served: written, or dropped if the write fails
-        (the request is then answered 503, and that outcome recorded by ``request``)."""
-        self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[bool]]] = deque()
-        self.written = 0
+        self._stopping = False
+        self._child: _Child | None = None
+        self._shipping: asyncio.Task[None] | None = None
+        self._kicked = False
         self.durable_size = 0
         """Records in the chain known to be on disk (fsynced)."""
         self.last_checkpoint: dict[str, Any] | None = None
@@ -168,81 +148,30 @@ class AuditTrail:
         error_type: str | None,
         span: AnySpan,
     ) -> bool:
-        """``durability: strict``: queue the record and wake the writer, which commits every
-        record queued meanwhile with one fsync (group commit) and then answers each waiter.
-        False, at once, while the disk is failing, or after ``HOLD_TIMEOUT_S``."""
-        if self._failing or self._thread is None:
+        """``durability: strict``: ship the record at the end of this turn of the loop, with
+        every other held meanwhile; the writer commits all it finds waiting with one fsync
+        (group commit) and acknowledges them. False, at once, while the disk is failing or no
+        writer runs, or after ``HOLD_TIMEOUT_S``."""
+        child = self._child
+        if self._failing or child is None or child.dead:
             return False
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[bool] = loop.create_future()
+        if len(self._held) >= self.settings.max_queue:
+            self._counters.audit_dropped(1)
+            return False
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         now = time.time()
         key = (facility, service, route, method, status)
         outcome = Outcome(now, 0.0, facility, service, route, method, status, error_type, None, key, span)
-        if len(self._queue) >= self.settings.max_queue:
-            self._counters.audit_dropped(1)
-            return False
-        self._waiters.append((loop, done))
-        self._held.append(pending(outcome, facts))
-        self._wake.set()
+        self._seq += 1
+        self._waiters.append((self._seq, done))
+        self._held.append((self._seq, pending(outcome, facts)))
+        if not self._kicked:
+            self._kicked = True
+            asyncio.get_running_loop().call_soon(self._ship)
         try:
             return await asyncio.wait_for(done, HOLD_TIMEOUT_S)
         except TimeoutError:
             return False
-
-    def _answer(
-        self, ok: bool, waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[bool]]]
-    ) -> None:
-        for loop, fut in waiters:
-            loop.call_soon_threadsafe(_settle, fut, ok)
-
-    # -- the writer thread -------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._appender = Appender(self.settings.directory, self.keyring, self._signer, self.settings.chain)
-        self.durable_size = self._appender.head.size
-        if self._appender.torn_bytes:
-            log.warning(
-                "audit: a torn last record (%d bytes, never confirmed written) was cut off the store",
-                self._appender.torn_bytes,
-                extra={"event": "audit_torn_tail", "bytes": self._appender.torn_bytes},
-            )
-        self._thread = threading.Thread(target=self._run, name="vitalgate-audit", daemon=True)
-        self._thread.start()
-
-    def _facts(self, p: Pending) -> list[list[Any]]:
-        """The records of one request (``events.facts_of``), built straight from the tuple: this
-        runs for every request, so the route's patient positions come from a per-route cache."""
-        method, query, prefix, route = p[2], p[4], p[5], p[6]
-        upstream, body, request_body = p[11], p[18], p[19]
-        key = (method, prefix, route)
-        shape = self._shapes.get(key)
-        if shape is None:
-            shape = events.shape(method, prefix, route)
-            if len(self._shapes) < SHAPES_MAX:  # templates are bounded; the cache is too
-                self._shapes[key] = shape
-        who = self._identities.resolve(p[16], p[17], p[12], p[0])
-        named = events.query_patients(query) if query else []
-        cut = 0
-        if body and shape.searches:
-            found, cut = patients_in(body, self.settings.max_patients)
-            named += found
-        address = self.settings.upstream_addresses.get(upstream) or str(upstream)
-        btype = bundle_type(request_body) if request_body else None
-        return request_rows(p, address, btype, who.row(), shape.patient_segments, named, cut)
-
-    def _encode(self, batch: Sequence[Pending | list[Any]]) -> list[tuple[int, bytes]]:
-        # orjson: a record's JSON is a tenth of the json module's cost, which per audited
-        # request is most of what the trail costs the gateway.
-        dumps = orjson.dumps
-        out = []
-        for o in batch:
-            if isinstance(o, list):
-                out.append((int(o[2] * 1000), dumps(o)))
-                continue
-            t_ms = int(o[1] * 1000)
-            for record in self._facts(o):
-                out.append((t_ms, dumps(record)))
-        return out
 
     def record_read(self, token: str, peer: str | None, query: str, t_s: float) -> None:
         """A read of the trail, recorded in it like any access (by the admin token's name)."""
@@ -257,117 +186,183 @@ class AuditTrail:
         root = self.settings.root or self.settings.directory
         return [rec.event for rec in all_records(root, self.keyring, partial_tail=True) if query.matches(rec)]
 
-    def _flush(self) -> None:
-        """Append what is queued (and what a failed write left), fsync, or keep it for the next
-        try. Runs on the writer thread only."""
-        app = self._appender
-        assert app is not None
-        waiters = [self._waiters.popleft() for _ in range(len(self._waiters))]
-        held = [self._held.popleft() for _ in range(len(self._held))]
+    # -- the writer process ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the writer; raises ``WriterError`` when it cannot open the trail."""
+        self._child = await self._spawn()
+        self._shipping = asyncio.create_task(self._ship_loop(), name="vitalgate-audit-ship")
+
+    async def _spawn(self) -> _Child:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway.audit.writer",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=FRAME.size + (1 << 20),
+        )
+        child = _Child(proc)
+        spec = pickle.dumps(self._spec)
+        child.stdin.write(FRAME.pack(len(spec)) + spec)
+        reasons: list[str] = []
+        try:
+            while True:
+                reply = await asyncio.wait_for(_read_frame(child.stdout), START_TIMEOUT_S)
+                if reply is None or reply[0] == "ready":
+                    break
+                if reply[0] == "error":
+                    reasons.append(str(reply[1]))
+                else:
+                    self._on_message(child, reply)
+        except (TimeoutError, OSError) as exc:
+            reply, reasons = None, [*reasons, f"{type(exc).__name__}: {exc}"]
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()  # a close during the start: this writer never took anything
+            raise
+        if reply is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise WriterError(f"audit writer: {'; '.join(reasons or ['it did not start'])}")
+        self.durable_size = int(reply[1])
+        child.reader = asyncio.create_task(self._read_loop(child), name="vitalgate-audit-replies")
+        return child
+
+    async def _ship_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(SHIP_INTERVAL_S)
+            child = self._child
+            if child is None or child.dead:
+                await self._restart()
+            self._ship()
+
+    def _ship(self) -> None:
+        self._kicked = False
+        child = self._child
+        if child is None or child.dead or (not self._queue and not self._held):
+            return
+        transport = child.stdin.transport
+        if transport.get_write_buffer_size() > MAX_UNSENT_BYTES and not self._stopping:
+            return  # the writer is behind: the queue waits here, bounded by max_queue
+        numbered = [self._held.popleft() for _ in range(len(self._held))]
+        held = [p for _, p in numbered]
+        seq = numbered[-1][0] if numbered else -1
         batch = [self._queue.popleft() for _ in range(len(self._queue))]
-        kept = self._pending_records + self._encode(batch)
-        records = kept + self._encode(held)
-        if not records:
-            self._answer(True, waiters)
-            return
-        before = Head(app.head.size, app.head.hash, app.head.segment)
-        try:
-            app.append(records)
-            app.sync()
-        except OSError as exc:
-            app.rollback(before)
-            self._counters.audit_write_error()
-            # Strict waiters are told at once (their responses are not served); their records
-            # stay pending with the rest, so the attempt is still recorded once the disk recovers.
-            self._answer(False, waiters)
-            if len(kept) > self.settings.max_queue:
-                self._counters.audit_dropped(len(kept) - self.settings.max_queue)
-                kept = kept[-self.settings.max_queue :]
-            self._pending_records = kept
-            if not self._failing:
-                self._failing = True
-                log.error(
-                    "audit: writing the trail failed (%s); %d records kept for the next try",
-                    exc.strerror or exc,
-                    len(kept),
-                    extra={"event": "audit_write_failed"},
-                )
-            return
-        if self._failing:
-            self._failing = False
-            log.warning("audit: writes succeed again", extra={"event": "audit_write_recovered"})
-        self._pending_records = []
-        self.written += len(records)
-        self.durable_size = app.head.size
-        self._counters.audit_written(len(records))
-        self._answer(True, waiters)
+        child.shipped += len(batch) + len(held)
+        # A writer that died cannot take it: its reader counts and logs what it never
+        # accounted for, this batch included, and the next writer gets what is queued after.
+        with contextlib.suppress(OSError):
+            child.stdin.write(frame((batch, held, seq)))
 
-    def _checkpoint(self) -> None:
-        app = self._appender
-        assert app is not None
+    async def _restart(self) -> None:
         try:
-            self.last_checkpoint = app.checkpoint(self._publish)
-        except OSError as exc:
+            self._child = await self._spawn()
+        except WriterError as exc:
             self._counters.audit_write_error()
             log.error(
-                "audit: checkpoint not written (%s)",
-                exc.strerror or exc,
-                extra={"event": "audit_checkpoint_failed"},
+                "%s; trying again in %g s", exc, RESTART_AFTER_S, extra={"event": "audit_writer_failed"}
             )
-
-    def _run(self) -> None:
-        s = self.settings
-        next_cp = time.monotonic() + s.checkpoint_interval_s
-        next_expiry = time.monotonic()
-        while True:
-            self._wake.wait(s.flush_interval_s)
-            self._wake.clear()
-            stopping = self._stopping
-            self._flush()
-            now = time.monotonic()
-            if now >= next_cp or stopping:
-                self._checkpoint()
-                next_cp = now + s.checkpoint_interval_s
-            if now >= next_expiry and not stopping:
-                next_expiry = now + RETENTION_EVERY_S
-                self._expire()
-            if stopping:
-                return
-
-    def _expire(self) -> None:
-        try:
-            removed = expire(self.settings.directory, self._signer, self.settings.retention_s, time.time())
-        except OSError as exc:
-            self._counters.audit_write_error()
-            log.error(
-                "audit: expiring old segments failed (%s)",
-                exc.strerror or exc,
-                extra={"event": "audit_expiry_failed"},
-            )
+            await asyncio.sleep(RESTART_AFTER_S)
             return
-        for name in removed:
-            log.info(
-                "audit: %s removed past retention, with a signed deletion record",
-                name,
-                extra={"event": "audit_expired"},
-            )
+        log.warning("audit: writer started again", extra={"event": "audit_writer_restarted"})
 
-    def close(self, timeout_s: float = 30.0) -> None:
-        """Write everything queued, sign a last checkpoint, stop the writer."""
-        if self._thread is None:
+    async def _read_loop(self, child: _Child) -> None:
+        while (message := await _read_frame(child.stdout)) is not None:
+            self._on_message(child, message)
+        code = await child.proc.wait()
+        child.dead = True
+        lost = child.shipped - child.accounted
+        # Held responses are answered 503 now, and recorded as such by ``request``.
+        self._held.clear()
+        self._answer(False, len(self._waiters))
+        if self._stopping and code == 0:
+            return
+        self._counters.audit_write_error()
+        if lost:
+            self._counters.audit_dropped(lost)
+        log.error(
+            "audit: the writer exited (code %s); %d requests' records lost with it",
+            code,
+            lost,
+            extra={"event": "audit_writer_exited", "lost": lost},
+        )
+
+    def _on_message(self, child: _Child, m: tuple[Any, ...]) -> None:
+        kind = m[0]
+        if kind == "accounted":
+            child.accounted += m[1]
+            if m[2]:
+                self._counters.audit_written(m[2])
+        elif kind == "ack":
+            last, ok = m[1], m[2]
+            n = 0
+            for seq, _ in self._waiters:
+                if seq > last:
+                    break
+                n += 1
+            self._answer(ok, n)
+        elif kind == "durable":
+            self.durable_size = m[1]
+        elif kind == "dropped":
+            self._counters.audit_dropped(m[1])
+        elif kind == "write_error":
+            self._counters.audit_write_error()
+        elif kind == "failing":
+            self._failing = m[1]
+        elif kind == "checkpoint":
+            self.last_checkpoint = m[1]
+            if self._publish is not None:
+                self._publish(m[1])
+        elif kind == "log":
+            log.log(m[1], "%s", m[2], extra=m[3])
+        else:
+            log.error("audit: the writer sent %r, which this gateway does not know", kind)
+
+    def _answer(self, ok: bool, n: int) -> None:
+        """Settle the first ``n`` waiters (one that timed out has gone)."""
+        for _ in range(n):
+            _, fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(ok)
+
+    async def close(self, timeout_s: float = 30.0) -> None:
+        """Ship everything queued, have the writer write it and sign a last checkpoint."""
+        if self._shipping is None:
             return
         self._stopping = True
-        self._wake.set()
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            lost = len(self._queue)
+        self._shipping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._shipping
+        self._shipping = None
+        child = self._child
+        if (child is None or child.dead) and (self._queue or self._held):
+            # The writer died and its successor had not started: one more, for what is queued.
+            try:
+                child = self._child = await self._spawn()
+            except WriterError as exc:
+                log.error("%s", exc, extra={"event": "audit_writer_failed"})
+        if child is not None and not child.dead:
+            self._ship()
+            child.stdin.close()  # the writer's signal to finish
+            try:
+                await asyncio.wait_for(child.proc.wait(), timeout_s)
+            except TimeoutError:
+                child.proc.kill()  # its reader counts and logs what it did not write
+                log.error(
+                    "audit: the writer did not finish within %g s (the disk did not take its records)",
+                    timeout_s,
+                    extra={"event": "audit_lost_at_shutdown"},
+                )
+                await child.proc.wait()
+            if child.reader is not None:  # its last replies: the final checkpoint among them
+                await child.reader
+        lost = len(self._queue) + len(self._held)
+        if lost:
             self._counters.audit_dropped(lost)
             log.error(
-                "audit: %d records not written at shutdown (the disk did not take them within %g s)",
+                "audit: %d requests' records not shipped to the writer at shutdown",
                 lost,
-                timeout_s,
                 extra={"event": "audit_lost_at_shutdown"},
             )
-        self._thread = None
-        if self._appender is not None:
-            self._appender.close()

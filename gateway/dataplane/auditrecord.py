@@ -163,3 +163,37 @@ def encode_line(
     h = chain_hash(prev, i, t_ms, kid, n, ct)
     # Every field is a number, a hex or a base64 string: nothing to escape.
     return f'{{"i":{i},"t":{t_ms},"k":"{kid}","n":"{n}","c":"{ct}","h":"{h}"}}\n'.encode(), h
+
+
+def encode_run(
+    seal: Callable[[bytes, bytes, bytes], bytes],
+    dumps: Callable[[Any], bytes],
+    kid: str,
+    size: int,
+    prev: str,
+    records: list[tuple[int, Any]],
+    start: int,
+    day: int,
+    day_ms: int,
+    random: bytes,
+) -> tuple[list[bytes], int, str, int]:
+    """``records[start:]``, ``(t_ms, facts)``, encoded from chain position ``size`` after head
+    hash ``prev``, up to the first whose UTC day (``t_ms // day_ms``) is not ``day``: the lines,
+    the new size and head hash, and the index it stopped at (``len(records)`` when all were of
+    ``day``). ``random``: 12 bytes of nonce per record of ``records``.
+
+    Each record's plaintext (``dumps`` of its facts) lives only until it is sealed: a batch of
+    plaintexts kept alive at once costs more in fresh memory than their encoding does."""
+    lines: list[bytes] = []
+    h = prev
+    i = start
+    n = len(records)
+    while i < n:
+        t_ms, facts = records[i]
+        if t_ms // day_ms != day:
+            break
+        line, h = encode_line(seal, kid, size, h, dumps(facts), t_ms, random[12 * i : 12 * i + 12])
+        lines.append(line)
+        size += 1
+        i += 1
+    return lines, size, h, i

@@ -354,7 +354,7 @@ def test_kill_9_under_load_loses_nothing_strict_and_at_most_the_window_batched(
 def test_a_full_disk_refuses_strict_and_serves_batched_and_nothing_is_lost(
     tmp_path: Path, durability: str
 ) -> None:
-    """No file may grow (RLIMIT_FSIZE on the running gateway), then it may again."""
+    """No file may grow (RLIMIT_FSIZE on the running gateway's audit writer), then it may again."""
     Idp(tmp_path)
     with BackgroundPeers() as peers:
         cfg = _audit_config(tmp_path, peers.upstream.port, durability=durability, flush_interval="200ms")
@@ -362,14 +362,15 @@ def test_a_full_disk_refuses_strict_and_serves_batched_and_nothing_is_lost(
         try:
             assert _get(gw.proxy, "/fhir/Patient/d1") == 200
             time.sleep(0.5)  # the first record on disk (the segment exists and has grown)
-            subprocess.run(["prlimit", f"--pid={gw.proc.pid}", "--fsize=0:unlimited"], check=True)
+            writer = _writer_pid(gw.proc.pid)
+            subprocess.run(["prlimit", f"--pid={writer}", "--fsize=0:unlimited"], check=True)
             during = [_get(gw.proxy, f"/fhir/Patient/d{i}") for i in range(2, 6)]
             assert _get(gw.proxy, "/scheduling/appointments/1") == 200  # not audited: unaffected
             eventually(
                 lambda: counter_value(_metrics(gw), "vitalgate_audit_write_errors_total") >= 1,
                 "a failed write",
             )
-            subprocess.run(["prlimit", f"--pid={gw.proc.pid}", "--fsize=unlimited:unlimited"], check=True)
+            subprocess.run(["prlimit", f"--pid={writer}", "--fsize=unlimited:unlimited"], check=True)
             eventually(
                 lambda: counter_value(_metrics(gw), "vitalgate_audit_records_total") >= 5, "all recorded"
             )
@@ -383,6 +384,70 @@ def test_a_full_disk_refuses_strict_and_serves_batched_and_nothing_is_lost(
     outcomes = [(ev["entity"][-1]["what"]["reference"], ev["outcome"]) for ev in events]
     expected = "12" if durability == "strict" else "0"  # strict: refused by the gateway itself
     assert outcomes == [("Patient/d1", "0"), *((f"Patient/d{i}", expected) for i in range(2, 6))]
+
+
+@pytest.mark.parametrize("durability", ["strict", "batched"])
+def test_a_writer_killed_under_load_is_replaced_and_every_request_is_recorded_or_counted(
+    tmp_path: Path, durability: str
+) -> None:
+    """kill -9 of the audit writer process mid-traffic: the gateway says so, starts another,
+    which continues the same chain; every request is on disk or counted as dropped, and a
+    strict response is never a 200 without its record."""
+    Idp(tmp_path)
+    with BackgroundPeers() as peers:
+        cfg = _audit_config(tmp_path, peers.upstream.port, durability=durability)
+        gw = GatewayProcess(cfg)
+        statuses: list[int] = []
+        stop = threading.Event()
+
+        def client(n: int) -> None:
+            i = 0
+            while not stop.is_set():
+                statuses.append(_get(gw.proxy, f"/fhir/Patient/w{n}-{i}"))
+                i += 1
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(3)]
+        try:
+            for t in threads:
+                t.start()
+            eventually(lambda: len(statuses) > 200, "traffic")
+            first = _writer_pid(gw.proc.pid)
+            subprocess.run(["kill", "-9", str(first)], check=True)
+            eventually(lambda: "audit_writer_restarted" in gw.stderr_path.read_text(), "a new writer")
+            assert _writer_pid(gw.proc.pid) != first
+            at_restart = len(statuses)
+            eventually(lambda: len(statuses) > at_restart + 100, "traffic after the restart")
+            stop.set()
+            for t in threads:
+                t.join()
+            metrics = _metrics(gw)
+        finally:
+            stop.set()
+            assert gw.terminate() == 0
+    sent = len(statuses)
+    kept = _records_in(cfg)  # and verify accepts the chain across both writers
+    dropped = counter_value(metrics, "vitalgate_telemetry_dropped_total", signal="audit")
+    assert counter_value(metrics, "vitalgate_audit_write_errors_total") >= 1
+    if durability == "strict":
+        # Served only once on disk; refused (and then recorded as refused) while no writer ran.
+        assert set(statuses) <= {200, 503} and statuses.count(503) >= 1
+        assert statuses[at_restart:] == [200] * (sent - at_restart)  # the new writer took over
+        assert kept + dropped >= sent and statuses.count(200) <= kept
+    else:
+        assert set(statuses) == {200}
+        assert kept + dropped >= sent >= kept, (kept, dropped, sent)
+    events = [json.loads(line) for line in gw.stderr_path.read_text().splitlines() if line.startswith("{")]
+    exited = [e for e in events if e.get("event") == "audit_writer_exited"]
+    assert len(exited) == 1 and exited[0]["level"] == "error", exited
+    assert any(e.get("event") == "audit_writer_restarted" for e in events)
+
+
+def _writer_pid(gateway_pid: int) -> int:
+    """The audit writer process the gateway process ``gateway_pid`` started."""
+    for child in Path(f"/proc/{gateway_pid}/task/{gateway_pid}/children").read_text().split():
+        if b"gateway.audit.writer" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return int(child)
+    raise AssertionError(f"no audit writer among the children of {gateway_pid}")
 
 
 def _metrics(gw: GatewayProcess) -> str:
