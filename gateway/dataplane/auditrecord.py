@@ -1,6 +1,6 @@
 """The audit trail's per-request work that runs for every audited request, compiled with the
 rest of the request path: the finished request as a flat tuple (on the event loop), its
-records' rows, and each record as the line its chain appends (on the audit writer's thread).
+records' rows, and each record as the line its chain appends (in the audit writer process).
 
 Everything else of the audit trail (identity, the AuditEvent rendering, segments, seals,
 checkpoints, verification) is in ``gateway/audit/``, which calls these.
