@@ -1,13 +1,16 @@
-"""Prometheus rules for SLOs: one rule group per SLO, every facility inside it.
+"""Prometheus rules for SLOs: two rule groups per SLO, every facility inside them.
 
-A stage pipeline (as in Sloth): recording rules for error ratios and request
-counts over every window, metadata rules (objective, budget, budget left),
-then the alerts. Every expression groups ``by (facility)``, so the number of
-rules depends on SLOs, never on facilities.
+Cost that does not grow with the raw series or the window: the raw counters are read once,
+by the ``tiles`` of the SLO's first group (evaluated every minute), each the exact increase
+of one minute per facility (``slo.promql.exact_tile``: reset-aware, late-born series counted
+from zero, no extrapolation); every window is then a ``sum_over_time`` of those tiles, which
+number one a minute per facility whatever the routes, statuses, replicas and buckets. The
+windows up to 6h and the alerts are in the first group; a day and more, with the SLO's
+metadata, in the ``-long`` group, every two minutes (inside the 5-minute lookback, so the
+alerts always find them).
 
-Ratios use the same exact increase as ``slo status --backend prometheus``
-(``slo.promql.exact_increase``): a series born inside a window (a facility's
-first 5xx) counts from zero instead of being lost to extrapolation.
+Every expression groups ``by (facility)``, so the number of rules depends on SLOs, never on
+facilities.
 """
 
 from __future__ import annotations
@@ -76,27 +79,83 @@ def _range(seconds: float, opts: RuleOptions) -> float:
     return max(1.0, seconds / opts.time_scale)
 
 
-def _aggregated(slo: Slo, window_s: float, opts: RuleOptions) -> tuple[str, str]:
-    r = _range(window_s, opts)
-    total = promql.counted(slo, None, BY_FACILITY, False, lambda s: promql.exact_increase(s, r))
-    good = promql.counted(slo, None, BY_FACILITY, True, lambda s: promql.exact_increase(s, r))
-    return total, good
+TILE_S = 60
+"""The tiles' step: the first group's interval, and the range each tile covers."""
+LONG_INTERVAL_S = 120
+SHORT_WINDOWS = ("5m", "30m", "1h", "2h", "6h")
 
 
-def recording_rules(slo: Slo, opts: RuleOptions) -> list[dict[str, Any]]:
-    labels = _slo_labels(slo)
+def _windows(slo: Slo) -> dict[str, int]:
     windows = dict(STATUS_WINDOWS_S)
     windows[_period_name(slo)] = int(slo.period_s)
+    return windows
+
+
+def tile_rules(slo: Slo, opts: RuleOptions) -> list[dict[str, Any]]:
+    """The raw counters' only reader: per facility, each minute's requests and good ones."""
+    labels = _slo_labels(slo)
+    step = _range(TILE_S, opts)
+    rules: list[dict[str, Any]] = [
+        {
+            "record": names.TILE_REQUESTS,
+            "expr": promql.counted(slo, None, BY_FACILITY, False, lambda s: promql.exact_tile(s, step)),
+            "labels": labels,
+        },
+        {
+            "record": names.TILE_GOOD,
+            "expr": promql.counted(slo, None, BY_FACILITY, True, lambda s: promql.exact_tile(s, step)),
+            "labels": labels,
+        },
+    ]
+    if slo.budgeting == "timeslices":
+        # The step is the timeslice: a minute with requests, good when its good share meets
+        # the target (less a hair for floating-point error, as slo.engine.good_minutes).
+        total, good = f"{names.TILE_REQUESTS}{_sel(slo)}", f"{names.TILE_GOOD}{_sel(slo)}"
+        target = f"{slo.timeslice_target!r} * {total} - 1e-9"
+        rules += [
+            {"record": names.TILE_MINUTES, "expr": f"{total} > bool 0", "labels": labels},
+            {
+                "record": names.TILE_GOOD_MINUTES,
+                "expr": f"(({good} or {total} * 0) >= bool ({target})) * ({total} > bool 0)",
+                "labels": labels,
+            },
+        ]
+    return rules
+
+
+def _summed(tile: str, slo: Slo, window_s: float, opts: RuleOptions) -> str:
+    """The tiles of the last ``window_s``: a range a millisecond short, so that the tile a
+    whole window back (which covers the minute before the window) is left out where ranges
+    include their start (Prometheus 2) as where they do not (Prometheus 3, VictoriaMetrics)."""
+    r = f"{round(_range(window_s, opts) * 1000) - 1}ms"
+    return f"{BY_FACILITY} (sum_over_time({tile}{_sel(slo)}[{r}]))"
+
+
+def window_rules(slo: Slo, opts: RuleOptions, which: Sequence[str]) -> list[dict[str, Any]]:
+    """Requests and the error ratio over each window in ``which``, from the tiles."""
+    labels = _slo_labels(slo)
     rules: list[dict[str, Any]] = []
-    for name, seconds in windows.items():
-        total, good = _aggregated(slo, seconds, opts)
-        rules.append({"record": names.requests(name), "expr": total, "labels": labels})
+    for name, seconds in _windows(slo).items():
+        if name not in which:
+            continue
+        rules.append(
+            {
+                "record": names.requests(name),
+                "expr": _summed(names.TILE_REQUESTS, slo, seconds, opts),
+                "labels": labels,
+            }
+        )
+        if slo.budgeting == "timeslices":
+            total = _summed(names.TILE_MINUTES, slo, seconds, opts)
+            good = _summed(names.TILE_GOOD_MINUTES, slo, seconds, opts)
+        else:
+            total = f"{BY_FACILITY} ({names.requests(name)}{_sel(slo)})"
+            good = _summed(names.TILE_GOOD, slo, seconds, opts)
         # Bad = total - good; a facility with no good requests has no good series: count zero.
-        recorded = f"{BY_FACILITY} ({names.requests(name)}{_sel(slo)})"
         rules.append(
             {
                 "record": names.error_ratio(name),
-                "expr": f"({recorded} - ({good} or {recorded} * 0)) / ({recorded} > 0)",
+                "expr": f"({total} - ({good} or {total} * 0)) / ({total} > 0)",
                 "labels": labels,
             }
         )
@@ -207,8 +266,22 @@ def absent_rules(services: Sequence[str], opts: RuleOptions) -> list[dict[str, A
 def build_rules(slos: Sequence[Slo], services: Sequence[str], opts: RuleOptions) -> dict[str, Any]:
     groups = []
     for slo in slos:
-        rules = recording_rules(slo, opts) + metadata_rules(slo) + alert_rules(slo, opts)
-        groups.append({"name": names.rule_group(slo.name), "rules": rules})
+        short = [w for w in _windows(slo) if w in SHORT_WINDOWS]
+        long = [w for w in _windows(slo) if w not in SHORT_WINDOWS]
+        groups.append(
+            {
+                "name": names.rule_group(slo.name),
+                "interval": format_duration(_range(TILE_S, opts)),
+                "rules": tile_rules(slo, opts) + window_rules(slo, opts, short) + alert_rules(slo, opts),
+            }
+        )
+        groups.append(
+            {
+                "name": names.long_rule_group(slo.name),
+                "interval": format_duration(_range(LONG_INTERVAL_S, opts)),
+                "rules": window_rules(slo, opts, long) + metadata_rules(slo),
+            }
+        )
     groups.append({"name": names.RULE_GROUP_PREFIX + "absent", "rules": absent_rules(services, opts)})
     return {"groups": groups}
 

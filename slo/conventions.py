@@ -114,6 +114,20 @@ def rule_group(slo_name: str) -> str:
     return RULE_GROUP_PREFIX + slo_name
 
 
+def long_rule_group(slo_name: str) -> str:
+    """The SLO's windows of a day and more, evaluated less often than its alerts."""
+    return RULE_GROUP_PREFIX + slo_name + "-long"
+
+
+TILE_REQUESTS = "slo:requests:tile1m"
+"""Per facility, the SLO's requests over one step of its rule group (a minute): the tiles every
+window sums."""
+TILE_GOOD = "slo:good_requests:tile1m"
+TILE_MINUTES = "slo:minutes:tile1m"
+"""Timeslice SLOs: 1 for a step with requests, 0 without."""
+TILE_GOOD_MINUTES = "slo:good_minutes:tile1m"
+
+
 UID_LIMIT = 40
 """Grafana's longest uid."""
 _PLAIN_UID = re.compile(r"[a-z0-9_-]+")

@@ -97,6 +97,60 @@ def exact_increase(series: str, range_s: float) -> str:
     )
 
 
+LOOKBACK_S = 300
+"""Prometheus' instant-vector lookback (``--query.lookback-delta``, 5m by default)."""
+
+
+def created_of(series: str) -> str:
+    """The ``_created`` series of a counter or histogram selector (``_count``, ``_bucket`` or
+    ``_total``; the ``le`` matcher dropped): when the gateway first counted that label set."""
+    name, _, rest = series.partition("{")
+    for suffix in ("_count", "_bucket", "_total"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    matchers = [m for m in rest.rstrip("}").split(", ") if m and not m.startswith("le=")]
+    return f"{name}_created{{{', '.join(matchers)}}}"
+
+
+def exact_tile(series: str, step_s: float) -> str:
+    """A counter's increase over the last ``step_s`` (evaluated every ``step_s``, so that each
+    evaluation's range starts where the previous one ended), exact where ``increase()``
+    extrapolates: consecutive tiles telescope into the increase between the scrapes at their
+    ends, whatever their sum's window. Per series, before any ``sum``, with ``last`` and
+    ``max`` its last and largest value in the range and ``start`` its value at the start:
+
+    - never decreasing in the range (``max`` is ``last``) and ``last >= start``: the
+      difference, the common case;
+    - never decreasing in it but ``last < start``: a reset just before the range's first
+      sample, and the process counted ``last`` since;
+    - a reset inside it (``max > last``): what it grew before (``max - start``, or ``max``
+      after a reset at the start too) plus what it counted after (``last``);
+    - no value at the start: born in the range, counted from zero (``last``); unless its
+      ``_created`` time says it is older than the range and the lookback, which is a gap in
+      the scrapes (Prometheus down longer than its lookback), not a birth: such a tile counts
+      nothing rather than the counter's whole life.
+
+    Only ``last_over_time``, ``max_over_time`` and ``offset``, which Prometheus and
+    VictoriaMetrics agree on (``resets()`` does not: VictoriaMetrics counts a drop from the
+    sample before the range). Wrong only for a counter that reset and then, within one step,
+    counted past its old value. What a process counted after its last scrape before it died
+    is lost, as to every rule."""
+    r = range_str(step_s)
+    last = f"last_over_time({series}[{r}])"
+    top = f"max_over_time({series}[{r}])"
+    start = f"({series} offset {r})"
+    dropped = f"({top} > {last})"
+    old = f"({created_of(series)} < (time() - {round(step_s + LOOKBACK_S)}))"
+    return (
+        f"((({last} - {start}) >= 0) unless {dropped})"
+        f" or ((({top} - {start} + {last}) >= {last}) and {dropped})"
+        f" or (({top} + {last}) and {dropped})"
+        f" or ({last} < {start})"
+        f" or (({last} unless {start}) unless ignoring (le) {old})"
+    )
+
+
 def by_facility(expr: str) -> str:
     return f"sum by ({names.FACILITY}) ({expr})"
 
