@@ -1,0 +1,456 @@
+"""What the generated SLO rules cost a real Prometheus, at sizes a deployment reaches.
+
+For each ``--size FACILITIES x ROUTES x DAYS``: synthetic history in the gateway's label
+schema (one sample a minute; Poisson traffic with a daily cycle; incidents; counter resets
+for 2% of the facilities; 5xx series born late) is backfilled with ``promtool tsdb
+create-blocks-from openmetrics``; a small exporter then continues every counter from where
+the history ends, scraped every 15 s, so the rules read live data as well as history.
+Prometheus (the Debian binary) runs the rules ``vitalgate alerts generate`` writes for four
+SLOs (30-day availability, 28-day latency, a calendar month, 30-day timeslices) with their
+own group intervals, and the benchmark reports, per group, the evaluation time
+(``/api/v1/rules``, polled; median and max), missed iterations, and Prometheus' CPU and RSS.
+
+The long windows sum the one-minute tiles the first group records. History has no tiles
+(Prometheus did not run then), so the benchmark writes them with the history: per facility,
+the exact minute counts of the synthetic traffic it generated, which is what the tile rules
+record (``tests/alerts/test_exactness.py`` checks that on promtool's engine). ``--rules
+FILE`` runs another rules file on the same data instead (for example the rules of an
+earlier version, to compare).
+
+    python -m bench.prometheus_rules [--size 50x5x1 --size 50x20x1 --size 50x5x3 --size 200x5x3]
+                                     [--measure 240] [--rules FILE] [--keep DIR]
+
+The first two sizes differ in raw series only (the long groups' cost must not follow), the
+first and third in history only (it may grow at most linearly), the last is the largest.
+
+Results go in the issue note, never into test assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import yaml
+
+from alerts.rules import RuleOptions, build_rules, render
+from slo import conventions as names
+from slo.spec import Slo, load_slos
+
+METRIC = "http_server_request_duration_seconds"
+STATUSES = (200, 201, 404, 500)
+THRESHOLD_LE = "0.3"
+SCRAPE_S = 15
+MINUTE_MS = 60_000
+TICKS = os.sysconf("SC_CLK_TCK")
+SLOS_YAML = """version: 1
+slos:
+  - {name: fhir-availability, service: fhir, objective: 99.9, window: 30d, sli: {availability: {}}}
+  - name: fhir-latency
+    service: fhir
+    objective: 99
+    window: 28d
+    filter: {methods: [GET]}
+    sli: {latency: {threshold: 300ms}}
+  - {name: fhir-monthly, service: fhir, objective: 99.5, window: {calendar: month}, sli: {availability: {}}}
+  - name: fhir-minutes
+    service: fhir
+    objective: 99
+    window: 30d
+    sli: {availability: {}}
+    budgeting: timeslices
+    timeslice: {target: 95}
+"""
+
+
+@dataclass(frozen=True)
+class Size:
+    facilities: int
+    routes: int
+    days: int
+
+    @classmethod
+    def parse(cls, text: str) -> Size:
+        f, r, d = (int(x) for x in text.lower().split("x"))
+        return cls(f, r, d)
+
+    def __str__(self) -> str:
+        return f"{self.facilities} x {self.routes}, {self.days} d"
+
+
+@dataclass
+class History:
+    """Per label set: labels, per-minute counts (all and fast), and the values where it ends."""
+
+    labels: list[dict[str, str]]
+    counts: npt.NDArray[np.int64]
+    fast: npt.NDArray[np.int64]
+    resets: dict[int, int]
+    """Label set -> the minute its gateway restarted (its counters from zero again)."""
+    born: npt.NDArray[np.int64]
+    """Label set -> its first minute with a request (no samples before)."""
+
+
+def _history(size: Size, rng: np.random.Generator) -> History:
+    minutes = size.days * 1440
+    labels: list[dict[str, str]] = []
+    rates: list[float] = []
+    for f in range(size.facilities):
+        scale = rng.uniform(0.2, 3.0)
+        for r in range(size.routes):
+            for status in STATUSES:
+                share = {200: 0.8, 201: 0.1, 404: 0.05, 500: 0.002}[status]
+                labels.append(
+                    {
+                        "facility": f"facility-{f:03d}",
+                        "service": "fhir",
+                        "http_route": f"/fhir/Resource{r}/{{id}}",
+                        "http_request_method": "POST" if status == 201 else "GET",
+                        "http_response_status_code": str(status),
+                        "instance": "gateway-a:9464",
+                        "job": "vitalgate",
+                    }
+                )
+                rates.append(20.0 * scale * share)
+    day = np.arange(minutes) % 1440
+    cycle = 0.3 + 0.7 * np.sin(np.pi * day / 1440) ** 2  # quiet nights, busy days
+    lam = np.asarray(rates)[:, None] * cycle[None, :]
+    for f in rng.choice(size.facilities, max(1, size.facilities // 10), replace=False):
+        # An incident: an hour of one facility's requests at 20x the 5xx rate.
+        start = int(rng.integers(0, minutes - 60))
+        rows = [i for i, lab in enumerate(labels) if lab["facility"] == f"facility-{f:03d}"]
+        for i in rows:
+            if labels[i]["http_response_status_code"] == "500":
+                lam[i, start : start + 60] *= 20
+    counts = rng.poisson(lam).astype(np.int64)
+    fast = rng.binomial(counts, 0.97).astype(np.int64)
+    # 5xx series are born where their first request falls, not at the start.
+    born = np.where(counts.any(axis=1), counts.argmax(axis=1), minutes).astype(np.int64)
+    resets: dict[int, int] = {}
+    for f in rng.choice(size.facilities, max(1, size.facilities // 50), replace=False):
+        minute = int(rng.integers(60, minutes - 60))
+        for i, lab in enumerate(labels):
+            if lab["facility"] == f"facility-{f:03d}":
+                resets[i] = minute
+    return History(labels, counts, fast, resets, born)
+
+
+def _cumulative(row: npt.NDArray[np.int64], reset: int | None) -> npt.NDArray[np.int64]:
+    out = np.cumsum(row)
+    if reset is not None:
+        out[reset:] -= out[reset - 1]
+    return out
+
+
+def _label_text(labels: dict[str, str]) -> str:
+    return ",".join(f'{k}="{v}"' for k, v in labels.items())
+
+
+def _write_openmetrics(
+    h: History, slos: list[Slo], start_ms: int, path: Path
+) -> tuple[int, dict[int, float]]:
+    """The history as OpenMetrics, with the tiles of each SLO; the samples written, and each
+    label set's last values (``_count``) for the exporter to continue from."""
+    minutes = h.counts.shape[1]
+    ts = [f"{(start_ms + (m + 1) * MINUTE_MS) / 1000:.3f}" for m in range(minutes)]
+    lines = 0
+    ends: dict[int, float] = {}
+    with path.open("w") as out:
+        for family, values_of in (("_count", h.counts), ("_bucket", h.fast)):
+            out.write(f"# TYPE {METRIC}{family} unknown\n")
+            for i, lab in enumerate(h.labels):
+                first = int(h.born[i])
+                if first >= minutes:
+                    continue
+                cum = _cumulative(values_of[i], h.resets.get(i))
+                extra = f',le="{THRESHOLD_LE}"' if family == "_bucket" else ""
+                prefix = f"{METRIC}{family}{{{_label_text(lab)}{extra}}} "
+                out.write(
+                    "".join(
+                        f"{prefix}{v} {t}\n" for v, t in zip(cum[first:].tolist(), ts[first:], strict=True)
+                    )
+                )
+                lines += minutes - first
+                if family == "_count":
+                    ends[i] = float(cum[-1])
+        lines += _write_tiles(h, slos, ts, out)
+        out.write("# EOF\n")
+    return lines, ends
+
+
+def _write_tiles(h: History, slos: list[Slo], ts: list[str], out: Any) -> int:
+    """Per SLO and facility, each minute's requests and good ones: what the tile rules
+    record of this traffic (a reset loses nothing here: each minute is counted once)."""
+    facilities = sorted({lab["facility"] for lab in h.labels})
+    index = {f: [i for i, lab in enumerate(h.labels) if lab["facility"] == f] for f in facilities}
+    lines = 0
+    series: dict[str, list[tuple[str, npt.NDArray[np.float64]]]] = {}
+    for slo in slos:
+        for f in facilities:
+            rows = index[f]
+            methods = set(slo.methods or ())
+            mine = [i for i in rows if not methods or h.labels[i]["http_request_method"] in methods]
+            total = h.counts[mine].sum(axis=0).astype(np.float64)
+            if slo.kind == "latency":
+                good = h.fast[mine].sum(axis=0).astype(np.float64)
+            else:
+                ok = [i for i in mine if not h.labels[i]["http_response_status_code"].startswith("5")]
+                good = h.counts[ok].sum(axis=0).astype(np.float64)
+            lab = f'facility="{f}",slo="{slo.name}",service="{slo.service}"'
+            series.setdefault(names.TILE_REQUESTS, []).append((lab, total))
+            series.setdefault(names.TILE_GOOD, []).append((lab, good))
+            if slo.budgeting == "timeslices":
+                has = (total > 0).astype(np.float64)
+                met = ((good >= slo.timeslice_target * total - 1e-9) & (total > 0)).astype(np.float64)
+                series.setdefault(names.TILE_MINUTES, []).append((lab, has))
+                series.setdefault(names.TILE_GOOD_MINUTES, []).append((lab, met))
+    for name, rows_of in series.items():
+        out.write(f"# TYPE {name} unknown\n")
+        for lab, values in rows_of:
+            out.write(
+                "".join(f"{name}{{{lab}}} {v:g} {t}\n" for v, t in zip(values.tolist(), ts, strict=True))
+            )
+            lines += len(ts)
+    return lines
+
+
+class Exporter:
+    """Serves every counter, continued from the history at its own mean rate, so that the tile
+    rules read live samples: what a gateway would serve."""
+
+    def __init__(self, h: History, ends: dict[int, float], since_s: float) -> None:
+        self.since_s = since_s
+        minutes = h.counts.shape[1]
+        self.rows = []
+        for i, value in ends.items():
+            lab = _label_text(h.labels[i])
+            rate = float(h.counts[i].sum()) / minutes / 60.0
+            fast_rate = float(h.fast[i].sum()) / minutes / 60.0
+            fast_end = float(_cumulative(h.fast[i], h.resets.get(i))[-1])
+            self.rows.append((lab, value, rate, fast_end, fast_rate))
+        exporter = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = exporter.render().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def render(self) -> str:
+        dt = time.time() - self.since_s
+        out = []
+        for lab, value, rate, fast_end, fast_rate in self.rows:
+            out.append(f"{METRIC}_count{{{lab}}} {int(value + rate * dt)}\n")
+            out.append(f'{METRIC}_bucket{{{lab},le="{THRESHOLD_LE}"}} {int(fast_end + fast_rate * dt)}\n')
+        return "".join(out)
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=60) as r:  # noqa: S310 (the local Prometheus)
+        return json.loads(r.read())
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_size(size: Size, work: Path, rules: Path, slos: list[Slo], measure_s: float) -> dict[str, Any]:
+    rng = np.random.default_rng(size.facilities * 1000 + size.routes * 10 + size.days)
+    t0 = time.perf_counter()
+    h = _history(size, rng)
+    now_ms = int(time.time() * 1000) // MINUTE_MS * MINUTE_MS
+    start_ms = now_ms - size.days * 1440 * MINUTE_MS
+    om = work / "history.om"
+    samples, ends = _write_openmetrics(h, slos, start_ms, om)
+    data = work / "tsdb"
+    subprocess.run(
+        ["promtool", "tsdb", "create-blocks-from", "openmetrics", str(om), str(data)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    om.unlink()
+    prepared_s = time.perf_counter() - t0
+    exporter = Exporter(h, ends, now_ms / 1000)
+    cfg = {
+        "global": {"scrape_interval": f"{SCRAPE_S}s", "evaluation_interval": "30s"},
+        # honor_labels: the exporter speaks for the gateways, whose instance labels it keeps.
+        "scrape_configs": [
+            {
+                "job_name": "vitalgate",
+                "honor_labels": True,
+                "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}],
+            }
+        ],
+        "rule_files": [str(rules)],
+    }
+    (work / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+    port = exporter.port + 1
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}", timeout=0.2):
+                port += 1
+        except OSError:
+            break
+    log = (work / "prometheus.log").open("w")
+    proc = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={work / 'prometheus.yml'}",
+            f"--storage.tsdb.path={data}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=400d",
+        ],
+        stdout=log,
+        stderr=log,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                _get(f"{base}/api/v1/status/runtimeinfo")
+                break
+            except OSError:
+                time.sleep(1)
+        cpu0, wall0 = _cpu_s(proc.pid), time.monotonic()
+        seen: dict[str, dict[str, float]] = {}
+        intervals: dict[str, float] = {}
+        while time.monotonic() - wall0 < measure_s:
+            time.sleep(5)
+            for g in _get(f"{base}/api/v1/rules")["data"]["groups"]:
+                intervals[g["name"]] = float(g["interval"])
+                if g.get("lastEvaluation", "").startswith("0001"):
+                    continue
+                seen.setdefault(g["name"], {})[g["lastEvaluation"]] = float(g["evaluationTime"])
+        cpu = (_cpu_s(proc.pid) - cpu0) / (time.monotonic() - wall0)
+        # What the rules counted over the last day, against the traffic generated (the live
+        # minutes since add a little): the benchmark measured real work, not empty windows.
+        q = urllib.parse.quote(f'sum({names.requests("1d")}{{slo="fhir-availability"}})')
+        counted = _get(f"{base}/api/v1/query?query={q}")["data"]["result"]
+        day = float(h.counts[:, -1440:].sum())
+        rss = _rss_mb(proc.pid)
+        missed = {
+            r["metric"]["rule_group"].split(";")[-1]: float(r["value"][1])
+            for r in _get(f"{base}/api/v1/query?query=prometheus_rule_group_iterations_missed_total")["data"][
+                "result"
+            ]
+        }
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        log.close()
+        exporter.server.shutdown()
+    groups = {}
+    for name, evals in sorted(seen.items()):
+        times = list(evals.values())
+        groups[name] = {
+            "evaluations": len(times),
+            "median_s": statistics.median(times),
+            "max_s": max(times),
+            "interval_s": intervals[name],
+            "missed": missed.get(name, 0.0),
+        }
+    return {
+        "size": str(size),
+        "label_sets": len(h.labels),
+        "raw_series": 2 * len(h.labels),
+        "samples_backfilled": samples,
+        "prepared_s": round(prepared_s, 1),
+        "cpu_cores": round(cpu, 3),
+        "rss_mb": round(rss),
+        "requests_1d_generated": day,
+        "requests_1d_counted": float(counted[0]["value"][1]) if counted else None,
+        "groups": groups,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", action="append", type=Size.parse, help="FACILITIES x ROUTES x DAYS")
+    parser.add_argument("--measure", type=float, default=240.0, help="seconds of evaluations to watch")
+    parser.add_argument("--rules", type=Path, default=None, help="run this rules file instead")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the work folders here")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    for tool in ("prometheus", "promtool"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is required: scripts/install-system-deps")
+    sizes = args.size or [Size(50, 5, 1), Size(50, 20, 1), Size(50, 5, 3), Size(200, 5, 3)]
+    root = args.keep or Path(tempfile.mkdtemp(prefix="vitalgate-rules-"))
+    (root / "slos.yaml").write_text(SLOS_YAML)
+    slos = list(load_slos(root / "slos.yaml"))
+    rules = args.rules
+    if rules is None:
+        rules = root / "rules.yaml"
+        rules.write_text(render(build_rules(slos, ["fhir"], RuleOptions()), "bench.prometheus_rules"))
+    results = []
+    for size in sizes:
+        work = root / f"{size.facilities}x{size.routes}x{size.days}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        print(f"{size}: generating, backfilling, evaluating for {args.measure:g} s", file=sys.stderr)
+        res = run_size(size, work, rules, slos, args.measure)
+        results.append(res)
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+        print(
+            f"\n{res['size']}: {res['label_sets']} label sets ({res['raw_series']} raw series), "
+            f"{res['samples_backfilled']:,} samples backfilled; Prometheus {res['cpu_cores']} cores, {res['rss_mb']} MB"
+        )
+        print(
+            f"requests in the last day: generated {res['requests_1d_generated']:,.0f}, "
+            f"counted by the rules {res['requests_1d_counted']}"
+        )
+        print(
+            f"{'group':<44} {'interval':>8} {'evals':>5} {'median s':>9} {'max s':>8} {'max/int':>8} {'missed':>6}"
+        )
+        for name, g in res["groups"].items():
+            print(
+                f"{name:<44} {g['interval_s']:>7g}s {g['evaluations']:>5} {g['median_s']:>9.3f} "
+                f"{g['max_s']:>8.3f} {g['max_s'] / g['interval_s']:>7.1%} {g['missed']:>6g}"
+            )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    if args.keep is None:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
