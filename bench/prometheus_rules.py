@@ -234,8 +234,9 @@ class Exporter:
     """Serves every counter, continued from the history at its own mean rate, so that the tile
     rules read live samples: what a gateway would serve."""
 
-    def __init__(self, h: History, ends: dict[int, float], since_s: float) -> None:
+    def __init__(self, h: History, ends: dict[int, float], since_s: float, created_s: float) -> None:
         self.since_s = since_s
+        self.created_s = created_s
         minutes = h.counts.shape[1]
         self.rows = []
         for i, value in ends.items():
@@ -266,6 +267,9 @@ class Exporter:
         dt = time.time() - self.since_s
         out = []
         for lab, value, rate, fast_end, fast_rate in self.rows:
+            # ``_created``, as the gateway exports it: the scrapes resume after a gap as long as
+            # the backfill took, which the tiles must not take for births.
+            out.append(f"{METRIC}_created{{{lab}}} {self.created_s}\n")
             out.append(f"{METRIC}_count{{{lab}}} {int(value + rate * dt)}\n")
             out.append(f'{METRIC}_bucket{{{lab},le="{THRESHOLD_LE}"}} {int(fast_end + fast_rate * dt)}\n')
         return "".join(out)
@@ -304,7 +308,7 @@ def run_size(size: Size, work: Path, rules: Path, slos: list[Slo], measure_s: fl
     )
     om.unlink()
     prepared_s = time.perf_counter() - t0
-    exporter = Exporter(h, ends, now_ms / 1000)
+    exporter = Exporter(h, ends, now_ms / 1000, start_ms / 1000)
     cfg = {
         "global": {"scrape_interval": f"{SCRAPE_S}s", "evaluation_interval": "30s"},
         # honor_labels: the exporter speaks for the gateways, whose instance labels it keeps.
