@@ -366,16 +366,16 @@ class Writer:
             self.reply("accounted", len(kept) + len(held), len(records))
         return True
 
+    def _failed(self, what: str, event: str, exc: OSError) -> None:
+        """A checkpoint or an expiry the disk refused: counted and logged, tried again later."""
+        self.reply("write_error")
+        log.error("audit: %s (%s)", what, exc.strerror or exc, extra={"event": event})
+
     def checkpoint(self) -> None:
         try:
             cp = self.appender.checkpoint(None)
         except OSError as exc:
-            self.reply("write_error")
-            log.error(
-                "audit: checkpoint not written (%s)",
-                exc.strerror or exc,
-                extra={"event": "audit_checkpoint_failed"},
-            )
+            self._failed("checkpoint not written", "audit_checkpoint_failed", exc)
             return
         self.reply("checkpoint", cp)
 
@@ -383,12 +383,7 @@ class Writer:
         try:
             removed = expire(self.settings.directory, self.signer, self.settings.retention_s, time.time())
         except OSError as exc:
-            self.reply("write_error")
-            log.error(
-                "audit: expiring old segments failed (%s)",
-                exc.strerror or exc,
-                extra={"event": "audit_expiry_failed"},
-            )
+            self._failed("expiring old segments failed", "audit_expiry_failed", exc)
             return
         for name in removed:
             log.info(
