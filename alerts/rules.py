@@ -79,8 +79,7 @@ def _range(seconds: float, opts: RuleOptions) -> float:
     return max(1.0, seconds / opts.time_scale)
 
 
-TILE_S = 60
-"""The tiles' step: the first group's interval, and the range each tile covers."""
+TILE_S = promql.TILE_S
 LONG_INTERVAL_S = 120
 SHORT_WINDOWS = ("5m", "30m", "1h", "2h", "6h")
 
@@ -124,11 +123,7 @@ def tile_rules(slo: Slo, opts: RuleOptions) -> list[dict[str, Any]]:
 
 
 def _summed(tile: str, slo: Slo, window_s: float, opts: RuleOptions) -> str:
-    """The tiles of the last ``window_s``: a range a millisecond short, so that the tile a
-    whole window back (which covers the minute before the window) is left out where ranges
-    include their start (Prometheus 2) as where they do not (Prometheus 3, VictoriaMetrics)."""
-    r = f"{round(_range(window_s, opts) * 1000) - 1}ms"
-    return f"{BY_FACILITY} (sum_over_time({tile}{_sel(slo)}[{r}]))"
+    return promql.summed_tiles(tile, slo, _range(window_s, opts), BY_FACILITY)
 
 
 def window_rules(slo: Slo, opts: RuleOptions, which: Sequence[str]) -> list[dict[str, Any]]:

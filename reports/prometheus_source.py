@@ -1,6 +1,8 @@
 """Report counts from Prometheus (``--backend prometheus``), with the same PromQL as
-``slo status``: per-minute increases without extrapolation, fetched with range queries
-in chunks Prometheus accepts (at most 11,000 points a query)."""
+``slo status``: the rules' one-minute tiles where they cover the period (one series per
+facility), else per-minute increases of the raw counters without extrapolation; fetched with
+range queries in chunks Prometheus accepts (at most 11,000 points a query). Latency
+percentiles read the raw histogram: the tiles keep counts, not buckets."""
 
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ def _finite(x: float | None) -> float | None:
 class PrometheusSource:
     def __init__(self, backend: PrometheusBackend) -> None:
         self.backend = backend
+        self._chosen: dict[tuple[str, int], bool] = {}
+        """Per SLO and period start: whether the recorded tiles are read (one decision a period)."""
 
     def _per_minute(self, expr: str, start_s: int, end_s: int) -> F64:
         n = (end_s - start_s) // 60
@@ -42,21 +46,34 @@ class PrometheusSource:
             first = last + 60
         return out
 
+    def _recorded(self, slo: Slo, start_s: int, end_s: int) -> bool:
+        key = (slo.name, start_s)
+        if key not in self._chosen:
+            self._chosen[key] = self.backend.recorded(slo, start_s, end_s)
+        return self._chosen[key]
+
     def minutes(self, slo: Slo, facility: str, start_s: int, end_s: int) -> tuple[F64, F64]:
         sel = {names.FACILITY: facility}
-        total = promql.counted(slo, sel, "sum", False, lambda s: promql.exact_increase(s, 60))
-        good = promql.counted(slo, sel, "sum", True, lambda s: promql.exact_increase(s, 60))
+        if self._recorded(slo, start_s, end_s):
+            # A step takes the tiles evaluated in the minute before it: each tile counts once,
+            # in the minute its rule evaluation ended.
+            total = promql.summed_tiles(names.TILE_REQUESTS, slo, 60, "sum", sel)
+            good = promql.summed_tiles(names.TILE_GOOD, slo, 60, "sum", sel)
+        else:
+            total = promql.counted(slo, sel, "sum", False, lambda s: promql.exact_increase(s, 60))
+            good = promql.counted(slo, sel, "sum", True, lambda s: promql.exact_increase(s, 60))
         return self._per_minute(total, start_s, end_s), self._per_minute(good, start_s, end_s)
 
     def totals(self, slo: Slo, facility: str, start_s: int, end_s: int) -> tuple[float, float]:
         sel = {names.FACILITY: facility}
         rng = end_s - start_s
-        t = self.backend.query(
-            promql.counted(slo, sel, "sum", False, lambda s: promql.exact_increase(s, rng)), end_s
-        )
-        g = self.backend.query(
-            promql.counted(slo, sel, "sum", True, lambda s: promql.exact_increase(s, rng)), end_s
-        )
+        if self._recorded(slo, start_s, end_s):
+            t_expr = promql.summed_tiles(names.TILE_REQUESTS, slo, rng, "sum", sel)
+            g_expr = promql.summed_tiles(names.TILE_GOOD, slo, rng, "sum", sel)
+        else:
+            t_expr = promql.counted(slo, sel, "sum", False, lambda s: promql.exact_increase(s, rng))
+            g_expr = promql.counted(slo, sel, "sum", True, lambda s: promql.exact_increase(s, rng))
+        t, g = self.backend.query(t_expr, end_s), self.backend.query(g_expr, end_s)
         return sum(t.values()), sum(g.values())
 
     def latency_weeks(

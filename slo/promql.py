@@ -97,6 +97,9 @@ def exact_increase(series: str, range_s: float) -> str:
     )
 
 
+TILE_S = 60
+"""The step of the generated rules' tiles: their group's interval, and the range each covers."""
+
 LOOKBACK_S = 300
 """Prometheus' instant-vector lookback (``--query.lookback-delta``, 5m by default)."""
 
@@ -149,6 +152,41 @@ def exact_tile(series: str, step_s: float) -> str:
         f" or ({last} < {start})"
         f" or (({last} unless {start}) unless ignoring (le) {old})"
     )
+
+
+def summed_tiles(
+    tile: str, slo: Slo, range_s: float, grouping: str, extra: dict[str, str] | None = None
+) -> str:
+    """The sum of a recorded tile series (``slo:requests:tile1m`` and kin) over the last
+    ``range_s``: a range a millisecond short, so that the tile a whole range back (which covers
+    the minute before it) is left out where ranges include their start (Prometheus 2) as where
+    they do not (Prometheus 3, VictoriaMetrics)."""
+    sel = [
+        f'{names.SLO_LABEL}="{_escape(slo.name)}"',
+        *(f'{k}="{_escape(v)}"' for k, v in (extra or {}).items()),
+    ]
+    ms = max(1, round(range_s * 1000) - 1)
+    return f"{grouping} (sum_over_time({tile}{{{', '.join(sel)}}}[{ms}ms]))"
+
+
+def tile_slices(slo: Slo, range_s: float) -> tuple[str, str]:
+    """Timeslice minutes of all facilities together: minutes with requests and good minutes over
+    the range, each minute judged on the facilities' summed tiles (not a sum of the facilities'
+    own minutes). Each step of the subquery takes the tiles evaluated in the minute before it,
+    so every tile counts once."""
+    one = 60.0
+
+    def at_step(tile: str) -> str:
+        return summed_tiles(tile, slo, one, "sum")
+
+    total, good = at_step(names.TILE_REQUESTS), at_step(names.TILE_GOOD)
+    r = range_str(range_s)
+    data = f"count_over_time(({total} > 0)[{r}:1m])"
+    ok = (
+        f"count_over_time((({good} or ({total} * 0)) >= ({slo.timeslice_target!r} * {total} - 1e-9)"
+        f" and ({total} > 0))[{r}:1m])"
+    )
+    return data, ok
 
 
 def by_facility(expr: str) -> str:

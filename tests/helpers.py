@@ -469,6 +469,10 @@ class VmalertProcess(ServiceProcess):
             f"-remoteWrite.url={datasource}",
             f"-notifier.url=http://{alertmanager}",
             "-evaluationInterval=1s",
+            # Query 3 s in the past: VictoriaMetrics makes a new series searchable a moment after
+            # it ingests it, and a tile evaluated before then misses the series' birth (the
+            # default -search.latencyOffset=30s, turned off here, covers the same delay).
+            "-datasource.lookback=3s",
             f"-httpListenAddr=127.0.0.1:{port}",
         ]
         super().__init__("vmalert", cmd, workdir / "vmalert.log", port, "/health")

@@ -21,7 +21,7 @@ from slo.configfile import ConfigError
 from slo.conventions import ALL_FACILITIES
 from slo.embedded import EmbeddedBackend
 from slo.openslo import openslo_to_slos_yaml
-from slo.prometheus import PrometheusBackend, PrometheusError
+from slo.prometheus import SOURCES, PrometheusBackend, PrometheusError
 from slo.spec import latency_thresholds_s
 from slo.status import CountsBackend, compute_status, now_utc, sort_worst_first, to_json, to_table
 from slo.store import Store, StoreError, replay
@@ -136,7 +136,7 @@ def cmd_slo_status(args: argparse.Namespace) -> int:
         url = _prometheus_url(args)
         if url is None:
             return 2
-        backend = PrometheusBackend(url)
+        backend = PrometheusBackend(url, source=args.source)
     else:
         path = config.resolve(config.gateway.telemetry.store.path)
         if not path.exists():
@@ -161,6 +161,9 @@ def cmd_slo_status(args: argparse.Namespace) -> int:
     except PrometheusError as exc:
         print(f"vitalgate: {exc}", file=sys.stderr)
         return 1
+    if isinstance(backend, PrometheusBackend):
+        for note in backend.notes:
+            print(f"vitalgate: {note}", file=sys.stderr)
     if args.facility is not None:
         rows = [r for r in rows if r.facility == args.facility]
     rows = sort_worst_first(rows)
@@ -325,8 +328,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         url = _prometheus_url(args)
         if url is None:
             return 2
-        source = PrometheusSource(PrometheusBackend(url))
+        prom = PrometheusBackend(url, source=args.source)
+        source = PrometheusSource(prom)
     else:
+        prom = None
         store = _store(config)
         if store is None:
             return 1
@@ -352,6 +357,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(f"{target}: {facility.name}, {period.label}; sha256 {report.sha256}")
     if args.all_facilities:
         print(f"\nwrote {len(chosen)} reports next to {out}")
+    for note in dict.fromkeys(prom.notes if prom else []):
+        print(f"vitalgate: {note}", file=sys.stderr)
     return 0
 
 
@@ -410,6 +417,13 @@ def _generator_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     p.add_argument("--config", required=True)
     p.add_argument("--backend", choices=["embedded", "prometheus"], default="embedded")
     p.add_argument("--prometheus-url", default=None, help="Prometheus base URL (or PROMETHEUS_URL)")
+    p.add_argument(
+        "--source",
+        choices=SOURCES,
+        default="auto",
+        help="prometheus backend: the rules' recorded tiles, the raw counters, or the tiles where they"
+        " cover the window (auto, the default)",
+    )
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.add_argument("--facility", default=None, help="one facility id, or '*' for all together")
     p.set_defaults(func=cmd_slo_status)
@@ -458,6 +472,13 @@ def _record_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     p.add_argument("--out", required=True, help="FILE.pdf or FILE.html (a CSV goes beside it)")
     p.add_argument("--backend", choices=["embedded", "prometheus"], default="embedded")
     p.add_argument("--prometheus-url", default=None, help="Prometheus base URL (or PROMETHEUS_URL)")
+    p.add_argument(
+        "--source",
+        choices=SOURCES,
+        default="auto",
+        help="prometheus backend: the rules' recorded tiles, the raw counters, or the tiles where they"
+        " cover the window (auto, the default)",
+    )
     p.set_defaults(func=cmd_report)
 
     store = sub.add_parser("store", help="the embedded store").add_subparsers(

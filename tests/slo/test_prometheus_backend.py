@@ -16,11 +16,14 @@ from tests.helpers import (
     GatewayProcess,
     PrometheusProcess,
     VictoriaMetricsProcess,
+    VmalertProcess,
+    eventually,
     fetch,
     gateway_config,
     slo_status,
     vitalgate,
 )
+from vitalgate.peers import free_port
 
 SLOS = slos.PROMETHEUS
 
@@ -61,12 +64,28 @@ def test_prometheus_totals_equal_requests_sent_to_both_replicas(tmp_path: Path, 
             )
             replicas.append((cfg, GatewayProcess(cfg)))
         targets = [g.admin.removeprefix("http://") for _, g in replicas]
-        prom: PrometheusProcess | VictoriaMetricsProcess = (
-            PrometheusProcess(tmp_path, targets)
-            if store == "prometheus"
-            else VictoriaMetricsProcess(tmp_path, targets)
+        # The generated rules, their tiles shrunk from a minute to 5 s so that the test need not
+        # wait minutes for them: what slo status and the report sum is tiles, whatever their step.
+        rules = tmp_path / "rules"
+        vitalgate(
+            "alerts", "generate", "--config", str(replicas[0][0]), "--out", str(rules), "--time-scale", "12"
         )
+        prom: PrometheusProcess | VictoriaMetricsProcess
+        vmalert: VmalertProcess | None = None
+        if store == "prometheus":
+            prom = PrometheusProcess(tmp_path, targets, rule_files=[rules / "rules.yaml"])
+        else:
+            prom = VictoriaMetricsProcess(tmp_path, targets)
+            vmalert = VmalertProcess(tmp_path, [rules / "rules.yaml"], prom.url, f"127.0.0.1:{free_port()}")
         try:
+            # A tile counts what happened in its own step: the rules run before the traffic starts.
+            rules_api = prom.url if vmalert is None else vmalert.url
+            verify = ("alerts", "verify", "--config", str(replicas[0][0]), "--time-scale", "12")
+            eventually(
+                lambda: vitalgate(*verify, "--prometheus-url", rules_api, check=False).returncode == 0,
+                "every rule group evaluated",
+                timeout_s=30,
+            )
             sent: Counter[str] = Counter()
             bad: Counter[str] = Counter()
             slow: Counter[str] = Counter()
@@ -90,7 +109,30 @@ def test_prometheus_totals_equal_requests_sent_to_both_replicas(tmp_path: Path, 
                     break
                 time.sleep(0.5)
             time.sleep(2)  # a few more scrapes with no new traffic
+
+            # Every SLO's tiles have counted every request, and every good one.
+            def tiled() -> dict[tuple[str, str, str], float]:
+                out = {}
+                for tile in ("slo:requests:tile1m", "slo:good_requests:tile1m"):
+                    for r in prom.query(f"sum by (slo, facility) (sum_over_time({tile}[10m]))"):
+                        out[(tile, r["metric"]["slo"], r["metric"]["facility"])] = float(r["value"][1])
+                return out
+
+            every = {("slo:requests:tile1m", s["name"], f): float(n) for s in SLOS for f, n in sent.items()}
+            for f, n in sent.items():
+                every[("slo:good_requests:tile1m", "avail", f)] = every[
+                    ("slo:good_requests:tile1m", "monthly", f)
+                ] = float(n - bad[f])
+                every[("slo:good_requests:tile1m", "fast", f)] = float(n - slow[f])
+            try:
+                eventually(lambda: tiled() == every, "the rules' tiles counting every request", timeout_s=30)
+            except AssertionError:
+                assert tiled() == every  # which tiles miss what
+                raise
             via_prom = slo_status(replicas[0][0], "--backend", "prometheus", "--prometheus-url", prom.url)
+            via_raw = slo_status(
+                replicas[0][0], "--backend", "prometheus", "--prometheus-url", prom.url, "--source", "raw"
+            )
             month = datetime.now(ZoneInfo("America/Denver")).strftime("%Y-%m")  # lakeside's own month
             report_prom = report(
                 replicas[0][0],
@@ -101,9 +143,22 @@ def test_prometheus_totals_equal_requests_sent_to_both_replicas(tmp_path: Path, 
                 "--prometheus-url",
                 prom.url,
             )
+            report_raw = report(
+                replicas[0][0],
+                month,
+                tmp_path / "raw.html",
+                "--backend",
+                "prometheus",
+                "--prometheus-url",
+                prom.url,
+                "--source",
+                "raw",
+            )
         finally:
             for _cfg, gw in replicas:
                 assert gw.terminate() == 0
+            if vmalert is not None:
+                vmalert.stop()
             prom.stop()
         stores = [slo_status(cfg) for cfg, _ in replicas]
         report_stores = [
@@ -122,6 +177,12 @@ def test_prometheus_totals_equal_requests_sent_to_both_replicas(tmp_path: Path, 
                 embedded_good,
             )
     assert via_prom[("avail", "*")]["total"] == 240
+    # The rules' tiles (the default, where they cover the window) and the raw counters agree.
+    figures = ("total", "good", "sli", "budget_remaining", "burn_rates", "alert")
+    assert {k: {f: row[f] for f in figures} for k, row in via_prom.items()} == {
+        k: {f: row[f] for f in figures} for k, row in via_raw.items()
+    }
+    assert report_prom["slos"] == report_raw["slos"]
     # An uptime report from Prometheus counts what both replicas' stores counted, minute by minute.
     for i, slo_report in enumerate(report_prom["slos"]):
         assert slo_report["total"] == sum(r["slos"][i]["total"] for r in report_stores) == sent["lakeside"]
