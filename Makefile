@@ -37,7 +37,13 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-pytest: install
+# The prometheus-operator CRD schemas the deployment tests validate against (npm registry).
+SCHEMAS := tests/k8s/node_modules/.installed
+$(SCHEMAS): tests/k8s/package.json tests/k8s/package-lock.json
+	npm ci --prefix tests/k8s --no-audit --no-fund --loglevel=error
+	touch $(SCHEMAS)
+
+pytest: install $(SCHEMAS)
 	$(VENV)/bin/pytest
 
 test: lint typecheck pytest
@@ -56,4 +62,4 @@ pure:
 	rm -f gateway/dataplane/*.so vitalgate_native*.so $(NATIVE)
 
 clean: pure
-	rm -rf $(VENV) build var .pytest_cache .mypy_cache .ruff_cache .hypothesis test-artifacts
+	rm -rf tests/k8s/node_modules $(VENV) build var .pytest_cache .mypy_cache .ruff_cache .hypothesis test-artifacts

@@ -73,3 +73,33 @@ def write_dashboards(
         p.write_text(HEADER + yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
         written.append(p)
     return written
+
+
+SIDECAR_LABEL = {"grafana_dashboard": "1"}
+"""The label Grafana's dashboard sidecar (kiwigrid k8s-sidecar, as in kube-prometheus-stack)
+watches for by default."""
+FOLDER_ANNOTATION = "grafana_folder"
+"""The annotation the sidecar reads a dashboard's folder from (its ``folderAnnotation``)."""
+CONFIGMAP_MAX_BYTES = 1_048_576
+
+
+def dashboard_configmaps(
+    dashboards: Sequence[GeneratedDashboard], namespace: str | None, labels: dict[str, str]
+) -> list[dict[str, Any]]:
+    """A ConfigMap per dashboard, labelled for the sidecar (``labels`` replace its default when
+    given), its folder the facility's. A dashboard past a ConfigMap's 1 MiB is an error, not a
+    resource the API server would refuse later."""
+    out = []
+    for d in dashboards:
+        body = d.to_json()
+        if len(body.encode()) > CONFIGMAP_MAX_BYTES - 4096:
+            raise ValueError(f"dashboard {d.uid}: {len(body.encode())} bytes, too large for a ConfigMap")
+        meta: dict[str, Any] = {"name": f"vitalgate-dashboard-{d.uid.lower()}"}
+        if namespace:
+            meta["namespace"] = namespace
+        meta["labels"] = {"app.kubernetes.io/name": "vitalgate", **(labels or SIDECAR_LABEL)}
+        meta["annotations"] = {FOLDER_ANNOTATION: d.folder}
+        out.append(
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {f"{d.uid}.json": body}}
+        )
+    return out

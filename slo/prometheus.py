@@ -135,7 +135,8 @@ class PrometheusBackend:
         first_s = next(iter(first.values()), hi)
         before = first_s - promql.TILE_S - since_s
         if before < 1 or not self.query(
-            f"count(last_over_time({promql.total_series(slo)}[{math.floor(before)}s]))", first_s - promql.TILE_S
+            f"count(last_over_time({promql.total_series(slo)}[{math.floor(before)}s]))",
+            first_s - promql.TILE_S,
         ):
             return True
         self.notes.append(

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.audit.keys import AuditKeyError
 from gateway.config import Config, GatewayConfig
@@ -27,6 +28,9 @@ from slo.status import CountsBackend, compute_status, now_utc, sort_worst_first,
 from slo.store import Store, StoreError, replay
 from vitalgate import audit_cli
 from vitalgate.config import ProductConfig, load_config
+
+if TYPE_CHECKING:
+    from vitalgate.generate import Kubernetes
 
 
 def _load(path: str) -> Config[ProductConfig] | None:
@@ -211,6 +215,30 @@ def cmd_import_openslo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kubernetes(args: argparse.Namespace) -> Kubernetes | None:
+    """``--namespace`` and ``--label``; None (said on stderr) for a label that is not one."""
+    from alerts.operator import parse_labels  # noqa: PLC0415
+    from vitalgate.generate import Kubernetes  # noqa: PLC0415
+
+    try:
+        labels = parse_labels(args.label)
+    except ValueError as exc:
+        print(f"vitalgate: {exc}", file=sys.stderr)
+        return None
+    return Kubernetes(namespace=args.namespace, labels=labels)
+
+
+def _kubernetes_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--namespace", default=None, help=f"namespace of the {what} (default: none, kubectl's)")
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"a label on the {what}, for the selector that must find them (repeatable)",
+    )
+
+
 def cmd_alerts_generate(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
@@ -218,7 +246,12 @@ def cmd_alerts_generate(args: argparse.Namespace) -> int:
     from vitalgate.generate import write_alerts  # noqa: PLC0415
 
     out = Path(args.out)
-    files, n_rules = write_alerts(config, out, time_scale=args.time_scale)
+    kube = None
+    if args.format == "prometheus-operator":
+        kube = _kubernetes(args)
+        if kube is None:
+            return 2
+    files, n_rules = write_alerts(config, out, time_scale=args.time_scale, operator=kube)
     print(f"wrote {len(files)} files to {out}: {n_rules} rules for {len(config.slos)} SLOs")
     for f in files:
         print(f"  {f}")
@@ -257,7 +290,12 @@ def cmd_dashboards_generate(args: argparse.Namespace) -> int:
         return 1
     from vitalgate.generate import write_all_dashboards  # noqa: PLC0415
 
-    files = write_all_dashboards(config, Path(args.out))
+    kube = None
+    if args.format == "configmaps":
+        kube = _kubernetes(args)
+        if kube is None:
+            return 2
+    files = write_all_dashboards(config, Path(args.out), configmaps=kube)
     print(f"wrote {len(files)} files to {args.out} (json/ for the API, provisioning/ for file provisioning)")
     return 0
 
@@ -438,6 +476,13 @@ def _generator_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     p.add_argument("--config", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--time-scale", type=float, default=1.0, help=argparse.SUPPRESS)  # tests: shrink windows
+    p.add_argument(
+        "--format",
+        choices=["prometheus", "prometheus-operator"],
+        default="prometheus",
+        help="prometheus-operator: also prometheusrule.yaml and alertmanagerconfig.yaml",
+    )
+    _kubernetes_options(p, "PrometheusRule and AlertmanagerConfig")
     p.set_defaults(func=cmd_alerts_generate)
     p = alerts.add_parser("verify", help="whether Prometheus runs every generated rule group, without errors")
     p.add_argument("--config", required=True)
@@ -453,6 +498,13 @@ def _generator_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     p = dash.add_parser("generate", help="write dashboard JSON and Grafana provisioning files")
     p.add_argument("--config", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--format",
+        choices=["files", "configmaps"],
+        default="files",
+        help="configmaps: also configmaps.yaml, a ConfigMap per dashboard for Grafana's sidecar",
+    )
+    _kubernetes_options(p, "ConfigMaps (default label grafana_dashboard=1)")
     p.set_defaults(func=cmd_dashboards_generate)
     p = dash.add_parser("publish", help="upsert the dashboards into Grafana (token from GRAFANA_TOKEN)")
     p.add_argument("--config", required=True)
