@@ -4,6 +4,13 @@ Prints the time to build the figures, render the HTML (charts) and the PDF.
 The target is under 10 s for the whole report.
 
     python -m bench.report_year
+    python -m bench.report_year --store victoria-metrics
+
+With ``--store victoria-metrics`` the same year goes, as the gateway's counters scraped every
+minute and as the rules' one-minute tiles, into a real VictoriaMetrics (Debian's package, on
+loopback) through its import API, and the report is built from it twice, from the tiles and
+from the raw counters (``--source recorded`` and ``raw``); each is compared with the report
+from an embedded store holding the same minutes.
 """
 
 from __future__ import annotations
@@ -30,7 +37,12 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--year", type=int, default=2025)
+    parser.add_argument("--store", choices=["embedded", "victoria-metrics"], default="embedded")
     args = parser.parse_args()
+    if args.store == "victoria-metrics":
+        from bench.report_year_vm import run
+
+        return run(args.year)
     tmp = Path(tempfile.mkdtemp(prefix="vitalgate-report-bench-"))
     (tmp / "slos.yaml").write_text(SLOS_YAML)
     slos = load_slos(tmp / "slos.yaml")

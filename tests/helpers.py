@@ -460,7 +460,14 @@ class VmalertProcess(ServiceProcess):
     """Debian's ``vmalert`` evaluating rule files against a VictoriaMetrics, writing recording
     rules and alert state back to it and notifying an Alertmanager."""
 
-    def __init__(self, workdir: Path, rule_files: list[Path], datasource: str, alertmanager: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        rule_files: list[Path],
+        datasource: str,
+        alertmanager: str,
+        lookback_s: float = 3.0,
+    ) -> None:
         port = free_port()
         cmd = [
             require_binary("vmalert"),
@@ -469,10 +476,11 @@ class VmalertProcess(ServiceProcess):
             f"-remoteWrite.url={datasource}",
             f"-notifier.url=http://{alertmanager}",
             "-evaluationInterval=1s",
-            # Query 3 s in the past: VictoriaMetrics makes a new series searchable a moment after
-            # it ingests it, and a tile evaluated before then misses the series' birth (the
-            # default -search.latencyOffset=30s, turned off here, covers the same delay).
-            "-datasource.lookback=3s",
+            # Query a few seconds in the past: VictoriaMetrics makes a new series searchable a
+            # moment after it ingests it (longer on a loaded machine), and a tile evaluated before
+            # then misses the series' birth (the default -search.latencyOffset=30s, turned off
+            # here, covers the same delay).
+            f"-datasource.lookback={lookback_s:g}s",
             f"-httpListenAddr=127.0.0.1:{port}",
         ]
         super().__init__("vmalert", cmd, workdir / "vmalert.log", port, "/health")

@@ -76,7 +76,9 @@ def test_prometheus_totals_equal_requests_sent_to_both_replicas(tmp_path: Path, 
             prom = PrometheusProcess(tmp_path, targets, rule_files=[rules / "rules.yaml"])
         else:
             prom = VictoriaMetricsProcess(tmp_path, targets)
-            vmalert = VmalertProcess(tmp_path, [rules / "rules.yaml"], prom.url, f"127.0.0.1:{free_port()}")
+            vmalert = VmalertProcess(
+                tmp_path, [rules / "rules.yaml"], prom.url, f"127.0.0.1:{free_port()}", lookback_s=10
+            )
         try:
             # A tile counts what happened in its own step: the rules run before the traffic starts.
             rules_api = prom.url if vmalert is None else vmalert.url
