@@ -51,7 +51,9 @@ import yaml
 
 from alerts.rules import RuleOptions, build_rules, render
 from slo import conventions as names
-from slo.spec import Slo, load_slos
+from slo.prometheus import PrometheusBackend, PrometheusError
+from slo.spec import Facility, Slo, load_slos
+from slo.status import compute_status
 
 METRIC = "http_server_request_duration_seconds"
 STATUSES = (200, 201, 404, 500)
@@ -292,7 +294,9 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def run_size(size: Size, work: Path, rules: Path, slos: list[Slo], measure_s: float) -> dict[str, Any]:
+def run_size(
+    size: Size, work: Path, rules: Path, slos: list[Slo], measure_s: float, status_raw: bool = False
+) -> dict[str, Any]:
     rng = np.random.default_rng(size.facilities * 1000 + size.routes * 10 + size.days)
     t0 = time.perf_counter()
     h = _history(size, rng)
@@ -367,6 +371,7 @@ def run_size(size: Size, work: Path, rules: Path, slos: list[Slo], measure_s: fl
         counted = _get(f"{base}/api/v1/query?query={q}")["data"]["result"]
         day = float(h.counts[:, -1440:].sum())
         rss = _rss_mb(proc.pid)
+        status = _status_timings(base, slos, size, status_raw)
         missed = {
             r["metric"]["rule_group"].split(";")[-1]: float(r["value"][1])
             for r in _get(f"{base}/api/v1/query?query=prometheus_rule_group_iterations_missed_total")["data"][
@@ -399,7 +404,43 @@ def run_size(size: Size, work: Path, rules: Path, slos: list[Slo], measure_s: fl
         "requests_1d_generated": day,
         "requests_1d_counted": float(counted[0]["value"][1]) if counted else None,
         "groups": groups,
+        "status": status,
     }
+
+
+def _status_timings(base: str, slos: list[Slo], size: Size, with_raw: bool) -> dict[str, Any]:
+    """``slo status --backend prometheus`` for every facility, as the command computes it: from
+    the recorded tiles (what ``auto`` chose, with its notes), and with ``with_raw`` from the raw
+    counters too, with the largest difference between the two in any row's SLI."""
+    zones = ["America/Chicago", "America/New_York", "America/Denver", "Europe/London"]
+    facilities = [
+        Facility(f"facility-{f:03d}", f"Facility {f}", zones[f % len(zones)], 0.999, ())
+        for f in range(size.facilities)
+    ]
+    now = time.time()
+    out: dict[str, Any] = {}
+    figures: dict[str, dict[tuple[str, str], tuple[int, int]]] = {}
+    for source in ("auto", "raw") if with_raw else ("auto",):
+        backend = PrometheusBackend(base, timeout_s=300, source=source)
+        t = time.perf_counter()
+        try:
+            rows = compute_status(slos, facilities, backend, now)
+        except PrometheusError as exc:
+            out[source] = {"error": str(exc), "seconds": round(time.perf_counter() - t, 2)}
+            continue
+        out[source] = {
+            "seconds": round(time.perf_counter() - t, 2),
+            "queries": backend.queries,
+            "rows": len(rows),
+            "notes": backend.notes,
+        }
+        figures[source] = {(r.slo, r.facility): (r.total, r.good) for r in rows}
+    if len(figures) == 2:
+        a, b = figures["auto"], figures["raw"]
+        sli = [abs(a[k][1] / a[k][0] - b[k][1] / b[k][0]) for k in a if a[k][0] and b[k][0]]
+        out["max_sli_difference"] = max(sli) if sli else None
+        out["rows_equal"] = sum(a[k] == b[k] for k in a)
+    return out
 
 
 def main() -> int:
@@ -411,6 +452,9 @@ def main() -> int:
     parser.add_argument("--rules", type=Path, default=None, help="run this rules file instead")
     parser.add_argument("--keep", type=Path, default=None, help="keep the work folders here")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--status-raw", action="store_true", help="also time slo status from the raw counters, and compare"
+    )
     args = parser.parse_args()
     for tool in ("prometheus", "promtool"):
         if shutil.which(tool) is None:
@@ -429,7 +473,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         print(f"{size}: generating, backfilling, evaluating for {args.measure:g} s", file=sys.stderr)
-        res = run_size(size, work, rules, slos, args.measure)
+        res = run_size(size, work, rules, slos, args.measure, args.status_raw)
         results.append(res)
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -444,6 +488,8 @@ def main() -> int:
         print(
             f"{'group':<44} {'interval':>8} {'evals':>5} {'median s':>9} {'max s':>8} {'max/int':>8} {'missed':>6}"
         )
+        for source, st in res["status"].items():
+            print(f"slo status --source {source}: {st}")
         for name, g in res["groups"].items():
             print(
                 f"{name:<44} {g['interval_s']:>7g}s {g['evaluations']:>5} {g['median_s']:>9.3f} "

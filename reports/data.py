@@ -444,7 +444,7 @@ def latency_by_week(
 
 
 def daily_availability(
-    store: Store, slo: Slo, facility: Facility, now_s: float, days: int = 90
+    data: Store | ReportSource, slo: Slo, facility: Facility, now_s: float, days: int = 90
 ) -> list[tuple[str, float | None, int]]:
     """(local date, availability or None, requests) for the last ``days`` local days, oldest first."""
     tz = ZoneInfo(facility.timezone)
@@ -453,7 +453,7 @@ def daily_availability(
     start_s = int(datetime(first.year, first.month, first.day, tzinfo=tz).timestamp())
     after = today + timedelta(days=1)
     end_s = int(datetime(after.year, after.month, after.day, tzinfo=tz).timestamp())
-    total, good = minute_arrays(store, slo.key, facility.id, start_s, end_s)
+    total, good = source_of(data).minutes(slo, facility.id, start_s, end_s)
     out = []
     d = first
     while d <= today:

@@ -456,6 +456,28 @@ class VictoriaMetricsProcess(ServiceProcess):
         super().__init__("victoria-metrics", cmd, workdir / "victoria-metrics.log", port, "/health")
 
 
+class VmagentProcess(ServiceProcess):
+    """Debian's ``vmagent`` scraping the given targets every second and sending every sample to
+    a VictoriaMetrics by remote write (as Prometheus' remote_write would)."""
+
+    def __init__(self, workdir: Path, targets: list[str], remote_write: str) -> None:
+        cfg = {
+            "global": {"scrape_interval": "1s"},
+            "scrape_configs": [{"job_name": "vitalgate", "static_configs": [{"targets": targets}]}],
+        }
+        (workdir / "vmagent.yml").write_text(yaml.safe_dump(cfg))
+        port = free_port()
+        cmd = [
+            require_binary("vmagent"),
+            f"-promscrape.config={workdir / 'vmagent.yml'}",
+            f"-remoteWrite.url={remote_write}/api/v1/write",
+            f"-remoteWrite.tmpDataPath={workdir / 'vmagent-queue'}",
+            "-remoteWrite.flushInterval=200ms",
+            f"-httpListenAddr=127.0.0.1:{port}",
+        ]
+        super().__init__("vmagent", cmd, workdir / "vmagent.log", port, "/health")
+
+
 class VmalertProcess(ServiceProcess):
     """Debian's ``vmalert`` evaluating rule files against a VictoriaMetrics, writing recording
     rules and alert state back to it and notifying an Alertmanager."""

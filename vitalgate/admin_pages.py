@@ -16,8 +16,17 @@ from aiohttp import web
 
 from gateway.admin.api import AdminApi
 from gateway.admin.auth import identity_of, refuse_facility
-from reports.data import PeriodError, build_report, daily_availability, parse_period
+from reports.data import (
+    PeriodError,
+    ReportSource,
+    StoreSource,
+    build_report,
+    daily_availability,
+    parse_period,
+)
 from reports.pages import facility_page, fleet_page
+from reports.prometheus_source import PrometheusSource
+from slo.prometheus import PrometheusError
 from slo.store import Store, StoreError
 
 T = TypeVar("T")
@@ -35,9 +44,15 @@ class AdminPages:
         self.admin = admin
         self.facilities = {f.id: f for f in admin.config.facilities()}
 
-    def _store(self) -> Store:
+    def _open(self) -> tuple[ReportSource, Store | None]:
+        """The figures' source (the configured Prometheus, else the embedded store) and the
+        store to close after."""
+        prom = self.admin.prometheus()
+        if prom is not None:
+            return PrometheusSource(prom), None
         cfg = self.admin.config
-        return Store(cfg.resolve(cfg.gateway.telemetry.store.path), readonly=True)
+        store = Store(cfg.resolve(cfg.gateway.telemetry.store.path), readonly=True)
+        return StoreSource(store), store
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Store reads, numpy and rendering run off the event loop: the proxy keeps serving.
@@ -49,6 +64,11 @@ class AdminPages:
                 text=json.dumps({"error": "store unavailable", "detail": str(exc)}),
                 content_type="application/json",
             ) from exc
+        except PrometheusError as exc:
+            raise web.HTTPServiceUnavailable(
+                text=json.dumps({"error": "status source unavailable", "detail": str(exc)}),
+                content_type="application/json",
+            ) from exc
 
     async def fleet(self, request: web.Request) -> web.Response:
         rows = await self._run(self.admin.status_rows, None, identity_of(request))
@@ -58,15 +78,16 @@ class AdminPages:
         f = self.facilities[facility_id]
         now = time.time()
         rows = self.admin.status_rows(facility_id)
-        store = self._store()
+        source, store = self._open()
         try:
             slos = self.admin.config.slos
-            calendars = [(s.name, s.objective, daily_availability(store, s, f, now)) for s in slos]
+            calendars = [(s.name, s.objective, daily_availability(source, s, f, now)) for s in slos]
             local = datetime.fromtimestamp(now, ZoneInfo(f.timezone))
             month = parse_period(f"{local.year}-{local.month:02d}")
-            report = build_report(store, slos, f, month, now, previous_periods=0)
+            report = build_report(source, slos, f, month, now, previous_periods=0)
         finally:
-            store.close()
+            if store is not None:
+                store.close()
         recent = [(s.slo, inc) for s in report.slos for inc in s.incidents][-20:]
         prev = local.replace(day=1) - timedelta(days=1)
         periods = [
@@ -92,17 +113,18 @@ class AdminPages:
         # matplotlib and weasyprint load on the first report, not in every gateway at start-up.
         from reports.render import render_html, render_pdf_bytes  # noqa: PLC0415
 
-        store = self._store()
+        source, store = self._open()
         try:
             report = build_report(
-                store,
+                source,
                 self.admin.config.slos,
                 self.facilities[facility_id],
                 parse_period(period_label),
                 time.time(),
             )
         finally:
-            store.close()
+            if store is not None:
+                store.close()
         return render_pdf_bytes(report) if fmt == "pdf" else render_html(report).encode()
 
     async def report(self, request: web.Request) -> web.Response:

@@ -32,6 +32,7 @@ from gateway.dataplane.accesslog import AccessLog
 from gateway.roles import Role
 from slo.conventions import ALL_FACILITIES
 from slo.embedded import EmbeddedBackend
+from slo.prometheus import PrometheusBackend, PrometheusError
 from slo.status import StatusRow, compute_status, sort_worst_first
 from slo.store import Store, StoreError
 
@@ -84,15 +85,27 @@ class AdminApi:
             {"token": identity_of(request).name, "what": what, "facility": facility, "status": status},
         )
 
+    def prometheus(self) -> PrometheusBackend | None:
+        """A reader of the configured ``admin.status_source`` (one per request: it counts its
+        queries and notes), or None to read the embedded store."""
+        src = self.config.gateway.admin.status_source
+        if src is None:
+            return None
+        return PrometheusBackend(src.prometheus_url, timeout_s=src.timeout, source=src.source)
+
     def status_rows(self, facility: str | None, identity: Identity = ANONYMOUS) -> list[StatusRow]:
         """SLO status from the store, the rows this identity may see (worst first)."""
-        store = Store(self.config.resolve(self.config.gateway.telemetry.store.path), readonly=True)
-        try:
-            rows = compute_status(
-                self.config.slos, self.config.facilities(), EmbeddedBackend(store), time.time()
-            )
-        finally:
-            store.close()
+        prom = self.prometheus()
+        if prom is not None:
+            rows = compute_status(self.config.slos, self.config.facilities(), prom, time.time())
+        else:
+            store = Store(self.config.resolve(self.config.gateway.telemetry.store.path), readonly=True)
+            try:
+                rows = compute_status(
+                    self.config.slos, self.config.facilities(), EmbeddedBackend(store), time.time()
+                )
+            finally:
+                store.close()
         return [
             r
             for r in sort_worst_first(rows)
@@ -106,7 +119,10 @@ class AdminApi:
         refused = refuse_facility(identity, facility, known) if facility is not None else None
         if refused is not None:
             return refused
-        if not self.config.gateway.telemetry.store.enabled:
+        if (
+            not self.config.gateway.telemetry.store.enabled
+            and self.config.gateway.admin.status_source is None
+        ):
             return web.json_response(
                 {"error": "the embedded store is disabled (telemetry.store.enabled)"}, status=503
             )
@@ -116,6 +132,8 @@ class AdminApi:
             )
         except (StoreError, sqlite3.Error) as exc:
             return web.json_response({"error": "store unavailable", "detail": str(exc)}, status=503)
+        except PrometheusError as exc:
+            return web.json_response({"error": "status source unavailable", "detail": str(exc)}, status=503)
         return web.json_response({"slos": [r.to_json() for r in rows]})
 
     async def _audit(self, request: web.Request) -> web.Response:

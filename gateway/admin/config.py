@@ -7,10 +7,12 @@ importing the admin listener it configures.
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from slo.configfile import ListenAddr, StrictModel
+from slo.spec import DurationS
 
 
 class TokenConfig(StrictModel):
@@ -21,8 +23,30 @@ class TokenConfig(StrictModel):
     facilities: list[str] = Field(default_factory=list)
 
 
+class StatusSourceConfig(StrictModel):
+    """Where ``/api/v1/slo``, the status pages and the report downloads read their figures
+    when not from this gateway's embedded store: a Prometheus (or VictoriaMetrics, Thanos,
+    Mimir) that scrapes every replica, so that each replica serves the fleet's figures."""
+
+    prometheus_url: str
+    source: Literal["auto", "recorded", "raw"] = "auto"
+    """As ``slo status --source``: the rules' tiles, the raw counters, or the tiles where they
+    cover the window."""
+    timeout: DurationS = 30.0
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+
 class AdminConfig(StrictModel):
     listen: ListenAddr = "127.0.0.1:9464"
     tokens: list[TokenConfig] = Field(default_factory=list)
     protect_metrics: bool = False
     """Also require a token for /metrics, /healthz and /readyz."""
+    status_source: StatusSourceConfig | None = None
+    """Serve status and reports from Prometheus instead of the embedded store."""

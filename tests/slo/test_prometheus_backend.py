@@ -2,6 +2,7 @@
 
 import json
 import time
+import urllib.request
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from tests.helpers import (
     GatewayProcess,
     PrometheusProcess,
     VictoriaMetricsProcess,
+    VmagentProcess,
     VmalertProcess,
     eventually,
     fetch,
@@ -50,7 +52,9 @@ def report(config: Path, period: str, out: Path, *extra: str) -> dict[str, Any]:
 @pytest.mark.parametrize("store", ["prometheus", "victoria-metrics"])
 def test_prometheus_totals_equal_requests_sent_to_both_replicas(tmp_path: Path, store: str) -> None:
     """The same figures from Prometheus and from VictoriaMetrics (a long-term store speaking
-    the Prometheus query API), scraping the same two replicas, as their embedded stores."""
+    the Prometheus query API, fed by vmagent), scraping the same two replicas, as their
+    embedded stores; from the rules' tiles (Prometheus' own, or vmalert's) as from the raw
+    counters."""
     with BackgroundPeers() as peers:
         replicas = []
         for name in ("a", "b"):
@@ -72,10 +76,13 @@ def test_prometheus_totals_equal_requests_sent_to_both_replicas(tmp_path: Path, 
         )
         prom: PrometheusProcess | VictoriaMetricsProcess
         vmalert: VmalertProcess | None = None
+        vmagent: VmagentProcess | None = None
         if store == "prometheus":
             prom = PrometheusProcess(tmp_path, targets, rule_files=[rules / "rules.yaml"])
         else:
-            prom = VictoriaMetricsProcess(tmp_path, targets)
+            # Two replicas scraped by vmagent, which remote-writes into VictoriaMetrics.
+            prom = VictoriaMetricsProcess(tmp_path, [])
+            vmagent = VmagentProcess(tmp_path, targets, prom.url)
             vmalert = VmalertProcess(
                 tmp_path, [rules / "rules.yaml"], prom.url, f"127.0.0.1:{free_port()}", lookback_s=10
             )
@@ -145,6 +152,27 @@ def test_prometheus_totals_equal_requests_sent_to_both_replicas(tmp_path: Path, 
                 "--prometheus-url",
                 prom.url,
             )
+            # A gateway whose status API and pages read the same Prometheus: every replica can
+            # serve the fleet's figures, not only its own store's.
+            viewer_dir = tmp_path / "viewer"
+            viewer_dir.mkdir()
+            viewer_cfg = gateway_config(
+                viewer_dir,
+                peers.upstream.port,
+                slos=SLOS,
+                extra={"admin": {"status_source": {"prometheus_url": prom.url}}},
+            )
+            viewer = GatewayProcess(viewer_cfg)
+            try:
+                with urllib.request.urlopen(viewer.admin + "/api/v1/slo", timeout=60) as r:
+                    served = {(row["slo"], row["facility"]): row for row in json.loads(r.read())["slos"]}
+                assert fetch(viewer.admin + "/ui/facilities/lakeside", timeout_s=60) == 200
+                with urllib.request.urlopen(
+                    viewer.admin + f"/api/v1/reports/lakeside/{month}.html", timeout=120
+                ) as r:
+                    served_report = r.read().decode()
+            finally:
+                assert viewer.terminate() == 0
             report_raw = report(
                 replicas[0][0],
                 month,
@@ -159,8 +187,9 @@ def test_prometheus_totals_equal_requests_sent_to_both_replicas(tmp_path: Path, 
         finally:
             for _cfg, gw in replicas:
                 assert gw.terminate() == 0
-            if vmalert is not None:
-                vmalert.stop()
+            for agent in (vmalert, vmagent):
+                if agent is not None:
+                    agent.stop()
             prom.stop()
         stores = [slo_status(cfg) for cfg, _ in replicas]
         report_stores = [
@@ -185,6 +214,11 @@ def test_prometheus_totals_equal_requests_sent_to_both_replicas(tmp_path: Path, 
         k: {f: row[f] for f in figures} for k, row in via_raw.items()
     }
     assert report_prom["slos"] == report_raw["slos"]
+    assert {k: {f: row[f] for f in figures} for k, row in served.items()} == {
+        k: {f: row[f] for f in figures} for k, row in via_prom.items()
+    }
+    for slo_report in report_prom["slos"]:
+        assert f"{slo_report['total']:,} requests, {slo_report['good']:,} good" in served_report
     # An uptime report from Prometheus counts what both replicas' stores counted, minute by minute.
     for i, slo_report in enumerate(report_prom["slos"]):
         assert slo_report["total"] == sum(r["slos"][i]["total"] for r in report_stores) == sent["lakeside"]
