@@ -119,7 +119,33 @@ def tile_rules(slo: Slo, opts: RuleOptions) -> list[dict[str, Any]]:
                 "labels": labels,
             },
         ]
+    if slo.calendar is not None:
+        # Each tile again, labelled with the period its minute started in (the facility's
+        # period one step ago), for the calendar window to sum this period's tiles only.
+        label = names.PERIOD_LABELS[slo.calendar]
+        one = f"({promql.current_period(label, step)} * 0 + 1)"
+        for tile in [r["record"] for r in rules]:
+            expr = f"{tile}{_sel(slo)} * on ({names.FACILITY}) group_left ({label}) {one}"
+            rules.append({"record": names.PERIOD_TILES[tile], "expr": expr, "labels": labels})
     return rules
+
+
+CALENDAR_RANGE_S = {"month": 32 * 86400, "quarter": 93 * 86400}
+"""A calendar window's range: longer than any local month (31 days, and an hour more where
+the clocks go back) or quarter; the period label picks the current one's tiles from it."""
+
+
+def _period_summed(tile: str, slo: Slo, opts: RuleOptions) -> str:
+    """The tiles of the facility's current calendar period: what ``slo status`` counts for it."""
+    assert slo.calendar is not None
+    label = names.PERIOD_LABELS[slo.calendar]
+    summed = promql.summed_tiles(
+        names.PERIOD_TILES[tile],
+        slo,
+        _range(CALENDAR_RANGE_S[slo.calendar], opts),
+        f"sum by ({names.FACILITY}, {label})",
+    )
+    return f"{BY_FACILITY} ({summed} and on ({names.FACILITY}, {label}) {promql.current_period(label)})"
 
 
 def _summed(tile: str, slo: Slo, window_s: float, opts: RuleOptions) -> str:
@@ -133,19 +159,20 @@ def window_rules(slo: Slo, opts: RuleOptions, which: Sequence[str]) -> list[dict
     for name, seconds in _windows(slo).items():
         if name not in which:
             continue
-        rules.append(
-            {
-                "record": names.requests(name),
-                "expr": _summed(names.TILE_REQUESTS, slo, seconds, opts),
-                "labels": labels,
-            }
-        )
+
+        def summed(tile: str, seconds: float = seconds, name: str = name) -> str:
+            # A calendar SLO's period window is its facility's current month or quarter.
+            if slo.calendar is not None and name == _period_name(slo):
+                return _period_summed(tile, slo, opts)
+            return _summed(tile, slo, seconds, opts)
+
+        rules.append({"record": names.requests(name), "expr": summed(names.TILE_REQUESTS), "labels": labels})
         if slo.budgeting == "timeslices":
-            total = _summed(names.TILE_MINUTES, slo, seconds, opts)
-            good = _summed(names.TILE_GOOD_MINUTES, slo, seconds, opts)
+            total = summed(names.TILE_MINUTES)
+            good = summed(names.TILE_GOOD_MINUTES)
         else:
             total = f"{BY_FACILITY} ({names.requests(name)}{_sel(slo)})"
-            good = _summed(names.TILE_GOOD, slo, seconds, opts)
+            good = summed(names.TILE_GOOD)
         # Bad = total - good; a facility with no good requests has no good series: count zero.
         rules.append(
             {

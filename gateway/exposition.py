@@ -8,12 +8,15 @@ gateway is assembled (``request_metrics``), as prometheus_client picks its value
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import cast
+from zoneinfo import ZoneInfo
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
@@ -34,6 +37,36 @@ SIGNALS = ("log", "span", "store", "audit")
 DURATION_HELP = "Duration of HTTP server requests through the gateway."
 ACTIVE_HELP = "Number of active HTTP server requests."
 ACTIVE_LABELS = (names.FACILITY, names.SERVICE)
+
+
+class FacilityPeriods:
+    """``vitalgate_facility_period_start_seconds{facility, month, quarter}``: each facility's
+    current local month and quarter, computed at the scrape from its time zone (zoneinfo: DST
+    included), valued with the month's start. The rules' calendar windows take the period
+    from it, so that they count the facility's own month, as ``slo status`` does."""
+
+    def __init__(self, zones: dict[str, str]) -> None:
+        self._zones = {fid: ZoneInfo(tz) for fid, tz in zones.items()}
+
+    def describe(self) -> list[Metric]:
+        """Nothing: a registry then takes the collector without collecting it once to learn its
+        names (it is registered afresh for each scrape)."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        g = GaugeMetricFamily(
+            names.FACILITY_PERIOD,
+            "Start of each facility's current local calendar month (Unix seconds), labelled with"
+            " the month and quarter.",
+            labels=(names.FACILITY, "month", "quarter"),
+        )
+        now = time.time()
+        for fid, tz in self._zones.items():
+            local = datetime.fromtimestamp(now, tz)
+            start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+            quarter = f"{local.year}-Q{(local.month - 1) // 3 + 1}"
+            g.add_metric([fid, f"{local.year}-{local.month:02d}", quarter], start.timestamp())
+        yield g
 
 
 class LocalCollector:
@@ -271,3 +304,17 @@ class GatewayMetrics:
     def drop(self, signal: str, n: int = 1) -> None:
         """Count ``n`` lost telemetry items; thread-safe (exporters call it)."""
         self.dropped[signal].inc(n)
+
+
+class Joined:
+    """Several collectors as one, for one registry per scrape."""
+
+    def __init__(self, *parts: Collector | CollectorRegistry) -> None:
+        self._parts = parts
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        for part in self._parts:
+            yield from part.collect()

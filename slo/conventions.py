@@ -126,6 +126,18 @@ TILE_GOOD = "slo:good_requests:tile1m"
 TILE_MINUTES = "slo:minutes:tile1m"
 """Timeslice SLOs: 1 for a step with requests, 0 without."""
 TILE_GOOD_MINUTES = "slo:good_minutes:tile1m"
+PERIOD_TILES: Final = {
+    TILE_REQUESTS: "slo:period_requests:tile1m",
+    TILE_GOOD: "slo:period_good_requests:tile1m",
+    TILE_MINUTES: "slo:period_minutes:tile1m",
+    TILE_GOOD_MINUTES: "slo:period_good_minutes:tile1m",
+}
+"""Calendar SLOs: each tile again, labelled with the facility's month (or quarter) its minute
+started in, so that a calendar window sums the current period's tiles only."""
+FACILITY_PERIOD: Final = "vitalgate_facility_period_start_seconds"
+"""Per facility, labelled with its current local ``month`` (2026-12) and ``quarter``
+(2026-Q4): the start of that month in Unix seconds, from its time zone (DST included)."""
+PERIOD_LABELS: Final = {"month": "month", "quarter": "quarter"}
 
 
 UID_LIMIT = 40

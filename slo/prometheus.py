@@ -128,34 +128,41 @@ class PrometheusBackend:
     def recorded(self, slo: Slo, since_s: float, now_s: float) -> bool:
         """Whether to read the SLO's recorded tiles over ``since_s``..``now_s`` rather than the
         raw counters. ``raw`` and ``recorded`` decide; ``auto`` takes the tiles when there are
-        some now and they cover the window: they reach back to its start, or the raw counters
+        some in the window and they cover it: they reach back to its start, or the raw counters
         have no sample in it from before the first tile's minute (a tile counts only what
-        happened inside its own minute, so what was counted before the rules ran is in no tile)."""
+        happened inside its own minute, so what was counted before the rules ran is in no tile).
+        A gap in the tiles (Prometheus down) is a gap in the raw samples too, and loses nothing
+        the raw counters would show."""
         if self.source == "raw":
             return False
         tiles = f'{names.TILE_REQUESTS}{{{names.SLO_LABEL}="{slo.name}"}}'
-
-        def present(at_s: float) -> bool:
-            return bool(self.query(f"count(last_over_time({tiles}[{promql.LOOKBACK_S}s]))", at_s))
-
-        if not present(now_s):
+        if not self._has_series(tiles):
             if self.source == "recorded":
-                if self._has_series(tiles):  # the rules ran; this range (an earlier period) has none
-                    return True
                 raise PrometheusError(
                     f"{slo.name}: no recorded series {names.TILE_REQUESTS} at {self.url}: load the rules "
                     "`vitalgate alerts generate` writes, or read the raw counters (--source raw)"
                 )
             self.notes.append(f"{slo.name}: read from the raw counters (no recorded tiles: rules not loaded)")
             return False
-        if self.source == "recorded" or present(since_s + promql.LOOKBACK_S):
+        if self.source == "recorded":
             return True
-        # The first tile: bisect on "a tile in the lookback before t" (10 s resolution, about 15
-        # instant queries over the recorded series), then its exact timestamp.
-        lo, hi = since_s + promql.LOOKBACK_S, now_s
+
+        def since_start(at_s: float) -> bool:
+            """A tile in (since, at]: true from the first tile on, whatever the gaps after it."""
+            r = max(1, math.ceil(at_s - since_s))
+            return bool(self.query(f"count(last_over_time({tiles}[{r}s]))", at_s))
+
+        if self.query(f"count(last_over_time({tiles}[{promql.LOOKBACK_S}s]))", since_s + promql.LOOKBACK_S):
+            return True  # the common case, cheaply: tiles from the window's start
+        if not since_start(now_s):
+            self.notes.append(f"{slo.name}: read from the raw counters (no recorded tiles in the window)")
+            return False
+        # The first tile in the window: bisect to 10 s (about 15 instant queries over the
+        # recorded series), then its exact timestamp.
+        lo, hi = since_s, now_s
         while hi - lo > 10:
             mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if present(mid) else (mid, hi)
+            lo, hi = (lo, mid) if since_start(mid) else (mid, hi)
         first = self.query(f"min(min_over_time(timestamp({tiles})[{math.ceil(hi - lo) + 1}s:1s]))", hi)
         first_s = next(iter(first.values()), hi)
         before = first_s - promql.TILE_S - since_s

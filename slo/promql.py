@@ -189,6 +189,19 @@ def tile_slices(slo: Slo, range_s: float) -> tuple[str, str]:
     return data, ok
 
 
+def current_period(label: str, offset_s: float = 0) -> str:
+    """Per facility, the ``label`` (month or quarter) of its current calendar period, from the
+    gateway's ``vitalgate_facility_period_start_seconds``: the newest period start any replica
+    reports (around a boundary, replicas scraped a moment apart may disagree), so one per
+    facility. ``offset_s``: as it was that long ago."""
+    off = f" offset {range_str(offset_s)}" if offset_s else ""
+    g = f"{names.FACILITY_PERIOD}{off}"
+    return (
+        f"(max by ({names.FACILITY}, {label}) ({g})"
+        f" == on ({names.FACILITY}) group_left () max by ({names.FACILITY}) ({g}))"
+    )
+
+
 def by_facility(expr: str) -> str:
     return f"sum by ({names.FACILITY}) ({expr})"
 

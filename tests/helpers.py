@@ -16,8 +16,10 @@ import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
@@ -658,3 +660,27 @@ def make_outcome(
         key,
         NonRecordingSpan(ctx),
     )
+
+
+def assert_period_gauges(metrics_text: str) -> None:
+    """Each configured facility's current local month and quarter, once, valued with the month's
+    start (what the rules' calendar windows read)."""
+    samples = [
+        s
+        for family in text_string_to_metric_families(metrics_text)
+        for s in family.samples
+        if s.name == "vitalgate_facility_period_start_seconds"
+    ]
+    assert {s.labels["facility"] for s in samples} == set(FACILITIES)
+    for s in samples:
+        local = datetime.now(ZoneInfo(str(FACILITIES[s.labels["facility"]]["timezone"])))
+        start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        assert s.labels["month"] == f"{local.year}-{local.month:02d}"
+        assert s.labels["quarter"] == f"{local.year}-Q{(local.month - 1) // 3 + 1}"
+        assert s.value == start.timestamp()
+
+
+def fetch_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        body: bytes = r.read()
+    return body.decode()

@@ -29,6 +29,7 @@ from gateway.audit.search import AuditQuery
 from gateway.audit.trail import AuditTrail
 from gateway.config import Config, GatewayConfig
 from gateway.dataplane.accesslog import AccessLog
+from gateway.exposition import FacilityPeriods, Joined
 from gateway.roles import Role
 from slo.conventions import ALL_FACILITIES
 from slo.embedded import EmbeddedBackend
@@ -58,6 +59,7 @@ class AdminApi:
         self.config = config
         self.role = role
         self.registry = registry
+        self._periods = FacilityPeriods({f.id: f.timezone for f in config.facilities()})
         self.auth = AdminAuth(config.gateway.admin.tokens, config.gateway.admin.protect_metrics)
         self._access_log = access_log
         self._lifecycle = lifecycle
@@ -166,13 +168,14 @@ class AdminApi:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        registry = CollectorRegistry()
         if self.role.kind == "supervisor":
             # Every worker's (and this process's) metric files, counters and histograms summed.
-            registry = CollectorRegistry()
             MultiProcessCollector(registry, self.role.metrics_dir)  # type: ignore[no-untyped-call]
-            body = encoder(registry)
+            registry.register(self._periods)
         else:
-            body = encoder(self.registry)
+            registry.register(Joined(self.registry, self._periods))
+        body = encoder(registry)
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _healthz(self, request: web.Request) -> web.Response:

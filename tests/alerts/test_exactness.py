@@ -1,7 +1,7 @@
 """The generated rules count exactly what the scrapes saw, judged by promtool's real PromQL
 engine: counter resets inside and at the edge of a tile, series born late, two replicas of a
-facility, a short gap in the scrapes; and a long gap (Prometheus down past its lookback),
-which must not count a counter's whole life as new.
+facility, a short gap in the scrapes; a long gap (Prometheus down past its lookback), which
+must not count a counter's whole life as new; and a calendar month that starts mid-test.
 
 The expected figures come from the samples themselves (``exact``), not from PromQL.
 """
@@ -82,6 +82,28 @@ LONG_GAP = _series("long-gap", "a", 200)
 SERIES[LONG_GAP] = _counter(4, gaps=(range(1_200, 1_800),))  # ten minutes unscraped
 BAD = {500, 503, 429}  # the golden fhir-availability SLO: 5xx and 429 are bad
 
+# The golden scheduling-monthly SLO counts the facility's calendar month: the gateway's period
+# gauge turns from November to December at 30 minutes (stale markers end the old label set, as
+# when the gateway stops exporting it); only December's requests count.
+MONTH_STARTS_S = 1_800
+CALENDAR_SERIES: dict[str, Samples] = {
+    _series("newmonth", "a", 200).replace('service="fhir"', 'service="scheduling"'): _counter(6),
+    _series("newmonth", "a", 500).replace('service="fhir"', 'service="scheduling"'): _counter(
+        1, born_s=2_100
+    ),
+}
+
+
+def _period_gauge() -> list[dict[str, str]]:
+    steps = range(0, END_MIN * 60 + 1, STEP_S)
+    gauge = 'vitalgate_facility_period_start_seconds{{facility="newmonth", month="{}", quarter="2026-Q4"}}'
+    november = " ".join("-2592000" if t < MONTH_STARTS_S else "stale" for t in steps)
+    december = " ".join("_" if t < MONTH_STARTS_S else str(MONTH_STARTS_S) for t in steps)
+    return [
+        {"series": gauge.format("2026-11"), "values": november},
+        {"series": gauge.format("2026-12"), "values": december},
+    ]
+
 
 def _facility_counts(end_s: int, window_s: int) -> dict[str, tuple[float, float]]:
     out: dict[str, tuple[float, float]] = {}
@@ -102,8 +124,21 @@ def test_windows_count_exactly_what_the_scrapes_saw(tmp_path: Path) -> None:
     # The long gap's series was created at the start: the first tile after the gap is no birth.
     created = LONG_GAP.replace("_count{", "_created{")
     inputs.append({"series": created, "values": " ".join("0" for _ in range(0, END_MIN * 60 + 1, STEP_S))})
+    inputs += [{"series": s, "values": _values(v)} for s, v in CALENDAR_SERIES.items()] + _period_gauge()
     end_s = END_MIN * 60
     checks = []
+    # The month's tiles: those whose minute started in December, (30 min, 60 min].
+    month_total = sum(exact(v, end_s, end_s - MONTH_STARTS_S) for v in CALENDAR_SERIES.values())
+    month_bad = sum(exact(v, end_s, end_s - MONTH_STARTS_S) for k, v in CALENDAR_SERIES.items() if "500" in k)
+    assert 0 < month_bad < month_total < sum(exact(v, end_s, end_s) for v in CALENDAR_SERIES.values())
+    sel = 'facility="newmonth", service="scheduling", slo="scheduling-monthly"'
+    for name, value in (
+        (f"slo:requests:increase30d{{{sel}}}", month_total),
+        (f"slo:sli_error:ratio_rate30d{{{sel}}}", month_bad / month_total),
+    ):
+        checks.append(
+            {"expr": name, "eval_time": f"{END_MIN}m", "exp_samples": [{"labels": name, "value": value}]}
+        )
     for window, window_s in (("5m", 300), ("30m", 1_800), ("1h", 3_600)):
         for facility, (seen, bad) in _facility_counts(end_s, window_s).items():
             total = seen
@@ -137,6 +172,12 @@ def test_windows_count_exactly_what_the_scrapes_saw(tmp_path: Path) -> None:
             {
                 "rule_files": ["rules.yaml"],
                 "evaluation_interval": "1m",
+                # As written, each SLO's tiles before its -long group reads them (promtool's order
+                # is otherwise random; Prometheus runs the groups on their own, the -long one
+                # reading tiles at most a minute old).
+                "group_eval_order": [
+                    g["name"] for g in yaml.safe_load((out / "rules.yaml").read_text())["groups"]
+                ],
                 "tests": [{"interval": f"{STEP_S}s", "input_series": inputs, "promql_expr_test": checks}],
             },
             sort_keys=False,
@@ -146,7 +187,7 @@ def test_windows_count_exactly_what_the_scrapes_saw(tmp_path: Path) -> None:
         [promtool, "test", "rules", str(test_file)], capture_output=True, text=True, check=False, timeout=120
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
-    assert len(checks) == 24
+    assert len(checks) == 26
 
 
 def test_the_exact_count_of_a_reset_is_what_each_process_counted() -> None:

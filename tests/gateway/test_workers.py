@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import threading
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -17,9 +16,11 @@ from tests import slos
 from tests.helpers import (
     BackgroundPeers,
     GatewayProcess,
+    assert_period_gauges,
     counter_value,
     eventually,
     fetch,
+    fetch_text,
     gateway_config,
     histogram_counts,
     slo_status,
@@ -28,11 +29,6 @@ from vitalgate.config import load_config
 
 SLOS = slos.AVAIL
 FACILITIES = ["st-marys", "riverside", "lakeside"]
-
-
-def fetch_text(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return str(r.read().decode())
 
 
 def _worker_pids(supervisor_pid: int) -> list[int]:
@@ -120,6 +116,7 @@ def test_workers_share_the_port_and_keep_every_count_exact(tmp_path: Path) -> No
     # /metrics on the supervisor: both workers summed, exactly; info gauges not doubled.
     assert _by_facility(metrics) == per_facility
     assert counter_value(metrics, "vitalgate_facility_info", facility="riverside") == 1
+    assert_period_gauges(metrics)
 
     # Spans: one SERVER span per request, from both workers.
     server = [s for s in peers.sink.spans if s.kind == "SERVER"]

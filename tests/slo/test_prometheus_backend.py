@@ -19,8 +19,10 @@ from tests.helpers import (
     VictoriaMetricsProcess,
     VmagentProcess,
     VmalertProcess,
+    assert_period_gauges,
     eventually,
     fetch,
+    fetch_text,
     gateway_config,
     slo_status,
     vitalgate,
@@ -118,6 +120,7 @@ def test_prometheus_totals_equal_requests_sent_to_both_replicas(tmp_path: Path, 
                     break
                 time.sleep(0.5)
             time.sleep(2)  # a few more scrapes with no new traffic
+            assert_period_gauges(fetch_text(replicas[0][1].admin + "/metrics"))
 
             # Every SLO's tiles have counted every request, and every good one.
             def tiled() -> dict[tuple[str, str, str], float]:
