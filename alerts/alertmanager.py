@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from alerts.selfwatch import WATCHDOG
 from alerts.yamlout import dump
 from slo import conventions as names
 from slo.durations import format_duration
@@ -28,6 +29,7 @@ class Routing:
     receivers: tuple[Receiver, ...] = ()
     default_receiver: str | None = None
     facility_receivers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    watchdog_receiver: str | None = None
     group_wait_s: float = 30.0
     group_interval_s: float = 300.0
     repeat_interval_s: float = 4 * 3600.0
@@ -46,7 +48,17 @@ def build_alertmanager(routing: Routing, time_scale: float = 1.0) -> dict[str, A
     def dur(seconds: float) -> str:
         return format_duration(max(0.1, seconds / time_scale))
 
-    routes = []
+    # The Watchdog first, and never on to anyone else: to the dead man's switch every minute,
+    # or to nowhere.
+    routes: list[dict[str, Any]] = [
+        {
+            "matchers": [f'alertname="{WATCHDOG}"'],
+            "receiver": routing.watchdog_receiver or NULL_RECEIVER,
+            "group_wait": dur(0.1),
+            "group_interval": dur(60),
+            "repeat_interval": dur(60),
+        }
+    ]
     for facility in sorted(routing.facility_receivers):
         targets = routing.facility_receivers[facility]
         for i, receiver in enumerate(targets):
@@ -56,7 +68,7 @@ def build_alertmanager(routing: Routing, time_scale: float = 1.0) -> dict[str, A
             routes.append(route)
     receivers = [_receiver(r) for r in sorted(routing.receivers, key=lambda r: r.name)]
     default = routing.default_receiver or NULL_RECEIVER
-    if routing.default_receiver is None:
+    if routing.default_receiver is None or routing.watchdog_receiver is None:
         receivers.append({"name": NULL_RECEIVER})
     return {
         "route": {

@@ -29,6 +29,9 @@ class AlertingConfig(StrictModel):
     receivers: dict[str, ReceiverConfig] = Field(default_factory=dict)
     default_receiver: str | None = None
     facility_receivers: dict[str, list[str]] = Field(default_factory=dict)
+    watchdog_receiver: str | None = None
+    """Gets the always-firing Watchdog every minute (a dead man's switch service); without
+    one the Watchdog goes nowhere, never to the people on call."""
     group_wait: DurationS = 30.0
     group_interval: DurationS = 300.0
     repeat_interval: DurationS = 4 * 3600.0
@@ -39,9 +42,10 @@ def alerting_problems(data: Any, source: Source, known: dict[str, Any]) -> list[
     problems = []
     alerting = mapping_at(data, "alerting")
     receivers = mapping_at(alerting, "receivers")
-    default = alerting.get("default_receiver")
-    if isinstance(default, str) and default not in receivers:
-        problems.append(source.problem(("alerting", "default_receiver"), f"unknown receiver {default!r}"))
+    for key in ("default_receiver", "watchdog_receiver"):
+        value = alerting.get(key)
+        if isinstance(value, str) and value not in receivers:
+            problems.append(source.problem(("alerting", key), f"unknown receiver {value!r}"))
     for fid, names in mapping_at(alerting, "facility_receivers").items():
         if fid not in known:
             problems.append(

@@ -95,6 +95,13 @@ def alertmanager_config(
     routes = []
     for r in route["routes"]:
         sub: dict[str, Any] = {"receiver": r["receiver"], "matchers": _matchers(r["matchers"])}
+        for key, crd_key in (
+            ("group_wait", "groupWait"),
+            ("group_interval", "groupInterval"),
+            ("repeat_interval", "repeatInterval"),
+        ):
+            if key in r:
+                sub[crd_key] = r[key]
         if r.get("continue"):
             sub["continue"] = True
         routes.append(sub)

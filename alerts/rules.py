@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from alerts.selfwatch import self_rules
 from alerts.yamlout import dump
 from slo import conventions as names
 from slo import promql
@@ -305,6 +306,7 @@ def build_rules(slos: Sequence[Slo], services: Sequence[str], opts: RuleOptions)
             }
         )
     groups.append({"name": names.RULE_GROUP_PREFIX + "absent", "rules": absent_rules(services, opts)})
+    groups.append(self_rules(opts.time_scale))
     return {"groups": groups}
 
 

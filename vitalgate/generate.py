@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alerts import alertmanager, rules, unittests
+from alerts import alertmanager, rules, selfwatch, unittests
 from alerts import operator as prometheus_operator
 from alerts.yamlout import dump, dump_all
 from dashboards.build import DashboardOptions, GeneratedDashboard, build_all, facility_folder
@@ -24,6 +24,7 @@ def routing(config: Config[ProductConfig]) -> alertmanager.Routing:
         ),
         default_receiver=a.default_receiver,
         facility_receivers={f: tuple(r) for f, r in a.facility_receivers.items()},
+        watchdog_receiver=a.watchdog_receiver,
         group_wait_s=a.group_wait,
         group_interval_s=a.group_interval,
         repeat_interval_s=a.repeat_interval,
@@ -82,6 +83,9 @@ def write_alerts(
             path = out / "tests" / f"{slo.name}.yaml"
             path.write_text(unittests.render(unittests.build_tests(slo, "../rules.yaml"), source))
             written.append(path)
+        path = out / "tests" / "vitalgate-self.yaml"
+        path.write_text(selfwatch.render_tests(selfwatch.build_self_tests("../rules.yaml"), source))
+        written.append(path)
     return written, rules.rule_count(doc)
 
 

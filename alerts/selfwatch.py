@@ -1,0 +1,196 @@
+"""Alerts on the gateway itself (``vitalgate-self``): what it counts when it fails to record,
+store, audit or forward, turned into alerts, and a watchdog that always fires so that
+Alertmanager's silence about it (a dead man's switch) says the alerting path is broken.
+
+Each failure counter alerts on any increase over its window. A counter's label set that
+first appears with a failure (no sample of it before) counts too: ``increase()`` alone cannot
+see the first increment of a series born at 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from alerts.yamlout import dump
+from slo import conventions as names
+from slo.durations import format_duration
+
+GROUP = names.RULE_GROUP_PREFIX + "self"
+WATCHDOG = "Watchdog"
+
+
+@dataclass(frozen=True)
+class SelfAlert:
+    name: str
+    metric: str
+    """The counter, without ``_total``."""
+    by: tuple[str, ...]
+    window_s: float
+    severity: str
+    summary: str
+    description: str
+    matchers: str = ""
+
+
+SELF_ALERTS: tuple[SelfAlert, ...] = (
+    SelfAlert(
+        "VitalgateTelemetryDropped",
+        names.TELEMETRY_DROPPED,
+        ("instance", "signal"),
+        600,
+        "ticket",
+        "The gateway is dropping telemetry",
+        "Log lines, spans, store rows or audit records were dropped (queue full, exporter or"
+        " writer failing): what happened is no longer all on record.",
+    ),
+    SelfAlert(
+        "VitalgateStoreWriteFailing",
+        names.STORE_ERRORS,
+        ("instance",),
+        600,
+        "ticket",
+        "The embedded store's writes are failing",
+        "Writes are retried until they succeed; until then status and reports lag behind.",
+        'operation="write"',
+    ),
+    SelfAlert(
+        "VitalgateCompactionFailing",
+        names.STORE_ERRORS,
+        ("instance",),
+        3600,
+        "ticket",
+        "The embedded store's compaction is failing",
+        "Hourly rollups and expiry are not being written: the store grows and long windows slow down.",
+        'operation="compaction"',
+    ),
+    SelfAlert(
+        "VitalgateAuditWriteFailing",
+        names.AUDIT_WRITE_ERRORS,
+        ("instance",),
+        600,
+        "page",
+        "The audit trail cannot be written",
+        "AuditEvents, checkpoints or expiries failed to reach the disk: who touched which record"
+        " may not be on record. Strict durability refuses requests meanwhile.",
+    ),
+    SelfAlert(
+        "VitalgateAuditForwardFailing",
+        names.AUDIT_FORWARD_FAILURES,
+        ("instance", "reason"),
+        900,
+        "ticket",
+        "The audit repository is not accepting AuditEvents",
+        "Records wait on disk (vitalgate_audit_forward_lag_records) until the repository accepts them.",
+    ),
+    SelfAlert(
+        "VitalgateCardinalityOverflow",
+        names.CARDINALITY_OVERFLOW,
+        ("instance", "metric"),
+        3600,
+        "ticket",
+        "Label sets are being folded into route 'other'",
+        "The cardinality budget is spent: new routes are no longer told apart in metrics.",
+    ),
+)
+
+
+def _grew(a: SelfAlert, scale: float) -> str:
+    sel = f"{a.metric}_total{{{a.matchers}}}"
+    window = format_duration(max(1.0, a.window_s / scale))
+    by = ", ".join(a.by)
+    born = f"({sel} unless {sel} offset {window})"
+    return f"(sum by ({by}) (increase({sel}[{window}])) > 0) or (sum by ({by}) ({born}) > 0)"
+
+
+def self_rules(time_scale: float = 1.0) -> dict[str, Any]:
+    rules: list[dict[str, Any]] = [
+        {
+            "alert": a.name,
+            "expr": _grew(a, time_scale),
+            "labels": {"severity": a.severity, "component": "vitalgate"},
+            "annotations": {"summary": a.summary, "description": a.description},
+        }
+        for a in SELF_ALERTS
+    ]
+    rules.append(
+        {
+            "alert": WATCHDOG,
+            "expr": "vector(1)",
+            "labels": {"severity": "none", "component": "vitalgate"},
+            "annotations": {
+                "summary": "Always firing: the alerting pipeline works",
+                "description": "Routed to alerting.watchdog_receiver (a dead man's switch): when it"
+                " stops arriving, Prometheus, the rules or Alertmanager are down.",
+            },
+        }
+    )
+    return {"name": GROUP, "rules": rules}
+
+
+def build_self_tests(rules_file: str) -> dict[str, Any]:
+    """Per alert: ``failing`` (its counter grows), ``born`` (its label set appears with a
+    failure) and ``healthy`` (present, never growing); only the first two fire."""
+    minutes = 30
+    inputs = []
+    expected = []
+    for a in SELF_ALERTS:
+        extra = dict(m.split("=", 1) for m in a.matchers.split(",") if m)
+        extra = {k: v.strip('"') for k, v in extra.items()}
+        fixed = {k: "x" for k in a.by if k != "instance"} | extra
+        for instance, values in (
+            ("failing", f"0+0x10 1+1x{minutes - 10}"),
+            ("born", f"_x19 1x{minutes - 19}"),
+            ("healthy", f"0+0x{minutes}"),
+        ):
+            labels = {"instance": instance, **fixed}
+            inner = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+            inputs.append({"series": f"{a.metric}_total{{{inner}}}", "values": values})
+            if instance != "healthy":
+                expected.append((a, {k: v for k, v in labels.items() if k in a.by}))
+    checks = [
+        {
+            "alertname": a.name,
+            "eval_time": f"{minutes - 5}m",
+            "exp_alerts": [
+                {
+                    "exp_labels": {**labels, "severity": a.severity, "component": "vitalgate"},
+                    "exp_annotations": {"summary": a.summary, "description": a.description},
+                }
+                for b, labels in expected
+                if b.name == a.name
+            ],
+        }
+        for a in SELF_ALERTS
+    ]
+    checks.append(
+        {
+            "alertname": WATCHDOG,
+            "eval_time": "1m",
+            "exp_alerts": [
+                {
+                    "exp_labels": {"severity": "none", "component": "vitalgate"},
+                    "exp_annotations": self_rules()["rules"][-1]["annotations"],
+                }
+            ],
+        }
+    )
+    return {
+        "rule_files": [rules_file],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "name": "vitalgate-self: each failure counter that grows alerts, a healthy one does not",
+                "interval": "1m",
+                "input_series": inputs,
+                "alert_rule_test": checks,
+            }
+        ],
+    }
+
+
+def render_tests(doc: dict[str, Any], source: str) -> str:
+    return (
+        f"# Generated by `vitalgate alerts generate` from {source}: promtool unit tests of the\n"
+        "# gateway's self-alerts. Do not edit.\n" + dump(doc)
+    )
