@@ -437,9 +437,13 @@ def _status_timings(base: str, slos: list[Slo], size: Size, with_raw: bool) -> d
         figures[source] = {(r.slo, r.facility): (r.total, r.good) for r in rows}
     if len(figures) == 2:
         a, b = figures["auto"], figures["raw"]
-        sli = [abs(a[k][1] / a[k][0] - b[k][1] / b[k][0]) for k in a if a[k][0] and b[k][0]]
-        out["max_sli_difference"] = max(sli) if sli else None
-        out["rows_equal"] = sum(a[k] == b[k] for k in a)
+        for slo in slos:
+            keys = [k for k in a if k[0] == slo.name]
+            sli = [abs(a[k][1] / a[k][0] - b[k][1] / b[k][0]) for k in keys if a[k][0] and b[k][0]]
+            total = [abs(a[k][0] - b[k][0]) / max(a[k][0], b[k][0]) for k in keys if a[k][0] or b[k][0]]
+            out[f"{slo.name}: max SLI difference"] = max(sli) if sli else None
+            out[f"{slo.name}: max relative difference in the count"] = max(total) if total else None
+            out[f"{slo.name}: rows equal"] = f"{sum(a[k] == b[k] for k in keys)} of {len(keys)}"
     return out
 
 
