@@ -31,6 +31,8 @@ class SelfAlert:
     summary: str
     description: str
     matchers: str = ""
+    at_least: int = 1
+    """Failures in the window that fire."""
 
 
 SELF_ALERTS: tuple[SelfAlert, ...] = (
@@ -84,6 +86,17 @@ SELF_ALERTS: tuple[SelfAlert, ...] = (
         "Records wait on disk (vitalgate_audit_forward_lag_records) until the repository accepts them.",
     ),
     SelfAlert(
+        "VitalgateWorkerRestarting",
+        names.WORKER_RESTARTS.removesuffix("_total"),
+        ("instance", "worker"),
+        900,
+        "page",
+        "A gateway worker keeps dying",
+        "The supervisor replaced the same worker 3 times in 15 minutes: a crash loop, with its"
+        " share of connections refused or reset each time. Its log says why (worker_exited).",
+        at_least=3,
+    ),
+    SelfAlert(
         "VitalgateCardinalityOverflow",
         names.CARDINALITY_OVERFLOW,
         ("instance", "metric"),
@@ -100,7 +113,8 @@ def _grew(a: SelfAlert, scale: float) -> str:
     window = format_duration(max(1.0, a.window_s / scale))
     by = ", ".join(a.by)
     born = f"({sel} unless {sel} offset {window})"
-    return f"(sum by ({by}) (increase({sel}[{window}])) > 0) or (sum by ({by}) ({born}) > 0)"
+    n = a.at_least - 1
+    return f"(sum by ({by}) (increase({sel}[{window}])) > {n}) or (sum by ({by}) ({born}) > {n})"
 
 
 def self_rules(time_scale: float = 1.0) -> dict[str, Any]:
@@ -140,7 +154,7 @@ def build_self_tests(rules_file: str) -> dict[str, Any]:
         fixed = {k: "x" for k in a.by if k != "instance"} | extra
         for instance, values in (
             ("failing", f"0+0x10 1+1x{minutes - 10}"),
-            ("born", f"_x19 1x{minutes - 19}"),
+            ("born", f"_x19 {a.at_least}x{minutes - 19}"),
             ("healthy", f"0+0x{minutes}"),
         ):
             labels = {"instance": instance, **fixed}

@@ -8,15 +8,16 @@ gateway is assembled (``request_metrics``), as prometheus_client picks its value
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import TYPE_CHECKING, cast
 from zoneinfo import ZoneInfo
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
@@ -32,6 +33,9 @@ from gateway.dataplane.metrics import (
 from gateway.dataplane.metrics import Gauge as GaugeChild
 from gateway.dataplane.outcome import Outcome, RequestKey, RequestSink
 from slo import conventions as names
+
+if TYPE_CHECKING:
+    from gateway.config import Config, GatewayConfig
 
 SIGNALS = ("log", "span", "store", "audit")
 DURATION_HELP = "Duration of HTTP server requests through the gateway."
@@ -318,3 +322,48 @@ class Joined:
     def collect(self) -> Iterator[Metric]:
         for part in self._parts:
             yield from part.collect()
+
+
+class ConfigIdentity:
+    """``vitalgate_config_info{sha256}`` 1: the SHA-256 of the loaded gateway.yaml and the
+    slos.yaml it names, so that a fleet whose replicas run different configs shows it."""
+
+    def __init__(self, config: Config[GatewayConfig]) -> None:
+        digest = hashlib.sha256()
+        files = [config.path] + ([config.resolve(config.gateway.slos)] if config.gateway.slos else [])
+        for path in files:
+            # Read at start-up (the files were just loaded); a file gone since hashes as empty.
+            if path.exists():
+                digest.update(path.read_bytes())
+        self.sha256 = digest.hexdigest()
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        g = GaugeMetricFamily(
+            names.CONFIG_INFO, "The loaded configuration (1), by its SHA-256.", labels=("sha256",)
+        )
+        g.add_metric([self.sha256], 1)
+        yield g
+
+
+class RestartCounts:
+    """``vitalgate_worker_restarts_total{worker}``: workers the supervisor replaced after they
+    died, counted in the supervisor (a dead worker cannot count its own death)."""
+
+    def __init__(self, count: int) -> None:
+        self.restarts = dict.fromkeys(range(count), 0)
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        c = CounterMetricFamily(
+            names.WORKER_RESTARTS.removesuffix("_total"),
+            "Workers that died and were started again, by worker index.",
+            labels=("worker",),
+        )
+        for index, n in sorted(self.restarts.items()):
+            c.add_metric([str(index)], n)
+        yield c

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from gateway import native
 from gateway.admin.api import AdminExtension
 from gateway.config import Config, GatewayConfig
+from gateway.exposition import RestartCounts
 from gateway.roles import Role, ready_file
 from gateway.server import Gateway
 from slo.configfile import split_listen
@@ -113,6 +114,7 @@ class _Workers:
         self._metrics_dir = metrics_dir
         self._stop = stop
         self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self.counts = RestartCounts(count)
 
     async def spawn(self, index: int) -> None:
         env = dict(os.environ, **{WORKER_ENV: f"{index}/{self._count}/{self._port}"})
@@ -139,6 +141,7 @@ class _Workers:
             if self._stop.is_set():
                 return
             await self.spawn(index)
+            self.counts.restarts[index] += 1
 
     async def all_ready(self, timeout_s: float) -> bool:
         """Whether every worker said it is ready within ``timeout_s`` (none exited meanwhile)."""
@@ -209,6 +212,7 @@ async def supervise(
     await gateway.start()
     gateway.proxy_port = port
     workers = _Workers(config_path, count, port, metrics_dir, stop)
+    gateway.admin.add_collector(workers.counts)
     for i in range(count):
         await workers.spawn(i)
     if not await workers.all_ready(60.0):

@@ -134,6 +134,8 @@ PERIOD_TILES: Final = {
 }
 """Calendar SLOs: each tile again, labelled with the facility's month (or quarter) its minute
 started in, so that a calendar window sums the current period's tiles only."""
+CONFIG_INFO: Final = "vitalgate_config_info"
+WORKER_RESTARTS: Final = "vitalgate_worker_restarts_total"
 FACILITY_PERIOD: Final = "vitalgate_facility_period_start_seconds"
 """Per facility, labelled with its current local ``month`` (2026-12) and ``quarter``
 (2026-Q4): the start of that month in Unix seconds, from its time zone (DST included)."""

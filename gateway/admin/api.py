@@ -16,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from gateway.admin.auth import (
     ANONYMOUS,
@@ -29,7 +30,7 @@ from gateway.audit.search import AuditQuery
 from gateway.audit.trail import AuditTrail
 from gateway.config import Config, GatewayConfig
 from gateway.dataplane.accesslog import AccessLog
-from gateway.exposition import FacilityPeriods, Joined
+from gateway.exposition import ConfigIdentity, FacilityPeriods, Joined
 from gateway.roles import Role
 from slo.conventions import ALL_FACILITIES
 from slo.embedded import EmbeddedBackend
@@ -60,6 +61,7 @@ class AdminApi:
         self.role = role
         self.registry = registry
         self._periods = FacilityPeriods({f.id: f.timezone for f in config.facilities()})
+        self._collectors: list[Collector] = [self._periods, ConfigIdentity(config)]
         self.auth = AdminAuth(config.gateway.admin.tokens, config.gateway.admin.protect_metrics)
         self._access_log = access_log
         self._lifecycle = lifecycle
@@ -86,6 +88,11 @@ class AdminApi:
             "admin_access",
             {"token": identity_of(request).name, "what": what, "facility": facility, "status": status},
         )
+
+    def add_collector(self, collector: Collector) -> None:
+        """More series for this process's ``/metrics``, computed at each scrape (the
+        supervisor's worker restarts)."""
+        self._collectors.append(collector)
 
     def prometheus(self) -> PrometheusBackend | None:
         """A reader of the configured ``admin.status_source`` (one per request: it counts its
@@ -172,9 +179,9 @@ class AdminApi:
         if self.role.kind == "supervisor":
             # Every worker's (and this process's) metric files, counters and histograms summed.
             MultiProcessCollector(registry, self.role.metrics_dir)  # type: ignore[no-untyped-call]
-            registry.register(self._periods)
+            registry.register(Joined(*self._collectors))
         else:
-            registry.register(Joined(self.registry, self._periods))
+            registry.register(Joined(self.registry, *self._collectors))
         body = encoder(registry)
         return web.Response(body=body, headers={"Content-Type": content_type})
 

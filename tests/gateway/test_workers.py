@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -117,6 +118,9 @@ def test_workers_share_the_port_and_keep_every_count_exact(tmp_path: Path) -> No
     assert _by_facility(metrics) == per_facility
     assert counter_value(metrics, "vitalgate_facility_info", facility="riverside") == 1
     assert_period_gauges(metrics)
+    digest = hashlib.sha256(cfg.read_bytes() + (cfg.parent / "slos.yaml").read_bytes()).hexdigest()
+    assert counter_value(metrics, "vitalgate_config_info", sha256=digest) == 1
+    assert counter_value(metrics, "vitalgate_worker_restarts_total") == 0
 
     # Spans: one SERVER span per request, from both workers.
     server = [s for s in peers.sink.spans if s.kind == "SERVER"]
@@ -156,8 +160,16 @@ def test_a_dead_worker_is_replaced_and_its_counts_kept(tmp_path: Path) -> None:
             eventually(replaced, "the killed worker replaced", timeout_s=30)
             for _ in range(20):
                 assert fetch(base + "/fhir/Patient/x", {"X-Facility-ID": "lakeside"}) == 200
-            after = _by_facility(fetch_text(gw.admin + "/metrics"))
+            metrics = fetch_text(gw.admin + "/metrics")
+            after = _by_facility(metrics)
             assert "exited" in gw.stderr_path.read_text()
+            # The supervisor counts the replacement (what VitalgateWorkerRestarting alerts on).
+            assert counter_value(metrics, "vitalgate_worker_restarts_total") == 1
+            assert (
+                counter_value(metrics, "vitalgate_worker_restarts_total", worker="0")
+                + counter_value(metrics, "vitalgate_worker_restarts_total", worker="1")
+                == 1
+            )
         finally:
             gw.terminate()
     assert after == before + Counter({"lakeside": 20})
