@@ -444,6 +444,9 @@ def _status_timings(base: str, slos: list[Slo], size: Size, with_raw: bool) -> d
             out[f"{slo.name}: max SLI difference"] = max(sli) if sli else None
             out[f"{slo.name}: max relative difference in the count"] = max(total) if total else None
             out[f"{slo.name}: rows equal"] = f"{sum(a[k] == b[k] for k in keys)} of {len(keys)}"
+            worst = max(keys, key=lambda k: abs(a[k][0] - b[k][0]), default=None)
+            if worst is not None:
+                out[f"{slo.name}: largest count difference"] = f"{worst[1]}: tiles {a[worst]}, raw {b[worst]}"
     return out
 
 
