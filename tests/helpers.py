@@ -434,20 +434,26 @@ class PrometheusProcess(ServiceProcess):
         super().__init__("prometheus", cmd, workdir / "prometheus.log", port)
 
 
+def _scrape_config(path: Path, targets: list[str]) -> Path:
+    """A Prometheus-style scrape config for VictoriaMetrics' own scraper or vmagent: the
+    targets every second."""
+    cfg = {
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": [{"job_name": "vitalgate", "static_configs": [{"targets": targets}]}],
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 class VictoriaMetricsProcess(ServiceProcess):
     """A real single-node VictoriaMetrics (Debian's ``victoria-metrics``) scraping the given
     targets every second itself, queried through its Prometheus API."""
 
     def __init__(self, workdir: Path, targets: list[str]) -> None:
-        cfg = {
-            "global": {"scrape_interval": "1s"},
-            "scrape_configs": [{"job_name": "vitalgate", "static_configs": [{"targets": targets}]}],
-        }
-        (workdir / "vmscrape.yml").write_text(yaml.safe_dump(cfg))
         port = free_port()
         cmd = [
             require_binary("victoria-metrics"),
-            f"-promscrape.config={workdir / 'vmscrape.yml'}",
+            f"-promscrape.config={_scrape_config(workdir / 'vmscrape.yml', targets)}",
             f"-storageDataPath={workdir / 'vmdata'}",
             f"-httpListenAddr=127.0.0.1:{port}",
             # Samples are queryable at once (the default hides the last 30 s), and no response
@@ -463,15 +469,10 @@ class VmagentProcess(ServiceProcess):
     a VictoriaMetrics by remote write (as Prometheus' remote_write would)."""
 
     def __init__(self, workdir: Path, targets: list[str], remote_write: str) -> None:
-        cfg = {
-            "global": {"scrape_interval": "1s"},
-            "scrape_configs": [{"job_name": "vitalgate", "static_configs": [{"targets": targets}]}],
-        }
-        (workdir / "vmagent.yml").write_text(yaml.safe_dump(cfg))
         port = free_port()
         cmd = [
             require_binary("vmagent"),
-            f"-promscrape.config={workdir / 'vmagent.yml'}",
+            f"-promscrape.config={_scrape_config(workdir / 'vmagent.yml', targets)}",
             f"-remoteWrite.url={remote_write}/api/v1/write",
             f"-remoteWrite.tmpDataPath={workdir / 'vmagent-queue'}",
             "-remoteWrite.flushInterval=200ms",

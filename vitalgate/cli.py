@@ -228,7 +228,9 @@ def _kubernetes(args: argparse.Namespace) -> Kubernetes | None:
     return Kubernetes(namespace=args.namespace, labels=labels)
 
 
-def _kubernetes_options(p: argparse.ArgumentParser, what: str) -> None:
+def _kubernetes_options(p: argparse.ArgumentParser, formats: tuple[str, str], what: str, also: str) -> None:
+    """``--format`` (the plain files, or also Kubernetes resources), ``--namespace`` and ``--label``."""
+    p.add_argument("--format", choices=formats, default=formats[0], help=f"{formats[1]}: also {also}")
     p.add_argument("--namespace", default=None, help=f"namespace of the {what} (default: none, kubectl's)")
     p.add_argument(
         "--label",
@@ -476,13 +478,12 @@ def _generator_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     p.add_argument("--config", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--time-scale", type=float, default=1.0, help=argparse.SUPPRESS)  # tests: shrink windows
-    p.add_argument(
-        "--format",
-        choices=["prometheus", "prometheus-operator"],
-        default="prometheus",
-        help="prometheus-operator: also prometheusrule.yaml and alertmanagerconfig.yaml",
+    _kubernetes_options(
+        p,
+        ("prometheus", "prometheus-operator"),
+        "PrometheusRule and AlertmanagerConfig",
+        "prometheusrule.yaml and alertmanagerconfig.yaml",
     )
-    _kubernetes_options(p, "PrometheusRule and AlertmanagerConfig")
     p.set_defaults(func=cmd_alerts_generate)
     p = alerts.add_parser("verify", help="whether Prometheus runs every generated rule group, without errors")
     p.add_argument("--config", required=True)
@@ -498,13 +499,12 @@ def _generator_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     p = dash.add_parser("generate", help="write dashboard JSON and Grafana provisioning files")
     p.add_argument("--config", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument(
-        "--format",
-        choices=["files", "configmaps"],
-        default="files",
-        help="configmaps: also configmaps.yaml, a ConfigMap per dashboard for Grafana's sidecar",
+    _kubernetes_options(
+        p,
+        ("files", "configmaps"),
+        "ConfigMaps (default label grafana_dashboard=1)",
+        "configmaps.yaml, a ConfigMap per dashboard for Grafana's sidecar",
     )
-    _kubernetes_options(p, "ConfigMaps (default label grafana_dashboard=1)")
     p.set_defaults(func=cmd_dashboards_generate)
     p = dash.add_parser("publish", help="upsert the dashboards into Grafana (token from GRAFANA_TOKEN)")
     p.add_argument("--config", required=True)

@@ -59,6 +59,13 @@ def _validate(resources: list[dict[str, Any]]) -> dict[str, str | None]:
     return out
 
 
+def _generate(what: str, out: Path, fmt: str, *extra: str, check: bool = True) -> Any:
+    """``vitalgate <what> generate`` of the golden config in a Kubernetes format."""
+    return vitalgate(
+        what, "generate", "--config", str(GOLDEN), "--out", str(out), "--format", fmt, *extra, check=check
+    )
+
+
 def _base() -> list[dict[str, Any]]:
     kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
     docs: list[dict[str, Any]] = []
@@ -122,14 +129,9 @@ def test_the_validators_reject_what_the_api_server_would() -> None:
 
 def test_operator_resources_carry_exactly_the_generated_rules_and_routes(tmp_path: Path) -> None:
     out = tmp_path / "alerts"
-    vitalgate(
+    _generate(
         "alerts",
-        "generate",
-        "--config",
-        str(GOLDEN),
-        "--out",
-        str(out),
-        "--format",
+        out,
         "prometheus-operator",
         "--namespace",
         "clinical",
@@ -180,7 +182,7 @@ def test_operator_resources_carry_exactly_the_generated_rules_and_routes(tmp_pat
 
 def test_dashboards_as_configmaps_for_the_grafana_sidecar(tmp_path: Path) -> None:
     out = tmp_path / "dashboards"
-    vitalgate("dashboards", "generate", "--config", str(GOLDEN), "--out", str(out), "--format", "configmaps")
+    _generate("dashboards", out, "configmaps")
     maps = list(yaml.safe_load_all((out / "configmaps.yaml").read_text()))
     assert _validate(maps) == {f"ConfigMap/{m['metadata']['name']}": None for m in maps}
     files = sorted((out / "json").glob("*.json"))
@@ -191,17 +193,5 @@ def test_dashboards_as_configmaps_for_the_grafana_sidecar(tmp_path: Path) -> Non
     for m in maps:
         assert m["metadata"]["labels"]["grafana_dashboard"] == "1"
         assert m["metadata"]["annotations"]["grafana_folder"]
-    bad = vitalgate(
-        "dashboards",
-        "generate",
-        "--config",
-        str(GOLDEN),
-        "--out",
-        str(out),
-        "--format",
-        "configmaps",
-        "--label",
-        "not a label",
-        check=False,
-    )
+    bad = _generate("dashboards", out, "configmaps", "--label", "not a label", check=False)
     assert bad.returncode == 2 and "--label 'not a label'" in bad.stderr
