@@ -13,6 +13,7 @@ import asyncio
 import os
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -32,6 +33,7 @@ from gateway.dataplane.outcome import EntrySink, RequestSink, SpanSink
 from gateway.dataplane.proxy import Outputs, Proxy
 from gateway.dataplane.recorder import Recorder
 from gateway.dataplane.routes import Router
+from gateway.dataplane.settings import UpstreamSettings
 from gateway.dataplane.tracing import Tracing
 from gateway.dataplane.upstream import Upstream
 from gateway.exposition import GatewayMetrics, request_metrics
@@ -66,6 +68,9 @@ class DataPlane:
             self.request_metrics.active.child(UNKNOWN_FACILITY, service)
         self.facilities = FacilityResolver(cfg.facilities.settings())
         self.router = Router([r.settings() for r in cfg.routes], self.facilities.path_segment)
+        self._upstream_keys = {
+            name: (u.settings(), upstream_ca(config, name)) for name, u in cfg.upstreams.items()
+        }
         self.upstreams = {
             name: Upstream(
                 name,
@@ -121,6 +126,58 @@ class DataPlane:
         )
         scheme = "https" if cfg.tls else "http"
         self.proxy = Proxy(self.router, self.facilities, self.upstreams, outputs, scheme, port)
+        self._metrics = metrics
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    def prepare(self, config: Config[GatewayConfig]) -> Routing:
+        """What requests will use under ``config``, built beside what they use now; raises
+        (OSError, ssl.SSLError, ValueError) when a part cannot be built, nothing switched."""
+        cfg = config.gateway
+        facilities = FacilityResolver(cfg.facilities.settings())
+        router = Router([r.settings() for r in cfg.routes], facilities.path_segment)
+        keys = {name: (u.settings(), upstream_ca(config, name)) for name, u in cfg.upstreams.items()}
+        upstreams: dict[str, Upstream] = {}
+        for name, (settings, ca_file) in keys.items():
+            old = self.upstreams.get(name)
+            if old is not None and self._upstream_keys.get(name) == (settings, ca_file):
+                upstreams[name] = old  # unchanged: its pool and open connections are kept
+            else:
+                upstreams[name] = Upstream(name, settings, ca_file, cfg.limits.max_upstream_header_size)
+        return Routing(config, router, facilities, upstreams, keys)
+
+    async def commit(self, routing: Routing) -> None:
+        """Switch to ``routing`` (one step on the event loop: a request started before it keeps
+        what it read), then close the pools no longer used once their exchanges are over."""
+        for u in routing.upstreams.values():
+            if u is not self.upstreams.get(u.name):
+                await u.start()
+        cfg = routing.config.gateway
+        retired = [u for name, u in self.upstreams.items() if routing.upstreams.get(name) is not u]
+        self.router, self.facilities, self.upstreams = routing.router, routing.facilities, routing.upstreams
+        self._upstream_keys = routing.keys
+        self.proxy.router, self.proxy.facilities, self.proxy.upstreams = (
+            routing.router,
+            routing.facilities,
+            routing.upstreams,
+        )
+        for service in cfg.upstreams:
+            self.request_metrics.active.child(UNKNOWN_FACILITY, service)
+        self._metrics.set_facilities(
+            {fid: f.name for fid, f in cfg.facilities.known.items()},
+            {fid: f.sla / 100.0 for fid, f in cfg.facilities.known.items() if f.sla is not None},
+        )
+        self.tracing.tracer.set_sample_ratio(cfg.telemetry.traces.sample_ratio)
+        grace_s = cfg.limits.shutdown_timeout
+        for u in retired:
+            task = asyncio.get_running_loop().create_task(_retire(u, grace_s))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def discard(self, routing: Routing) -> None:
+        """A prepared ``routing`` that will not be used (another worker failed to prepare)."""
+        for u in routing.upstreams.values():
+            if u is not self.upstreams.get(u.name):
+                await u.close()
 
     async def start(self) -> None:
         """Open the store (raises if it cannot), start span export and the upstream pools."""
@@ -136,6 +193,8 @@ class DataPlane:
 
     async def close(self) -> None:
         """After the last request: close the pools, flush the store, then the spans."""
+        for task in list(self._retiring):
+            task.cancel()
         for u in self.upstreams.values():
             await u.close()
         if self.recorder is not None:
@@ -146,6 +205,34 @@ class DataPlane:
         if self.audit is not None:
             await self.audit.close()
         await self.tracing.shutdown()
+
+
+def upstream_ca(config: Config[GatewayConfig], name: str) -> str | None:
+    ca_file = config.gateway.upstreams[name].ca_file
+    return str(config.resolve(ca_file)) if ca_file else None
+
+
+@dataclass(frozen=True)
+class Routing:
+    """What a request reads once when it starts: routes, facility resolution, upstream pools;
+    prepared by ``DataPlane.prepare`` for a reload."""
+
+    config: Config[GatewayConfig]
+    router: Router
+    facilities: FacilityResolver
+    upstreams: dict[str, Upstream]
+    keys: dict[str, tuple[UpstreamSettings, str | None]]
+
+
+async def _retire(upstream: Upstream, grace_s: float) -> None:
+    """Close a pool a reload left behind once no exchange holds or waits for one of its
+    connections (at most ``grace_s``, the drain time of a shutdown: past it what is still
+    running is cut, as a shutdown would)."""
+    deadline = time.monotonic() + grace_s
+    # Polled: a pool has no event for its last exchange ending, and a reload is rare.
+    while upstream.busy and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    await upstream.close()
 
 
 def identity_settings(config: Config[GatewayConfig], audit: AuditConfig) -> IdentitySettings | None:

@@ -8,12 +8,11 @@ gateway is assembled (``request_metrics``), as prometheus_client picks its value
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, cast
+from typing import cast
 from zoneinfo import ZoneInfo
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -34,9 +33,6 @@ from gateway.dataplane.metrics import Gauge as GaugeChild
 from gateway.dataplane.outcome import Outcome, RequestKey, RequestSink
 from slo import conventions as names
 
-if TYPE_CHECKING:
-    from gateway.config import Config, GatewayConfig
-
 SIGNALS = ("log", "span", "store", "audit")
 DURATION_HELP = "Duration of HTTP server requests through the gateway."
 ACTIVE_HELP = "Number of active HTTP server requests."
@@ -50,6 +46,9 @@ class FacilityPeriods:
     from it, so that they count the facility's own month, as ``slo status`` does."""
 
     def __init__(self, zones: dict[str, str]) -> None:
+        self._zones = {fid: ZoneInfo(tz) for fid, tz in zones.items()}
+
+    def set_zones(self, zones: dict[str, str]) -> None:
         self._zones = {fid: ZoneInfo(tz) for fid, tz in zones.items()}
 
     def describe(self) -> list[Metric]:
@@ -194,8 +193,7 @@ class GatewayMetrics:
             registry=registry,
             multiprocess_mode="max",  # with --workers: 1, not one per process
         )
-        for fid, name in (facilities or {}).items():
-            info.labels(fid, name).set(1)
+        self._info = info
         sla = Gauge(
             names.FACILITY_SLA,
             "Contractual availability per facility (0..1), for dashboards beside the SLO objective.",
@@ -203,8 +201,10 @@ class GatewayMetrics:
             registry=registry,
             multiprocess_mode="max",
         )
-        for fid, value in (slas or {}).items():
-            sla.labels(fid).set(value)
+        self._sla = sla
+        self._facility_names: dict[str, str] = {}
+        self._slas: dict[str, float] = {}
+        self.set_facilities(facilities or {}, slas or {})
         self._overflow_duration = self._overflow.labels(names.REQUEST_DURATION)
         self._entries = Counter(
             names.BUNDLE_ENTRIES,
@@ -265,6 +265,20 @@ class GatewayMetrics:
             multiprocess_mode="max",
         )
 
+    def set_facilities(self, facilities: dict[str, str], slas: dict[str, float]) -> None:
+        """The configured facilities' info and SLA gauges (again after a reload: a facility no
+        longer configured loses its series, a renamed one changes its name label)."""
+        for fid, name in self._facility_names.items():
+            if facilities.get(fid) != name:
+                self._info.remove(fid, name)
+        for fid, name in facilities.items():
+            self._info.labels(fid, name).set(1)
+        for fid in self._slas.keys() - slas.keys():
+            self._sla.remove(fid)
+        for fid, value in slas.items():
+            self._sla.labels(fid).set(value)
+        self._facility_names, self._slas = dict(facilities), dict(slas)
+
     def audit_forwarded(self, n: int) -> None:
         self._forwarded.inc(n)
 
@@ -322,30 +336,6 @@ class Joined:
     def collect(self) -> Iterator[Metric]:
         for part in self._parts:
             yield from part.collect()
-
-
-class ConfigIdentity:
-    """``vitalgate_config_info{sha256}`` 1: the SHA-256 of the loaded gateway.yaml and the
-    slos.yaml it names, so that a fleet whose replicas run different configs shows it."""
-
-    def __init__(self, config: Config[GatewayConfig]) -> None:
-        digest = hashlib.sha256()
-        files = [config.path] + ([config.resolve(config.gateway.slos)] if config.gateway.slos else [])
-        for path in files:
-            # Read at start-up (the files were just loaded); a file gone since hashes as empty.
-            if path.exists():
-                digest.update(path.read_bytes())
-        self.sha256 = digest.hexdigest()
-
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        g = GaugeMetricFamily(
-            names.CONFIG_INFO, "The loaded configuration (1), by its SHA-256.", labels=("sha256",)
-        )
-        g.add_metric([self.sha256], 1)
-        yield g
 
 
 class RestartCounts:

@@ -26,13 +26,21 @@ from prometheus_client import CollectorRegistry
 from gateway import native
 from gateway.admin.api import AdminApi, AdminExtension, Lifecycle
 from gateway.admin.listener import AdminRunner
-from gateway.assembly import DataPlane, audit_trail
+from gateway.assembly import DataPlane, Routing, audit_trail
 from gateway.audit.trail import AuditTrail
 from gateway.config import Config, GatewayConfig
 from gateway.dataplane.accesslog import AccessLog
 from gateway.dataplane.httpserver import HttpServer
 from gateway.dataplane.proxy import Proxy
 from gateway.exposition import GatewayMetrics
+from gateway.reload import (
+    Loader,
+    ReloadResult,
+    config_sha256,
+    effective,
+    load_candidate,
+    restart_required,
+)
 from gateway.roles import Role, mark_ready
 from slo.configfile import split_listen
 from slo.spec import latency_thresholds_s
@@ -59,6 +67,8 @@ class Gateway:
         role: Role = Role(),
     ) -> None:
         self.config = config
+        self.started_config = config
+        """What the process started with: the settings only a restart changes keep its values."""
         self.role = role
         cfg = config.gateway
         self.registry = CollectorRegistry()
@@ -145,6 +155,37 @@ class Gateway:
         ctx.load_cert_chain(self.config.resolve(tls.cert_file), self.config.resolve(tls.key_file))
         return ctx
 
+    async def prepare_reload(self, new: Config[GatewayConfig]) -> Routing | None:
+        """Build what ``new`` changes beside what runs (None for a supervisor: it proxies
+        nothing); raises when a part cannot be built (a CA file, a TLS context)."""
+        if self.dataplane is None:
+            return None
+        return self.dataplane.prepare(effective(self.started_config, new))
+
+    async def commit_reload(self, new: Config[GatewayConfig], routing: Routing | None) -> None:
+        self.config = effective(self.started_config, new)
+        if self.dataplane is not None and routing is not None:
+            await self.dataplane.commit(routing)
+        self.admin.apply(self.config)
+
+    async def reload(self, load: Loader) -> ReloadResult:
+        """One process's reload: load and validate, prepare, commit; counted and logged."""
+        async with self.admin.reloads.lock:
+            new, errors = load_candidate(load)
+            result = ReloadResult(False, errors)
+            if new is not None:
+                try:
+                    routing = await self.prepare_reload(new)
+                except (OSError, ssl.SSLError, ValueError) as exc:
+                    result = ReloadResult(False, [f"{new.path}: {exc}"])
+                else:
+                    await self.commit_reload(new, routing)
+                    result = ReloadResult(
+                        True, [], restart_required(self.started_config, new), config_sha256(new)
+                    )
+            self.admin.reloads.record(result)
+            return result
+
     @property
     def proxy(self) -> Proxy:
         assert self.dataplane is not None, "a supervisor has no proxy"
@@ -225,13 +266,32 @@ async def serve(
     on_ready: Callable[[Gateway], Awaitable[None]] | None = None,
     admin_extensions: Sequence[AdminExtension] = (),
     role: Role = Role(),
+    load: Loader | None = None,
 ) -> int:
-    """Run until SIGTERM or SIGINT, then drain. Returns the exit code."""
+    """Run until SIGTERM or SIGINT, then drain; SIGHUP reloads the config with ``load`` (a
+    worker's reloads are run by its supervisor, ``gateway.workers``). Returns the exit code."""
     gateway = Gateway(config, admin_extensions, role)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    tasks: set[asyncio.Task[object]] = set()
+
+    def later(make: Callable[[], Awaitable[object]]) -> None:
+        task: asyncio.Task[object] = loop.create_task(make())  # type: ignore[arg-type]
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    if load is not None and role.kind == "single":
+        reload_with = load
+        loop.add_signal_handler(signal.SIGHUP, lambda: later(lambda: gateway.reload(reload_with)))
+        gateway.admin.reload_hook = lambda: gateway.reload(reload_with)
+    elif load is not None and role.kind == "worker":
+        from gateway.workers import WorkerReloads  # noqa: PLC0415  (a worker's half of the protocol)
+
+        reloads = WorkerReloads(gateway, load)
+        loop.add_signal_handler(signal.SIGHUP, lambda: later(reloads.prepare))
+        loop.add_signal_handler(signal.SIGUSR1, lambda: later(reloads.decide))
     try:
         await gateway.start()
     except (StoreError, sqlite3.Error, OSError) as exc:
@@ -273,11 +333,15 @@ def _announce(config: Config[GatewayConfig], gateway: Gateway) -> None:
 
 
 def run(
-    config: Config[GatewayConfig], admin_extensions: Sequence[AdminExtension] = (), role: Role = Role()
+    config: Config[GatewayConfig],
+    admin_extensions: Sequence[AdminExtension] = (),
+    role: Role = Role(),
+    load: Loader | None = None,
 ) -> int:
     """Run the gateway on uvloop when it is installed."""
+    main = serve(config, admin_extensions=admin_extensions, role=role, load=load)
     try:
         import uvloop  # noqa: PLC0415
     except ImportError:
-        return asyncio.run(serve(config, admin_extensions=admin_extensions, role=role))
-    return int(uvloop.run(serve(config, admin_extensions=admin_extensions, role=role)))
+        return asyncio.run(main)
+    return int(uvloop.run(main))

@@ -24,19 +24,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from gateway import native
 from gateway.admin.api import AdminExtension
+from gateway.assembly import Routing
 from gateway.config import Config, GatewayConfig
 from gateway.exposition import RestartCounts
+from gateway.reload import Loader, ReloadResult, config_sha256, load_candidate, restart_required
 from gateway.roles import Role, ready_file
 from gateway.server import Gateway
 from slo.configfile import split_listen
@@ -115,6 +121,7 @@ class _Workers:
         self._stop = stop
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.counts = RestartCounts(count)
+        self._generation = 0
 
     async def spawn(self, index: int) -> None:
         env = dict(os.environ, **{WORKER_ENV: f"{index}/{self._count}/{self._port}"})
@@ -151,6 +158,74 @@ class _Workers:
                 return False
             await asyncio.sleep(0.05)
         return True
+
+    async def reload(self, gateway: Gateway, load: Loader) -> ReloadResult:
+        """Every ready worker reloads, or none does: validated here first, then each worker
+        prepares (SIGHUP) and says so in a file; all commit only when all prepared the same
+        config, else all discard (SIGUSR1 with the decision in a file)."""
+        async with gateway.admin.reloads.lock:
+            new, errors = load_candidate(load)
+            if new is None:
+                result = ReloadResult(False, errors)
+            else:
+                result = await self._two_phase(gateway, new)
+            gateway.admin.reloads.record(result)
+            return result
+
+    async def _two_phase(self, gateway: Gateway, new: Config[GatewayConfig]) -> ReloadResult:
+        sha = config_sha256(new)
+        self._generation += 1
+        gen = self._generation
+        _write(Path(self._metrics_dir) / RELOAD_GENERATION, str(gen))
+        ready = {
+            i: p
+            for i, p in self.procs.items()
+            if p.returncode is None and _is_ready(self._metrics_dir, i, p.pid)
+        }
+        signalled = _signal(ready, signal.SIGHUP)
+        reports = await self._reports(gen, "prepared", signalled, PREPARE_TIMEOUT_S)
+        problems: list[str] = []
+        for i in sorted(signalled):
+            report = reports.get(i)
+            if report is None:
+                problems.append(f"worker {i} did not prepare within {PREPARE_TIMEOUT_S:.0f} s")
+            elif not report["ok"]:
+                problems.extend(f"worker {i}: {e}" for e in report["errors"])
+            elif report["sha256"] != sha:
+                problems.append(f"worker {i} read another version of the files (changed during the reload)")
+        decision = "abort" if problems else "commit"
+        _write(Path(self._metrics_dir) / RELOAD_DECISION, f"{gen} {decision}")
+        _signal({i: self.procs[i] for i in signalled}, signal.SIGUSR1)
+        done = await self._reports(gen, "done", signalled, PREPARE_TIMEOUT_S)
+        if problems:
+            return ReloadResult(False, problems, sha256=sha)
+        missing = sorted(set(signalled) - set(done))
+        if missing:
+            # Told to commit but not heard from since (it may have died: its replacement loads
+            # the new files at start). The reload stands; the gap is said.
+            log.error(
+                "workers %s did not confirm the reload", missing, extra={"event": "config_reload_unconfirmed"}
+            )
+        await gateway.commit_reload(new, None)
+        return ReloadResult(True, [], restart_required(gateway.started_config, new), sha, workers=len(done))
+
+    async def _reports(
+        self, gen: int, phase: str, workers: Sequence[int], timeout_s: float
+    ) -> dict[int, dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        found: dict[int, dict[str, Any]] = {}
+        while True:
+            for i in workers:
+                if i not in found:
+                    path = reload_report(self._metrics_dir, i, gen, phase)
+                    if path.exists():
+                        found[i] = json.loads(path.read_text())
+                        path.unlink()
+            if len(found) == len(workers) or time.monotonic() > deadline:
+                return found
+            if any(self.procs[i].returncode is not None for i in workers if i not in found):
+                return found  # a worker died: it will not answer
+            await asyncio.sleep(0.02)
 
     async def drain(self, grace_s: float) -> list[int]:
         """SIGTERM to every worker, then their exit codes (killed after ``grace_s``)."""
@@ -190,6 +265,7 @@ async def supervise(
     config_path: str,
     count: int,
     admin_extensions: Sequence[AdminExtension] = (),
+    load: Loader | None = None,
 ) -> int:
     """Run ``count`` workers and the admin listener until SIGTERM or SIGINT; returns the exit code."""
     metrics_dir = os.environ[METRICS_DIR_ENV]
@@ -219,6 +295,17 @@ async def supervise(
         log.error("cannot start: a worker did not come up", extra={"event": "start_failed"})
         stop.set()
     watchers = [loop.create_task(workers.watch(i)) for i in range(count)]
+    reloading: set[asyncio.Task[ReloadResult]] = set()
+    if load is not None:
+        reload_with = load
+
+        def on_sighup() -> None:
+            task = loop.create_task(workers.reload(gateway, reload_with))
+            reloading.add(task)
+            task.add_done_callback(reloading.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+        gateway.admin.reload_hook = lambda: workers.reload(gateway, reload_with)
     if not stop.is_set():
         gateway.lifecycle.ready = True
         proxy = f"{host}:{port}"
@@ -245,6 +332,105 @@ async def supervise(
     return 0 if all(c == 0 for c in codes) and gateway.lifecycle.ready else 1
 
 
+class WorkerReloads:
+    """A worker's half of a reload: prepare on SIGHUP, commit or discard on SIGUSR1, each
+    answered in a file of the metrics folder (``_Workers.reload`` is the other half)."""
+
+    def __init__(self, gateway: Gateway, load: Loader) -> None:
+        assert gateway.role.metrics_dir is not None
+        self._gateway = gateway
+        self._load = load
+        self._dir = gateway.role.metrics_dir
+        self._index = gateway.role.index
+        self._handled = 0
+        self._pending: tuple[int, Config[GatewayConfig], Routing | None] | None = None
+
+    async def prepare(self) -> None:
+        gen = _read_generation(Path(self._dir) / RELOAD_GENERATION)
+        if gen <= self._handled:
+            log.warning(
+                "worker %d: SIGHUP ignored: workers reload when their supervisor (pid %d) is sent"
+                " SIGHUP or `vitalgate reload` is run",
+                self._index,
+                os.getppid(),
+                extra={"event": "sighup_ignored", "worker": self._index},
+            )
+            return
+        self._handled = gen
+        await self._drop_pending()
+        new, errors = load_candidate(self._load)
+        sha = ""
+        if new is not None:
+            try:
+                routing = await self._gateway.prepare_reload(new)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                errors = [f"{new.path}: {exc}"]
+            else:
+                sha = config_sha256(new)
+                self._pending = (gen, new, routing)
+        report = {"ok": not errors, "errors": errors, "sha256": sha}
+        _write(reload_report(self._dir, self._index, gen, "prepared"), json.dumps(report))
+
+    async def decide(self) -> None:
+        gen_text, _, decision = (Path(self._dir) / RELOAD_DECISION).read_text().partition(" ")
+        gen = int(gen_text)
+        pending = self._pending
+        if pending is None or pending[0] != gen:
+            if gen == self._handled:  # this worker failed to prepare: nothing to commit
+                _write(reload_report(self._dir, self._index, gen, "done"), "{}")
+            return
+        self._pending = None
+        _, new, routing = pending
+        if decision == "commit":
+            await self._gateway.commit_reload(new, routing)
+            log.info("worker %d: config reloaded", self._index, extra={"event": "worker_reloaded"})
+        elif routing is not None and self._gateway.dataplane is not None:
+            await self._gateway.dataplane.discard(routing)
+        _write(reload_report(self._dir, self._index, gen, "done"), "{}")
+
+    async def _drop_pending(self) -> None:
+        if self._pending is not None:
+            _, _, routing = self._pending
+            self._pending = None
+            if routing is not None and self._gateway.dataplane is not None:
+                await self._gateway.dataplane.discard(routing)
+
+
+RELOAD_GENERATION = "reload.generation"
+RELOAD_DECISION = "reload.decision"
+PREPARE_TIMEOUT_S = 15.0
+
+
+def reload_report(metrics_dir: str, index: int, gen: int, phase: str) -> Path:
+    return Path(metrics_dir) / f"worker-{index}.reload-{gen}.{phase}"
+
+
+def _write(path: Path, text: str) -> None:
+    """Whole or not at all: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _read_generation(path: Path) -> int:
+    try:
+        return int(path.read_text())
+    except FileNotFoundError:
+        return 0
+
+
+def _signal(procs: dict[int, asyncio.subprocess.Process], sig: signal.Signals) -> list[int]:
+    """The workers that were sent ``sig`` (one that exited since is not)."""
+    sent = []
+    for i, proc in procs.items():
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            continue  # it exited since: its replacement loads the files at start
+        sent.append(i)
+    return sent
+
+
 def _is_ready(metrics_dir: str, index: int, pid: int) -> bool:
     try:
         return ready_file(metrics_dir, index).read_text() == str(pid)
@@ -263,10 +449,12 @@ def run_workers(
     config_path: str,
     count: int,
     admin_extensions: Sequence[AdminExtension] = (),
+    load: Loader | None = None,
 ) -> int:
     """Run ``count`` worker processes under a supervisor."""
+    main = supervise(config, config_path, count, admin_extensions, load)
     try:
         import uvloop  # noqa: PLC0415
     except ImportError:
-        return asyncio.run(supervise(config, config_path, count, admin_extensions))
-    return int(uvloop.run(supervise(config, config_path, count, admin_extensions)))
+        return asyncio.run(main)
+    return int(uvloop.run(main))

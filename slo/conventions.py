@@ -135,6 +135,9 @@ PERIOD_TILES: Final = {
 """Calendar SLOs: each tile again, labelled with the facility's month (or quarter) its minute
 started in, so that a calendar window sums the current period's tiles only."""
 CONFIG_INFO: Final = "vitalgate_config_info"
+CONFIG_RELOADS: Final = "vitalgate_config_reloads_total"
+CONFIG_LAST_RELOAD_OK: Final = "vitalgate_config_last_reload_successful"
+CONFIG_LAST_RELOAD_SUCCESS: Final = "vitalgate_config_last_reload_success_timestamp_seconds"
 WORKER_RESTARTS: Final = "vitalgate_worker_restarts_total"
 FACILITY_PERIOD: Final = "vitalgate_facility_period_start_seconds"
 """Per facility, labelled with its current local ``month`` (2026-12) and ``quarter``

@@ -27,6 +27,7 @@ from reports.data import (
 from reports.pages import facility_page, fleet_page
 from reports.prometheus_source import PrometheusSource
 from slo.prometheus import PrometheusError
+from slo.spec import Facility
 from slo.store import Store, StoreError
 
 T = TypeVar("T")
@@ -42,7 +43,11 @@ def extend_admin(app: web.Application, admin: AdminApi) -> None:
 class AdminPages:
     def __init__(self, admin: AdminApi) -> None:
         self.admin = admin
-        self.facilities = {f.id: f for f in admin.config.facilities()}
+
+    @property
+    def facilities(self) -> dict[str, Facility]:
+        """The facilities of the config in force (a reload may add or remove one)."""
+        return {f.id: f for f in self.admin.config.facilities()}
 
     def _open(self) -> tuple[ReportSource, Store | None]:
         """The figures' source (the configured Prometheus, else the embedded store) and the

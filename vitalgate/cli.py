@@ -100,13 +100,69 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.workers import run_workers  # noqa: PLC0415
     from vitalgate.admin_pages import extend_admin  # noqa: PLC0415
 
+    path = args.config
+
+    def load() -> Config[ProductConfig]:
+        return load_config(path)
+
     if worker is not None:
         index, count, port = worker
         role = Role("worker", index, count, port, os.environ["PROMETHEUS_MULTIPROC_DIR"])
-        return run(config, role=role)
+        return run(config, role=role, load=load)
     if args.workers > 1:
-        return run_workers(config, args.config, args.workers, admin_extensions=[extend_admin])
-    return run(config, admin_extensions=[extend_admin])
+        return run_workers(config, args.config, args.workers, admin_extensions=[extend_admin], load=load)
+    return run(config, admin_extensions=[extend_admin], load=load)
+
+
+ADMIN_TOKEN_ENV = "VITALGATE_ADMIN_TOKEN"  # noqa: S105  (the variable's name)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Ask the running gateway (its admin listener, from the config) to reload; the result is
+    printed; exit 1 when the running config stayed in force."""
+    import http.client  # noqa: PLC0415
+    import json  # noqa: PLC0415
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    config = _load(args.config)
+    if config is None:
+        return 1  # the gateway would refuse it too: nothing is sent
+    url = args.admin_url or f"http://{config.gateway.admin.listen}"
+    parts = urlsplit(url)
+    headers = {"Content-Length": "0"}
+    token = os.environ.get(ADMIN_TOKEN_ENV)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    conn_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = conn_class(parts.hostname or "127.0.0.1", parts.port, timeout=args.timeout)
+    try:
+        conn.request("POST", parts.path.rstrip("/") + "/api/v1/reload", headers=headers)
+        response = conn.getresponse()
+        raw = response.read()
+    except OSError as exc:
+        print(f"vitalgate: {url}: no gateway answered: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        print(f"vitalgate: {url}: HTTP {response.status}, not a reload result", file=sys.stderr)
+        return 1
+    if response.status not in (200, 422):
+        detail = body.get("detail") or body.get("error")
+        print(f"vitalgate: {url}: HTTP {response.status}: {detail}", file=sys.stderr)
+        return 1
+    if body.get("result") != "success":
+        for error in body.get("errors", []):
+            print(error, file=sys.stderr)
+        print("vitalgate: reload failed; the running config stays in force", file=sys.stderr)
+        return 1
+    workers = f", {body['workers']} workers" if body.get("workers") else ""
+    print(f"reloaded: config {body.get('sha256', '')[:12]}{workers}")
+    for name in body.get("restart_required", []):
+        print(f"needs a restart to change: {name}")
+    return 0
 
 
 def _prometheus_url(args: argparse.Namespace) -> str | None:
@@ -433,6 +489,14 @@ def _gateway_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
         help="proxy processes sharing the port with SO_REUSEPORT (default 1; about one per core)",
     )
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("reload", help="the running gateway re-reads its config (as SIGHUP does)")
+    p.add_argument(
+        "--config", required=True, help="gateway.yaml (validated here first; names the admin listener)"
+    )
+    p.add_argument("--admin-url", default=None, help="the admin listener, if not admin.listen of the config")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the result (default 60)")
+    p.set_defaults(func=cmd_reload)
 
     p = sub.add_parser("version", help="version, and whether the request path runs compiled")
     p.set_defaults(func=cmd_version)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -30,7 +30,8 @@ from gateway.audit.search import AuditQuery
 from gateway.audit.trail import AuditTrail
 from gateway.config import Config, GatewayConfig
 from gateway.dataplane.accesslog import AccessLog
-from gateway.exposition import ConfigIdentity, FacilityPeriods, Joined
+from gateway.exposition import FacilityPeriods, Joined
+from gateway.reload import ReloadCounts, ReloadResult, config_sha256
 from gateway.roles import Role
 from slo.conventions import ALL_FACILITIES
 from slo.embedded import EmbeddedBackend
@@ -61,8 +62,13 @@ class AdminApi:
         self.role = role
         self.registry = registry
         self._periods = FacilityPeriods({f.id: f.timezone for f in config.facilities()})
-        self._collectors: list[Collector] = [self._periods, ConfigIdentity(config)]
+        self.reloads = ReloadCounts(config_sha256(config))
+        self._collectors: list[Collector] = [self._periods]
+        if role.kind != "worker":  # the process that decides reloads counts them
+            self._collectors.append(self.reloads)
         self.auth = AdminAuth(config.gateway.admin.tokens, config.gateway.admin.protect_metrics)
+        self.reload_hook: Callable[[], Awaitable[ReloadResult]] | None = None
+        """Reloads the config from its file (set by the process that decides reloads)."""
         self._access_log = access_log
         self._lifecycle = lifecycle
         self._extensions = extensions
@@ -77,6 +83,7 @@ class AdminApi:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/api/v1/slo", self._slo_status)
         app.router.add_get("/api/v1/audit", self._audit)
+        app.router.add_post("/api/v1/reload", self._reload)
         for extend in self._extensions:
             extend(app, self)
         return app
@@ -88,6 +95,24 @@ class AdminApi:
             "admin_access",
             {"token": identity_of(request).name, "what": what, "facility": facility, "status": status},
         )
+
+    def apply(self, config: Config[GatewayConfig]) -> None:
+        """A reloaded config: status, pages, reports and tokens use it from the next request."""
+        self.config = config
+        self._periods.set_zones({f.id: f.timezone for f in config.facilities()})
+        self.auth.set_tokens(config.gateway.admin.tokens, config.gateway.admin.protect_metrics)
+
+    async def _reload(self, request: web.Request) -> web.Response:
+        """``vitalgate reload``: re-read the config (role sre); 200 with the result, 422 when
+        the running config stayed in force."""
+        if identity_of(request).role != "sre":
+            return web.json_response(
+                {"error": "forbidden", "detail": "reloading needs the sre role"}, status=403
+            )
+        if self.reload_hook is None:
+            return web.json_response({"error": "this process does not reload"}, status=404)
+        result = await self.reload_hook()
+        return web.json_response(result.as_json(), status=200 if result.ok else 422)
 
     def add_collector(self, collector: Collector) -> None:
         """More series for this process's ``/metrics``, computed at each scrape (the

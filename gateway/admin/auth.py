@@ -43,6 +43,11 @@ ANONYMOUS = Identity("anonymous", "sre", frozenset())
 
 class AdminAuth:
     def __init__(self, tokens: Sequence[TokenConfig], protect_metrics: bool = False) -> None:
+        self.set_tokens(tokens, protect_metrics)
+
+    def set_tokens(self, tokens: Sequence[TokenConfig], protect_metrics: bool) -> None:
+        """The tokens in force (again after a reload: a revoked token is refused from the next
+        request)."""
         self._by_hash = {t.sha256: Identity(t.name, t.role, frozenset(t.facilities)) for t in tokens}
         self.enabled = bool(tokens)
         self.protect_metrics = protect_metrics

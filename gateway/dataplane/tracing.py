@@ -180,10 +180,15 @@ class Tracer:
     """Starts spans with the parent-based ratio sampler."""
 
     def __init__(self, sample_ratio: float, record: Callable[[Span], None] | None) -> None:
-        # TraceIdRatioBased's bound, compared with the low 64 bits of the trace id.
-        self._bound = round(sample_ratio * (_TRACE_ID_LOW + 1))
+        self._bound = 0
+        self.set_sample_ratio(sample_ratio)
         self._record = record
         self._rand = random.Random()
+
+    def set_sample_ratio(self, sample_ratio: float) -> None:
+        """The ratio new traces are sampled at (again after a reload)."""
+        # TraceIdRatioBased's bound, compared with the low 64 bits of the trace id.
+        self._bound = round(sample_ratio * (_TRACE_ID_LOW + 1))
 
     def start_server(self, name: str, parent: SpanContext | None, start_ns: int) -> AnySpan:
         getrandbits = self._rand.getrandbits

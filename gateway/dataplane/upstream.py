@@ -580,6 +580,11 @@ class Upstream:
         self._waiters.clear()
 
     @property
+    def busy(self) -> bool:
+        """Whether an exchange holds one of this pool's connections or waits for one."""
+        return self._open > len(self._idle) or bool(self._waiters)
+
+    @property
     def open_connections(self) -> int:
         return self._open
 

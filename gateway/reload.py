@@ -1,0 +1,225 @@
+"""Reloading the configuration in a running gateway (SIGHUP, ``vitalgate reload``,
+``POST /api/v1/reload``) without closing a listener or failing a request.
+
+A reload is validate, prepare, commit:
+
+- validate: the config is loaded and checked as ``vitalgate check`` does; any problem keeps the
+  running config in force, and the reload is counted as failed with every problem at its
+  ``file:line:column``;
+- prepare: what requests will use is built beside what they use now (routes, facility
+  resolution, upstream pools; a pool whose settings did not change is kept, with its open
+  connections), so nothing that can fail happens after the switch;
+- commit: one synchronous swap on the event loop. A request reads the routes, the facility
+  resolver and the upstream pools once, when it starts, so in-flight requests finish on the
+  old ones and every later request uses the new ones; a pool that is no longer configured
+  is closed once its last exchange is over.
+
+With ``--workers`` the supervisor validates, then every worker prepares; only when all of
+them have prepared the same file do they all commit, else all discard what they prepared
+(``gateway.workers``). Counters are never reset: a series that appears starts at zero, one
+that is no longer fed stops.
+
+Settings that a running process cannot take on (the listeners, TLS, limits, the store, the
+access log, span export, audit, the latency buckets, the worker count) keep their running
+values; a reload that changes one applies the rest and names each in its log line and its
+result (``restart_required``), like nginx's and Envoy's listener settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from gateway.config import Config, GatewayConfig
+from slo import conventions as names
+from slo.configfile import ConfigError
+from slo.spec import latency_thresholds_s
+
+log = logging.getLogger("vitalgate.reload")
+
+Loader = Callable[[], Config[Any]]
+"""Loads and validates the configuration from its file (the composition root's loader, with
+every section's checks); raises ConfigError."""
+
+
+def _restart_only(config: Config[GatewayConfig]) -> dict[str, object]:
+    g = config.gateway
+    t = g.telemetry
+    return {
+        "listen": g.listen,
+        "admin.listen": g.admin.listen,
+        "tls": g.tls,
+        "limits": g.limits,
+        "trusted_proxies": g.trusted_proxies,
+        "telemetry.access_log": t.access_log,
+        "telemetry.store": t.store,
+        "telemetry.metrics": t.metrics,
+        "telemetry.traces.otlp_endpoint": t.traces.otlp_endpoint,
+        "telemetry.traces (queue, export timeout, service name)": (
+            t.traces.queue_size,
+            t.traces.export_timeout,
+            t.traces.service_name,
+        ),
+        "audit": g.audit,
+        "latency thresholds (histogram buckets)": tuple(latency_thresholds_s(config.slos)),
+    }
+
+
+def restart_required(old: Config[GatewayConfig], new: Config[GatewayConfig]) -> list[str]:
+    """The settings ``new`` changes that only a restart applies."""
+    before, after = _restart_only(old), _restart_only(new)
+    return [name for name, value in after.items() if before[name] != value]
+
+
+def effective(started: Config[GatewayConfig], new: Config[Any]) -> Config[Any]:
+    """``new`` as this process runs it: the settings only a restart changes keep the values it
+    started with, so that what reads the config later (a drain's timeout, the store's path)
+    reads what is really in force."""
+    g, s = new.gateway, started.gateway
+    traces = g.telemetry.traces.model_copy(
+        update={
+            "otlp_endpoint": s.telemetry.traces.otlp_endpoint,
+            "queue_size": s.telemetry.traces.queue_size,
+            "export_timeout": s.telemetry.traces.export_timeout,
+            "service_name": s.telemetry.traces.service_name,
+        }
+    )
+    telemetry = g.telemetry.model_copy(
+        update={
+            "access_log": s.telemetry.access_log,
+            "store": s.telemetry.store,
+            "metrics": s.telemetry.metrics,
+            "traces": traces,
+        }
+    )
+    gateway = g.model_copy(
+        update={
+            "listen": s.listen,
+            "admin": g.admin.model_copy(update={"listen": s.admin.listen}),
+            "tls": s.tls,
+            "limits": s.limits,
+            "trusted_proxies": s.trusted_proxies,
+            "telemetry": telemetry,
+            "audit": s.audit,
+        }
+    )
+    return Config(new.path, gateway, new.slos)
+
+
+def config_sha256(config: Config[Any]) -> str:
+    """The SHA-256 of gateway.yaml and the slos.yaml it names, as loaded from disk now."""
+    digest = hashlib.sha256()
+    files = [config.path] + ([config.resolve(config.gateway.slos)] if config.gateway.slos else [])
+    for path in files:
+        # A file gone since it was loaded hashes as empty: the hash still changes.
+        if path.exists():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class ReloadResult:
+    """One reload's outcome, as logged, counted and answered to ``vitalgate reload``."""
+
+    ok: bool
+    errors: list[str] = field(default_factory=list)
+    restart_required: list[str] = field(default_factory=list)
+    sha256: str = ""
+    workers: int = 0
+    """With ``--workers``: how many workers took the new config (all of them, or none)."""
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "result": "success" if self.ok else "failure",
+            "errors": self.errors,
+            "restart_required": self.restart_required,
+            "sha256": self.sha256,
+            "workers": self.workers,
+        }
+
+
+def load_candidate(load: Loader) -> tuple[Config[Any] | None, list[str]]:
+    """The new config, or the problems that keep the old one in force."""
+    try:
+        return load(), []
+    except ConfigError as exc:
+        return None, [str(p) for p in exc.problems]
+    except (OSError, ValueError) as exc:
+        # A file that vanished or cannot be read between the signal and the load.
+        return None, [str(exc)]
+
+
+class ReloadCounts:
+    """The reload metrics of the process that decides reloads (the gateway, or the workers'
+    supervisor): ``vitalgate_config_reloads_total{result}``,
+    ``vitalgate_config_last_reload_successful`` and
+    ``vitalgate_config_last_reload_success_timestamp_seconds`` (as Prometheus exports its own),
+    and ``vitalgate_config_info{sha256}`` of the config in force."""
+
+    def __init__(self, sha256: str) -> None:
+        self.sha256 = sha256
+        self.counts = {"success": 0, "failure": 0}
+        self.last_ok = True
+        self.last_success_s = time.time()
+        self.lock = asyncio.Lock()
+        """Held for a whole reload: a second signal waits for the first to finish."""
+
+    def record(self, result: ReloadResult) -> None:
+        self.counts["success" if result.ok else "failure"] += 1
+        self.last_ok = result.ok
+        if result.ok:
+            self.last_success_s = time.time()
+            self.sha256 = result.sha256
+        fields = result.as_json()
+        if result.ok:
+            text = f"config reloaded ({result.sha256[:12]})"
+            if result.restart_required:
+                text += "; these keep their running values until a restart: " + ", ".join(
+                    result.restart_required
+                )
+            log.log(
+                logging.WARNING if result.restart_required else logging.INFO,
+                text,
+                extra={"event": "config_reloaded", **fields},
+            )
+        else:
+            log.error(
+                "config reload failed; the running config stays in force:\n  %s",
+                "\n  ".join(result.errors),
+                extra={"event": "config_reload_failed", **fields},
+            )
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        c = CounterMetricFamily(
+            names.CONFIG_RELOADS.removesuffix("_total"),
+            "Configuration reloads, by result (failure: the running config stayed in force).",
+            labels=("result",),
+        )
+        for result, n in self.counts.items():
+            c.add_metric([result], n)
+        yield c
+        yield GaugeMetricFamily(
+            names.CONFIG_LAST_RELOAD_OK,
+            "Whether the last configuration reload succeeded (1) or failed (0).",
+            value=1 if self.last_ok else 0,
+        )
+        yield GaugeMetricFamily(
+            names.CONFIG_LAST_RELOAD_SUCCESS,
+            "When the configuration in force was loaded (start-up or the last successful reload).",
+            value=self.last_success_s,
+        )
+        g = GaugeMetricFamily(
+            names.CONFIG_INFO, "The loaded configuration (1), by its SHA-256.", labels=("sha256",)
+        )
+        g.add_metric([self.sha256], 1)
+        yield g
