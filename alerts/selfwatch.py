@@ -97,6 +97,26 @@ SELF_ALERTS: tuple[SelfAlert, ...] = (
         at_least=3,
     ),
     SelfAlert(
+        "VitalgateSpanExportFailing",
+        names.SPAN_EXPORT_FAILURES,
+        ("instance", "reason"),
+        600,
+        "ticket",
+        "The trace collector is not taking spans",
+        "Span batches failed to export (their spans are counted in vitalgate_telemetry_dropped_total"
+        '{signal="span"}): traces of this period are missing.',
+    ),
+    SelfAlert(
+        "VitalgateAccessLogWriteFailing",
+        names.ACCESS_LOG_WRITE_ERRORS,
+        ("instance",),
+        600,
+        "ticket",
+        "The access log cannot be written",
+        "Writes of the access log failed (a full disk, a closed pipe): its lines are dropped and"
+        " counted; what the gateway did is missing from the log.",
+    ),
+    SelfAlert(
         "VitalgateCardinalityOverflow",
         names.CARDINALITY_OVERFLOW,
         ("instance", "metric"),
@@ -106,6 +126,61 @@ SELF_ALERTS: tuple[SelfAlert, ...] = (
         "The cardinality budget is spent: new routes are no longer told apart in metrics.",
     ),
 )
+
+
+@dataclass(frozen=True)
+class StateAlert:
+    """An alert on a state the gateway exports (a gauge), with its promtool fixtures."""
+
+    name: str
+    expr: str
+    severity: str
+    summary: str
+    description: str
+    series: tuple[tuple[str, str, str], ...]
+    """(metric, values when failing, values when healthy), each per ``instance``, 1 m apart."""
+
+
+STATE_ALERTS: tuple[StateAlert, ...] = (
+    StateAlert(
+        "VitalgateStoreFlushStale",
+        # The age at the scrape itself (the sample's timestamp less its value), so that the
+        # scrape interval does not add to it.
+        f"(timestamp({names.STORE_LAST_FLUSH}) - {names.STORE_LAST_FLUSH})"
+        f" > 3 * {names.STORE_FLUSH_INTERVAL}",
+        "ticket",
+        "The embedded store has not flushed for 3 flush intervals",
+        "Requests counted in memory are not reaching the store (a stuck or failing writer):"
+        " status, pages and reports read from it are behind, and a crash would lose them.",
+        (
+            (names.STORE_LAST_FLUSH, "600+0x30", "0+60x30"),
+            (names.STORE_FLUSH_INTERVAL, "10+0x30", "10+0x30"),
+        ),
+    ),
+    StateAlert(
+        "VitalgateUpstreamCertificateExpiring",
+        f"(min by (instance, upstream) ({names.UPSTREAM_CERT_EXPIRY}) - time()) < 14 * 86400",
+        "ticket",
+        "An upstream's TLS certificate expires within 14 days",
+        "Once it expires the gateway refuses the upstream (502 upstream_tls_error) and every"
+        " facility behind it is down: renew it.",
+        ((names.UPSTREAM_CERT_EXPIRY + '{upstream="fhir"}', "864000+0x30", "8640000+0x30"),),
+    ),
+    StateAlert(
+        "VitalgateConfigReloadFailed",
+        f"max by (instance) ({names.CONFIG_LAST_RELOAD_OK}) == 0",
+        "ticket",
+        "The last configuration reload failed",
+        "The gateway runs the config it had before: the change on disk is not in force. Its log"
+        " (config_reload_failed) and `vitalgate check` name each problem at file:line:column.",
+        ((names.CONFIG_LAST_RELOAD_OK, "0+0x30", "1+0x30"),),
+    ),
+)
+
+
+def _state_labels(metric: str) -> dict[str, str]:
+    rest = metric.partition("{")[2]
+    return {k: v.strip('"') for k, v in (m.split("=", 1) for m in rest.rstrip("}").split(",") if m)}
 
 
 def _grew(a: SelfAlert, scale: float) -> str:
@@ -127,6 +202,15 @@ def self_rules(time_scale: float = 1.0) -> dict[str, Any]:
         }
         for a in SELF_ALERTS
     ]
+    rules += [
+        {
+            "alert": a.name,
+            "expr": a.expr,
+            "labels": {"severity": a.severity, "component": "vitalgate"},
+            "annotations": {"summary": a.summary, "description": a.description},
+        }
+        for a in STATE_ALERTS
+    ]
     rules.append(
         {
             "alert": WATCHDOG,
@@ -143,8 +227,9 @@ def self_rules(time_scale: float = 1.0) -> dict[str, Any]:
 
 
 def build_self_tests(rules_file: str) -> dict[str, Any]:
-    """Per alert: ``failing`` (its counter grows), ``born`` (its label set appears with a
-    failure) and ``healthy`` (present, never growing); only the first two fire."""
+    """Per counter alert: ``failing`` (its counter grows), ``born`` (its label set appears with
+    a failure) and ``healthy`` (present, never growing); only the first two fire. Per state
+    alert: ``failing`` fires, ``healthy`` does not."""
     minutes = 30
     inputs = []
     expected = []
@@ -177,6 +262,32 @@ def build_self_tests(rules_file: str) -> dict[str, Any]:
         }
         for a in SELF_ALERTS
     ]
+    for st in STATE_ALERTS:
+        found: dict[str, str] = {}
+        for metric, failing, healthy in st.series:
+            name = metric.partition("{")[0]
+            fixed = _state_labels(metric)
+            found |= fixed
+            for instance, values in (("failing", failing), ("healthy", healthy)):
+                inner = ", ".join(f'{k}="{v}"' for k, v in {"instance": instance, **fixed}.items())
+                inputs.append({"series": f"{name}{{{inner}}}", "values": values})
+        checks.append(
+            {
+                "alertname": st.name,
+                "eval_time": f"{minutes - 5}m",
+                "exp_alerts": [
+                    {
+                        "exp_labels": {
+                            "instance": "failing",
+                            **found,
+                            "severity": st.severity,
+                            "component": "vitalgate",
+                        },
+                        "exp_annotations": {"summary": st.summary, "description": st.description},
+                    }
+                ],
+            }
+        )
     checks.append(
         {
             "alertname": WATCHDOG,

@@ -36,9 +36,12 @@ from gateway.dataplane.routes import Router
 from gateway.dataplane.settings import UpstreamSettings
 from gateway.dataplane.tracing import Tracing
 from gateway.dataplane.upstream import Upstream
-from gateway.exposition import GatewayMetrics, request_metrics
+from gateway.exposition import GatewayMetrics, StoreHealth, request_metrics
 from gateway.roles import Role
 from slo.conventions import UNKNOWN_FACILITY
+
+HEALTH_INTERVAL_S = 1.0
+"""How often the health gauges are read off the queues, the store and the pools."""
 
 
 def instance_id(role: Role) -> str:
@@ -62,7 +65,10 @@ class DataPlane:
         cfg = config.gateway
         self.request_metrics = request_metrics(registry, metrics.buckets_s, role.kind != "single")
         self.tracing = Tracing(
-            cfg.telemetry.traces.settings(), lambda n: metrics.drop("span", n), instance=instance_id(role)
+            cfg.telemetry.traces.settings(),
+            lambda n: metrics.drop("span", n),
+            instance=instance_id(role),
+            on_failure=metrics.span_export_failed,
         )
         for service in cfg.upstreams:  # every service has series from start-up: silence is visible
             self.request_metrics.active.child(UNKNOWN_FACILITY, service)
@@ -127,7 +133,32 @@ class DataPlane:
         scheme = "https" if cfg.tls else "http"
         self.proxy = Proxy(self.router, self.facilities, self.upstreams, outputs, scheme, port)
         self._metrics = metrics
+        self._access_log = access_log
         self._retiring: set[asyncio.Task[None]] = set()
+        self._health: asyncio.Task[None] | None = None
+        self._store_health: StoreHealth | None = None
+        if self.recorder is not None:
+            self._store_health = StoreHealth(registry, store.flush_interval)
+
+    def _observe(self) -> None:
+        """The gauges of the gateway's own health that are read off its parts: queue depths,
+        the store's last flush, the upstreams' certificates."""
+        m = self._metrics
+        m.depth["log"].set(self._access_log.depth)
+        if self.tracing.processor is not None:
+            m.depth["span"].set(self.tracing.processor.depth)
+        if self.recorder is not None and self._store_health is not None:
+            m.depth["store"].set(self.recorder.depth)
+            self._store_health.last_flush.set(self.recorder.last_flush_s)
+            self._store_health.flush_duration.set(self.recorder.last_flush_duration_s)
+        for name, u in self.upstreams.items():
+            if u.certificate_expiry_s:
+                m.certificate_expiry(name, u.certificate_expiry_s)
+
+    async def _observe_loop(self) -> None:
+        while True:
+            self._observe()
+            await asyncio.sleep(HEALTH_INTERVAL_S)
 
     def prepare(self, config: Config[GatewayConfig]) -> Routing:
         """What requests will use under ``config``, built beside what they use now; raises
@@ -190,11 +221,14 @@ class DataPlane:
         await self.tracing.start()
         for u in self.upstreams.values():
             await u.start()
+        self._health = asyncio.get_running_loop().create_task(self._observe_loop())
 
     async def close(self) -> None:
         """After the last request: close the pools, flush the store, then the spans."""
         for task in list(self._retiring):
             task.cancel()
+        if self._health is not None:
+            self._health.cancel()
         for u in self.upstreams.values():
             await u.close()
         if self.recorder is not None:

@@ -265,6 +265,44 @@ class GatewayMetrics:
             multiprocess_mode="max",
         )
 
+        self._span_failures = Counter(
+            names.SPAN_EXPORT_FAILURES,
+            "Span batches the collector did not take (their spans are counted as dropped), by"
+            " reason: the error type, or the status class the collector answered.",
+            ("reason",),
+            registry=registry,
+        )
+        self._log_errors = Counter(
+            names.ACCESS_LOG_WRITE_ERRORS,
+            "Failed writes of the access log (a full disk, a closed pipe); their lines are dropped.",
+            registry=registry,
+        )
+        self._depth = Gauge(
+            names.QUEUE_DEPTH,
+            "Telemetry waiting in the gateway's bounded queues, by signal (log: lines, span:"
+            " spans, store: batches); a full queue drops (vitalgate_telemetry_dropped_total).",
+            ("signal",),
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.depth = {sig: self._depth.labels(sig) for sig in ("log", "span", "store")}
+        self._cert_expiry = Gauge(
+            names.UPSTREAM_CERT_EXPIRY,
+            "notAfter of the TLS certificate each https upstream last presented.",
+            ("upstream",),
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+
+    def span_export_failed(self, reason: str) -> None:
+        self._span_failures.labels(reason).inc()
+
+    def access_log_error(self) -> None:
+        self._log_errors.inc()
+
+    def certificate_expiry(self, upstream: str, not_after_s: float) -> None:
+        self._cert_expiry.labels(upstream).set(not_after_s)
+
     def set_facilities(self, facilities: dict[str, str], slas: dict[str, float]) -> None:
         """The configured facilities' info and SLA gauges (again after a reload: a facility no
         longer configured loses its series, a renamed one changes its name label)."""
@@ -322,6 +360,34 @@ class GatewayMetrics:
     def drop(self, signal: str, n: int = 1) -> None:
         """Count ``n`` lost telemetry items; thread-safe (exporters call it)."""
         self.dropped[signal].inc(n)
+
+
+class StoreHealth:
+    """The embedded store's flush gauges, in a process that writes the store only (a gauge
+    that exists reads 0 until set, which would read as a store never flushed)."""
+
+    def __init__(self, registry: CollectorRegistry, flush_interval_s: float) -> None:
+        self.last_flush = Gauge(
+            names.STORE_LAST_FLUSH,
+            "When the embedded store last held every request counted before then (a batch"
+            " written, or nothing waiting); with --workers, the oldest live worker's.",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self.flush_duration = Gauge(
+            names.STORE_FLUSH_DURATION,
+            "How long the embedded store's last batch took to write.",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.flush_interval = Gauge(
+            names.STORE_FLUSH_INTERVAL,
+            "telemetry.store.flush_interval: the store's flush stale alert fires past 3 of them.",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.flush_interval.set(flush_interval_s)
+        self.last_flush.set(time.time())  # (opened now: nothing counted is waiting yet)
 
 
 class Joined:

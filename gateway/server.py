@@ -84,6 +84,7 @@ class Gateway:
             log_path if log_path == "-" else config.resolve(log_path),
             cfg.telemetry.access_log.queue_size,
             lambda n: self.metrics.drop("log", n),
+            self.metrics.access_log_error,
         )
         host, port = split_listen(cfg.listen)
         if role.port is not None:

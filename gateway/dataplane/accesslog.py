@@ -110,8 +110,15 @@ WRITE_INTERVAL_S: Final = 0.05
 class AccessLog:
     """A bounded, thread-written JSON lines log. ``path`` "-" is stdout."""
 
-    def __init__(self, path: str | Path, queue_size: int, on_drop: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        queue_size: int,
+        on_drop: Callable[[int], None],
+        on_error: Callable[[], None] | None = None,
+    ) -> None:
         self._path = str(path)
+        self._on_error = on_error
         # The proxy's side is a length check and a deque append (atomic under the GIL); the
         # writer thread wakes every WRITE_INTERVAL_S and writes everything queued, so a busy
         # gateway pays no lock or thread wake-up per request.
@@ -156,6 +163,11 @@ class AccessLog:
             self._items.append(format_event(ts, event, fields))
             self._wake.set()  # rare: written at once
 
+    @property
+    def depth(self) -> int:
+        """Lines queued and not yet written."""
+        return len(self._items)
+
     def _run(self) -> None:
         fd = self._fd
         assert fd is not None
@@ -197,9 +209,12 @@ class AccessLog:
             while data:
                 data = data[os.write(fd, data) :]
         except OSError:
-            # A full disk: the piece is lost, and counted. Part of it may be in the file: cut it
-            # off (when no other writer appended since), so no torn JSON line is left behind.
+            # A full disk: the piece is lost, and counted (as lines dropped, and as a write
+            # error). Part of it may be in the file: cut it off (when no other writer appended
+            # since), so no torn JSON line is left behind.
             self._on_drop(len(piece))
+            if self._on_error is not None:
+                self._on_error()
             if start >= 0 and len(data) < sum(len(p) for p in piece):
                 self._untear(fd, start, sum(len(p) for p in piece) - len(data))
         self._unwritten -= len(piece)

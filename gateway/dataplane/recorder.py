@@ -69,6 +69,10 @@ class Recorder:
         """Batches written, in the order they were handed over."""
         self.handed_over = 0
         """Batches given to the writer thread: once ``flushes`` reaches it, all are written."""
+        self.last_flush_s = time.time()
+        """When the store last held everything counted before then (a batch written, or a
+        flush with nothing to write and nothing waiting): its age is how far the store lags."""
+        self.last_flush_duration_s = 0.0
 
     def entries(
         self, facility: str, service: str, method: str, route: str, status: int | None, start_s: float, n: int
@@ -106,9 +110,16 @@ class Recorder:
             await asyncio.sleep(self.flush_interval_s)
             self.flush()
 
+    @property
+    def depth(self) -> int:
+        """Batches handed to the writer and not yet written (retried ones included)."""
+        return self.handed_over - self.flushes
+
     def flush(self) -> None:
         batch, self._acc = self._acc, {}
         if not batch:
+            if self.handed_over == self.flushes:  # nothing waits: the store is up to date
+                self.last_flush_s = time.time()
             return
         try:
             self._queue.put_nowait(batch)
@@ -150,6 +161,7 @@ class Recorder:
                 if isinstance(item, dict):
                     pending.append(item)
                 while pending:
+                    w0 = time.monotonic()
                     try:
                         writer.apply(pending[0])
                     except Exception as exc:  # a full disk must not stop the gateway
@@ -166,6 +178,8 @@ class Recorder:
                         break
                     pending.popleft()
                     self.flushes += 1
+                    self.last_flush_duration_s = time.monotonic() - w0
+                    self.last_flush_s = time.time()
                     if failing:
                         failing = False
                         log.warning("store writes succeed again")

@@ -349,8 +349,10 @@ class LoopExporter:
         on_drop: Callable[[int], None],
         batch_size: int = 512,
         interval_s: float = 0.1,
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
         self._encoder = encoder
+        self._on_failure = on_failure
         parts = urlsplit(endpoint)
         self._path = parts.path.rstrip("/") + "/v1/traces"
         origin = f"{parts.scheme}://{parts.netloc}"
@@ -395,10 +397,20 @@ class LoopExporter:
         while spans:
             n = min(len(spans), self._batch_size)
             body = self._encoder.wrap(b"".join([spans.popleft() for _ in range(n)]))
-            if not await self._post(body):
+            failure = await self._post(body)
+            if failure is not None:
                 self._on_drop(n)
+                if self._on_failure is not None:
+                    self._on_failure(failure)
 
-    async def _post(self, body: bytes) -> bool:
+    @property
+    def depth(self) -> int:
+        """Spans ended and not yet exported."""
+        return len(self._spans)
+
+    async def _post(self, body: bytes) -> str | None:
+        """None once the collector took the batch, else why not (a bounded reason: the error
+        type, or the status class the collector answered)."""
         headers = [("Content-Type", "application/x-protobuf"), ("Content-Length", str(len(body)))]
         for attempt in (0, 1):
             try:
@@ -408,14 +420,16 @@ class LoopExporter:
                         pass
                 finally:
                     resp.release()
-                return 200 <= resp.status < 300
+                return None if 200 <= resp.status < 300 else f"http_{resp.status // 100}xx"
             except UpstreamReset as exc:
                 # A kept-alive connection the collector had closed: once more, on a new one.
                 if attempt or not getattr(exc, "before_response", False):
-                    return False
-            except (GatewayError, OSError):
-                return False
-        return False
+                    return exc.error_type
+            except GatewayError as failed:  # (its own name: mypyc types a name once)
+                return failed.error_type
+            except OSError:
+                return "os_error"
+        return "upstream_reset"
 
     async def shutdown(self, timeout_s: float = 30.0) -> None:
         if self._task is not None:
@@ -438,7 +452,13 @@ def _version() -> str:
 class Tracing:
     """The tracer the proxy uses, and the processor that owns export."""
 
-    def __init__(self, cfg: TraceSettings, on_drop: Callable[[int], None], instance: str = "") -> None:
+    def __init__(
+        self,
+        cfg: TraceSettings,
+        on_drop: Callable[[int], None],
+        instance: str = "",
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
         self.enabled = cfg.otlp_endpoint is not None
         self.processor: LoopExporter | None = None
         if cfg.otlp_endpoint is not None:
@@ -455,7 +475,7 @@ class Tracing:
                 sdk_version,
             )
             self.processor = LoopExporter(
-                encoder, cfg.otlp_endpoint, cfg.export_timeout, cfg.queue_size, on_drop
+                encoder, cfg.otlp_endpoint, cfg.export_timeout, cfg.queue_size, on_drop, on_failure=on_failure
             )
         # No collector: new traces are not recorded, but ids still go to the log and the
         # upstream, and a caller's sampling decision is passed on unchanged.

@@ -561,6 +561,8 @@ class Upstream:
         self._closing = False
         self._timers: set[_Timer] = set()
         self._ticker: asyncio.TimerHandle | None = None
+        self.certificate_expiry_s = 0.0
+        """notAfter of the certificate the upstream last presented (0: none seen yet)."""
 
     async def start(self) -> None:
         self._closing = False
@@ -625,6 +627,11 @@ class Upstream:
             raise UpstreamTlsError("TLS handshake with upstream failed") from exc
         except OSError as exc:
             raise UpstreamConnectError("cannot connect to upstream") from exc
+        if self._ssl is not None:
+            cert = conn.transport.get_extra_info("peercert") if conn.transport is not None else None
+            not_after = cert.get("notAfter") if isinstance(cert, dict) else None
+            if isinstance(not_after, str):
+                self.certificate_expiry_s = float(ssl.cert_time_to_seconds(not_after))
         self._conns.add(conn)
         return conn
 

@@ -8,6 +8,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -90,6 +91,13 @@ def test_collector_down_costs_only_dropped_spans(tmp_path: Path) -> None:
             assert dropped() == 100  # 50 SERVER + 50 CLIENT spans, each counted once
             metrics = _metrics(gw)
             assert counter_value(metrics, "vitalgate_telemetry_dropped_total", signal="log") == 0
+            # Each failed batch by its reason: nothing listens, so the connection is refused.
+            failures = counter_value(
+                metrics, "vitalgate_span_export_failures_total", reason="upstream_connect_error"
+            )
+            assert 1 <= failures <= 100
+            assert counter_value(metrics, "vitalgate_span_export_failures_total") == failures
+            assert counter_value(metrics, "vitalgate_telemetry_queue_depth", signal="span") == 0
         finally:
             assert gw.terminate() == 0
         assert len(read_log(tmp_path / "access.log")) == 50
@@ -202,6 +210,22 @@ def test_tls_listener_and_verified_https_upstream(tmp_path: Path) -> None:
                 _get(proxy + "/scheduling/appointments/1", context=client_ctx)
             assert err.value.code == 502
             assert json.loads(err.value.read())["error"] == "upstream_tls_error"
+            # The certificate's end, as the upstream presented it (2 days: the self-alert's
+            # 14-day threshold would fire on it).
+            end = subprocess.run(
+                ["openssl", "x509", "-enddate", "-noout", "-in", str(cert)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            not_after = ssl.cert_time_to_seconds(end.removeprefix("notAfter="))
+            expiry = "vitalgate_upstream_certificate_expiry_timestamp_seconds"
+            eventually(
+                lambda: counter_value(_metrics(gw), expiry, upstream="fhir") == not_after,
+                "the certificate's expiry exported",
+            )
+            assert 0 < not_after - time.time() < 2 * 86400 + 60
+            assert counter_value(_metrics(gw), expiry, upstream="scheduling") == 0  # never verified
         finally:
             assert gw.terminate() == 0
         log = read_log(tmp_path / "access.log")
@@ -310,9 +334,12 @@ def test_a_full_disk_never_leaves_a_torn_log_line(tmp_path: Path) -> None:
             for _ in range(4):
                 assert _get(gw.proxy + "/fhir/Patient/1")[0] == 200
             eventually(lambda: _log_and_dropped(gw, log_path) == 12, "4 more lines written")
-            dropped = counter_value(_metrics(gw), "vitalgate_telemetry_dropped_total", signal="log")
+            metrics = _metrics(gw)
+            dropped = counter_value(metrics, "vitalgate_telemetry_dropped_total", signal="log")
+            write_errors = counter_value(metrics, "vitalgate_access_log_write_errors_total")
         finally:
             assert gw.terminate() == 0
+    assert 1 <= write_errors <= dropped  # each failed write counted, with its lines
     lines = log_path.read_bytes().split(b"\n")
     assert lines[-1] == b""
     records = [json.loads(line) for line in lines[:-1]]  # every line whole JSON
