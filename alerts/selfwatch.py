@@ -139,6 +139,7 @@ class StateAlert:
     description: str
     series: tuple[tuple[str, str, str], ...]
     """(metric, values when failing, values when healthy), each per ``instance``, 1 m apart."""
+    for_s: float = 0
 
 
 STATE_ALERTS: tuple[StateAlert, ...] = (
@@ -167,6 +168,21 @@ STATE_ALERTS: tuple[StateAlert, ...] = (
         ((names.UPSTREAM_CERT_EXPIRY + '{upstream="fhir"}', "864000+0x30", "8640000+0x30"),),
     ),
     StateAlert(
+        "VitalgateProbesFailingWithoutTraffic",
+        # The night-time outage: nobody calls, so only the probes can tell.
+        f"(max by (instance, upstream, {names.FACILITY}) ({names.PROBE_SUCCESS}) == 0)"
+        f" unless on (upstream, {names.FACILITY}) label_replace(sum by ({names.FACILITY}, {names.SERVICE})"
+        f' (rate({names.REQUEST_DURATION}_count{{{names.ROUTE}!~"probe .*"}}[10m])) > 0,'
+        f' "upstream", "$1", "{names.SERVICE}", "(.*)")',
+        "ticket",
+        "Probes of an upstream fail while no client is calling",
+        "The gateway's synthetic probes of this upstream for this facility fail and there is no"
+        " client traffic to show it otherwise: the service is likely down for the facility's"
+        " next user.",
+        ((names.PROBE_SUCCESS + '{upstream="fhir", facility="clinic"}', "0+0x30", "1+0x30"),),
+        for_s=120,
+    ),
+    StateAlert(
         "VitalgateConfigReloadFailed",
         f"max by (instance) ({names.CONFIG_LAST_RELOAD_OK}) == 0",
         "ticket",
@@ -180,7 +196,8 @@ STATE_ALERTS: tuple[StateAlert, ...] = (
 
 def _state_labels(metric: str) -> dict[str, str]:
     rest = metric.partition("{")[2]
-    return {k: v.strip('"') for k, v in (m.split("=", 1) for m in rest.rstrip("}").split(",") if m)}
+    pairs = (m.split("=", 1) for m in rest.rstrip("}").split(",") if m.strip())
+    return {k.strip(): v.strip().strip('"') for k, v in pairs}
 
 
 def _grew(a: SelfAlert, scale: float) -> str:
@@ -206,6 +223,7 @@ def self_rules(time_scale: float = 1.0) -> dict[str, Any]:
         {
             "alert": a.name,
             "expr": a.expr,
+            **({"for": format_duration(max(1.0, a.for_s / time_scale))} if a.for_s else {}),
             "labels": {"severity": a.severity, "component": "vitalgate"},
             "annotations": {"summary": a.summary, "description": a.description},
         }

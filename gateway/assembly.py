@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import socket
 import time
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from gateway.dataplane.settings import UpstreamSettings
 from gateway.dataplane.tracing import Tracing
 from gateway.dataplane.upstream import Upstream
 from gateway.exposition import GatewayMetrics, StoreHealth, request_metrics
+from gateway.probes import PROBE_TOKEN_ENV
 from gateway.roles import Role
 from slo.conventions import UNKNOWN_FACILITY
 
@@ -119,6 +121,7 @@ class DataPlane:
             if cfg.audit.forward is not None:
                 self.forwarder = forwarder(config, cfg.audit, cfg.audit.forward, self.audit, metrics)
         identity = cfg.audit.identity if cfg.audit is not None else None
+        self.probe_token = os.environ.get(PROBE_TOKEN_ENV) or secrets.token_hex(16)
         outputs = Outputs(
             self.tracing.tracer,
             LabelBudget(cfg.telemetry.metrics.max_label_sets, metrics.folded),
@@ -129,6 +132,7 @@ class DataPlane:
             audit=self.audit is not None,
             audit_user_header=(identity.header or "").lower() if identity is not None else "",
             audit_gate=self.audit if cfg.audit is not None and cfg.audit.durability == "strict" else None,
+            probe_token=self.probe_token,
         )
         scheme = "https" if cfg.tls else "http"
         self.proxy = Proxy(self.router, self.facilities, self.upstreams, outputs, scheme, port)

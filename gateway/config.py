@@ -304,6 +304,39 @@ class LimitsConfig(StrictModel):
     """The longest response head an upstream may send; a longer one is 502 upstream_protocol_error."""
 
 
+class ProbeRequestConfig(StrictModel):
+    method: Literal["GET", "HEAD", "OPTIONS"] = "GET"
+    """Probes only read: a synthetic request must never write to a clinical system."""
+    path: str | None = None
+    """Default: ``{prefix}metadata`` of the upstream's ``kind: fhir`` route (the CapabilityStatement)."""
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            raise ValueError("must start with /")
+        return v
+
+
+class ProbeConfig(StrictModel):
+    """A synthetic request sent every ``interval`` through the gateway's own listener, per
+    listed facility (or once, as facility ``unknown``): evidence when no client is calling."""
+
+    upstream: str
+    interval: Annotated[DurationS, AfterValidator(_within(1.0, 86400))] = 30.0
+    timeout: Annotated[DurationS, AfterValidator(_within(0.1, 600))] = 10.0
+    facilities: list[str] = Field(default_factory=list)
+    request: ProbeRequestConfig = Field(default_factory=ProbeRequestConfig)
+    expect: list[Annotated[int, Field(ge=100, le=599)]] = Field(default_factory=lambda: [200])
+
+    def resolved_path(self, routes: Sequence[RouteConfig]) -> str:
+        if self.request.path is not None:
+            return self.request.path
+        prefix = next(r.prefix for r in routes if r.upstream == self.upstream and r.kind == "fhir")
+        return prefix.rstrip("/") + "/metadata"
+
+
 class GatewayConfig(StrictModel):
     version: Literal[1]
     listen: ListenAddr = "127.0.0.1:8080"
@@ -319,6 +352,7 @@ class GatewayConfig(StrictModel):
     slos: str | None = None
     audit: audit_config.AuditConfig | None = None
     """The audit trail (``gateway/audit``); none unless configured."""
+    probes: list[ProbeConfig] = Field(default_factory=list)
 
     @field_validator("upstreams")
     @classmethod
@@ -382,6 +416,7 @@ def _cross_check(data: Any, source: Source, base: Path) -> list[Problem]:
     ]
     problems += _route_problems(data, source, upstreams)
     problems += _facility_references(data, source, known)
+    problems += _probe_problems(data, source, upstreams, known)
     admin = mapping_at(data, "admin")
     if admin.get("listen", "127.0.0.1:9464") == data.get("listen", "127.0.0.1:8080"):
         problems.append(source.problem(("admin", "listen"), "must differ from the proxy's listen address"))
@@ -415,6 +450,38 @@ def _route_problems(data: dict[str, Any], source: Source, upstreams: dict[str, A
                             f"template {t!r} is not under prefix {prefix!r}",
                         )
                     )
+    return problems
+
+
+def _probe_problems(
+    data: dict[str, Any], source: Source, upstreams: dict[str, Any], known: dict[str, Any]
+) -> list[Problem]:
+    """Probes name known upstreams and facilities; one without a path needs a FHIR route."""
+    problems = []
+    routes = [r for _, r in items_of(data.get("routes")) if isinstance(r, dict)]
+    for i, probe in items_of(data.get("probes")):
+        if not isinstance(probe, dict):
+            continue
+        up = probe.get("upstream")
+        if isinstance(up, str) and up not in upstreams:
+            names = ", ".join(sorted(upstreams)) or "none"
+            problems.append(
+                source.problem(("probes", i, "upstream"), f"unknown upstream {up!r} (known: {names})")
+            )
+        for j, fid in items_of(probe.get("facilities")):
+            if fid not in known:
+                problems.append(source.problem(("probes", i, "facilities", j), f"unknown facility {fid!r}"))
+        request = probe.get("request")
+        has_path = isinstance(request, dict) and request.get("path") is not None
+        fhir_route = any(r.get("upstream") == up and r.get("kind") == "fhir" for r in routes)
+        if isinstance(up, str) and up in upstreams and not has_path and not fhir_route:
+            problems.append(
+                source.problem(
+                    ("probes", i, "upstream"),
+                    f"upstream {up!r} has no kind: fhir route to probe {{prefix}}metadata on;"
+                    " give request.path",
+                )
+            )
     return problems
 
 

@@ -33,6 +33,7 @@ from gateway.dataplane.accesslog import AccessLog
 from gateway.dataplane.httpserver import HttpServer
 from gateway.dataplane.proxy import Proxy
 from gateway.exposition import GatewayMetrics
+from gateway.probes import ProbeMetrics, Prober
 from gateway.reload import (
     Loader,
     ReloadResult,
@@ -110,6 +111,7 @@ class Gateway:
             self.admin.audit = self._audit_reads
         self._refused_logged_at = -_REFUSED_LOG_EVERY_S
         self._server: HttpServer | None = None
+        self.prober: Prober | None = None
         self._admin_runner: web.AppRunner | None = None
         self.proxy_port = 0
         self.admin_port = 0
@@ -167,6 +169,8 @@ class Gateway:
         self.config = effective(self.started_config, new)
         if self.dataplane is not None and routing is not None:
             await self.dataplane.commit(routing)
+        if self.prober is not None:
+            self.prober.start(self.config)
         self.admin.apply(self.config)
 
     async def reload(self, load: Loader) -> ReloadResult:
@@ -219,6 +223,13 @@ class Gateway:
             self._host, self._port, ssl=self._ssl_context(), reuse_port=self.role.kind == "worker"
         )
         self.proxy.bound(self._host, self.proxy_port)
+        if self.role.kind == "single" or self.role.index == 0:
+            scheme = "https" if self.config.gateway.tls else "http"
+            assert self.dataplane is not None
+            self.prober = Prober(
+                ProbeMetrics(self.registry), self.dataplane.probe_token, scheme, self._host, self.proxy_port
+            )
+            self.prober.start(self.config)
         if self.role.kind == "worker":
             self.lifecycle.ready = True
             return
@@ -234,6 +245,8 @@ class Gateway:
     async def stop(self) -> None:
         """Drain and flush; safe to call once after start."""
         self.lifecycle.draining = True
+        if self.prober is not None:
+            await self.prober.stop()
         if self._server is not None:
             await self._server.stop_accepting()  # open connections finish their requests
         timeout_s = self.config.gateway.limits.shutdown_timeout

@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -42,6 +43,7 @@ from gateway.admin.api import AdminExtension
 from gateway.assembly import Routing
 from gateway.config import Config, GatewayConfig
 from gateway.exposition import RestartCounts
+from gateway.probes import PROBE_TOKEN_ENV
 from gateway.reload import Loader, ReloadResult, config_sha256, load_candidate, restart_required
 from gateway.roles import Role, ready_file
 from gateway.server import Gateway
@@ -269,6 +271,8 @@ async def supervise(
 ) -> int:
     """Run ``count`` workers and the admin listener until SIGTERM or SIGINT; returns the exit code."""
     metrics_dir = os.environ[METRICS_DIR_ENV]
+    # One probe token for all workers: worker 0 probes, and any worker may take its connection.
+    os.environ.setdefault(PROBE_TOKEN_ENV, secrets.token_hex(16))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -19,7 +19,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from slo.engine import good_minutes
-from slo.spec import ENTRY_ROUTE_PREFIX, Facility, Slo
+from slo.spec import ENTRY_ROUTE_PREFIX, SOURCES, Facility, Slo
 from slo.store import Store
 
 F64 = npt.NDArray[np.float64]
@@ -124,6 +124,15 @@ class SloReport:
     days: list[DayFigures]
     budget_curve: list[float | None]
     previous: list[tuple[str, float | None]] = field(default_factory=list)
+    sources: list[str] = field(default_factory=lambda: list(SOURCES))
+    traffic_minutes: int = 0
+    """Minutes (of the period so far, maintenance excluded) with a client's request."""
+    probe_only_minutes: int = 0
+    """Minutes with no client's request but the gateway's probes."""
+    no_evidence_minutes: int = 0
+    """Minutes with neither."""
+    insufficient_data: bool = False
+    """No minute of the period holds evidence the SLO counts: no figure is stated (never 100%)."""
 
 
 @dataclass
@@ -208,6 +217,10 @@ class ReportSource(Protocol):
 
     def minutes(self, slo: Slo, facility: str, start_s: int, end_s: int) -> tuple[F64, F64]: ...
 
+    def coverage(self, slo: Slo, facility: str, start_s: int, end_s: int) -> tuple[F64, F64]:
+        """Requests per minute the SLO selects, from clients and from the gateway's probes."""
+        ...
+
     def totals(self, slo: Slo, facility: str, start_s: int, end_s: int) -> tuple[float, float]: ...
 
     def latency_weeks(
@@ -225,10 +238,38 @@ class StoreSource:
     def totals(self, slo: Slo, facility: str, start_s: int, end_s: int) -> tuple[float, float]:
         return hour_totals(self.store, slo.key, facility, start_s, end_s)
 
+    def coverage(self, slo: Slo, facility: str, start_s: int, end_s: int) -> tuple[F64, F64]:
+        return raw_coverage(self.store, slo, facility, start_s, end_s)
+
     def latency_weeks(
         self, slos: Sequence[Slo], facility: str, period: Period, tz: ZoneInfo
     ) -> dict[str, list[tuple[str, float | None, float | None, float | None]]]:
         return latency_by_week(self.store, slos, facility, period, tz)
+
+
+def raw_coverage(store: Store, slo: Slo, facility: str, start_s: int, end_s: int) -> tuple[F64, F64]:
+    """Requests per minute of the SLO's selection, from clients and from probes, read from the
+    raw minute history (``telemetry.store.minute_retention``; older minutes read as none)."""
+    n = (end_s - start_s) // 60
+    out = (np.zeros(n), np.zeros(n))
+    variants = (replace(slo, sources=("traffic",)), replace(slo, sources=("probe",)))
+    which: dict[int, int] = {}
+    for sid, key in store.all_series().items():
+        if key[0] != facility:
+            continue
+        for k, variant in enumerate(variants):
+            if variant.matches(key[1], key[2], key[3]):
+                which[sid] = k
+    for hour, sid, _layout, arr in store.raw_hours_between(start_s - start_s % 3600, end_s):
+        k = which.get(sid, -1)
+        if k < 0:
+            continue
+        first = (hour - start_s) // 60
+        per_minute = arr.sum(axis=1).astype(np.float64)
+        lo, hi = max(0, first), min(n, first + len(per_minute))
+        if lo < hi:
+            out[k][lo:hi] += per_minute[lo - first : hi - first]
+    return out
 
 
 def source_of(data: Store | ReportSource) -> ReportSource:
@@ -315,6 +356,9 @@ def _slo_report(
     measure = uptime if s.budgeting == "timeslices" else avail
     budget_used = (1 - measure) / (1 - s.objective) if measure is not None else None
     no_data = ~has & ~mins.excluded
+    traffic, probes = source.coverage(s, facility.id, mins.start_s, mins.end_s)
+    with_traffic = (traffic > 0) & ~mins.excluded
+    probe_only = (probes > 0) & ~with_traffic & ~mins.excluded
     days = _days(mins, total, good, up, down, no_data)
     # Budget left after each day, against the whole period's allowance so far.
     cum_t, cum_b = np.cumsum([x.total for x in days]), np.cumsum([x.total - x.good for x in days])
@@ -349,6 +393,11 @@ def _slo_report(
         days=days,
         budget_curve=curve,
         previous=previous,
+        sources=list(s.sources),
+        traffic_minutes=int(with_traffic.sum()),
+        probe_only_minutes=int(probe_only.sum()),
+        no_evidence_minutes=int((~mins.excluded).sum() - with_traffic.sum() - probe_only.sum()),
+        insufficient_data=data_min == 0,
     )
 
 

@@ -56,6 +56,15 @@ def _alert(a: str) -> str:
     )
 
 
+def _stale(r: StatusRow) -> str:
+    """The mark of an SLO with nothing counted in the last hour (no traffic, no probe)."""
+    return (
+        ' <span class="muted" title="nothing counted in the last hour">no data 1h</span>'
+        if r.no_data_1h
+        else ""
+    )
+
+
 def fleet_page(rows: Sequence[StatusRow]) -> str:
     head = (
         '<div class="scroll"><table><tr><th class=l>Facility</th><th class=l>SLO</th><th>SLI</th>'
@@ -70,7 +79,7 @@ def fleet_page(rows: Sequence[StatusRow]) -> str:
             f"<tr><td class=l>{link}</td><td class=l>{escape(r.slo)}</td><td>{_pct(r.sli)}</td>"
             f"<td>{_pct(r.objective, 2)}</td><td>{_pct(r.sla, 2) if r.sla is not None else '-'}</td>"
             f"<td>{_budget(r.budget_remaining)}</td><td>{'-' if burn is None else f'{burn:.2f}x'}</td>"
-            f"<td>{_alert(r.alert)}</td></tr>"
+            f"<td>{_alert(r.alert)}{_stale(r)}</td></tr>"
         )
     paging = sum(1 for r in rows if r.alert == "page")
     summary = f"<p>{len({r.facility for r in rows if r.facility != '*'})} facilities, {paging} SLOs paging. Worst error budget first.</p>"
@@ -96,7 +105,7 @@ def facility_page(
         parts.append(
             f"<tr><td class=l>{escape(r.slo)}</td><td>{_pct(r.sli)}</td><td>{_pct(r.objective, 2)}</td>"
             f"<td>{_pct(r.sla, 2) if r.sla is not None else '-'}</td><td>{_budget(r.budget_remaining)}</td>"
-            f"<td>{exh}</td><td>{_alert(r.alert)}</td></tr>"
+            f"<td>{exh}</td><td>{_alert(r.alert)}{_stale(r)}</td></tr>"
         )
     parts.append("</table></div>")
     parts.append(

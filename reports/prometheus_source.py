@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -76,6 +77,16 @@ class PrometheusSource:
             good = promql.counted(slo, sel, "sum", True, lambda s: promql.exact_increase(s, 60))
             late = 0
         return self._per_minute(total, start_s, end_s, late), self._per_minute(good, start_s, end_s, late)
+
+    def coverage(self, slo: Slo, facility: str, start_s: int, end_s: int) -> tuple[F64, F64]:
+        """From the raw counters (the tiles sum traffic and probes together)."""
+        sel = {names.FACILITY: facility}
+        out = []
+        for source in ("traffic", "probe"):
+            variant = replace(slo, sources=(source,))
+            expr = promql.counted(variant, sel, "sum", False, lambda s: promql.exact_increase(s, 60))
+            out.append(self._per_minute(expr, start_s, end_s))
+        return out[0], out[1]
 
     def totals(self, slo: Slo, facility: str, start_s: int, end_s: int) -> tuple[float, float]:
         sel = {names.FACILITY: facility}

@@ -151,6 +151,12 @@ def render_html(r: Report) -> str:
         "<th>Downtime (min)</th><th>Incidents</th></tr>",
     ]
     for s in r.slos:
+        if s.insufficient_data:
+            parts.append(
+                f"<tr><td class=l>{escape(s.slo)}</td><td colspan=9 class=l><b>insufficient data</b>: no"
+                f" request or probe in {s.no_evidence_minutes:,} minutes</td></tr>"
+            )
+            continue
         parts.append(
             f"<tr><td class=l>{escape(s.slo)}</td><td>{_pct(s.availability)}</td><td>{_pct(s.uptime)}</td>"
             f"<td>{_pct(s.sla, 2) if s.sla is not None else '-'}</td><td>{_verdict(s.sla_met)}</td>"
@@ -164,6 +170,17 @@ def render_html(r: Report) -> str:
             f"<p>{s.total:,} requests, {s.good:,} good: availability <b>{_pct(s.availability)}</b>. "
             f"{s.up_minutes:,} minutes up, <b>{s.down_minutes:,} minutes down</b>, {s.no_data_minutes:,} minutes "
             f"without traffic (no data), {s.maintenance_minutes:,} minutes of planned maintenance excluded.</p>"
+        )
+        parts.append(
+            f"<p>Evidence ({escape(' and '.join(s.sources))} counted): {s.traffic_minutes:,} minutes with"
+            f" client traffic, {s.probe_only_minutes:,} minutes covered only by the gateway's probes,"
+            f" {s.no_evidence_minutes:,} minutes with neither."
+            + (
+                " <b>Insufficient data</b>: no figure can be stated for this period."
+                if s.insufficient_data
+                else ""
+            )
+            + "</p>"
         )
         parts.append('<div class="charts">')
         parts.extend(f'<img alt="{escape(title)}" src="{src}">' for title, src in _charts(r, s))
@@ -193,7 +210,9 @@ def render_html(r: Report) -> str:
         "Availability is good requests over all requests. A minute is up when at least the timeslice target of its "
         f"requests were good ({target}); down minutes are downtime. Incidents are runs of down minutes, joined across "
         "minutes without traffic but never across an up minute. Minutes without any request are stated as no data, "
-        "not counted as up. Planned maintenance is excluded from every figure and listed above.</p>"
+        "not counted as up. Where probes are configured, the gateway sends a synthetic request through itself at "
+        "a fixed interval; a minute covered only by probes is up or down by their results. Planned maintenance is "
+        "excluded from every figure and listed above.</p>"
     )
     no_data = sum(s.no_data_minutes for s in r.slos)
     parts.append(f"<p>Gaps in data: {no_data:,} SLO-minutes without traffic in this period.</p>")

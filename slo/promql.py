@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from slo import conventions as names
-from slo.spec import Slo
+from slo.spec import PROBE_ROUTE_PREFIX, Slo
 
 METRIC = names.REQUEST_DURATION
 ENTRIES = f"{names.BUNDLE_ENTRIES}_total"
@@ -22,11 +22,30 @@ def matchers(slo: Slo, extra: dict[str, str] | None = None) -> list[str]:
     out = [f'{names.SERVICE}="{_escape(slo.service)}"']
     if slo.methods:
         out.append(f'{names.METHOD}=~"{"|".join(slo.methods)}"')
-    if slo.routes:
-        out.append(f'{names.ROUTE}=~"' + "|".join(_escape(_regex_quote(r)) for r in slo.routes) + '"')
+    route = _route_matcher(slo)
+    if route:
+        out.append(route)
     for k, v in (extra or {}).items():
         out.append(f'{k}="{_escape(v)}"')
     return out
+
+
+def _route_matcher(slo: Slo) -> str:
+    """The route filter and the sources: probes are the routes ``probe {template}``."""
+    probe = _escape(_regex_quote(PROBE_ROUTE_PREFIX))
+    both = set(slo.sources) == {"traffic", "probe"}
+    if slo.routes:
+        alts = "|".join(_escape(_regex_quote(r)) for r in slo.routes)
+        if both:
+            return f'{names.ROUTE}=~"({probe})?({alts})"'
+        if "probe" in slo.sources:
+            return f'{names.ROUTE}=~"{probe}({alts})"'
+        return f'{names.ROUTE}=~"{alts}"'
+    if both:
+        return ""
+    if "probe" in slo.sources:
+        return f'{names.ROUTE}=~"{probe}.*"'
+    return f'{names.ROUTE}!~"{probe}.*"'
 
 
 def _regex_quote(s: str) -> str:

@@ -27,6 +27,12 @@ from slo.windows import period_s as _period_s
 NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 ENTRY_ROUTE_PREFIX = "entry "
+PROBE_ROUTE_PREFIX = "probe "
+"""The route label of a synthetic probe's request (``probe /fhir/metadata``): its own series
+in metrics, the log and the store, so that an SLO can count traffic, probes, or both."""
+SourceName = Literal["traffic", "probe"]
+_BOTH: tuple[SourceName, ...] = ("traffic", "probe")
+SOURCES: tuple[str, ...] = _BOTH
 LE_TOLERANCE_S = 1e-9
 """A duration bucket's bound and a latency threshold closer than this are the same number."""
 """The embedded store keeps a batch entry's outcomes as a series whose route is this prefix
@@ -142,6 +148,17 @@ class SloDoc(_Strict):
     budgeting: Literal["occurrences", "timeslices"] = "occurrences"
     timeslice: TimesliceDoc = Field(default_factory=TimesliceDoc)
     alerting: AlertingDoc = Field(default_factory=AlertingDoc)
+    sources: list[SourceName] = Field(default_factory=lambda: list(_BOTH))
+    """What counts: real traffic, the gateway's synthetic probes (``probes:``), or both."""
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("must name at least one of traffic, probe")
+        if len(set(v)) != len(v):
+            raise ValueError("must not repeat a source")
+        return v
 
     @field_validator("objective")
     @classmethod
@@ -191,6 +208,8 @@ class Slo:
     bundle_entries: bool = False
     """Availability: each entry of a batch or transaction response is an event too (its
     own method, route template and status), beside the batch request itself."""
+    sources: tuple[str, ...] = SOURCES
+    """``traffic`` (clients' requests), ``probe`` (the gateway's synthetic probes), or both."""
 
     @property
     def error_budget(self) -> float:
@@ -231,6 +250,8 @@ class Slo:
                 sorted(self.methods),
                 sorted(self.routes),
                 *(["bundle_entries"] if self.bundle_entries else []),
+                # (named only when not both: the keys of SLOs defined before sources existed stay)
+                *([sorted(self.sources)] if set(self.sources) != set(SOURCES) else []),
             ],
             separators=(",", ":"),
         )
@@ -243,6 +264,12 @@ class Slo:
         return status < 500 and status not in self.bad_statuses
 
     def matches(self, service: str, route: str, method: str) -> bool:
+        if route.startswith(PROBE_ROUTE_PREFIX):
+            if "probe" not in self.sources:
+                return False
+            route = route[len(PROBE_ROUTE_PREFIX) :]
+        elif "traffic" not in self.sources:
+            return False
         if route.startswith(ENTRY_ROUTE_PREFIX):
             # A batch entry's own series: counted only by SLOs that count entries.
             if not self.bundle_entries:
@@ -282,6 +309,7 @@ def _to_slo(doc: SloDoc) -> Slo:
         page=doc.alerting.page,
         ticket=doc.alerting.ticket,
         runbook_url=doc.alerting.runbook_url,
+        sources=tuple(doc.sources),
         windows=(
             tuple(
                 BurnWindow(w.severity, w.long, w.short, w.budget_fraction, "configured")

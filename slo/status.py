@@ -76,6 +76,8 @@ class StatusRow:
     requests_total: int = 0
     requests_good: int = 0
     maintenance: list[dict[str, str]] = field(default_factory=list)
+    no_data_1h: bool = False
+    """Nothing (no request, no probe) counted in the last hour: the figures are old news."""
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -137,6 +139,7 @@ def compute_status(
         rates = {name: rate[idx] for name, rate in ev.burn_rates.items()}
         alerts[idx] = alert_states(rates, objective[idx], periods[idx], windows)
     names = {f.id: f for f in facilities}
+    hour = list(STATUS_WINDOWS_S).index("1h")
     out = []
     for i, r in enumerate(rows):
         fac = names.get(r.facility)
@@ -171,6 +174,7 @@ def compute_status(
                     {"start": m.start.isoformat(), "end": m.end.isoformat(), "reason": m.reason}
                     for m in r.maintenance
                 ],
+                no_data_1h=bool(c.burn_total[i, hour] == 0),
             )
         )
     return out
@@ -195,7 +199,7 @@ def _pct(x: float | None, digits: int = 3) -> str:
 def to_table(rows: Sequence[StatusRow]) -> str:
     head = (
         f"{'SLO':<22}{'FACILITY':<14}{'OBJECTIVE':>10}{'SLI':>10}{'BUDGET LEFT':>12}"
-        f"{'1H BURN':>9}{'ALERT':>8}{'TOTAL':>10}"
+        f"{'1H BURN':>9}{'ALERT':>8}{'TOTAL':>10}  LAST HOUR"
     )
     lines = [head]
     for r in rows:
@@ -204,6 +208,7 @@ def to_table(rows: Sequence[StatusRow]) -> str:
             f"{r.slo[:21]:<22}{r.facility[:13]:<14}{_pct(r.objective, 2):>10}{_pct(r.sli):>10}"
             f"{'no data' if r.budget_remaining is None else f'{100 * r.budget_remaining:.1f}%':>12}"
             f"{'-' if burn is None else f'{burn:.2f}':>9}{r.alert:>8}{r.total:>10}"
+            f"  {'NO DATA' if r.no_data_1h else 'ok'}"
         )
     return "\n".join(lines)
 

@@ -29,6 +29,10 @@ from gateway.dataplane.routes import Match, Router, normalize_path
 from gateway.dataplane.tracing import AnySpan, Span, Tracer, format_traceparent, parse_traceparent
 from gateway.dataplane.upstream import HOP_BY_HOP, Upstream, UpstreamResponse
 from slo.conventions import NO_SERVICE, OTHER_METHOD
+from slo.spec import PROBE_ROUTE_PREFIX
+
+PROBE_HEADER: Final = "x-vitalgate-probe"
+"""Marks the gateway's own probe requests (with the process's secret token; never forwarded)."""
 
 KNOWN_METHODS: Final = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
@@ -38,6 +42,7 @@ KNOWN_METHODS: Final = frozenset(
 # are believed only from a trusted proxy, and then extended, not copied).
 _NOT_COPIED: Final = HOP_BY_HOP | {
     "host",
+    PROBE_HEADER,
     "traceparent",
     "x-forwarded-for",
     "x-forwarded-proto",
@@ -154,6 +159,8 @@ class Outputs:
     """The lower-case header an authenticating proxy names the user in ("" for none)."""
     audit_gate: AuditGate | None = None
     """``durability: strict``: each audited response waits until its record is on disk."""
+    probe_token: str = ""
+    """A request whose ``X-Vitalgate-Probe`` header carries this is the gateway's own probe."""
 
 
 class Proxy:
@@ -181,6 +188,7 @@ class Proxy:
         self._audit = outputs.audit
         self._audit_user_header = outputs.audit_user_header
         self._audit_gate = outputs.audit_gate
+        self._probe_token = outputs.probe_token
         self.scheme = scheme
         self.server_port = server_port
         self._port_str = str(server_port)
@@ -223,6 +231,8 @@ class Proxy:
         service = match.service if match else NO_SERVICE
         route = match.route if match else ""
         headers_in = request.headers
+        mark = headers_in.get_lower(PROBE_HEADER)
+        probe = mark is not None and bool(self._probe_token) and mark == self._probe_token
         # tracestate is passed on to the upstream as sent, but never onto the gateway's spans: its
         # values are the client's free text.
         parent = parse_traceparent(headers_in.get_lower("traceparent"))
@@ -242,6 +252,8 @@ class Proxy:
                 attrs["url.query"] = redact_query(query, match.query_names if match else frozenset())
             if method == OTHER_METHOD:
                 attrs["http.request.method_original"] = request.method[:16]
+            if probe:
+                attrs["vitalgate.probe"] = True
             span.set_attributes(attrs)
         facts = self._audit_facts(request, match, path, query) if self._audit and match is not None else None
         active = self._active.child(facility, service)
@@ -275,6 +287,8 @@ class Proxy:
             raise
         finally:
             active.dec()
+            if probe:  # its own series everywhere (the span keeps the route, marked as a probe)
+                route = PROBE_ROUTE_PREFIX + route
             self._record(
                 started, t0, span, facility, service, route, method, status, error_type, upstream_ms, facts
             )

@@ -18,7 +18,7 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     proc = vitalgate(
         "alerts", "generate", "--config", str(GOLDEN / "gateway.yaml"), "--out", str(out), timeout=60
     )
-    assert "116 rules for 4 SLOs" in proc.stdout
+    assert "117 rules for 4 SLOs" in proc.stdout
     return out
 
 
@@ -45,7 +45,7 @@ def test_rules_pass_promtool_check(generated: Path) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 116 rules found" in proc.stdout
+    assert "SUCCESS: 117 rules found" in proc.stdout
 
 
 def test_generated_unit_tests_pass_promtool(generated: Path) -> None:
@@ -128,7 +128,7 @@ def test_rule_count_does_not_grow_with_facilities() -> None:
     # Facilities are a label inside every expression, never a rule of their own: generating for 3
     # facilities (the golden config) or 500 gives the same rules.
     doc = build_rules(slos, ["fhir", "scheduling"], RuleOptions())
-    assert rule_count(doc) == 116
+    assert rule_count(doc) == 117
     text = yaml.safe_dump(doc)
     assert "st-marys" not in text and "riverside" not in text
     assert text.count("sum by (facility)") > 0

@@ -1,0 +1,207 @@
+"""Synthetic probes: evidence of each upstream's health when no client is calling.
+
+Each configured probe sends its request every ``interval``, once per listed facility (or once
+as ``unknown``), to the gateway's own listener: it goes through the same parsing, routing,
+attribution, upstream pool and sinks as a client's request, so it measures what a client
+would see. The proxy knows it by the ``X-Vitalgate-Probe`` header carrying this gateway's
+secret token (never forwarded; a client cannot forge it) and records it under the route
+``probe {template}``: its own series in metrics, the access log and the store, so that an SLO
+counts real traffic, probes or both (``sources:``).
+
+Results are exported too: ``vitalgate_probe_requests_total{upstream, facility, result}``
+(``success`` when the status is one of ``expect``, ``failure`` otherwise, ``error`` when no
+answer came) and ``vitalgate_probe_success{upstream, facility}`` (the last result, 1 or 0).
+With ``--workers`` only worker 0 probes (the kernel may hand its connection to any worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import random
+import ssl
+from dataclasses import dataclass
+
+import aiohttp
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from gateway.config import Config, GatewayConfig, ProbeConfig
+from gateway.dataplane.proxy import PROBE_HEADER
+from slo import conventions as names
+from slo.conventions import UNKNOWN_FACILITY
+
+log = logging.getLogger("vitalgate.probes")
+
+PROBE_TOKEN_ENV = "VITALGATE_PROBE_TOKEN"  # noqa: S105  (the variable's name)
+"""The token the workers of one supervisor share, so any of them knows worker 0's probes."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One probe request: an upstream, for one facility."""
+
+    upstream: str
+    facility: str
+    method: str
+    path: str
+    headers: tuple[tuple[str, str], ...]
+    interval_s: float
+    timeout_s: float
+    expect: frozenset[int]
+
+
+def _unsigned_jwt(claim: str, value: str) -> str:
+    """A bearer token that only names the facility (the gateway reads the claim unverified, for
+    attribution only; it grants nothing)."""
+
+    def part(obj: dict[str, str]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part({claim: value})}."
+
+
+def targets(config: Config[GatewayConfig]) -> list[Target]:
+    """Every probe request ``config`` asks for, each facility carried the way the first
+    facility source reads it (a header, a path segment, or a JWT claim)."""
+    cfg = config.gateway
+    out = []
+    for probe in cfg.probes:
+        base_path = probe.resolved_path(cfg.routes)
+        for facility in probe.facilities or [UNKNOWN_FACILITY]:
+            out.append(_target(config, probe, base_path, facility))
+    return out
+
+
+def _target(config: Config[GatewayConfig], probe: ProbeConfig, path: str, facility: str) -> Target:
+    headers = dict(probe.request.headers)
+    sources = config.gateway.facilities.from_
+    source = sources[0] if sources else None
+    if facility != UNKNOWN_FACILITY and source is not None:
+        if source.header is not None:
+            headers[source.header] = facility
+        elif source.path_segment is not None:
+            parts = path.split("/")
+            parts.insert(source.path_segment + 1, facility)
+            path = "/".join(parts)
+        elif source.jwt_claim is not None:
+            headers["Authorization"] = "Bearer " + _unsigned_jwt(source.jwt_claim, facility)
+    return Target(
+        probe.upstream,
+        facility,
+        probe.request.method,
+        path,
+        tuple(headers.items()),
+        probe.interval,
+        probe.timeout,
+        frozenset(probe.expect),
+    )
+
+
+class ProbeMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            names.PROBE_REQUESTS,
+            "Synthetic probe requests, by upstream, facility and result (success: an expected"
+            " status; failure: another; error: no answer within the probe's timeout).",
+            ("upstream", names.FACILITY, "result"),
+            registry=registry,
+        )
+        self.success = Gauge(
+            names.PROBE_SUCCESS,
+            "The last probe's result per upstream and facility (1 success, 0 not).",
+            ("upstream", names.FACILITY),
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self._seen: set[tuple[str, str]] = set()
+
+    def result(self, t: Target, result: str) -> None:
+        self.requests.labels(t.upstream, t.facility, result).inc()
+        self.success.labels(t.upstream, t.facility).set(1 if result == "success" else 0)
+        self._seen.add((t.upstream, t.facility))
+
+    def keep_only(self, current: list[Target]) -> None:
+        """After a reload: probes no longer configured lose their last-result series."""
+        keys = {(t.upstream, t.facility) for t in current}
+        for key in self._seen - keys:
+            self.success.remove(*key)
+        self._seen &= keys
+
+
+class Prober:
+    """Runs the probes of the config in force against this gateway's listener."""
+
+    def __init__(self, metrics: ProbeMetrics, token: str, scheme: str, host: str, port: int) -> None:
+        self._metrics = metrics
+        self._token = token
+        connect = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+        authority = f"[{connect}]" if ":" in connect else connect
+        self._base = f"{scheme}://{authority}:{port}"
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+        # (https: its own listener, whatever certificate it has: nothing to verify)
+        self._ssl: ssl.SSLContext | bool = scheme != "https"
+
+    def start(self, config: Config[GatewayConfig]) -> None:
+        """Start (or after a reload, restart) the probes of ``config``."""
+        self._stop_tasks()
+        found = targets(config)
+        self._metrics.keep_only(found)
+        if found and self._session is None:
+            # Its own connections, closed after each probe: a probe also checks that the
+            # listener accepts new connections.
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run(t)) for t in found]
+        if found:
+            log.info("%d probe targets", len(found), extra={"event": "probes_started", "targets": len(found)})
+
+    async def _run(self, t: Target) -> None:
+        # Spread over the interval: 200 facilities probed every 30 s are 7 requests a second,
+        # not a burst of 200.
+        await asyncio.sleep(random.uniform(0, t.interval_s))
+        while True:
+            await self.once(t)
+            await asyncio.sleep(t.interval_s)
+
+    async def once(self, t: Target) -> str:
+        """One probe request; its result (also counted)."""
+        assert self._session is not None
+        headers = dict(t.headers)
+        headers[PROBE_HEADER] = self._token
+        try:
+            async with self._session.request(
+                t.method,
+                self._base + t.path,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=t.timeout_s),
+                ssl=self._ssl,
+            ) as response:
+                await response.read()
+                result = "success" if response.status in t.expect else "failure"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            # No answer at all (the listener itself down or stalled): counted as error, and
+            # the proxy records nothing of it, which the probe's own metrics make visible.
+            log.warning(
+                "probe %s for %s got no answer: %s",
+                t.upstream,
+                t.facility,
+                exc,
+                extra={"event": "probe_error", "upstream": t.upstream, "facility": t.facility},
+            )
+            result = "error"
+        self._metrics.result(t, result)
+        return result
+
+    def _stop_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
+
+    async def stop(self) -> None:
+        self._stop_tasks()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

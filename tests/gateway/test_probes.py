@@ -1,0 +1,170 @@
+"""Synthetic probes: through the proxy path, marked as probes everywhere, counted by the SLOs
+that count them, and the evidence of a quiet facility's outage in its report."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import yaml
+
+from tests import slos
+from tests.helpers import (
+    BackgroundPeers,
+    GatewayProcess,
+    counter_value,
+    eventually,
+    fetch,
+    fetch_text,
+    gateway_config,
+    read_log,
+    slo_status,
+    vitalgate,
+)
+
+SLOS = [
+    slos.availability("avail"),  # traffic and probes (the default)
+    slos.availability("traffic-only", sources=["traffic"]),
+    slos.availability("probe-only", sources=["probe"]),
+]
+PROBES = [{"upstream": "fhir", "interval": "1s", "timeout": "2s", "facilities": ["st-marys", "riverside"]}]
+
+
+def _probe_results(gw: GatewayProcess, result: str, facility: str) -> float:
+    return counter_value(
+        fetch_text(gw.admin + "/metrics"), "vitalgate_probe_requests_total", result=result, facility=facility
+    )
+
+
+def test_probes_are_requests_through_the_gateway_marked_as_probes(tmp_path: Path) -> None:
+    with BackgroundPeers() as peers:
+        cfg = gateway_config(
+            tmp_path,
+            peers.upstream.port,
+            peers.sink_port,
+            slos=SLOS,
+            extra={"probes": PROBES, "telemetry": {"store": {"path": "store.db", "flush_interval": "300ms"}}},
+        )
+        gw = GatewayProcess(cfg)
+        try:
+            eventually(
+                lambda: all(_probe_results(gw, "success", f) >= 3 for f in ("st-marys", "riverside")),
+                "3 successful probes per facility",
+            )
+            # A client that sends the probe header is not believed (nor is the header passed on).
+            assert (
+                fetch(gw.proxy + "/fhir/metadata", {"X-Facility-ID": "lakeside", "X-Vitalgate-Probe": "x"})
+                == 200
+            )
+            metrics = fetch_text(gw.admin + "/metrics")
+        finally:
+            assert gw.terminate() == 0
+    probes = [s for s in peers.upstream.seen if s["path_qs"] == "/fhir/metadata"]
+    assert all(not any(k.lower() == "x-vitalgate-probe" for k in s["headers"]) for s in probes)
+    by_facility = {
+        next((v for k, v in s["headers"].items() if k.lower() == "x-facility-id"), None) for s in probes
+    }
+    assert by_facility == {"st-marys", "riverside", "lakeside"}  # the facility carried as configured
+
+    log = read_log(tmp_path / "access.log")
+    probe_lines = [r for r in log if r["http.route"].startswith("probe ")]
+    client_lines = [r for r in log if not r["http.route"].startswith("probe ")]
+    assert {r["http.route"] for r in probe_lines} == {"probe /fhir/metadata"}
+    assert {r["facility"] for r in probe_lines} == {"st-marys", "riverside"}
+    assert [r["facility"] for r in client_lines] == ["lakeside"]
+    # The histogram: probes are their own route; the client's request is traffic.
+    hist = "http_server_request_duration_seconds_count"
+    assert counter_value(metrics, hist, http_route="probe /fhir/metadata") == len(probe_lines)
+    assert counter_value(metrics, hist, http_route="/fhir/metadata") == 1
+    # Spans: named as any request, marked as a probe.
+    server = [s for s in peers.sink.spans if s.kind == "SERVER"]
+    marked = [s for s in server if s.attributes.get("vitalgate.probe") is True]
+    assert len(marked) == len(probe_lines) and {s.name for s in marked} == {"GET /fhir/metadata"}
+    assert len(server) == len(log)
+
+
+def _report(tmp_path: Path, cfg: Path, facility: str) -> dict[str, Any]:
+    tz = yaml.safe_load(cfg.read_text())["facilities"]["known"][facility]["timezone"]
+    period = datetime.now(ZoneInfo(tz)).strftime("%Y-%m")
+    out = tmp_path / f"{facility}.html"
+    vitalgate("report", "--config", str(cfg), "--facility", facility, "--period", period, "--out", str(out))
+    figures = json.loads(out.with_suffix(".figures.json").read_text())
+    figures["html"] = out.read_text()
+    return figures
+
+
+def test_an_upstream_down_at_night_burns_the_slo_from_probe_minutes(tmp_path: Path) -> None:
+    """No client calls st-marys; the upstream goes down: the probes fail, the SLOs that count
+    probes burn, the report shows the downtime from probe minutes, and an SLO that counts
+    traffic only says it has no evidence instead of 100%."""
+    with BackgroundPeers() as peers:
+        cfg = gateway_config(
+            tmp_path,
+            peers.upstream.port,
+            slos=SLOS,
+            extra={"probes": PROBES, "telemetry": {"store": {"path": "store.db", "flush_interval": "300ms"}}},
+        )
+        gw = GatewayProcess(cfg)
+        try:
+            eventually(lambda: _probe_results(gw, "success", "st-marys") >= 2, "probes succeed")
+            peers.run(peers.upstream.stop())  # the upstream goes down; nobody is calling
+            eventually(lambda: _probe_results(gw, "failure", "st-marys") >= 12, "probes fail", timeout_s=40)
+            metrics = fetch_text(gw.admin + "/metrics")
+            assert (
+                counter_value(metrics, "vitalgate_probe_success", facility="st-marys", upstream="fhir") == 0
+            )
+            time.sleep(1)  # the store's last flush
+        finally:
+            assert gw.terminate() == 0
+        peers.run(peers.upstream.start())  # (so the peers stop cleanly)
+
+    status = slo_status(cfg)
+    both, traffic, probe = (status[(name, "st-marys")] for name in ("avail", "traffic-only", "probe-only"))
+    assert both["total"] == probe["total"] > 0
+    assert both["good"] == probe["good"] < both["total"]  # the failed probes are bad events
+    assert both["budget_remaining"] < 0 and both["alert"] != "none"  # burning
+    assert traffic["total"] == 0 and traffic["sli"] is None and traffic["no_data_1h"] is True
+    assert both["no_data_1h"] is False
+    assert status[("avail", "lakeside")]["no_data_1h"] is True  # nothing at all there
+
+    fig = _report(tmp_path, cfg, "st-marys")
+    by_slo = {s["slo"]: s for s in fig["slos"]}
+    b, t = by_slo["avail"], by_slo["traffic-only"]
+    assert b["traffic_minutes"] == 0 and b["probe_only_minutes"] >= 1
+    assert b["down_minutes"] >= 1 and b["availability"] < 1  # downtime from probe minutes
+    assert b["insufficient_data"] is False
+    assert t["insufficient_data"] is True and t["availability"] is None and t["uptime"] is None
+    assert t["probe_only_minutes"] == b["probe_only_minutes"]  # the evidence exists; this SLO ignores it
+    assert "insufficient data" in fig["html"] and "100.000%" not in fig["html"].split("<h2>Methods")[0]
+    # A facility nobody probes or calls: no evidence at all.
+    lake = {s["slo"]: s for s in _report(tmp_path, cfg, "lakeside")["slos"]}
+    assert all(
+        s["insufficient_data"] and s["traffic_minutes"] == s["probe_only_minutes"] == 0 for s in lake.values()
+    )
+
+
+def test_probe_config_errors_name_the_field(tmp_path: Path) -> None:
+    with BackgroundPeers() as peers:
+        cfg = gateway_config(
+            tmp_path,
+            peers.upstream.port,
+            extra={
+                "probes": [
+                    {"upstream": "nowhere"},
+                    {"upstream": "scheduling"},  # no kind: fhir route and no path
+                    {"upstream": "fhir", "facilities": ["atlantis"], "request": {"method": "POST"}},
+                ]
+            },
+        )
+    out = vitalgate("check", "--config", str(cfg), check=False)
+    assert out.returncode == 1
+    lines = out.stderr.splitlines()
+    assert any("probes[0].upstream: unknown upstream 'nowhere'" in line for line in lines), lines
+    assert any("probes[1].upstream: upstream 'scheduling' has no kind: fhir route" in line for line in lines)
+    assert any("probes[2].facilities[0]: unknown facility 'atlantis'" in line for line in lines)
+    assert any("probes[2].request.method: Input should be" in line for line in lines)
+    assert all(line.startswith(f"{cfg}:") for line in lines[:-1])
