@@ -94,7 +94,7 @@ def _report(tmp_path: Path, cfg: Path, facility: str) -> dict[str, Any]:
     vitalgate("report", "--config", str(cfg), "--facility", facility, "--period", period, "--out", str(out))
     figures = json.loads(out.with_suffix(".figures.json").read_text())
     figures["html"] = out.read_text()
-    return figures
+    return dict(figures)
 
 
 def test_an_upstream_down_at_night_burns_the_slo_from_probe_minutes(tmp_path: Path) -> None:
