@@ -7,7 +7,7 @@ upstream (serving a ~1.5 KB FHIR JSON file) and the OTLP sink to core 1. With
 ``--audit``, the gateway's audit writer process goes to core 1 as well (and in one
 more target stays on core 0); a proxy's CPU figure includes its child processes.
 
-    python bench/proxy.py [--rounds 3] [--seconds 5] [--connections 50]
+    python bench/proxy.py [--rounds 3] [--seconds 5] [--connections 50] [--probes 200]
 """
 
 from __future__ import annotations
@@ -216,9 +216,10 @@ def vitalgate_config(
     total_timeout_s: float = 30.0,
     connect_timeout_s: float = 2.0,
     audit: str | None = None,
+    probed: int = 0,
 ) -> tuple[Path, int]:
     """A gateway config; ``audit`` (``batched`` or ``strict``) adds an audit trail with keys of
-    its own."""
+    its own; ``probed`` adds that many facilities, each probed every 30 s."""
     port = free_port()
     cfg = work / f"{name}.yaml"
     audit_section = ""
@@ -230,6 +231,11 @@ def vitalgate_config(
             f"audit: {{path: {work / ('audit-' + name)}, key_file: {work / f'keys-{name}' / 'audit.key'},"
             f" signing_key_file: {work / f'keys-{name}' / 'audit-signing.key'}, durability: {audit}}}\n"
         )
+    extra = [f"site-{i:03d}" for i in range(probed)]
+    extra_known = "".join(f", {f}: {{name: {f}}}" for f in extra)
+    probes = (
+        f"probes: [{{upstream: fhir, interval: 30s, facilities: [{', '.join(extra)}]}}]\n" if probed else ""
+    )
     cfg.write_text(
         f"""version: 1
 listen: "127.0.0.1:{port}"
@@ -239,13 +245,14 @@ upstreams:
 routes: [{{prefix: /fhir/, upstream: fhir, kind: fhir{"" if inspect else ", rewrite_max_bytes: 0"}}}]
 facilities:
   from: [{{header: X-Facility-ID}}]
-  known: {{st-marys: {{name: "St Mary's"}}, riverside: {{name: Riverside}}}}
+  known: {{st-marys: {{name: "St Mary's"}}, riverside: {{name: Riverside}}{extra_known}}}
 telemetry:
   access_log: {{path: {work / (name + ".log")}}}
   store: {{path: {work / (name + ".db")}}}
   traces: {{otlp_endpoint: "http://127.0.0.1:{sink_port}", sample_ratio: {ratio}}}
 """
         + audit_section
+        + probes
     )
     return cfg, port
 
@@ -255,7 +262,12 @@ Targets = dict[str, tuple[str, int | None]]
 
 
 def _start_targets(
-    work: Path, nginx: str, workers: int, procs: dict[str, subprocess.Popen[bytes]], audit: bool = False
+    work: Path,
+    nginx: str,
+    workers: int,
+    procs: dict[str, subprocess.Popen[bytes]],
+    audit: bool = False,
+    probes: int = 0,
 ) -> tuple[Targets, list[int]]:
     """The upstream, the sink and every proxy compared, started into ``procs``; the targets
     and the ports to wait for."""
@@ -291,6 +303,8 @@ def _start_targets(
         (name, name.split()[-1].rstrip(")"), ratio, 0, PROXY_CORE, None)
         for name, ratio in (("vitalgate (sample 1.0)", 1.0), ("vitalgate (sample 0.1)", 0.1))
     ]
+    if probes:
+        gateways.append((f"vitalgate {probes} probed", "probed", 1.0, 0, PROXY_CORE, None))
     if audit:
         gateways += [
             (f"vitalgate audit {d}", f"audit-{d}", 1.0, 0, PROXY_CORE, d) for d in ("batched", "strict")
@@ -300,7 +314,9 @@ def _start_targets(
         # Both unpinned: the kernel may use both cores (shared with wrk and the upstream).
         gateways += [(f"vitalgate x{n} unpinned", f"w{n}", 1.0, n, "0-1", None) for n in (1, workers)]
     for name, tag, ratio, n, cores, durability in gateways:
-        cfg, port = vitalgate_config(work, tag, up_port, sink_port, ratio, audit=durability)
+        cfg, port = vitalgate_config(
+            work, tag, up_port, sink_port, ratio, audit=durability, probed=probes if tag == "probed" else 0
+        )
         cmd = [sys.executable, "-m", "vitalgate", "serve", "--config", str(cfg)]
         procs[name] = start([*cmd, "--workers", str(n)] if n else cmd, cores)
         targets[name] = (f"http://127.0.0.1:{port}{path}", procs[name].pid)
@@ -394,6 +410,12 @@ def main() -> int:
         action="store_true",
         help="also run vitalgate (sample 1.0) with the audit trail, batched and strict",
     )
+    parser.add_argument(
+        "--probes",
+        type=int,
+        default=0,
+        help="also run vitalgate (sample 1.0) with N more facilities, each probed every 30 s",
+    )
     args = parser.parse_args()
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
@@ -408,7 +430,7 @@ def main() -> int:
     (work / "patient.json").write_bytes(body)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        targets, ports = _start_targets(work, nginx, args.workers, procs, args.audit)
+        targets, ports = _start_targets(work, nginx, args.workers, procs, args.audit, args.probes)
         for port in ports:
             wait_port(port)
         for url, _ in targets.values():

@@ -9,7 +9,6 @@ log and the span queue are flushed and the process exits 0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import resource
@@ -251,8 +250,16 @@ class Gateway:
             await self._server.stop_accepting()  # open connections finish their requests
         timeout_s = self.config.gateway.limits.shutdown_timeout
         if self.dataplane is not None:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self.proxy.idle.wait(), timeout_s)
+            except TimeoutError:
+                # Cut by the close below, each recorded as 503 error.type shutdown (counted bad).
+                log.warning(
+                    "%d requests still running at limits.shutdown_timeout (%g s) are cut",
+                    self.proxy.in_flight,
+                    timeout_s,
+                    extra={"event": "shutdown_cut", "requests": self.proxy.in_flight},
+                )
         if self._server is not None:
             await self._server.close()
         if self.dataplane is not None:

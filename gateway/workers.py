@@ -240,6 +240,12 @@ class _Workers:
             try:
                 codes.append(await asyncio.wait_for(proc.wait(), grace_s))
             except TimeoutError:
+                log.error(
+                    "worker pid %d did not drain within %g s; killed (what it held is lost)",
+                    proc.pid,
+                    grace_s,
+                    extra={"event": "worker_killed", "pid": proc.pid},
+                )
                 proc.kill()
                 codes.append(await proc.wait())
         return codes

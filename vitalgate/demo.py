@@ -238,6 +238,8 @@ async def traffic(base: str, rate: float, duration_s: float, seed: int = 7) -> d
         if facility is not None:
             hdrs["X-Facility-ID"] = facility
         async with sem:
+            # The demo's own client: a failed request is the gateway's to record (it counts and
+            # logs every one), not the traffic generator's.
             with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
                 async with session.request(method, base + path, headers=hdrs, data=body) as resp:
                     await resp.read()

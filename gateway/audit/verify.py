@@ -148,6 +148,8 @@ def published_checkpoints(lines: Iterable[str]) -> list[dict[str, Any]]:
         try:
             doc = json.loads(line)
         except ValueError:
+            # Not a whole JSON line (a line a full disk cut off, or another program's): it holds
+            # no checkpoint; verify reports a checkpoint missing from the chain on its own.
             continue
         cp = doc.get("checkpoint") if doc.get("event") == CHECKPOINT_EVENT else doc
         if isinstance(cp, dict) and {"size", "head", "sig"} <= cp.keys():

@@ -437,8 +437,13 @@ class LoopExporter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(self.drain(), timeout_s)
+        except TimeoutError:
+            # The collector did not take the rest in time: what is still queued is lost at exit,
+            # so it is counted as dropped (the batch in flight was counted by drain()).
+            self._on_drop(len(self._spans))
+            self._spans.clear()
         await self._client.close()
 
 

@@ -849,6 +849,8 @@ class Upstream:
     ) -> None:
         try:
             if ex.continue_waiter is not None:
+                # No 100 Continue in time: the body is sent anyway (RFC 9110 15.2.1: a client
+                # need not wait indefinitely), so the timeout loses nothing.
                 with contextlib.suppress(TimeoutError):
                     go = await asyncio.wait_for(ex.continue_waiter, EXPECT_WAIT_S)
                     if not go:
