@@ -155,6 +155,8 @@ class DataPlane:
             m.depth["store"].set(self.recorder.depth)
             self._store_health.last_flush.set(self.recorder.last_flush_s)
             self._store_health.flush_duration.set(self.recorder.last_flush_duration_s)
+        if self.audit is not None:
+            m.depth["audit"].set(self.audit.depth)
         for name, u in self.upstreams.items():
             if u.certificate_expiry_s:
                 m.certificate_expiry(name, u.certificate_expiry_s)

@@ -280,12 +280,13 @@ class GatewayMetrics:
         self._depth = Gauge(
             names.QUEUE_DEPTH,
             "Telemetry waiting in the gateway's bounded queues, by signal (log: lines, span:"
-            " spans, store: batches); a full queue drops (vitalgate_telemetry_dropped_total).",
+            " spans, store: batches, audit: records); a full queue drops"
+            " (vitalgate_telemetry_dropped_total).",
             ("signal",),
             registry=registry,
             multiprocess_mode="livesum",
         )
-        self.depth = {sig: self._depth.labels(sig) for sig in ("log", "span", "store")}
+        self.depth = {sig: self._depth.labels(sig) for sig in ("log", "span", "store", "audit")}
         self._cert_expiry = Gauge(
             names.UPSTREAM_CERT_EXPIRY,
             "notAfter of the TLS certificate each https upstream last presented.",

@@ -29,11 +29,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
+import os
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -223,3 +227,98 @@ class ReloadCounts:
         )
         g.add_metric([self.sha256], 1)
         yield g
+
+
+class Reloadable(Protocol):
+    """A proxy process's side of a reload (``gateway.server.Gateway``)."""
+
+    async def prepare_reload(self, new: Config[GatewayConfig]) -> object: ...
+
+    async def commit_reload(self, new: Config[GatewayConfig], routing: Any) -> None: ...
+
+    async def discard_reload(self, routing: Any) -> None: ...
+
+
+class WorkerReloads:
+    """A worker's half of a reload: prepare on SIGHUP, commit or discard on SIGUSR1, each
+    answered in a file of the metrics folder (``_Workers.reload`` is the other half)."""
+
+    def __init__(self, gateway: Reloadable, metrics_dir: str, index: int, load: Loader) -> None:
+        self._gateway = gateway
+        self._load = load
+        self._dir = metrics_dir
+        self._index = index
+        self._handled = 0
+        self._pending: tuple[int, Config[GatewayConfig], object] | None = None
+
+    async def prepare(self) -> None:
+        gen = _read_generation(Path(self._dir) / RELOAD_GENERATION)
+        if gen <= self._handled:
+            log.warning(
+                "worker %d: SIGHUP ignored: workers reload when their supervisor (pid %d) is sent"
+                " SIGHUP or `vitalgate reload` is run",
+                self._index,
+                os.getppid(),
+                extra={"event": "sighup_ignored", "worker": self._index},
+            )
+            return
+        self._handled = gen
+        await self._drop_pending()
+        new, errors = load_candidate(self._load)
+        sha = ""
+        if new is not None:
+            try:
+                routing = await self._gateway.prepare_reload(new)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                errors = [f"{new.path}: {exc}"]
+            else:
+                sha = config_sha256(new)
+                self._pending = (gen, new, routing)
+        report = {"ok": not errors, "errors": errors, "sha256": sha}
+        write_whole(reload_report(self._dir, self._index, gen, "prepared"), json.dumps(report))
+
+    async def decide(self) -> None:
+        gen_text, _, decision = (Path(self._dir) / RELOAD_DECISION).read_text().partition(" ")
+        gen = int(gen_text)
+        pending = self._pending
+        if pending is None or pending[0] != gen:
+            if gen == self._handled:  # this worker failed to prepare: nothing to commit
+                write_whole(reload_report(self._dir, self._index, gen, "done"), "{}")
+            return
+        self._pending = None
+        _, new, routing = pending
+        if decision == "commit":
+            await self._gateway.commit_reload(new, routing)
+            log.info("worker %d: config reloaded", self._index, extra={"event": "worker_reloaded"})
+        else:
+            await self._gateway.discard_reload(routing)
+        write_whole(reload_report(self._dir, self._index, gen, "done"), "{}")
+
+    async def _drop_pending(self) -> None:
+        if self._pending is not None:
+            _, _, routing = self._pending
+            self._pending = None
+            await self._gateway.discard_reload(routing)
+
+
+RELOAD_GENERATION = "reload.generation"
+RELOAD_DECISION = "reload.decision"
+PREPARE_TIMEOUT_S = 15.0
+
+
+def reload_report(metrics_dir: str, index: int, gen: int, phase: str) -> Path:
+    return Path(metrics_dir) / f"worker-{index}.reload-{gen}.{phase}"
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Whole or not at all: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _read_generation(path: Path) -> int:
+    try:
+        return int(path.read_text())
+    except FileNotFoundError:
+        return 0

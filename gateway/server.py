@@ -36,6 +36,7 @@ from gateway.probes import ProbeMetrics, Prober
 from gateway.reload import (
     Loader,
     ReloadResult,
+    WorkerReloads,
     config_sha256,
     effective,
     load_candidate,
@@ -171,6 +172,11 @@ class Gateway:
         if self.prober is not None:
             self.prober.start(self.config)
         self.admin.apply(self.config)
+
+    async def discard_reload(self, routing: Routing | None) -> None:
+        """A prepared reload that will not be committed (another worker failed to prepare)."""
+        if self.dataplane is not None and routing is not None:
+            await self.dataplane.discard(routing)
 
     async def reload(self, load: Loader) -> ReloadResult:
         """One process's reload: load and validate, prepare, commit; counted and logged."""
@@ -308,9 +314,8 @@ async def serve(
         loop.add_signal_handler(signal.SIGHUP, lambda: later(lambda: gateway.reload(reload_with)))
         gateway.admin.reload_hook = lambda: gateway.reload(reload_with)
     elif load is not None and role.kind == "worker":
-        from gateway.workers import WorkerReloads  # noqa: PLC0415  (a worker's half of the protocol)
-
-        reloads = WorkerReloads(gateway, load)
+        assert role.metrics_dir is not None
+        reloads = WorkerReloads(gateway, role.metrics_dir, role.index, load)
         loop.add_signal_handler(signal.SIGHUP, lambda: later(reloads.prepare))
         loop.add_signal_handler(signal.SIGUSR1, lambda: later(reloads.decide))
     try:

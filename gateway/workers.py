@@ -31,7 +31,6 @@ import secrets
 import shutil
 import signal
 import socket
-import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -40,11 +39,21 @@ from typing import Any
 
 from gateway import native
 from gateway.admin.api import AdminExtension
-from gateway.assembly import Routing
 from gateway.config import Config, GatewayConfig
 from gateway.exposition import RestartCounts
 from gateway.probes import PROBE_TOKEN_ENV
-from gateway.reload import Loader, ReloadResult, config_sha256, load_candidate, restart_required
+from gateway.reload import (
+    PREPARE_TIMEOUT_S,
+    RELOAD_DECISION,
+    RELOAD_GENERATION,
+    Loader,
+    ReloadResult,
+    config_sha256,
+    load_candidate,
+    reload_report,
+    restart_required,
+    write_whole,
+)
 from gateway.roles import Role, ready_file
 from gateway.server import Gateway
 from slo.configfile import split_listen
@@ -178,7 +187,7 @@ class _Workers:
         sha = config_sha256(new)
         self._generation += 1
         gen = self._generation
-        _write(Path(self._metrics_dir) / RELOAD_GENERATION, str(gen))
+        write_whole(Path(self._metrics_dir) / RELOAD_GENERATION, str(gen))
         ready = {
             i: p
             for i, p in self.procs.items()
@@ -196,7 +205,7 @@ class _Workers:
             elif report["sha256"] != sha:
                 problems.append(f"worker {i} read another version of the files (changed during the reload)")
         decision = "abort" if problems else "commit"
-        _write(Path(self._metrics_dir) / RELOAD_DECISION, f"{gen} {decision}")
+        write_whole(Path(self._metrics_dir) / RELOAD_DECISION, f"{gen} {decision}")
         _signal({i: self.procs[i] for i in signalled}, signal.SIGUSR1)
         done = await self._reports(gen, "done", signalled, PREPARE_TIMEOUT_S)
         if problems:
@@ -340,93 +349,6 @@ async def supervise(
     drain_s = round(time.monotonic() - t0, 3)
     log.info("stopped after %.2fs drain", drain_s, extra={"event": "stopped", "drain_s": drain_s})
     return 0 if all(c == 0 for c in codes) and gateway.lifecycle.ready else 1
-
-
-class WorkerReloads:
-    """A worker's half of a reload: prepare on SIGHUP, commit or discard on SIGUSR1, each
-    answered in a file of the metrics folder (``_Workers.reload`` is the other half)."""
-
-    def __init__(self, gateway: Gateway, load: Loader) -> None:
-        assert gateway.role.metrics_dir is not None
-        self._gateway = gateway
-        self._load = load
-        self._dir = gateway.role.metrics_dir
-        self._index = gateway.role.index
-        self._handled = 0
-        self._pending: tuple[int, Config[GatewayConfig], Routing | None] | None = None
-
-    async def prepare(self) -> None:
-        gen = _read_generation(Path(self._dir) / RELOAD_GENERATION)
-        if gen <= self._handled:
-            log.warning(
-                "worker %d: SIGHUP ignored: workers reload when their supervisor (pid %d) is sent"
-                " SIGHUP or `vitalgate reload` is run",
-                self._index,
-                os.getppid(),
-                extra={"event": "sighup_ignored", "worker": self._index},
-            )
-            return
-        self._handled = gen
-        await self._drop_pending()
-        new, errors = load_candidate(self._load)
-        sha = ""
-        if new is not None:
-            try:
-                routing = await self._gateway.prepare_reload(new)
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                errors = [f"{new.path}: {exc}"]
-            else:
-                sha = config_sha256(new)
-                self._pending = (gen, new, routing)
-        report = {"ok": not errors, "errors": errors, "sha256": sha}
-        _write(reload_report(self._dir, self._index, gen, "prepared"), json.dumps(report))
-
-    async def decide(self) -> None:
-        gen_text, _, decision = (Path(self._dir) / RELOAD_DECISION).read_text().partition(" ")
-        gen = int(gen_text)
-        pending = self._pending
-        if pending is None or pending[0] != gen:
-            if gen == self._handled:  # this worker failed to prepare: nothing to commit
-                _write(reload_report(self._dir, self._index, gen, "done"), "{}")
-            return
-        self._pending = None
-        _, new, routing = pending
-        if decision == "commit":
-            await self._gateway.commit_reload(new, routing)
-            log.info("worker %d: config reloaded", self._index, extra={"event": "worker_reloaded"})
-        elif routing is not None and self._gateway.dataplane is not None:
-            await self._gateway.dataplane.discard(routing)
-        _write(reload_report(self._dir, self._index, gen, "done"), "{}")
-
-    async def _drop_pending(self) -> None:
-        if self._pending is not None:
-            _, _, routing = self._pending
-            self._pending = None
-            if routing is not None and self._gateway.dataplane is not None:
-                await self._gateway.dataplane.discard(routing)
-
-
-RELOAD_GENERATION = "reload.generation"
-RELOAD_DECISION = "reload.decision"
-PREPARE_TIMEOUT_S = 15.0
-
-
-def reload_report(metrics_dir: str, index: int, gen: int, phase: str) -> Path:
-    return Path(metrics_dir) / f"worker-{index}.reload-{gen}.{phase}"
-
-
-def _write(path: Path, text: str) -> None:
-    """Whole or not at all: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def _read_generation(path: Path) -> int:
-    try:
-        return int(path.read_text())
-    except FileNotFoundError:
-        return 0
 
 
 def _signal(procs: dict[int, asyncio.subprocess.Process], sig: signal.Signals) -> list[int]:

@@ -126,6 +126,11 @@ class AuditTrail:
         """Records in the chain known to be on disk (fsynced)."""
         self.last_checkpoint: dict[str, Any] | None = None
 
+    @property
+    def depth(self) -> int:
+        """Records waiting to be shipped to the writer process."""
+        return len(self._queue)
+
     # -- the request path ------------------------------------------------------------------
 
     def request(self, outcome: Outcome) -> None:
