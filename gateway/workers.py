@@ -207,7 +207,10 @@ class _Workers:
         decision = "abort" if problems else "commit"
         write_whole(Path(self._metrics_dir) / RELOAD_DECISION, f"{gen} {decision}")
         _signal({i: self.procs[i] for i in signalled}, signal.SIGUSR1)
-        done = await self._reports(gen, "done", signalled, PREPARE_TIMEOUT_S)
+        # Confirmations from those that prepared (a worker that did not answer may be stalled:
+        # waiting for it again would only delay the answer).
+        prepared = [i for i in signalled if i in reports]
+        done = await self._reports(gen, "done", prepared, PREPARE_TIMEOUT_S)
         if problems:
             return ReloadResult(False, problems, sha256=sha)
         missing = sorted(set(signalled) - set(done))

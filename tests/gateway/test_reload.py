@@ -283,3 +283,38 @@ def test_reload_under_load_fails_no_request_and_loses_no_count(tmp_path: Path) -
     assert Counter(r["facility"] for r in records if r["event"] == "request") == expected
     server = [s for s in peers.sink.spans if s.kind == "SERVER"]
     assert Counter(str(s.attributes["facility"]) for s in server) == expected
+
+
+def test_a_worker_that_does_not_prepare_keeps_every_worker_on_the_running_config(tmp_path: Path) -> None:
+    """All or none: with one of two workers stopped (SIGSTOP) the reload cannot complete; the
+    other worker discards what it prepared, and once the stopped one runs again it discards
+    its own: neither serves the new route."""
+    with BackgroundPeers() as peers:
+        cfg = _config(tmp_path, peers)
+        gw = GatewayProcess(cfg, workers=2)
+        try:
+            proxy = _proxy(gw)
+            children = Path(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read_text().split()
+            stalled = int(children[1])
+            _with_route(cfg, "/v9/")
+            os.kill(stalled, signal.SIGSTOP)
+            try:
+                out = vitalgate("reload", "--config", str(cfg), check=False)
+            finally:
+                os.kill(stalled, signal.SIGCONT)
+            assert out.returncode == 1
+            assert "did not prepare within 15 s" in out.stderr
+            time.sleep(1)  # the stalled worker handles its pending signals: prepare, then discard
+            statuses = {fetch(proxy + "/v9/Patient/1", {"X-Facility-ID": "riverside"}) for _ in range(12)}
+            assert statuses == {404}  # no worker took the new route
+            assert fetch(proxy + "/fhir/Patient/1", {"X-Facility-ID": "riverside"}) == 200
+            metrics = fetch_text(gw.admin + "/metrics")
+            assert counter_value(metrics, "vitalgate_config_reloads_total", result="failure") == 1
+            assert _events(gw, "worker_reloaded") == []
+            # Once every worker answers, the same file reloads.
+            out = vitalgate("reload", "--config", str(cfg), check=False)
+            assert out.returncode == 0, out.stderr
+            statuses = {fetch(proxy + "/v9/Patient/1", {"X-Facility-ID": "riverside"}) for _ in range(12)}
+            assert statuses == {200}
+        finally:
+            assert gw.terminate() == 0
