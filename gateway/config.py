@@ -424,6 +424,13 @@ def _cross_check(data: Any, source: Source, base: Path) -> list[Problem]:
     return problems + _file_problems(data, source, base, upstreams)
 
 
+def _unknown_upstream(source: Source, loc: Loc, up: Any, upstreams: dict[str, Any]) -> list[Problem]:
+    if not isinstance(up, str) or up in upstreams:
+        return []
+    names = ", ".join(sorted(upstreams)) or "none"
+    return [source.problem(loc, f"unknown upstream {up!r} (known: {names})")]
+
+
 def _route_problems(data: dict[str, Any], source: Source, upstreams: dict[str, Any]) -> list[Problem]:
     """Routes name known upstreams, prefixes are unique, templates lie under their prefix."""
     problems = []
@@ -431,12 +438,7 @@ def _route_problems(data: dict[str, Any], source: Source, upstreams: dict[str, A
     for i, route in items_of(data.get("routes")):
         if not isinstance(route, dict):
             continue
-        up = route.get("upstream")
-        if isinstance(up, str) and up not in upstreams:
-            names = ", ".join(sorted(upstreams)) or "none"
-            problems.append(
-                source.problem(("routes", i, "upstream"), f"unknown upstream {up!r} (known: {names})")
-            )
+        problems += _unknown_upstream(source, ("routes", i, "upstream"), route.get("upstream"), upstreams)
         prefix = route.get("prefix")
         if isinstance(prefix, str):
             if prefix in prefixes:
@@ -463,11 +465,7 @@ def _probe_problems(
         if not isinstance(probe, dict):
             continue
         up = probe.get("upstream")
-        if isinstance(up, str) and up not in upstreams:
-            names = ", ".join(sorted(upstreams)) or "none"
-            problems.append(
-                source.problem(("probes", i, "upstream"), f"unknown upstream {up!r} (known: {names})")
-            )
+        problems += _unknown_upstream(source, ("probes", i, "upstream"), up, upstreams)
         for j, fid in items_of(probe.get("facilities")):
             if fid not in known:
                 problems.append(source.problem(("probes", i, "facilities", j), f"unknown facility {fid!r}"))

@@ -537,6 +537,12 @@ class AlertmanagerProcess(ServiceProcess):
         return result
 
 
+def firing(prom: ServiceProcess, name: str, **labels: str) -> list[dict[str, str]]:
+    """The label sets of alert ``name`` firing now (Prometheus' ALERTS series)."""
+    sel = "".join(f', {k}="{v}"' for k, v in labels.items())
+    return [a["metric"] for a in prom.query(f'ALERTS{{alertname="{name}", alertstate="firing"{sel}}}')]
+
+
 def eventually(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
     """Wait for ``check`` to hold (polled every 50 ms); fail naming ``what`` if it never does."""
     deadline = time.monotonic() + timeout_s

@@ -15,14 +15,10 @@ from tests.helpers import (
     GatewayProcess,
     PrometheusProcess,
     eventually,
+    firing,
     gateway_config,
     vitalgate,
 )
-
-
-def _firing(prom: PrometheusProcess, name: str, **labels: str) -> list[dict[str, str]]:
-    sel = "".join(f', {k}="{v}"' for k, v in labels.items())
-    return [a["metric"] for a in prom.query(f'ALERTS{{alertname="{name}", alertstate="firing"{sel}}}')]
 
 
 def test_probes_page_for_a_quiet_facility_whose_upstream_is_down(tmp_path: Path) -> None:
@@ -49,18 +45,18 @@ def test_probes_page_for_a_quiet_facility_whose_upstream_is_down(tmp_path: Path)
             )
             peers.run(peers.upstream.stop())  # down, and no client is calling
             eventually(
-                lambda: bool(_firing(prom, "ErrorBudgetBurn", facility="st-marys", severity="page")),
+                lambda: bool(firing(prom, "ErrorBudgetBurn", facility="st-marys", severity="page")),
                 "the SLO pages from the probes alone",
                 timeout_s=120,
             )
             eventually(
-                lambda: bool(_firing(prom, "VitalgateProbesFailingWithoutTraffic", facility="st-marys")),
+                lambda: bool(firing(prom, "VitalgateProbesFailingWithoutTraffic", facility="st-marys")),
                 "the probes' own alert",
                 timeout_s=60,
             )
             time.sleep(10)  # past SLOMetricsAbsent's (scaled) for: it would have fired by now
-            assert _firing(prom, "SLOMetricsAbsent") == []
-            assert _firing(prom, "ErrorBudgetBurn", facility="riverside") == []  # nobody probes it
+            assert firing(prom, "SLOMetricsAbsent") == []
+            assert firing(prom, "ErrorBudgetBurn", facility="riverside") == []  # nobody probes it
         finally:
             prom.stop()
             assert gw.terminate() == 0

@@ -15,13 +15,10 @@ from tests.helpers import (
     PrometheusProcess,
     eventually,
     fetch,
+    firing,
     gateway_config,
     vitalgate,
 )
-
-
-def _firing(prom: PrometheusProcess, name: str) -> bool:
-    return bool(prom.query(f'ALERTS{{alertname="{name}", alertstate="firing"}}'))
 
 
 def test_a_locked_store_fires_the_stale_flush_alert(tmp_path: Path) -> None:
@@ -55,11 +52,11 @@ def test_a_locked_store_fires_the_stale_flush_alert(tmp_path: Path) -> None:
                 timeout_s=30,
             )
             time.sleep(5)
-            assert not _firing(prom, "VitalgateStoreFlushStale")  # healthy: flushing each second
+            assert not firing(prom, "VitalgateStoreFlushStale")  # healthy: flushing each second
 
             locker.execute("BEGIN EXCLUSIVE")  # another process holds the store: writes wait
             eventually(
-                lambda: _firing(prom, "VitalgateStoreFlushStale"),
+                lambda: bool(firing(prom, "VitalgateStoreFlushStale")),
                 "VitalgateStoreFlushStale fires",
                 timeout_s=40,
             )
@@ -68,7 +65,7 @@ def test_a_locked_store_fires_the_stale_flush_alert(tmp_path: Path) -> None:
 
             locker.execute("COMMIT")
             eventually(
-                lambda: not _firing(prom, "VitalgateStoreFlushStale"),
+                lambda: not firing(prom, "VitalgateStoreFlushStale"),
                 "the alert resolves once the store takes writes again",
                 timeout_s=60,
             )
