@@ -74,20 +74,11 @@ class DataPlane:
         )
         for service in cfg.upstreams:  # every service has series from start-up: silence is visible
             self.request_metrics.active.child(UNKNOWN_FACILITY, service)
-        self.facilities = FacilityResolver(cfg.facilities.settings())
-        self.router = Router([r.settings() for r in cfg.routes], self.facilities.path_segment)
-        self._upstream_keys = {
-            name: (u.settings(), upstream_ca(config, name)) for name, u in cfg.upstreams.items()
-        }
-        self.upstreams = {
-            name: Upstream(
-                name,
-                u.settings(),
-                str(config.resolve(u.ca_file)) if u.ca_file else None,
-                cfg.limits.max_upstream_header_size,
-            )
-            for name, u in cfg.upstreams.items()
-        }
+        self.upstreams: dict[str, Upstream] = {}
+        self._upstream_keys: dict[str, tuple[UpstreamSettings, str | None]] = {}
+        first = self.prepare(config)  # (built as a reload builds it: nothing runs yet to keep)
+        self.router, self.facilities = first.router, first.facilities
+        self.upstreams, self._upstream_keys = first.upstreams, first.keys
         store = cfg.telemetry.store
         self.recorder: Recorder | None = None
         if store.enabled:
@@ -168,7 +159,8 @@ class DataPlane:
 
     def prepare(self, config: Config[GatewayConfig]) -> Routing:
         """What requests will use under ``config``, built beside what they use now; raises
-        (OSError, ssl.SSLError, ValueError) when a part cannot be built, nothing switched."""
+        (OSError, ssl.SSLError, ValueError) when a part cannot be built, nothing switched. An
+        upstream whose settings did not change keeps its running pool (and its connections)."""
         cfg = config.gateway
         facilities = FacilityResolver(cfg.facilities.settings())
         router = Router([r.settings() for r in cfg.routes], facilities.path_segment)
@@ -177,7 +169,7 @@ class DataPlane:
         for name, (settings, ca_file) in keys.items():
             old = self.upstreams.get(name)
             if old is not None and self._upstream_keys.get(name) == (settings, ca_file):
-                upstreams[name] = old  # unchanged: its pool and open connections are kept
+                upstreams[name] = old
             else:
                 upstreams[name] = Upstream(name, settings, ca_file, cfg.limits.max_upstream_header_size)
         return Routing(config, router, facilities, upstreams, keys)
@@ -199,10 +191,7 @@ class DataPlane:
         )
         for service in cfg.upstreams:
             self.request_metrics.active.child(UNKNOWN_FACILITY, service)
-        self._metrics.set_facilities(
-            {fid: f.name for fid, f in cfg.facilities.known.items()},
-            {fid: f.sla / 100.0 for fid, f in cfg.facilities.known.items() if f.sla is not None},
-        )
+        self._metrics.set_facilities(cfg.facilities.display_names(), cfg.facilities.sla_ratios())
         self.tracing.tracer.set_sample_ratio(cfg.telemetry.traces.sample_ratio)
         grace_s = cfg.limits.shutdown_timeout
         for u in retired:

@@ -208,6 +208,14 @@ class FacilitiesConfig(StrictModel):
             frozenset(self.known),
         )
 
+    def display_names(self) -> dict[str, str]:
+        """Facility id -> its name, for the info gauge."""
+        return {fid: f.name for fid, f in self.known.items()}
+
+    def sla_ratios(self) -> dict[str, float]:
+        """Facility id -> its contractual availability (0..1), for those that have one."""
+        return {fid: f.sla / 100.0 for fid, f in self.known.items() if f.sla is not None}
+
     @field_validator("known")
     @classmethod
     def _ids(cls, v: dict[str, FacilityConfig]) -> dict[str, FacilityConfig]:

@@ -53,67 +53,55 @@ Loader = Callable[[], Config[Any]]
 every section's checks); raises ConfigError."""
 
 
-def _restart_only(config: Config[GatewayConfig]) -> dict[str, object]:
-    g = config.gateway
-    t = g.telemetry
-    return {
-        "listen": g.listen,
-        "admin.listen": g.admin.listen,
-        "tls": g.tls,
-        "limits": g.limits,
-        "trusted_proxies": g.trusted_proxies,
-        "telemetry.access_log": t.access_log,
-        "telemetry.store": t.store,
-        "telemetry.metrics": t.metrics,
-        "telemetry.traces.otlp_endpoint": t.traces.otlp_endpoint,
-        "telemetry.traces (queue, export timeout, service name)": (
-            t.traces.queue_size,
-            t.traces.export_timeout,
-            t.traces.service_name,
-        ),
-        "audit": g.audit,
-        "latency thresholds (histogram buckets)": tuple(latency_thresholds_s(config.slos)),
-    }
+RESTART_ONLY: tuple[str, ...] = (
+    "listen",
+    "admin.listen",
+    "tls",
+    "limits",
+    "trusted_proxies",
+    "telemetry.access_log",
+    "telemetry.store",
+    "telemetry.metrics",
+    "telemetry.traces.otlp_endpoint",
+    "telemetry.traces.queue_size",
+    "telemetry.traces.export_timeout",
+    "telemetry.traces.service_name",
+    "audit",
+)
+"""The settings of gateway.yaml a running process keeps until a restart (dotted paths): one
+list, from which a reload both names what it did not apply and keeps the running values."""
+BUCKETS = "latency thresholds (histogram buckets)"
+"""The SLOs' latency thresholds: the request histogram's buckets, fixed at start."""
+
+
+def _get(model: Any, path: str) -> Any:
+    for part in path.split("."):
+        model = getattr(model, part)
+    return model
+
+
+def _with(model: Any, path: str, value: Any) -> Any:
+    """``model`` with the setting at ``path`` replaced (the models are frozen: copied)."""
+    head, _, rest = path.partition(".")
+    inner = _with(getattr(model, head), rest, value) if rest else value
+    return model.model_copy(update={head: inner})
 
 
 def restart_required(old: Config[GatewayConfig], new: Config[GatewayConfig]) -> list[str]:
     """The settings ``new`` changes that only a restart applies."""
-    before, after = _restart_only(old), _restart_only(new)
-    return [name for name, value in after.items() if before[name] != value]
+    changed = [p for p in RESTART_ONLY if _get(old.gateway, p) != _get(new.gateway, p)]
+    if latency_thresholds_s(old.slos) != latency_thresholds_s(new.slos):
+        changed.append(BUCKETS)
+    return changed
 
 
 def effective(started: Config[GatewayConfig], new: Config[Any]) -> Config[Any]:
     """``new`` as this process runs it: the settings only a restart changes keep the values it
     started with, so that what reads the config later (a drain's timeout, the store's path)
     reads what is really in force."""
-    g, s = new.gateway, started.gateway
-    traces = g.telemetry.traces.model_copy(
-        update={
-            "otlp_endpoint": s.telemetry.traces.otlp_endpoint,
-            "queue_size": s.telemetry.traces.queue_size,
-            "export_timeout": s.telemetry.traces.export_timeout,
-            "service_name": s.telemetry.traces.service_name,
-        }
-    )
-    telemetry = g.telemetry.model_copy(
-        update={
-            "access_log": s.telemetry.access_log,
-            "store": s.telemetry.store,
-            "metrics": s.telemetry.metrics,
-            "traces": traces,
-        }
-    )
-    gateway = g.model_copy(
-        update={
-            "listen": s.listen,
-            "admin": g.admin.model_copy(update={"listen": s.admin.listen}),
-            "tls": s.tls,
-            "limits": s.limits,
-            "trusted_proxies": s.trusted_proxies,
-            "telemetry": telemetry,
-            "audit": s.audit,
-        }
-    )
+    gateway = new.gateway
+    for path in RESTART_ONLY:
+        gateway = _with(gateway, path, _get(started.gateway, path))
     return Config(new.path, gateway, new.slos)
 
 

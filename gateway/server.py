@@ -77,8 +77,8 @@ class Gateway:
         self.metrics = GatewayMetrics(
             self.registry,
             latency_thresholds_s(config.slos),
-            {fid: f.name for fid, f in cfg.facilities.known.items()},
-            {fid: f.sla / 100.0 for fid, f in cfg.facilities.known.items() if f.sla is not None},
+            cfg.facilities.display_names(),
+            cfg.facilities.sla_ratios(),
         )
         log_path = cfg.telemetry.access_log.path
         self.access_log = AccessLog(

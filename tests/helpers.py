@@ -319,6 +319,16 @@ class GatewayProcess:
         )
         self.wait_ready()
 
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The gateway's diagnostics (JSON lines on stderr) of one ``event``, in order."""
+        lines = self.stderr_path.read_text().splitlines()
+        return [e for e in (json.loads(line) for line in lines) if e.get("event") == name]
+
+    def bound_proxy(self) -> str:
+        """The proxy's URL from the ``listening`` event (a configured port 0 is known only then)."""
+        (listening,) = self.events("listening")
+        return "http://" + str(listening["proxy"])
+
     def wait_ready(self, timeout_s: float = 20.0) -> None:
         try:
             wait_ready(self.admin + "/readyz", "gateway", self.proc, timeout_s)

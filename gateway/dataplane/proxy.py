@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import time
 from dataclasses import dataclass
@@ -188,7 +189,7 @@ class Proxy:
         self._audit = outputs.audit
         self._audit_user_header = outputs.audit_user_header
         self._audit_gate = outputs.audit_gate
-        self._probe_token = outputs.probe_token
+        self._probe_token = outputs.probe_token.encode()
         self.scheme = scheme
         self.server_port = server_port
         self._port_str = str(server_port)
@@ -232,7 +233,12 @@ class Proxy:
         route = match.route if match else ""
         headers_in = request.headers
         mark = headers_in.get_lower(PROBE_HEADER)
-        probe = mark is not None and bool(self._probe_token) and mark == self._probe_token
+        # Compared in constant time: a client must not learn the token by timing its guesses.
+        probe = (
+            mark is not None
+            and bool(self._probe_token)
+            and hmac.compare_digest(mark.encode(), self._probe_token)
+        )
         # tracestate is passed on to the upstream as sent, but never onto the gateway's spans: its
         # values are the client's free text.
         parent = parse_traceparent(headers_in.get_lower("traceparent"))

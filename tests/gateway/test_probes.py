@@ -60,13 +60,26 @@ def test_probes_are_requests_through_the_gateway_marked_as_probes(tmp_path: Path
                 fetch(gw.proxy + "/fhir/metadata", {"X-Facility-ID": "lakeside", "X-Vitalgate-Probe": "x"})
                 == 200
             )
-            metrics = fetch_text(gw.admin + "/metrics")
             # The status page marks the SLOs that counted nothing in the last hour (traffic-only
             # at the probed facilities) and not those the probes feed.
             time.sleep(0.5)  # the store's flush
             page = fetch_text(gw.admin + "/ui/facilities/st-marys")
             rows = {r.split("</td>", 1)[0]: r for r in page.split("<tr><td class=l>")[1:]}
             assert "no data 1h" in rows["traffic-only"] and "no data 1h" not in rows["avail"]
+            # A reload without probes stops them (so the counts below hold still).
+            doc = yaml.safe_load(cfg.read_text())
+            del doc["probes"]
+            cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+            assert vitalgate("reload", "--config", str(cfg), check=False).returncode == 0
+            time.sleep(2.5)  # longer than a probe's interval: one in flight has been recorded
+            metrics = fetch_text(gw.admin + "/metrics")
+            time.sleep(1.5)
+            hist = "http_server_request_duration_seconds_count"
+            sent = counter_value(metrics, hist, http_route="probe /fhir/metadata")
+            assert (
+                counter_value(fetch_text(gw.admin + "/metrics"), hist, http_route="probe /fhir/metadata")
+                == sent
+            )
         finally:
             assert gw.terminate() == 0
     probes = [s for s in peers.upstream.seen if s["path_qs"] == "/fhir/metadata"]

@@ -41,15 +41,6 @@ def _config(tmp_path: Path, peers: BackgroundPeers, **extra: Any) -> Path:
     )
 
 
-def _proxy(gw: GatewayProcess) -> str:
-    """The proxy's address (a configured port 0 is known from the listening event)."""
-    for line in gw.stderr_path.read_text().splitlines():
-        event = json.loads(line)
-        if event.get("event") == "listening":
-            return "http://" + str(event["proxy"])
-    raise AssertionError("no listening event")
-
-
 def _with_route(cfg: Path, prefix: str | None) -> None:
     """Rewrite gateway.yaml with one more route (``prefix`` to the fhir upstream), or without."""
     doc = yaml.safe_load(cfg.read_text())
@@ -72,21 +63,12 @@ def _broken_line(cfg: Path) -> int:
     return cfg.read_text().splitlines().index(INVALID_ROUTE.rstrip("\n")) + 1
 
 
-def _events(gw: GatewayProcess, name: str) -> list[dict[str, Any]]:
-    out = []
-    for line in gw.stderr_path.read_text().splitlines():
-        event = json.loads(line)
-        if event.get("event") == name:
-            out.append(event)
-    return out
-
-
 def test_sighup_applies_a_valid_config_and_keeps_the_running_one_on_errors(tmp_path: Path) -> None:
     with BackgroundPeers() as peers:
         cfg = _config(tmp_path, peers)
         gw = GatewayProcess(cfg)
         try:
-            proxy = _proxy(gw)
+            proxy = gw.bound_proxy()
             hdr = {"X-Facility-ID": "st-marys"}
             assert fetch(proxy + "/v2/Patient/1", hdr) == 404  # no such route yet
             before = fetch_text(gw.admin + "/metrics")
@@ -94,7 +76,7 @@ def test_sighup_applies_a_valid_config_and_keeps_the_running_one_on_errors(tmp_p
 
             _with_route(cfg, "/v2/")
             gw.proc.send_signal(signal.SIGHUP)
-            eventually(lambda: bool(_events(gw, "config_reloaded")), "the reload is logged")
+            eventually(lambda: bool(gw.events("config_reloaded")), "the reload is logged")
             assert fetch(proxy + "/v2/Patient/1", hdr) == 200
             metrics = fetch_text(gw.admin + "/metrics")
             assert counter_value(metrics, "vitalgate_config_reloads_total", result="success") == 1
@@ -107,8 +89,8 @@ def test_sighup_applies_a_valid_config_and_keeps_the_running_one_on_errors(tmp_p
             _broken(cfg)
             line = _broken_line(cfg)
             gw.proc.send_signal(signal.SIGHUP)
-            eventually(lambda: bool(_events(gw, "config_reload_failed")), "the failure is logged")
-            (failed,) = _events(gw, "config_reload_failed")
+            eventually(lambda: bool(gw.events("config_reload_failed")), "the failure is logged")
+            (failed,) = gw.events("config_reload_failed")
             assert failed["level"] == "error"
             assert any(e.startswith(f"{cfg}:{line}:") and "nowhere" in e for e in failed["errors"])
             assert fetch(proxy + "/v2/Patient/1", hdr) == 200  # the running config stayed
@@ -231,7 +213,7 @@ def test_reload_under_load_fails_no_request_and_loses_no_count(tmp_path: Path) -
         gw = GatewayProcess(cfg, workers=2)
         results: list[tuple[str, int, str]] = []
         try:
-            proxy = _proxy(gw)
+            proxy = gw.bound_proxy()
             probe_hdr = {"X-Facility-ID": "riverside"}
             with _Load(proxy, clients=6, rate_each=50.0) as load:
                 for step in range(10):
@@ -250,7 +232,7 @@ def test_reload_under_load_fails_no_request_and_loses_no_count(tmp_path: Path) -
                         gw.proc.send_signal(signal.SIGHUP)
                         n = step // 2 + 1
                         eventually(
-                            lambda n=n: len(_events(gw, "config_reload_failed")) == n,  # type: ignore[misc]
+                            lambda n=n: len(gw.events("config_reload_failed")) == n,  # type: ignore[misc]
                             "the invalid config is refused",
                         )
                         results.append(("invalid", 0, ""))
@@ -263,12 +245,12 @@ def test_reload_under_load_fails_no_request_and_loses_no_count(tmp_path: Path) -
     assert not load.failures, load.failures
     assert sent > 20 * 200, sent  # a few hundred a second for 20 s
     assert [r[1] for r in results if r[0] == "route"] == [0] * 5, results
-    failed = _events(gw, "config_reload_failed")
+    failed = gw.events("config_reload_failed")
     assert len(failed) == 5 and all("nowhere" in " ".join(e["errors"]) for e in failed)
     assert counter_value(metrics, "vitalgate_config_reloads_total", result="success") == 5
     assert counter_value(metrics, "vitalgate_config_reloads_total", result="failure") == 5
-    assert all(e["workers"] == 2 for e in _events(gw, "config_reloaded"))
-    assert len(_events(gw, "worker_reloaded")) == 10  # 5 reloads x 2 workers
+    assert all(e["workers"] == 2 for e in gw.events("config_reloaded"))
+    assert len(gw.events("worker_reloaded")) == 10  # 5 reloads x 2 workers
 
     # Conservation over the whole run: the load's requests plus the 40 route checks.
     expected: Counter[str] = Counter()
@@ -293,7 +275,7 @@ def test_a_worker_that_does_not_prepare_keeps_every_worker_on_the_running_config
         cfg = _config(tmp_path, peers)
         gw = GatewayProcess(cfg, workers=2)
         try:
-            proxy = _proxy(gw)
+            proxy = gw.bound_proxy()
             children = Path(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read_text().split()
             stalled = int(children[1])
             _with_route(cfg, "/v9/")
@@ -310,7 +292,7 @@ def test_a_worker_that_does_not_prepare_keeps_every_worker_on_the_running_config
             assert fetch(proxy + "/fhir/Patient/1", {"X-Facility-ID": "riverside"}) == 200
             metrics = fetch_text(gw.admin + "/metrics")
             assert counter_value(metrics, "vitalgate_config_reloads_total", result="failure") == 1
-            assert _events(gw, "worker_reloaded") == []
+            assert gw.events("worker_reloaded") == []
             # Once every worker answers, the same file reloads.
             out = vitalgate("reload", "--config", str(cfg), check=False)
             assert out.returncode == 0, out.stderr

@@ -82,11 +82,9 @@ def _config(tmp_path: Path, peers: BackgroundPeers) -> Path:
 
 
 def _proxy_base(gw: GatewayProcess) -> str:
-    events = [json.loads(line) for line in gw.stderr_path.read_text().splitlines()]
-    listening = next(e for e in events if e.get("event") == "listening")
+    (listening,) = gw.events("listening")
     assert listening["level"] == "info" and listening["workers"] == 2
-    port = int(listening["proxy"].removeprefix("127.0.0.1:"))
-    return f"http://127.0.0.1:{port}"
+    return gw.bound_proxy()
 
 
 def _by_facility(metrics: str) -> Counter[str]:
