@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from datetime import datetime
 
 import numpy as np
 import numpy.typing as npt
 
 from slo.conventions import ALL_FACILITIES
 from slo.engine import timeslices, window_sums
-from slo.status import Counts, RowSpec
+from slo.spec import Slo
+from slo.status import Counts, RowSpec, StatusRow, bucket_bound_entry
 from slo.store import Store
 from slo.windows import STATUS_WINDOWS_S
 
@@ -92,3 +94,17 @@ class EmbeddedBackend:
             total[sl] = window_sums(st, hs[sl], windows[sl])
             good[sl] = window_sums(sg, hsg[sl], windows[sl])
         return Counts(total[:, 0], good[:, 0], total[:, 1:], good[:, 1:], req_total[:, 0], req_good[:, 0])
+
+
+def note_threshold_buckets(store: Store, slos: Sequence[Slo], rows: Sequence[StatusRow]) -> None:
+    """Fill each latency row's ``threshold_buckets``: the bucket bounds other than its threshold
+    that replayed history inside its window was counted at."""
+    by_name = {s.name: s for s in slos}
+    for r in rows:
+        slo = by_name.get(r.slo)
+        if slo is None or slo.threshold_s is None:
+            continue
+        from_day = int(datetime.fromisoformat(r.window_start).timestamp() // 86400)
+        r.threshold_buckets = [
+            bucket_bound_entry(slo.threshold_s, bound) for bound in store.bucket_bounds(slo.key, from_day)
+        ]

@@ -237,6 +237,13 @@ class Slo:
         absorbs the bound's float spelling)."""
         return upper_s <= (self.threshold_s or 0.0) + LE_TOLERANCE_S
 
+    def bucket_bound(self, upper_s: npt.NDArray[np.float64]) -> float:
+        """Latency: the bucket bound the threshold is counted at in a histogram with these upper
+        bounds (the largest at or below it; 0 when none is, and every request counts bad). The
+        threshold itself when the histogram has it, as the gateway's always does."""
+        good = upper_s[self.good_buckets(upper_s)]
+        return float(good.max()) if good.size else 0.0
+
     @cached_property
     def key(self) -> str:
         """Names what is counted: changes when the SLI definition changes (not the objective),

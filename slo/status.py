@@ -78,6 +78,10 @@ class StatusRow:
     maintenance: list[dict[str, str]] = field(default_factory=list)
     no_data_1h: bool = False
     """Nothing (no request, no probe) counted in the last hour: the figures are old news."""
+    threshold_buckets: list[dict[str, float]] = field(default_factory=list)
+    """Latency: where the window's counts were taken at a recorded bucket bound other than the
+    threshold (history replayed from before the gateway had the threshold among its buckets):
+    ``{"threshold_s", "bucket_bound_s", "difference_s"}`` (bound minus threshold), per bound."""
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -196,21 +200,60 @@ def _pct(x: float | None, digits: int = 3) -> str:
     return "no data" if x is None else f"{100 * x:.{digits}f}%"
 
 
+def bucket_bound_entry(threshold_s: float, bound_s: float) -> dict[str, float]:
+    return {
+        "threshold_s": threshold_s,
+        "bucket_bound_s": bound_s,
+        "difference_s": round(bound_s - threshold_s, 9),
+    }
+
+
+def _ms(seconds: float) -> str:
+    return f"{1000 * seconds:g}ms"
+
+
+def bucket_notes(rows: Sequence[StatusRow]) -> list[str]:
+    """One line per SLO whose latency was counted at a bucket bound other than its threshold."""
+    notes: dict[str, str] = {}
+    for r in rows:
+        for b in r.threshold_buckets:
+            diff = b["difference_s"]
+            where = f"{_ms(abs(diff))} {'below' if diff < 0 else 'above'}"
+            notes.setdefault(
+                f"{r.slo}@{b['bucket_bound_s']}",
+                f"note: {r.slo}: threshold {_ms(b['threshold_s'])} counted at the recorded bucket bound "
+                f"{_ms(b['bucket_bound_s'])} ({where}) for history recorded before the gateway had "
+                "this threshold among its buckets: requests between the two count "
+                + ("bad" if diff < 0 else "good"),
+            )
+    return list(notes.values())
+
+
+def _sla(r: StatusRow) -> str:
+    """The facility's contractual SLA ("-": none, or all facilities together)."""
+    return "-" if r.sla is None else _pct(r.sla, 2)
+
+
 def to_table(rows: Sequence[StatusRow]) -> str:
+    """One line per (SLO, facility); names are never cut (the columns fit the longest)."""
+    slo_w = max([len("SLO"), *(len(r.slo) for r in rows)]) + 2
+    fac_w = max([len("FACILITY"), *(len(r.facility) for r in rows)]) + 2
+    sla_w = max([len("SLA"), *(len(_sla(r)) for r in rows)]) + 2
     head = (
-        f"{'SLO':<22}{'FACILITY':<14}{'OBJECTIVE':>10}{'SLI':>10}{'BUDGET LEFT':>12}"
-        f"{'1H BURN':>9}{'ALERT':>8}{'TOTAL':>10}  LAST HOUR"
+        f"{'SLO':<{slo_w}}{'FACILITY':<{fac_w}}{'OBJECTIVE':>10}{'SLI':>10}{'BUDGET LEFT':>12}"
+        f"{'SLA':>{sla_w}}{'1H BURN':>9}{'ALERT':>8}{'TOTAL':>10}  LAST HOUR"
     )
     lines = [head]
     for r in rows:
         burn = r.burn_rates.get("1h")
         lines.append(
-            f"{r.slo[:21]:<22}{r.facility[:13]:<14}{_pct(r.objective, 2):>10}{_pct(r.sli):>10}"
+            f"{r.slo:<{slo_w}}{r.facility:<{fac_w}}{_pct(r.objective, 2):>10}{_pct(r.sli):>10}"
             f"{'no data' if r.budget_remaining is None else f'{100 * r.budget_remaining:.1f}%':>12}"
-            f"{'-' if burn is None else f'{burn:.2f}':>9}{r.alert:>8}{r.total:>10}"
+            f"{_sla(r):>{sla_w}}{'-' if burn is None else f'{burn:.2f}':>9}{r.alert:>8}{r.total:>10}"
             f"  {'NO DATA' if r.no_data_1h else 'ok'}"
         )
-    return "\n".join(lines)
+    notes = bucket_notes(rows)
+    return "\n".join([*lines, *([""] if notes else []), *notes])
 
 
 def now_utc() -> float:

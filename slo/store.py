@@ -36,7 +36,7 @@ import numpy.typing as npt
 
 from slo.conventions import ALL_FACILITIES
 from slo.engine import good_minutes
-from slo.spec import Slo
+from slo.spec import LE_TOLERANCE_S, Slo
 
 SCHEMA_VERSION = 2  # 2: arrays carry a dense/sparse flag; hour roll-ups in 32-day chunks
 MINUTES_PER_DAY = 1440
@@ -63,7 +63,13 @@ CREATE TABLE IF NOT EXISTS slo_minutes (
 CREATE TABLE IF NOT EXISTS slo_hours (
     key TEXT NOT NULL, facility TEXT NOT NULL, chunk INTEGER NOT NULL, cells BLOB NOT NULL,
     PRIMARY KEY (chunk, key, facility)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS slo_bucket_bounds (
+    key TEXT NOT NULL, bound REAL NOT NULL, last_day INTEGER NOT NULL,
+    PRIMARY KEY (key, bound)) WITHOUT ROWID;
 """
+# slo_bucket_bounds: a latency SLO replayed from raw history recorded without its threshold
+# among the bucket bounds is counted at the nearest bound below it; which bound, and up to
+# which day, so that `slo status` can say so while that history is inside the window.
 
 
 _HEADER = struct.Struct("<HHIB")  # rows, cols, non-zero cells, dense flag
@@ -226,7 +232,32 @@ class Store:
             }
             self.db.execute("INSERT OR REPLACE INTO slo_defs VALUES (?, ?)", (s.key, json.dumps(definition)))
 
+    def note_bucket_bounds(self, used: Mapping[str, Mapping[float, int]]) -> None:
+        """Record, per SLO key, the bucket bounds other than its threshold that a replay counted
+        latency at, each with the last day it was used for."""
+        for key, bounds in used.items():
+            for bound, day in bounds.items():
+                self.db.execute(
+                    "INSERT INTO slo_bucket_bounds VALUES (?, ?, ?) ON CONFLICT (key, bound) "
+                    "DO UPDATE SET last_day = max(last_day, excluded.last_day)",
+                    (key, bound, day),
+                )
+
     # -- reads ------------------------------------------------------------------
+
+    def bucket_bounds(self, key: str, from_day: int) -> list[float]:
+        """The bounds other than its threshold that the SLO ``key`` was counted at on a day from
+        ``from_day`` on (a store written before this was recorded has none)."""
+        has_table = self.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='slo_bucket_bounds'"
+        ).fetchone()
+        if has_table is None:
+            return []
+        rows = self.db.execute(
+            "SELECT bound FROM slo_bucket_bounds WHERE key=? AND last_day >= ? ORDER BY bound",
+            (key, from_day),
+        )
+        return [float(r[0]) for r in rows]
 
     def raw_hour(self, hour_ts: int, series: int) -> tuple[int, U32] | None:
         row = self.db.execute(
@@ -669,6 +700,14 @@ def rebuild(store: Store, slos: Sequence[Slo], from_day: int) -> None:
 
     days: dict[tuple[str, str, int], U32] = {}
     hour_only: dict[tuple[str, str, int], U32] = {}
+    rounded: dict[str, dict[float, int]] = {}
+
+    def note_bound(slo: Slo, layout: int, day: int) -> None:
+        bound = slo.bucket_bound(layouts[layout])
+        if slo.threshold_s is not None and abs(bound - slo.threshold_s) > LE_TOLERANCE_S:
+            by_bound = rounded.setdefault(slo.key, {})
+            by_bound[bound] = max(day, by_bound.get(bound, day))
+
     first_minute_day: int | None = None
     for hour, sid, layout, arr in store.raw_hours_between(from_day * 86400, 2**62):
         key = series[sid]
@@ -679,6 +718,8 @@ def rebuild(store: Store, slos: Sequence[Slo], from_day: int) -> None:
         for slo in slos:
             if not slo.matches(key[1], key[2], key[3]):
                 continue
+            if slo.kind == "latency":
+                note_bound(slo, layout, day)
             good = good_fraction(slo, key, layout, arr)
             for fac in (key[0], ALL_FACILITIES):
                 st = days.setdefault((slo.key, fac, day), np.zeros((2, MINUTES_PER_DAY), dtype=np.uint32))
@@ -691,6 +732,8 @@ def rebuild(store: Store, slos: Sequence[Slo], from_day: int) -> None:
         total = arr.sum(axis=1, dtype=np.uint64)
         for slo in slos:
             if slo.matches(key[1], key[2], key[3]):
+                if slo.kind == "latency":
+                    note_bound(slo, layout, day)
                 good = good_fraction(slo, key, layout, arr)
                 for fac in (key[0], ALL_FACILITIES):
                     st = hour_only.setdefault((slo.key, fac, day), np.zeros((4, 24), dtype=np.uint32))
@@ -700,3 +743,4 @@ def rebuild(store: Store, slos: Sequence[Slo], from_day: int) -> None:
     store.put_slo_defs(slos)
     store.write((), ((k, f, d, a, hour_rollup(a, targets[k])) for (k, f, d), a in days.items()))
     store.write_hours((k, f, d, a) for (k, f, d), a in hour_only.items())
+    store.note_bucket_bounds(rounded)

@@ -20,7 +20,7 @@ from gateway.importer import import_file
 from gateway.native import build
 from slo.configfile import ConfigError
 from slo.conventions import ALL_FACILITIES
-from slo.embedded import EmbeddedBackend
+from slo.embedded import EmbeddedBackend, note_threshold_buckets
 from slo.openslo import openslo_to_slos_yaml
 from slo.prometheus import SOURCES, PrometheusBackend, PrometheusError
 from slo.spec import latency_thresholds_s
@@ -81,6 +81,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{args.config}: ok: {len(g.upstreams)} upstreams, {len(g.routes)} routes, "
         f"{len(g.facilities.known)} facilities, {len(config.slos)} SLOs"
     )
+    from vitalgate.generate import unrouted_warning  # noqa: PLC0415
+
+    warning = unrouted_warning(config)
+    if warning is not None:
+        print(f"{args.config}: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -152,6 +157,13 @@ def cmd_reload(args: argparse.Namespace) -> int:
     if response.status not in (200, 422):
         detail = body.get("detail") or body.get("error")
         print(f"vitalgate: {url}: HTTP {response.status}: {detail}", file=sys.stderr)
+        if response.status == 401:
+            said = "was refused" if token else "is not set"
+            print(
+                f"vitalgate: {ADMIN_TOKEN_ENV} {said}: set it to an admin token with role sre "
+                "(one of admin.tokens in the gateway config)",
+                file=sys.stderr,
+            )
         return 1
     if body.get("result") != "success":
         for error in body.get("errors", []):
@@ -189,8 +201,18 @@ def cmd_slo_status(args: argparse.Namespace) -> int:
         return 1
     facilities = config.facilities()
     if args.facility is not None and args.facility not in {f.id for f in facilities} | {ALL_FACILITIES}:
-        print(f"vitalgate: unknown facility {args.facility!r}", file=sys.stderr)
+        known = ", ".join(sorted(f.id for f in facilities)) or "none"
+        print(f"vitalgate: unknown facility {args.facility!r} (known: {known}, or '*')", file=sys.stderr)
         return 2
+    slos = config.slos
+    if args.slo:
+        names = {s.name for s in slos}
+        unknown = [n for n in args.slo if n not in names]
+        if unknown:
+            known = ", ".join(sorted(names)) or "none"
+            print(f"vitalgate: unknown SLO {', '.join(map(repr, unknown))} (known: {known})", file=sys.stderr)
+            return 2
+        slos = [s for s in slos if s.name in args.slo]
     backend: CountsBackend
     if args.backend == "prometheus":
         url = _prometheus_url(args)
@@ -209,7 +231,7 @@ def cmd_slo_status(args: argparse.Namespace) -> int:
         store = _store(config, readonly=False)
         if store is None:
             return 1
-        for key in replay(store, config.slos):
+        for key in replay(store, slos):
             print(
                 f"vitalgate: {key.split('@')[0]}: replayed from the recorded history (a gateway started "
                 "with this SLO keeps it current)",
@@ -217,13 +239,15 @@ def cmd_slo_status(args: argparse.Namespace) -> int:
             )
         backend = EmbeddedBackend(store)
     try:
-        rows = compute_status(config.slos, facilities, backend, now_utc())
+        rows = compute_status(slos, facilities, backend, now_utc())
     except PrometheusError as exc:
         print(f"vitalgate: {exc}", file=sys.stderr)
         return 1
     if isinstance(backend, PrometheusBackend):
         for note in backend.notes:
             print(f"vitalgate: {note}", file=sys.stderr)
+    else:
+        note_threshold_buckets(backend.store, slos, rows)
     if args.facility is not None:
         rows = [r for r in rows if r.facility == args.facility]
     rows = sort_worst_first(rows)
@@ -284,7 +308,9 @@ def _kubernetes(args: argparse.Namespace) -> Kubernetes | None:
     return Kubernetes(namespace=args.namespace, labels=labels)
 
 
-def _kubernetes_options(p: argparse.ArgumentParser, formats: tuple[str, str], what: str, also: str) -> None:
+def _kubernetes_options(
+    p: argparse.ArgumentParser, formats: tuple[str, str], what: str, also: str, default_label: str = ""
+) -> None:
     """``--format`` (the plain files, or also Kubernetes resources), ``--namespace`` and ``--label``."""
     p.add_argument("--format", choices=formats, default=formats[0], help=f"{formats[1]}: also {also}")
     p.add_argument("--namespace", default=None, help=f"namespace of the {what} (default: none, kubectl's)")
@@ -293,7 +319,7 @@ def _kubernetes_options(p: argparse.ArgumentParser, formats: tuple[str, str], wh
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=f"a label on the {what}, for the selector that must find them (repeatable)",
+        help=f"a label on the {what}, for the selector that must find them (repeatable){default_label}",
     )
 
 
@@ -301,7 +327,7 @@ def cmd_alerts_generate(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
-    from vitalgate.generate import write_alerts  # noqa: PLC0415
+    from vitalgate.generate import unrouted_warning, write_alerts  # noqa: PLC0415
 
     out = Path(args.out)
     kube = None
@@ -313,6 +339,9 @@ def cmd_alerts_generate(args: argparse.Namespace) -> int:
     print(f"wrote {len(files)} files to {out}: {n_rules} rules for {len(config.slos)} SLOs")
     for f in files:
         print(f"  {f}")
+    warning = unrouted_warning(config)
+    if warning is not None:
+        print(f"vitalgate: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -490,7 +519,13 @@ def _gateway_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     )
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("reload", help="the running gateway re-reads its config (as SIGHUP does)")
+    p = sub.add_parser(
+        "reload",
+        help="the running gateway re-reads its config (as SIGHUP does)",
+        description="Ask the running gateway to re-read its config (as SIGHUP does). When the "
+        f"config has admin.tokens, set {ADMIN_TOKEN_ENV} to a token with role sre.",
+        epilog=f"environment: {ADMIN_TOKEN_ENV}: the admin token sent as Authorization: Bearer",
+    )
     p.add_argument(
         "--config", required=True, help="gateway.yaml (validated here first; names the admin listener)"
     )
@@ -515,7 +550,7 @@ def _gateway_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
 def _generator_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     """slo, alerts and dashboards: what the SLOs are and what is generated from them."""
     slo = sub.add_parser("slo", help="SLO status and import").add_subparsers(
-        dest="slo_command", required=True
+        dest="slo_command", required=True, metavar="COMMAND"
     )
     p = slo.add_parser("status", help="SLIs, error budgets, burn rates and alerts per facility")
     p.add_argument("--config", required=True)
@@ -530,13 +565,14 @@ def _generator_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.add_argument("--facility", default=None, help="one facility id, or '*' for all together")
+    p.add_argument("--slo", action="append", default=[], metavar="NAME", help="only this SLO (repeatable)")
     p.set_defaults(func=cmd_slo_status)
     p = slo.add_parser("import-openslo", help="print the slos.yaml equivalent of OpenSLO v1 SLOs")
     p.add_argument("file")
     p.set_defaults(func=cmd_import_openslo)
 
     alerts = sub.add_parser("alerts", help="Prometheus rules and Alertmanager config").add_subparsers(
-        dest="alerts_command", required=True
+        dest="alerts_command", required=True, metavar="COMMAND"
     )
     p = alerts.add_parser("generate", help="write rules, promtool unit tests and alertmanager.yml")
     p.add_argument("--config", required=True)
@@ -558,7 +594,7 @@ def _generator_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_alerts_verify)
 
     dash = sub.add_parser("dashboards", help="Grafana dashboards").add_subparsers(
-        dest="dashboards_command", required=True
+        dest="dashboards_command", required=True, metavar="COMMAND"
     )
     p = dash.add_parser("generate", help="write dashboard JSON and Grafana provisioning files")
     p.add_argument("--config", required=True)
@@ -566,8 +602,9 @@ def _generator_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     _kubernetes_options(
         p,
         ("files", "configmaps"),
-        "ConfigMaps (default label grafana_dashboard=1)",
+        "ConfigMaps",
         "configmaps.yaml, a ConfigMap per dashboard for Grafana's sidecar",
+        "; default grafana_dashboard=1, what the sidecar looks for",
     )
     p.set_defaults(func=cmd_dashboards_generate)
     p = dash.add_parser("publish", help="upsert the dashboards into Grafana (token from GRAFANA_TOKEN)")
@@ -598,7 +635,7 @@ def _record_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_report)
 
     store = sub.add_parser("store", help="the embedded store").add_subparsers(
-        dest="store_command", required=True
+        dest="store_command", required=True, metavar="COMMAND"
     )
     p = store.add_parser("import", help="backfill from the gateway's JSON access log (idempotent)")
     p.add_argument("--config", required=True)
@@ -606,15 +643,49 @@ def _record_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_store_import)
 
 
+class _VersionAction(argparse.Action):
+    """``vitalgate --version``: what ``vitalgate version`` prints, with its exit status."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit (as `version`)")
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[object] | None,
+        option_string: str | None = None,
+    ) -> None:
+        parser.exit(cmd_version(namespace))
+
+
+CONFIG_HELP = "the gateway config, gateway.yaml (it names slos.yaml)"
+
+
+def _complete_help(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand group shows COMMAND (not its internal dest) in usage and errors, and
+    every ``--config`` says what it takes, whichever module added the command."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            if action.metavar is None:
+                action.metavar = "COMMAND"
+            for child in dict.fromkeys(action.choices.values()):
+                _complete_help(child)
+        elif "--config" in action.option_strings and not action.help:
+            action.help = CONFIG_HELP
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitalgate", description="Observability and SLO reliability gateway for clinical APIs."
     )
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _gateway_commands(sub)
     _generator_commands(sub)
     _record_commands(sub)
     audit_cli.add_commands(sub, _with_config)
+    _complete_help(parser)
     return parser
 
 

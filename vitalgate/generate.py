@@ -31,6 +31,11 @@ def routing(config: Config[ProductConfig]) -> alertmanager.Routing:
     )
 
 
+def unrouted_warning(config: Config[ProductConfig]) -> str | None:
+    """Said where alerts are generated or checked when pages would reach nobody."""
+    return alertmanager.unrouted_warning(routing(config))
+
+
 def rule_document(config: Config[ProductConfig], time_scale: float = 1.0) -> dict[str, Any]:
     """The rules.yaml document the config generates (what ``alerts verify`` expects loaded)."""
     a = config.gateway.alerting
@@ -64,7 +69,9 @@ def write_alerts(
     written = [out / "rules.yaml", out / "alertmanager.yml"]
     (out / "rules.yaml").write_text(rules.render(doc, source))
     (out / "alertmanager.yml").write_text(
-        alertmanager.render(alertmanager.build_alertmanager(routing(config), time_scale), source)
+        alertmanager.render(
+            alertmanager.build_alertmanager(routing(config), time_scale), source, unrouted_warning(config)
+        )
     )
     if operator is not None:
         resources = {
