@@ -106,7 +106,7 @@ def unrouted_warning(routing: Routing) -> str | None:
     return (
         f"alerting.default_receiver is not set in the gateway config: {who} to the empty receiver "
         f"{NULL_RECEIVER!r}, which notifies nobody. Configure alerting.receivers and "
-        "alerting.default_receiver, then generate again."
+        "alerting.default_receiver."
     )
 
 
