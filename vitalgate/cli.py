@@ -383,7 +383,12 @@ def cmd_dashboards_generate(args: argparse.Namespace) -> int:
         if kube is None:
             return 2
     files = write_all_dashboards(config, Path(args.out), configmaps=kube)
-    print(f"wrote {len(files)} files to {args.out} (json/ for the API, provisioning/ for file provisioning)")
+    from dashboards.provisioning import GRAFANA_PROVISIONING  # noqa: PLC0415
+
+    print(
+        f"wrote {len(files)} files to {args.out}: json/ for the API (or `dashboards publish`); "
+        f"provisioning/ to copy onto Grafana's {GRAFANA_PROVISIONING}/"
+    )
     return 0
 
 

@@ -89,14 +89,42 @@ def test_dashboards_and_folders(generated: Path) -> None:
     slo = {v["name"]: v for v in models["vg-slo-fhir-availability"]["templating"]["list"]}
     assert slo["facility"]["multi"] is True
     assert any(t.get("exemplar") for p in models["vg-latency"]["panels"] for t in p.get("targets", []))
-    provider = yaml.safe_load((generated / "provisioning" / "dashboards.yaml").read_text())
-    assert provider["providers"][0]["options"]["foldersFromFilesStructure"] is True
-    folders = sorted(p.name for p in (generated / "provisioning" / "dashboards").iterdir())
-    assert folders == ["Lakeside Clinic", "Riverside", "St Mary's", "vitalgate fleet"]
-    datasources = yaml.safe_load((generated / "provisioning" / "datasources.yaml").read_text())
-    assert datasources["datasources"][0]["jsonData"]["exemplarTraceIdDestinations"] == [
+
+
+def _grafana_reads(provisioning: Path, kind: str) -> list[dict[str, Any]]:
+    """What Grafana reads from ``<provisioning>/<kind>/``: every .yaml or .yml file directly
+    in it (not in subfolders), as its provisioning documentation and config reader say."""
+    folder = provisioning / kind
+    return [
+        yaml.safe_load(p.read_text())
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.suffix in (".yaml", ".yml")
+    ]
+
+
+def test_provisioning_is_laid_out_where_grafana_looks(generated: Path) -> None:
+    """Copied onto /etc/grafana/provisioning as it is, the provider finds every dashboard, in
+    a folder per facility, and the datasource is read."""
+    prov = generated / "provisioning"
+    assert sorted(p.name for p in prov.iterdir()) == ["dashboards", "datasources"]
+    (provider_doc,) = _grafana_reads(prov, "dashboards")
+    (provider,) = provider_doc["providers"]
+    assert provider["type"] == "file" and provider["options"]["foldersFromFilesStructure"] is True
+    path = provider["options"]["path"]
+    assert path.startswith("/etc/grafana/provisioning/")
+    loaded = prov / Path(path).relative_to("/etc/grafana/provisioning")
+    found = {p.stem: p.parent.name for p in loaded.rglob("*.json")}
+    assert set(found) == set(_models(generated))
+    for uid, folder in found.items():
+        assert json.loads((loaded / folder / f"{uid}.json").read_text()) == _models(generated)[uid]
+    assert sorted(set(found.values())) == ["Lakeside Clinic", "Riverside", "St Mary's", "vitalgate fleet"]
+    (datasource_doc,) = _grafana_reads(prov, "datasources")
+    assert datasource_doc["apiVersion"] == 1
+    assert datasource_doc["datasources"][0]["jsonData"]["exemplarTraceIdDestinations"] == [
         {"name": "trace_id", "datasourceUid": "tempo"}
     ]
+    for yaml_file in prov.rglob("*.yaml"):
+        assert "/etc/grafana/provisioning/" in yaml_file.read_text().splitlines()[1]
 
 
 def substitute(expr: str) -> str:
