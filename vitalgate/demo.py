@@ -3,9 +3,16 @@
 In one process tree: a FHIR-like upstream with scripted per-facility faults,
 the gateway (a ``vitalgate serve`` child process), an OTLP receiver for its
 traces, and a traffic generator for several facilities that sends realistic
-FHIR calls, PHI-like search parameters and bodies included. A live table,
-read from the gateway's own ``/metrics``, shows each facility's requests/s,
-error rate and p95 latency.
+FHIR calls, PHI-like search parameters and bodies included, on behalf of
+clinicians named in a header the gateway's audit trail believes. A live
+table, read from the gateway's own ``/metrics``, shows each facility's
+requests/s, error rate and p95 latency.
+
+Everything lands in one folder: the config, the access log, traces, the final
+metrics, the embedded store, the audit trail (with keys generated into
+``keys/`` on the first run), the generated alert rules and dashboards. Ctrl-C
+ends the traffic early and still writes all of it; the closing summary names
+only what works once the demo has stopped, each with a command to run.
 """
 
 from __future__ import annotations
@@ -15,24 +22,31 @@ import contextlib
 import json
 import os
 import random
+import shlex
+import shutil
 import signal
 import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from dashboards.provisioning import GRAFANA_PROVISIONING
+from gateway.audit.keys import DATA_KEY, SIGNING_KEY, AuditKeyError, Keyring, keygen, read_signing_key
+from gateway.audit.verify import published_checkpoints, verify
 from slo import conventions as names
 from slo.embedded import EmbeddedBackend
 from slo.status import compute_status, now_utc, sort_worst_first, to_table
 from slo.store import Store
 from vitalgate.config import load_config
-from vitalgate.generate import write_alerts, write_all_dashboards
+from vitalgate.generate import unrouted_warning, write_alerts, write_all_dashboards
 from vitalgate.otlpsink import OtlpSink
 from vitalgate.peers import UpstreamPeer, free_port, operation_outcome, reset
 
@@ -44,6 +58,12 @@ FACILITIES = {
 }
 FAMILY = ["Garcia", "Okafor", "Lindqvist", "Nakamura", "Haddad", "Kowalski", "Brennan"]
 GIVEN = ["Amara", "Jonas", "Priya", "Mateo", "Ingrid", "Kofi", "Sofia"]
+USERS = ["dr-abebe", "dr-moreau", "nurse-tanaka", "nurse-oduya", "pharm-ruiz"]
+"""Clinicians the traffic acts for: named only in the audit trail, never in telemetry."""
+USER_HEADER = "X-Authenticated-User"
+"""Set by the demo's client, which plays the authenticating proxy the audit trail trusts."""
+KEYS_DIR = "keys"
+AUDIT_DIR = "audit"
 
 
 @dataclass(frozen=True)
@@ -142,6 +162,13 @@ def write_demo_config(
             "traces": {"otlp_endpoint": f"http://127.0.0.1:{otlp_port}", "sample_ratio": 1.0},
             "store": {"path": "vitalgate.db"},
         },
+        "audit": {
+            "path": AUDIT_DIR,
+            "key_file": f"{KEYS_DIR}/{DATA_KEY}",
+            "signing_key_file": f"{KEYS_DIR}/{SIGNING_KEY}",
+            "identity": {"header": USER_HEADER, "trusted_sources": ["127.0.0.1/32"]},
+            "checkpoint_interval": "5s",
+        },
         "slos": "slos.yaml",
     }
     slos = {
@@ -222,8 +249,11 @@ def demo_request(rng: random.Random) -> tuple[str, str, dict[str, str], bytes | 
     return "GET", f"/scheduling/appointments?patient={family}", {}, None
 
 
-async def traffic(base: str, rate: float, duration_s: float, seed: int = 7) -> dict[str, int]:
-    """Send about ``rate`` requests/s for ``duration_s``; returns requests sent per facility."""
+async def traffic(
+    base: str, rate: float, duration_s: float, stop: asyncio.Event | None = None, seed: int = 7
+) -> dict[str, int]:
+    """Send about ``rate`` requests/s for ``duration_s`` (or until ``stop``); returns requests
+    sent per facility, every one of them answered or failed."""
     rng = random.Random(seed)
     sent: dict[str, int] = defaultdict(int)
     facilities = list(FACILITIES)
@@ -234,7 +264,7 @@ async def traffic(base: str, rate: float, duration_s: float, seed: int = 7) -> d
 
     async def one(session: aiohttp.ClientSession, facility: str | None) -> None:
         method, path, headers, body = demo_request(rng)
-        hdrs = {"Authorization": "Bearer demo-token-not-logged", **headers}
+        hdrs = {"Authorization": "Bearer demo-token-not-logged", USER_HEADER: rng.choice(USERS), **headers}
         if facility is not None:
             hdrs["X-Facility-ID"] = facility
         async with sem:
@@ -247,7 +277,7 @@ async def traffic(base: str, rate: float, duration_s: float, seed: int = 7) -> d
     async with aiohttp.ClientSession(timeout=timeout) as session:
         t0 = time.monotonic()
         n = 0
-        while (now := time.monotonic() - t0) < duration_s:
+        while (now := time.monotonic() - t0) < duration_s and not (stop is not None and stop.is_set()):
             due = int(now * rate)
             while n < due:
                 n += 1
@@ -331,10 +361,52 @@ def render_table(
     return "\n".join(lines)
 
 
+@dataclass
+class Run:
+    """What one demo run produced, for its summary."""
+
+    sent: dict[str, int]
+    final: Snapshot
+    elapsed_s: float
+    interrupted: bool
+    n_spans: int
+    started: datetime
+    gateway_ok: bool
+
+
+def prepare_audit(out: Path) -> None:
+    """Keys on the first run (kept after: a trail is unreadable without its key), and a fresh
+    trail each run, as the access log its checkpoints are published in starts afresh."""
+    keys = out / KEYS_DIR
+    if not (keys / DATA_KEY).exists():
+        keygen(keys)
+    shutil.rmtree(out / AUDIT_DIR, ignore_errors=True)
+
+
 async def _demo(duration_s: float, out: Path, rate: float) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def interrupted() -> None:
+        # The first Ctrl-C ends the traffic and the demo writes what it has; the handler goes,
+        # so a second one interrupts at once.
+        stop.set()
+        loop.remove_signal_handler(signal.SIGINT)
+        print(
+            "\nvitalgate demo: stopping early: writing what was recorded (Ctrl-C again to quit now)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    loop.add_signal_handler(signal.SIGINT, interrupted)
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("access.log", "traces.jsonl", "gateway.stderr"):
+    for name in ("access.log", "traces.jsonl", "gateway.stderr", "metrics.txt"):
         (out / name).unlink(missing_ok=True)
+    try:
+        prepare_audit(out)
+    except (AuditKeyError, OSError) as exc:
+        print(f"vitalgate demo: audit keys in {out / KEYS_DIR}: {exc}", file=sys.stderr)
+        return 1
     ports = [free_port() for _ in range(4)]
     gw_port, admin_port, up_port, otlp_port = ports
     config_path = write_demo_config(out, gw_port, admin_port, up_port, otlp_port)
@@ -349,6 +421,9 @@ async def _demo(duration_s: float, out: Path, rate: float) -> int:
         await web.TCPSite(runner, "127.0.0.1", port).start()
         runners.append(runner)
     stderr = (out / "gateway.stderr").open("w")
+    started = datetime.now(UTC).replace(microsecond=0)
+    # Its own session: a Ctrl-C in the terminal reaches the demo, which stops the gateway
+    # itself once the last metrics are read (the gateway would otherwise drain at once).
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -358,15 +433,19 @@ async def _demo(duration_s: float, out: Path, rate: float) -> int:
         str(config_path),
         stdout=stderr,
         stderr=stderr,
+        start_new_session=True,
     )
     admin = f"http://127.0.0.1:{admin_port}"
+    sent: dict[str, int] = {}
+    cur = Snapshot({}, {}, {})
+    t_traffic = time.monotonic()
     try:
         async with aiohttp.ClientSession() as session:
-            if not await _ready(session, admin, proc):
+            if not await _ready(session, admin, proc, stop):
                 print(f"vitalgate demo: the gateway exited; see {out / 'gateway.stderr'}", file=sys.stderr)
                 return 1
-            upstream.t0 = time.monotonic()
-            gen = asyncio.create_task(traffic(f"http://127.0.0.1:{gw_port}", rate, duration_s))
+            upstream.t0 = t_traffic = time.monotonic()
+            gen = asyncio.create_task(traffic(f"http://127.0.0.1:{gw_port}", rate, duration_s, stop))
             cur, metrics_text = await _show_while(gen, session, admin, upstream.t0, duration_s, faults)
             sent = gen.result()
             (out / "metrics.txt").write_text(metrics_text)
@@ -378,13 +457,26 @@ async def _demo(duration_s: float, out: Path, rate: float) -> int:
         await asyncio.sleep(0.6)  # the last span export
         for runner in runners:
             await runner.cleanup()
-    _summary(out, config_path, admin, sent, cur, len(sink.spans))
-    return 0 if proc.returncode == 0 else 1
+    run = Run(
+        sent,
+        cur,
+        time.monotonic() - t_traffic,
+        stop.is_set(),
+        len(sink.spans),
+        started,
+        proc.returncode == 0,
+    )
+    _summary(out, config_path, run, duration_s)
+    return 0 if run.gateway_ok else 1
 
 
-async def _ready(session: aiohttp.ClientSession, admin: str, proc: asyncio.subprocess.Process) -> bool:
-    """Wait (up to 10 s) for the gateway's /readyz; False if it exited first."""
+async def _ready(
+    session: aiohttp.ClientSession, admin: str, proc: asyncio.subprocess.Process, stop: asyncio.Event
+) -> bool:
+    """Wait (up to 10 s, or a Ctrl-C) for the gateway's /readyz; False if it exited first."""
     for _ in range(100):
+        if stop.is_set():
+            return True
         with contextlib.suppress(aiohttp.ClientError):  # not listening yet
             async with session.get(f"{admin}/readyz") as r:
                 if r.status == 200:
@@ -409,8 +501,14 @@ async def _show_while(
     cur, metrics_text = prev, ""
     while not gen.done():
         await asyncio.wait({gen}, timeout=2.0)
-        async with session.get(f"{admin}/metrics") as r:
-            metrics_text = await r.text()
+        try:
+            async with session.get(f"{admin}/metrics") as r:
+                metrics_text = await r.text()
+        except aiohttp.ClientError as exc:
+            # The gateway went away: the traffic fails from here on, and the table keeps the
+            # last figures read; said once per redraw, as it happens.
+            print(f"vitalgate demo: {admin}/metrics: {exc}", file=sys.stderr, flush=True)
+            continue
         cur = read_snapshot(metrics_text)
         now = time.monotonic()
         table = render_table(prev, cur, max(now - prev_t, 1e-3), now - t0, duration_s, faults)
@@ -419,27 +517,89 @@ async def _show_while(
     return cur, metrics_text
 
 
-def _summary(
-    out: Path, config_path: Path, admin: str, sent: dict[str, int], cur: Snapshot, n_spans: int
-) -> None:
+def _command() -> str:
+    """How to run ``vitalgate`` as this demo was run: the bare name when that is what the shell
+    finds, else the path of the one installed beside this Python, else ``python -m``."""
+    beside = Path(sys.executable).parent / "vitalgate"
+    if not beside.exists():
+        return f"{shlex.quote(sys.executable)} -m vitalgate"
+    found = shutil.which("vitalgate")
+    if found is not None and Path(found).resolve() == beside.resolve():
+        return "vitalgate"
+    return shlex.quote(str(beside))
+
+
+def _audit_summary(config_path: Path) -> str:
+    """The trail's record count, verified as `audit verify` does (or what is wrong with it)."""
+    config = load_config(config_path)
+    audit = config.gateway.audit
+    assert audit is not None  # the demo's config has one
+    log = config.resolve(config.gateway.telemetry.access_log.path)
+    with log.open(encoding="utf-8", errors="replace") as f:
+        anchors = published_checkpoints(f)
+    report = verify(
+        config.resolve(audit.path),
+        Keyring.load([config.resolve(k) for k in audit.data_key_files()]),
+        read_signing_key(config.resolve(audit.signing_key_file)).public_key(),
+        anchors,
+    )
+    if report.problem is not None:
+        return f"BAD: {report.problem}"
+    return f"{report.records} records, chain verified"
+
+
+def _summary(out: Path, config_path: Path, run: Run, duration_s: float) -> None:
+    config = load_config(config_path)
     print()
+    if run.interrupted:
+        print(
+            f"Stopped by Ctrl-C after {run.elapsed_s:.0f}s of {duration_s:.0f}s of traffic: "
+            "what was recorded is all written."
+        )
     print(f"{'facility':<14}{'sent':>8}{'counted':>9}{'errors':>8}")
     for fac in [*FACILITIES, names.UNKNOWN_FACILITY]:
-        counted, errors = cur.total.get(fac, 0), cur.errors.get(fac, 0)
-        print(f"{fac:<14}{sent.get(fac, 0):>8}{counted:>9.0f}{errors:>8.0f}")
-    print()
-    print(f"Metrics:  {admin}/metrics (Prometheus text; final copy in {out / 'metrics.txt'})")
-    print(f"Logs:     {out / 'access.log'} (one JSON line per request; trace_id links to the spans)")
-    print(f"Traces:   {out / 'traces.jsonl'} ({n_spans} spans received over OTLP/HTTP protobuf)")
-    print(f"Config:   {config_path}")
-    config = load_config(config_path)
+        counted, errors = run.final.total.get(fac, 0), run.final.errors.get(fac, 0)
+        print(f"{fac:<14}{run.sent.get(fac, 0):>8}{counted:>9.0f}{errors:>8.0f}")
     _, n_rules = write_alerts(config, out / "alerts")
-    print(f"Alerts:   {out / 'alerts'}/rules.yaml ({n_rules} Prometheus rules), alertmanager.yml, tests/")
     write_all_dashboards(config, out / "grafana")
-    print(f"Grafana:  {out / 'grafana'}/json/ (dashboards), provisioning/")
+    q = shlex.quote
+    vg = _command()
+    cfg = q(str(config_path))
+    routed = (
+        ""
+        if unrouted_warning(config) is None
+        else " (the demo has no alerting: section: pages would reach nobody, as its header says)"
+    )
+    print()
+    print(f"In {out} (the gateway has stopped; these stay):")
+    print(f"  Config:   {config_path}, slos.yaml")
+    print(f"  Logs:     {out / 'access.log'} (one JSON line per request; trace_id links to the spans)")
+    print(f"  Traces:   {out / 'traces.jsonl'} ({run.n_spans} spans received over OTLP/HTTP protobuf)")
+    print(f"  Metrics:  {out / 'metrics.txt'} (the gateway's /metrics at the end)")
+    print(
+        f"  Alerts:   {out / 'alerts'}/rules.yaml ({n_rules} Prometheus rules), "
+        f"alertmanager.yml, tests/{routed}"
+    )
+    print(f"  Grafana:  {out / 'grafana'}/json/ (dashboards), provisioning/ (onto {GRAFANA_PROVISIONING}/)")
+    print(f"  Audit:    {out / AUDIT_DIR}/ ({_audit_summary(config_path)}; keys in {out / KEYS_DIR}/)")
     print()
     print("SLOs per facility (embedded store, worst budget first):")
     print(slo_table(config_path))
+    facility = "riverside"
+    period = datetime.now(ZoneInfo(FACILITIES[facility]["timezone"])).strftime("%Y-%m")  # type: ignore[arg-type]
+    since = run.started.isoformat().replace("+00:00", "Z")
+    print()
+    print("Next, from this folder's files (the gateway need not run):")
+    print(f"  {vg} slo status --config {cfg}")
+    pdf = q(str(out / f"{facility}.pdf"))
+    print(f"  {vg} report --config {cfg} --facility {facility} --period {period} --out {pdf}")
+    print("The compliance officer's view: who did what to which patient, and the trail's integrity:")
+    print(f"  {vg} audit search --config {cfg} --facility {facility} --since {since}")
+    print(f"  {vg} audit verify --config {cfg}")
+    print("The status pages and reports in a browser: start the gateway on the recorded store,")
+    print(f"  {vg} serve --config {cfg}")
+    admin = config.gateway.admin.listen
+    print(f"  then open http://{admin}/ui (reports: http://{admin}/api/v1/reports/{facility}/{period}.pdf)")
 
 
 def slo_table(config_path: Path) -> str:
@@ -458,4 +618,5 @@ def run_demo(duration_s: float, out_dir: Path, rate: float) -> int:
     try:
         return asyncio.run(_demo(duration_s, out, rate))
     except KeyboardInterrupt:
+        print("vitalgate demo: interrupted twice: stopped at once", file=sys.stderr)
         return 130
