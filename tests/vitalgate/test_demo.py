@@ -1,8 +1,28 @@
+import json
+import os
 import re
+import shlex
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
-from tests.helpers import vitalgate
-from vitalgate.demo import FACILITIES, FAMILY, GIVEN, fault_script, quantile
+import pytest
+import yaml
+
+from tests.helpers import fetch, vitalgate, wait_ready
+from vitalgate.demo import FACILITIES, FAMILY, GIVEN, USERS, fault_script, quantile
+
+PHI_WORDS = [*FAMILY, *GIVEN, *USERS, "MRN", "demo-token"]
+
+
+def _summary_rows(out: str) -> dict[str, tuple[int, int, int]]:
+    summary = {}
+    for fac in [*FACILITIES, "unknown"]:
+        m = re.search(rf"^{re.escape(fac)}\s+(\d+)\s+(\d+)\s+(\d+)$", out, re.M)
+        assert m, f"no summary row for {fac}"
+        summary[fac] = (int(m[1]), int(m[2]), int(m[3]))
+    return summary
 
 
 def test_demo_runs_and_every_request_is_counted(tmp_path: Path) -> None:
@@ -12,11 +32,7 @@ def test_demo_runs_and_every_request_is_counted(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr + proc.stdout
     out = proc.stdout
     assert "req/s" in out and "p95 ms" in out
-    summary = {}
-    for fac in [*FACILITIES, "unknown"]:
-        m = re.search(rf"^{re.escape(fac)}\s+(\d+)\s+(\d+)\s+(\d+)$", out, re.M)
-        assert m, f"no summary row for {fac}"
-        summary[fac] = tuple(int(x) for x in m.groups())
+    summary = _summary_rows(out)
     for fac, (sent, counted, _errors) in summary.items():
         assert sent == counted, fac
     assert all(summary[f][0] > 0 for f in FACILITIES)  # traffic from every facility
@@ -25,7 +41,10 @@ def test_demo_runs_and_every_request_is_counted(tmp_path: Path) -> None:
     log = (tmp_path / "access.log").read_text()
     traces = (tmp_path / "traces.jsonl").read_text()
     metrics = (tmp_path / "metrics.txt").read_text()
-    assert len(log.splitlines()) == sum(s for s, _, _ in summary.values())
+    requests = [line for line in log.splitlines() if json.loads(line)["event"] == "request"]
+    assert len(requests) == sum(s for s, _, _ in summary.values())
+    # The audit trail publishes its checkpoints in the access log, beside the requests.
+    assert any(json.loads(line)["event"] == "audit_checkpoint" for line in log.splitlines())
     assert f"Traces:   {tmp_path / 'traces.jsonl'}" in out
     assert (
         (tmp_path / "alerts" / "rules.yaml")
@@ -38,8 +57,9 @@ def test_demo_runs_and_every_request_is_counted(tmp_path: Path) -> None:
     tail = out.split("SLOs per facility", 1)[1]
     assert "fhir-availability" in tail and "fhir-read-latency" in tail
     assert re.search(r"^fhir-availability\s+riverside\s+99\.90%", tail, re.M)
-    for text in (log, traces, metrics):
-        for word in [*FAMILY, *GIVEN, "MRN", "demo-token"]:
+    assert "Stopped by Ctrl-C" not in out
+    for text in (log, traces, metrics, (tmp_path / "gateway.stderr").read_text()):
+        for word in PHI_WORDS:
             assert word not in text
 
 
@@ -56,3 +76,105 @@ def test_quantile_matches_prometheus() -> None:
     assert quantile(0.5, buckets) == 0.1
     assert abs(quantile(0.95, buckets) - 0.46) < 1e-9  # type: ignore[operator]
     assert quantile(0.95, {0.1: 0.0, float("inf"): 0.0}) is None
+
+
+def _commands(summary: str) -> dict[str, list[str]]:
+    """The commands the summary prints (indented lines that run vitalgate), by subcommand."""
+    found = {}
+    for line in summary.splitlines():
+        if line.startswith("  ") and " --config " in line:
+            argv = shlex.split(line)
+            sub = argv.index("--config")
+            found[
+                " ".join(a for a in argv[:sub] if not a.startswith(("/", "-")) and "vitalgate" not in a)
+            ] = argv
+    return found
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_the_demo_early_with_everything_written(tmp_path: Path) -> None:
+    """SIGINT after some redraws of the live table: the traffic stops, every file is written,
+    the summary names what works afterwards, and each command it prints runs as printed."""
+    out = tmp_path / "demo out"  # a space: the printed commands must quote it
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "vitalgate", "demo", "--duration", "60", "--rate", "40", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert demo.stdout is not None
+    seen = []
+    redraws = 0
+    for line in demo.stdout:  # the table is redrawn every 2 s: about 14 s of traffic
+        seen.append(line)
+        redraws += line.startswith("vitalgate demo ")
+        if redraws == 7:
+            break
+    demo.send_signal(signal.SIGINT)
+    rest, stderr = demo.communicate(timeout=120)
+    assert demo.returncode == 0, stderr
+    assert "stopping early: writing what was recorded" in stderr
+    text = "".join(seen) + rest
+    summary = text.split("Stopped by Ctrl-C after ", 1)[1]
+    assert re.match(r"\d+s of 60s of traffic", summary)
+    rows = _summary_rows(summary)
+    assert all(sent == counted for sent, counted, _ in rows.values())
+    assert 100 < sum(sent for sent, _, _ in rows.values()) < 60 * 40
+
+    for name in ("metrics.txt", "access.log", "traces.jsonl"):
+        assert (out / name).stat().st_size > 0, name
+    assert "http_server_request_duration_seconds_count" in (out / "metrics.txt").read_text()
+    assert (
+        (out / "alerts" / "rules.yaml").read_text().startswith("# Generated by `vitalgate alerts generate`")
+    )
+    assert (
+        "WARNING: alerting.default_receiver is not set" in (out / "alerts" / "alertmanager.yml").read_text()
+    )
+    assert (out / "grafana" / "json" / "vg-facility-riverside.json").exists()
+    provider = yaml.safe_load(
+        (out / "grafana" / "provisioning" / "dashboards" / "vitalgate.yaml").read_text()
+    )
+    assert provider["providers"][0]["options"]["path"] == "/etc/grafana/provisioning/dashboards/vitalgate"
+    assert sorted(p.name for p in (out / "keys").iterdir()) == [
+        "audit-signing.key",
+        "audit-signing.pub",
+        "audit.key",
+    ]
+    # Only what works once the demo is over: no URL of the stopped gateway but the one to serve.
+    admin = yaml.safe_load((out / "gateway.yaml").read_text())["admin"]["listen"]
+    assert f"{admin}/metrics" not in summary
+    assert re.search(rf"Audit: +{re.escape(str(out / 'audit'))}/ \((\d+) records, chain verified", summary)
+    for word in PHI_WORDS:
+        for name in ("access.log", "traces.jsonl", "metrics.txt", "gateway.stderr"):
+            assert word not in (out / name).read_text(), (word, name)
+        assert word not in summary
+
+    commands = _commands(summary)
+    assert set(commands) == {"slo status", "report", "audit search", "audit verify", "serve"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    runs = {
+        name: subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, check=False)
+        for name, argv in commands.items()
+        if name != "serve"
+    }
+    for name, run in runs.items():
+        assert run.returncode == 0, (name, run.stderr)
+    verified = re.search(r"audit trail: OK: (\d+) records", runs["audit verify"].stdout)
+    assert verified and int(verified[1]) > 0
+    found = runs["audit search"].stdout.splitlines()
+    assert found[0].split()[:3] == ["RECORDED", "FACILITY", "INTERACTION"] and len(found) > 10
+    assert all(" riverside " in line for line in found[1:])
+    assert {line.split()[-1] for line in found[1:]} <= set(USERS)  # the clinicians, by name
+    assert re.search(r"^fhir-availability\s+riverside\s+99\.90%", runs["slo status"].stdout, re.M)
+    assert (out / "riverside.pdf").read_bytes().startswith(b"%PDF")
+
+    serve = subprocess.Popen(commands["serve"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        ui = re.search(r"then open (http://\S+/ui) \(reports: (http://\S+\.pdf)\)", summary)
+        assert ui is not None
+        wait_ready(f"http://{admin}/readyz", "the served demo gateway", serve)
+        assert fetch(ui[1]) == 200
+        assert fetch(ui[2]) == 200
+    finally:
+        serve.terminate()
+        assert serve.wait(30) == 0
