@@ -559,7 +559,12 @@ def _generator_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     )
     p = slo.add_parser("status", help="SLIs, error budgets, burn rates and alerts per facility")
     p.add_argument("--config", required=True)
-    p.add_argument("--backend", choices=["embedded", "prometheus"], default="embedded")
+    p.add_argument(
+        "--backend",
+        choices=["embedded", "prometheus"],
+        default="embedded",
+        help="where the counts come from: the gateway's embedded store (the default) or Prometheus",
+    )
     p.add_argument("--prometheus-url", default=None, help="Prometheus base URL (or PROMETHEUS_URL)")
     p.add_argument(
         "--source",
@@ -568,7 +573,9 @@ def _generator_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
         help="prometheus backend: the rules' recorded tiles, the raw counters, or the tiles where they"
         " cover the window (auto, the default)",
     )
-    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument(
+        "--format", choices=["table", "json"], default="table", help="table (the default) or JSON"
+    )
     p.add_argument("--facility", default=None, help="one facility id, or '*' for all together")
     p.add_argument("--slo", action="append", default=[], metavar="NAME", help="only this SLO (repeatable)")
     p.set_defaults(func=cmd_slo_status)
@@ -581,7 +588,7 @@ def _generator_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     )
     p = alerts.add_parser("generate", help="write rules, promtool unit tests and alertmanager.yml")
     p.add_argument("--config", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder to write into (created if need be)")
     p.add_argument("--time-scale", type=float, default=1.0, help=argparse.SUPPRESS)  # tests: shrink windows
     _kubernetes_options(
         p,
@@ -603,7 +610,9 @@ def _generator_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     )
     p = dash.add_parser("generate", help="write dashboard JSON and Grafana provisioning files")
     p.add_argument("--config", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--out", required=True, help="folder to write json/ and provisioning/ into (created if need be)"
+    )
     _kubernetes_options(
         p,
         ("files", "configmaps"),
