@@ -573,9 +573,7 @@ def _generator_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
         help="prometheus backend: the rules' recorded tiles, the raw counters, or the tiles where they"
         " cover the window (auto, the default)",
     )
-    p.add_argument(
-        "--format", choices=["table", "json"], default="table", help="table (the default) or JSON"
-    )
+    p.add_argument("--format", choices=["table", "json"], default="table", help="table (the default) or JSON")
     p.add_argument("--facility", default=None, help="one facility id, or '*' for all together")
     p.add_argument("--slo", action="append", default=[], metavar="NAME", help="only this SLO (repeatable)")
     p.set_defaults(func=cmd_slo_status)
