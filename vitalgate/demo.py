@@ -535,14 +535,17 @@ def _audit_summary(config_path: Path) -> str:
     audit = config.gateway.audit
     assert audit is not None  # the demo's config has one
     log = config.resolve(config.gateway.telemetry.access_log.path)
-    with log.open(encoding="utf-8", errors="replace") as f:
-        anchors = published_checkpoints(f)
-    report = verify(
-        config.resolve(audit.path),
-        Keyring.load([config.resolve(k) for k in audit.data_key_files()]),
-        read_signing_key(config.resolve(audit.signing_key_file)).public_key(),
-        anchors,
-    )
+    try:
+        with log.open(encoding="utf-8", errors="replace") as f:
+            anchors = published_checkpoints(f)
+        report = verify(
+            config.resolve(audit.path),
+            Keyring.load([config.resolve(k) for k in audit.data_key_files()]),
+            read_signing_key(config.resolve(audit.signing_key_file)).public_key(),
+            anchors,
+        )
+    except (AuditKeyError, OSError) as exc:
+        return f"cannot be read: {exc}"
     if report.problem is not None:
         return f"BAD: {report.problem}"
     return f"{report.records} records, chain verified"
