@@ -495,26 +495,35 @@ async def _show_while(
     duration_s: float,
     faults: list[Fault],
 ) -> tuple[Snapshot, str]:
-    """Redraw the per-facility table every 2 s from /metrics until the traffic is done."""
+    """Redraw the per-facility table every 2 s from /metrics until the traffic is done; the
+    last snapshot and text are read after it ended (also when it ended before a redraw)."""
     tty = sys.stdout.isatty()
     prev, prev_t = Snapshot({}, {}, {}), time.monotonic()
     cur, metrics_text = prev, ""
-    while not gen.done():
-        await asyncio.wait({gen}, timeout=2.0)
-        try:
-            async with session.get(f"{admin}/metrics") as r:
-                metrics_text = await r.text()
-        except aiohttp.ClientError as exc:
-            # The gateway went away: the traffic fails from here on, and the table keeps the
-            # last figures read; said once per redraw, as it happens.
-            print(f"vitalgate demo: {admin}/metrics: {exc}", file=sys.stderr, flush=True)
-            continue
-        cur = read_snapshot(metrics_text)
-        now = time.monotonic()
-        table = render_table(prev, cur, max(now - prev_t, 1e-3), now - t0, duration_s, faults)
-        print(("\x1b[2J\x1b[H" if tty else "\n") + table, flush=True)
-        prev, prev_t = cur, now
-    return cur, metrics_text
+    while True:
+        if not gen.done():
+            await asyncio.wait({gen}, timeout=2.0)
+        done = gen.done()  # this scrape is then after the last request: the final figures
+        text = await _scrape(session, admin)
+        if text is not None:
+            metrics_text, cur = text, read_snapshot(text)
+            now = time.monotonic()
+            table = render_table(prev, cur, max(now - prev_t, 1e-3), now - t0, duration_s, faults)
+            print(("\x1b[2J\x1b[H" if tty else "\n") + table, flush=True)
+            prev, prev_t = cur, now
+        if done:
+            return cur, metrics_text
+
+
+async def _scrape(session: aiohttp.ClientSession, admin: str) -> str | None:
+    """The gateway's /metrics text; None (said on stderr, as it happens) when it is gone: the
+    traffic fails from then on, and the table keeps the last figures read."""
+    try:
+        async with session.get(f"{admin}/metrics") as r:
+            return await r.text()
+    except aiohttp.ClientError as exc:
+        print(f"vitalgate demo: {admin}/metrics: {exc}", file=sys.stderr, flush=True)
+        return None
 
 
 def _command() -> str:
