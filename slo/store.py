@@ -701,12 +701,20 @@ def rebuild(store: Store, slos: Sequence[Slo], from_day: int) -> None:
     days: dict[tuple[str, str, int], U32] = {}
     hour_only: dict[tuple[str, str, int], U32] = {}
     rounded: dict[str, dict[float, int]] = {}
+    # Per (SLO, layout): the bound its threshold is counted at, None when exact. Once per
+    # layout, not per row: a replay reads every raw row of the history.
+    inexact: dict[tuple[str, int], float | None] = {}
 
     def note_bound(slo: Slo, layout: int, day: int) -> None:
-        bound = slo.bucket_bound(layouts[layout])
-        if slo.threshold_s is not None and abs(bound - slo.threshold_s) > LE_TOLERANCE_S:
+        key = (slo.key, layout)
+        if key not in inexact:
+            bound = slo.bucket_bound(layouts[layout])
+            exact = slo.threshold_s is None or abs(bound - slo.threshold_s) <= LE_TOLERANCE_S
+            inexact[key] = None if exact else bound
+        bound_s = inexact[key]
+        if bound_s is not None:
             by_bound = rounded.setdefault(slo.key, {})
-            by_bound[bound] = max(day, by_bound.get(bound, day))
+            by_bound[bound_s] = max(day, by_bound.get(bound_s, day))
 
     first_minute_day: int | None = None
     for hour, sid, layout, arr in store.raw_hours_between(from_day * 86400, 2**62):
