@@ -83,7 +83,9 @@ def write_alerts(
             ),
         }
         for name, resource in resources.items():
-            (out / name).write_text(rules.HEADER.format(source=source) + dump(resource))
+            warning = unrouted_warning(config) if name == "alertmanagerconfig.yaml" else None
+            header = rules.HEADER.format(source=source) + alertmanager.warning_comment(warning)
+            (out / name).write_text(header + dump(resource))
             written.append(out / name)
     if time_scale == 1.0:  # unit tests assume real windows
         for slo in config.slos:

@@ -114,13 +114,19 @@ def test_pages_that_reach_nobody_are_said_by_check_generate_and_the_file(tmp_pat
         " ".join(check.stderr.split())
     )
     out = tmp_path / "alerts"
-    generated = vitalgate("alerts", "generate", "--config", str(cfg), "--out", str(out))
+    generated = vitalgate(
+        "alerts", "generate", "--config", str(cfg), "--out", str(out), "--format", "prometheus-operator"
+    )
     assert "vitalgate: warning: alerting.default_receiver is not set" in generated.stderr
+    for name in ("alertmanager.yml", "alertmanagerconfig.yaml"):
+        lines = (out / name).read_text().splitlines()
+        header = " ".join(line.removeprefix("#").strip() for line in lines if line.startswith("#"))
+        assert "WARNING: alerting.default_receiver is not set" in header, name
+        assert "which notifies nobody" in header, name
     text = (out / "alertmanager.yml").read_text()
-    header = " ".join(line.removeprefix("#").strip() for line in text.splitlines() if line.startswith("#"))
-    assert "WARNING: alerting.default_receiver is not set" in header
-    assert "which notifies nobody" in header
     assert yaml.safe_load(text)["route"]["receiver"] == "vitalgate-unrouted"
+    resource = yaml.safe_load((out / "alertmanagerconfig.yaml").read_text())
+    assert resource["kind"] == "AlertmanagerConfig"
     checked = subprocess.run(
         [amtool, "check-config", str(out / "alertmanager.yml")], capture_output=True, check=False
     )
