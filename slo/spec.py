@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -150,6 +151,8 @@ class SloDoc(_Strict):
     alerting: AlertingDoc = Field(default_factory=AlertingDoc)
     sources: list[SourceName] = Field(default_factory=lambda: list(_BOTH))
     """What counts: real traffic, the gateway's synthetic probes (``probes:``), or both."""
+    contractual: bool | None = None
+    """Judged against the facility's SLA in uptime reports (see ``contractual_slos``)."""
 
     @field_validator("sources")
     @classmethod
@@ -210,6 +213,8 @@ class Slo:
     own method, route template and status), beside the batch request itself."""
     sources: tuple[str, ...] = SOURCES
     """``traffic`` (clients' requests), ``probe`` (the gateway's synthetic probes), or both."""
+    contractual: bool | None = None
+    """As written in ``slos.yaml`` (None: not said); ``contractual_slos`` decides."""
 
     @property
     def error_budget(self) -> float:
@@ -310,6 +315,7 @@ def _to_slo(doc: SloDoc) -> Slo:
         ticket=doc.alerting.ticket,
         runbook_url=doc.alerting.runbook_url,
         sources=tuple(doc.sources),
+        contractual=doc.contractual,
         windows=(
             tuple(
                 BurnWindow(w.severity, w.long, w.short, w.budget_fraction, "configured")
@@ -334,6 +340,13 @@ def check_slos(data: Any, source: Source, services: set[str] | None = None) -> l
             if name in seen:
                 problems.append(source.problem(("slos", i, "name"), f"duplicate SLO name {name!r}"))
             seen.add(name)
+        if s.get("contractual") is True and isinstance(s.get("sli"), dict) and "availability" not in s["sli"]:
+            problems.append(
+                source.problem(
+                    ("slos", i, "contractual"),
+                    "only an availability SLO can be judged against a facility's SLA",
+                )
+            )
         if services is not None and isinstance(service, str) and service not in services:
             known = ", ".join(sorted(services)) or "none"
             problems.append(
@@ -355,6 +368,16 @@ def load_slos(path: str | Path, services: set[str] | None = None) -> list[Slo]:
     if problems or doc is None:
         raise ConfigError(sorted(problems, key=lambda p: (p.line, p.column)))
     return [_to_slo(s) for s in doc.slos]
+
+
+def contractual_slos(slos: Sequence[Slo]) -> list[Slo]:
+    """The SLOs a facility's SLA is judged on: those marked ``contractual: true``; when none
+    is, every availability SLO not marked ``contractual: false`` (what reports judged before
+    the mark existed). A latency SLO is never compared with an availability SLA."""
+    marked = [s for s in slos if s.contractual is True]
+    if marked:
+        return marked
+    return [s for s in slos if s.kind == "availability" and s.contractual is not False]
 
 
 def latency_thresholds_s(slos: list[Slo]) -> list[float]:
@@ -381,4 +404,4 @@ class Facility:
     maintenance: tuple[Maintenance, ...] = ()
 
 
-__all__ = ["Slo", "SlosDoc", "format_duration", "latency_thresholds_s", "load_slos"]
+__all__ = ["Slo", "SlosDoc", "contractual_slos", "format_duration", "latency_thresholds_s", "load_slos"]

@@ -1,0 +1,134 @@
+"""What ``vitalgate report --all-facilities`` writes beside the facilities' reports: an index
+page (HTML, a link to each report) and a one-page fleet summary (PDF) of every facility's SLA
+result, both from the same rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from html import escape
+
+from reports.data import DEFAULT_PAPER, Report, SloReport
+from reports.render import css, html_to_pdf, plural
+
+
+@dataclass(frozen=True)
+class FleetRow:
+    """One facility's SLA result: judged on its lowest contractual uptime."""
+
+    facility: str
+    name: str
+    timezone: str
+    sla: float | None
+    sla_met: bool | None
+    worst: SloReport | None
+    """The contractual SLO with the lowest uptime (None: no contractual SLO with data)."""
+    contractual: int
+    met: int
+    report_file: str
+    sha256: str
+    partial_through: str | None
+
+
+def fleet_row(r: Report, report_file: str) -> FleetRow:
+    judged = [s for s in r.slos if s.contractual and s.uptime is not None]
+    worst = min(judged, key=lambda s: s.uptime or 0.0) if judged else None
+    return FleetRow(
+        facility=r.facility,
+        name=r.facility_name,
+        timezone=r.timezone,
+        sla=r.sla,
+        sla_met=r.sla_met,
+        worst=worst,
+        contractual=sum(1 for s in r.slos if s.contractual),
+        met=sum(1 for s in r.slos if s.contractual and s.sla_met),
+        report_file=report_file,
+        sha256=r.sha256,
+        partial_through=r.partial_through,
+    )
+
+
+def _result(row: FleetRow) -> str:
+    if row.sla is None:
+        return '<span class="nodata">no SLA</span>'
+    if row.contractual == 0:
+        return '<span class="nodata">no contractual SLO</span>'
+    if row.sla_met is None:
+        return '<span class="nodata">no data</span>'
+    word = '<span class="met">met</span>' if row.sla_met else '<span class="missed">missed</span>'
+    return f"{word} ({row.met} of {row.contractual} SLOs)"
+
+
+def _table(rows: list[FleetRow], links: bool) -> list[str]:
+    parts = [
+        "<table><colgroup><col style='width:27%'><col style='width:8%'><col style='width:25%'>"
+        "<col style='width:22%'><col style='width:18%'></colgroup>"
+        "<tr><th class=l>Facility</th><th>SLA</th><th class=l>Lowest uptime (SLO)</th>"
+        "<th>Downtime used of allowed</th><th class=l>SLA result</th></tr>"
+    ]
+    for row in rows:
+        name = escape(row.name)
+        if links:
+            name = f'<a href="{escape(row.report_file)}">{name}</a>'
+        sla = "-" if row.sla is None else f"{100 * row.sla:g}%"
+        w = row.worst
+        if w is None or w.downtime_allowed_minutes is None:
+            uptime, used = "-", "-"
+        else:
+            uptime = f"{100 * (w.uptime or 0.0):.3f}% ({escape(w.slo)})"
+            used = f"{plural(w.down_minutes, 'minute')} of {w.downtime_allowed_minutes:,.1f}"
+        partial = (
+            f"<br><span class=note>partial: through {escape(row.partial_through)}</span>"
+            if row.partial_through
+            else ""
+        )
+        parts.append(
+            f"<tr><td class=l>{name}<br><span class=note>{escape(row.facility)},"
+            f" {escape(row.timezone)}</span>{partial}</td><td>{sla}</td><td class=l>{uptime}</td>"
+            f"<td>{used}</td><td class=l>{_result(row)}</td></tr>"
+        )
+    parts.append("</table>")
+    return parts
+
+
+def _summary_line(rows: list[FleetRow]) -> str:
+    met = sum(1 for r in rows if r.sla_met is True)
+    missed = sum(1 for r in rows if r.sla_met is False)
+    other = len(rows) - met - missed
+    return (
+        f"{plural(len(rows), 'facility', 'facilities')}: {met} met their SLA,"
+        f" {missed} missed it, {other} without a result."
+    )
+
+
+def _page(title: str, period: str, generated_at: str, rows: list[FleetRow], paper: str, links: bool) -> str:
+    return "\n".join(
+        [
+            "<!doctype html><html lang=en><head><meta charset=utf-8>",
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{escape(title)}</title><style>{css(paper)} table {{ font-size: 8pt; }}</style>",
+            "</head><body>",
+            '<p class="kicker">Fleet summary</p>',
+            f"<h1>{escape(title)}</h1>",
+            f'<p class="sub">Generated {escape(generated_at)}. Each facility\'s period runs midnight to'
+            " midnight in its own time zone.</p>",
+            f'<p class="verdict">{escape(_summary_line(rows))}</p>',
+            *_table(rows, links),
+            '<p class="note">A facility meets its SLA when every contractual SLO\'s uptime (up minutes over'
+            " measured minutes) reaches it, that is when the downtime used stays within the downtime allowed."
+            " The lowest uptime is shown; each facility's report states every SLO.</p>",
+            "</body></html>",
+        ]
+    )
+
+
+def index_html(period: str, generated_at: str, rows: list[FleetRow], fleet_pdf: str) -> str:
+    """The index page: every facility's SLA result, linked to its report and the fleet PDF."""
+    page = _page(f"Uptime reports, {period}", period, generated_at, rows, DEFAULT_PAPER, links=True)
+    link = f'<p>One-page summary to print: <a href="{escape(fleet_pdf)}">{escape(fleet_pdf)}</a>.</p>'
+    return page.replace("</body>", link + "\n</body>")
+
+
+def fleet_pdf(period: str, generated_at: str, rows: list[FleetRow], paper: str = DEFAULT_PAPER) -> bytes:
+    return html_to_pdf(
+        _page(f"Uptime, {period}: every facility", period, generated_at, rows, paper, links=False)
+    )
