@@ -212,8 +212,8 @@ def _caption(r: Report, title: str) -> str:
     return f"{escape(title)}, {escape(r.period)}{escape(partial)}."
 
 
-def _partial(r: Report) -> str:
-    return f"partial: through {r.partial_through} ({r.timezone})"
+def _partial(r: Report, word: str = "partial") -> str:
+    return f"{word}: through {r.partial_through} ({r.timezone})"
 
 
 def _figures(r: Report, charts: list[tuple[str, Figure]]) -> list[str]:
@@ -255,7 +255,7 @@ def _cover(r: Report) -> list[str]:
     ]
     if r.partial_through:
         parts.append(
-            f'<p class="partial">{escape(_partial(r)).capitalize()}. The period has not ended: every figure'
+            f'<p class="partial">{escape(_partial(r, "Partial"))}. The period has not ended: every figure'
             " below covers it up to that time.</p>"
         )
     if r.sla is None:
@@ -391,7 +391,8 @@ def _budget_appendix(r: Report) -> list[str]:
         "<h2>Appendix: error budgets (for the service's engineers)</h2>",
         '<p class="note">Each objective allows a share of bad requests (or down minutes) in the period: its error'
         " budget. These figures steer the engineering work; they are not terms of the contract. Used above 100%"
-        " means the objective was missed; the charts stop at -100% and the table gives the multiple.</p>",
+        " means the objective was missed; the charts stop where the budget is overspent by its whole size, and"
+        " the table gives the multiple.</p>",
         "<table><colgroup><col style='width:40%'><col style='width:20%'><col style='width:40%'></colgroup>"
         "<tr><th class=l>SLO</th><th>Objective</th><th class=l>Error budget used</th></tr>",
     ]
