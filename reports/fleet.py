@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from html import escape
 
 from reports.data import DEFAULT_PAPER, Report, SloReport
-from reports.render import css, html_to_pdf, plural
+from reports.render import css, html_to_pdf, plural, table_head
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,13 @@ def _result(row: FleetRow) -> str:
 
 def _table(rows: list[FleetRow], links: bool) -> list[str]:
     parts = [
-        "<table><colgroup><col style='width:27%'><col style='width:8%'><col style='width:25%'>"
-        "<col style='width:22%'><col style='width:18%'></colgroup>"
-        "<tr><th class=l>Facility</th><th>SLA</th><th class=l>Lowest uptime (SLO)</th>"
-        "<th>Downtime used of allowed</th><th class=l>SLA result</th></tr>"
+        table_head(
+            ("Facility", 27, "l"),
+            ("SLA", 8, "r"),
+            ("Lowest uptime (SLO)", 25, "l"),
+            ("Downtime used of allowed", 22, "r"),
+            ("SLA result", 18, "l"),
+        )
     ]
     for row in rows:
         name = escape(row.name)
@@ -75,7 +78,7 @@ def _table(rows: list[FleetRow], links: bool) -> list[str]:
             uptime, used = "-", "-"
         else:
             uptime = f"{100 * (w.uptime or 0.0):.3f}% ({escape(w.slo)})"
-            used = f"{plural(w.down_minutes, 'minute')} of {w.downtime_allowed_minutes:,.1f}"
+            used = f"{w.down_minutes:,} of {plural(w.downtime_allowed_minutes, 'minute')}"
         partial = (
             f"<br><span class=note>partial: through {escape(row.partial_through)}</span>"
             if row.partial_through

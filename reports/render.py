@@ -82,6 +82,8 @@ def _threshold(seconds: float | None) -> str:
 def measure_text(s: SloReport) -> str:
     """What the SLO measured, in its own terms: a latency SLO is never called availability."""
     by_minutes = s.budgeting == "timeslices"
+    if not s.total:
+        return "no requests"
     if s.kind == "latency":
         within = _threshold(s.threshold_s)
         if by_minutes:
@@ -169,13 +171,24 @@ def chart_figures(r: Report, s: SloReport) -> list[tuple[str, Figure]]:
         fig, ax = _figure(6.4, 2.4)
         bars = [p for p, _ in reversed(s.previous)] + [r.period]
         shares = [a for _, a in reversed(s.previous)] + [s.availability]
+        known = [100 * v for v in shares if v is not None]
+        floor = max(0, min([*known, 100 * s.objective]) - 1)
         ax.bar(bars, [100 * v if v is not None else 0 for v in shares], color="#2461b3")
+        for k, v in enumerate(shares):
+            # An empty period is written, never drawn as a bar of 0%.
+            ax.annotate(
+                "no data" if v is None else f"{100 * v:.3f}%",
+                (k, floor),
+                xytext=(0, 3),
+                textcoords="offset points",
+                ha="center",
+                fontsize=6,
+                color="#333",
+            )
         if s.contractual and s.sla is not None:
             ax.axhline(100 * s.sla, color="#b3261e", linestyle="--", label=f"SLA {_target(s.sla)}")
         ax.axhline(100 * s.objective, color="#888", linestyle=":", label=f"objective {_target(s.objective)}")
-        known = [100 * v for v in shares if v is not None]
-        if known:
-            ax.set_ylim(max(0, min([*known, 100 * s.objective]) - 1), 100.05)
+        ax.set_ylim(floor, 100.05)
         ax.set_ylabel("% of requests")
         title = "This period beside the previous ones"
         ax.set_title(title)
@@ -197,7 +210,7 @@ def budget_figure(r: Report, s: SloReport) -> tuple[str, Figure]:
         color="#7a4cc2",
         label="budget left",
     )
-    ax.axhline(0, color="#b3261e", linewidth=0.8, label="budget spent")
+    ax.axhline(0, color="#b3261e", linewidth=0.8, label="all spent")
     ax.set_ylim(lo - 5, 105)
     ax.set_ylabel("% of budget")
     title = f"Error budget left: {s.slo}"
@@ -223,6 +236,15 @@ def _figures(r: Report, charts: list[tuple[str, Figure]]) -> list[str]:
     ]
 
 
+def table_head(*columns: tuple[str, int, str]) -> str:
+    """A table's opening with fixed column widths (percent: a long cell wraps, never widens the
+    table past the page) and a header row that repeats on every page the table runs onto.
+    ``columns``: (heading, width %, "l" or "r")."""
+    cols = "".join(f"<col style='width:{width}%'>" for _, width, _ in columns)
+    heads = "".join(f"<th{' class=l' if align == 'l' else ''}>{escape(h)}</th>" for h, _, align in columns)
+    return f"<table><colgroup>{cols}</colgroup><thead><tr>{heads}</tr></thead>"
+
+
 def _incidents(s: SloReport) -> list[str]:
     parts = ["<h3>Incidents</h3>"]
     if not s.incidents:
@@ -234,7 +256,9 @@ def _incidents(s: SloReport) -> list[str]:
             f"{len(shown)} longest below, every one in the incidents CSV beside this report.</p>"
         )
     parts.append(
-        "<table><tr><th class=l>Start</th><th class=l>End</th><th>Down minutes</th><th>Requests affected</th></tr>"
+        table_head(
+            ("Start", 28, "l"), ("End", 28, "l"), ("Down minutes", 20, "r"), ("Requests affected", 24, "r")
+        )
     )
     for inc in shown:
         parts.append(
@@ -267,7 +291,8 @@ def _cover(r: Report) -> list[str]:
             f'<p class="verdict">SLA {_target(r.sla)}: no SLO is contractual, nothing is judged.</p>'
         )
     else:
-        parts.append(f'<p class="verdict">SLA {_target(r.sla)}: {_verdict(r.sla_met)}.</p>')
+        so_far = " so far" if r.partial_through and r.sla_met is not None else ""
+        parts.append(f'<p class="verdict">SLA {_target(r.sla)}: {_verdict(r.sla_met)}{so_far}.</p>')
     return parts
 
 
@@ -277,10 +302,14 @@ def _contract(r: Report) -> list[str]:
         return []
     parts = [
         f"<h2>Contract: SLA {_target(r.sla)} uptime</h2>",
-        "<table><colgroup><col style='width:31%'><col style='width:13%'><col style='width:9%'>"
-        "<col style='width:17%'><col style='width:17%'><col style='width:13%'></colgroup>"
-        "<tr><th class=l>Contractual SLO</th><th>Uptime</th><th>SLA</th><th>Downtime allowed</th>"
-        "<th>Downtime used</th><th>Result</th></tr>",
+        table_head(
+            ("Contractual SLO", 31, "l"),
+            ("Uptime", 13, "r"),
+            ("SLA", 9, "r"),
+            ("Downtime allowed", 17, "r"),
+            ("Downtime used", 17, "r"),
+            ("Result", 13, "r"),
+        ),
     ]
     for s in contract:
         if s.insufficient_data or s.downtime_allowed_minutes is None:
@@ -313,10 +342,13 @@ def _contract(r: Report) -> list[str]:
 def _objectives(r: Report) -> list[str]:
     parts = [
         "<h2>Service objectives</h2>",
-        "<table><colgroup><col style='width:29%'><col style='width:37%'><col style='width:11%'>"
-        "<col style='width:11%'><col style='width:12%'></colgroup>"
-        "<tr><th class=l>SLO</th><th class=l>Measured</th><th>Objective</th><th>Result</th>"
-        "<th>Incidents</th></tr>",
+        table_head(
+            ("SLO", 29, "l"),
+            ("Measured", 37, "l"),
+            ("Objective", 11, "r"),
+            ("Result", 11, "r"),
+            ("Incidents", 12, "r"),
+        ),
     ]
     for s in r.slos:
         if s.insufficient_data:
@@ -393,14 +425,13 @@ def _budget_appendix(r: Report) -> list[str]:
         " budget. These figures steer the engineering work; they are not terms of the contract. Used above 100%"
         " means the objective was missed; the charts stop where the budget is overspent by its whole size, and"
         " the table gives the multiple.</p>",
-        "<table><colgroup><col style='width:40%'><col style='width:20%'><col style='width:40%'></colgroup>"
-        "<tr><th class=l>SLO</th><th>Objective</th><th class=l>Error budget used</th></tr>",
+        table_head(("SLO", 40, "l"), ("Objective", 20, "r"), ("Error budget used", 40, "l")),
     ]
     for s in r.slos:
         if s.budget_used is None:
             used = "no data"
         elif s.budget_used > 1:
-            used = f"all of it, {s.budget_used:,.1f} times over"
+            used = f"all of it: {s.budget_used:,.1f} times the budget"
         else:
             used = f"{100 * s.budget_used:.1f}%"
         parts.append(
@@ -426,10 +457,7 @@ def render_html(r: Report, paper: str = DEFAULT_PAPER) -> str:
         parts.extend(_slo_section(r, s))
     parts.append("<h2>Maintenance windows (excluded)</h2>")
     if r.maintenance:
-        parts.append(
-            "<table><colgroup><col style='width:28%'><col style='width:28%'><col style='width:44%'></colgroup>"
-            "<tr><th class=l>Start</th><th class=l>End</th><th class=l>Reason</th></tr>"
-        )
+        parts.append(table_head(("Start", 28, "l"), ("End", 28, "l"), ("Reason", 44, "l")))
         for m in r.maintenance:
             parts.append(
                 f"<tr><td class=l>{escape(m['start'])}</td><td class=l>{escape(m['end'])}</td>"
