@@ -32,14 +32,13 @@ import numpy as np
 import numpy.typing as npt
 
 from slo.engine import good_minutes
-from slo.spec import ENTRY_ROUTE_PREFIX, SOURCES, Facility, Slo, contractual_slos
+from slo.spec import ENTRY_ROUTE_PREFIX, PAPER_SIZES, SOURCES, Facility, Slo, contractual_slos
 from slo.store import Store
 
 F64 = npt.NDArray[np.float64]
 
 
-PAPERS: dict[str, str] = {"a4": "A4", "letter": "letter"}
-"""Paper sizes a report prints on (``--paper``), by their CSS page size names."""
+PAPERS = PAPER_SIZES
 DEFAULT_PAPER = "a4"
 
 
@@ -68,6 +67,11 @@ class Period:
             return parse_period(f"{year}-Q{q}")
         d = self.first - timedelta(days=1)
         return parse_period(f"{d.year}-{d.month:02d}")
+
+
+def paper_of(facility: Facility, chosen: str | None = None) -> str:
+    """The paper a facility's report prints on: the one asked for, else the facility's, else A4."""
+    return chosen or facility.paper or DEFAULT_PAPER
 
 
 def parse_period(text: str) -> Period:

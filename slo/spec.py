@@ -392,6 +392,10 @@ class Maintenance:
     reason: str
 
 
+PAPER_SIZES: dict[str, str] = {"a4": "A4", "letter": "letter"}
+"""Paper a facility's reports print on (``paper:`` in gateway.yaml, ``--paper``), by CSS name."""
+
+
 @dataclass(frozen=True)
 class Facility:
     """What the SLO engine knows of a facility (from gateway.yaml)."""
@@ -402,6 +406,8 @@ class Facility:
     sla: float | None = None
     """Contractual availability as a ratio (0..1), beside the internal objective."""
     maintenance: tuple[Maintenance, ...] = ()
+    paper: str | None = None
+    """A key of PAPER_SIZES for its printed reports (None: the report's default, A4)."""
 
 
 __all__ = ["Slo", "SlosDoc", "contractual_slos", "format_duration", "latency_thresholds_s", "load_slos"]

@@ -397,7 +397,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
-    from reports.data import PeriodError, ReportSource, StoreSource, build_report, parse_period  # noqa: PLC0415
+    from reports.data import (  # noqa: PLC0415
+        PeriodError,
+        ReportSource,
+        StoreSource,
+        build_report,
+        paper_of,
+        parse_period,
+    )
     from reports.fleet import fleet_pdf, fleet_row, index_html  # noqa: PLC0415
     from reports.render import write_report  # noqa: PLC0415
 
@@ -443,7 +450,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         except PrometheusError as exc:
             print(f"vitalgate: {exc}", file=sys.stderr)
             return 1
-        write_report(report, target, args.paper)
+        write_report(report, target, paper_of(facility, args.paper))
         rows.append(fleet_row(report, target.name))
         if args.all_facilities:
             width = 30
@@ -458,7 +465,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.all_facilities:
         generated = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(now))
         fleet = out.with_name(f"{out.stem}-fleet.pdf")
-        fleet.write_bytes(fleet_pdf(period.label, generated, rows, args.paper))
+        fleet.write_bytes(fleet_pdf(period.label, generated, rows, args.paper or DEFAULT_PAPER))
         index = out.with_name(f"{out.stem}-index.html")
         index.write_text(index_html(period.label, generated, rows, fleet.name), encoding="utf-8")
         print(f"\nwrote {len(chosen)} reports next to {out}; index {index}, fleet summary {fleet}")
@@ -598,8 +605,8 @@ def _record_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--paper",
         choices=sorted(PAPERS),
-        default=DEFAULT_PAPER,
-        help=f"printed page size (default {DEFAULT_PAPER})",
+        default=None,
+        help=f"printed page size (default: the facility's paper in the config, else {DEFAULT_PAPER})",
     )
     p.add_argument("--backend", choices=["embedded", "prometheus"], default="embedded")
     p.add_argument("--prometheus-url", default=None, help="Prometheus base URL (or PROMETHEUS_URL)")

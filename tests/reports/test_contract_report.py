@@ -61,9 +61,10 @@ SLOS = [
 ]
 CONTRACTUAL = ["fhir-availability", "fhir-read-availability"]
 FACILITIES = {
-    "long": {"name": LONG_NAME, "timezone": BERLIN, "sla": 99.9},
+    "long": {"name": LONG_NAME, "timezone": BERLIN, "sla": 99.9, "paper": "letter"},
     "short": {"name": "Riverside", "timezone": BERLIN, "sla": 99.5},
 }
+pytestmark = pytest.mark.slow  # one module fixture renders five reports (about 40 s on 2 cores)
 MM = 72 / 25.4
 PAGES = {"a4": (595.28, 841.89), "letter": (612.0, 792.0)}
 
@@ -136,12 +137,14 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     vitalgate("store", "import", "--config", str(d / "gateway.yaml"), "--access-log", str(d / "access.log"))
     current = f"{now.year}-{now.month:02d}"
     stderr: list[str] = []
-    _report(d, stderr, "--facility", "long", "--period", "2026-10", "--out", str(d / "a4.pdf"))
+    _report(
+        d, stderr, "--facility", "long", "--period", "2026-10", "--paper", "a4", "--out", str(d / "a4.pdf")
+    )
     _report(d, stderr, "--facility", "long", "--period", "2026-10", "--out", str(d / "oct.html"))
     _report(d, stderr, "--facility", "long", "--period", current, "--out", str(d / "partial.html"))
     (d / "all").mkdir()
-    args = ("--all-facilities", "--period", "2026-10", "--paper", "letter", "--out", str(d / "all/oct.pdf"))
-    _report(d, stderr, *args)
+    # No --paper: each facility's own (long: letter), else A4.
+    _report(d, stderr, "--all-facilities", "--period", "2026-10", "--out", str(d / "all/oct.pdf"))
     return Run(d, now, current, stderr)
 
 
@@ -221,8 +224,37 @@ def test_every_page_fits_its_paper(run: Run, pdf: str, paper: str) -> None:
 
 
 def test_the_paper_choice_is_kept_by_every_pdf(run: Run) -> None:
-    _assert_inside_margins(run.dir / "all/oct-short.pdf", "letter")
-    _assert_inside_margins(run.dir / "all/oct-fleet.pdf", "letter")
+    """``--paper`` over the facility's ``paper:``, over A4."""
+    _assert_inside_margins(run.dir / "all/oct-short.pdf", "a4")
+    _assert_inside_margins(run.dir / "all/oct-fleet.pdf", "a4")
+
+
+def test_unknown_paper_is_a_config_error(run: Run, tmp_path: Path) -> None:
+    cfg = yaml.safe_load((run.dir / "gateway.yaml").read_text())
+    cfg["facilities"]["known"]["short"]["paper"] = "a3"
+    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "slos.yaml").write_text((run.dir / "slos.yaml").read_text())
+    proc = vitalgate("check", "--config", str(tmp_path / "gateway.yaml"), check=False)
+    assert proc.returncode == 1
+    assert re.search(
+        r"gateway\.yaml:\d+:\d+: facilities\.known\.short\.paper: .*must be one of a4, letter \(got 'a3'\)",
+        proc.stderr,
+    ), proc.stderr
+    proc = vitalgate(
+        "report",
+        "--config",
+        str(run.dir / "gateway.yaml"),
+        "--facility",
+        "long",
+        "--period",
+        "2026-10",
+        "--paper",
+        "a3",
+        "--out",
+        str(tmp_path / "x.pdf"),
+        check=False,
+    )
+    assert proc.returncode == 2 and "invalid choice: 'a3'" in proc.stderr
 
 
 def test_long_facility_name_is_printed_whole(run: Run) -> None:
@@ -360,7 +392,7 @@ def test_report_runs_log_no_third_party_info(run: Run) -> None:
 
 
 def test_report_download_is_partial_and_logs_no_third_party_info(run: Run) -> None:
-    """The gateway's download of this month's PDF: A4 by default, marked partial on its cover,
+    """The gateway's download of this month's PDF: on the facility's paper, marked partial on its cover,
     and the gateway's log holds no third-party INFO or DEBUG line after it."""
     gw = GatewayProcess(run.dir / "gateway.yaml")
     try:
@@ -369,7 +401,7 @@ def test_report_download_is_partial_and_logs_no_third_party_info(run: Run) -> No
             (run.dir / "download.pdf").write_bytes(resp.read())
     finally:
         gw.terminate()
-    _assert_inside_margins(run.dir / "download.pdf", "a4")
+    _assert_inside_margins(run.dir / "download.pdf", "letter")
     text = _text(run.dir / "download.pdf")
     assert "Partial: through" in text and "The period has not ended" in text
     lines = gw.stderr_path.read_text().splitlines()
