@@ -148,6 +148,8 @@ def chart_figures(r: Report, s: SloReport) -> list[tuple[str, Figure]]:
         ax.axhline(100 * s.sla, color="#b3261e", linestyle="--", label=f"SLA {_target(s.sla)}")
     ax.axhline(100 * s.objective, color="#888", linestyle=":", label=f"objective {_target(s.objective)}")
     ax.set_ylabel("% of requests")
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, min(hi, 100.5))  # no share is above 100%: no axis room for one
     ax.set_title(title)
     _legend_outside(ax)
     _day_axis(ax, days)
@@ -182,8 +184,9 @@ def chart_figures(r: Report, s: SloReport) -> list[tuple[str, Figure]]:
                 xytext=(0, 3),
                 textcoords="offset points",
                 ha="center",
-                fontsize=6,
-                color="#333",
+                fontsize=7,
+                # White on a bar tall enough to hold it, else dark on the background.
+                color="white" if v is not None and (100 * v - floor) > 0.15 * (100.05 - floor) else "#333",
             )
         if s.contractual and s.sla is not None:
             ax.axhline(100 * s.sla, color="#b3261e", linestyle="--", label=f"SLA {_target(s.sla)}")
@@ -431,7 +434,8 @@ def _budget_appendix(r: Report) -> list[str]:
         if s.budget_used is None:
             used = "no data"
         elif s.budget_used > 1:
-            used = f"all of it: {s.budget_used:,.1f} times the budget"
+            times = f"{s.budget_used:,.2f}" if s.budget_used < 10 else f"{s.budget_used:,.1f}"
+            used = f"all of it: {times} times the budget"
         else:
             used = f"{100 * s.budget_used:.1f}%"
         parts.append(
