@@ -282,6 +282,25 @@ def test_contract_terms_on_contractual_slos_only(run: Run) -> None:
     assert figures["sla_met"] is False and figures["partial_through"] is None
 
 
+def test_a_latency_slo_cannot_be_contractual(tmp_path: Path) -> None:
+    cfg = {
+        "version": 1,
+        "listen": "127.0.0.1:0",
+        "upstreams": {"fhir": {"url": "http://127.0.0.1:9"}},
+        "routes": [{"prefix": "/fhir/", "upstream": "fhir"}],
+        "slos": "slos.yaml",
+    }
+    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(cfg))
+    bad = {**slos.latency("fhir-read-latency", "300ms", 99), "contractual": True}
+    (tmp_path / "slos.yaml").write_text(yaml.safe_dump({"version": 1, "slos": [slos.availability(), bad]}))
+    proc = vitalgate("check", "--config", str(tmp_path / "gateway.yaml"), check=False)
+    assert proc.returncode == 1
+    assert re.search(
+        r"slos\.yaml:\d+:\d+: slos\[1\]\.contractual: only an availability SLO can be judged against a facility's SLA",
+        proc.stderr,
+    ), proc.stderr
+
+
 def test_latency_objectives_read_as_latency(run: Run) -> None:
     text = _text(run.dir / "a4.pdf")
     # Requests every minute, one in ten slow: 90% within 300 ms (and the outage's are fast).
