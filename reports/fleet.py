@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from html import escape
 
 from reports.data import DEFAULT_PAPER, Report, SloReport
-from reports.render import css, html_to_pdf, plural, table_head
+from reports.render import css, plural, table_head
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,12 @@ def _result(row: FleetRow) -> str:
 def _table(rows: list[FleetRow], links: bool) -> list[str]:
     parts = [
         table_head(
-            ("Facility", 27, "l"),
+            ("Facility", 30, "l"),
             ("SLA", 8, "r"),
-            ("Lowest uptime (SLO)", 25, "l"),
-            ("Downtime used of allowed", 22, "r"),
-            ("SLA result", 18, "l"),
+            ("Lowest uptime", 12, "r"),
+            ("of SLO", 20, "l"),
+            ("Downtime used (of allowed)", 15, "r"),
+            ("SLA result", 15, "l"),
         )
     ]
     for row in rows:
@@ -75,22 +76,34 @@ def _table(rows: list[FleetRow], links: bool) -> list[str]:
         sla = "-" if row.sla is None else f"{100 * row.sla:g}%"
         w = row.worst
         if w is None or w.downtime_allowed_minutes is None:
-            uptime, used = "-", "-"
+            uptime, slo, used = "-", "-", "-"
         else:
-            uptime = f"{100 * (w.uptime or 0.0):.3f}% ({escape(w.slo)})"
+            uptime, slo = f"{100 * (w.uptime or 0.0):.3f}%", escape(w.slo)
             used = f"{w.down_minutes:,} of {plural(w.downtime_allowed_minutes, 'minute')}"
         partial = (
-            f"<br><span class=note>partial: through {escape(row.partial_through)}</span>"
+            f" <span class=note>partial: through {escape(row.partial_through)}</span>"
             if row.partial_through
             else ""
         )
         parts.append(
-            f"<tr><td class=l>{name}<br><span class=note>{escape(row.facility)},"
-            f" {escape(row.timezone)}</span>{partial}</td><td>{sla}</td><td class=l>{uptime}</td>"
-            f"<td>{used}</td><td class=l>{_result(row)}</td></tr>"
+            f"<tr><td class=l>{name} <span class=note>({escape(row.facility)})</span>{partial}</td>"
+            f"<td>{sla}</td><td>{uptime}</td><td class=l>{slo}</td><td>{used}</td>"
+            f"<td class=l>{_result(row)}</td></tr>"
         )
     parts.append("</table>")
     return parts
+
+
+FLEET_TYPE_PT = (8.0, 7.0, 6.0, 5.0)
+"""Type sizes the fleet summary tries, largest first, until it fits one page (a fleet too large
+for the smallest runs onto more pages)."""
+
+
+def _compact(size_pt: float) -> str:
+    return (
+        f"table {{ font-size: {size_pt}pt; }} th, td {{ padding: 1px 4px; }}"
+        f" .note {{ font-size: {size_pt - 1}pt; }}"
+    )
 
 
 def _summary_line(rows: list[FleetRow]) -> str:
@@ -103,12 +116,20 @@ def _summary_line(rows: list[FleetRow]) -> str:
     )
 
 
-def _page(title: str, period: str, generated_at: str, rows: list[FleetRow], paper: str, links: bool) -> str:
+def _page(
+    title: str,
+    period: str,
+    generated_at: str,
+    rows: list[FleetRow],
+    paper: str,
+    links: bool,
+    size_pt: float = FLEET_TYPE_PT[0],
+) -> str:
     return "\n".join(
         [
             "<!doctype html><html lang=en><head><meta charset=utf-8>",
             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            f"<title>{escape(title)}</title><style>{css(paper)} table {{ font-size: 8pt; }}</style>",
+            f"<title>{escape(title)}</title><style>{css(paper)} {_compact(size_pt)}</style>",
             "</head><body>",
             '<p class="kicker">Fleet summary</p>',
             f"<h1>{escape(title)}</h1>",
@@ -132,6 +153,12 @@ def index_html(period: str, generated_at: str, rows: list[FleetRow], fleet_pdf: 
 
 
 def fleet_pdf(period: str, generated_at: str, rows: list[FleetRow], paper: str = DEFAULT_PAPER) -> bytes:
-    return html_to_pdf(
-        _page(f"Uptime, {period}: every facility", period, generated_at, rows, paper, links=False)
-    )
+    """The one-page summary: the largest type of FLEET_TYPE_PT that fits every facility on a page."""
+    from weasyprint import HTML  # noqa: PLC0415  (slow import; only for PDFs)
+
+    title = f"Uptime, {period}: every facility"
+    for size_pt in FLEET_TYPE_PT:
+        document = HTML(string=_page(title, period, generated_at, rows, paper, False, size_pt)).render()
+        if len(document.pages) == 1:
+            break
+    return bytes(document.write_pdf())

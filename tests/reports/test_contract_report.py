@@ -12,7 +12,7 @@ import re
 import subprocess
 import urllib.request
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -23,6 +23,7 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from reports.data import build_report, parse_period
+from reports.fleet import fleet_pdf, fleet_row
 from reports.render import MARGINS_MM, budget_figure, chart_figures
 from slo.store import Store
 from tests import slos
@@ -386,8 +387,27 @@ def test_index_and_fleet_summary(run: Run) -> None:
     assert len(_pages(pdf)) == 1
     fleet = _text(pdf)
     assert "Riverside" in fleet and "met (2 of 2 SLOs)" in fleet and "missed (0 of 2 SLOs)" in fleet
-    assert f"{100 * (DATA_MINUTES - 5) / DATA_MINUTES:.3f}% (fhir-availability)" in fleet
+    assert f"{100 * (DATA_MINUTES - 5) / DATA_MINUTES:.3f}% fhir-availability" in fleet
     assert "30 of 4.3 minutes" in fleet and "5 of 21.6 minutes" in fleet  # 99.5% of 4,320 minutes
+
+
+def test_fleet_summary_of_a_large_fleet_stays_on_one_page(run: Run) -> None:
+    """75 facilities (the rows of this run's report, repeated): the type shrinks, the page holds."""
+    config = load_config(run.dir / "gateway.yaml")
+    facility = next(f for f in config.facilities() if f.id == "long")
+    store = Store(run.dir / "store.db", readonly=True)
+    try:
+        report = build_report(store, config.slos, facility, parse_period("2026-10"), run.now.timestamp())
+    finally:
+        store.close()
+    rows = [
+        replace(fleet_row(report, f"oct-{i}.pdf"), facility=f"site-{i}", name=f"Site {i}") for i in range(75)
+    ]
+    pdf = run.dir / "fleet75.pdf"
+    pdf.write_bytes(fleet_pdf("2026-10", "now", rows))
+    assert _assert_inside_margins(pdf, "a4") == 1
+    text = _text(pdf)
+    assert all(f"Site {i} (site-{i})" in text for i in range(75))
 
 
 def _third_party_chatter(lines: list[str]) -> list[str]:
