@@ -599,7 +599,11 @@ def _record_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     p.add_argument("--config", required=True)
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--facility")
-    who.add_argument("--all-facilities", action="store_true", help="one report per facility, named after it")
+    who.add_argument(
+        "--all-facilities",
+        action="store_true",
+        help="one report per facility, named after it, and an index page and a one-page fleet summary",
+    )
     p.add_argument("--period", required=True, help="2026-10, 2026-Q4 or 2026")
     p.add_argument("--out", required=True, help="FILE.pdf or FILE.html (a CSV goes beside it)")
     p.add_argument(
