@@ -55,7 +55,7 @@ def _result(row: FleetRow) -> str:
     if row.sla_met is None:
         return '<span class="nodata">no data</span>'
     word = '<span class="met">met</span>' if row.sla_met else '<span class="missed">missed</span>'
-    return f"{word} ({row.met} of {row.contractual} SLOs)"
+    return f"{word} ({row.met} of {plural(row.contractual, 'SLO')})"
 
 
 def _table(rows: list[FleetRow], links: bool) -> list[str]:
