@@ -172,7 +172,8 @@ class Report:
     sla: float | None = None
     """The facility's contractual availability (0..1)."""
     sla_met: bool | None = None
-    """Every contractual SLO met the SLA (None: no SLA, no contractual SLO, or no data)."""
+    """Every contractual SLO met the SLA; False when one missed it (None: no SLA, no contractual
+    SLO, or one without data and none missed)."""
     contractual_marked: bool = False
     """Some SLO is marked ``contractual: true`` (else availability SLOs are, by default)."""
     partial_through: str | None = None
@@ -472,11 +473,18 @@ def build_report(
         latency_weeks=source.latency_weeks(slos, facility.id, period, mins.tz),
         sla=facility.sla,
         contractual_marked=any(s.contractual is True for s in slos),
-        sla_met=None if not judged or None in judged else all(judged),
+        sla_met=_all_met(judged),
         partial_through=_partial_through(now_s, mins) if now_s < mins.end_s else None,
     )
     report.seal()
     return report
+
+
+def _all_met(judged: list[bool | None]) -> bool | None:
+    """Missed when any contractual SLO missed; met when every one met; else unknown (no data)."""
+    if False in judged:
+        return False
+    return None if not judged or None in judged else True
 
 
 def _partial_through(now_s: float, mins: _Minutes) -> str:
