@@ -35,7 +35,7 @@ from slo.configfile import (
     read_yaml,
     validate,
 )
-from slo.spec import NAME_RE, DurationS, Facility, Maintenance, Slo, load_slos
+from slo.spec import NAME_RE, PAPER_SIZES, DurationS, Facility, Maintenance, Slo, load_slos
 
 FACILITY_ID_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 # Label values the gateway itself uses: a configured facility must not take one.
@@ -180,6 +180,15 @@ class FacilityConfig(StrictModel):
     sla: float | None = None
     maintenance: list[MaintenanceConfig] = Field(default_factory=list)
     """Planned windows, excluded from budgets; times without an offset are the facility's local time."""
+    paper: str | None = None
+    """Paper size of its printed uptime reports: a4 or letter (unset: a4)."""
+
+    @field_validator("paper")
+    @classmethod
+    def _paper(cls, v: str | None) -> str | None:
+        if v is not None and v not in PAPER_SIZES:
+            raise ValueError(f"must be one of {', '.join(PAPER_SIZES)} (got {v!r})")
+        return v
 
     @field_validator("timezone")
     @classmethod
@@ -402,7 +411,8 @@ class Config(Generic[Doc_co]):
                 )
                 for m in f.maintenance
             )
-            out.append(Facility(fid, f.name, f.timezone, None if f.sla is None else f.sla / 100.0, windows))
+            sla = None if f.sla is None else f.sla / 100.0
+            out.append(Facility(fid, f.name, f.timezone, sla, windows, paper=f.paper))
         return out
 
     def resolve(self, relative: str) -> Path:

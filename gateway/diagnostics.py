@@ -4,6 +4,11 @@
 The access log is something else (``gateway/dataplane/accesslog.py``: one line per request,
 on stdout or a file). Library code only logs; the command that runs a gateway calls
 ``configure`` once, so importing a module never changes how the process logs.
+
+Third-party libraries (matplotlib, fontTools and weasyprint while a report renders, aiohttp,
+...) are heard at WARNING and above only, whatever the level: their INFO and DEBUG records
+(font subsetting, glyph caches) say nothing an operator can act on, and a report download
+would otherwise write dozens of them into the gateway's log.
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ import sys
 import traceback
 from datetime import UTC, datetime
 from typing import IO, Any
+
+OWN_PACKAGES = frozenset({"gateway", "slo", "alerts", "dashboards", "reports", "vitalgate", "__main__"})
+"""Top-level logger names logged at the configured level; every other logger at THIRD_PARTY_LEVEL."""
+THIRD_PARTY_LEVEL = logging.WARNING
 
 # Attributes every LogRecord has: anything else on a record came in through ``extra=``.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
@@ -44,15 +53,24 @@ class JsonLines(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
+class QuietThirdParty(logging.Filter):
+    """Passes this project's records, and other loggers' at THIRD_PARTY_LEVEL or above."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= THIRD_PARTY_LEVEL or record.name.partition(".")[0] in OWN_PACKAGES
+
+
 def configure(stream: IO[str] | None = None, level: int = logging.INFO) -> logging.Handler:
-    """Send every logger's records at ``level`` or above to ``stream`` (stderr) as JSON lines;
-    replaces a handler an earlier call installed."""
+    """Send this project's records at ``level`` or above, and third-party libraries' at
+    THIRD_PARTY_LEVEL or above, to ``stream`` (stderr) as JSON lines; replaces a handler an
+    earlier call installed."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if isinstance(handler.formatter, JsonLines):
             root.removeHandler(handler)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonLines())
+    handler.addFilter(QuietThirdParty())
     root.addHandler(handler)
     root.setLevel(level)
     return handler

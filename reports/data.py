@@ -10,7 +10,11 @@ counted per minute:
 - incidents: runs of down minutes, merged across minutes without traffic (no
   evidence either way) but never across an up minute;
 - maintenance windows are excluded (neither up nor down) and listed;
-- minutes without traffic are "no data", counted and stated, never up.
+- minutes without traffic are "no data", counted and stated, never up;
+- the contract: each contractual SLO's uptime (up minutes over measured minutes) against
+  the facility's SLA, with the downtime that allows (``(1 - SLA)`` of the measured minutes)
+  and the downtime used (down minutes); met when used <= allowed, the same as uptime >= SLA.
+  Other SLOs are judged against their own objective only.
 """
 
 from __future__ import annotations
@@ -28,10 +32,14 @@ import numpy as np
 import numpy.typing as npt
 
 from slo.engine import good_minutes
-from slo.spec import ENTRY_ROUTE_PREFIX, SOURCES, Facility, Slo
+from slo.spec import ENTRY_ROUTE_PREFIX, PAPER_SIZES, SOURCES, Facility, Slo, contractual_slos
 from slo.store import Store
 
 F64 = npt.NDArray[np.float64]
+
+
+PAPERS = PAPER_SIZES
+DEFAULT_PAPER = "a4"
 
 
 class PeriodError(ValueError):
@@ -59,6 +67,11 @@ class Period:
             return parse_period(f"{year}-Q{q}")
         d = self.first - timedelta(days=1)
         return parse_period(f"{d.year}-{d.month:02d}")
+
+
+def paper_of(facility: Facility, chosen: str | None = None) -> str:
+    """The paper a facility's report prints on: the one asked for, else the facility's, else A4."""
+    return chosen or facility.paper or DEFAULT_PAPER
 
 
 def parse_period(text: str) -> Period:
@@ -133,6 +146,14 @@ class SloReport:
     """Minutes with neither."""
     insufficient_data: bool = False
     """No minute of the period holds evidence the SLO counts: no figure is stated (never 100%)."""
+    contractual: bool = False
+    """Judged against the facility's SLA (``sla_met`` is None for the others)."""
+    threshold_s: float | None = None
+    """Latency SLOs: the duration a good request stays within."""
+    downtime_allowed_minutes: float | None = None
+    """Contractual SLOs: ``(1 - SLA)`` of the minutes measured (up + down)."""
+    budgeting: str = "occurrences"
+    """``timeslices``: the objective is judged on uptime (minutes), else on requests."""
 
 
 @dataclass
@@ -148,6 +169,16 @@ class Report:
     maintenance: list[dict[str, str]]
     latency_weeks: dict[str, list[tuple[str, float | None, float | None, float | None]]]
     sha256: str = ""
+    sla: float | None = None
+    """The facility's contractual availability (0..1)."""
+    sla_met: bool | None = None
+    """Every contractual SLO met the SLA; False when one missed it (None: no SLA, no contractual
+    SLO, or one without data and none missed)."""
+    contractual_marked: bool = False
+    """Some SLO is marked ``contractual: true`` (else availability SLOs are, by default)."""
+    partial_through: str | None = None
+    """The period had not ended when the report was made: its figures run to this local time
+    (``2026-12-07 17:43 CST``); None for a period that has ended."""
 
     def figures(self) -> dict[str, object]:
         """Everything the report states, without the generation time: what the checksum covers."""
@@ -341,7 +372,13 @@ def _days(
 
 
 def _slo_report(
-    source: ReportSource, s: Slo, facility: Facility, period: Period, mins: _Minutes, previous_periods: int
+    source: ReportSource,
+    s: Slo,
+    facility: Facility,
+    period: Period,
+    mins: _Minutes,
+    previous_periods: int,
+    contractual: bool,
 ) -> SloReport:
     total, good = source.minutes(s, facility.id, mins.start_s, mins.end_s)
     total = np.where(mins.excluded, 0.0, total)
@@ -383,7 +420,8 @@ def _slo_report(
         availability=round(avail, 6) if avail is not None else None,
         uptime=round(uptime, 6) if uptime is not None else None,
         objective_met=None if measure is None else measure >= s.objective,
-        sla_met=None if measure is None or facility.sla is None else measure >= facility.sla,
+        # The contract is judged on time (up minutes), whatever the SLO's budgeting.
+        sla_met=None if uptime is None or facility.sla is None or not contractual else uptime >= facility.sla,
         budget_used=round(budget_used, 6) if budget_used is not None else None,
         up_minutes=int(up.sum()),
         down_minutes=int(down.sum()),
@@ -398,6 +436,12 @@ def _slo_report(
         probe_only_minutes=int(probe_only.sum()),
         no_evidence_minutes=int((~mins.excluded).sum() - with_traffic.sum() - probe_only.sum()),
         insufficient_data=data_min == 0,
+        contractual=contractual,
+        threshold_s=s.threshold_s,
+        budgeting=s.budgeting,
+        downtime_allowed_minutes=(
+            round((1 - facility.sla) * data_min, 3) if contractual and facility.sla is not None else None
+        ),
     )
 
 
@@ -411,6 +455,11 @@ def build_report(
 ) -> Report:
     source = source_of(store)
     mins, listed = _minutes(facility, period, now_s)
+    contract = {s.name for s in contractual_slos(slos)}
+    slo_reports = [
+        _slo_report(source, s, facility, period, mins, previous_periods, s.name in contract) for s in slos
+    ]
+    judged = [x.sla_met for x in slo_reports if x.contractual]
     report = Report(
         facility=facility.id,
         facility_name=facility.name,
@@ -419,12 +468,29 @@ def build_report(
         start=_local(mins.start_s, mins.tz),
         end=_local(mins.end_s, mins.tz),
         generated_at=_local(now_s, mins.tz),
-        slos=[_slo_report(source, s, facility, period, mins, previous_periods) for s in slos],
+        slos=slo_reports,
         maintenance=listed,
         latency_weeks=source.latency_weeks(slos, facility.id, period, mins.tz),
+        sla=facility.sla,
+        contractual_marked=any(s.contractual is True for s in slos),
+        sla_met=_all_met(judged),
+        partial_through=_partial_through(now_s, mins) if now_s < mins.end_s else None,
     )
     report.seal()
     return report
+
+
+def _all_met(judged: list[bool | None]) -> bool | None:
+    """Missed when any contractual SLO missed; met when every one met; else unknown (no data)."""
+    if False in judged:
+        return False
+    return None if not judged or None in judged else True
+
+
+def _partial_through(now_s: float, mins: _Minutes) -> str:
+    """Local date, time and zone abbreviation a period that has not ended is reported to."""
+    local = datetime.fromtimestamp(max(now_s, mins.start_s), mins.tz)
+    return f"{local:%Y-%m-%d %H:%M} {local.tzname()}"
 
 
 def _quantile(q: float, bounds: Sequence[float], counts: F64) -> float | None:

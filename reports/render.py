@@ -13,23 +13,44 @@ from pathlib import Path
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from reports.data import Report, SloReport
+from reports.data import DEFAULT_PAPER, PAPERS, Report, SloReport
 
 MAX_INCIDENTS = 25
-CSS = """
-@page { size: A4; margin: 16mm 14mm; @bottom-right { content: "page " counter(page) " of " counter(pages); font-size: 8pt; } }
-body { font-family: "DejaVu Sans", Arial, sans-serif; font-size: 10pt; color: #1d2633; max-width: 1000px; margin: auto; }
-h1 { font-size: 18pt; margin-bottom: 0; } h2 { font-size: 13pt; border-bottom: 1px solid #ccd; margin-top: 22px; }
-h3 { font-size: 11pt; margin-bottom: 4px; }
-.sub { color: #556; margin-top: 2px; }
-table { border-collapse: collapse; width: 100%; margin: 6px 0 10px; font-size: 9pt; }
-th, td { border: 1px solid #d5d9e0; padding: 3px 6px; text-align: right; } th { background: #eef1f5; }
-td.l, th.l { text-align: left; }
-.met { color: #17733a; font-weight: bold; } .missed { color: #b3261e; font-weight: bold; }
-.nodata { color: #777; }
-img { max-width: 100%; } .charts img { width: 49%; }
-pre.appendix { font-family: "DejaVu Sans Mono", monospace; font-size: 7pt; line-height: 1.25; }
-.mono { font-family: "DejaVu Sans Mono", monospace; font-size: 8pt; word-break: break-all; }
+MARGINS_MM = (16.0, 14.0)
+"""Top and bottom, left and right: nothing of the report's content is printed in them; the page
+number sits in the bottom margin, inside the left and right ones."""
+BUDGET_CLAMP = 1.0
+"""The appendix draws the error budget left between -100% and +100%: below that, a budget spent
+many times over would flatten every other line (the figure says by how much it was exceeded)."""
+SLO_COLUMNS_PER_BLOCK = 5
+"""The daily appendix puts at most this many SLOs side by side, so a line fits the narrower
+paper (Letter is 6 mm wider, A4 the reference): more SLOs make more blocks."""
+
+
+def css(paper: str = DEFAULT_PAPER) -> str:
+    top, side = MARGINS_MM
+    return f"""
+@page {{ size: {PAPERS[paper]}; margin: {top}mm {side}mm;
+  @bottom-right {{ content: "page " counter(page) " of " counter(pages); font-size: 8pt; }} }}
+body {{ font-family: "DejaVu Sans", Arial, sans-serif; font-size: 10pt; color: #1d2633; max-width: 1000px;
+  margin: auto; overflow-wrap: anywhere; }}
+h1 {{ font-size: 18pt; margin: 2px 0 0; }} h2 {{ font-size: 13pt; border-bottom: 1px solid #ccd; margin-top: 22px; }}
+h3 {{ font-size: 11pt; margin-bottom: 4px; }}
+.kicker {{ color: #556; font-size: 11pt; margin: 0; text-transform: uppercase; letter-spacing: 0.08em; }}
+.sub {{ color: #556; margin-top: 2px; }}
+.partial {{ border: 1px solid #d98a00; background: #fff6e0; padding: 4px 8px; font-weight: bold; }}
+.verdict {{ font-size: 12pt; }}
+table {{ border-collapse: collapse; width: 100%; margin: 6px 0 10px; font-size: 9pt; table-layout: fixed; }}
+th, td {{ border: 1px solid #d5d9e0; padding: 3px 5px; text-align: right; overflow-wrap: anywhere; }}
+th {{ background: #eef1f5; }}
+td.l, th.l {{ text-align: left; }}
+.met {{ color: #17733a; font-weight: bold; }} .missed {{ color: #b3261e; font-weight: bold; }}
+.nodata {{ color: #777; }} .note {{ font-size: 8.5pt; color: #445; }}
+img {{ max-width: 100%; }}
+figure {{ display: inline-block; width: 49%; margin: 0 0 8px; vertical-align: top; break-inside: avoid; }}
+figure img {{ width: 100%; }} figcaption {{ font-size: 8pt; color: #445; }}
+pre.appendix {{ font-family: "DejaVu Sans Mono", monospace; font-size: 7pt; line-height: 1.25; }}
+.mono {{ font-family: "DejaVu Sans Mono", monospace; font-size: 8pt; word-break: break-all; }}
 """
 
 
@@ -39,6 +60,38 @@ def _pct(x: float | None, digits: int = 3) -> str:
 
 def _plain_pct(x: float | None) -> str:
     return "no data" if x is None else f"{100 * x:.3f}%"
+
+
+def _target(x: float) -> str:
+    """An objective or SLA as written in the config (99.9%, not 99.900%)."""
+    return f"{100 * x:g}%"
+
+
+def plural(n: float, unit: str, units: str = "") -> str:
+    """``1 minute``, ``2 minutes``, ``0.5 minutes``, ``1,440 minutes`` (``units``: an irregular plural)."""
+    number = f"{n:,}" if isinstance(n, int) else f"{n:,.1f}"
+    return f"{number} {unit}" if n == 1 else f"{number} {units or unit + 's'}"
+
+
+def _threshold(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    return f"{1000 * seconds:g} ms" if seconds < 1 else f"{seconds:g} s"
+
+
+def measure_text(s: SloReport) -> str:
+    """What the SLO measured, in its own terms: a latency SLO is never called availability."""
+    by_minutes = s.budgeting == "timeslices"
+    if not s.total:
+        return "no requests"
+    if s.kind == "latency":
+        within = _threshold(s.threshold_s)
+        if by_minutes:
+            return f"{_pct(s.uptime)} of minutes good (requests within {within})"
+        return f"{_pct(s.availability)} of requests within {within}"
+    return (
+        f"{_pct(s.uptime)} of minutes up" if by_minutes else f"{_pct(s.availability)} of requests succeeded"
+    )
 
 
 def _verdict(met: bool | None) -> str:
@@ -60,60 +113,139 @@ def _figure(width: float, height: float) -> tuple[Figure, Axes]:
     return fig, fig.subplots()
 
 
+def _legend_outside(ax: Axes) -> None:
+    """The legend to the right of the plotting area, never over it: a lone point or a line
+    along an edge stays visible whatever the data."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+
+
 def _day_axis(ax: Axes, labels: list[str]) -> None:
     step = max(1, len(labels) // 12)
     ax.set_xticks(range(0, len(labels), step))
     ax.set_xticklabels(labels[::step], rotation=90, fontsize=6)
 
 
-def _charts(r: Report, s: SloReport) -> list[tuple[str, str]]:
+def _marker(n: int) -> str | None:
+    return "." if n < 100 else None
+
+
+def chart_figures(r: Report, s: SloReport) -> list[tuple[str, Figure]]:
+    """The customer-facing charts of one SLO, titled as their captions."""
     days = [d.day[5:] for d in s.days]
     x = list(range(len(days)))
-    avail = [100 * d.availability if d.availability is not None else float("nan") for d in s.days]
-    out = []
+    out: list[tuple[str, Figure]] = []
+    daily = [100 * d.availability if d.availability is not None else float("nan") for d in s.days]
     fig, ax = _figure(6.4, 2.6)
-    ax.plot(x, avail, marker="." if len(x) < 100 else None, color="#2461b3", label="daily availability")
-    if s.sla is not None:
-        ax.axhline(100 * s.sla, color="#b3261e", linestyle="--", label=f"SLA {100 * s.sla:g}%")
-    ax.axhline(100 * s.objective, color="#888", linestyle=":", label=f"objective {100 * s.objective:g}%")
-    ax.set_ylabel("%")
-    ax.set_title("Daily availability")
-    ax.legend(fontsize=7, loc="lower left")
+    if s.kind == "latency":
+        title = f"Requests within {_threshold(s.threshold_s)}, per day"
+        ax.plot(
+            x, daily, marker=_marker(len(x)), color="#2461b3", label=f"within {_threshold(s.threshold_s)}"
+        )
+    else:
+        title = "Availability per day"
+        ax.plot(x, daily, marker=_marker(len(x)), color="#2461b3", label="daily availability")
+    if s.contractual and s.sla is not None:
+        ax.axhline(100 * s.sla, color="#b3261e", linestyle="--", label=f"SLA {_target(s.sla)}")
+    ax.axhline(100 * s.objective, color="#888", linestyle=":", label=f"objective {_target(s.objective)}")
+    ax.set_ylabel("% of requests")
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, min(hi, 100.5))  # no share is above 100%: no axis room for one
+    ax.set_title(title)
+    _legend_outside(ax)
     _day_axis(ax, days)
-    out.append(("Daily availability against the SLA", _png(fig)))
-    fig, ax = _figure(6.4, 2.6)
-    ax.plot(x, [100 * c if c is not None else float("nan") for c in s.budget_curve], color="#7a4cc2")
-    ax.axhline(0, color="#b3261e", linewidth=0.8)
-    ax.set_title("Error budget left (burn-down across the period)")
-    ax.set_ylabel("% of budget")
-    _day_axis(ax, days)
-    out.append(("Error budget burn-down", _png(fig)))
+    out.append((title, fig))
     weeks = r.latency_weeks.get(s.service, [])
-    if weeks:
+    if weeks and s.kind == "latency":
         fig, ax = _figure(6.4, 2.6)
         labels = [w[0][5:] for w in weeks]
         for idx, (name, color) in enumerate((("p50", "#2e8b57"), ("p95", "#d98a00"), ("p99", "#b3261e"))):
             values = [w[idx + 1] for w in weeks]
             ms = [1000 * v if isinstance(v, float) else float("nan") for v in values]
             ax.plot(range(len(labels)), ms, marker="o" if len(labels) < 20 else None, color=color, label=name)
+        ax.axhline(1000 * (s.threshold_s or 0.0), color="#888", linestyle=":", label="threshold")
         ax.set_ylabel("ms")
-        ax.set_title(f"Latency percentiles by week ({s.service})")
-        ax.legend(fontsize=7)
+        title = f"Latency percentiles by week ({s.service}, weeks from Monday)"
+        ax.set_title(title)
+        _legend_outside(ax)
         _day_axis(ax, labels)
-        out.append(("Latency by week", _png(fig)))
+        out.append((title, fig))
     if s.previous:
         fig, ax = _figure(6.4, 2.4)
         bars = [p for p, _ in reversed(s.previous)] + [r.period]
-        avails = [a for _, a in reversed(s.previous)] + [s.availability]
-        ax.bar(bars, [100 * v if v is not None else 0 for v in avails], color="#2461b3")
-        if s.sla is not None:
-            ax.axhline(100 * s.sla, color="#b3261e", linestyle="--")
-        known = [100 * v for v in avails if v is not None]
-        if known:
-            ax.set_ylim(max(0, min(known) - 1), 100.05)
-        ax.set_title("Availability compared with previous periods")
-        out.append(("Previous periods", _png(fig)))
+        shares = [a for _, a in reversed(s.previous)] + [s.availability]
+        known = [100 * v for v in shares if v is not None]
+        floor = max(0, min([*known, 100 * s.objective]) - 1)
+        ax.bar(bars, [100 * v if v is not None else 0 for v in shares], color="#2461b3")
+        for k, v in enumerate(shares):
+            # An empty period is written, never drawn as a bar of 0%.
+            ax.annotate(
+                "no data" if v is None else f"{100 * v:.3f}%",
+                (k, floor),
+                xytext=(0, 3),
+                textcoords="offset points",
+                ha="center",
+                fontsize=7,
+                # White on a bar tall enough to hold it, else dark on the background.
+                color="white" if v is not None and (100 * v - floor) > 0.15 * (100.05 - floor) else "#333",
+            )
+        if s.contractual and s.sla is not None:
+            ax.axhline(100 * s.sla, color="#b3261e", linestyle="--", label=f"SLA {_target(s.sla)}")
+        ax.axhline(100 * s.objective, color="#888", linestyle=":", label=f"objective {_target(s.objective)}")
+        ax.set_ylim(floor, 100.05)
+        ax.set_ylabel("% of requests")
+        title = "This period beside the previous ones"
+        ax.set_title(title)
+        _legend_outside(ax)
+        out.append((title, fig))
     return out
+
+
+def budget_figure(r: Report, s: SloReport) -> tuple[str, Figure]:
+    """The SRE's error-budget burn-down, clamped to +-100% (BUDGET_CLAMP)."""
+    days = [d.day[5:] for d in s.days]
+    raw = [100 * c if c is not None else float("nan") for c in s.budget_curve]
+    lo = -100 * BUDGET_CLAMP
+    fig, ax = _figure(6.4, 2.6)
+    ax.plot(
+        range(len(days)),
+        [max(lo, v) for v in raw],
+        marker=_marker(len(days)),
+        color="#7a4cc2",
+        label="budget left",
+    )
+    ax.axhline(0, color="#b3261e", linewidth=0.8, label="all spent")
+    ax.set_ylim(lo - 5, 105)
+    ax.set_ylabel("% of budget")
+    title = f"Error budget left: {s.slo}"
+    ax.set_title(title, fontsize=9)
+    _legend_outside(ax)
+    _day_axis(ax, days)
+    return title, fig
+
+
+def _caption(r: Report, title: str) -> str:
+    partial = f" ({_partial(r)})" if r.partial_through else ""
+    return f"{escape(title)}, {escape(r.period)}{escape(partial)}."
+
+
+def _partial(r: Report, word: str = "partial") -> str:
+    return f"{word}: through {r.partial_through} ({r.timezone})"
+
+
+def _figures(r: Report, charts: list[tuple[str, Figure]]) -> list[str]:
+    return [
+        f'<figure><img alt="{escape(title)}" src="{_png(fig)}"><figcaption>{_caption(r, title)}</figcaption></figure>'
+        for title, fig in charts
+    ]
+
+
+def table_head(*columns: tuple[str, int, str]) -> str:
+    """A table's opening with fixed column widths (percent: a long cell wraps, never widens the
+    table past the page) and a header row that repeats on every page the table runs onto.
+    ``columns``: (heading, width %, "l" or "r")."""
+    cols = "".join(f"<col style='width:{width}%'>" for _, width, _ in columns)
+    heads = "".join(f"<th{' class=l' if align == 'l' else ''}>{escape(h)}</th>" for h, _, align in columns)
+    return f"<table><colgroup>{cols}</colgroup><thead><tr>{heads}</tr></thead>"
 
 
 def _incidents(s: SloReport) -> list[str]:
@@ -123,11 +255,13 @@ def _incidents(s: SloReport) -> list[str]:
     shown = sorted(sorted(s.incidents, key=lambda i: -i.minutes)[:MAX_INCIDENTS], key=lambda i: i.start)
     if len(shown) < len(s.incidents):
         parts.append(
-            f"<p>{len(s.incidents)} incidents, {sum(i.minutes for i in s.incidents)} down minutes; the "
+            f"<p>{len(s.incidents)} incidents, {plural(sum(i.minutes for i in s.incidents), 'down minute')}; the "
             f"{len(shown)} longest below, every one in the incidents CSV beside this report.</p>"
         )
     parts.append(
-        "<table><tr><th class=l>Start</th><th class=l>End</th><th>Down minutes</th><th>Requests affected</th></tr>"
+        table_head(
+            ("Start", 28, "l"), ("End", 28, "l"), ("Down minutes", 20, "r"), ("Requests affected", 24, "r")
+        )
     )
     for inc in shown:
         parts.append(
@@ -138,60 +272,196 @@ def _incidents(s: SloReport) -> list[str]:
     return parts
 
 
-def render_html(r: Report) -> str:
+def _cover(r: Report) -> list[str]:
+    contract = [s for s in r.slos if s.contractual]
     parts = [
-        "<!doctype html><html lang=en><head><meta charset=utf-8>",
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>Uptime report: {escape(r.facility_name)}, {escape(r.period)}</title><style>{CSS}</style></head><body>",
-        f"<h1>Uptime report: {escape(r.facility_name)}</h1>",
+        '<p class="kicker">Uptime report</p>',
+        f"<h1>{escape(r.facility_name)}</h1>",
         f'<p class="sub">Period {escape(r.period)}: {escape(r.start)} to {escape(r.end)} ({escape(r.timezone)}). '
         f"Generated {escape(r.generated_at)}.</p>",
-        "<h2>Summary</h2><table><tr><th class=l>SLO</th><th>Availability</th><th>Uptime minutes</th>"
-        "<th>Contract SLA</th><th>SLA met?</th><th>Objective</th><th>Objective met?</th><th>Budget used</th>"
-        "<th>Downtime (min)</th><th>Incidents</th></tr>",
+    ]
+    if r.partial_through:
+        parts.append(
+            f'<p class="partial">{escape(_partial(r, "Partial"))}. The period has not ended: every figure'
+            " below covers it up to that time.</p>"
+        )
+    if r.sla is None:
+        parts.append(
+            '<p class="verdict">No SLA is set for this facility: the objectives are listed below.</p>'
+        )
+    elif not contract:
+        parts.append(
+            f'<p class="verdict">SLA {_target(r.sla)}: no SLO is contractual, nothing is judged.</p>'
+        )
+    else:
+        so_far = " so far" if r.partial_through and r.sla_met is not None else ""
+        parts.append(f'<p class="verdict">SLA {_target(r.sla)}: {_verdict(r.sla_met)}{so_far}.</p>')
+    return parts
+
+
+def _contract(r: Report) -> list[str]:
+    contract = [s for s in r.slos if s.contractual]
+    if r.sla is None or not contract:
+        return []
+    parts = [
+        f"<h2>Contract: SLA {_target(r.sla)} uptime</h2>",
+        table_head(
+            ("Contractual SLO", 31, "l"),
+            ("Uptime", 13, "r"),
+            ("SLA", 9, "r"),
+            ("Downtime allowed", 17, "r"),
+            ("Downtime used", 17, "r"),
+            ("Result", 13, "r"),
+        ),
+    ]
+    for s in contract:
+        if s.insufficient_data or s.downtime_allowed_minutes is None:
+            parts.append(
+                f"<tr><td class=l>{escape(s.slo)}</td><td colspan=5 class=l><b>insufficient data</b>: no"
+                f" request or probe in {plural(s.no_evidence_minutes, 'minute')}</td></tr>"
+            )
+            continue
+        parts.append(
+            f"<tr><td class=l>{escape(s.slo)}</td><td>{_pct(s.uptime)}</td><td>{_target(r.sla)}</td>"
+            f"<td>{plural(s.downtime_allowed_minutes, 'minute')}</td><td>{plural(s.down_minutes, 'minute')}</td>"
+            f"<td>{_verdict(s.sla_met)}</td></tr>"
+        )
+    parts.append("</table>")
+    names = ", ".join(escape(s.slo) for s in contract)
+    marked = r.contractual_marked
+    why = (
+        "marked <code>contractual: true</code> in the SLO definitions"
+        if marked
+        else "every availability SLO, as none is marked <code>contractual</code>"
+    )
+    parts.append(
+        f'<p class="note">The SLA is judged on {names} ({why}). Uptime is the share of measured minutes that were'
+        " up; the downtime allowed is the rest of the SLA's share of those minutes. Minutes without any request"
+        " or probe are not measured (listed per SLO below); planned maintenance is excluded.</p>"
+    )
+    return parts
+
+
+def _objectives(r: Report) -> list[str]:
+    parts = [
+        "<h2>Service objectives</h2>",
+        table_head(
+            ("SLO", 29, "l"),
+            ("Measured", 37, "l"),
+            ("Objective", 11, "r"),
+            ("Result", 11, "r"),
+            ("Incidents", 12, "r"),
+        ),
     ]
     for s in r.slos:
         if s.insufficient_data:
             parts.append(
-                f"<tr><td class=l>{escape(s.slo)}</td><td colspan=9 class=l><b>insufficient data</b>: no"
-                f" request or probe in {s.no_evidence_minutes:,} minutes</td></tr>"
+                f"<tr><td class=l>{escape(s.slo)}</td><td colspan=4 class=l><b>insufficient data</b>: no"
+                f" request or probe in {plural(s.no_evidence_minutes, 'minute')}</td></tr>"
             )
             continue
         parts.append(
-            f"<tr><td class=l>{escape(s.slo)}</td><td>{_pct(s.availability)}</td><td>{_pct(s.uptime)}</td>"
-            f"<td>{_pct(s.sla, 2) if s.sla is not None else '-'}</td><td>{_verdict(s.sla_met)}</td>"
-            f"<td>{_pct(s.objective, 2)}</td><td>{_verdict(s.objective_met)}</td>"
-            f"<td>{_pct(s.budget_used, 1)}</td><td>{s.down_minutes}</td><td>{len(s.incidents)}</td></tr>"
+            f"<tr><td class=l>{escape(s.slo)}</td><td class=l>{escape(measure_text(s))}</td>"
+            f"<td>{_target(s.objective)}</td><td>{_verdict(s.objective_met)}</td><td>{len(s.incidents)}</td></tr>"
         )
     parts.append("</table>")
-    for s in r.slos:
-        parts.append(f"<h2>{escape(s.slo)} ({escape(s.service)})</h2>")
-        parts.append(
-            f"<p>{s.total:,} requests, {s.good:,} good: availability <b>{_pct(s.availability)}</b>. "
-            f"{s.up_minutes:,} minutes up, <b>{s.down_minutes:,} minutes down</b>, {s.no_data_minutes:,} minutes "
-            f"without traffic (no data), {s.maintenance_minutes:,} minutes of planned maintenance excluded.</p>"
+    parts.append(
+        '<p class="note">Objectives are the service\'s own targets; only the contractual SLOs above are compared'
+        " with the SLA.</p>"
+    )
+    return parts
+
+
+def _slo_section(r: Report, s: SloReport) -> list[str]:
+    what = f"{s.good:,} within {_threshold(s.threshold_s)}" if s.kind == "latency" else f"{s.good:,} good"
+    parts = [
+        f"<h2>{escape(s.slo)} ({escape(s.service)})</h2>",
+        f"<p>{plural(s.total, 'request')}, {what}: <b>{escape(measure_text(s))}</b>; objective"
+        f" {_target(s.objective)}{', contractual' if s.contractual else ''}. {plural(s.up_minutes, 'minute')} up,"
+        f" <b>{plural(s.down_minutes, 'minute')} down</b>, {plural(s.no_data_minutes, 'minute')} without traffic"
+        f" (no data), {plural(s.maintenance_minutes, 'minute')} of planned maintenance excluded.</p>",
+        f"<p>Evidence ({escape(' and '.join(s.sources))} counted): {plural(s.traffic_minutes, 'minute')} with"
+        f" client traffic, {plural(s.probe_only_minutes, 'minute')} covered only by the gateway's probes,"
+        f" {plural(s.no_evidence_minutes, 'minute')} with neither."
+        + (
+            " <b>Insufficient data</b>: no figure can be stated for this period."
+            if s.insufficient_data
+            else ""
         )
-        parts.append(
-            f"<p>Evidence ({escape(' and '.join(s.sources))} counted): {s.traffic_minutes:,} minutes with"
-            f" client traffic, {s.probe_only_minutes:,} minutes covered only by the gateway's probes,"
-            f" {s.no_evidence_minutes:,} minutes with neither."
-            + (
-                " <b>Insufficient data</b>: no figure can be stated for this period."
-                if s.insufficient_data
-                else ""
+        + "</p>",
+        '<div class="charts">',
+        *_figures(r, chart_figures(r, s)),
+        "</div>",
+        *_incidents(s),
+    ]
+    if s.previous:
+        prev = ", ".join(f"{escape(p)}: {_pct(a)}" for p, a in s.previous)
+        parts.append(f"<p>Previous periods: {prev}.</p>")
+    return parts
+
+
+def _daily_appendix(r: Report) -> list[str]:
+    # Preformatted rather than a table: a year is 365 rows, and text lays out far faster than cells.
+    parts = [
+        "<h2>Appendix: daily figures</h2><p>Per day, the share of good requests (for a latency SLO, within its "
+        "threshold) and the down minutes; requests and the other columns are in the CSV beside this report.</p>"
+    ]
+    numbered = list(enumerate(r.slos, 1))
+    for b in range(0, len(numbered), SLO_COLUMNS_PER_BLOCK):
+        block = numbered[b : b + SLO_COLUMNS_PER_BLOCK]
+        key = "; ".join(f"[{n}] {escape(s.slo)}" for n, s in block)
+        parts.append(f'<p class="note">Columns: {key}.</p><pre class=appendix>')
+        parts.append(escape("day        " + "".join(f"{f'[{n}] good':>13}{'down':>6}" for n, _ in block)))
+        for i, day in enumerate(r.slos[0].days):
+            cells = "".join(
+                f"{_plain_pct(s.days[i].availability):>13}{s.days[i].down_minutes:>6}" for _, s in block
             )
-            + "</p>"
+            parts.append(escape(f"{day.day} {cells}"))
+        parts.append("</pre>")
+    return parts
+
+
+def _budget_appendix(r: Report) -> list[str]:
+    parts = [
+        "<h2>Appendix: error budgets (for the service's engineers)</h2>",
+        '<p class="note">Each objective allows a share of bad requests (or down minutes) in the period: its error'
+        " budget. These figures steer the engineering work; they are not terms of the contract. Used above 100%"
+        " means the objective was missed; the charts stop where the budget is overspent by its whole size, and"
+        " the table gives the multiple.</p>",
+        table_head(("SLO", 40, "l"), ("Objective", 20, "r"), ("Error budget used", 40, "l")),
+    ]
+    for s in r.slos:
+        if s.budget_used is None:
+            used = "no data"
+        elif s.budget_used > 1:
+            times = f"{s.budget_used:,.2f}" if s.budget_used < 10 else f"{s.budget_used:,.1f}"
+            used = f"all of it: {times} times the budget"
+        else:
+            used = f"{100 * s.budget_used:.1f}%"
+        parts.append(
+            f"<tr><td class=l>{escape(s.slo)}</td><td>{_target(s.objective)}</td><td class=l>{used}</td></tr>"
         )
-        parts.append('<div class="charts">')
-        parts.extend(f'<img alt="{escape(title)}" src="{src}">' for title, src in _charts(r, s))
-        parts.append("</div>")
-        parts.extend(_incidents(s))
-        if s.previous:
-            prev = ", ".join(f"{escape(p)}: {_pct(a)}" for p, a in s.previous)
-            parts.append(f"<p>Previous periods: {prev}.</p>")
+    parts.append("</table>")
+    parts.extend(_figures(r, [budget_figure(r, s) for s in r.slos if not s.insufficient_data]))
+    return parts
+
+
+def render_html(r: Report, paper: str = DEFAULT_PAPER) -> str:
+    """The whole report; ``paper`` (a key of PAPERS) sets the printed page size."""
+    parts = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>Uptime report: {escape(r.facility_name)}, {escape(r.period)}</title><style>{css(paper)}</style>"
+        "</head><body>",
+        *_cover(r),
+        *_contract(r),
+        *_objectives(r),
+    ]
+    for s in r.slos:
+        parts.extend(_slo_section(r, s))
     parts.append("<h2>Maintenance windows (excluded)</h2>")
     if r.maintenance:
-        parts.append("<table><tr><th class=l>Start</th><th class=l>End</th><th class=l>Reason</th></tr>")
+        parts.append(table_head(("Start", 28, "l"), ("End", 28, "l"), ("Reason", 44, "l")))
         for m in r.maintenance:
             parts.append(
                 f"<tr><td class=l>{escape(m['start'])}</td><td class=l>{escape(m['end'])}</td>"
@@ -200,7 +470,7 @@ def render_html(r: Report) -> str:
         parts.append("</table>")
     else:
         parts.append("<p>None in this period.</p>")
-    target = ", ".join(f"{escape(s.slo)} {100 * s.timeslice_target:g}%" for s in r.slos)
+    target = ", ".join(f"{escape(s.slo)} {_target(s.timeslice_target)}" for s in r.slos)
     parts.append(
         "<h2>Methods</h2><p>Every request to the facility's clinical APIs passed through the vitalgate gateway, "
         "which measured it where the facility's systems meet the service: status and duration, attributed to "
@@ -208,26 +478,18 @@ def render_html(r: Report) -> str:
         "local midnight to local midnight. A request is good for an availability SLO when its status is below 500 "
         "(and not a status the SLO lists as bad); for a latency SLO when it took no longer than the threshold. "
         "Availability is good requests over all requests. A minute is up when at least the timeslice target of its "
-        f"requests were good ({target}); down minutes are downtime. Incidents are runs of down minutes, joined across "
+        f"requests were good ({target}); down minutes are downtime. Uptime is up minutes over measured (up or "
+        "down) minutes. Incidents are runs of down minutes, joined across "
         "minutes without traffic but never across an up minute. Minutes without any request are stated as no data, "
         "not counted as up. Where probes are configured, the gateway sends a synthetic request through itself at "
         "a fixed interval; a minute covered only by probes is up or down by their results. Planned maintenance is "
         "excluded from every figure and listed above.</p>"
     )
     no_data = sum(s.no_data_minutes for s in r.slos)
-    parts.append(f"<p>Gaps in data: {no_data:,} SLO-minutes without traffic in this period.</p>")
-    # Preformatted rather than a table: a year is 365 rows, and text lays out far faster than cells.
-    parts.append(
-        "<h2>Appendix: daily figures</h2><p>Availability and down minutes per day; requests and the other "
-        "columns are in the CSV beside this report.</p><pre class=appendix>"
-    )
-    parts.append(escape("day         " + "".join(f"{s.slo[:18]:>20}{'down':>6}" for s in r.slos)))
-    for i, day in enumerate(r.slos[0].days if r.slos else []):
-        cells = "".join(
-            f"{_plain_pct(s.days[i].availability):>20}{s.days[i].down_minutes:>6}" for s in r.slos
-        )
-        parts.append(escape(f"{day.day}  {cells}"))
-    parts.append("</pre>")
+    parts.append(f"<p>Gaps in data: {plural(no_data, 'SLO-minute')} without traffic in this period.</p>")
+    if r.slos:
+        parts.extend(_daily_appendix(r))
+        parts.extend(_budget_appendix(r))
     parts.append(
         f'<p>SHA-256 of the figures: <span class="mono">{r.sha256}</span><br>'
         "Recompute it from the JSON figures beside this report with <code>sha256sum</code> to check these numbers later.</p>"
@@ -288,14 +550,12 @@ def figures_json(r: Report) -> str:
     return json.dumps(r.figures(), sort_keys=True, separators=(",", ":"), default=str)
 
 
-def write_report(r: Report, out: Path) -> list[Path]:
+def write_report(r: Report, out: Path, paper: str = DEFAULT_PAPER) -> list[Path]:
     """``out`` ending in .pdf or .html; the CSV and the figures' JSON go beside it."""
-    html = render_html(r)
+    html = render_html(r, paper)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".pdf":
-        from weasyprint import HTML  # noqa: PLC0415  (slow import; only for PDFs)
-
-        HTML(string=html).write_pdf(out)
+        out.write_bytes(html_to_pdf(html))
     else:
         out.write_text(html, encoding="utf-8")
     csv_path = out.with_suffix(".csv")
@@ -307,7 +567,11 @@ def write_report(r: Report, out: Path) -> list[Path]:
     return [out, csv_path, incidents_path, fig_path]
 
 
-def render_pdf_bytes(r: Report) -> bytes:
-    from weasyprint import HTML  # noqa: PLC0415
+def html_to_pdf(html: str) -> bytes:
+    from weasyprint import HTML  # noqa: PLC0415  (slow import; only for PDFs)
 
-    return bytes(HTML(string=render_html(r)).write_pdf())
+    return bytes(HTML(string=html).write_pdf())
+
+
+def render_pdf_bytes(r: Report, paper: str = DEFAULT_PAPER) -> bytes:
+    return html_to_pdf(render_html(r, paper))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -150,6 +151,8 @@ class SloDoc(_Strict):
     alerting: AlertingDoc = Field(default_factory=AlertingDoc)
     sources: list[SourceName] = Field(default_factory=lambda: list(_BOTH))
     """What counts: real traffic, the gateway's synthetic probes (``probes:``), or both."""
+    contractual: bool | None = None
+    """Judged against the facility's SLA in uptime reports (see ``contractual_slos``)."""
 
     @field_validator("sources")
     @classmethod
@@ -210,6 +213,8 @@ class Slo:
     own method, route template and status), beside the batch request itself."""
     sources: tuple[str, ...] = SOURCES
     """``traffic`` (clients' requests), ``probe`` (the gateway's synthetic probes), or both."""
+    contractual: bool | None = None
+    """As written in ``slos.yaml`` (None: not said); ``contractual_slos`` decides."""
 
     @property
     def error_budget(self) -> float:
@@ -317,6 +322,7 @@ def _to_slo(doc: SloDoc) -> Slo:
         ticket=doc.alerting.ticket,
         runbook_url=doc.alerting.runbook_url,
         sources=tuple(doc.sources),
+        contractual=doc.contractual,
         windows=(
             tuple(
                 BurnWindow(w.severity, w.long, w.short, w.budget_fraction, "configured")
@@ -341,6 +347,13 @@ def check_slos(data: Any, source: Source, services: set[str] | None = None) -> l
             if name in seen:
                 problems.append(source.problem(("slos", i, "name"), f"duplicate SLO name {name!r}"))
             seen.add(name)
+        if s.get("contractual") is True and isinstance(s.get("sli"), dict) and "availability" not in s["sli"]:
+            problems.append(
+                source.problem(
+                    ("slos", i, "contractual"),
+                    "only an availability SLO can be judged against a facility's SLA",
+                )
+            )
         if services is not None and isinstance(service, str) and service not in services:
             known = ", ".join(sorted(services)) or "none"
             problems.append(
@@ -364,6 +377,16 @@ def load_slos(path: str | Path, services: set[str] | None = None) -> list[Slo]:
     return [_to_slo(s) for s in doc.slos]
 
 
+def contractual_slos(slos: Sequence[Slo]) -> list[Slo]:
+    """The SLOs a facility's SLA is judged on: those marked ``contractual: true``; when none
+    is, every availability SLO not marked ``contractual: false`` (what reports judged before
+    the mark existed). A latency SLO is never compared with an availability SLA."""
+    marked = [s for s in slos if s.contractual is True]
+    if marked:
+        return marked
+    return [s for s in slos if s.kind == "availability" and s.contractual is not False]
+
+
 def latency_thresholds_s(slos: list[Slo]) -> list[float]:
     """Every latency threshold named by an SLO: the gateway adds each to its buckets."""
     return sorted({s.threshold_s for s in slos if s.threshold_s is not None})
@@ -376,6 +399,10 @@ class Maintenance:
     reason: str
 
 
+PAPER_SIZES: dict[str, str] = {"a4": "A4", "letter": "letter"}
+"""Paper a facility's reports print on (``paper:`` in gateway.yaml, ``--paper``), by CSS name."""
+
+
 @dataclass(frozen=True)
 class Facility:
     """What the SLO engine knows of a facility (from gateway.yaml)."""
@@ -386,6 +413,8 @@ class Facility:
     sla: float | None = None
     """Contractual availability as a ratio (0..1), beside the internal objective."""
     maintenance: tuple[Maintenance, ...] = ()
+    paper: str | None = None
+    """A key of PAPER_SIZES for its printed reports (None: the report's default, A4)."""
 
 
-__all__ = ["Slo", "SlosDoc", "format_duration", "latency_thresholds_s", "load_slos"]
+__all__ = ["Slo", "SlosDoc", "contractual_slos", "format_duration", "latency_thresholds_s", "load_slos"]

@@ -22,6 +22,7 @@ from reports.data import (
     StoreSource,
     build_report,
     daily_availability,
+    paper_of,
     parse_period,
 )
 from reports.pages import facility_page, fleet_page
@@ -118,19 +119,21 @@ class AdminPages:
         # matplotlib and weasyprint load on the first report, not in every gateway at start-up.
         from reports.render import render_html, render_pdf_bytes  # noqa: PLC0415
 
+        facility = self.facilities[facility_id]
         source, store = self._open()
         try:
             report = build_report(
                 source,
                 self.admin.config.slos,
-                self.facilities[facility_id],
+                facility,
                 parse_period(period_label),
                 time.time(),
             )
         finally:
             if store is not None:
                 store.close()
-        return render_pdf_bytes(report) if fmt == "pdf" else render_html(report).encode()
+        paper = paper_of(facility)
+        return render_pdf_bytes(report, paper) if fmt == "pdf" else render_html(report, paper).encode()
 
     async def report(self, request: web.Request) -> web.Response:
         facility_id, period, fmt = (request.match_info[k] for k in ("facility", "period", "fmt"))

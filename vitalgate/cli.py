@@ -18,6 +18,7 @@ from gateway.dataplane.metrics import duration_buckets_s
 from gateway.diagnostics import configure as configure_diagnostics
 from gateway.importer import import_file
 from gateway.native import build
+from reports.data import DEFAULT_PAPER, PAPERS
 from slo.configfile import ConfigError
 from slo.conventions import ALL_FACILITIES
 from slo.embedded import EmbeddedBackend, note_threshold_buckets
@@ -430,7 +431,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
-    from reports.data import PeriodError, ReportSource, StoreSource, build_report, parse_period  # noqa: PLC0415
+    from reports.data import (  # noqa: PLC0415
+        PeriodError,
+        ReportSource,
+        StoreSource,
+        build_report,
+        paper_of,
+        parse_period,
+    )
+    from reports.fleet import fleet_pdf, fleet_row, index_html  # noqa: PLC0415
     from reports.render import write_report  # noqa: PLC0415
 
     try:
@@ -467,6 +476,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             return 1
         source = StoreSource(store)
     now = now_utc()
+    rows = []
     for i, facility in enumerate(chosen, 1):
         target = out if not args.all_facilities else out.with_name(f"{out.stem}-{facility.id}{out.suffix}")
         try:
@@ -474,7 +484,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         except PrometheusError as exc:
             print(f"vitalgate: {exc}", file=sys.stderr)
             return 1
-        write_report(report, target)
+        write_report(report, target, paper_of(facility, args.paper))
+        rows.append(fleet_row(report, target.name))
         if args.all_facilities:
             width = 30
             done = int(width * i / len(chosen))
@@ -486,7 +497,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         else:
             print(f"{target}: {facility.name}, {period.label}; sha256 {report.sha256}")
     if args.all_facilities:
-        print(f"\nwrote {len(chosen)} reports next to {out}")
+        generated = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(now))
+        fleet = out.with_name(f"{out.stem}-fleet.pdf")
+        fleet.write_bytes(fleet_pdf(period.label, generated, rows, args.paper or DEFAULT_PAPER))
+        index = out.with_name(f"{out.stem}-index.html")
+        index.write_text(index_html(period.label, generated, rows, fleet.name), encoding="utf-8")
+        print(f"\nwrote {len(chosen)} reports next to {out}; index {index}, fleet summary {fleet}")
     for note in dict.fromkeys(prom.notes if prom else []):
         print(f"vitalgate: {note}", file=sys.stderr)
     return 0
@@ -632,9 +648,19 @@ def _record_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     p.add_argument("--config", required=True)
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--facility")
-    who.add_argument("--all-facilities", action="store_true", help="one report per facility, named after it")
+    who.add_argument(
+        "--all-facilities",
+        action="store_true",
+        help="one report per facility, named after it, and an index page and a one-page fleet summary",
+    )
     p.add_argument("--period", required=True, help="2026-10, 2026-Q4 or 2026")
     p.add_argument("--out", required=True, help="FILE.pdf or FILE.html (a CSV goes beside it)")
+    p.add_argument(
+        "--paper",
+        choices=sorted(PAPERS),
+        default=None,
+        help=f"printed page size (default: the facility's paper in the config, else {DEFAULT_PAPER})",
+    )
     p.add_argument("--backend", choices=["embedded", "prometheus"], default="embedded")
     p.add_argument("--prometheus-url", default=None, help="Prometheus base URL (or PROMETHEUS_URL)")
     p.add_argument(

@@ -45,6 +45,7 @@ from gateway.audit.keys import AuditKeyError, Keyring, read_signing_key
 from gateway.audit.store import Appender, Head
 from gateway.audit.verify import expire
 from gateway.dataplane.auditrecord import request_rows
+from gateway.diagnostics import QuietThirdParty
 
 log = logging.getLogger("vitalgate.audit")
 
@@ -444,7 +445,9 @@ def main() -> int:
     # Nothing but frames goes up the pipe: a stray print goes to stderr, the gateway's.
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     root = logging.getLogger()
-    root.handlers[:] = [Relay(up)]
+    relay = Relay(up)
+    relay.addFilter(QuietThirdParty())  # the gateway's own rule for libraries' records
+    root.handlers[:] = [relay]
     root.setLevel(logging.INFO)
     frames = Frames(inp)
     raw = frames.raw(None)

@@ -187,6 +187,10 @@ def test_checksum_covers_the_figures(month: Path) -> None:
     data = json.loads(figures)
     assert data["slos"][0]["down_minutes"] == 35
     assert data["slos"][0]["sla_met"] is True and data["slos"][0]["objective_met"] is True
+    # No SLO is marked contractual: the availability SLO is, by default, and says so.
+    assert data["slos"][0]["contractual"] is True and data["contractual_marked"] is False
+    assert data["sla_met"] is True and data["partial_through"] is None
+    assert "every availability SLO, as none is marked" in (month / "chicago-2026-10.html").read_text()
 
 
 def test_bad_period_and_facility(month: Path) -> None:
