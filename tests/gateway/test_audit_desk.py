@@ -307,3 +307,36 @@ def test_a_running_writer_has_a_checkpoint_interval_to_cover_its_records(desk: D
         os.close(fd)
     stopped = verify(folder / "audit", keyring, public, [], checkpoint_interval_s=1.0)
     assert stopped.problem is not None and "no writer runs" in stopped.problem
+
+
+def test_a_strict_trail_holds_a_probe_as_the_system_agent_too(tmp_path: Path) -> None:
+    """Under ``durability: strict`` a probe's record is made while its response waits (not
+    from its telemetry route): the same system agent, the same leaving out of the metadata probe."""
+    Idp(tmp_path)
+    with BackgroundPeers() as peers:
+        cfg = _audit_config(tmp_path, peers.upstream.port, durability="strict")
+        doc = yaml.safe_load(cfg.read_text())
+        doc["probes"] = [
+            {"upstream": "fhir", "interval": "1s", "facilities": ["st-marys"]},
+            {"upstream": "fhir", "interval": "1s", "request": {"path": "/fhir/Patient/pat-strict"}},
+        ]
+        cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+        gw = GatewayProcess(cfg)
+        try:
+            eventually(
+                lambda: (
+                    sum(
+                        1
+                        for r in read_log(tmp_path / "access.log")
+                        if r.get("http.route") == "probe /fhir/metadata"
+                    )
+                    >= 2
+                ),
+                "two metadata probes",
+            )
+        finally:
+            assert gw.terminate() == 0
+    found = _search(cfg)
+    assert found and all(_user(ev)["who"]["identifier"]["value"] == PROBE_USER for ev in found)
+    assert {(ev["subtype"][0]["code"], ev["source"]["site"]) for ev in found} == {("read", "unknown")}
+    assert all(_patients(ev) == ["Patient/pat-strict"] for ev in found)
