@@ -83,7 +83,17 @@ def selected(config: Config[GatewayConfig], audit: AuditConfig, args: argparse.N
 
 
 TABLE = "{:<24}  {:<14} {:<14} {:>2}  {:<24} {}"
-CSV_COLUMNS = ("recorded", "facility", "interaction", "outcome", "outcome_text", "patient", "user", "id")
+CSV_COLUMNS = (
+    "recorded",
+    "facility",
+    "interaction",
+    "outcome",
+    "outcome_text",
+    "patient",
+    "user",
+    "user_id",
+    "id",
+)
 
 
 def cmd_search(config: Config[GatewayConfig], args: argparse.Namespace) -> int:
@@ -154,7 +164,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], with_
         p = audit.add_parser(name, help=doc)
         p.add_argument("--config", required=True)
         p.add_argument("--patient", help="pat-1 or Patient/pat-1")
-        p.add_argument("--user")
+        p.add_argument("--user", help="a user's id (sub), an admin token's name, or vitalgate-probe")
         p.add_argument("--facility")
         p.add_argument("--since", help="ISO 8601 time (UTC if no offset)")
         p.add_argument("--until")

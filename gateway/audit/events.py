@@ -383,12 +383,14 @@ def patient_of(fields: list[Any]) -> str | None:
 
 
 def user_of(fields: list[Any]) -> str | None:
-    """The requestor's identifier value: the verified user, the admin token's name, or the
-    unverified token's SHA-256."""
+    """The requestor's identifier value: the verified user, the admin token's name, the
+    gateway's system agent (``vitalgate-probe``), or the unverified token's SHA-256 (``none``
+    when it sent none)."""
     if fields[1] == TRAIL_READ:
         return str(fields[3])
     who = fields[2 + _N_REQUEST : 2 + _N_REQUEST + _N_WHO]
-    return who[0] if who[3] else who[4]  # type: ignore[no-any-return]
+    # As the AuditEvent's requestor says it (``_agents``): ``none`` for no token at all.
+    return str(who[0]) if who[3] and who[0] else str(who[4] or "none")
 
 
 def site_of(fields: list[Any]) -> str | None:

@@ -91,6 +91,9 @@ class Summary:
     user: str
     """Who asked: the user's id, ``unverified (reason)``, an admin token's name or the
     gateway's own agent (``vitalgate-probe``), with what it is in parentheses."""
+    user_id: str
+    """The requestor's identifier alone: what ``--user`` (``user=``) matches; for an
+    unverified user, the SHA-256 of the token it sent (``none`` without one)."""
     id: str
 
     @property
@@ -98,18 +101,19 @@ class Summary:
         return OUTCOMES.get(self.outcome, "unknown")
 
 
-def _who(event: dict[str, Any]) -> str:
+def _who(event: dict[str, Any]) -> tuple[str, str]:
+    """The requestor, as a person reads it and as its identifier alone."""
     agent: dict[str, Any] = next((a for a in event.get("agent", []) if a.get("requestor")), {})
     who = agent.get("who", {})
     ident = who.get("identifier", {})
     system, value = ident.get("system"), str(ident.get("value", "?"))
     if system == events.UNVERIFIED:
-        return str(who.get("display", "unverified"))
+        return str(who.get("display", "unverified")), value
     if system == events.ADMIN_USERS:
-        return f"{value} (admin token)"
+        return f"{value} (admin token)", value
     if system == events.SYSTEM_AGENTS:
-        return f"{value} (gateway system agent)"
-    return value
+        return f"{value} (gateway system agent)", value
+    return value, value
 
 
 def summary(event: dict[str, Any]) -> Summary:
@@ -125,12 +129,14 @@ def summary(event: dict[str, Any]) -> Summary:
     subtype = (event.get("subtype") or [{}])[0].get("code", "?")
     if any(e.get("what", {}).get("display") == "AuditEvent" for e in event.get("entity", [])):
         subtype = events.TRAIL_READ  # a search of the trail itself (/api/v1/audit)
+    user, user_id = _who(event)
     return Summary(
         recorded=str(event.get("recorded", "?")),
         facility=str(event.get("source", {}).get("site", "-")),
         interaction=str(subtype),
         outcome=str(event.get("outcome", "?")),
         patient=patient,
-        user=_who(event),
+        user=user,
+        user_id=user_id,
         id=str(event.get("id", "")),
     )

@@ -178,6 +178,14 @@ def test_every_record_kind_prints_searches_and_exports(desk: Desk) -> None:
         )
     for ev in kinds["probe"]:
         assert by_id[ev["id"]]["user"] == "vitalgate-probe (gateway system agent)"
+        assert by_id[ev["id"]]["user_id"] == PROBE_USER
+    for ev in kinds["unverified request"]:  # what --user matches: the token's digest, or none
+        assert (by_id[ev["id"]]["user"], by_id[ev["id"]]["user_id"]) == (
+            "unverified (no bearer token)",
+            "none",
+        )
+    unverified = [ev["id"] for ev in kinds["unverified request"]]
+    assert [ev["id"] for ev in _search(desk.cfg, "--user", "none")] == unverified
 
     # Export: by user (the reads of the trail, which name no patient) and by patient.
     out = desk.cfg.parent / "reads.json"
