@@ -135,7 +135,7 @@ def cmd_export(config: Config[GatewayConfig], args: argparse.Namespace) -> int:
     }
     out = Path(args.out)
     out.write_text(json.dumps(bundle, indent=1) + "\n")
-    out.chmod(0o600)  # it names the patient
+    out.chmod(0o600)  # it names patients and users
     whose = f" of Patient/{patient_id(args.patient)}" if args.patient else ""
     print(f"{out}: {len(found)} AuditEvents{whose}")
     return 0

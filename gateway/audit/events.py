@@ -302,7 +302,7 @@ def trail_read(
     }
     if peer:
         client["network"] = {"address": peer, "type": "2"}
-    event: dict[str, Any] = {
+    return {
         "resourceType": "AuditEvent",
         "id": str(uuid.uuid4()),
         "meta": {"profile": [BALP + "Query"]},
@@ -333,7 +333,6 @@ def trail_read(
             }
         ],
     }
-    return event
 
 
 def event_id(trace_id: str, index: int) -> str:

@@ -254,8 +254,7 @@ class Encoder:
         # ``slo.spec.PROBE_ROUTE_PREFIX`` (not imported: it would load numpy into this process)
         # is put before a template, and a template starts with its route's "/" prefix.
         route = p[6][max(0, p[6].find("/")) :]
-        request = (*p[:6], route, *p[7:16], None, None, *p[18:])
-        rows = self._rows_of(request, events.PROBE_WHO.row())
+        rows = self._rows_of((*p[:6], route, *p[7:]), events.PROBE_WHO.row())
         if all(row[-3] is None for row in rows):
             return []
         for row in rows:
