@@ -37,6 +37,8 @@ class Desk:
     """``/api/v1/audit`` answers, by query string, read while the gateway ran."""
     probe_requests: dict[str, int]
     """How many probe requests the access log holds, by probe route."""
+    live_verify: tuple[int, str]
+    """``vitalgate audit verify`` while the gateway ran (exit code, output)."""
 
 
 def _two_found(url: str) -> bool:
@@ -97,6 +99,8 @@ def desk(tmp_path_factory: pytest.TempPathFactory) -> Desk:
             good = idp.token("dr-house", azp="ehr-web")
             assert _get(gw.proxy, "/fhir/Patient/pat-1", good) == 200  # read, a patient
             assert _get(gw.proxy, "/fhir/Patient/pat-1") == 200  # unverified: no credentials
+            # A client's probe header is not believed: an unverified user, not the gateway.
+            assert _get(gw.proxy, "/fhir/Patient/pat-forged", None, **{"X-Vitalgate-Probe": "guess"}) == 200
             assert _get(gw.proxy, "/fhir/metadata", good) == 200  # capabilities, no patient
             assert _get(gw.proxy, "/fhir/Patient?name=x", good, **{"X-Test-Fault": "searchset"}) == 200
             assert _get(gw.proxy, "/fhir/Patient/pat-2", good, **{"X-Test-Fault": "status:404"}) == 404
@@ -114,6 +118,7 @@ def desk(tmp_path_factory: pytest.TempPathFactory) -> Desk:
                 ),
                 "two runs of each probe",
             )
+            live = _verify(cfg)
         finally:
             assert gw.terminate() == 0
     counts: dict[str, int] = {}
@@ -121,7 +126,7 @@ def desk(tmp_path_factory: pytest.TempPathFactory) -> Desk:
         route = str(r.get("http.route", ""))
         if route.startswith("probe "):
             counts[route] = counts.get(route, 0) + 1
-    return Desk(cfg, api, counts)
+    return Desk(cfg, api, counts, live)
 
 
 def test_every_record_kind_prints_searches_and_exports(desk: Desk) -> None:
@@ -226,7 +231,10 @@ def test_probes_are_the_gateways_system_agent_and_those_naming_no_patient_are_le
     everything = _search(desk.cfg)
     # No record is a probe taken for an unverified user (what the metadata probes were).
     unverified = [ev for ev in everything if "unverified" in _user(ev)["who"].get("display", "")]
-    assert [(ev["subtype"][0]["code"], _patients(ev)) for ev in unverified] == [("read", ["Patient/pat-1"])]
+    assert [(ev["subtype"][0]["code"], _patients(ev)) for ev in unverified] == [
+        ("read", ["Patient/pat-1"]),
+        ("read", ["Patient/pat-forged"]),
+    ]
     # A client's own metadata call is capabilities; the metadata probes, which ran, are not recorded.
     (capabilities,) = [ev for ev in everything if ev["subtype"][0]["code"] == "capabilities"]
     assert _user(capabilities)["who"]["identifier"]["value"] == "dr-house"
@@ -265,6 +273,8 @@ def _verify(cfg: Path, *extra: str) -> tuple[int, str]:
 
 
 def test_verify_fails_when_the_checkpoints_are_removed_or_cut(desk: Desk) -> None:
+    code, out = desk.live_verify  # beside the running writer: its last records may wait
+    assert code == 0 and out.startswith("audit trail: OK: "), out
     cfg = _copy(desk, "no-checkpoints")
     code, out = _verify(cfg)
     assert code == 0 and out.startswith("audit trail: OK: "), out
