@@ -138,7 +138,10 @@ def _records(
             for lineno, raw in enumerate(f, 1):
                 where = f"{SEGMENTS}/{path.name}:{lineno}"
                 if partial_tail and not raw.endswith(b"\n") and n == len(segments) - 1:
-                    return  # being written (a reader beside a running gateway)
+                    # Being written (a reader beside a running gateway): the chain ends before it.
+                    heads[expected] = prev
+                    heads[-1] = str(expected)
+                    return
                 try:
                     rec = json.loads(raw)
                 except ValueError:

@@ -312,6 +312,11 @@ def test_a_running_writer_has_a_checkpoint_interval_to_cover_its_records(desk: D
     (folder / "audit" / "checkpoints.jsonl").unlink()
     keyring = Keyring.load([folder / "keys" / "audit.key"])
     public = read_signing_key(folder / "keys" / "audit-signing.key").public_key()
+    # A line the writer is writing as verify reads: not read yet while the writer runs.
+    (segment,) = (folder / "audit" / "segments").glob("*.seg")
+    segment.chmod(0o600)
+    with segment.open("ab") as f:
+        f.write(b'{"i":999,"t":17')
     fd = os.open(folder / "audit" / ".writer.lock", os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # as the chain's writer holds it while it runs
@@ -324,7 +329,11 @@ def test_a_running_writer_has_a_checkpoint_interval_to_cover_its_records(desk: D
     finally:
         os.close(fd)
     stopped = verify(folder / "audit", keyring, public, [], checkpoint_interval_s=1.0)
+    assert stopped.problem is not None and "not a JSON line (altered or torn)" in stopped.problem
+    segment.write_bytes(segment.read_bytes().rpartition(b"\n")[0] + b"\n")
+    stopped = verify(folder / "audit", keyring, public, [], checkpoint_interval_s=1.0)
     assert stopped.problem is not None and "no writer runs" in stopped.problem
+    assert stopped.records == fresh.records
 
 
 def test_a_strict_trail_holds_a_probe_as_the_system_agent_too(tmp_path: Path) -> None:
