@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from collections.abc import Iterator
@@ -11,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit.config import AuditConfig
+from gateway.audit.events import patient_id
 from gateway.audit.keys import AuditKeyError, Keyring, keygen, read_signing_key
-from gateway.audit.search import AuditQuery
+from gateway.audit.search import AuditQuery, outcome_legend, summary
 from gateway.audit.verify import Record, all_records, published_checkpoints, verify
 from gateway.config import Config, GatewayConfig
 
@@ -58,6 +60,7 @@ def cmd_verify(config: Config[GatewayConfig], args: argparse.Namespace) -> int:
         _keyring(config, audit),
         signer.public_key(),
         _anchors(config, args.anchor),
+        checkpoint_interval_s=audit.checkpoint_interval,
     )
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -79,14 +82,18 @@ def selected(config: Config[GatewayConfig], audit: AuditConfig, args: argparse.N
             yield rec
 
 
-def _row(ev: dict[str, Any]) -> str:
-    user: dict[str, Any] = next((a.get("who", {}) for a in ev.get("agent", []) if a.get("requestor")), {})
-    who = user.get("identifier", {}).get("value", "?") if "display" not in user else user["display"]
-    patient = next(
-        (e["what"]["reference"] for e in ev.get("entity", []) if e.get("role", {}).get("code") == "1"), "-"
-    )
-    sub = ev["subtype"][0]["code"]
-    return f"{ev['recorded']}  {ev['source']['site']:<14} {sub:<14} {ev['outcome']:>2}  {patient:<24} {who}"
+TABLE = "{:<24}  {:<14} {:<14} {:>2}  {:<24} {}"
+CSV_COLUMNS = (
+    "recorded",
+    "facility",
+    "interaction",
+    "outcome",
+    "outcome_text",
+    "patient",
+    "user",
+    "user_id",
+    "id",
+)
 
 
 def cmd_search(config: Config[GatewayConfig], args: argparse.Namespace) -> int:
@@ -96,15 +103,25 @@ def cmd_search(config: Config[GatewayConfig], args: argparse.Namespace) -> int:
     found = [r.event for r in selected(config, audit, args)]
     if args.format == "json":
         print(json.dumps(found, indent=1))
-    else:
-        print(f"{'RECORDED':<24}  {'FACILITY':<14} {'INTERACTION':<14} OC  {'PATIENT':<24} USER")
+    elif args.format == "csv":
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(CSV_COLUMNS)
         for ev in found:
-            print(_row(ev))
+            s = summary(ev)
+            out.writerow([getattr(s, c) for c in CSV_COLUMNS])
+    else:
+        print(TABLE.format("RECORDED", "FACILITY", "INTERACTION", "OC", "PATIENT", "USER"))
+        for ev in found:
+            s = summary(ev)
+            print(TABLE.format(s.recorded, s.facility, s.interaction, s.outcome, s.patient, s.user))
+        print(f"{len(found)} AuditEvents. OC is the outcome:")
+        print(outcome_legend())
     return 0
 
 
 def cmd_export(config: Config[GatewayConfig], args: argparse.Namespace) -> int:
-    """The patient's accounting of disclosures: a FHIR Bundle (collection) of AuditEvents."""
+    """The selected AuditEvents as a FHIR Bundle (collection): with ``--patient``, the patient's
+    accounting of disclosures."""
     audit = _audit(config)
     if audit is None:
         return 1
@@ -118,8 +135,9 @@ def cmd_export(config: Config[GatewayConfig], args: argparse.Namespace) -> int:
     }
     out = Path(args.out)
     out.write_text(json.dumps(bundle, indent=1) + "\n")
-    out.chmod(0o600)  # it names the patient
-    print(f"{out}: {len(found)} AuditEvents of Patient/{args.patient}")
+    out.chmod(0o600)  # it names patients and users
+    whose = f" of Patient/{patient_id(args.patient)}" if args.patient else ""
+    print(f"{out}: {len(found)} AuditEvents{whose}")
     return 0
 
 
@@ -137,17 +155,26 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], with_
     p.set_defaults(func=with_config(cmd_verify))
     for name, doc, fn in (
         ("search", "AuditEvents by patient, user, facility and time", cmd_search),
-        ("export", "a patient's AuditEvents as a FHIR Bundle (accounting of disclosures)", cmd_export),
+        (
+            "export",
+            "AuditEvents as a FHIR Bundle (with --patient: the accounting of disclosures)",
+            cmd_export,
+        ),
     ):
         p = audit.add_parser(name, help=doc)
         p.add_argument("--config", required=True)
-        p.add_argument("--patient", required=name == "export")
-        p.add_argument("--user")
+        p.add_argument("--patient", help="pat-1 or Patient/pat-1")
+        p.add_argument("--user", help="a user's id (sub), an admin token's name, or vitalgate-probe")
         p.add_argument("--facility")
         p.add_argument("--since", help="ISO 8601 time (UTC if no offset)")
         p.add_argument("--until")
         if name == "search":
-            p.add_argument("--format", choices=["table", "json"], default="table")
+            p.add_argument(
+                "--format",
+                choices=["table", "json", "csv"],
+                default="table",
+                help="table (with a legend of the outcome codes), json (the AuditEvents) or csv",
+            )
         else:
             p.add_argument("--out", required=True, help="FILE.json")
         p.set_defaults(func=with_config(fn))

@@ -33,6 +33,9 @@ TRACE_ID = "https://www.w3.org/TR/trace-context/#trace-id"
 REQUEST_ID = "urn:ietf:params:http-header:X-Request-Id"
 UNVERIFIED = "urn:vitalgate:audit:unverified-token-sha256"
 ADMIN_USERS = "urn:vitalgate:admin-token-name"
+SYSTEM_AGENTS = "urn:vitalgate:system-agent"
+PROBE_AGENT = "vitalgate-probe"
+"""The requestor of the gateway's own synthetic probes (``--user vitalgate-probe`` finds them)."""
 
 ACTIONS = {
     "create": "C",
@@ -65,6 +68,10 @@ class Who:
     def row(self) -> list[Any]:
         """The fields as a stored record holds them (``facts_of``)."""
         return [self.user, self.issuer, self.client, self.verified, self.token_sha256, self.reason]
+
+
+PROBE_WHO = Who(PROBE_AGENT, None, None, True, None, None)
+"""A probe's identity: the gateway's system agent, whatever credentials its request carries."""
 
 
 @dataclass(frozen=True)
@@ -179,15 +186,23 @@ def _coding(system: str, code: str, display: str | None = None) -> dict[str, str
     return out
 
 
-def _agents(req: Request, who: Who, action: str) -> list[dict[str, Any]]:
+def patient_id(reference: str) -> str:
+    """A patient as a search names it: ``pat-1``, ``Patient/pat-1`` or an absolute reference
+    (``https://fhir.example.org/Patient/pat-1``), as the id the trail stores."""
+    value = reference.strip()
+    return value.rpartition("Patient/")[2].split("/")[0] if "Patient/" in value else value
+
+
+def _agents(req: Request, who: Who, action: str, probe: bool = False) -> list[dict[str, Any]]:
     client_net = req.forwarded_for or req.peer
     # BALP: on a read the client is the Destination (110152) and the server the Source
     # (110153); its query profile swaps the two, as DICOM does.
     query = action == "E"
     client_code, server_code = ("110153", "110152") if query else ("110152", "110153")
+    client_name = "vitalgate synthetic probe" if probe else who.client or "unidentified client"
     client: dict[str, Any] = {
         "type": {"coding": [_coding(DCM, client_code, "Source Role ID" if query else "Destination Role ID")]},
-        "who": {"display": who.client} if who.client else {"display": "unidentified client"},
+        "who": {"display": client_name},
         "requestor": False,
     }
     if client_net:
@@ -198,6 +213,17 @@ def _agents(req: Request, who: Who, action: str) -> list[dict[str, Any]]:
         "requestor": False,
         "network": {"address": req.upstream_address, "type": "1"},
     }
+    if probe:
+        # No person asked: the gateway itself did, as DICOM's "Application" (110150).
+        system = {
+            "type": {"coding": [_coding(DCM, "110150", "Application")]},
+            "who": {
+                "identifier": {"system": SYSTEM_AGENTS, "value": PROBE_AGENT},
+                "display": "vitalgate (synthetic probe)",
+            },
+            "requestor": True,
+        }
+        return [system, client, server]
     user: dict[str, Any] = {
         "type": {"coding": [_coding(PARTICIPATION, "IRCP", "information recipient")]},
         "requestor": True,
@@ -317,6 +343,10 @@ def event_id(trace_id: str, index: int) -> str:
 
 
 TRAIL_READ = "trail-read"
+"""A record kind: a read of the trail through ``/api/v1/audit`` (``trail_read_facts``)."""
+PROBE = "probe"
+"""A record kind: a request of the gateway's own synthetic probe, laid out as a ``REST`` one."""
+KINDS = (REST, PROBE, TRAIL_READ)
 _N_REQUEST = len(dataclasses.fields(Request))
 _N_WHO = len(dataclasses.fields(Who))
 
@@ -345,21 +375,25 @@ def trail_read_facts(token: str, peer: str | None, query: str, recorded_s: float
 
 
 def patient_of(fields: list[Any]) -> str | None:
-    patient: str | None = fields[2 + _N_REQUEST + _N_WHO] if fields[1] == REST else None
+    # A read of the trail names no patient, even when it searched for one: else each read of
+    # a patient's accounting would join it, and the next read would find the last.
+    patient: str | None = fields[2 + _N_REQUEST + _N_WHO] if fields[1] != TRAIL_READ else None
     return patient
 
 
 def user_of(fields: list[Any]) -> str | None:
-    """The requestor's identifier value: the verified user, the admin token's name, or the
-    unverified token's SHA-256."""
+    """The requestor's identifier value: the verified user, the admin token's name, the
+    gateway's system agent (``vitalgate-probe``), or the unverified token's SHA-256 (``none``
+    when it sent none)."""
     if fields[1] == TRAIL_READ:
         return str(fields[3])
     who = fields[2 + _N_REQUEST : 2 + _N_REQUEST + _N_WHO]
-    return who[0] if who[3] else who[4]  # type: ignore[no-any-return]
+    # As the AuditEvent's requestor says it (``_agents``): ``none`` for no token at all.
+    return str(who[0]) if who[3] and who[0] else str(who[4] or "none")
 
 
 def site_of(fields: list[Any]) -> str | None:
-    site: str | None = fields[10] if fields[1] == REST else None
+    site: str | None = fields[10] if fields[1] != TRAIL_READ else None
     return site
 
 
@@ -367,6 +401,8 @@ def render(fields: list[Any], observer: str = "vitalgate") -> dict[str, Any]:
     """The FHIR AuditEvent of a stored record."""
     if fields[0] != FACTS_VERSION:
         raise ValueError(f"an audit record of version {fields[0]!r} (this gateway reads {FACTS_VERSION})")
+    if fields[1] not in KINDS:
+        raise ValueError(f"an audit record of kind {fields[1]!r} (this gateway reads {', '.join(KINDS)})")
     if fields[1] == TRAIL_READ:
         _, _, t, token, peer, query, eid = fields
         event = trail_read(token, peer, query, t, observer)
@@ -375,10 +411,12 @@ def render(fields: list[Any], observer: str = "vitalgate") -> dict[str, Any]:
     req = Request(*fields[2 : 2 + _N_REQUEST])
     who = Who(*fields[2 + _N_REQUEST : 2 + _N_REQUEST + _N_WHO])
     patient, i, cut = fields[2 + _N_REQUEST + _N_WHO :]
-    return _event(req, who, patient, i, cut, observer)
+    return _event(req, who, patient, i, cut, observer, fields[1] == PROBE)
 
 
-def _event(req: Request, who: Who, patient: str | None, i: int, cut: int, observer: str) -> dict[str, Any]:
+def _event(
+    req: Request, who: Who, patient: str | None, i: int, cut: int, observer: str, probe: bool = False
+) -> dict[str, Any]:
     subtype = interaction(req.method, req.prefix, req.route, req.bundle_type)
     action = ACTIONS.get(subtype, "E")
     recorded = datetime.fromtimestamp(req.recorded_s, UTC).isoformat(timespec="milliseconds")
@@ -390,7 +428,7 @@ def _event(req: Request, who: Who, patient: str | None, i: int, cut: int, observ
         "action": action,
         "recorded": recorded.replace("+00:00", "Z"),
         "outcome": outcome_code(req.status, req.error_type),
-        "agent": _agents(req, who, action),
+        "agent": _agents(req, who, action, probe),
         "source": {
             "site": req.facility,
             "observer": {"display": observer},

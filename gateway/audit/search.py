@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from gateway.audit import events
 from gateway.audit.verify import Record
@@ -24,10 +25,16 @@ def parse_time(value: str | None) -> float | None:
 @dataclass(frozen=True)
 class AuditQuery:
     patient: str | None = None
+    """The patient's id; ``Patient/pat-1`` (as the table prints it) and an absolute reference
+    are taken as ``pat-1``."""
     user: str | None = None
     facility: str | None = None
     since_s: float | None = None
     until_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.patient is not None:
+            object.__setattr__(self, "patient", events.patient_id(self.patient))
 
     @classmethod
     def of(
@@ -48,3 +55,88 @@ class AuditQuery:
         if self.user is not None and events.user_of(f) != self.user:
             return False
         return self.facility is None or events.site_of(f) == self.facility
+
+
+OUTCOMES = {
+    "0": "success",
+    "4": "minor failure",
+    "8": "serious failure",
+    "12": "major failure",
+}
+"""AuditEvent.outcome (FHIR R4's audit-event-outcome, as BALP uses it), in words."""
+OUTCOME_CAUSES = {
+    "0": "2xx/3xx",
+    "4": "the client's 4xx",
+    "8": "the upstream's 5xx",
+    "12": "the gateway failed the request",
+}
+
+
+def outcome_legend() -> str:
+    """The outcome codes explained, one a line (``   0 success (2xx/3xx)`` ...)."""
+    return "\n".join(f"  {code:>2} {OUTCOMES[code]} ({OUTCOME_CAUSES[code]})" for code in OUTCOMES)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """An AuditEvent in one line: what the CLI's table and CSV print (and a page can show)."""
+
+    recorded: str
+    facility: str
+    """The facility (``source.site``), or ``-`` for a read of the trail itself."""
+    interaction: str
+    outcome: str
+    patient: str
+    """``Patient/{id}``, or ``-``."""
+    user: str
+    """Who asked: the user's id, ``unverified (reason)``, an admin token's name or the
+    gateway's own agent (``vitalgate-probe``), with what it is in parentheses."""
+    user_id: str
+    """The requestor's identifier alone: what ``--user`` (``user=``) matches; for an
+    unverified user, the SHA-256 of the token it sent (``none`` without one)."""
+    id: str
+
+    @property
+    def outcome_text(self) -> str:
+        return OUTCOMES.get(self.outcome, "unknown")
+
+
+def _who(event: dict[str, Any]) -> tuple[str, str]:
+    """The requestor, as a person reads it and as its identifier alone."""
+    agent: dict[str, Any] = next((a for a in event.get("agent", []) if a.get("requestor")), {})
+    who = agent.get("who", {})
+    ident = who.get("identifier", {})
+    system, value = ident.get("system"), str(ident.get("value", "?"))
+    if system == events.UNVERIFIED:
+        return str(who.get("display", "unverified")), value
+    if system == events.ADMIN_USERS:
+        return f"{value} (admin token)", value
+    if system == events.SYSTEM_AGENTS:
+        return f"{value} (gateway system agent)", value
+    return value, value
+
+
+def summary(event: dict[str, Any]) -> Summary:
+    """The one-line summary of any AuditEvent the trail renders (every record kind)."""
+    patient = next(
+        (
+            str(e["what"]["reference"])
+            for e in event.get("entity", [])
+            if e.get("role", {}).get("code") == "1" and "reference" in e.get("what", {})
+        ),
+        "-",
+    )
+    subtype = (event.get("subtype") or [{}])[0].get("code", "?")
+    if any(e.get("what", {}).get("display") == "AuditEvent" for e in event.get("entity", [])):
+        subtype = events.TRAIL_READ  # a search of the trail itself (/api/v1/audit)
+    user, user_id = _who(event)
+    return Summary(
+        recorded=str(event.get("recorded", "?")),
+        facility=str(event.get("source", {}).get("site", "-")),
+        interaction=str(subtype),
+        outcome=str(event.get("outcome", "?")),
+        patient=patient,
+        user=user,
+        user_id=user_id,
+        id=str(event.get("id", "")),
+    )

@@ -44,6 +44,8 @@ GENESIS = "0" * 64
 SEGMENTS = "segments"
 CHECKPOINTS = "checkpoints.jsonl"
 DELETIONS = "deletions.jsonl"
+LOCK_FILE = ".writer.lock"
+"""Held (``flock``) by the chain's one writer while it runs."""
 CHECKPOINT_EVENT = "audit_checkpoint"
 CHECKPOINT_SPAN = "audit checkpoint"
 
@@ -153,6 +155,15 @@ def recover(directory: Path) -> tuple[Head, int]:
         last = deleted[-1]
         return Head(int(last["size"]), str(last["head"]), None), 0
     return Head(0, GENESIS, None), 0
+
+
+def last_checkpoint_size(directory: Path) -> int | None:
+    """The size the chain's last kept checkpoint signed (None: no checkpoint)."""
+    path = directory / CHECKPOINTS
+    if not path.exists():
+        return None
+    line, _ = _last_line(path)
+    return int(json.loads(line)["size"]) if line else None
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import heapq
 import json
 import os
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +25,7 @@ from gateway.audit.store import (
     CHECKPOINTS,
     DELETIONS,
     GENESIS,
+    LOCK_FILE,
     SEGMENTS,
     facts_of,
     read_jsonl,
@@ -46,6 +50,48 @@ class _Bad(Exception):
     pass
 
 
+CHECKPOINT_GRACE_S = 60.0
+"""How much later than ``checkpoint_interval`` after a record a running writer's checkpoint
+may come: the ship interval, a writer's restart (which checkpoints what it finds at once) and
+a queue catching up, with room to spare."""
+
+
+@dataclass
+class Coverage:
+    """What ``_records`` notes for the checkpoint rules of ``_check_coverage``."""
+
+    cutoff_ms: int | None = None
+    """Records older than this must be covered by a checkpoint (a running writer)."""
+    covered: int = 0
+    """Records the chain's kept checkpoints cover."""
+    first_due: tuple[int, int] | None = None
+    """The first record (index, time) older than ``cutoff_ms`` that no checkpoint covers."""
+
+
+@contextlib.contextmanager
+def _stopped(directory: Path) -> Iterator[bool | None]:
+    """Whether no writer runs on the chain: True (and kept so while the chain is verified:
+    a writer starting meanwhile waits), False when one holds its lock, None when this user
+    cannot tell (the lock file unreadable)."""
+    try:
+        fd = os.open(directory / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        yield True  # never written here (or a copy of the trail): nothing runs on it
+        return
+    except PermissionError:
+        yield None
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
 @dataclass
 class Record:
     index: int
@@ -66,6 +112,7 @@ def _records(
     report: Report,
     heads: dict[int, str],
     partial_tail: bool = False,
+    coverage: Coverage | None = None,
 ) -> Iterator[Record]:
     """Every record in order, each checked against the chain. ``heads`` comes in with the
     chain sizes whose hash the checkpoints need (as keys) and leaves with those hashes, and
@@ -91,7 +138,10 @@ def _records(
             for lineno, raw in enumerate(f, 1):
                 where = f"{SEGMENTS}/{path.name}:{lineno}"
                 if partial_tail and not raw.endswith(b"\n") and n == len(segments) - 1:
-                    return  # being written (a reader beside a running gateway)
+                    # Being written (a reader beside a running gateway): the chain ends before it.
+                    heads[expected] = prev
+                    heads[-1] = str(expected)
+                    return
                 try:
                     rec = json.loads(raw)
                 except ValueError:
@@ -126,6 +176,14 @@ def _records(
                 prev = h
                 expected += 1
                 report.records += 1
+                if (
+                    coverage is not None
+                    and coverage.cutoff_ms is not None
+                    and coverage.first_due is None
+                    and i >= coverage.covered
+                    and t < coverage.cutoff_ms
+                ):
+                    coverage.first_due = (i, int(t))
                 if expected in needed:
                     heads[expected] = h
                 try:
@@ -170,8 +228,20 @@ def chains(root: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def verify(root: Path, keyring: Keyring, public: Ed25519PublicKey, anchors: list[dict[str, Any]]) -> Report:
-    """Every chain of the trail, against its own checkpoints and the published ones naming it."""
+def verify(
+    root: Path,
+    keyring: Keyring,
+    public: Ed25519PublicKey,
+    anchors: list[dict[str, Any]],
+    checkpoint_interval_s: float | None = None,
+    now_s: float | None = None,
+) -> Report:
+    """Every chain of the trail, against its own checkpoints and the published ones naming it.
+
+    The checkpoints must also be there (``_check_coverage``): every published one kept in the
+    store, the whole chain covered when no writer runs (a writer signs one as it shuts down),
+    and, while one runs with ``checkpoint_interval_s`` given, every record older than that
+    interval (and ``CHECKPOINT_GRACE_S``) before ``now_s``."""
     report = Report()
     valid = [a for a in anchors if signature_ok("checkpoint", a, public)]
     if len(valid) < len(anchors):
@@ -184,7 +254,15 @@ def verify(root: Path, keyring: Keyring, public: Ed25519PublicKey, anchors: list
             return report
     for name, directory in found:
         mine = [a for a in valid if str(a.get("chain", "")) == name]
-        problem = _verify_chain(directory, keyring, public, mine, report)
+        problem = _verify_chain(
+            directory,
+            keyring,
+            public,
+            mine,
+            report,
+            checkpoint_interval_s,
+            time.time() if now_s is None else now_s,
+        )
         if problem is not None:
             report.problem = f"{name}: {problem}" if name else problem
             return report
@@ -192,9 +270,42 @@ def verify(root: Path, keyring: Keyring, public: Ed25519PublicKey, anchors: list
 
 
 def _verify_chain(
-    directory: Path, keyring: Keyring, public: Ed25519PublicKey, anchors: list[dict[str, Any]], report: Report
+    directory: Path,
+    keyring: Keyring,
+    public: Ed25519PublicKey,
+    anchors: list[dict[str, Any]],
+    report: Report,
+    checkpoint_interval_s: float | None = None,
+    now_s: float = 0.0,
 ) -> str | None:
+    # Whether a writer runs is decided before the checkpoints are read: one that shuts down
+    # meanwhile signs a last checkpoint this read would miss.
+    with _stopped(directory) as stopped:
+        return _verify_stopped_or_running(
+            directory, keyring, public, anchors, report, stopped, checkpoint_interval_s, now_s
+        )
+
+
+def _verify_stopped_or_running(
+    directory: Path,
+    keyring: Keyring,
+    public: Ed25519PublicKey,
+    anchors: list[dict[str, Any]],
+    report: Report,
+    stopped: bool | None,
+    checkpoint_interval_s: float | None,
+    now_s: float,
+) -> str | None:
+    if stopped is None:
+        report.warnings.append(
+            f"{directory / LOCK_FILE}: not readable by this user: whether a writer runs, and so"
+            " whether every record must be checkpointed, cannot be told"
+        )
+    coverage = Coverage()
+    if stopped is False and checkpoint_interval_s is not None:
+        coverage.cutoff_ms = int((now_s - checkpoint_interval_s - CHECKPOINT_GRACE_S) * 1000)
     stored = list(read_jsonl(directory / CHECKPOINTS))
+    coverage.covered = max((int(c["size"]) for c in stored), default=0)
     report.checkpoints += len(stored)
     anchor = max(anchors, key=lambda a: (int(a["size"]), int(a["t"])), default=None)
     if anchor is None:
@@ -208,9 +319,11 @@ def _verify_chain(
         report.anchor = anchor
     heads = {int(c["size"]): "" for c in stored + anchors}
     try:
-        for _record in _records(directory, keyring, public, report, heads):
+        # Beside a running writer, a last line still being written is not read yet.
+        for _record in _records(directory, keyring, public, report, heads, stopped is False, coverage):
             pass
         _check_checkpoints(stored, anchors, heads, public)
+        _check_coverage(stored, anchors, int(heads[-1]), stopped, coverage, checkpoint_interval_s)
     except _Bad as bad:
         return str(bad)
     return None
@@ -242,6 +355,45 @@ def _check_checkpoints(
             raise _Bad(
                 f"{where} checkpoint: the chain's hash at {size} records differs (the store was replaced)"
             )
+
+
+def _check_coverage(
+    stored: list[dict[str, Any]],
+    anchors: list[dict[str, Any]],
+    length: int,
+    stopped: bool | None,
+    coverage: Coverage,
+    interval_s: float | None,
+) -> None:
+    """The checkpoints that must be in the store are: removing ``checkpoints.jsonl`` (or its
+    last lines) would otherwise go unnoticed whenever nothing was published outside it."""
+    kept = {(int(c["size"]), c["head"], c.get("sig")) for c in stored}
+    for a in sorted(anchors, key=lambda a: int(a["size"])):
+        if (int(a["size"]), a["head"], a.get("sig")) not in kept:
+            when = _when(int(a.get("t", 0)))
+            raise _Bad(
+                f"{CHECKPOINTS}: the checkpoint published at {a['size']} records ({when}) is not in"
+                f" the store: {CHECKPOINTS} was removed or cut"
+            )
+    covered = max((int(c["size"]) for c in stored), default=0)
+    if stopped and length > covered:
+        what = f"{CHECKPOINTS} is missing" if not stored else f"its last checkpoint covers {covered}"
+        raise _Bad(
+            f"records {covered} to {length - 1} are covered by no checkpoint ({what}) and no writer"
+            " runs; a gateway that shuts down signs a last checkpoint, so the checkpoints were"
+            " removed or cut, or the gateway was killed (started again, it checkpoints what it finds)"
+        )
+    if coverage.first_due is not None:
+        i, t = coverage.first_due
+        raise _Bad(
+            f"record {i} ({_when(t)}): no checkpoint covers it, though its writer runs and"
+            f" checkpoints every {interval_s:g} s: the checkpoints were removed or cut, or the"
+            " writer cannot write them (audit_checkpoint_failed in the gateway's log)"
+        )
+
+
+def _when(t_ms: int) -> str:
+    return datetime.fromtimestamp(t_ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def records(directory: Path, keyring: Keyring, partial_tail: bool = False) -> Iterator[Record]:

@@ -42,7 +42,7 @@ from typing import Any
 from gateway.audit import events
 from gateway.audit.identity import Identities, IdentitySettings, build
 from gateway.audit.keys import AuditKeyError, Keyring, read_signing_key
-from gateway.audit.store import Appender, Head
+from gateway.audit.store import LOCK_FILE, Appender, Head, last_checkpoint_size
 from gateway.audit.verify import expire
 from gateway.dataplane.auditrecord import request_rows
 from gateway.diagnostics import QuietThirdParty
@@ -57,7 +57,6 @@ SHIP_INTERVAL_S = 0.05
 """How often the gateway ships its queue (the most a crash of the gateway process can lose)."""
 RETENTION_EVERY_S = 3600.0
 SHAPES_MAX = 10_000
-LOCK_FILE = ".writer.lock"
 GC_THRESHOLD = 50_000
 
 Pending = tuple[Any, ...]
@@ -225,6 +224,11 @@ class Encoder:
 
     def _rows(self, p: Pending) -> list[list[Any]]:
         # Runs for every request: the route's patient positions come from a per-route cache.
+        if p[20]:
+            return self._probe_rows(p)
+        return self._rows_of(p, self.identities.resolve(p[16], p[17], p[12], p[0]).row())
+
+    def _rows_of(self, p: Pending, who: list[Any]) -> list[list[Any]]:
         method, query, prefix, route = p[2], p[4], p[5], p[6]
         upstream, body, request_body = p[11], p[18], p[19]
         key = (method, prefix, route)
@@ -233,7 +237,6 @@ class Encoder:
             shape = events.shape(method, prefix, route)
             if len(self._shapes) < SHAPES_MAX:  # templates are bounded; the cache is too
                 self._shapes[key] = shape
-        who = self.identities.resolve(p[16], p[17], p[12], p[0])
         named = events.query_patients(query) if query else []
         cut = 0
         if body and shape.searches:
@@ -241,7 +244,23 @@ class Encoder:
             named += found
         address = self.settings.upstream_addresses.get(upstream) or str(upstream)
         btype = bundle_type(request_body) if request_body else None
-        return request_rows(p, address, btype, who.row(), shape.patient_segments, named, cut)
+        return request_rows(p, address, btype, who, shape.patient_segments, named, cut)
+
+    def _probe_rows(self, p: Pending) -> list[list[Any]]:
+        """A synthetic probe's records: the gateway's system agent, never a user; under the
+        route template (its telemetry route is ``probe {template}``), so with the interaction a
+        client's same request has. A probe whose request and results name no patient (the
+        default, ``{prefix}metadata``) touched no one's record: none, which spares the trail
+        two records a minute per facility and upstream."""
+        # ``slo.spec.PROBE_ROUTE_PREFIX`` (not imported: it would load numpy into this process)
+        # is put before a template, and a template starts with its route's "/" prefix.
+        route = p[6][max(0, p[6].find("/")) :]
+        rows = self._rows_of((*p[:6], route, *p[7:]), events.PROBE_WHO.row())
+        if all(row[-3] is None for row in rows):
+            return []
+        for row in rows:
+            row[1] = events.PROBE
+        return rows
 
     def groups(self, batch: Sequence[Pending | list[Any]]) -> list[Group]:
         out: list[Group] = []
@@ -380,6 +399,30 @@ class Writer:
             return
         self.reply("checkpoint", cp)
 
+    def checkpoint_found(self) -> None:
+        """Records no checkpoint covers at the start (a gateway stopped without shutting down:
+        killed, or the machine lost power) are signed at once, as found: ``verify`` fails a
+        stopped chain whose tail no checkpoint covers, and a running one whose records wait
+        longer than a checkpoint interval for one."""
+        try:
+            covered = last_checkpoint_size(self.settings.directory)
+        except (OSError, ValueError, KeyError) as exc:
+            log.error(
+                "audit: checkpoints.jsonl unreadable (%s); signing the chain as found",
+                exc,
+                extra={"event": "audit_checkpoint_unreadable"},
+            )
+            covered = None
+        size = self.appender.head.size
+        if size and (covered is None or covered < size):
+            log.warning(
+                "audit: %d records found that no checkpoint covers (a stop without shutdown, or"
+                " checkpoints.jsonl removed); checkpointed now",
+                size - (covered or 0),
+                extra={"event": "audit_checkpoint_recovered"},
+            )
+            self.checkpoint()
+
     def expire(self) -> None:
         try:
             removed = expire(self.settings.directory, self.signer, self.settings.retention_s, time.time())
@@ -477,6 +520,7 @@ def main() -> int:
         # each time a batch arrives, as an ordinary process waking up does.
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     writer.reply("ready", writer.appender.head.size)
+    writer.checkpoint_found()
     writer.run(frames)
     writer.appender.close()
     os.close(lock)

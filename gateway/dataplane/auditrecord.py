@@ -45,6 +45,7 @@ def pending(o: Outcome, f: AuditFacts) -> tuple[Any, ...]:
         f.user,
         f.body,
         f.request_body,
+        f.probe,
     )
 
 

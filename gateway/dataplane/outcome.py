@@ -32,6 +32,7 @@ class AuditFacts:
         "path",
         "peer",
         "prefix",
+        "probe",
         "query",
         "request_body",
         "request_id",
@@ -70,6 +71,8 @@ class AuditFacts:
         """The (bounded) Bundle posted to the base, for its batch or transaction type."""
         self.committed = False
         """Already on disk before its response was served (``durability: strict``)."""
+        self.probe = False
+        """The gateway's own synthetic probe: recorded as its system agent, never as a user."""
 
 
 class Outcome:

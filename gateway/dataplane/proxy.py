@@ -262,6 +262,8 @@ class Proxy:
                 attrs["vitalgate.probe"] = True
             span.set_attributes(attrs)
         facts = self._audit_facts(request, match, path, query) if self._audit and match is not None else None
+        if probe and facts is not None:
+            facts.probe = True
         active = self._active.child(facility, service)
         active.inc()
         status = 500
