@@ -21,8 +21,11 @@ LATENCY_CSS = """
 .tabs b { background: #1d2633; color: white; }
 .tabs a { background: #e2e5ea; color: #1d2633; text-decoration: none; }
 .bar { display: inline-block; height: 8px; background: #5b7fbf; border-radius: 2px; vertical-align: middle; }
-code { font-size: 0.85rem; } td.trace { white-space: normal; word-break: break-all; text-align: left; }
+td.route { white-space: normal; word-break: break-word; min-width: 9rem; }
+small { display: block; font-size: 0.75rem; color: #777; }
+code { font-size: 0.8rem; }
 .note { font-size: 0.85rem; color: #555; }
+@media (max-width: 600px) { .wide { display: none; } }
 """
 
 
@@ -36,12 +39,17 @@ def _ms(seconds: float) -> str:
 
 
 def _pctl(p: Percentile | None) -> str:
+    """The estimate, with the bucket it certainly lies in beneath it."""
     if p is None:
         return '<span class="muted">-</span>'
     if p.above_last_bound:
-        return f'<span title="above the highest bucket bound">&gt; {_ms(p.seconds)}</span>'
-    title = f"in the bucket {_ms(p.lower)} to {_ms(p.upper)}"
-    return f'<span title="{escape(title)}">{_ms(p.seconds)}</span>'
+        return f"&gt; {_ms(p.seconds)}<small>above the last bound</small>"
+    return f"{_ms(p.seconds)}<small>{_bound(p.lower)}–{_bound(p.upper)} ms</small>"
+
+
+def _bound(seconds: float) -> str:
+    """A bucket bound in ms, as short as it is exact (5, 7.5, 250)."""
+    return f"{seconds * 1000:.3f}".rstrip("0").rstrip(".")
 
 
 def _route_name(r: RouteLatency) -> str:
@@ -66,20 +74,20 @@ def latency_page(facility_id: str, facility_name: str, view: LatencyView) -> str
     else:
         worst = max((p.seconds for r in view.routes if (p := r.percentiles["p95"]) is not None), default=0.0)
         parts.append(
-            "<div class=scroll><table><tr><th class=l>Route</th><th class=l>Service</th><th>Requests</th>"
-            "<th>Errors</th><th>p50</th><th>p95</th><th>p99</th><th class=l>p95</th></tr>"
+            "<div class=scroll><table><tr><th class=l>Route</th><th>p50</th><th>p95</th><th>p99</th>"
+            "<th>Requests</th><th>Errors</th><th class='l wide'>p95</th></tr>"
         )
         for i, r in enumerate(view.routes):
             p95 = r.percentiles["p95"]
             width = 0 if p95 is None or worst <= 0 else max(1, round(120 * p95.seconds / worst))
             err_cls = "bad" if r.error_ratio >= 0.05 else "warn" if r.errors else ""
             parts.append(
-                f'<tr><td class=l><a href="#r{i}">{escape(_route_name(r))}</a></td>'
-                f"<td class=l>{escape(r.service)}</td><td>{r.requests}</td>"
-                f'<td><span class="{err_cls}">{100 * r.error_ratio:.2f}%</span> ({r.errors})</td>'
+                f'<tr><td class="l route"><a href="#r{i}">{escape(_route_name(r))}</a>'
+                f"<small>{escape(r.service)}</small></td>"
                 f"<td>{_pctl(r.percentiles['p50'])}</td><td>{_pctl(p95)}</td>"
-                f"<td>{_pctl(r.percentiles['p99'])}</td>"
-                f'<td class=l><span class="bar" style="width:{width}px"></span></td></tr>'
+                f"<td>{_pctl(r.percentiles['p99'])}</td><td>{r.requests}</td>"
+                f'<td><span class="{err_cls}">{100 * r.error_ratio:.2f}%</span><small>{r.errors}</small></td>'
+                f'<td class="l wide"><span class="bar" style="width:{width}px"></span></td></tr>'
             )
         parts.append("</table></div>")
         parts.append("<h2>Slowest recent requests</h2>")
@@ -105,19 +113,18 @@ def latency_page(facility_id: str, facility_name: str, view: LatencyView) -> str
 
 
 def _slowest(r: RouteLatency, anchor: str) -> str:
-    head = f'<h3 id="{anchor}">{escape(r.service)} {escape(_route_name(r))}</h3>'
+    head = f'<h3 id="{anchor}">{escape(_route_name(r))} <span class="muted">({escape(r.service)})</span></h3>'
     if not r.slowest:
         return head + '<p class="muted">No trace ids recorded in this window.</p>'
     rows = "".join(
-        f"<tr><td class=trace><code>{escape(s.trace_id)}</code></td><td>{_ms(s.duration_s)}</td>"
-        f"<td class=l>{escape(s.method)}</td><td>{s.status}</td><td class=l>{_iso(s.started_s)}</td>"
-        f"<td class=l>{'sampled' if s.sampled else '<span class=muted>log only</span>'}</td></tr>"
+        f"<tr><td>{_ms(s.duration_s)}</td><td class=l><code>{escape(s.trace_id)}</code>"
+        f"{'' if s.sampled else '<small>not sampled: in the access log only</small>'}</td>"
+        f"<td>{escape(s.method)} {s.status}</td><td class=l>{_iso(s.started_s)}</td></tr>"
         for s in r.slowest
     )
     return (
-        head + "<div class=scroll><table><tr><th class=l>Trace id</th><th>Duration</th>"
-        "<th class=l>Method</th><th>Status</th><th class=l>Start (UTC)</th><th class=l>Trace</th></tr>"
-        f"{rows}</table></div>"
+        head + "<div class=scroll><table><tr><th>Duration</th><th class=l>Trace id</th>"
+        f"<th>Request</th><th class=l>Start (UTC)</th></tr>{rows}</table></div>"
     )
 
 

@@ -110,7 +110,8 @@ def histogram_quantile(q: float, bounds: Sequence[float], counts: Sequence[int])
                 return Percentile(top, top, math.inf)
             lower = bounds[i - 1] if i > 0 else 0.0
             upper = bounds[i]
-            return Percentile(lower + (upper - lower) * (rank - cumulative) / n, lower, upper)
+            # (the same operations in the same order as Prometheus, so the same float)
+            return Percentile(lower + (upper - lower) * ((rank - cumulative) / n), lower, upper)
         cumulative += n
     return None  # (unreachable: the last non-empty bucket reaches the total)
 

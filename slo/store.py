@@ -578,13 +578,13 @@ class StoreWriter:
         self,
         batch: Mapping[tuple[SeriesKey, int], Sequence[int]],
         replace_minutes: Iterable[int] = (),
-        exemplars: Mapping[tuple[SeriesKey, int], Exemplar] | None = None,
+        exemplars: Mapping[tuple[SeriesKey, int], Sequence[Exemplar]] | None = None,
     ) -> None:
         """Add ``{(series key, minute start s): counts per bucket column}``.
 
         ``replace_minutes``: minutes whose recorded counts are discarded first
-        (an import rebuilds the minutes its log covers). ``exemplars``: the slowest request of
-        some of those series and minutes, merged into the hour's slowest.
+        (an import rebuilds the minutes its log covers). ``exemplars``: the slowest requests
+        of some of those series and minutes, merged into each hour's slowest.
         """
         with self._lock:
             try:
@@ -602,7 +602,7 @@ class StoreWriter:
         self,
         batch: Mapping[tuple[SeriesKey, int], Sequence[int]],
         replace_minutes: Iterable[int],
-        exemplars: Mapping[tuple[SeriesKey, int], Exemplar],
+        exemplars: Mapping[tuple[SeriesKey, int], Sequence[Exemplar]],
     ) -> None:
         with self.store.transaction():
             if self.shared:
@@ -650,7 +650,7 @@ class StoreWriter:
             if exemplars:
                 slow: dict[tuple[int, int], list[Exemplar]] = {}
                 for (key, minute), found in exemplars.items():
-                    slow.setdefault((minute - minute % 3600, self.store.series_id(key)), []).append(found)
+                    slow.setdefault((minute - minute % 3600, self.store.series_id(key)), []).extend(found)
                 self.store.merge_exemplars(slow)
             self._evict(max((m for (_, m) in batch), default=0))
 

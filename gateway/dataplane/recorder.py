@@ -1,9 +1,10 @@
 """The recorder that feeds the embedded store.
 
 Per request it adds one to a counter in a dict keyed by (series, minute,
-latency bucket) and, when the request is the slowest of its series and minute so
-far, keeps its span context (the exemplar: one comparison per request, the trace
-id formatted only in the writer thread): no database write, no lock. Every
+latency bucket) and, when the request is among the ``EXEMPLARS_PER_HOUR`` slowest
+of its series and minute so far, keeps its span context (the exemplars: one
+comparison per request, the trace id formatted only in the writer thread): no
+database write, no lock. Every
 ``flush_interval`` the dict is swapped out and handed to a writer thread through a
 bounded queue; when
 the queue is full the batch is dropped and its requests counted in
@@ -27,7 +28,7 @@ from typing import Final
 from gateway.dataplane.outcome import Outcome
 from gateway.dataplane.tracing import SpanContext
 from slo.spec import ENTRY_ROUTE_PREFIX, Slo
-from slo.store import Exemplar, SeriesKey, Store, StoreLock, StoreWriter, catch_up
+from slo.store import EXEMPLARS_PER_HOUR, Exemplar, SeriesKey, Store, StoreLock, StoreWriter, catch_up
 
 _STOP: Final = object()
 log = logging.getLogger("vitalgate.store")
@@ -35,15 +36,27 @@ MAINTENANCE_INTERVAL_S: Final = 3600.0
 
 
 class _Minute:
-    """One series' minute: requests per latency bucket and the slowest request seen."""
+    """One series' minute: requests per latency bucket and the slowest requests seen."""
 
-    __slots__ = ("counts", "slowest", "slowest_at", "slowest_s")
+    __slots__ = ("counts", "floor_s", "slowest")
 
     def __init__(self, cols: int) -> None:
         self.counts = [0] * cols
-        self.slowest_s = -1.0
-        self.slowest_at = 0.0
-        self.slowest: SpanContext | None = None
+        self.floor_s = -1.0
+        """A request slower than this is one of the slowest (-1 until enough are kept)."""
+        self.slowest: list[tuple[float, float, SpanContext]] = []
+
+    def keep(self, duration_s: float, started: float, context: SpanContext) -> None:
+        kept = self.slowest
+        kept.append((duration_s, started, context))
+        if len(kept) > EXEMPLARS_PER_HOUR:
+            kept.sort(key=_duration, reverse=True)
+            del kept[EXEMPLARS_PER_HOUR:]
+            self.floor_s = kept[-1][0]
+
+
+def _duration(item: tuple[float, float, SpanContext]) -> float:
+    return item[0]
 
 
 Batch = dict[tuple[SeriesKey, int], _Minute]
@@ -51,13 +64,13 @@ Batch = dict[tuple[SeriesKey, int], _Minute]
 
 def _split(
     batch: Batch,
-) -> tuple[dict[tuple[SeriesKey, int], list[int]], dict[tuple[SeriesKey, int], Exemplar]]:
-    """A batch as the store writer takes it: counts, and the slowest request of each minute."""
+) -> tuple[dict[tuple[SeriesKey, int], list[int]], dict[tuple[SeriesKey, int], list[Exemplar]]]:
+    """A batch as the store writer takes it: counts, and the slowest requests of each minute."""
     counts = {k: m.counts for k, m in batch.items()}
     slowest = {
-        k: (m.slowest_s, m.slowest_at, m.slowest.trace_hex(), m.slowest.sampled)
+        k: [(d, at, ctx.trace_hex(), ctx.sampled) for d, at, ctx in m.slowest if ctx.trace_id != 0]
         for k, m in batch.items()
-        if m.slowest is not None and m.slowest.trace_id != 0
+        if m.slowest
     }
     return counts, slowest
 
@@ -132,10 +145,8 @@ class Recorder:
             minute = self._acc[k] = _Minute(self._cols)
         duration_s = outcome.duration_s
         minute.counts[bisect_left(self._bounds, duration_s)] += 1
-        if duration_s > minute.slowest_s:
-            minute.slowest_s = duration_s
-            minute.slowest_at = outcome.started
-            minute.slowest = outcome.context
+        if duration_s > minute.floor_s:
+            minute.keep(duration_s, outcome.started, outcome.context)
 
     def start(self) -> None:
         """Open the store (in the writer thread) and start flushing; raises if it cannot open."""
