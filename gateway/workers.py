@@ -306,6 +306,7 @@ async def supervise(
         reserved, port = _reserve_port(host, port)
     except StartupError as exc:
         log.error("cannot start: %s", exc, extra={"event": "start_failed", "setting": exc.setting})
+        shutil.rmtree(metrics_dir, ignore_errors=True)
         return 1
     try:
         lock = await _lock_and_catch_up(config)
@@ -320,6 +321,7 @@ async def supervise(
             extra={"event": "start_failed", "setting": failure.setting},
         )
         reserved.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
         return 1
     gateway = Gateway(
         config, admin_extensions, Role("supervisor", count=count, port=port, metrics_dir=metrics_dir)
@@ -331,6 +333,7 @@ async def supervise(
         if lock is not None:
             lock.release()
         reserved.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
         return 1
     gateway.proxy_port = port
     workers = _Workers(config_path, count, port, metrics_dir, stop)
