@@ -267,11 +267,13 @@ class Store:
         """(hour, series, layout, minutes x buckets) of these series for hours in [hour_from, hour_to)."""
         if not series:
             return []
-        marks = ",".join("?" * len(series))
+        hours = list(range(hour_from - hour_from % 3600, hour_to, 3600))
+        # Both as lists: SQLite then seeks each (hour, series) key instead of reading every
+        # series' rows of the hour range (the other facilities' too).
         rows = self.db.execute(
             "SELECT hour, series, layout, cells FROM raw_minutes "  # noqa: S608  only placeholders added
-            f"WHERE hour >= ? AND hour < ? AND series IN ({marks})",
-            (hour_from, hour_to, *series),
+            f"WHERE hour IN ({','.join('?' * len(hours))}) AND series IN ({','.join('?' * len(series))})",
+            (*hours, *series),
         ).fetchall()
         return [(int(h), int(sid), int(lay), unpack(cells)) for h, sid, lay, cells in rows]
 
