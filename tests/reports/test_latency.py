@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
+from gateway.server import Gateway
 from slo.latency import route_latency
 from slo.store import Store
 from tests import slos
@@ -33,6 +35,9 @@ from tests.helpers import (
     require_binary,
     vitalgate,
 )
+from vitalgate.admin_pages import extend_admin
+from vitalgate.config import load_config
+from vitalgate.peers import free_port
 
 TOKENS = {"sre": "lat-sre-token", "account_manager": "lat-am-token"}
 SRE = {"Authorization": f"Bearer {TOKENS['sre']}"}
@@ -304,3 +309,20 @@ def test_page_in_chromium_desktop_and_phone(run: Run, tmp_path: Path) -> None:
         )
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert shot.stat().st_size > 5000
+
+
+async def test_without_the_store_the_latency_view_says_why(tmp_path: Path) -> None:
+    cfg = gateway_config(
+        tmp_path, free_port(), extra={"telemetry": {"store": {"path": "store.db", "enabled": False}}}
+    )
+    gw = Gateway(load_config(cfg), [extend_admin])
+    await gw.start()
+    try:
+        admin = f"http://127.0.0.1:{gw.admin_port}"
+        async with aiohttp.ClientSession() as s:
+            for path in ("/api/v1/latency/st-marys", "/ui/facilities/st-marys/latency"):
+                async with s.get(admin + path) as r:
+                    assert r.status == 503
+                    assert "telemetry.store.enabled" in (await r.json())["error"]
+    finally:
+        await gw.stop()
