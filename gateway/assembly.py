@@ -13,6 +13,7 @@ import asyncio
 import os
 import secrets
 import socket
+import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +41,9 @@ from gateway.dataplane.upstream import Upstream
 from gateway.exposition import GatewayMetrics, StoreHealth, request_metrics
 from gateway.probes import PROBE_TOKEN_ENV
 from gateway.roles import Role
+from gateway.startup import store_failure
 from slo.conventions import UNKNOWN_FACILITY
+from slo.store import StoreError
 
 HEALTH_INTERVAL_S = 1.0
 """How often the health gauges are read off the queues, the store and the pools."""
@@ -81,6 +84,7 @@ class DataPlane:
         self.upstreams, self._upstream_keys = first.upstreams, first.keys
         store = cfg.telemetry.store
         self.recorder: Recorder | None = None
+        self._store_path = str(config.resolve(store.path))
         if store.enabled:
             self.recorder = Recorder(
                 config.resolve(store.path),
@@ -206,9 +210,13 @@ class DataPlane:
                 await u.close()
 
     async def start(self) -> None:
-        """Open the store (raises if it cannot), start span export and the upstream pools."""
+        """Open the store (raises StartupError naming telemetry.store.path if it cannot), start
+        span export and the upstream pools."""
         if self.recorder is not None:
-            self.recorder.start()
+            try:
+                self.recorder.start()
+            except (StoreError, sqlite3.Error, OSError) as exc:
+                raise store_failure(self._store_path, exc) from exc
         if self.audit is not None:
             await self.audit.start()
         if self.forwarder is not None:

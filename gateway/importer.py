@@ -3,7 +3,8 @@
 The access log is the durable record: importing rebuilds every minute the log
 covers (recorded counts for those minutes are replaced, not added to), so
 importing the same file twice changes nothing, and a minute the live recorder
-already wrote is not counted twice.
+already wrote is not counted twice. The slowest requests of each series and minute
+(their trace ids) are merged into the store's exemplars, once per trace id.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from pathlib import Path
 
 from slo import conventions as names
 from slo.spec import Slo
-from slo.store import SeriesKey, Store, StoreWriter
+from slo.store import EXEMPLARS_PER_HOUR, Exemplar, SeriesKey, Store, StoreWriter
 
 BATCH_KEYS = 200_000
+_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass
@@ -32,7 +34,7 @@ class ImportResult:
     last: str = ""
 
 
-def _parse(line: str) -> tuple[SeriesKey, float, float] | None:
+def _parse(line: str) -> tuple[SeriesKey, float, float, str, bool] | None:
     try:
         rec = json.loads(line)
     except ValueError:
@@ -48,7 +50,9 @@ def _parse(line: str) -> tuple[SeriesKey, float, float] | None:
             str(rec[names.LOG_METHOD]),
             int(rec[names.LOG_STATUS]),
         )
-        return key, ts, float(rec[names.LOG_DURATION_MS]) / 1000.0
+        trace_id = str(rec.get(names.LOG_TRACE_ID, ""))
+        sampled = int(str(rec.get(names.LOG_TRACE_FLAGS, "00")), 16) & 1 == 1
+        return key, ts, float(rec[names.LOG_DURATION_MS]) / 1000.0, trace_id, sampled
     except (KeyError, ValueError, TypeError):
         return None
 
@@ -61,15 +65,17 @@ def import_access_log(
     cols = len(bounds) + 1
     result = ImportResult()
     batch: dict[tuple[SeriesKey, int], list[int]] = {}
+    slowest: dict[tuple[SeriesKey, int], list[Exemplar]] = {}
     replaced: set[int] = set()
     minutes: set[int] = set()
     first = last = None
 
     def flush() -> None:
         new = {m for (_, m) in batch} - replaced
-        writer.apply(batch, replace_minutes=new)
+        writer.apply(batch, replace_minutes=new, exemplars=slowest)
         replaced.update(new)
         batch.clear()
+        slowest.clear()
 
     for line in lines:
         if not line.strip():
@@ -79,12 +85,18 @@ def import_access_log(
         if parsed is None:
             result.skipped += 1
             continue
-        key, ts, duration_s = parsed
+        key, ts, duration_s, trace_id, sampled = parsed
         minute = int(ts) - int(ts) % 60
         counts = batch.get((key, minute))
         if counts is None:
             counts = batch[(key, minute)] = [0] * cols
         counts[bisect_left(bounds, duration_s)] += 1
+        if len(trace_id) == 32 and set(trace_id) <= _HEX and trace_id != "0" * 32:
+            kept = slowest.setdefault((key, minute), [])
+            kept.append((duration_s, ts, trace_id, sampled))
+            if len(kept) > 4 * EXEMPLARS_PER_HOUR:  # (trimmed now and then, not every line)
+                kept.sort(reverse=True)
+                del kept[EXEMPLARS_PER_HOUR:]
         result.requests += 1
         minutes.add(minute)
         first = ts if first is None or ts < first else first

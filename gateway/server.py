@@ -43,6 +43,7 @@ from gateway.reload import (
     restart_required,
 )
 from gateway.roles import Role, mark_ready
+from gateway.startup import StartupError, reason
 from slo.configfile import split_listen
 from slo.spec import latency_thresholds_s
 from slo.store import StoreError
@@ -155,7 +156,16 @@ class Gateway:
         if tls is None:
             return None
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(self.config.resolve(tls.cert_file), self.config.resolve(tls.key_file))
+        cert, key = self.config.resolve(tls.cert_file), self.config.resolve(tls.key_file)
+        for setting, path in (("tls.cert_file", cert), ("tls.key_file", key)):
+            try:
+                path.open("rb").close()  # (which of the two is missing: the ssl call does not say)
+            except OSError as exc:
+                raise StartupError(setting, str(path), reason(exc)) from exc
+        try:
+            ctx.load_cert_chain(cert, key)
+        except ssl.SSLError as exc:
+            raise StartupError("tls.cert_file", f"{cert} (key {key})", reason(exc)) from exc
         return ctx
 
     async def prepare_reload(self, new: Config[GatewayConfig]) -> Routing | None:
@@ -224,9 +234,13 @@ class Gateway:
             on_reject=self.proxy.rejected,
             on_refuse=self._refused,
         )
-        self.proxy_port = await self._server.start(
-            self._host, self._port, ssl=self._ssl_context(), reuse_port=self.role.kind == "worker"
-        )
+        context = self._ssl_context()
+        try:
+            self.proxy_port = await self._server.start(
+                self._host, self._port, ssl=context, reuse_port=self.role.kind == "worker"
+            )
+        except OSError as exc:
+            raise StartupError("listen", _address(self._host, self._port), reason(exc)) from exc
         self.proxy.bound(self._host, self.proxy_port)
         if self.role.kind == "single" or self.role.index == 0:
             scheme = "https" if self.config.gateway.tls else "http"
@@ -243,7 +257,11 @@ class Gateway:
     async def _start_admin(self) -> None:
         self._admin_runner = AdminRunner(self.admin.app(), access_log=None, handle_signals=False)
         await self._admin_runner.setup()
-        await web.TCPSite(self._admin_runner, self._admin_host, self._admin_port).start()
+        try:
+            await web.TCPSite(self._admin_runner, self._admin_host, self._admin_port).start()
+        except OSError as exc:
+            address = _address(self._admin_host, self._admin_port)
+            raise StartupError("admin.listen", address, reason(exc)) from exc
         self.admin_port = _bound_port(self._admin_runner)
         self.lifecycle.ready = True
 
@@ -279,6 +297,10 @@ class Gateway:
         await loop.run_in_executor(None, self.access_log.close, log_s)
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _bound_port(runner: web.BaseRunner) -> int:
@@ -320,6 +342,9 @@ async def serve(
         loop.add_signal_handler(signal.SIGUSR1, lambda: later(reloads.decide))
     try:
         await gateway.start()
+    except StartupError as exc:
+        log.error("cannot start: %s", exc, extra={"event": "start_failed", "setting": exc.setting})
+        return 1
     except (StoreError, sqlite3.Error, OSError) as exc:
         log.error("cannot start: %s", exc, extra={"event": "start_failed"})
         return 1

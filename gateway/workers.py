@@ -56,6 +56,7 @@ from gateway.reload import (
 )
 from gateway.roles import Role, ready_file
 from gateway.server import Gateway
+from gateway.startup import StartupError, reason, store_failure
 from slo.configfile import split_listen
 from slo.store import StoreLock
 
@@ -95,13 +96,18 @@ def worker_role_from_env() -> tuple[int, int, int] | None:
     return index, count, port
 
 
-def _reserve_port(host: str, port: int) -> tuple[socket.socket | None, int]:
-    """A configured port 0 becomes a real one, held (bound, not listening) so it stays ours."""
-    if port != 0:
-        return None, port
+def _reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
+    """The proxy's address, held (bound with SO_REUSEPORT, not listening) so it stays ours: a
+    configured port 0 becomes a real one, and an address another process holds is refused here,
+    naming ``listen``, before any worker starts; raises StartupError."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, 0))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise StartupError("listen", address, reason(exc)) from exc
     return sock, int(sock.getsockname()[1])
 
 
@@ -296,18 +302,39 @@ async def supervise(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     host, port = split_listen(config.gateway.listen)
-    reserved, port = _reserve_port(host, port)
+    try:
+        reserved, port = _reserve_port(host, port)
+    except StartupError as exc:
+        log.error("cannot start: %s", exc, extra={"event": "start_failed", "setting": exc.setting})
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        return 1
     try:
         lock = await _lock_and_catch_up(config)
     except Exception as exc:
         # Whatever the store did, the gateway does not start: logged with its traceback as a
         # start_failed event, and the process exits 1 (no metrics exist yet to count it in).
-        log.error("cannot start: store: %s", exc, exc_info=exc, extra={"event": "start_failed"})
+        failure = store_failure(str(config.resolve(config.gateway.telemetry.store.path)), exc)
+        log.error(
+            "cannot start: %s",
+            failure,
+            exc_info=exc,
+            extra={"event": "start_failed", "setting": failure.setting},
+        )
+        reserved.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
         return 1
     gateway = Gateway(
         config, admin_extensions, Role("supervisor", count=count, port=port, metrics_dir=metrics_dir)
     )
-    await gateway.start()
+    try:
+        await gateway.start()
+    except StartupError as exc:
+        log.error("cannot start: %s", exc, extra={"event": "start_failed", "setting": exc.setting})
+        if lock is not None:
+            lock.release()
+        reserved.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        return 1
     gateway.proxy_port = port
     workers = _Workers(config_path, count, port, metrics_dir, stop)
     gateway.admin.add_collector(workers.counts)
@@ -346,8 +373,7 @@ async def supervise(
     await gateway.stop()
     if lock is not None:
         lock.release()
-    if reserved is not None:
-        reserved.close()
+    reserved.close()
     shutil.rmtree(metrics_dir, ignore_errors=True)
     drain_s = round(time.monotonic() - t0, 3)
     log.info("stopped after %.2fs drain", drain_s, extra={"event": "stopped", "drain_s": drain_s})

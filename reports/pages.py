@@ -144,6 +144,10 @@ def facility_page(
         parts.append("</table></div>")
     else:
         parts.append("<p>None this month.</p>")
+    latency = f"/ui/facilities/{escape(facility_id)}/latency"
+    parts.append(
+        f'<h2>Latency</h2><p><a href="{latency}">By route</a>: percentiles, errors, slowest traces</p>'
+    )
     parts.append("<h2>Reports</h2><ul class=links>")
     for p in report_periods:
         base = f"/api/v1/reports/{escape(facility_id)}/{escape(p)}"

@@ -13,6 +13,10 @@ Two kinds of data, both as small numpy arrays in BLOBs:
   (``slo_hours``), so a quarter's status reads a few rows a facility, not 92.
   Facility ``*`` is all facilities.
 
+Beside the raw minutes, the slowest requests of each series and hour (``exemplars``: at most
+``EXEMPLARS_PER_HOUR``, each its duration, start, trace id and whether its trace was sampled;
+no PHI) so a latency view can name the traces to look up. They are kept as long as raw minutes.
+
 Raw minute rows are kept ``minute_days`` (35) days; hour rows and per-SLO
 minutes ``hour_days`` (400), so a contract year's report has its incidents.
 Arrays are stored sparsely (only non-zero cells), so idle series cost nothing.
@@ -43,6 +47,10 @@ MINUTES_PER_DAY = 1440
 CHUNK_DAYS = 32
 SeriesKey = tuple[str, str, str, str, int]  # facility, service, route, method, status
 U32 = npt.NDArray[np.uint32]
+Exemplar = tuple[float, float, str, bool]
+"""One slow request: duration (s), start (s since the epoch), trace id (32 hex), sampled."""
+EXEMPLARS_PER_HOUR = 5
+"""Slowest requests kept per series and hour: the bound on the exemplars table."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -56,6 +64,9 @@ CREATE TABLE IF NOT EXISTS raw_minutes (
 CREATE TABLE IF NOT EXISTS raw_hours (
     day INTEGER NOT NULL, series INTEGER NOT NULL, layout INTEGER NOT NULL, cells BLOB NOT NULL,
     PRIMARY KEY (day, series)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS exemplars (
+    hour INTEGER NOT NULL, series INTEGER NOT NULL, items TEXT NOT NULL,
+    PRIMARY KEY (hour, series)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS slo_defs (key TEXT PRIMARY KEY, definition TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS slo_minutes (
     key TEXT NOT NULL, facility TEXT NOT NULL, day INTEGER NOT NULL, cells BLOB NOT NULL,
@@ -281,6 +292,58 @@ class Store:
         ):
             yield int(day), int(series), int(layout), unpack(cells)
 
+    def raw_minutes_of(
+        self, series: Sequence[int], hour_from: int, hour_to: int
+    ) -> list[tuple[int, int, int, U32]]:
+        """(hour, series, layout, minutes x buckets) of these series for hours in [hour_from, hour_to)."""
+        if not series:
+            return []
+        hours = list(range(hour_from - hour_from % 3600, hour_to, 3600))
+        # Both as lists: SQLite then seeks each (hour, series) key instead of reading every
+        # series' rows of the hour range (the other facilities' too).
+        rows = self.db.execute(
+            "SELECT hour, series, layout, cells FROM raw_minutes "  # noqa: S608  only placeholders added
+            f"WHERE hour IN ({','.join('?' * len(hours))}) AND series IN ({','.join('?' * len(series))})",
+            (*hours, *series),
+        ).fetchall()
+        return [(int(h), int(sid), int(lay), unpack(cells)) for h, sid, lay, cells in rows]
+
+    def exemplars_of(
+        self, series: Sequence[int], hour_from: int, hour_to: int
+    ) -> list[tuple[int, list[Exemplar]]]:
+        """(series, slowest requests) of these series for hours in [hour_from, hour_to); none
+        from a store written before exemplars were kept."""
+        if not series or not self._has_table("exemplars"):
+            return []
+        marks = ",".join("?" * len(series))
+        rows = self.db.execute(
+            "SELECT series, items FROM exemplars "  # noqa: S608  only placeholders added
+            f"WHERE hour >= ? AND hour < ? AND series IN ({marks})",
+            (hour_from, hour_to, *series),
+        ).fetchall()
+        return [(int(sid), _exemplars(items)) for sid, items in rows]
+
+    def _has_table(self, name: str) -> bool:
+        q = "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?"
+        return self.db.execute(q, (name,)).fetchone() is not None
+
+    def merge_exemplars(self, found: Mapping[tuple[int, int], Sequence[Exemplar]]) -> None:
+        """Add ``{(hour, series): slow requests}`` to what is stored, keeping the slowest
+        ``EXEMPLARS_PER_HOUR`` of each row. Reads each row inside the caller's write
+        transaction, so writers sharing the store (workers) merge exactly."""
+        rows = []
+        for (hour, sid), items in found.items():
+            old = self.db.execute(
+                "SELECT items FROM exemplars WHERE hour=? AND series=?", (hour, sid)
+            ).fetchone()
+            merged = {e[2]: e for e in (_exemplars(old[0]) if old else [])}
+            for e in items:
+                if e[0] > merged.get(e[2], (-1.0,))[0]:
+                    merged[e[2]] = e
+            keep = sorted(merged.values(), key=lambda e: (-e[0], e[2]))[:EXEMPLARS_PER_HOUR]
+            rows.append((hour, sid, json.dumps([list(e) for e in keep])))
+        self.db.executemany("INSERT OR REPLACE INTO exemplars VALUES (?,?,?)", rows)
+
     def slo_day(self, key: str, facility: str, day: int) -> U32 | None:
         row = self.db.execute(
             "SELECT cells FROM slo_minutes WHERE day=? AND key=? AND facility=?",
@@ -444,12 +507,17 @@ class Store:
         with self.transaction():
             cutoff_min = (today - minute_days) * 86400
             self.db.execute("DELETE FROM raw_minutes WHERE hour < ?", (cutoff_min,))
+            self.db.execute("DELETE FROM exemplars WHERE hour < ?", (cutoff_min,))
             slo_days = hour_days if slo_minute_days is None else slo_minute_days
             self.db.execute("DELETE FROM slo_minutes WHERE day < ?", (today - slo_days,))
             self.db.execute("DELETE FROM raw_hours WHERE day < ?", (today - hour_days,))
             self.db.execute(
                 "DELETE FROM slo_hours WHERE (chunk + 1) * ? <= ?", (CHUNK_DAYS, today - hour_days)
             )
+
+
+def _exemplars(text: str) -> list[Exemplar]:
+    return [(float(d), float(at), str(t), bool(sampled)) for d, at, t, sampled in json.loads(text)]
 
 
 class _Transaction:
@@ -543,15 +611,17 @@ class StoreWriter:
         self,
         batch: Mapping[tuple[SeriesKey, int], Sequence[int]],
         replace_minutes: Iterable[int] = (),
+        exemplars: Mapping[tuple[SeriesKey, int], Sequence[Exemplar]] | None = None,
     ) -> None:
         """Add ``{(series key, minute start s): counts per bucket column}``.
 
         ``replace_minutes``: minutes whose recorded counts are discarded first
-        (an import rebuilds the minutes its log covers).
+        (an import rebuilds the minutes its log covers). ``exemplars``: the slowest requests
+        of some of those series and minutes, merged into each hour's slowest.
         """
         with self._lock:
             try:
-                self._apply(batch, replace_minutes)
+                self._apply(batch, replace_minutes, exemplars or {})
             except BaseException:
                 # The transaction rolled back, but the in-memory hours and days had the batch
                 # added: forget them, so they are read again as stored and a retry of this
@@ -565,6 +635,7 @@ class StoreWriter:
         self,
         batch: Mapping[tuple[SeriesKey, int], Sequence[int]],
         replace_minutes: Iterable[int],
+        exemplars: Mapping[tuple[SeriesKey, int], Sequence[Exemplar]],
     ) -> None:
         with self.store.transaction():
             if self.shared:
@@ -609,6 +680,11 @@ class StoreWriter:
                     for k, f, d in dirty_days
                 ),
             )
+            if exemplars:
+                slow: dict[tuple[int, int], list[Exemplar]] = {}
+                for (key, minute), found in exemplars.items():
+                    slow.setdefault((minute - minute % 3600, self.store.series_id(key)), []).extend(found)
+                self.store.merge_exemplars(slow)
             self._evict(max((m for (_, m) in batch), default=0))
 
     def _clear_minutes(

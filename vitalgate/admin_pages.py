@@ -30,6 +30,7 @@ from reports.prometheus_source import PrometheusSource
 from slo.prometheus import PrometheusError
 from slo.spec import Facility
 from slo.store import Store, StoreError
+from vitalgate.latency_pages import add_latency_routes
 
 T = TypeVar("T")
 
@@ -39,6 +40,7 @@ def extend_admin(app: web.Application, admin: AdminApi) -> None:
     app.router.add_get("/ui", pages.fleet)
     app.router.add_get("/ui/facilities/{facility}", pages.facility)
     app.router.add_get("/api/v1/reports/{facility}/{period}.{fmt:pdf|html}", pages.report)
+    add_latency_routes(app, admin)
 
 
 class AdminPages:

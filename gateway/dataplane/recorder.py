@@ -1,8 +1,12 @@
 """The recorder that feeds the embedded store.
 
 Per request it adds one to a counter in a dict keyed by (series, minute,
-latency bucket): no database write, no lock. Every ``flush_interval`` the dict
-is swapped out and handed to a writer thread through a bounded queue; when
+latency bucket) and, when the request is among the ``EXEMPLARS_PER_HOUR`` slowest
+of its series and minute so far, keeps its span context (the exemplars: one
+comparison per request, the trace id formatted only in the writer thread): no
+database write, no lock. Every
+``flush_interval`` the dict is swapped out and handed to a writer thread through a
+bounded queue; when
 the queue is full the batch is dropped and its requests counted in
 ``vitalgate_telemetry_dropped_total{signal="store"}``. The writer thread owns
 the SQLite connection.
@@ -22,12 +26,57 @@ from pathlib import Path
 from typing import Final
 
 from gateway.dataplane.outcome import Outcome
+from gateway.dataplane.tracing import SpanContext
 from slo.spec import ENTRY_ROUTE_PREFIX, Slo
-from slo.store import SeriesKey, Store, StoreLock, StoreWriter, catch_up
+from slo.store import EXEMPLARS_PER_HOUR, Exemplar, SeriesKey, Store, StoreLock, StoreWriter, catch_up
 
 _STOP: Final = object()
 log = logging.getLogger("vitalgate.store")
 MAINTENANCE_INTERVAL_S: Final = 3600.0
+
+
+class _Minute:
+    """One series' minute: requests per latency bucket and the slowest requests seen."""
+
+    __slots__ = ("counts", "floor_s", "slowest")
+
+    def __init__(self, cols: int) -> None:
+        self.counts = [0] * cols
+        self.floor_s = -1.0
+        """A request slower than this is one of the slowest (-1 until enough are kept)."""
+        self.slowest: list[tuple[float, float, SpanContext]] = []
+
+    def keep(self, duration_s: float, started: float, context: SpanContext) -> None:
+        kept = self.slowest
+        kept.append((duration_s, started, context))
+        if len(kept) > EXEMPLARS_PER_HOUR:
+            kept.sort(key=_duration, reverse=True)
+            del kept[EXEMPLARS_PER_HOUR:]
+            self.floor_s = kept[-1][0]
+
+
+def _duration(item: tuple[float, float, SpanContext]) -> float:
+    return item[0]
+
+
+Batch = dict[tuple[SeriesKey, int], _Minute]
+
+
+def _split(
+    batch: Batch,
+) -> tuple[dict[tuple[SeriesKey, int], list[int]], dict[tuple[SeriesKey, int], list[Exemplar]]]:
+    """A batch as the store writer takes it: counts, and the slowest requests of each minute."""
+    counts = {k: m.counts for k, m in batch.items()}
+    slowest = {
+        k: [(d, at, ctx.trace_hex(), ctx.sampled) for d, at, ctx in m.slowest if ctx.trace_id != 0]
+        for k, m in batch.items()
+        if m.slowest
+    }
+    return counts, slowest
+
+
+def _requests(batch: Batch) -> int:
+    return sum(sum(m.counts) for m in batch.values())
 
 
 class Recorder:
@@ -59,7 +108,7 @@ class Recorder:
         self.flush_interval_s = flush_interval_s
         self._minute_days = minute_days
         self._hour_days = hour_days
-        self._acc: dict[tuple[SeriesKey, int], list[int]] = {}
+        self._acc: Batch = {}
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending_batches)
         self._writer_thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None
@@ -82,19 +131,22 @@ class Recorder:
         # An entry without a readable status is the server's protocol error: bad, as 502.
         key = (facility, service, ENTRY_ROUTE_PREFIX + route, method, status if status is not None else 502)
         k = (key, int(start_s) - int(start_s) % 60)
-        counts = self._acc.get(k)
-        if counts is None:
-            counts = self._acc[k] = [0] * self._cols
-        counts[0] += n
+        minute = self._acc.get(k)
+        if minute is None:
+            minute = self._acc[k] = _Minute(self._cols)
+        minute.counts[0] += n
 
     def request(self, outcome: Outcome) -> None:
         """Count one request under its (budgeted) label set: a request sink."""
         start_s = int(outcome.started)
         k = (outcome.key, start_s - start_s % 60)
-        counts = self._acc.get(k)
-        if counts is None:
-            counts = self._acc[k] = [0] * self._cols
-        counts[bisect_left(self._bounds, outcome.duration_s)] += 1
+        minute = self._acc.get(k)
+        if minute is None:
+            minute = self._acc[k] = _Minute(self._cols)
+        duration_s = outcome.duration_s
+        minute.counts[bisect_left(self._bounds, duration_s)] += 1
+        if duration_s > minute.floor_s:
+            minute.keep(duration_s, outcome.started, outcome.context)
 
     def start(self) -> None:
         """Open the store (in the writer thread) and start flushing; raises if it cannot open."""
@@ -125,7 +177,7 @@ class Recorder:
             self._queue.put_nowait(batch)
             self.handed_over += 1
         except queue.Full:
-            self._on_drop(sum(sum(c) for c in batch.values()))
+            self._on_drop(_requests(batch))
 
     def _run(self) -> None:
         lock: StoreLock | None = None
@@ -149,7 +201,7 @@ class Recorder:
         # Batches not yet written, oldest first: a failed write (a full disk) is retried each
         # flush interval, whole, until it succeeds; only past max_pending_batches is the oldest
         # given up, and its requests counted as dropped.
-        pending: collections.deque[dict[tuple[SeriesKey, int], list[int]]] = collections.deque()
+        pending: collections.deque[Batch] = collections.deque()
         failing = False
         try:
             while True:
@@ -163,7 +215,8 @@ class Recorder:
                 while pending:
                     w0 = time.monotonic()
                     try:
-                        writer.apply(pending[0])
+                        counts, slowest = _split(pending[0])
+                        writer.apply(counts, exemplars=slowest)
                     except Exception as exc:  # a full disk must not stop the gateway
                         self._on_error("write")
                         if not failing:
@@ -173,7 +226,7 @@ class Recorder:
                             log.warning("store write failed, retrying: %s", exc)
                         if len(pending) > self._max_pending or stopping:
                             lost = pending.popleft()
-                            self._on_drop(sum(sum(c) for c in lost.values()))
+                            self._on_drop(_requests(lost))
                             continue
                         break
                     pending.popleft()
