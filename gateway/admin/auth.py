@@ -154,9 +154,11 @@ class AdminAuth:
             return await handler(request)
         authorization = request.headers.get("Authorization")
         if authorization is None and self.enabled and is_page(request.path):
-            identity = self.session_identity(request)
-            if identity is not None and request.method not in SAFE_METHODS and not same_origin(request):
+            # Refused whether or not a cookie came with it (SameSite=Strict withholds it from
+            # another site's request): another site's page learns nothing and changes nothing.
+            if request.method not in SAFE_METHODS and not same_origin(request):
                 return cross_site()
+            identity = self.session_identity(request)
         else:
             identity = self.identify(authorization)
         if identity is None:
