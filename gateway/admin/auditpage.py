@@ -99,17 +99,22 @@ def results_table(found: Sequence[dict[str, Any]]) -> str:
         sub = ev.get("subtype", [{}])[0].get("code", "")
         outcome = str(ev.get("outcome", ""))
         rows.append(
-            f"<tr><td>{escape(str(ev.get('recorded', '')).replace('T', ' '))}</td>"
-            f"<td>{escape(str(ev.get('source', {}).get('site') or '-'))}</td>"
-            f"<td>{escape(sub)}</td><td>{escape(OUTCOMES.get(outcome, outcome))}</td>"
-            f"<td>{escape(_patient(ev) or '-')}</td><td>{escape(_user(ev))}</td>"
-            f"<td>{escape(str(ev.get('outcomeDesc', '')))}</td></tr>"
+            f'<tr><td data-label="Recorded">{escape(str(ev.get("recorded", "")).replace("T", " "))}</td>'
+            f'<td data-label="Facility">{escape(str(ev.get("source", {}).get("site") or "-"))}</td>'
+            f'<td data-label="Interaction">{escape(sub)}</td>'
+            f'<td data-label="Outcome">{escape(OUTCOMES.get(outcome, outcome))}</td>'
+            f'<td data-label="Patient">{escape(_patient(ev) or "-")}</td>'
+            f'<td data-label="User">{escape(_user(ev))}</td>'
+            f'<td data-label="Detail">{escape(str(ev.get("outcomeDesc", "")))}</td></tr>'
         )
     more = f" (the first {SHOWN} shown: export them all)" if len(found) > SHOWN else ""
+    noun = "event" if len(found) == 1 else "events"
     return (
-        f"<p><strong>{len(found)}</strong> events{more}, oldest first.</p>"
-        '<div class="scroll"><table><tr><th>Recorded (UTC)</th><th>Facility</th><th>Interaction</th>'
-        "<th>Outcome</th><th>Patient</th><th>User</th><th>Detail</th></tr>" + "".join(rows) + "</table></div>"
+        f"<p><strong>{len(found)}</strong> {noun}{more}, oldest first.</p>"
+        '<table class="events"><thead><tr><th>Recorded (UTC)</th><th>Facility</th><th>Interaction</th>'
+        "<th>Outcome</th><th>Patient</th><th>User</th><th>Detail</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
     )
 
 
@@ -124,10 +129,11 @@ def verify_box(report: Report | None, problem: str | None) -> str:
     if report.problem is not None:
         return f'<p class="error" role="alert">Audit trail: BAD: {escape(report.problem)}</p>'
     anchor = f", anchored at {report.anchor['size']} records" if report.anchor else ""
-    warnings = "".join(f'<p class="note">Warning: {escape(w)}</p>' for w in report.warnings)
+    warnings = "".join(f'<p class="warnbox">Warning: {escape(w)}</p>' for w in report.warnings)
     return (
         f'<p class="okbox">Audit trail: OK: {report.records} records in {report.segments} segments,'
-        f" {report.checkpoints} checkpoints{anchor}.</p>{warnings}"
+        f' {report.checkpoints} checkpoints{anchor}. <a href="/ui/audit/verify">Verify again</a></p>'
+        f"{warnings}"
     )
 
 
@@ -155,7 +161,7 @@ def audit_page(
         f'<p class="error" role="alert">{escape(message)}</p>' if message else "",
         '<form method="post" action="/ui/audit"><div class="grid">',
         text("patient", "Patient id", hint=' placeholder="as in Patient/{id}" spellcheck="false"'),
-        text("user", "User", hint=' placeholder="sub, or admin token name" spellcheck="false"'),
+        text("user", "User", hint=' placeholder="user id or token name" spellcheck="false"'),
         '<div><label for="facility">Facility</label><select id="facility" name="facility">'
         + "".join(options)
         + "</select></div>",

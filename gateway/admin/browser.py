@@ -55,7 +55,16 @@ button.secondary { margin-top: 14px; background: white; color: #1d4ed8; border: 
    padding: 8px 10px; }
 .okbox { background: #e8f5ec; color: #17733a; border: 1px solid #b5dfc2; border-radius: 4px;
    padding: 8px 10px; }
+.warnbox { background: #fff8e1; color: #6b4e00; border: 1px solid #f0d98a; border-radius: 4px;
+  padding: 8px 10px; }
 .scroll { overflow-x: auto; }
+@media (max-width: 640px) {
+  table.events thead { display: none; }
+  table.events tr { display: block; border-bottom: 2px solid #c9ced6; padding: 4px 0; }
+  table.events td { display: flex; gap: 10px; border: 0; padding: 2px 8px; white-space: normal;
+    overflow-wrap: anywhere; }
+  table.events td::before { content: attr(data-label); flex: 0 0 6.5rem; color: #555; font-weight: 600; }
+}
 table { border-collapse: collapse; width: 100%; background: white; font-size: 0.9rem; }
 th, td { border-bottom: 1px solid #e2e5ea; padding: 6px 8px; text-align: left; white-space: nowrap; }
 th { background: #eef1f5; }

@@ -134,6 +134,7 @@ async def test_account_manager_signs_in_sees_its_facility_downloads_and_signs_ou
             await _sign_in(tab, AM_TOKEN)
             assert await tab.url() == admin + "/ui/facilities/riverside"  # back to the page asked for
             assert "Daily availability, last 90 days" in await tab.text()
+            await screenshots(tab, "facility-signed-in")
             (cookie,) = [c for c in await browser.cookies() if c["name"] == "vitalgate_session"]
             assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and not cookie["session"]
             assert AM_TOKEN not in json.dumps(await browser.cookies())
@@ -250,13 +251,13 @@ async def test_auditor_searches_exports_and_verifies_on_the_audit_page(
 
             await tab.fill("#facility", "st-marys")
             await tab.click("button.primary")
-            assert "1 events" in await tab.text()
+            assert "1 event," in await tab.text()
             await tab.fill("#patient", "")
             await tab.fill("#facility", "")
             await tab.fill("#user", "nurse.ratched")
             await tab.click("button.primary")
             found = await tab.text()
-            assert "1 events" in found and f"Patient/{OTHER_PATIENT}" in found and PATIENT not in found
+            assert "1 event," in found and f"Patient/{OTHER_PATIENT}" in found and PATIENT not in found
             await tab.fill("#user", "")
             await tab.fill("#since", "2099-01-01T00:00:00")
             await tab.click("button.primary")
