@@ -225,6 +225,7 @@ class SignIn:
         if not same_origin(request):
             self.auth.sessions.sign_ins["refused"] += 1
             self._event("admin_sign_in", {"token": None, "result": "refused", "reason": "cross_site"})
+            log.warning("admin listener: a sign-in posted from another site was refused")
             return html_response(error_page(403, {"error": "cross_site"}, False), 403)
         form = await request.post()
         token, wanted = form.get("token"), form.get("next")

@@ -143,6 +143,13 @@ async def test_sign_in_cookie_csrf_and_sign_out(gw: Gateway, tmp_path: Path) -> 
             r = await sign_out(cross)
             assert r.status == 403 and r.content_type == "text/html", cross
             assert (await get("/ui/facilities/riverside", session))[0] == 200  # not signed out
+        # The audit page's search is a POST too: another site's is refused before anything runs.
+        async with s.post(
+            admin + "/ui/audit",
+            data={"patient": "x"},
+            headers={"Cookie": f"vitalgate_session={session}", "Origin": "http://evil.example", **HTML},
+        ) as r:
+            assert r.status == 403 and "another site" in await r.text()
         r = await sign_out({"Sec-Fetch-Site": "same-origin", "Origin": admin})
         assert r.status == 303 and r.headers["Location"] == "/ui/sign-in?signed-out=1"
         gone = _set_cookie(r)["vitalgate_session"]
