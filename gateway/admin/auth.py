@@ -198,7 +198,7 @@ def identity_of(request: web.Request) -> Identity:
 
 def cross_site() -> web.Response:
     return web.json_response(
-        {"error": "cross_site", "detail": "a request from another site may not change anything here"},
+        {"error": "cross_site", "detail": "a request from another site's page may not change anything here"},
         status=403,
     )
 

@@ -139,8 +139,8 @@ ERROR_TEXT = {
 }
 
 DETAILS = {
-    "cross_site": "A request from another site may not change anything here. Go back to the page"
-    " and use its own button.",
+    "cross_site": "This request did not come from these pages (a page of another site may not"
+    " change anything here). Go back to the page and use its own button.",
     "forbidden": "Your sign-in does not give access to this page.",
 }
 
@@ -225,7 +225,7 @@ class SignIn:
         if not same_origin(request):
             self.auth.sessions.sign_ins["refused"] += 1
             self._event("admin_sign_in", {"token": None, "result": "refused", "reason": "cross_site"})
-            log.warning("admin listener: a sign-in posted from another site was refused")
+            log.warning("admin listener: a sign-in not posted from the sign-in page was refused")
             return html_response(error_page(403, {"error": "cross_site"}, False), 403)
         form = await request.post()
         token, wanted = form.get("token"), form.get("next")
