@@ -167,17 +167,18 @@ async def error_pages(request: web.Request, handler: Handler) -> web.StreamRespo
     if (
         not isinstance(response, web.Response)
         or response.status < 400
-        or response.content_type != "application/json"
+        or response.content_type not in ("application/json", "text/plain")
         or not wants_page(request)
     ):
-        return response
-    raw = response.body if isinstance(response.body, bytes) else b"{}"
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return response  # (not one of the listener's own errors: passed on as it is)
-    if not isinstance(body, dict):
-        return response
+        return response  # (a page already, or a success)
+    body: dict[str, Any] = {}
+    if response.content_type == "application/json":  # the listener's own errors: say why
+        raw = response.body if isinstance(response.body, bytes) else b"{}"
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            return response  # (not one of the listener's own: passed on as it is)
+        body = parsed if isinstance(parsed, dict) else {}
     headers = {k: v for k, v in response.headers.items() if k == "WWW-Authenticate"}
     if response.status == 401:
         wanted = request.path_qs if request.method in ("GET", "HEAD") else None

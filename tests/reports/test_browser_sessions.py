@@ -70,11 +70,25 @@ async def download(browser: Browser, directory: Path, start: Callable[[], Awaita
     begun = browser.expect("Browser.downloadWillBegin")
     await start()
     guid = (await asyncio.wait_for(begun, 60))["guid"]
-    while True:
-        progress = await asyncio.wait_for(browser.expect("Browser.downloadProgress"), 60)
-        if progress["guid"] == guid and progress["state"] in ("completed", "canceled"):
-            assert progress["state"] == "completed"
+
+    def finished() -> str | None:
+        # (from every event received so far: the last one may have come before this looks)
+        for event in browser.events:
+            params = event.get("params", {})
+            if (
+                event.get("method") == "Browser.downloadProgress"
+                and params.get("guid") == guid
+                and params["state"] in ("completed", "canceled")
+            ):
+                return str(params["state"])
+        return None
+
+    for _ in range(1200):
+        if (state := finished()) is not None:
+            assert state == "completed"
             return directory / str(guid)
+        await asyncio.sleep(0.05)
+    raise AssertionError("the download did not finish in 60 s")
 
 
 async def _sign_in(tab: Tab, token: str) -> None:
@@ -286,6 +300,18 @@ async def test_auditor_searches_exports_and_verifies_on_the_audit_page(
             assert "You are signed out." in await tab.text()
             await tab.goto(admin + "/ui/audit")
             assert "Admin token" in await tab.text()
+
+        async with ClientSession() as s:
+
+            async def post(token: str, **form: str) -> tuple[int, str]:
+                headers = {"Authorization": f"Bearer {token}"}
+                async with s.post(admin + "/ui/audit", data=form, headers=headers) as r:
+                    return r.status, await r.text()
+
+            status, body = await post(AUDITOR_TOKEN, since="yesterday")
+            assert status == 400 and "not an ISO 8601 time" in body  # not recorded: it read nothing
+            status, body = await post(AM_TOKEN, patient=PATIENT)
+            assert status == 403 and PATIENT not in body
 
         # Every search and the export were recorded, under the token's name, with their query,
         # as reads of /api/v1/audit are.

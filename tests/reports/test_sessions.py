@@ -125,6 +125,9 @@ async def test_sign_in_cookie_csrf_and_sign_out(gw: Gateway, tmp_path: Path) -> 
         assert status == 200 and "Riverside" in fleet and "St Mary" not in fleet
         assert (await get("/api/v1/slo", session))[0] == 401  # a cookie never opens the JSON API
         assert (await get("/ui", "forged" + session[6:]))[0] == 401
+        for path in ("/ui/nowhere", "/ui/sign-out"):  # aiohttp's own 404 and 405, as pages too
+            status, ctype, body = await get(path, session)
+            assert ctype == "text/html" and "<header>" in body and status in (404, 405), path
         # The bearer header is judged alone: a wrong one is refused even beside a good cookie.
         assert (await get("/ui", session, Authorization="Bearer wrong"))[0] == 401
 
