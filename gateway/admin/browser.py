@@ -123,8 +123,8 @@ def sign_in_page(next_path: str | None, message: str | None = None, notice: str 
     parts.append(
         '<button class="primary" type="submit">Sign in</button></form>'
         '<p class="note">The token your administrator gave you (the one scripts send as'
-        " <code>Authorization: Bearer</code>). It is exchanged for a session cookie that ends"
-        " when you sign out or after some hours; the token is not kept in the browser.</p></div>"
+        " <code>Authorization: Bearer</code>). It is exchanged for a session cookie, a random id"
+        " that ends when you sign out or after some hours; the cookie does not hold the token.</p></div>"
     )
     return page("vitalgate: sign in", "".join(parts))
 
