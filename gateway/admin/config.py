@@ -47,8 +47,9 @@ class SessionsConfig(StrictModel):
     """Browser sessions (``/ui/sign-in``): a token exchanged for a cookie naming a session held
     in the admin process's memory (a restart signs everyone out)."""
 
-    max_age: DurationS = Field(default=8 * 3600.0, gt=0)
-    """A session ends this long after its sign-in, used or not."""
+    max_age: DurationS = Field(default=8 * 3600.0, ge=1)
+    """A session ends this long after its sign-in, used or not (at least 1s: the cookie's
+    ``Max-Age`` is in whole seconds)."""
     max_count: int = Field(default=1000, ge=1)
     """Sessions held at once; a sign-in beyond it ends the oldest session."""
 
