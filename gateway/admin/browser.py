@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.admin.auth import SIGN_IN, AdminAuth, identity_of, is_page, same_origin
+from gateway.admin.auth import SIGN_IN, SIGN_OUT, AdminAuth, identity_of, is_page, same_origin
 from gateway.admin.session import cookie_name
 
 log = logging.getLogger("vitalgate.admin")
@@ -70,7 +70,7 @@ th, td { border-bottom: 1px solid #e2e5ea; padding: 6px 8px; text-align: left; w
 th { background: #eef1f5; }
 """
 
-SIGN_OUT_FORM = '<form method="post" action="/ui/sign-out"><button type="submit">Sign out</button></form>'
+SIGN_OUT_FORM = f'<form method="post" action="{SIGN_OUT}"><button type="submit">Sign out</button></form>'
 
 
 def page(title: str, body: str, *, nav: str = "") -> str:
@@ -205,7 +205,7 @@ class SignIn:
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get(SIGN_IN, self.form)
         app.router.add_post(SIGN_IN, self.sign_in)
-        app.router.add_post("/ui/sign-out", self.sign_out)
+        app.router.add_post(SIGN_OUT, self.sign_out)
 
     async def form(self, request: web.Request) -> web.Response:
         if not self.auth.enabled:
@@ -224,7 +224,7 @@ class SignIn:
 
     async def sign_in(self, request: web.Request) -> web.Response:
         if not same_origin(request):
-            self.auth.sessions.sign_ins["refused"] += 1
+            self.auth.sessions.count_sign_in("refused")
             self._event("admin_sign_in", {"token": None, "result": "refused", "reason": "cross_site"})
             log.warning("admin listener: a sign-in not posted from the sign-in page was refused")
             return html_response(error_page(403, {"error": "cross_site"}, False), 403)
@@ -233,15 +233,15 @@ class SignIn:
         next_path = _next_path(wanted if isinstance(wanted, str) else None)
         found = self.auth.token(token) if isinstance(token, str) and self.auth.enabled else None
         if found is None:
-            self.auth.sessions.sign_ins["refused"] += 1
-            # (the token is not named: only that one was refused)
+            self.auth.sessions.count_sign_in("refused")
+            # (nothing of the refused token is logged, not even a part or its hash)
             self._event("admin_sign_in", {"token": None, "result": "refused", "reason": "unknown_token"})
             log.warning("admin listener: a sign-in with an unknown token was refused")
             return html_response(sign_in_page(next_path, "That is not a valid admin token."), 401)
         token_sha256, identity = found
         secure = self.auth.secure(request)
         session_id = self.auth.sessions.open(token_sha256, time.time())
-        self.auth.sessions.sign_ins["ok"] += 1
+        self.auth.sessions.count_sign_in("ok")
         self._event("admin_sign_in", {"token": identity.name, "result": "ok"})
         response = web.HTTPSeeOther(next_path or home_of(identity.role))
         response.set_cookie(

@@ -55,6 +55,10 @@ class Sessions:
         self._by_key: dict[str, Session] = {}
         self.sign_ins = {"ok": 0, "refused": 0}
 
+    def count_sign_in(self, result: str) -> None:
+        """``ok`` or ``refused`` (``vitalgate_admin_sign_ins_total{result}``)."""
+        self.sign_ins[result] = self.sign_ins.get(result, 0) + 1
+
     def configure(self, max_age_s: float, max_count: int) -> None:
         """After a reload: new sessions get the new age; the table shrinks at the next sign-in."""
         self.max_age_s = max_age_s
