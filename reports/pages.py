@@ -25,7 +25,12 @@ th { background: #eef1f5; } td.l, th.l { text-align: left; }
 .cal .g { background: #2e8b57; } .cal .y { background: #e0b000; } .cal .r { background: #b3261e; }
 .legend span { display: inline-block; width: 12px; height: 12px; margin: 0 4px 0 10px; vertical-align: middle; }
 ul.links li { margin: 4px 0; }
+header form { display: inline; margin-left: 14px; } header button { background: none; border: 1px solid #cfe0ff; color: #cfe0ff; border-radius: 4px; padding: 2px 9px; font: inherit; cursor: pointer; }
 """
+
+
+SIGN_OUT = '<form method="post" action="/ui/sign-out"><button type="submit">Sign out</button></form>'
+"""Ends a browser's session (``/ui/sign-in``); with no tokens configured it only leads there."""
 
 
 def _page(title: str, body: str) -> str:
@@ -33,7 +38,7 @@ def _page(title: str, body: str) -> str:
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
-        f'<header><h1>{escape(title)}</h1><a href="/ui">Fleet</a></header><main>{body}</main></body></html>'
+        f'<header><h1>{escape(title)}</h1><a href="/ui">Fleet</a>{SIGN_OUT}</header><main>{body}</main></body></html>'
     )
 
 

@@ -18,6 +18,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from gateway.admin.auditpage import AuditPage
 from gateway.admin.auth import (
     ANONYMOUS,
     AdminAuth,
@@ -26,6 +27,7 @@ from gateway.admin.auth import (
     identity_of,
     refuse_facility,
 )
+from gateway.admin.browser import SignIn, auditor_home, error_pages
 from gateway.audit.search import AuditQuery
 from gateway.audit.trail import AuditTrail
 from gateway.config import Config, GatewayConfig
@@ -66,7 +68,11 @@ class AdminApi:
         self._collectors: list[Collector] = [self._periods]
         if role.kind != "worker":  # the process that decides reloads counts them
             self._collectors.append(self.reloads)
-        self.auth = AdminAuth(config.gateway.admin.tokens, config.gateway.admin.protect_metrics)
+        admin = config.gateway.admin
+        self.auth = AdminAuth(
+            admin.tokens, admin.protect_metrics, admin.sessions, config.gateway.trusted_proxies
+        )
+        self._collectors.append(self.auth.sessions)
         self.reload_hook: Callable[[], Awaitable[ReloadResult]] | None = None
         """Reloads the config from its file (set by the process that decides reloads)."""
         self._access_log = access_log
@@ -76,8 +82,12 @@ class AdminApi:
         """The audit trail this process writes, for ``/api/v1/audit`` (role auditor)."""
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self.auth.middleware])
+        # Outermost first: a browser's errors become pages, then who is asking, then where an
+        # auditor's start page is.
+        app = web.Application(middlewares=[error_pages, self.auth.middleware, auditor_home])
         app.on_response_prepare.append(add_security_headers)
+        SignIn(self.auth, self._log_event).add_routes(app)
+        AuditPage(self).add_routes(app)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -96,11 +106,15 @@ class AdminApi:
             {"token": identity_of(request).name, "what": what, "facility": facility, "status": status},
         )
 
+    def _log_event(self, event: str, fields: dict[str, object]) -> None:
+        self._access_log.event(time.time(), event, fields)
+
     def apply(self, config: Config[GatewayConfig]) -> None:
         """A reloaded config: status, pages, reports and tokens use it from the next request."""
         self.config = config
         self._periods.set_zones({f.id: f.timezone for f in config.facilities()})
         self.auth.set_tokens(config.gateway.admin.tokens, config.gateway.admin.protect_metrics)
+        self.auth.set_sessions(config.gateway.admin.sessions, config.gateway.trusted_proxies)
 
     async def _reload(self, request: web.Request) -> web.Response:
         """``vitalgate reload``: re-read the config (role sre); 200 with the result, 422 when

@@ -43,6 +43,17 @@ class StatusSourceConfig(StrictModel):
         return v
 
 
+class SessionsConfig(StrictModel):
+    """Browser sessions (``/ui/sign-in``): a token exchanged for a cookie naming a session held
+    in the admin process's memory (a restart signs everyone out)."""
+
+    max_age: DurationS = Field(default=8 * 3600.0, ge=1)
+    """A session ends this long after its sign-in, used or not (at least 1s: the cookie's
+    ``Max-Age`` is in whole seconds)."""
+    max_count: int = Field(default=1000, ge=1)
+    """Sessions held at once; a sign-in beyond it ends the oldest session."""
+
+
 class AdminConfig(StrictModel):
     listen: ListenAddr = "127.0.0.1:9464"
     tokens: list[TokenConfig] = Field(default_factory=list)
@@ -50,3 +61,4 @@ class AdminConfig(StrictModel):
     """Also require a token for /metrics, /healthz and /readyz."""
     status_source: StatusSourceConfig | None = None
     """Serve status and reports from Prometheus instead of the embedded store."""
+    sessions: SessionsConfig = Field(default_factory=SessionsConfig)
