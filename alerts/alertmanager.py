@@ -12,8 +12,8 @@ from typing import Any
 
 from alerts.selfwatch import WATCHDOG
 from alerts.yamlout import dump
-from slo import conventions as names
-from slo.durations import format_duration
+from core import conventions as names
+from core.durations import format_duration
 
 NULL_RECEIVER = "vitalgate-unrouted"
 

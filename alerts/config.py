@@ -6,8 +6,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from slo.configfile import Problem, Source, StrictModel, items_of, mapping_at
-from slo.spec import DurationS
+from core.configfile import DurationS, Problem, Source, StrictModel, items_of, mapping_at
 
 
 class ReceiverConfig(StrictModel):

@@ -22,9 +22,9 @@ from typing import Any
 
 from alerts.selfwatch import self_rules
 from alerts.yamlout import dump
-from slo import conventions as names
+from core import conventions as names
+from core.durations import format_duration
 from slo import promql
-from slo.durations import format_duration
 from slo.spec import Slo
 from slo.windows import STATUS_WINDOWS_S, BurnWindow
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from alerts.yamlout import dump
-from slo import conventions as names
-from slo.durations import format_duration
+from core import conventions as names
+from core.durations import format_duration
 
 GROUP = names.RULE_GROUP_PREFIX + "self"
 WATCHDOG = "Watchdog"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from alerts.yamlout import dump
-from slo import conventions as names
+from core import conventions as names
 from slo import promql
 from slo.spec import Slo
 from slo.windows import fires

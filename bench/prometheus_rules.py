@@ -50,7 +50,7 @@ import numpy.typing as npt
 import yaml
 
 from alerts.rules import RuleOptions, build_rules, render
-from slo import conventions as names
+from core import conventions as names
 from slo.prometheus import PrometheusBackend, PrometheusError
 from slo.spec import Facility, Slo, load_slos
 from slo.status import compute_status

@@ -27,9 +27,9 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.slo_engine import SLOS_YAML
+from core import conventions as names
 from reports.data import build_report, parse_period
 from reports.prometheus_source import PrometheusSource
-from slo import conventions as names
 from slo.prometheus import PrometheusBackend
 from slo.spec import Facility, Slo, load_slos
 from slo.store import MINUTES_PER_DAY, Store, hour_rollup

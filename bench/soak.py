@@ -21,8 +21,8 @@ import urllib.request
 from pathlib import Path
 
 from bench.proxy import LOAD_CORE, PROXY_CORE, free_port, nginx_conf, start, stop_all, wait_port
+from core.conventions import REQUEST_DURATION
 from gateway.dataplane.fhir import RESOURCE_TYPES
-from slo.conventions import REQUEST_DURATION
 
 LUA = """
 local facilities = {}

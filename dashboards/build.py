@@ -7,7 +7,7 @@ Four kinds, each opened first by someone:
 - latency diagnosis (engineers): percentiles by route, a heatmap, exemplars to traces.
 
 Every query names only series the gateway exports or the generated rules
-record (``slo.conventions``); tests check both that and PromQL validity.
+record (``core.conventions``); tests check both that and PromQL validity.
 Output is classic dashboard JSON (what ``/api/dashboards/db`` takes) with
 deterministic uids and panel ids, serialised with sorted keys: same input,
 same bytes.
@@ -28,7 +28,7 @@ from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import prometheus as pm
 
-from slo import conventions as names
+from core import conventions as names
 from slo.promql import METRIC
 from slo.spec import Facility, Slo
 from slo.windows import STATUS_WINDOWS_S

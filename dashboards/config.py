@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field
 
-from slo.configfile import Problem, Source, StrictModel, mapping_at
+from core.configfile import Problem, Source, StrictModel, mapping_at
 
 
 class DashboardsConfig(StrictModel):

@@ -20,6 +20,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from core.conventions import UNKNOWN_FACILITY
 from gateway.audit.config import AuditConfig, ForwardConfig, retention_s
 from gateway.audit.forward import Forwarder, ForwardSettings
 from gateway.audit.identity import IdentitySettings
@@ -42,7 +43,6 @@ from gateway.exposition import GatewayMetrics, StoreHealth, request_metrics
 from gateway.probes import PROBE_TOKEN_ENV
 from gateway.roles import Role
 from gateway.startup import store_failure
-from slo.conventions import UNKNOWN_FACILITY
 from slo.store import StoreError
 
 HEALTH_INTERVAL_S = 1.0

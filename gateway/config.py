@@ -19,11 +19,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from gateway.admin.config import AdminConfig
-from gateway.audit import config as audit_config
-from gateway.dataplane import settings as settings_
-from slo.configfile import (
+from core.configfile import (
     ConfigError,
+    DurationS,
     ListenAddr,
     Loc,
     Networks,
@@ -35,7 +33,10 @@ from slo.configfile import (
     read_yaml,
     validate,
 )
-from slo.spec import NAME_RE, PAPER_SIZES, DurationS, Facility, Maintenance, Slo, load_slos
+from gateway.admin.config import AdminConfig
+from gateway.audit import config as audit_config
+from gateway.dataplane import settings as settings_
+from slo.spec import NAME_RE, PAPER_SIZES, Facility, Maintenance, Slo, load_slos
 
 FACILITY_ID_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 # Label values the gateway itself uses: a configured facility must not take one.

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
+from core import conventions as names
 from gateway.dataplane.bundle import status_class
 from gateway.dataplane.metrics import (
     ExemplarClock,
@@ -31,7 +32,6 @@ from gateway.dataplane.metrics import (
 )
 from gateway.dataplane.metrics import Gauge as GaugeChild
 from gateway.dataplane.outcome import Outcome, RequestKey, RequestSink
-from slo import conventions as names
 
 SIGNALS = ("log", "span", "store", "audit")
 DURATION_HELP = "Duration of HTTP server requests through the gateway."

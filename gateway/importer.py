@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from slo import conventions as names
+from core import conventions as names
 from slo.spec import Slo
 from slo.store import EXEMPLARS_PER_HOUR, Exemplar, SeriesKey, Store, StoreWriter
 

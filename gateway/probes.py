@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from core import conventions as names
+from core.conventions import UNKNOWN_FACILITY
 from gateway.config import Config, GatewayConfig, ProbeConfig
 from gateway.dataplane.proxy import PROBE_HEADER
-from slo import conventions as names
-from slo.conventions import UNKNOWN_FACILITY
 
 log = logging.getLogger("vitalgate.probes")
 

@@ -41,9 +41,9 @@ from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from core import conventions as names
+from core.configfile import ConfigError
 from gateway.config import Config, GatewayConfig
-from slo import conventions as names
-from slo.configfile import ConfigError
 from slo.spec import latency_thresholds_s
 
 log = logging.getLogger("vitalgate.reload")

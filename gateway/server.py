@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from core.configfile import split_listen
 from gateway import native
 from gateway.admin.api import AdminApi, AdminExtension, Lifecycle
 from gateway.admin.listener import AdminRunner
@@ -44,7 +45,6 @@ from gateway.reload import (
 )
 from gateway.roles import Role, mark_ready
 from gateway.startup import StartupError, reason
-from slo.configfile import split_listen
 from slo.spec import latency_thresholds_s
 from slo.store import StoreError
 

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from core.configfile import split_listen
 from gateway import native
 from gateway.admin.api import AdminExtension
 from gateway.config import Config, GatewayConfig
@@ -57,7 +58,6 @@ from gateway.reload import (
 from gateway.roles import Role, ready_file
 from gateway.server import Gateway
 from gateway.startup import StartupError, reason, store_failure
-from slo.configfile import split_listen
 from slo.store import StoreLock
 
 log = logging.getLogger("vitalgate.supervisor")

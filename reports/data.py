@@ -31,8 +31,9 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import numpy.typing as npt
 
+from core.conventions import ENTRY_ROUTE_PREFIX
 from slo.engine import good_minutes
-from slo.spec import ENTRY_ROUTE_PREFIX, PAPER_SIZES, SOURCES, Facility, Slo, contractual_slos
+from slo.spec import PAPER_SIZES, SOURCES, Facility, Slo, contractual_slos
 from slo.store import Store
 
 F64 = npt.NDArray[np.float64]

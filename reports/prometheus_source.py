@@ -15,8 +15,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from core import conventions as names
 from reports.data import F64, Period
-from slo import conventions as names
 from slo import promql
 from slo.prometheus import PrometheusBackend
 from slo.spec import Slo

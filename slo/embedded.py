@@ -14,7 +14,7 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
-from slo.conventions import ALL_FACILITIES
+from core.conventions import ALL_FACILITIES
 from slo.engine import timeslices, window_sums
 from slo.spec import Slo
 from slo.status import Counts, RowSpec, StatusRow, bucket_bound_entry

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from slo.spec import ENTRY_ROUTE_PREFIX
+from core.conventions import ENTRY_ROUTE_PREFIX
 from slo.store import EXEMPLARS_PER_HOUR, Store
 
 WINDOWS_S = {"1h": 3600, "1d": 86400, "1w": 7 * 86400}

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from slo.configfile import ConfigError, Loc, Problem, Source, parse_yaml_documents, read_text
+from core.configfile import ConfigError, Loc, Problem, Source, parse_yaml_documents, read_text
 from slo.spec import NAME_RE
 
 _CALENDAR = {"1M": "month", "1Q": "quarter"}

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from slo import conventions as names
+from core import conventions as names
+from core.conventions import ALL_FACILITIES, FACILITY
 from slo import promql
-from slo.conventions import ALL_FACILITIES, FACILITY
 from slo.spec import Slo
 from slo.status import Counts, RowSpec
 from slo.windows import STATUS_WINDOWS_S

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from slo import conventions as names
-from slo.spec import PROBE_ROUTE_PREFIX, Slo
+from core import conventions as names
+from core.conventions import PROBE_ROUTE_PREFIX
+from slo.spec import Slo
 
 METRIC = names.REQUEST_DURATION
 ENTRIES = f"{names.BUNDLE_ENTRIES}_total"

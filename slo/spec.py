@@ -14,39 +14,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from slo.configfile import ConfigError, Problem, Source, read_yaml, validate
-from slo.durations import format_duration, parse_duration_s
+from core.configfile import ConfigError, DurationS, Problem, Source, read_yaml, validate
+from core.conventions import ENTRY_ROUTE_PREFIX, PROBE_ROUTE_PREFIX
+from core.durations import format_duration, parse_duration_s
 from slo.windows import SRE_WORKBOOK_WINDOWS, BurnWindow
 from slo.windows import period_s as _period_s
 
 NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-ENTRY_ROUTE_PREFIX = "entry "
-PROBE_ROUTE_PREFIX = "probe "
-"""The route label of a synthetic probe's request (``probe /fhir/metadata``): its own series
-in metrics, the log and the store, so that an SLO can count traffic, probes, or both."""
 SourceName = Literal["traffic", "probe"]
 _BOTH: tuple[SourceName, ...] = ("traffic", "probe")
 SOURCES: tuple[str, ...] = _BOTH
 LE_TOLERANCE_S = 1e-9
 """A duration bucket's bound and a latency threshold closer than this are the same number."""
-"""The embedded store keeps a batch entry's outcomes as a series whose route is this prefix
-and the entry's route template (``entry /fhir/Patient/{id}``): no request route starts so."""
-
-
-def _duration(value: Any) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        raise ValueError(f"must be a duration with a unit, such as '300ms' or '2s' (got {value!r})")
-    return parse_duration_s(value)
-
-
-DurationS = Annotated[float, BeforeValidator(_duration)]
 
 
 class _Strict(BaseModel):

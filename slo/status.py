@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from slo.conventions import ALL_FACILITIES
+from core.conventions import ALL_FACILITIES
 from slo.engine import ALERT_NAMES, F64, alert_states, evaluate
 from slo.spec import Facility, Maintenance, Slo
 from slo.windows import SRE_WORKBOOK_WINDOWS, STATUS_WINDOWS_S

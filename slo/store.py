@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from slo.conventions import ALL_FACILITIES
+from core.conventions import ALL_FACILITIES
 from slo.engine import good_minutes
 from slo.spec import LE_TOLERANCE_S, Slo
 

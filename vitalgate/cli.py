@@ -12,6 +12,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.configfile import ConfigError
+from core.conventions import ALL_FACILITIES
 from gateway.audit.keys import AuditKeyError
 from gateway.config import Config, GatewayConfig
 from gateway.dataplane.metrics import duration_buckets_s
@@ -19,8 +21,6 @@ from gateway.diagnostics import configure as configure_diagnostics
 from gateway.importer import import_file
 from gateway.native import build
 from reports.data import DEFAULT_PAPER, PAPERS
-from slo.configfile import ConfigError
-from slo.conventions import ALL_FACILITIES
 from slo.embedded import EmbeddedBackend, note_threshold_buckets
 from slo.openslo import openslo_to_slos_yaml
 from slo.prometheus import SOURCES, PrometheusBackend, PrometheusError

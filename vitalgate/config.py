@@ -11,10 +11,10 @@ from pathlib import Path
 from pydantic import Field
 
 from alerts.config import AlertingConfig, alerting_problems
+from core.configfile import ConfigError, Problem, read_yaml, validate
 from dashboards.config import DashboardsConfig, dashboards_problems
 from gateway.config import Config, GatewayConfig
 from gateway.config import load_config as load_document
-from slo.configfile import ConfigError, Problem, read_yaml, validate
 from vitalgate.routefilters import route_filter_problems
 
 

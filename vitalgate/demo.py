@@ -38,10 +38,10 @@ import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from core import conventions as names
 from dashboards.provisioning import GRAFANA_PROVISIONING
 from gateway.audit.keys import DATA_KEY, SIGNING_KEY, AuditKeyError, Keyring, keygen, read_signing_key
 from gateway.audit.verify import published_checkpoints, verify
-from slo import conventions as names
 from slo.embedded import EmbeddedBackend
 from slo.status import compute_status, now_utc, sort_worst_first, to_table
 from slo.store import Store

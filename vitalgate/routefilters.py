@@ -13,10 +13,10 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 
+from core.configfile import Problem, Source, items_of, mapping_at
 from gateway.config import GatewayConfig, RouteConfig
 from gateway.dataplane.fhir import RESOURCE_TYPES
 from gateway.dataplane.routes import Router
-from slo.configfile import Problem, Source, items_of, mapping_at
 
 MAX_LISTED = 6
 """Templates named in one message; a route with more says how many it has."""

@@ -18,6 +18,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from core.conventions import ALL_FACILITIES
 from gateway.admin.auditpage import AuditPage
 from gateway.admin.auth import (
     ANONYMOUS,
@@ -35,7 +36,6 @@ from gateway.dataplane.accesslog import AccessLog
 from gateway.exposition import FacilityPeriods, Joined
 from gateway.reload import ReloadCounts, ReloadResult, config_sha256
 from gateway.roles import Role
-from slo.conventions import ALL_FACILITIES
 from slo.embedded import EmbeddedBackend
 from slo.prometheus import PrometheusBackend, PrometheusError
 from slo.status import StatusRow, compute_status, sort_worst_first

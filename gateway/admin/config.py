@@ -11,8 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from slo.configfile import ListenAddr, StrictModel
-from slo.spec import DurationS
+from core.configfile import DurationS, ListenAddr, StrictModel
 
 
 class TokenConfig(StrictModel):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from slo import conventions as names
+from core import conventions as names
 
 COOKIE = "vitalgate_session"
 SECURE_COOKIE = "__Host-vitalgate_session"

@@ -9,9 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
+from core.configfile import DurationS, Loc, Networks, Problem, Source, StrictModel
 from gateway.audit.keys import AuditKeyError, read_data_key, read_signing_key
-from slo.configfile import Loc, Networks, Problem, Source, StrictModel
-from slo.spec import DurationS
 
 _YEAR_S = 365.25 * 86400
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.conventions import PROBE_ROUTE_PREFIX
 from gateway.audit import events
 from gateway.audit.identity import Identities, IdentitySettings, build
 from gateway.audit.keys import AuditKeyError, Keyring, read_signing_key
@@ -252,9 +253,7 @@ class Encoder:
         client's same request has. A probe whose request and results name no patient (the
         default, ``{prefix}metadata``) touched no one's record: none, which spares the trail
         two records a minute per facility and upstream."""
-        # ``slo.spec.PROBE_ROUTE_PREFIX`` (not imported: it would load numpy into this process)
-        # is put before a template, and a template starts with its route's "/" prefix.
-        route = p[6][max(0, p[6].find("/")) :]
+        route = p[6].removeprefix(PROBE_ROUTE_PREFIX)
         rows = self._rows_of((*p[:6], route, *p[7:]), events.PROBE_WHO.row())
         if all(row[-3] is None for row in rows):
             return []

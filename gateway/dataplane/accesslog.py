@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from core import conventions as names
 from gateway.dataplane.outcome import Outcome
-from slo import conventions as names
 
 log = logging.getLogger("vitalgate.accesslog")
 
@@ -33,7 +33,7 @@ def rfc3339(ts: float) -> str:
 
 
 _KEYS: Final = tuple(json.dumps(name) + ":" for name in names.REQUEST_FIELDS)
-# The fixed pieces of a request line, field names spelled by slo.conventions.
+# The fixed pieces of a request line, field names spelled by core.conventions.
 _K_TIMESTAMP: Final = "{" + json.dumps(names.LOG_TIMESTAMP) + ':"'
 _K_EVENT: Final = (
     'Z",' + json.dumps(names.LOG_EVENT) + ":" + json.dumps(names.REQUEST_EVENT) + "," + _KEYS[0] + '"'

@@ -24,7 +24,7 @@ import json
 import re
 from typing import Any, Final
 
-from slo.conventions import OTHER_METHOD
+from core.conventions import OTHER_METHOD
 
 FHIR_JSON_TYPES: Final[tuple[str, ...]] = (
     "application/fhir+json",

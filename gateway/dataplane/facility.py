@@ -14,8 +14,8 @@ import binascii
 import json
 from typing import Final, Protocol
 
+from core.conventions import UNKNOWN_FACILITY
 from gateway.dataplane.settings import FacilitySettings
-from slo.conventions import UNKNOWN_FACILITY
 
 UNKNOWN: Final = UNKNOWN_FACILITY
 

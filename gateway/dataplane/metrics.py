@@ -23,8 +23,8 @@ from bisect import bisect_left
 from collections.abc import Callable
 from typing import Final, Protocol
 
+from core.conventions import OTHER_ROUTE
 from gateway.dataplane.outcome import Outcome, RequestKey
-from slo.conventions import OTHER_ROUTE
 
 # OTel advisory boundaries for http.server.request.duration, in seconds.
 OTEL_DURATION_BUCKETS_S: Final[tuple[float, ...]] = (

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from core.conventions import NO_SERVICE, OTHER_METHOD, PROBE_ROUTE_PREFIX
 from gateway.dataplane.bundle import inspect, is_fhir_json, request_entries, status_class
 from gateway.dataplane.errors import AuditUnavailable, ClientError, ClientGone, GatewayError, translate
 from gateway.dataplane.facility import FacilityResolver
@@ -29,8 +30,6 @@ from gateway.dataplane.query import redact_query
 from gateway.dataplane.routes import Match, Router, normalize_path
 from gateway.dataplane.tracing import AnySpan, Span, Tracer, format_traceparent, parse_traceparent
 from gateway.dataplane.upstream import HOP_BY_HOP, Upstream, UpstreamResponse
-from slo.conventions import NO_SERVICE, OTHER_METHOD
-from slo.spec import PROBE_ROUTE_PREFIX
 
 PROBE_HEADER: Final = "x-vitalgate-probe"
 """Marks the gateway's own probe requests (with the process's secret token; never forwarded)."""

@@ -25,9 +25,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
+from core.conventions import ENTRY_ROUTE_PREFIX
 from gateway.dataplane.outcome import Outcome
 from gateway.dataplane.tracing import SpanContext
-from slo.spec import ENTRY_ROUTE_PREFIX, Slo
+from slo.spec import Slo
 from slo.store import EXEMPLARS_PER_HOUR, Exemplar, SeriesKey, Store, StoreLock, StoreWriter, catch_up
 
 _STOP: Final = object()

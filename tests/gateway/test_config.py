@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from slo.configfile import ConfigError
+from core.configfile import ConfigError
 from tests.helpers import vitalgate
 from vitalgate.config import load_config
 

@@ -9,11 +9,11 @@ import random
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
+from core.conventions import ACTIVE_REQUESTS as ACTIVE
+from core.conventions import REQUEST_DURATION as DURATION
+from core.conventions import REQUEST_LABELS as LABELS
 from gateway.dataplane.metrics import LabelBudget
 from gateway.exposition import GatewayMetrics, request_metrics
-from slo.conventions import ACTIVE_REQUESTS as ACTIVE
-from slo.conventions import REQUEST_DURATION as DURATION
-from slo.conventions import REQUEST_LABELS as LABELS
 from tests.helpers import make_outcome
 
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from slo.configfile import ConfigError
+from core.configfile import ConfigError
 from slo.openslo import openslo_to_slos_yaml
 from slo.spec import load_slos
 from tests.helpers import vitalgate

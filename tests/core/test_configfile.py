@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from slo.configfile import ConfigError, parse_yaml
-from slo.durations import format_duration, parse_duration_s
+from core.configfile import ConfigError, parse_yaml
+from core.durations import format_duration, parse_duration_s
 from slo.spec import load_slos
 
 

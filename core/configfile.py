@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
+
+from core.durations import parse_duration_s
 
 Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
@@ -53,6 +55,16 @@ def _networks(value: list[str]) -> list[str]:
 
 Networks = Annotated[list[str], AfterValidator(_networks)]
 """Addresses or networks (``10.0.0.0/8``) a listener believes: trusted proxies, identity sources."""
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(f"must be a duration with a unit, such as '300ms' or '2s' (got {value!r})")
+    return parse_duration_s(value)
+
+
+DurationS = Annotated[float, BeforeValidator(_duration)]
+"""A duration written with its unit (``300ms``, ``2s``, ``5m``), in seconds."""
 
 
 def split_listen(value: str) -> tuple[str, int]:

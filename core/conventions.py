@@ -18,6 +18,12 @@ from collections.abc import Iterable
 from typing import Final
 
 # What the gateway emits. -----------------------------------------------------------------
+ENTRY_ROUTE_PREFIX: Final = "entry "
+"""The embedded store keeps a batch entry's outcomes as a series whose route is this prefix
+and the entry's route template (``entry /fhir/Patient/{id}``): no request route starts so."""
+PROBE_ROUTE_PREFIX: Final = "probe "
+"""The route label of a synthetic probe's request (``probe /fhir/metadata``): its own series
+in metrics, the log and the store, so that an SLO can count traffic, probes, or both."""
 REQUEST_DURATION: Final = "http_server_request_duration_seconds"
 ACTIVE_REQUESTS: Final = "http_server_active_requests"
 FACILITY: Final = "facility"
