@@ -161,8 +161,12 @@ def test_ctrl_c_ends_the_demo_early_with_everything_written(tmp_path: Path) -> N
         assert run.returncode == 0, (name, run.stderr)
     verified = re.search(r"audit trail: OK: (\d+) records", runs["audit verify"].stdout)
     assert verified and int(verified[1]) > 0
-    found = runs["audit search"].stdout.splitlines()
+    lines = runs["audit search"].stdout.splitlines()
+    # The table, then its count and the legend of the outcome codes.
+    end = next(i for i, line in enumerate(lines) if re.match(r"\d+ AuditEvents\b", line))
+    found = lines[:end]
     assert found[0].split()[:3] == ["RECORDED", "FACILITY", "INTERACTION"] and len(found) > 10
+    assert int(lines[end].split()[0]) == len(found) - 1
     assert all(" riverside " in line for line in found[1:])
     assert {line.split()[-1] for line in found[1:]} <= set(USERS)  # the clinicians, by name
     assert re.search(r"^fhir-availability\s+riverside\s+99\.90%", runs["slo status"].stdout, re.M)
