@@ -158,6 +158,14 @@ def test_a_dead_worker_is_replaced_and_its_counts_kept(tmp_path: Path) -> None:
             eventually(replaced, "the killed worker replaced", timeout_s=30)
             for _ in range(20):
                 assert fetch(base + "/fhir/Patient/x", {"X-Facility-ID": "lakeside"}) == 200
+            # A request is counted as its response ends, which the client may see a moment
+            # before the worker has recorded it: wait for the last one, not a fixed time.
+            expected = before + Counter({"lakeside": 20})
+            eventually(
+                lambda: _by_facility(fetch_text(gw.admin + "/metrics")) == expected,
+                "the requests after the replacement counted",
+                timeout_s=10,
+            )
             metrics = fetch_text(gw.admin + "/metrics")
             after = _by_facility(metrics)
             assert "exited" in gw.stderr_path.read_text()
