@@ -283,3 +283,26 @@ def test_a_spool_directory_that_cannot_be_made_stops_the_start(tmp_path: Path) -
     assert out.returncode == 1
     assert "limits.temp_path: cannot keep temporary files in" in out.stderr + out.stdout
     assert json.dumps(str(tmp_path / "file" / "spool"))[1:-1] in out.stderr + out.stdout
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+async def test_each_worker_spools_on_its_own(tmp_path: Path, big: BigAnswers) -> None:
+    spool = tmp_path / "spool"
+    gw = GatewayProcess(_config(tmp_path, big.port), workers=2)
+    port = int(gw.proxy.rpartition(":")[2])
+    try:
+        workers = _children(gw.proc.pid)
+        assert len(workers) == 2
+        stalled = [await _stalled(port, "/fhir/Binary/8388608") for _ in range(6)]
+        await _until(lambda: big.finished == 6, "the upstream sent all six answers")
+        held = {w: len(_spool_fds(w, spool)) for w in workers}
+        assert sum(held.values()) == 6 and not _spool_fds(gw.proc.pid, spool)  # the supervisor spools nothing
+        for w in stalled:
+            w.transport.abort()
+        await _until(lambda: not any(_spool_fds(w, spool) for w in workers), "files closed")
+        assert os.listdir(spool) == []
+    finally:
+        gw.terminate()
