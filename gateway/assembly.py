@@ -64,7 +64,7 @@ def prepare_spool(spool: Spool) -> None:
         removed = spool.prepare()
     except OSError as exc:
         raise OSError(
-            exc.errno, f"limits.temp_path: cannot keep temporary files in {spool.directory}: {exc.strerror}"
+            f"limits.temp_path: cannot keep temporary files in {spool.directory}: {exc.strerror}"
         ) from exc
     if removed:
         log.info(
