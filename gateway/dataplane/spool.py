@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import logging
 import os
 from typing import Any, Final, Protocol
@@ -245,14 +246,19 @@ class ResponseBuffer:
             record = spool.seal(data)
             written = os.pwrite(self._fd, record, self._end)
             if written != len(record):
-                raise OSError(28, "short write")  # (ENOSPC: the disk took only part of it)
+                raise OSError(errno.ENOSPC, "short write: the disk took only part of a record")
         except OSError as exc:
             # A full disk or a directory gone: never the request's failure. The rest of this
             # response waits for the client, as it would without a spool.
             self._broken = True
             spool.counters.spool_error(operation)
             spool.counters.spool_fallback("error")
-            log.warning("spooling a response failed (%s): %s; streaming it instead", operation, exc.strerror)
+            log.warning(
+                "spooling a response failed (%s): %s; streaming it instead",
+                operation,
+                exc.strerror,
+                extra={"event": "spool_error", "operation": operation},
+            )
             return False
         self._segments.append((self._end, len(record)))
         self._end += len(record)

@@ -306,3 +306,25 @@ async def test_each_worker_spools_on_its_own(tmp_path: Path, big: BigAnswers) ->
         assert os.listdir(spool) == []
     finally:
         gw.terminate()
+
+
+async def test_a_spool_file_that_cannot_grow_falls_back_to_streaming(tmp_path: Path, big: BigAnswers) -> None:
+    """A write that fails (here the file-size limit, EFBIG, as a full disk's ENOSPC would):
+    counted, logged, and the response goes on at the client's pace, whole."""
+    size = 8 * 1024 * 1024
+    gw = GatewayProcess(_config(tmp_path, big.port), file_size=2 * 1024 * 1024)
+    try:
+        body = await _read_slowly(int(gw.proxy.rpartition(":")[2]), f"/fhir/Binary/{size}")
+        async with aiohttp.ClientSession() as s, s.get(gw.admin + "/metrics") as r:
+            metrics = await r.text()
+    finally:
+        assert gw.terminate() == 0
+    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(big.bodies[size]).hexdigest()
+    assert counter_value(metrics, "vitalgate_response_spool_errors_total", operation="write") == 1
+    assert counter_value(metrics, "vitalgate_response_spool_fallbacks_total", reason="error") == 1
+    assert counter_value(metrics, "vitalgate_response_spooled_bytes_total") > 0
+    (warning,) = gw.events("spool_error")
+    # (the write that reaches the limit is cut short; the kernel says EFBIG to the next)
+    assert warning["operation"] == "write" and "spooling a response failed (write)" in warning["message"]
+    (line,) = [r for r in read_log(tmp_path / "access.log") if r["http.route"] == "/fhir/Binary/{id}"]
+    assert line["http.response.status_code"] == 200
