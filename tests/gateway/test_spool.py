@@ -245,7 +245,7 @@ async def _read_slowly(port: int, path: str) -> bytes:
 async def test_a_slow_reader_gets_every_byte_in_order(tmp_path: Path, big: BigAnswers, case: str) -> None:
     """Whether the rest goes through the file, or the file is full or cannot be made (then the
     response streams at the client's pace, counted): the same bytes, never a failed request."""
-    size = 8 * 1024 * 1024
+    size = 16 * 1024 * 1024
     limits = {"max_temp_file_size": 1024 * 1024} if case == "limit" else {}
     async with running_gateway(_config(tmp_path, big.port, **limits)) as gw:
         if case == "disk_gone":
@@ -296,10 +296,12 @@ async def test_each_worker_spools_on_its_own(tmp_path: Path, big: BigAnswers) ->
     try:
         workers = _children(gw.proc.pid)
         assert len(workers) == 2
-        stalled = [await _stalled(port, "/fhir/Binary/8388608") for _ in range(6)]
-        await _until(lambda: big.finished == 6, "the upstream sent all six answers")
+        # 20 MB each: more than the socket buffers and the first read-ahead hold, so each
+        # answer needs a file.
+        stalled = [await _stalled(port, "/fhir/Binary/20971520") for _ in range(4)]
+        await _until(lambda: big.finished == 4, "the upstream sent all four answers")
         held = {w: len(_spool_fds(w, spool)) for w in workers}
-        assert sum(held.values()) == 6 and not _spool_fds(gw.proc.pid, spool)  # the supervisor spools nothing
+        assert sum(held.values()) == 4 and not _spool_fds(gw.proc.pid, spool)  # the supervisor spools nothing
         for w in stalled:
             w.transport.abort()
         await _until(lambda: not any(_spool_fds(w, spool) for w in workers), "files closed")
@@ -311,7 +313,7 @@ async def test_each_worker_spools_on_its_own(tmp_path: Path, big: BigAnswers) ->
 async def test_a_spool_file_that_cannot_grow_falls_back_to_streaming(tmp_path: Path, big: BigAnswers) -> None:
     """A write that fails (here the file-size limit, EFBIG, as a full disk's ENOSPC would):
     counted, logged, and the response goes on at the client's pace, whole."""
-    size = 8 * 1024 * 1024
+    size = 16 * 1024 * 1024
     gw = GatewayProcess(_config(tmp_path, big.port), file_size=2 * 1024 * 1024)
     try:
         body = await _read_slowly(int(gw.proxy.rpartition(":")[2]), f"/fhir/Binary/{size}")
