@@ -8,6 +8,8 @@ import hashlib
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -330,3 +332,12 @@ async def test_a_spool_file_that_cannot_grow_falls_back_to_streaming(tmp_path: P
     assert warning["operation"] == "write" and "spooling a response failed (write)" in warning["message"]
     (line,) = [r for r in read_log(tmp_path / "access.log") if r["http.route"] == "/fhir/Binary/{id}"]
     assert line["http.response.status_code"] == 200
+
+
+def test_importing_the_data_plane_loads_no_cryptography() -> None:
+    """Only a process that spools loads it (when it starts): the request path's import stays lean."""
+    code = (
+        "import sys, gateway.dataplane.proxy, gateway.dataplane.spool; print('cryptography' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "False"
