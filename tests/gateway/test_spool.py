@@ -146,6 +146,7 @@ async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, dict[str,
 @pytest.mark.slow
 async def test_clients_that_never_read_do_not_hold_the_upstream(tmp_path: Path, big: BigAnswers) -> None:
     spool = tmp_path / "spool"
+    big.bodies[BIG] = body_of(BIG)  # made now, not while the upstream should be answering
     cfg = _config(tmp_path, big.port)
     gw = GatewayProcess(cfg)
     pid = gw.proc.pid
@@ -215,6 +216,7 @@ async def test_clients_that_never_read_do_not_hold_the_upstream(tmp_path: Path, 
 async def test_without_spooling_the_pool_wait_is_bounded_by_total(tmp_path: Path, big: BigAnswers) -> None:
     """``max_temp_file_size: 0`` keeps streaming at the client's pace: the four hold the pool,
     and a fifth request waits no longer than the route's total (5 s), not timeout.pool (10 s)."""
+    big.bodies[BIG] = body_of(BIG)  # made now: made in the handler, it would block this loop
     async with running_gateway(_config(tmp_path, big.port, max_temp_file_size=0)) as gw:
         stalled = [await _stalled(gw.proxy_port, f"/fhir/Binary/{BIG}") for _ in range(4)]
         await _until(lambda: big.seen == 4, "four answers under way")
@@ -293,6 +295,7 @@ def _children(pid: int) -> list[int]:
 
 async def test_each_worker_spools_on_its_own(tmp_path: Path, big: BigAnswers) -> None:
     spool = tmp_path / "spool"
+    big.bodies[20971520] = body_of(20971520)
     gw = GatewayProcess(_config(tmp_path, big.port), workers=2)
     port = int(gw.proxy.rpartition(":")[2])
     try:
