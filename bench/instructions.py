@@ -13,11 +13,13 @@ keep-alive connections (to the same nginx upstream and FHIR body as
 ``bench/proxy.py``), then off, and the total is divided by the requests.
 
     python -m bench.instructions [--requests 2000] [--ratio 1.0 --ratio 0.1] [--keep DIR] [--audit MODE]
-                                 [--body patient|bundle]
+                                 [--body patient|bundle|nested]
 
 ``--body bundle`` answers every request with a 100-entry searchset Bundle whose
 links and ``fullUrl``s name the upstream's own address, so each response is
-inspected and rewritten (the cost of keeping paging inside the gateway).
+inspected and rewritten (the cost of keeping paging inside the gateway). ``--body nested``
+answers with a batch-response whose 10 entries are each a 10-entry searchset Bundle (the same
+100 patients, every inner link and ``fullUrl`` naming the upstream): the rewrite at depth.
 
 ``--keep DIR`` keeps the callgrind files for ``callgrind_annotate``. With the
 request path compiled (the default install) or pure (``make pure``), whichever
@@ -104,6 +106,17 @@ def bundle(origin: str, entries: int = 100) -> dict[str, object]:
     }
 
 
+def nested(origin: str, searches: int = 10, entries: int = 10) -> dict[str, object]:
+    """A batch-response whose entries are searches: each entry's resource a searchset page."""
+    return {
+        "resourceType": "Bundle",
+        "type": "batch-response",
+        "entry": [
+            {"resource": bundle(origin, entries), "response": {"status": "200 OK"}} for _ in range(searches)
+        ],
+    }
+
+
 def measure(
     ratio: float,
     requests: int,
@@ -115,7 +128,8 @@ def measure(
     work = Path(tempfile.mkdtemp(prefix="vitalgate-instr-"))
     os.chmod(work, 0o755)  # noqa: S103  nginx workers (user root) read it
     up, sink = free_port(), free_port()
-    doc = PATIENT if body == "patient" else bundle(f"http://127.0.0.1:{up}")
+    origin = f"http://127.0.0.1:{up}"
+    doc = PATIENT if body == "patient" else bundle(origin) if body == "bundle" else nested(origin)
     (work / "patient.json").write_bytes(json.dumps(doc, indent=1).encode())
     procs = []
     try:
@@ -180,7 +194,7 @@ def main() -> int:
     parser.add_argument("--ratio", type=float, action="append", help="trace sample ratio (repeatable)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the callgrind files here")
     parser.add_argument(
-        "--body", choices=["patient", "bundle"], default="patient", help="the upstream's answer"
+        "--body", choices=["patient", "bundle", "nested"], default="patient", help="the upstream's answer"
     )
     parser.add_argument(
         "--no-inspect", action="store_true", help="FHIR JSON passes uninspected (rewrite_max_bytes: 0)"

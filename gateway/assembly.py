@@ -10,6 +10,7 @@ none of it: it proxies nothing.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import socket
@@ -37,6 +38,7 @@ from gateway.dataplane.proxy import Outputs, Proxy
 from gateway.dataplane.recorder import Recorder
 from gateway.dataplane.routes import Router
 from gateway.dataplane.settings import UpstreamSettings
+from gateway.dataplane.spool import Spool
 from gateway.dataplane.tracing import Tracing
 from gateway.dataplane.upstream import Upstream
 from gateway.exposition import GatewayMetrics, StoreHealth, request_metrics
@@ -45,8 +47,35 @@ from gateway.roles import Role
 from gateway.startup import store_failure
 from slo.store import StoreError
 
+log = logging.getLogger("vitalgate.gateway")
 HEALTH_INTERVAL_S = 1.0
 """How often the health gauges are read off the queues, the store and the pools."""
+
+
+def response_spool(config: Config[GatewayConfig], metrics: GatewayMetrics) -> Spool | None:
+    """Response buffering (None when ``limits.max_temp_file_size`` is 0); its directory is
+    made ready when the data plane starts (``prepare_spool``)."""
+    limits = config.gateway.limits
+    settings = limits.spool(config.resolve(limits.temp_path))
+    return Spool(settings, metrics) if settings is not None else None
+
+
+def prepare_spool(spool: Spool) -> None:
+    """Make the spool directory and clean what a crashed process left in it; raises OSError
+    naming ``limits.temp_path`` when no file can be made there."""
+    try:
+        removed = spool.prepare()
+    except OSError as exc:
+        raise OSError(
+            f"limits.temp_path: cannot keep temporary files in {spool.directory}: {exc.strerror}"
+        ) from exc
+    if removed:
+        log.info(
+            "removed %d temporary files a stopped gateway process left in %s",
+            removed,
+            spool.directory,
+            extra={"event": "spool_cleaned", "directory": spool.directory, "files": removed},
+        )
 
 
 def instance_id(role: Role) -> str:
@@ -117,6 +146,7 @@ class DataPlane:
                 self.forwarder = forwarder(config, cfg.audit, cfg.audit.forward, self.audit, metrics)
         identity = cfg.audit.identity if cfg.audit is not None else None
         self.probe_token = os.environ.get(PROBE_TOKEN_ENV) or secrets.token_hex(16)
+        self.spool = response_spool(config, metrics)
         outputs = Outputs(
             self.tracing.tracer,
             LabelBudget(cfg.telemetry.metrics.max_label_sets, metrics.folded),
@@ -128,6 +158,7 @@ class DataPlane:
             audit_user_header=(identity.header or "").lower() if identity is not None else "",
             audit_gate=self.audit if cfg.audit is not None and cfg.audit.durability == "strict" else None,
             probe_token=self.probe_token,
+            spool=self.spool,
         )
         scheme = "https" if cfg.tls else "http"
         self.proxy = Proxy(self.router, self.facilities, self.upstreams, outputs, scheme, port)
@@ -210,8 +241,10 @@ class DataPlane:
                 await u.close()
 
     async def start(self) -> None:
-        """Open the store (raises StartupError naming telemetry.store.path if it cannot), start
-        span export and the upstream pools."""
+        """Ready the spool directory, open the store (raises StartupError naming
+        telemetry.store.path if it cannot), start span export and the upstream pools."""
+        if self.spool is not None:
+            prepare_spool(self.spool)
         if self.recorder is not None:
             try:
                 self.recorder.start()

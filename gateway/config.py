@@ -303,6 +303,11 @@ class TlsConfig(StrictModel):
     key_file: str
 
 
+SPOOL_MEMORY_BYTES = 256 * 1024
+"""What one response a client is behind on may hold in memory before its temporary file (as the
+upstream client's own read buffer: a slow client costs no more memory than a fast one)."""
+
+
 class LimitsConfig(StrictModel):
     max_header_size: int = Field(default=16384, ge=1024, le=1048576)
     shutdown_timeout: Annotated[DurationS, AfterValidator(_within(0.1, 3600))] = 30.0
@@ -320,6 +325,19 @@ class LimitsConfig(StrictModel):
     client is cut (408 client_timeout) and the upstream connection freed."""
     max_upstream_header_size: int = Field(default=65536, ge=1024, le=16 * 1048576)
     """The longest response head an upstream may send; a longer one is 502 upstream_protocol_error."""
+    max_temp_file_size: int = Field(default=1 << 30, ge=0, le=1 << 40)
+    """Response buffering (nginx: proxy_max_temp_file_size): what a client has not taken yet is
+    held (256 KiB in memory, then an encrypted temporary file of at most this many bytes) so the
+    upstream connection is freed when the upstream is done. 0: no spooling, a slow client holds
+    its upstream connection as it reads."""
+    temp_path: str = "var/spool"
+    """Where the temporary files go (created 0700 if missing; cleaned at start)."""
+
+    def spool(self, directory: Path) -> settings_.SpoolSettings | None:
+        """Response buffering's settings (``directory``: ``temp_path`` resolved); None when off."""
+        if self.max_temp_file_size == 0:
+            return None
+        return settings_.SpoolSettings(str(directory), self.max_temp_file_size, SPOOL_MEMORY_BYTES)
 
 
 class ProbeRequestConfig(StrictModel):

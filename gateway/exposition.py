@@ -239,6 +239,26 @@ class GatewayMetrics:
             (names.SERVICE, "reason"),
             registry=registry,
         )
+        self._spooled = Counter(
+            names.RESPONSE_SPOOLED_BYTES,
+            "Bytes of responses written to encrypted temporary files because the client took them"
+            " slower than the upstream sent them (limits.max_temp_file_size).",
+            registry=registry,
+        )
+        self._spool_errors = Counter(
+            names.RESPONSE_SPOOL_ERRORS,
+            "Temporary-file operations of response buffering that failed (create, write: the response"
+            " streams on at the client's pace; read: the response is cut; close, truncate).",
+            ("operation",),
+            registry=registry,
+        )
+        self._spool_fallbacks = Counter(
+            names.RESPONSE_SPOOL_FALLBACKS,
+            "Responses that went on without their temporary file (error: it failed; limit: it reached"
+            " limits.max_temp_file_size), holding their upstream connection at the client's pace.",
+            ("reason",),
+            registry=registry,
+        )
 
         self._audit_records = Counter(
             names.AUDIT_RECORDS, "AuditEvents written to the audit trail (fsynced).", registry=registry
@@ -357,6 +377,15 @@ class GatewayMetrics:
 
     def uninspected(self, service: str, reason: str) -> None:
         self._uninspected.labels(service, reason).inc()
+
+    def spooled(self, n: int) -> None:
+        self._spooled.inc(n)
+
+    def spool_error(self, operation: str) -> None:
+        self._spool_errors.labels(operation).inc()
+
+    def spool_fallback(self, reason: str) -> None:
+        self._spool_fallbacks.labels(reason).inc()
 
     def drop(self, signal: str, n: int = 1) -> None:
         """Count ``n`` lost telemetry items; thread-safe (exporters call it)."""

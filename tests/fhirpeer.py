@@ -5,7 +5,8 @@ default); ``base="fixed"`` from its own configured address, whatever the
 request said (a server with a hard-coded base URL). It serves a paged Patient
 search (``Bundle.link`` ``self``/``next`` and ``entry.fullUrl``), creates
 (``Location``), reads, and batch/transaction Bundles posted to the base, whose
-entries succeed or fail by their URL (``Patient/fail-404``, ``Patient/fail-500``).
+entries succeed or fail by their URL (``Patient/fail-404``, ``Patient/fail-500``); a search entry (``Patient?_count=5``) answers
+with a nested searchset Bundle.
 """
 
 from __future__ import annotations
@@ -46,14 +47,19 @@ class FhirPeer(AppPeer):
         self._seen(request)
         count = int(request.query.get("_count", "10"))
         offset = int(request.query.get("_getpagesoffset", "0"))
-        base = self.base_url(request)
+        # A decimal as servers write it (1.50): passed on byte for byte, never re-encoded.
+        text = json.dumps(self.searchset(self.base_url(request), count, offset))
+        return web.Response(text=text.replace('"score": 1.5', '"score": 1.50'), content_type=FHIR_JSON)
+
+    def searchset(self, base: str, count: int, offset: int) -> dict[str, Any]:
+        """One page of the Patient search, its links and ``fullUrl``s under ``base``."""
         page = self.patients[offset : offset + count]
         links = [{"relation": "self", "url": f"{base}/Patient?_count={count}&_getpagesoffset={offset}"}]
         if offset + count < len(self.patients):
             links.append(
                 {"relation": "next", "url": f"{base}/Patient?_count={count}&_getpagesoffset={offset + count}"}
             )
-        bundle = {
+        return {
             "resourceType": "Bundle",
             "type": "searchset",
             "total": len(self.patients),
@@ -67,9 +73,6 @@ class FhirPeer(AppPeer):
                 for pid in page
             ],
         }
-        # A decimal as servers write it (1.50): passed on byte for byte, never re-encoded.
-        text = json.dumps(bundle).replace('"score": 1.5', '"score": 1.50')
-        return web.Response(text=text, content_type=FHIR_JSON)
 
     async def create(self, request: web.Request) -> web.Response:
         self._seen(request)
@@ -108,6 +111,15 @@ class FhirPeer(AppPeer):
                 entries.append({"response": {"status": "404 Not Found"}})
             elif "fail-500" in url:
                 entries.append({"response": {"status": "500 Internal Server Error"}})
+            elif url.startswith("Patient?"):
+                # A search in a batch: its searchset Bundle is the entry's resource (in a
+                # transaction, as this server's quirk, the response's outcome), paged like any.
+                count = int(url.partition("_count=")[2].partition("&")[0] or "10")
+                inner = self.searchset(base, count, 0)
+                if doc.get("type") == "transaction":
+                    entries.append({"response": {"status": "200 OK", "outcome": inner}})
+                else:
+                    entries.append({"resource": inner, "response": {"status": "200 OK"}})
             elif entry["request"]["method"] == "POST":
                 entries.append({"response": {"status": "201 Created", "location": f"{base}/Patient/n1"}})
             else:

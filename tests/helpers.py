@@ -292,14 +292,18 @@ class GatewayProcess:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         open_files: int | None = None,
+        file_size: int | None = None,
     ) -> None:
-        """``open_files``: the child's RLIMIT_NOFILE (as ``ulimit -n`` would set it)."""
+        """``open_files``: the child's RLIMIT_NOFILE (as ``ulimit -n`` would set it);
+        ``file_size``: its RLIMIT_FSIZE in bytes (a write past it fails with EFBIG)."""
         cfg = yaml.safe_load(config_path.read_text())
         self.proxy = "http://" + cfg["listen"]
         self.admin = "http://" + cfg["admin"]["listen"]
         self.stderr_path = config_path.parent / "gateway.stderr"
         self._stderr = self.stderr_path.open("w")
-        limit = [] if open_files is None else ["prlimit", f"--nofile={open_files}", "--"]
+        limits = [f"--nofile={open_files}"] if open_files is not None else []
+        limits += [f"--fsize={file_size}"] if file_size is not None else []
+        limit = ["prlimit", *limits, "--"] if limits else []
         self.proc = subprocess.Popen(
             [
                 *limit,

@@ -2,7 +2,8 @@
 the per-entry outcomes of a batch or transaction.
 
 A FHIR server builds absolute URLs (``Bundle.link[].url``, ``entry[].fullUrl``,
-``entry[].response.location``) from its own idea of its base. When that base
+``entry[].response.location``, and the same fields of a Bundle inside an entry, as a
+search in a batch answers) from its own idea of its base. When that base
 is the upstream's address, a client that follows ``next`` goes straight to the
 upstream: unmeasured, outside every SLO. For a Bundle under the route's size
 limit the gateway rewrites those URLs to its own origin; whatever still names
@@ -56,21 +57,38 @@ class Inspection:
 
 
 def _urls(doc: dict[str, Any]) -> list[str]:
+    """The URL fields of a Bundle and of every Bundle inside it, at any depth: a search in a
+    batch answers with a ``searchset`` in ``entry[].resource`` (and a server may put a Bundle
+    in ``entry[].response.outcome``), whose ``next`` a client follows like any other. Walked
+    with a list, not recursion: the depth is the client's (bounded only by the JSON parser)."""
     out: list[str] = []
-    links = doc.get("link")
-    if isinstance(links, list):
-        out.extend(u for link in links if isinstance(link, dict) and isinstance(u := link.get("url"), str))
-    entries = doc.get("entry")
-    if isinstance(entries, list):
+    todo: list[dict[str, Any]] = [doc]
+    while todo:
+        bundle = todo.pop()
+        links = bundle.get("link")
+        if isinstance(links, list):
+            out.extend(
+                u for link in links if isinstance(link, dict) and isinstance(u := link.get("url"), str)
+            )
+        entries = bundle.get("entry")
+        if not isinstance(entries, list):
+            continue
         for entry in entries:
             if not isinstance(entry, dict):
                 continue
             full = entry.get("fullUrl")
             if isinstance(full, str):
                 out.append(full)
+            inner = entry.get("resource")
+            if isinstance(inner, dict) and inner.get("resourceType") == "Bundle":
+                todo.append(inner)
             response = entry.get("response")
-            if isinstance(response, dict) and isinstance(response.get("location"), str):
-                out.append(response["location"])
+            if isinstance(response, dict):
+                if isinstance(response.get("location"), str):
+                    out.append(response["location"])
+                outcome = response.get("outcome")
+                if isinstance(outcome, dict) and outcome.get("resourceType") == "Bundle":
+                    todo.append(outcome)
     return out
 
 

@@ -4,6 +4,8 @@
     ├── AuditUnavailable              503  error.type=audit_unavailable (audit ``durability:
     │                                      strict``: the record could not be made durable, so
     │                                      the response is not served)
+    ├── SpoolError                    500  error.type=spool_error (a spooled part of a response
+    │                                      could not be read back: the client connection is cut)
     ├── UpstreamPoolExhausted         503  error.type=upstream_pool_exhausted (every connection
     │                                      to the upstream busy past timeout.pool: the gateway's
     │                                      capacity, counted bad like any 5xx)
@@ -45,6 +47,10 @@ class UpstreamError(GatewayError):
 class AuditUnavailable(GatewayError):
     status: ClassVar[int] = 503
     error_type: ClassVar[str] = "audit_unavailable"
+
+
+class SpoolError(GatewayError):
+    error_type: ClassVar[str] = "spool_error"
 
 
 class UpstreamPoolExhausted(GatewayError):

@@ -268,11 +268,23 @@ class Request:
     async def write(self, data: bytes) -> None:
         if self._head_only or not data:
             return
+        self.send(data)
+        await self._conn.drain()
+
+    def send(self, data: bytes) -> None:
+        """``write`` without waiting for the client to take it: the caller reads
+        ``must_drain`` to learn that the client is behind."""
+        if self._head_only or not data:
+            return
         if self._chunked:
             self._conn.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
             self._conn.write(data)
-        await self._conn.drain()
+
+    @property
+    def must_drain(self) -> bool:
+        """The client's socket is full (or gone): a ``write`` now would wait."""
+        return self._conn.must_drain()
 
     async def write_eof(self) -> None:
         if self._chunked:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from core.conventions import NO_SERVICE, OTHER_METHOD, PROBE_ROUTE_PREFIX
 from gateway.dataplane.bundle import inspect, is_fhir_json, request_entries, status_class
-from gateway.dataplane.errors import AuditUnavailable, ClientError, ClientGone, GatewayError, translate
+from gateway.dataplane.errors import AuditUnavailable, ClientGone, GatewayError, UpstreamError, translate
 from gateway.dataplane.facility import FacilityResolver
 from gateway.dataplane.httpserver import Headers, Request
 from gateway.dataplane.memscan import contains
@@ -28,6 +28,7 @@ from gateway.dataplane.metrics import Gauges, LabelBudget, ProxyCounters
 from gateway.dataplane.outcome import AuditFacts, AuditGate, EntrySink, Outcome, RequestSink
 from gateway.dataplane.query import redact_query
 from gateway.dataplane.routes import Match, Router, normalize_path
+from gateway.dataplane.spool import ResponseBuffer, Spool
 from gateway.dataplane.tracing import AnySpan, Span, Tracer, format_traceparent, parse_traceparent
 from gateway.dataplane.upstream import HOP_BY_HOP, Upstream, UpstreamResponse
 
@@ -82,7 +83,7 @@ async def _answer_error(request: Request, error: GatewayError) -> int:
     if request.prepared:
         # Headers already went out: the only honest signal left is to cut the connection.
         request.abort()
-        return error.status if isinstance(error, ClientError) else 502
+        return 502 if isinstance(error, UpstreamError) else error.status
     body = json.dumps({"error": error.error_type, "detail": str(error)}).encode()
     with contextlib.suppress(ConnectionError):  # the client left: nothing more to tell it
         await request.respond(error.status, _JSON, body)
@@ -161,6 +162,8 @@ class Outputs:
     """``durability: strict``: each audited response waits until its record is on disk."""
     probe_token: str = ""
     """A request whose ``X-Vitalgate-Probe`` header carries this is the gateway's own probe."""
+    spool: Spool | None = None
+    """Response buffering (``limits.max_temp_file_size``); None streams at the client's pace."""
 
 
 class Proxy:
@@ -189,6 +192,7 @@ class Proxy:
         self._audit_user_header = outputs.audit_user_header
         self._audit_gate = outputs.audit_gate
         self._probe_token = outputs.probe_token.encode()
+        self._spool = outputs.spool
         self.scheme = scheme
         self.server_port = server_port
         self._port_str = str(server_port)
@@ -587,18 +591,37 @@ class Proxy:
         facility: str,
         upstream: Upstream,
     ) -> None:
-        """A response too large (or too slow) to hold, streamed through, searched for leaks."""
+        """A response too large (or too slow) to hold, streamed through, searched for leaks.
+        With a spool, a client that falls behind does not hold the upstream: what it has not
+        taken yet is queued (``ResponseBuffer``), and the upstream connection goes back to the
+        pool as soon as the upstream's last byte is read."""
         leak = upstream.leak_needles
         leaked = False
         tail = b""
         width = len(leak[1])
-        while chunk := await upstream_response.read():
-            if not leaked:
-                # Also across chunk boundaries: the last bytes of the one before.
-                seam = tail + chunk[:width]
-                leaked = _leaks(chunk, leak) or _leaks(seam, leak)
-                tail = chunk[-width:]
-            await request.write(chunk)
+        spool = self._spool
+        queued: ResponseBuffer | None = None
+        try:
+            while chunk := await upstream_response.read():
+                if not leaked:
+                    # Also across chunk boundaries: the last bytes of the one before.
+                    seam = tail + chunk[:width]
+                    leaked = _leaks(chunk, leak) or _leaks(seam, leak)
+                    tail = chunk[-width:]
+                if queued is not None:
+                    await queued.put(chunk)
+                elif spool is None:
+                    await request.write(chunk)
+                else:
+                    request.send(chunk)
+                    if request.must_drain:  # the client is behind: what follows is queued
+                        queued = spool.buffer(request)
+            # (the upstream connection is back in the pool here: read() released it)
+            if queued is not None:
+                await queued.finish()
+        finally:
+            if queued is not None:
+                queued.close()
         await request.write_eof()
         if leaked:
             self.counters.url_leak(facility, match.service, "body")

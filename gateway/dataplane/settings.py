@@ -61,3 +61,13 @@ class TraceSettings:
     service_name: str
     queue_size: int
     export_timeout: float
+
+
+@dataclass(frozen=True)
+class SpoolSettings:
+    """Response buffering (``gateway/dataplane/spool.py``); none when ``max_file_bytes`` is 0."""
+
+    directory: str
+    max_file_bytes: int
+    memory_bytes: int
+    """What one response may hold in memory, past what the client's socket took, before its file."""

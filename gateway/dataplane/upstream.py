@@ -18,7 +18,9 @@ keeps HTTP/1.1's rules:
   closed;
 - at most ``max_connections`` connections per upstream; requests beyond that
   wait for one in arrival order;
-- connect, read (no byte for that long) and total timeouts;
+- connect, read (no byte for that long) and total timeouts; the total runs from the moment
+  the request is sent for, so the wait for a free connection (``timeout.pool``) and the
+  connect count against it: a request's waits together never exceed its ``total``;
 - one retry, on a new connection, only for an idempotent request without a
   body whose reused connection died before any byte of a response came back
   (the upstream closed it as the request went out).
@@ -417,6 +419,10 @@ class UpstreamResponse:
         ex = self._ex
         conn = self._conn
         conn.high_water = max(limit, _HIGH_WATER)
+        if conn.buffered <= conn.high_water:
+            # Reading may have paused at the lower mark while the head was waited for (the
+            # body's first bytes came with it): nothing would wake this wait otherwise.
+            conn.resume_reading()
         try:
             while not ex.complete and ex.error is None and conn.buffered <= limit:
                 ex.reader = asyncio.get_running_loop().create_future()
@@ -467,10 +473,10 @@ class _Timer:
 
     __slots__ = ("_conn", "_deadline", "_fut", "_pool", "_read_s", "armed_at")
 
-    def __init__(self, pool: Upstream, conn: _Connection, now: float, total_s: float, read_s: float | None):
+    def __init__(self, pool: Upstream, conn: _Connection, now: float, deadline: float, read_s: float | None):
         self._pool = pool
         self._conn = conn
-        self._deadline = now + total_s
+        self._deadline = deadline
         self._read_s = read_s
         self._fut: asyncio.Future[Any] | None = None
         self.armed_at = now
@@ -608,8 +614,11 @@ class Upstream:
         self._ticker = asyncio.get_running_loop().call_later(TICK_S, self._tick) if self._timers else None
 
     # -- the pool ---------------------------------------------------------------------------------
-    async def _connect(self) -> _Connection:
+    async def _connect(self, deadline: float) -> _Connection:
         loop = asyncio.get_running_loop()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise UpstreamTimeout("no time left to connect to the upstream within timeout.total")
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
@@ -619,7 +628,7 @@ class Upstream:
                     ssl=self._ssl,
                     server_hostname=self.host if self._ssl is not None else None,
                 ),
-                self._connect_s,
+                min(self._connect_s, left),
             )
         except TimeoutError as exc:
             raise UpstreamTimeout("connecting to upstream timed out") from exc
@@ -635,7 +644,9 @@ class Upstream:
         self._conns.add(conn)
         return conn
 
-    async def _acquire(self, fresh: bool) -> _Connection:
+    async def _acquire(self, fresh: bool, deadline: float) -> _Connection:
+        """A connection: an idle one, a new one, or one handed on by a finished exchange (a wait
+        bounded by ``timeout.pool`` and by what is left of ``deadline``, the request's total)."""
         now = time.monotonic()
         if not fresh:
             idle = self._idle
@@ -644,14 +655,14 @@ class Upstream:
                 if conn.usable(now):
                     return conn
                 conn.close()
-        deadline = now + self._pool_timeout_s
+        pool_deadline = min(now + self._pool_timeout_s, deadline)
         while self._open >= self._limit:
             loop = asyncio.get_running_loop()
             waiter: asyncio.Future[_Connection | None] = loop.create_future()
             self._waiters.append(waiter)
             # A bounded wait: clients that hold every connection (one that never reads its
             # response, a burst past max_connections) get a 503 rather than a queue forever.
-            left = deadline - time.monotonic()
+            left = pool_deadline - time.monotonic()
             expiry = loop.call_later(max(left, 0.0), _expire, waiter)
             try:
                 handed = await waiter
@@ -659,7 +670,7 @@ class Upstream:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
                 raise UpstreamPoolExhausted(
-                    f"no connection to the upstream free within {self._pool_timeout_s:g} s"
+                    f"no connection to the upstream free within {pool_deadline - now:.3g} s"
                     f" (max_connections: {self._limit})"
                 ) from None
             except asyncio.CancelledError:
@@ -677,7 +688,7 @@ class Upstream:
                 handed.close()
         self._open += 1
         try:
-            return await self._connect()
+            return await self._connect(deadline)
         except BaseException:
             self._open -= 1
             self._hand_on(None)
@@ -783,15 +794,16 @@ class Upstream:
         head = self._head(method, raw_path_qs, pairs, body is not None, host, parsed, formatted)
         chunked = head.endswith(b"Transfer-Encoding: chunked\r\n\r\n")
         retryable = body is None and method in IDEMPOTENT
-        conn = await self._acquire(fresh=False)
+        deadline = time.monotonic() + self._total_s
+        conn = await self._acquire(False, deadline)
         try:
-            return await self._exchange(conn, method, head, body, chunked, expect_continue)
+            return await self._exchange(conn, method, head, body, chunked, expect_continue, deadline)
         except UpstreamReset as exc:
             if not (retryable and getattr(exc, "before_response", False) and conn.uses > 1):
                 raise
         # The reused connection died before the upstream said anything: send once more, fresh.
-        conn = await self._acquire(fresh=True)
-        return await self._exchange(conn, method, head, body, chunked, expect_continue)
+        conn = await self._acquire(True, deadline)
+        return await self._exchange(conn, method, head, body, chunked, expect_continue, deadline)
 
     async def _exchange(
         self,
@@ -801,10 +813,11 @@ class Upstream:
         body: BodySource | None,
         chunked: bool,
         expect_continue: bool,
+        deadline: float,
     ) -> UpstreamResponse:
         loop = asyncio.get_running_loop()
         ex = conn.start(method == "HEAD")
-        timer = _Timer(self, conn, time.monotonic(), self._total_s, self._read_s)
+        timer = _Timer(self, conn, time.monotonic(), deadline, self._read_s)
         sender: asyncio.Task[None] | None = None
         try:
             transport = conn.transport

@@ -365,7 +365,12 @@ def _one_connection(tmp: Path, port: int, **timeouts: str) -> Path:
     return gateway_config(
         tmp,
         port,
-        extra={"upstreams": upstreams, "limits": {"client_write_timeout": "500ms", "shutdown_timeout": "5s"}},
+        extra={
+            "upstreams": upstreams,
+            # Without response buffering: the client's pace holds the upstream connection (a
+            # spooled response frees it at once: tests/gateway/test_spool.py).
+            "limits": {"client_write_timeout": "500ms", "shutdown_timeout": "5s", "max_temp_file_size": 0},
+        },
     )
 
 
