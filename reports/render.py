@@ -190,18 +190,19 @@ def _marker(n: int) -> str | None:
     return "." if n < 100 else None
 
 
-def _room(ax: Axes, values: list[float], labels_above: bool = False) -> None:
+def _room(ax: Axes, values: list[float], labels_above: bool = False, percent: bool = True) -> None:
     """Y limits that leave room around every value and line (and a label drawn above a bar), with
-    ticks kept to 0..100: a point at the bottom of the range stays clear of the axis."""
+    ticks kept to 0..100 for a percentage: a point at the bottom of the range stays clear of the
+    axis."""
     known = [v for v in values if not math.isnan(v)]  # no data is not drawn
     if not known:
         return
     lo, hi = min(known), max(known)
-    span = max(hi - lo, 0.5)
+    span = max(hi - lo, 0.5 if percent else 0.1 * hi, 1e-9)
     bottom = max(0.0, lo - 0.12 * span)
     top = hi + (0.3 if labels_above else 0.12) * span
     ax.set_ylim(bottom, top)
-    ax.set_yticks([t for t in ax.get_yticks() if bottom <= t <= min(top, 100.0)])
+    ax.set_yticks([t for t in ax.get_yticks() if bottom <= t <= (min(top, 100.0) if percent else top)])
 
 
 def _daily_chart(
@@ -264,6 +265,8 @@ def chart_figures(r: Report, s: SloReport) -> list[tuple[str, Figure]]:
             ms = [1000 * v if isinstance(v, float) else float("nan") for v in values]
             ax.plot(range(len(labels)), ms, marker="o" if len(labels) < 20 else None, color=color, label=name)
         ax.axhline(1000 * (s.threshold_s or 0.0), color="#888", linestyle=":", label="threshold")
+        shown = [1000 * v for w in weeks for v in w[1:] if isinstance(v, float)]
+        _room(ax, [*shown, 1000 * (s.threshold_s or 0.0)], percent=False)
         ax.set_ylabel("ms")
         title = f"Latency percentiles by week ({s.service}, weeks from Monday)"
         ax.set_title(title)
