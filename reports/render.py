@@ -587,11 +587,15 @@ def _slo_section(r: Report, s: SloReport) -> list[str]:
 
 def _daily_appendix(r: Report) -> list[str]:
     # Preformatted rather than a table: a year is 365 rows, and text lays out far faster than cells.
-    through = f", through {escape(r.partial_through)}" if r.partial_through else ""
+    through = (
+        f" The period has not ended: the days stop at {escape(r.partial_through)}."
+        if r.partial_through
+        else ""
+    )
     parts = [
         "<h2>Appendix: daily figures</h2><p>Per day, the share of good requests (for a latency SLO, within its "
         "threshold) and the down minutes (for a latency SLO, the slow minutes); requests and the other columns"
-        f" are in the CSV beside this report. Days that have not begun are not listed{through}.</p>"
+        f" are in the CSV beside this report.{through}</p>"
     ]
     numbered = list(enumerate(r.slos, 1))
     for b in range(0, len(numbered), SLO_COLUMNS_PER_BLOCK):
