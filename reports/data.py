@@ -113,6 +113,8 @@ class DayFigures:
     down_minutes: int
     no_data_minutes: int
     maintenance_minutes: int
+    uptime: float | None = None
+    """Up minutes over measured (up or down) minutes of the day: what the contract is judged on."""
 
 
 @dataclass
@@ -155,6 +157,9 @@ class SloReport:
     """Contractual SLOs: ``(1 - SLA)`` of the minutes measured (up + down)."""
     budgeting: str = "occurrences"
     """``timeslices``: the objective is judged on uptime (minutes), else on requests."""
+    coverage_not_kept_minutes: int = 0
+    """Measured minutes older than the raw-minute history (``minute_retention``): counted from the
+    per-SLO minutes, but whether clients or probes covered them is no longer known."""
 
 
 @dataclass
@@ -320,6 +325,7 @@ class _Minutes:
     maint: npt.NDArray[np.bool_]
     future: npt.NDArray[np.bool_]
     day_starts: list[tuple[date, int]]
+    """The local days of the period that have begun (a partial period stops at today)."""
     day_index: npt.NDArray[np.intp]
 
 
@@ -342,6 +348,8 @@ def _minutes(facility: Facility, period: Period, now_s: float) -> tuple[_Minutes
         d += timedelta(days=1)
     day_index = np.searchsorted([s for _, s in day_starts], minute_ts, side="right") - 1
     future = minute_ts >= now_s
+    # Days not begun are left out, never listed as days without data (minutes after now count nowhere).
+    day_starts = [(d, s) for d, s in day_starts if s < now_s] or day_starts[:1]
     return _Minutes(start_s, end_s, tz, maint | future, maint, future, day_starts, day_index), listed
 
 
@@ -354,8 +362,9 @@ def _days(
     no_data: npt.NDArray[np.bool_],
 ) -> list[DayFigures]:
     n = len(mins.day_starts)
+    inside = mins.day_index < n  # minutes of days not begun: nothing to count
     day_t, day_g, day_up, day_down, day_nd, day_m = (
-        _per_day(mins.day_index, v, n) for v in (total, good, up, down, no_data, mins.maint)
+        _per_day(mins.day_index[inside], v[inside], n) for v in (total, good, up, down, no_data, mins.maint)
     )
     return [
         DayFigures(
@@ -367,6 +376,7 @@ def _days(
             down_minutes=day_down[k],
             no_data_minutes=day_nd[k],
             maintenance_minutes=day_m[k],
+            uptime=day_up[k] / (day_up[k] + day_down[k]) if day_up[k] + day_down[k] else None,
         )
         for k, (day, _) in enumerate(mins.day_starts)
     ]
@@ -397,6 +407,8 @@ def _slo_report(
     traffic, probes = source.coverage(s, facility.id, mins.start_s, mins.end_s)
     with_traffic = (traffic > 0) & ~mins.excluded
     probe_only = (probes > 0) & ~with_traffic & ~mins.excluded
+    # Requests counted in a minute neither clients nor probes cover: its raw minute was dropped.
+    not_kept = has & ~with_traffic & ~probe_only
     days = _days(mins, total, good, up, down, no_data)
     # Budget left after each day, against the whole period's allowance so far.
     cum_t, cum_b = np.cumsum([x.total for x in days]), np.cumsum([x.total - x.good for x in days])
@@ -435,7 +447,10 @@ def _slo_report(
         sources=list(s.sources),
         traffic_minutes=int(with_traffic.sum()),
         probe_only_minutes=int(probe_only.sum()),
-        no_evidence_minutes=int((~mins.excluded).sum() - with_traffic.sum() - probe_only.sum()),
+        no_evidence_minutes=int(
+            (~mins.excluded).sum() - with_traffic.sum() - probe_only.sum() - not_kept.sum()
+        ),
+        coverage_not_kept_minutes=int(not_kept.sum()),
         insufficient_data=data_min == 0,
         contractual=contractual,
         threshold_s=s.threshold_s,
@@ -455,6 +470,7 @@ def build_report(
     previous_periods: int = 3,
 ) -> Report:
     source = source_of(store)
+    check_started(period, facility.timezone, now_s)
     mins, listed = _minutes(facility, period, now_s)
     contract = {s.name for s in contractual_slos(slos)}
     slo_reports = [
@@ -479,6 +495,20 @@ def build_report(
     )
     report.seal()
     return report
+
+
+def check_started(period: Period, timezone: str, now_s: float) -> None:
+    """Refuse a period that has not begun in the facility's time zone: it has no figure at all."""
+    start_s, _ = period.bounds_s(timezone)
+    if now_s < start_s:
+        raise PeriodError(
+            f"period {period.label} has not started: it begins {long_date(period.first)} ({timezone})"
+        )
+
+
+def long_date(d: date) -> str:
+    """``1 December 2026``: the way a date is written for the customer (no leading zero)."""
+    return f"{d.day} {d:%B %Y}"
 
 
 def _all_met(judged: list[bool | None]) -> bool | None:

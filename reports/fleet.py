@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from html import escape
 
 from reports.data import DEFAULT_PAPER, Report, SloReport
-from reports.render import css, plural, table_head
+from reports.render import css, duration_words, label_cells, plural, table_head
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,21 @@ def _result(row: FleetRow) -> str:
         return '<span class="nodata">no contractual SLO</span>'
     if row.sla_met is None:
         return '<span class="nodata">no data</span>'
-    word = '<span class="met">met</span>' if row.sla_met else '<span class="missed">missed</span>'
+    if row.sla_met:
+        word = (
+            '<span class="met">met so far</span>' if row.partial_through else '<span class="met">met</span>'
+        )
+    else:
+        word = '<span class="missed">missed</span>'
     return f"{word} ({row.met} of {plural(row.contractual, 'SLO')})"
+
+
+def _used(w: SloReport) -> str:
+    """``30 of 4.3 minutes``; ``1 minute of 36 seconds`` when the allowance is under a minute."""
+    allowed = w.downtime_allowed_minutes or 0.0
+    if allowed >= 1:
+        return f"{w.down_minutes:,} of {duration_words(allowed)}"
+    return f"{plural(w.down_minutes, 'minute')} of {duration_words(allowed)}"
 
 
 def _table(rows: list[FleetRow], links: bool) -> list[str]:
@@ -79,7 +92,7 @@ def _table(rows: list[FleetRow], links: bool) -> list[str]:
             uptime, slo, used = "-", "-", "-"
         else:
             uptime, slo = f"{100 * (w.uptime or 0.0):.3f}%", escape(w.slo)
-            used = f"{w.down_minutes:,} of {plural(w.downtime_allowed_minutes, 'minute')}"
+            used = _used(w)
         partial = (
             f" <span class=note>partial: through {escape(row.partial_through)}</span>"
             if row.partial_through
@@ -110,8 +123,9 @@ def _summary_line(rows: list[FleetRow]) -> str:
     met = sum(1 for r in rows if r.sla_met is True)
     missed = sum(1 for r in rows if r.sla_met is False)
     other = len(rows) - met - missed
+    so_far = " so far" if any(r.partial_through for r in rows) else ""
     return (
-        f"{plural(len(rows), 'facility', 'facilities')}: {met} met their SLA,"
+        f"{plural(len(rows), 'facility', 'facilities')}: {met} met their SLA{so_far},"
         f" {missed} missed it, {other} without a result."
     )
 
@@ -125,23 +139,29 @@ def _page(
     links: bool,
     size_pt: float = FLEET_TYPE_PT[0],
 ) -> str:
-    return "\n".join(
-        [
-            "<!doctype html><html lang=en><head><meta charset=utf-8>",
-            '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            f"<title>{escape(title)}</title><style>{css(paper)} {_compact(size_pt)}</style>",
-            "</head><body>",
-            '<p class="kicker">Fleet summary</p>',
-            f"<h1>{escape(title)}</h1>",
-            f'<p class="sub">Generated {escape(generated_at)}. Each facility\'s period runs midnight to'
-            " midnight in its own time zone.</p>",
-            f'<p class="verdict">{escape(_summary_line(rows))}</p>',
-            *_table(rows, links),
-            '<p class="note">A facility meets its SLA when every contractual SLO\'s uptime (up minutes over'
-            " measured minutes) reaches it, that is when the downtime used stays within the downtime allowed."
-            " The lowest uptime is shown; each facility's report states every SLO.</p>",
-            "</body></html>",
-        ]
+    return label_cells(
+        "\n".join(
+            [
+                "<!doctype html><html lang=en><head><meta charset=utf-8>",
+                '<meta name="viewport" content="width=device-width, initial-scale=1">',
+                f"<title>{escape(title)}</title>",
+                f"<style>{css(paper, screen=links)} {_compact(size_pt)}</style>",
+                "</head><body>",
+                '<p class="kicker">Fleet summary</p>',
+                f"<h1>{escape(title)}</h1>",
+                f'<p class="sub">Generated {escape(generated_at)}. Each facility\'s period runs midnight to'
+                " midnight in its own time zone.</p>",
+                f'<p class="verdict">{escape(_summary_line(rows))}</p>',
+                *_table(rows, links),
+                '<p class="note">A facility meets its SLA when every contractual SLO\'s uptime (up minutes'
+                " over measured minutes) reaches it, that is when the downtime used stays within the downtime"
+                " allowed"
+                " (a minute is up when at least the SLO's timeslice target of its requests, 95% unless set in"
+                " the SLO definitions, succeeded). A period that has not ended is judged so far."
+                " The lowest uptime is shown; each facility's report states every SLO.</p>",
+                "</body></html>",
+            ]
+        )
     )
 
 

@@ -7,13 +7,17 @@ import base64
 import csv
 import io
 import json
+import math
+import re
+from datetime import datetime, timedelta
 from html import escape
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from reports.data import DEFAULT_PAPER, PAPERS, Report, SloReport
+from reports.data import DEFAULT_PAPER, PAPERS, Report, SloReport, long_date
 
 MAX_INCIDENTS = 25
 MARGINS_MM = (16.0, 14.0)
@@ -23,11 +27,16 @@ BUDGET_CLAMP = 1.0
 """The appendix draws the error budget left between -100% and +100%: below that, a budget spent
 many times over would flatten every other line (the figure says by how much it was exceeded)."""
 SLO_COLUMNS_PER_BLOCK = 5
+PHONE_PX = 640
+SLA_COLOR = "#b3261e"
+"""Below this window width (screens only, never print) tables are laid out as cards."""
 """The daily appendix puts at most this many SLOs side by side, so a line fits the narrower
 paper (Letter is 6 mm wider, A4 the reference): more SLOs make more blocks."""
 
 
-def css(paper: str = DEFAULT_PAPER) -> str:
+def css(paper: str = DEFAULT_PAPER, screen: bool = True) -> str:
+    """The report's style; ``screen`` adds the phone layout (PHONE_PX), which a PDF leaves out:
+    weasyprint reads no media feature and warns on one."""
     top, side = MARGINS_MM
     return f"""
 @page {{ size: {PAPERS[paper]}; margin: {top}mm {side}mm;
@@ -51,7 +60,22 @@ figure {{ display: inline-block; width: 49%; margin: 0 0 8px; vertical-align: to
 figure img {{ width: 100%; }} figcaption {{ font-size: 8pt; color: #445; }}
 pre.appendix {{ font-family: "DejaVu Sans Mono", monospace; font-size: 7pt; line-height: 1.25; }}
 .mono {{ font-family: "DejaVu Sans Mono", monospace; font-size: 8pt; word-break: break-all; }}
+""" + (PHONE_CSS if screen else "")
+
+
+PHONE_CSS = f"""
+@media screen and (max-width: {PHONE_PX}px) {{
+  body {{ overflow-wrap: break-word; margin: 0 8px; }}
+  table, tbody, tr, td {{ display: block; width: auto; }}
+  thead, colgroup {{ display: none; }}
+  tr {{ border: 1px solid #d5d9e0; margin: 0 0 6px; padding: 2px 0; }}
+  td {{ border: none; text-align: left; padding: 1px 6px; overflow-wrap: break-word; }}
+  td[data-label]::before {{ content: attr(data-label) ": "; color: #556; }}
+  figure {{ width: 100%; }}
+  pre.appendix {{ overflow-x: auto; }}
+}}
 """
+"""Screens narrower than PHONE_PX: each table row becomes a card of "heading: value" lines."""
 
 
 def _pct(x: float | None, digits: int = 3) -> str:
@@ -79,6 +103,40 @@ def _threshold(seconds: float | None) -> str:
     return f"{1000 * seconds:g} ms" if seconds < 1 else f"{seconds:g} s"
 
 
+def duration_words(minutes: float) -> str:
+    """A downtime as a person reads it: ``4.3 minutes``, ``36 seconds`` under a minute, never
+    ``0.0 minutes`` for an allowance that is small but not nothing."""
+    if minutes >= 1 or minutes == 0:
+        return plural(minutes if isinstance(minutes, int) else round(minutes, 1), "minute")
+    seconds = 60 * minutes
+    return plural(round(seconds), "second") if seconds >= 1 else f"{seconds:.1f} seconds"
+
+
+def down_word(s: SloReport) -> str:
+    """What a bad minute is called: downtime for an availability SLO, a slow minute for a latency
+    SLO (its requests were served, too slowly: never downtime)."""
+    return "slow" if s.kind == "latency" else "down"
+
+
+def local_when(iso: str, tz: str, same_day_as: str | None = None) -> str:
+    """``6 October 2026 09:00 CEST`` from a local ISO time; only ``09:30 CEST`` when it falls on
+    the day of ``same_day_as`` (an incident's end beside its start)."""
+    t = datetime.fromisoformat(iso).astimezone(ZoneInfo(tz))
+    if (
+        same_day_as is not None
+        and datetime.fromisoformat(same_day_as).astimezone(ZoneInfo(tz)).date() == t.date()
+    ):
+        return f"{t:%H:%M} {t.tzname()}"
+    return f"{long_date(t.date())} {t:%H:%M} {t.tzname()}"
+
+
+def period_words(r: Report) -> str:
+    """``1 December 2026 to 31 December 2026 (America/New_York)``: first and last day, both included."""
+    first = datetime.fromisoformat(r.start).date()
+    last = datetime.fromisoformat(r.end).date() - timedelta(days=1)
+    return f"{long_date(first)} to {long_date(last)} ({r.timezone})"
+
+
 def measure_text(s: SloReport) -> str:
     """What the SLO measured, in its own terms: a latency SLO is never called availability."""
     by_minutes = s.budgeting == "timeslices"
@@ -94,10 +152,13 @@ def measure_text(s: SloReport) -> str:
     )
 
 
-def _verdict(met: bool | None) -> str:
+def _verdict(met: bool | None, partial: bool = False) -> str:
+    """Met or missed; ``met so far`` for a period that has not ended (a miss stays a miss)."""
     if met is None:
         return '<span class="nodata">no data</span>'
-    return '<span class="met">met</span>' if met else '<span class="missed">missed</span>'
+    if not met:
+        return '<span class="missed">missed</span>'
+    return '<span class="met">met so far</span>' if partial else '<span class="met">met</span>'
 
 
 def _png(fig: Figure) -> str:
@@ -129,31 +190,72 @@ def _marker(n: int) -> str | None:
     return "." if n < 100 else None
 
 
-def chart_figures(r: Report, s: SloReport) -> list[tuple[str, Figure]]:
-    """The customer-facing charts of one SLO, titled as their captions."""
-    days = [d.day[5:] for d in s.days]
-    x = list(range(len(days)))
-    out: list[tuple[str, Figure]] = []
-    daily = [100 * d.availability if d.availability is not None else float("nan") for d in s.days]
+def _room(ax: Axes, values: list[float], labels_above: bool = False, percent: bool = True) -> None:
+    """Y limits that leave room around every value and line (and a label drawn above a bar), with
+    ticks kept to 0..100 for a percentage: a point at the bottom of the range stays clear of the
+    axis."""
+    known = [v for v in values if not math.isnan(v)]  # no data is not drawn
+    if not known:
+        return
+    lo, hi = min(known), max(known)
+    span = max(hi - lo, 0.5 if percent else 0.1 * hi, 1e-9)
+    bottom = max(0.0, lo - 0.12 * span)
+    top = hi + (0.3 if labels_above else 0.12) * span
+    ax.set_ylim(bottom, top)
+    ax.set_yticks([t for t in ax.get_yticks() if bottom <= t <= (min(top, 100.0) if percent else top)])
+
+
+def _daily_chart(
+    s: SloReport,
+    title: str,
+    values: list[float],
+    label: str,
+    ylabel: str,
+    lines: list[tuple[float, str, str]],
+) -> Figure:
     fig, ax = _figure(6.4, 2.6)
-    if s.kind == "latency":
-        title = f"Requests within {_threshold(s.threshold_s)}, per day"
-        ax.plot(
-            x, daily, marker=_marker(len(x)), color="#2461b3", label=f"within {_threshold(s.threshold_s)}"
-        )
-    else:
-        title = "Availability per day"
-        ax.plot(x, daily, marker=_marker(len(x)), color="#2461b3", label="daily availability")
-    if s.contractual and s.sla is not None:
-        ax.axhline(100 * s.sla, color="#b3261e", linestyle="--", label=f"SLA {_target(s.sla)}")
-    ax.axhline(100 * s.objective, color="#888", linestyle=":", label=f"objective {_target(s.objective)}")
-    ax.set_ylabel("% of requests")
-    lo, hi = ax.get_ylim()
-    ax.set_ylim(lo, min(hi, 100.5))  # no share is above 100%: no axis room for one
+    x = list(range(len(values)))
+    ax.plot(x, values, marker=_marker(len(x)), color="#2461b3", label=label)
+    for y, color, line_label in lines:
+        ax.axhline(y, color=color, linestyle="--" if color == SLA_COLOR else ":", label=line_label)
+    ax.set_ylabel(ylabel)
+    _room(ax, values + [y for y, _, _ in lines])
     ax.set_title(title)
     _legend_outside(ax)
-    _day_axis(ax, days)
-    out.append((title, fig))
+    _day_axis(ax, [d.day[5:] for d in s.days])
+    return fig
+
+
+def chart_figures(r: Report, s: SloReport) -> list[tuple[str, Figure]]:
+    """The customer-facing charts of one SLO, titled as their captions. A line is only drawn
+    over the measure it judges: the SLA over daily uptime (minutes, as the contract is judged),
+    the objective over the measure of its budgeting (minutes or requests)."""
+    out: list[tuple[str, Figure]] = []
+    nan = float("nan")
+    by_minutes = s.budgeting == "timeslices"
+    objective = (100 * s.objective, "#888", f"objective {_target(s.objective)}")
+    minute_lines = []
+    if s.contractual and s.sla is not None:
+        minute_lines.append((100 * s.sla, SLA_COLOR, f"SLA {_target(s.sla)}"))
+    if by_minutes:
+        minute_lines.append(objective)
+    if minute_lines:
+        uptime = [100 * d.uptime if d.uptime is not None else nan for d in s.days]
+        if s.kind == "latency":
+            title, label = "Minutes within the latency target, per day", "daily good minutes"
+        else:
+            title, label = "Uptime per day (minutes up)", "daily uptime"
+        out.append((title, _daily_chart(s, title, uptime, label, "% of measured minutes", minute_lines)))
+    daily = [100 * d.availability if d.availability is not None else nan for d in s.days]
+    if s.kind == "latency":
+        title, label = (
+            f"Requests within {_threshold(s.threshold_s)}, per day",
+            f"within {_threshold(s.threshold_s)}",
+        )
+    else:
+        title, label = "Requests succeeded per day", "daily share of requests"
+    request_lines = [] if by_minutes else [objective]
+    out.append((title, _daily_chart(s, title, daily, label, "% of requests", request_lines)))
     weeks = r.latency_weeks.get(s.service, [])
     if weeks and s.kind == "latency":
         fig, ax = _figure(6.4, 2.6)
@@ -163,6 +265,8 @@ def chart_figures(r: Report, s: SloReport) -> list[tuple[str, Figure]]:
             ms = [1000 * v if isinstance(v, float) else float("nan") for v in values]
             ax.plot(range(len(labels)), ms, marker="o" if len(labels) < 20 else None, color=color, label=name)
         ax.axhline(1000 * (s.threshold_s or 0.0), color="#888", linestyle=":", label="threshold")
+        shown = [1000 * v for w in weeks for v in w[1:] if isinstance(v, float)]
+        _room(ax, [*shown, 1000 * (s.threshold_s or 0.0)], percent=False)
         ax.set_ylabel("ms")
         title = f"Latency percentiles by week ({s.service}, weeks from Monday)"
         ax.set_title(title)
@@ -170,34 +274,38 @@ def chart_figures(r: Report, s: SloReport) -> list[tuple[str, Figure]]:
         _day_axis(ax, labels)
         out.append((title, fig))
     if s.previous:
-        fig, ax = _figure(6.4, 2.4)
-        bars = [p for p, _ in reversed(s.previous)] + [r.period]
-        shares = [a for _, a in reversed(s.previous)] + [s.availability]
-        known = [100 * v for v in shares if v is not None]
-        floor = max(0, min([*known, 100 * s.objective]) - 1)
-        ax.bar(bars, [100 * v if v is not None else 0 for v in shares], color="#2461b3")
-        for k, v in enumerate(shares):
-            # An empty period is written, never drawn as a bar of 0%.
-            ax.annotate(
-                "no data" if v is None else f"{100 * v:.3f}%",
-                (k, floor),
-                xytext=(0, 3),
-                textcoords="offset points",
-                ha="center",
-                fontsize=7,
-                # White on a bar tall enough to hold it, else dark on the background.
-                color="white" if v is not None and (100 * v - floor) > 0.15 * (100.05 - floor) else "#333",
-            )
-        if s.contractual and s.sla is not None:
-            ax.axhline(100 * s.sla, color="#b3261e", linestyle="--", label=f"SLA {_target(s.sla)}")
-        ax.axhline(100 * s.objective, color="#888", linestyle=":", label=f"objective {_target(s.objective)}")
-        ax.set_ylim(floor, 100.05)
-        ax.set_ylabel("% of requests")
-        title = "This period beside the previous ones"
-        ax.set_title(title)
-        _legend_outside(ax)
-        out.append((title, fig))
+        out.append(_previous_figure(r, s))
     return out
+
+
+def _previous_figure(r: Report, s: SloReport) -> tuple[str, Figure]:
+    """Request shares of this period and the previous ones, against the objective only (the SLA is
+    judged on minutes, not on these shares); each value written above its bar."""
+    fig, ax = _figure(6.4, 2.4)
+    bars = [p for p, _ in reversed(s.previous)] + [r.period]
+    shares = [a for _, a in reversed(s.previous)] + [s.availability]
+    heights = [100 * v if v is not None else float("nan") for v in shares]
+    _room(ax, [*heights, 100 * s.objective], labels_above=True)
+    floor = ax.get_ylim()[0]
+    ax.bar(bars, [0.0 if math.isnan(h) else h for h in heights], color="#2461b3", label="share of requests")
+    for k, v in enumerate(shares):
+        # An empty period is written, never drawn as a bar of 0%.
+        ax.annotate(
+            "no data" if v is None else f"{100 * v:.3f}%",
+            (k, floor if v is None else 100 * v),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            color="#333",
+        )
+    ax.axhline(100 * s.objective, color="#888", linestyle=":", label=f"objective {_target(s.objective)}")
+    ax.set_ylabel("% of requests")
+    title = "This period beside the previous ones"
+    ax.set_title(title)
+    _legend_outside(ax)
+    return title, fig
 
 
 def budget_figure(r: Report, s: SloReport) -> tuple[str, Figure]:
@@ -248,24 +356,57 @@ def table_head(*columns: tuple[str, int, str]) -> str:
     return f"<table><colgroup>{cols}</colgroup><thead><tr>{heads}</tr></thead>"
 
 
-def _incidents(s: SloReport) -> list[str]:
-    parts = ["<h3>Incidents</h3>"]
+def label_cells(html: str) -> str:
+    """Each table cell carries its column's heading (``data-label``), which a phone shows before
+    the value when the rows are laid out as cards (``PHONE_PX``)."""
+
+    def one_table(m: re.Match[str]) -> str:
+        table = m.group(0)
+        heads = re.findall(r"<th[^>]*>(.*?)</th>", table, re.S)
+
+        def one_row(row: re.Match[str]) -> str:
+            col = 0
+
+            def one_cell(cell: re.Match[str]) -> str:
+                nonlocal col
+                attrs = cell.group(1)
+                label = re.sub(r"<[^>]+>", "", heads[col]) if col < len(heads) else ""
+                span = re.search(r"colspan=(\d+)", attrs)
+                col += int(span.group(1)) if span else 1
+                return f'<td data-label="{label}"{attrs}>' if label else cell.group(0)
+
+            return re.sub(r"<td([^>]*)>", one_cell, row.group(0))
+
+        return re.sub(r"<tr>.*?</tr>", one_row, table, flags=re.S)
+
+    return re.sub(r"<table>.*?</table>", one_table, html, flags=re.S)
+
+
+def _incidents(r: Report, s: SloReport) -> list[str]:
+    slow = s.kind == "latency"
+    parts = ["<h3>Periods of slow responses</h3>" if slow else "<h3>Incidents</h3>"]
     if not s.incidents:
         return [*parts, "<p>None.</p>"]
+    word = down_word(s)
     shown = sorted(sorted(s.incidents, key=lambda i: -i.minutes)[:MAX_INCIDENTS], key=lambda i: i.start)
     if len(shown) < len(s.incidents):
+        what = "periods of slow responses" if slow else "incidents"
         parts.append(
-            f"<p>{len(s.incidents)} incidents, {plural(sum(i.minutes for i in s.incidents), 'down minute')}; the "
+            f"<p>{len(s.incidents)} {what}, {plural(sum(i.minutes for i in s.incidents), f'{word} minute')}; the "
             f"{len(shown)} longest below, every one in the incidents CSV beside this report.</p>"
         )
     parts.append(
         table_head(
-            ("Start", 28, "l"), ("End", 28, "l"), ("Down minutes", 20, "r"), ("Requests affected", 24, "r")
+            ("Start", 30, "l"),
+            ("End", 26, "l"),
+            (f"{word.capitalize()} minutes", 20, "r"),
+            ("Requests slower" if slow else "Requests failed", 24, "r"),
         )
     )
     for inc in shown:
         parts.append(
-            f"<tr><td class=l>{escape(inc.start)}</td><td class=l>{escape(inc.end)}</td>"
+            f"<tr><td class=l>{escape(local_when(inc.start, r.timezone))}</td>"
+            f"<td class=l>{escape(local_when(inc.end, r.timezone, inc.start))}</td>"
             f"<td>{inc.minutes}</td><td>{inc.requests_affected:,}</td></tr>"
         )
     parts.append("</table>")
@@ -274,11 +415,11 @@ def _incidents(s: SloReport) -> list[str]:
 
 def _cover(r: Report) -> list[str]:
     contract = [s for s in r.slos if s.contractual]
+    generated = local_when(r.generated_at, r.timezone)
     parts = [
         '<p class="kicker">Uptime report</p>',
         f"<h1>{escape(r.facility_name)}</h1>",
-        f'<p class="sub">Period {escape(r.period)}: {escape(r.start)} to {escape(r.end)} ({escape(r.timezone)}). '
-        f"Generated {escape(r.generated_at)}.</p>",
+        f'<p class="sub">Period {escape(r.period)}: {escape(period_words(r))}. Generated {escape(generated)}.</p>',
     ]
     if r.partial_through:
         parts.append(
@@ -294,15 +435,33 @@ def _cover(r: Report) -> list[str]:
             f'<p class="verdict">SLA {_target(r.sla)}: no SLO is contractual, nothing is judged.</p>'
         )
     else:
-        so_far = " so far" if r.partial_through and r.sla_met is not None else ""
-        parts.append(f'<p class="verdict">SLA {_target(r.sla)}: {_verdict(r.sla_met)}{so_far}.</p>')
+        parts.append(
+            f'<p class="verdict">SLA {_target(r.sla)}: {_verdict(r.sla_met, bool(r.partial_through))}.</p>'
+        )
     return parts
+
+
+def minute_rule(r: Report, slos: list[SloReport]) -> str:
+    """How a minute is judged up or down, with the target of each SLO and where it is set."""
+    targets = sorted({s.timeslice_target for s in slos})
+    which = (
+        _target(targets[0])
+        if len(targets) == 1
+        else ", ".join(f"{escape(s.slo)} {_target(s.timeslice_target)}" for s in slos)
+    )
+    return (
+        f"A minute is up when at least {which} of its requests succeeded, and down otherwise; this share is"
+        " set per SLO in the SLO definitions (<code>timeslice: {target: ...}</code>, 95% when not set). A"
+        " minute can be up while some of its requests failed: the share of requests that succeeded is"
+        " compared with each SLO's objective under Service objectives, not with the SLA."
+    )
 
 
 def _contract(r: Report) -> list[str]:
     contract = [s for s in r.slos if s.contractual]
     if r.sla is None or not contract:
         return []
+    partial = bool(r.partial_through)
     parts = [
         f"<h2>Contract: SLA {_target(r.sla)} uptime</h2>",
         table_head(
@@ -323,8 +482,8 @@ def _contract(r: Report) -> list[str]:
             continue
         parts.append(
             f"<tr><td class=l>{escape(s.slo)}</td><td>{_pct(s.uptime)}</td><td>{_target(r.sla)}</td>"
-            f"<td>{plural(s.downtime_allowed_minutes, 'minute')}</td><td>{plural(s.down_minutes, 'minute')}</td>"
-            f"<td>{_verdict(s.sla_met)}</td></tr>"
+            f"<td>{duration_words(s.downtime_allowed_minutes)}</td><td>{plural(s.down_minutes, 'minute')}</td>"
+            f"<td>{_verdict(s.sla_met, partial)}</td></tr>"
         )
     parts.append("</table>")
     names = ", ".join(escape(s.slo) for s in contract)
@@ -335,6 +494,7 @@ def _contract(r: Report) -> list[str]:
         else "every availability SLO, as none is marked <code>contractual</code>"
     )
     parts.append(
+        f'<p class="note">{minute_rule(r, contract)}</p>'
         f'<p class="note">The SLA is judged on {names} ({why}). Uptime is the share of measured minutes that were'
         " up; the downtime allowed is the rest of the SLA's share of those minutes. Minutes without any request"
         " or probe are not measured (listed per SLO below); planned maintenance is excluded.</p>"
@@ -343,6 +503,7 @@ def _contract(r: Report) -> list[str]:
 
 
 def _objectives(r: Report) -> list[str]:
+    partial = bool(r.partial_through)
     parts = [
         "<h2>Service objectives</h2>",
         table_head(
@@ -362,27 +523,51 @@ def _objectives(r: Report) -> list[str]:
             continue
         parts.append(
             f"<tr><td class=l>{escape(s.slo)}</td><td class=l>{escape(measure_text(s))}</td>"
-            f"<td>{_target(s.objective)}</td><td>{_verdict(s.objective_met)}</td><td>{len(s.incidents)}</td></tr>"
+            f"<td>{_target(s.objective)}</td><td>{_verdict(s.objective_met, partial)}</td>"
+            f"<td>{len(s.incidents)}</td></tr>"
         )
     parts.append("</table>")
     parts.append(
         '<p class="note">Objectives are the service\'s own targets; only the contractual SLOs above are compared'
-        " with the SLA.</p>"
+        " with the SLA. For a latency SLO an incident is a period of slow responses, not downtime.</p>"
     )
     return parts
 
 
+def _coverage(s: SloReport) -> str:
+    """Which minutes the figures rest on, in plain words; probes only where some minute had them."""
+    parts = [f"{plural(s.traffic_minutes, 'minute')} with requests from the facility's systems"]
+    if s.probe_only_minutes:
+        parts.append(
+            f"{plural(s.probe_only_minutes, 'minute')} covered only by the gateway's own test requests"
+        )
+    parts.append(f"{plural(s.no_evidence_minutes, 'minute')} with no request at all")
+    text = "Coverage: " + ", ".join(parts) + "."
+    if s.coverage_not_kept_minutes:
+        text += (
+            f" For {plural(s.coverage_not_kept_minutes, 'measured minute')} this detail is no longer kept"
+            " (the gateway keeps minute-level coverage for 35 days by default, <code>minute_retention</code>);"
+            " their requests are counted above."
+        )
+    return text
+
+
 def _slo_section(r: Report, s: SloReport) -> list[str]:
     what = f"{s.good:,} within {_threshold(s.threshold_s)}" if s.kind == "latency" else f"{s.good:,} good"
+    if s.kind == "latency":
+        minutes = (
+            f"{plural(s.up_minutes, 'minute')} within target, <b>{plural(s.down_minutes, 'slow minute')}</b>"
+            f" (under {_target(s.timeslice_target)} of requests within {_threshold(s.threshold_s)}; slow, not down)"
+        )
+    else:
+        minutes = f"{plural(s.up_minutes, 'minute')} up, <b>{plural(s.down_minutes, 'minute')} down</b>"
     parts = [
         f"<h2>{escape(s.slo)} ({escape(s.service)})</h2>",
         f"<p>{plural(s.total, 'request')}, {what}: <b>{escape(measure_text(s))}</b>; objective"
-        f" {_target(s.objective)}{', contractual' if s.contractual else ''}. {plural(s.up_minutes, 'minute')} up,"
-        f" <b>{plural(s.down_minutes, 'minute')} down</b>, {plural(s.no_data_minutes, 'minute')} without traffic"
+        f" {_target(s.objective)}{', contractual' if s.contractual else ''}. {minutes},"
+        f" {plural(s.no_data_minutes, 'minute')} without traffic"
         f" (no data), {plural(s.maintenance_minutes, 'minute')} of planned maintenance excluded.</p>",
-        f"<p>Evidence ({escape(' and '.join(s.sources))} counted): {plural(s.traffic_minutes, 'minute')} with"
-        f" client traffic, {plural(s.probe_only_minutes, 'minute')} covered only by the gateway's probes,"
-        f" {plural(s.no_evidence_minutes, 'minute')} with neither."
+        f"<p>{_coverage(s)}"
         + (
             " <b>Insufficient data</b>: no figure can be stated for this period."
             if s.insufficient_data
@@ -392,7 +577,7 @@ def _slo_section(r: Report, s: SloReport) -> list[str]:
         '<div class="charts">',
         *_figures(r, chart_figures(r, s)),
         "</div>",
-        *_incidents(s),
+        *_incidents(r, s),
     ]
     if s.previous:
         prev = ", ".join(f"{escape(p)}: {_pct(a)}" for p, a in s.previous)
@@ -402,16 +587,24 @@ def _slo_section(r: Report, s: SloReport) -> list[str]:
 
 def _daily_appendix(r: Report) -> list[str]:
     # Preformatted rather than a table: a year is 365 rows, and text lays out far faster than cells.
+    through = (
+        f" The period has not ended: the days stop at {escape(r.partial_through)}."
+        if r.partial_through
+        else ""
+    )
     parts = [
         "<h2>Appendix: daily figures</h2><p>Per day, the share of good requests (for a latency SLO, within its "
-        "threshold) and the down minutes; requests and the other columns are in the CSV beside this report.</p>"
+        "threshold) and the down minutes (for a latency SLO, the slow minutes); requests and the other columns"
+        f" are in the CSV beside this report.{through}</p>"
     ]
     numbered = list(enumerate(r.slos, 1))
     for b in range(0, len(numbered), SLO_COLUMNS_PER_BLOCK):
         block = numbered[b : b + SLO_COLUMNS_PER_BLOCK]
         key = "; ".join(f"[{n}] {escape(s.slo)}" for n, s in block)
         parts.append(f'<p class="note">Columns: {key}.</p><pre class=appendix>')
-        parts.append(escape("day        " + "".join(f"{f'[{n}] good':>13}{'down':>6}" for n, _ in block)))
+        parts.append(
+            escape("day        " + "".join(f"{f'[{n}] good':>13}{down_word(s):>6}" for n, s in block))
+        )
         for i, day in enumerate(r.slos[0].days):
             cells = "".join(
                 f"{_plain_pct(s.days[i].availability):>13}{s.days[i].down_minutes:>6}" for _, s in block
@@ -446,12 +639,13 @@ def _budget_appendix(r: Report) -> list[str]:
     return parts
 
 
-def render_html(r: Report, paper: str = DEFAULT_PAPER) -> str:
-    """The whole report; ``paper`` (a key of PAPERS) sets the printed page size."""
+def render_html(r: Report, paper: str = DEFAULT_PAPER, screen: bool = True) -> str:
+    """The whole report; ``paper`` (a key of PAPERS) sets the printed page size; ``screen``: for a
+    browser (with the phone layout), else for weasyprint."""
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>Uptime report: {escape(r.facility_name)}, {escape(r.period)}</title><style>{css(paper)}</style>"
+        f"<title>Uptime report: {escape(r.facility_name)}, {escape(r.period)}</title><style>{css(paper, screen)}</style>"
         "</head><body>",
         *_cover(r),
         *_contract(r),
@@ -464,29 +658,28 @@ def render_html(r: Report, paper: str = DEFAULT_PAPER) -> str:
         parts.append(table_head(("Start", 28, "l"), ("End", 28, "l"), ("Reason", 44, "l")))
         for m in r.maintenance:
             parts.append(
-                f"<tr><td class=l>{escape(m['start'])}</td><td class=l>{escape(m['end'])}</td>"
+                f"<tr><td class=l>{escape(local_when(m['start'], r.timezone))}</td>"
+                f"<td class=l>{escape(local_when(m['end'], r.timezone, m['start']))}</td>"
                 f"<td class=l>{escape(m['reason'])}</td></tr>"
             )
         parts.append("</table>")
     else:
         parts.append("<p>None in this period.</p>")
-    target = ", ".join(f"{escape(s.slo)} {_target(s.timeslice_target)}" for s in r.slos)
     parts.append(
         "<h2>Methods</h2><p>Every request to the facility's clinical APIs passed through the vitalgate gateway, "
         "which measured it where the facility's systems meet the service: status and duration, attributed to "
         f"the facility, with no patient data recorded. Times are in {escape(r.timezone)}; the period runs from "
         "local midnight to local midnight. A request is good for an availability SLO when its status is below 500 "
         "(and not a status the SLO lists as bad); for a latency SLO when it took no longer than the threshold. "
-        "Availability is good requests over all requests. A minute is up when at least the timeslice target of its "
-        f"requests were good ({target}); down minutes are downtime. Uptime is up minutes over measured (up or "
-        "down) minutes. Incidents are runs of down minutes, joined across "
-        "minutes without traffic but never across an up minute. Minutes without any request are stated as no data, "
-        "not counted as up. Where probes are configured, the gateway sends a synthetic request through itself at "
-        "a fixed interval; a minute covered only by probes is up or down by their results. Planned maintenance is "
-        "excluded from every figure and listed above.</p>"
+        "Availability is good requests over all requests. "
+        f"{minute_rule(r, r.slos)} For an availability SLO a minute that is not up is down, and down minutes are "
+        "downtime; for a latency SLO it is a slow minute (requests were served, too slowly), never downtime. "
+        "Uptime is up minutes over measured (up or down) minutes. Incidents are runs of down (or slow) minutes, "
+        "joined across minutes without traffic but never across an up minute. Minutes without any request are "
+        "stated as no data, not counted as up. Where probes are configured, the gateway sends a test request "
+        "through itself at a fixed interval; a minute covered only by probes is up or down by their results. "
+        "Planned maintenance is excluded from every figure and listed above.</p>"
     )
-    no_data = sum(s.no_data_minutes for s in r.slos)
-    parts.append(f"<p>Gaps in data: {plural(no_data, 'SLO-minute')} without traffic in this period.</p>")
     if r.slos:
         parts.extend(_daily_appendix(r))
         parts.extend(_budget_appendix(r))
@@ -495,7 +688,7 @@ def render_html(r: Report, paper: str = DEFAULT_PAPER) -> str:
         "Recompute it from the JSON figures beside this report with <code>sha256sum</code> to check these numbers later.</p>"
     )
     parts.append("</body></html>")
-    return "\n".join(parts)
+    return label_cells("\n".join(parts))
 
 
 def write_csv(r: Report, path: Path) -> None:
@@ -552,12 +745,11 @@ def figures_json(r: Report) -> str:
 
 def write_report(r: Report, out: Path, paper: str = DEFAULT_PAPER) -> list[Path]:
     """``out`` ending in .pdf or .html; the CSV and the figures' JSON go beside it."""
-    html = render_html(r, paper)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".pdf":
-        out.write_bytes(html_to_pdf(html))
+        out.write_bytes(render_pdf_bytes(r, paper))
     else:
-        out.write_text(html, encoding="utf-8")
+        out.write_text(render_html(r, paper), encoding="utf-8")
     csv_path = out.with_suffix(".csv")
     write_csv(r, csv_path)
     incidents_path = out.with_suffix(".incidents.csv")
@@ -574,4 +766,4 @@ def html_to_pdf(html: str) -> bytes:
 
 
 def render_pdf_bytes(r: Report, paper: str = DEFAULT_PAPER) -> bytes:
-    return html_to_pdf(render_html(r, paper))
+    return html_to_pdf(render_html(r, paper, screen=False))

@@ -484,9 +484,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         except PrometheusError as exc:
             print(f"vitalgate: {exc}", file=sys.stderr)
             return 1
+        except PeriodError as exc:  # a period that has not begun: nothing to report
+            print(f"vitalgate: {exc}", file=sys.stderr)
+            return 2
         write_report(report, target, paper_of(facility, args.paper))
         rows.append(fleet_row(report, target.name))
-        if args.all_facilities:
+        if args.all_facilities and sys.stdout.isatty():  # a bar only where someone watches it
             width = 30
             done = int(width * i / len(chosen))
             print(
@@ -502,7 +505,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         fleet.write_bytes(fleet_pdf(period.label, generated, rows, args.paper or DEFAULT_PAPER))
         index = out.with_name(f"{out.stem}-index.html")
         index.write_text(index_html(period.label, generated, rows, fleet.name), encoding="utf-8")
-        print(f"\nwrote {len(chosen)} reports next to {out}; index {index}, fleet summary {fleet}")
+        if sys.stdout.isatty():
+            print()
+        print(f"wrote {len(chosen)} reports next to {out}; index {index}, fleet summary {fleet}")
     for note in dict.fromkeys(prom.notes if prom else []):
         print(f"vitalgate: {note}", file=sys.stderr)
     return 0

@@ -5,8 +5,9 @@ import csv
 import hashlib
 import json
 import subprocess
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
@@ -130,10 +131,13 @@ def _text_checks(text: str) -> None:
     assert f"{TOTAL:,} requests, {TOTAL - 35:,} good" in flat
     assert "35 minutes down" in flat
     assert "60 minutes of planned maintenance excluded" in flat
-    assert "2026-10-10T14:00-05:00 2026-10-10T14:30-05:00 30 30" in flat
-    assert "2026-10-20T02:00-05:00 2026-10-20T02:05-05:00 5 5" in flat
-    assert "2026-10-25T03:00-05:00 2026-10-25T04:00-05:00 EHR upgrade" in flat
-    assert "America/Chicago" in flat
+    # Local times as an account manager reads them: the end's date only when it differs.
+    assert "10 October 2026 14:00 CDT 14:30 CDT 30 30" in flat
+    assert "20 October 2026 02:00 CDT 02:05 CDT 5 5" in flat
+    assert "25 October 2026 03:00 CDT 04:00 CDT EHR upgrade" in flat
+    # Both days included; the end is never written as the next month's midnight.
+    assert "Period 2026-10: 1 October 2026 to 31 October 2026 (America/Chicago)." in flat
+    assert "2026-11-01T00:00" not in flat
 
 
 def test_html_report_has_the_exact_figures(month: Path) -> None:
@@ -197,6 +201,10 @@ def test_bad_period_and_facility(month: Path) -> None:
     for args, msg in (
         (["--facility", "chicago", "--period", "2026-13"], "no month 13"),
         (["--facility", "nowhere", "--period", "2026-10"], "unknown facility 'nowhere'"),
+        (
+            ["--facility", "chicago", "--period", "2099-03"],
+            "period 2099-03 has not started: it begins 1 March 2099",
+        ),
     ):
         proc = vitalgate(
             "report",
@@ -207,7 +215,8 @@ def test_bad_period_and_facility(month: Path) -> None:
             str(month / "x.pdf"),
             check=False,
         )
-        assert proc.returncode == 2 and msg in proc.stderr
+        assert proc.returncode == 2 and msg in proc.stderr, proc.stderr
+    assert not (month / "x.pdf").exists()
 
 
 def test_all_facilities_writes_one_report_each(month: Path, tmp_path: Path) -> None:
@@ -222,4 +231,13 @@ def test_all_facilities_writes_one_report_each(month: Path, tmp_path: Path) -> N
         str(tmp_path / "q4.html"),
         timeout=300,
     )
-    assert "1/1" in proc.stdout and (tmp_path / "q4-chicago.html").exists()
+    assert (tmp_path / "q4-chicago.html").exists()
+    # Redirected output: one line per report, no progress bar.
+    assert "\r" not in proc.stdout and "[#" not in proc.stdout
+    assert f"{tmp_path / 'q4-chicago.html'}: Chicago General, 2026-Q4; sha256 " in proc.stdout
+    # The quarter may not have ended: its days stop at today (local), never listed ahead of time.
+    rows = list(csv.DictReader((tmp_path / "q4-chicago.csv").open()))
+    today = datetime.now(ZoneInfo(CHICAGO)).date()
+    days = [date.fromisoformat(r["day"]) for r in rows]
+    assert days[0] == date(2026, 10, 1) and days[-1] == min(today, date(2026, 12, 31))
+    assert len(days) == (days[-1] - days[0]).days + 1
