@@ -21,6 +21,7 @@ from reports.data import (
     ReportSource,
     StoreSource,
     build_report,
+    check_started,
     daily_availability,
     paper_of,
     parse_period,
@@ -145,7 +146,8 @@ class AdminPages:
             self.admin.log_access(request, f"report_{fmt}", known, refused.status)
             return refused
         try:
-            parse_period(period)
+            # A period that has not begun has no figure: a 400, as a malformed one.
+            check_started(parse_period(period), self.facilities[facility_id].timezone, time.time())
         except PeriodError as exc:
             return web.json_response({"error": "bad period", "detail": str(exc)}, status=400)
         body = await self._run(self._report, facility_id, period, fmt)

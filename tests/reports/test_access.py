@@ -98,6 +98,9 @@ async def test_roles(tmp_path: Path, upstream: Upstream) -> None:
             fleet = (await get("/ui", am))[1].decode()
             assert "Riverside" in fleet and "St Mary" not in fleet
             assert (await get("/api/v1/reports/riverside/2026-13.html", "sre"))[0] == 400
+            # A period that has not begun is refused as a malformed one is: no invented figures.
+            status, body = await get("/api/v1/reports/riverside/2999-01.pdf", "sre")
+            assert status == 400 and b"has not started" in body
             assert (await get("/ui/facilities/nowhere", "sre"))[0] == 404
     finally:
         await gw.stop()
