@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
-from reports.pages import CSS
+from reports.pages import CSS, SIGN_OUT
 from slo.latency import WINDOWS_S, LatencyView, Percentile, RouteLatency, SlowRequest
 
 ESTIMATE = (
@@ -56,7 +56,9 @@ def _route_name(r: RouteLatency) -> str:
     return r.route or "(no route matched)"
 
 
-def latency_page(facility_id: str, facility_name: str, view: LatencyView) -> str:
+def latency_page(facility_id: str, facility_name: str, view: LatencyView, session: bool = False) -> str:
+    """``session``: the browser is signed in (the header offers "Sign out"; the JSON link
+    opens with the same session)."""
     fid = escape(facility_id)
     tabs = "".join(
         f"<b>{escape(WINDOW_NAMES[w])}</b>"
@@ -107,7 +109,8 @@ def latency_page(facility_id: str, facility_name: str, view: LatencyView) -> str
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(title)}</title><style>{CSS}{LATENCY_CSS}</style></head><body>"
         f"<header><h1>{escape(title)}</h1>"
-        f'<a href="/ui">Fleet</a> · <a href="/ui/facilities/{fid}">{escape(facility_name)}</a></header>'
+        f'<a href="/ui">Fleet</a> · <a href="/ui/facilities/{fid}">{escape(facility_name)}</a>'
+        f"{SIGN_OUT if session else ''}</header>"
         f"<main>{''.join(parts)}</main></body></html>"
     )
 
