@@ -189,6 +189,7 @@ class AdminApi:
         known = {f.id for f in self.config.facilities()} | {ALL_FACILITIES}
         refused = refuse_facility(identity, facility, known) if facility is not None else None
         if refused is not None:
+            self.refused(request, identity, refused.status, "facility")
             return refused
         if (
             not self.config.gateway.telemetry.store.enabled
@@ -298,6 +299,8 @@ may carry an id a client chose)."""
 def what_of(path: str) -> str:
     if path.startswith("/ui/facilities/") and path.endswith("/latency"):
         return "latency_page"
+    if path.startswith("/api/v1/reports/") and path.endswith((".pdf", ".html")):
+        return "report_" + path.rpartition(".")[2]  # (as the report handler names its accesses)
     for prefix, name in WHAT:
         if path == prefix or (prefix.endswith("/") and path.startswith(prefix)):
             return name

@@ -81,7 +81,7 @@ class Identity:
 ANONYMOUS = Identity("anonymous", "sre", frozenset())
 """Who you are when no tokens are configured (the gateway warns at start)."""
 
-OnRefused = Callable[[web.Request, "Identity | None", int, str], None]
+OnRefused = Callable[[web.Request, Identity | None, int, str], None]
 """Told of each request the middleware refuses: the identity it is known by (None: none),
 the status, and the reason (``unauthenticated``, ``cross_site``)."""
 
