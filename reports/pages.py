@@ -32,7 +32,8 @@ ul.links li { margin: 4px 0; }
   table.cards tr { display: block; border-bottom: 2px solid #c9ced6; padding: 4px 0; background: white; }
   table.cards td { display: flex; justify-content: space-between; gap: 10px; border: 0; padding: 2px 8px;
     white-space: normal; overflow-wrap: anywhere; text-align: right; }
-  table.cards td::before { content: attr(data-label); color: #555; font-weight: 600; text-align: left; }
+  table.cards td::before { content: attr(data-label); color: #555; font-weight: 600; text-align: left;
+    flex: none; white-space: nowrap; }
   table.cards td.l { text-align: right; }
 }
 header form { display: inline; margin-left: 14px; } header button { background: none; border: 1px solid #cfe0ff; color: #cfe0ff; border-radius: 4px; padding: 2px 9px; font: inherit; cursor: pointer; }

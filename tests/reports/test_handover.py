@@ -349,6 +349,7 @@ async def test_the_pages_fit_a_phone_without_sideways_scrolling(served: Served, 
             assert 0 < fits["budget"] <= 390 and 0 < fits["alert"] <= 390, (path, fits)
             await screenshots(tab, f"handover-{name}")
         await tab.goto(served.admin + "/ui/facilities/lakeside/latency")
+        assert (await _fits(tab, 390))["scroll"] <= 390
         await screenshots(tab, "handover-latency")
 
 
