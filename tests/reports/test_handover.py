@@ -134,6 +134,7 @@ def _cell(row: str, label: str) -> str:
     return m[1]
 
 
+@pytest.mark.slow  # (vitalgate subprocesses: the CLI as a user runs it)
 def test_latency_slos_are_not_judged_against_the_sla(served: Served) -> None:
     out = vitalgate("slo", "status", "--config", str(served.cfg), "--format", "json").stdout
     rows = {(r["slo"], r["facility"]): r for r in json.loads(out)["slos"]}
@@ -237,6 +238,7 @@ async def test_a_session_opens_the_latency_json_it_links_to(served: Served) -> N
         assert "Sign out" not in (await get("/ui", _bearer(SRE_TOKEN)))[2]
 
 
+@pytest.mark.slow  # (vitalgate subprocesses: the CLI as a user runs it)
 async def test_refused_reads_of_the_audit_trail_are_logged_and_recorded(served: Served) -> None:
     admin = served.admin
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
