@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
+from fhir.resources.R4B.auditevent import AuditEvent
 
 from gateway.server import Gateway
 from tests import slos
@@ -272,18 +273,24 @@ async def test_refused_reads_of_the_audit_trail_are_logged_and_recorded(served: 
         ("riverside-am", "audit_page", 403, "denied", "cross_site"),
     }
     eventually(lambda: refused <= set(logged()), "the refusals in the access log")
-    reports = [
-        e
-        for e in read_log(served.cfg.parent / "access.log")
-        if e["event"] == "admin_access" and e["what"] == "report_html" and e["status"] == 200
-    ]
-    assert [(e["period"], e["format"], e["facility"]) for e in reports] == [("2026-11", "html", "riverside")]
+
+    def reports() -> list[tuple[Any, ...]]:
+        return [
+            (e["period"], e["format"], e["facility"])
+            for e in read_log(served.cfg.parent / "access.log")
+            if e["event"] == "admin_access" and e["what"] == "report_html" and e["status"] == 200
+        ]
+
+    eventually(lambda: bool(reports()), "the report download in the access log")
+    assert reports() == [("2026-11", "html", "riverside")]
 
     def denied(user: str) -> list[dict[str, Any]]:
         out = vitalgate("audit", "search", "--config", str(served.cfg), "--user", user, "--format", "json")
         return [ev for ev in json.loads(out.stdout) if ev["outcome"] == "4"]
 
     eventually(lambda: len(denied("riverside-am")) == 2 and len(denied("sre-oncall")) == 1, "recorded")
+    for ev in [*denied("riverside-am"), *denied("sre-oncall")]:
+        AuditEvent.model_validate(ev)  # a valid FHIR R4 AuditEvent, as every other record
     descs = sorted(ev["outcomeDesc"] for ev in denied("riverside-am"))
     assert descs == [
         "refused read of the audit trail: audit_page: cross_site",
