@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
-from reports.pages import CSS
+from reports.pages import CSS, SIGN_OUT
 from slo.latency import WINDOWS_S, LatencyView, Percentile, RouteLatency, SlowRequest
 
 ESTIMATE = (
@@ -25,7 +25,8 @@ td.route { white-space: normal; word-break: break-word; min-width: 9rem; }
 small { display: block; font-size: 0.75rem; color: #777; }
 code { font-size: 0.8rem; }
 .note { font-size: 0.85rem; color: #555; }
-@media (max-width: 600px) { .wide { display: none; } }
+@media (max-width: 640px) { .wide { display: none !important; } table.cards td.route { display: block; }
+  table.cards td.route::before { display: none; } table.cards small { display: inline; margin-left: 6px; } }
 """
 
 
@@ -56,7 +57,9 @@ def _route_name(r: RouteLatency) -> str:
     return r.route or "(no route matched)"
 
 
-def latency_page(facility_id: str, facility_name: str, view: LatencyView) -> str:
+def latency_page(facility_id: str, facility_name: str, view: LatencyView, session: bool = False) -> str:
+    """``session``: the browser is signed in (the header offers "Sign out"; the JSON link
+    opens with the same session)."""
     fid = escape(facility_id)
     tabs = "".join(
         f"<b>{escape(WINDOW_NAMES[w])}</b>"
@@ -74,7 +77,7 @@ def latency_page(facility_id: str, facility_name: str, view: LatencyView) -> str
     else:
         worst = max((p.seconds for r in view.routes if (p := r.percentiles["p95"]) is not None), default=0.0)
         parts.append(
-            "<div class=scroll><table><tr><th class=l>Route</th><th>p50</th><th>p95</th><th>p99</th>"
+            "<table class=cards><tr><th class=l>Route</th><th>p50</th><th>p95</th><th>p99</th>"
             "<th>Requests</th><th>Errors</th><th class='l wide'>p95</th></tr>"
         )
         for i, r in enumerate(view.routes):
@@ -82,14 +85,17 @@ def latency_page(facility_id: str, facility_name: str, view: LatencyView) -> str
             width = 0 if p95 is None or worst <= 0 else max(1, round(120 * p95.seconds / worst))
             err_cls = "bad" if r.error_ratio >= 0.05 else "warn" if r.errors else ""
             parts.append(
-                f'<tr><td class="l route"><a href="#r{i}">{escape(_route_name(r))}</a>'
+                f'<tr><td class="l route" data-label="Route"><a href="#r{i}">{escape(_route_name(r))}</a>'
                 f"<small>{escape(r.service)}</small></td>"
-                f"<td>{_pctl(r.percentiles['p50'])}</td><td>{_pctl(p95)}</td>"
-                f"<td>{_pctl(r.percentiles['p99'])}</td><td>{r.requests}</td>"
-                f'<td><span class="{err_cls}">{100 * r.error_ratio:.2f}%</span><small>{r.errors}</small></td>'
+                f'<td data-label="p50">{_pctl(r.percentiles["p50"])}</td>'
+                f'<td data-label="p95">{_pctl(p95)}</td>'
+                f'<td data-label="p99">{_pctl(r.percentiles["p99"])}</td>'
+                f'<td data-label="Requests">{r.requests}</td>'
+                f'<td data-label="Errors"><span class="{err_cls}">{100 * r.error_ratio:.2f}%</span>'
+                f"<small>{r.errors}</small></td>"
                 f'<td class="l wide"><span class="bar" style="width:{width}px"></span></td></tr>'
             )
-        parts.append("</table></div>")
+        parts.append("</table>")
         parts.append("<h2>Slowest recent requests</h2>")
         parts.extend(_slowest(r, f"r{i}") for i, r in enumerate(view.routes))
     bounds = ", ".join(_ms(b) for b in view.bounds_s)
@@ -107,7 +113,8 @@ def latency_page(facility_id: str, facility_name: str, view: LatencyView) -> str
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(title)}</title><style>{CSS}{LATENCY_CSS}</style></head><body>"
         f"<header><h1>{escape(title)}</h1>"
-        f'<a href="/ui">Fleet</a> · <a href="/ui/facilities/{fid}">{escape(facility_name)}</a></header>'
+        f'<a href="/ui">Fleet</a> · <a href="/ui/facilities/{fid}">{escape(facility_name)}</a>'
+        f"{SIGN_OUT if session else ''}</header>"
         f"<main>{''.join(parts)}</main></body></html>"
     )
 
@@ -117,14 +124,16 @@ def _slowest(r: RouteLatency, anchor: str) -> str:
     if not r.slowest:
         return head + '<p class="muted">No trace ids recorded in this window.</p>'
     rows = "".join(
-        f"<tr><td>{_ms(s.duration_s)}</td><td class=l><code>{escape(s.trace_id)}</code>"
+        f'<tr><td data-label="Duration">{_ms(s.duration_s)}</td>'
+        f'<td class=l data-label="Trace id"><code>{escape(s.trace_id)}</code>'
         f"{'' if s.sampled else '<small>not sampled: in the access log only</small>'}</td>"
-        f"<td>{escape(s.method)} {s.status}</td><td class=l>{_iso(s.started_s)}</td></tr>"
+        f'<td data-label="Request">{escape(s.method)} {s.status}</td>'
+        f'<td class=l data-label="Start (UTC)">{_iso(s.started_s)}</td></tr>'
         for s in r.slowest
     )
     return (
-        head + "<div class=scroll><table><tr><th>Duration</th><th class=l>Trace id</th>"
-        f"<th>Request</th><th class=l>Start (UTC)</th></tr>{rows}</table></div>"
+        head + "<table class=cards><tr><th>Duration</th><th class=l>Trace id</th>"
+        f"<th>Request</th><th class=l>Start (UTC)</th></tr>{rows}</table>"
     )
 
 

@@ -25,21 +25,56 @@ th { background: #eef1f5; } td.l, th.l { text-align: left; }
 .cal .g { background: #2e8b57; } .cal .y { background: #e0b000; } .cal .r { background: #b3261e; }
 .legend span { display: inline-block; width: 12px; height: 12px; margin: 0 4px 0 10px; vertical-align: middle; }
 ul.links li { margin: 4px 0; }
+/* Under a phone's width a table's rows become cards, one labelled line per cell: every column
+   (budget left, alert) stays in view without sideways scrolling. */
+@media (max-width: 640px) {
+  table.cards tr:first-child { display: none; }
+  table.cards tr { display: block; border-bottom: 2px solid #c9ced6; padding: 4px 0; background: white; }
+  table.cards td { display: flex; justify-content: space-between; gap: 10px; border: 0; padding: 2px 8px;
+    white-space: normal; overflow-wrap: anywhere; text-align: right; }
+  table.cards td::before { content: attr(data-label); color: #555; font-weight: 600; text-align: left;
+    flex: none; white-space: nowrap; }
+  table.cards td.l { text-align: right; }
+}
 header form { display: inline; margin-left: 14px; } header button { background: none; border: 1px solid #cfe0ff; color: #cfe0ff; border-radius: 4px; padding: 2px 9px; font: inherit; cursor: pointer; }
 """
 
 
 SIGN_OUT = '<form method="post" action="/ui/sign-out"><button type="submit">Sign out</button></form>'
-"""Ends a browser's session (``/ui/sign-in``); with no tokens configured it only leads there."""
+"""Ends a browser's session (``/ui/sign-in``): shown only to a browser that has one."""
 
 
-def _page(title: str, body: str) -> str:
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 facility``, ``2 facilities``."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def _page(title: str, body: str, session: bool) -> str:
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
-        f'<header><h1>{escape(title)}</h1><a href="/ui">Fleet</a>{SIGN_OUT}</header><main>{body}</main></body></html>'
+        f'<header><h1>{escape(title)}</h1><a href="/ui">Fleet</a>{SIGN_OUT if session else ""}</header>'
+        f"<main>{body}</main></body></html>"
     )
+
+
+def _td(label: str, cell: str, left: bool = False) -> str:
+    """A cell that names its column (shown beside it when the table becomes cards)."""
+    return f'<td{" class=l" if left else ""} data-label="{escape(label)}">{cell}</td>'
+
+
+def _sla(r: StatusRow) -> str:
+    """The facility's SLA, where it judges this SLO ("-": no SLA, all facilities, or an SLO the
+    SLA does not judge, such as a latency SLO: ``StatusRow.contractual``)."""
+    return "-" if r.sla is None or not r.contractual else _pct(r.sla, 2)
+
+
+def _exhaustion(r: StatusRow) -> str:
+    """When the budget runs out at the last hour's burn: "exhausted" once it has."""
+    if r.budget_remaining is not None and r.budget_remaining <= 0:
+        return '<span class="bad">exhausted</span>'
+    return "-" if r.exhaustion_hours is None else f"{r.exhaustion_hours:.1f} h"
 
 
 def _pct(x: float | None, digits: int = 3) -> str:
@@ -70,9 +105,11 @@ def _stale(r: StatusRow) -> str:
     )
 
 
-def fleet_page(rows: Sequence[StatusRow]) -> str:
+def fleet_page(rows: Sequence[StatusRow], session: bool = False) -> str:
+    """``/ui``: every (facility, SLO) row the viewer may see, worst budget first; ``session``:
+    the browser is signed in (the header offers "Sign out")."""
     head = (
-        '<div class="scroll"><table><tr><th class=l>Facility</th><th class=l>SLO</th><th>SLI</th>'
+        '<table class="cards"><tr><th class=l>Facility</th><th class=l>SLO</th><th>SLI</th>'
         "<th>Objective</th><th>SLA</th><th>Budget left</th><th>1h burn</th><th>Alert</th></tr>"
     )
     body = []
@@ -81,14 +118,36 @@ def fleet_page(rows: Sequence[StatusRow]) -> str:
         link = name if r.facility == "*" else f'<a href="/ui/facilities/{escape(r.facility)}">{name}</a>'
         burn = r.burn_rates.get("1h")
         body.append(
-            f"<tr><td class=l>{link}</td><td class=l>{escape(r.slo)}</td><td>{_pct(r.sli)}</td>"
-            f"<td>{_pct(r.objective, 2)}</td><td>{_pct(r.sla, 2) if r.sla is not None else '-'}</td>"
-            f"<td>{_budget(r.budget_remaining)}</td><td>{'-' if burn is None else f'{burn:.2f}x'}</td>"
-            f"<td>{_alert(r.alert)}{_stale(r)}</td></tr>"
+            "<tr>"
+            + _td("Facility", link, True)
+            + _td("SLO", escape(r.slo), True)
+            + _td("SLI", _pct(r.sli))
+            + _td("Objective", _pct(r.objective, 2))
+            + _td("SLA", _sla(r))
+            + _td("Budget left", _budget(r.budget_remaining))
+            + _td("1h burn", "-" if burn is None else f"{burn:.2f}x")
+            + _td("Alert", _alert(r.alert) + _stale(r))
+            + "</tr>"
         )
-    paging = sum(1 for r in rows if r.alert == "page")
-    summary = f"<p>{len({r.facility for r in rows if r.facility != '*'})} facilities, {paging} SLOs paging. Worst error budget first.</p>"
-    return _page("vitalgate: fleet", summary + head + "".join(body) + "</table></div>")
+    facilities = {r.facility for r in rows if r.facility != "*"}
+    slos = {r.slo for r in rows}
+    # An SLO pages once however many of its facility rows (and its all-facilities row) do.
+    paging = {r.slo for r in rows if r.alert == "page"}
+    paging_at = {r.facility for r in rows if r.alert == "page" and r.facility != "*"}
+    where = f" at {counted(len(paging_at), 'facility', 'facilities')}" if paging_at else ""
+    summary = (
+        f"<p>{counted(len(facilities), 'facility', 'facilities')}, {counted(len(slos), 'SLO')}; "
+        f"{counted(len(paging), 'SLO')} paging{where}. Worst error budget first.</p>"
+    )
+    return _page("vitalgate: fleet", summary + head + "".join(body) + "</table>", session)
+
+
+MEASURES = {
+    "availability": ("availability", "down minutes", "requests answered without a server error"),
+    "latency": ("fast requests", "slow minutes", "requests answered within the threshold"),
+}
+"""Per SLO kind: what its daily figure is called, what its incidents count, and what the
+figure is the share of."""
 
 
 def facility_page(
@@ -96,57 +155,73 @@ def facility_page(
     facility_name: str,
     timezone: str,
     rows: Sequence[StatusRow],
-    calendars: Sequence[tuple[str, float, Sequence[tuple[str, float | None, int]]]],
-    recent: Sequence[tuple[str, Incident]],
+    calendars: Sequence[tuple[str, str, float, Sequence[tuple[str, float | None, int]]]],
+    recent: Sequence[tuple[str, str, Incident]],
     report_periods: Sequence[str],
+    session: bool = False,
 ) -> str:
+    """A facility's page. ``calendars``: (SLO, kind, objective, days of (date, daily SLI,
+    requests)); ``recent``: (SLO, kind, incident): each says what it measures by its SLO's
+    kind (availability: down minutes; latency: slow minutes)."""
     parts = [
-        f"<p>Time zone {escape(timezone)}.</p><h2>SLOs</h2><div class=scroll><table>"
+        f"<p>Time zone {escape(timezone)}.</p><h2>SLOs</h2><table class=cards>"
         "<tr><th class=l>SLO</th><th>SLI</th><th>Objective</th><th>SLA</th><th>Budget left</th>"
         "<th>Exhaustion</th><th>Alert</th></tr>"
     ]
     for r in rows:
-        exh = "-" if r.exhaustion_hours is None else f"{r.exhaustion_hours:.1f} h"
         parts.append(
-            f"<tr><td class=l>{escape(r.slo)}</td><td>{_pct(r.sli)}</td><td>{_pct(r.objective, 2)}</td>"
-            f"<td>{_pct(r.sla, 2) if r.sla is not None else '-'}</td><td>{_budget(r.budget_remaining)}</td>"
-            f"<td>{exh}</td><td>{_alert(r.alert)}{_stale(r)}</td></tr>"
+            "<tr>"
+            + _td("SLO", escape(r.slo), True)
+            + _td("SLI", _pct(r.sli))
+            + _td("Objective", _pct(r.objective, 2))
+            + _td("SLA", _sla(r))
+            + _td("Budget left", _budget(r.budget_remaining))
+            + _td("Exhaustion", _exhaustion(r))
+            + _td("Alert", _alert(r.alert) + _stale(r))
+            + "</tr>"
         )
-    parts.append("</table></div>")
+    parts.append("</table>")
     parts.append(
-        '<h2>Daily availability, last 90 days</h2><p class="legend">'
+        '<h2>Daily SLI, last 90 days</h2><p class="legend">'
         '<span class="g" style="background:#2e8b57"></span>objective met'
         '<span style="background:#e0b000"></span>below objective'
         '<span style="background:#b3261e"></span>below 99% of the objective'
         '<span style="background:#dde1e6"></span>no data</p>'
     )
-    for slo_name, objective, days in calendars:
+    for slo_name, kind, objective, days in calendars:
+        figure, _, share = MEASURES[kind]
         cells = []
-        for day, avail, requests in days:
-            cls = (
-                ""
-                if avail is None
-                else "g"
-                if avail >= objective
-                else "y"
-                if avail >= 0.99 * objective
-                else "r"
-            )
-            title = f"{day}: {'no data' if avail is None else f'{100 * avail:.3f}%'} ({requests} requests)"
+        for day, sli, requests in days:
+            cls = "" if sli is None else "g" if sli >= objective else "y" if sli >= 0.99 * objective else "r"
+            value = "no data" if sli is None else f"{100 * sli:.3f}% {figure}"
+            title = f"{day}: {value} ({counted(requests, 'request')})"
             cells.append(f'<span class="{cls}" title="{escape(title)}"></span>')
-        parts.append(f"<h3>{escape(slo_name)}</h3><div class=cal>{''.join(cells)}</div>")
+        parts.append(
+            f"<h3>{escape(slo_name)}: {escape(figure)}</h3>"
+            f'<p class="muted">Each day: the share of {escape(share)}.</p>'
+            f"<div class=cal>{''.join(cells)}</div>"
+        )
     parts.append("<h2>Recent incidents</h2>")
     if recent:
         parts.append(
-            "<div class=scroll><table><tr><th class=l>SLO</th><th class=l>Start</th><th class=l>End</th>"
-            "<th>Down minutes</th><th>Requests affected</th></tr>"
+            "<table class=cards><tr><th class=l>SLO</th><th class=l>Start</th><th class=l>End</th>"
+            "<th>Bad minutes</th><th>Requests affected</th></tr>"
         )
-        for slo_name, inc in recent:
+        for slo_name, kind, inc in recent:
+            bad = MEASURES[kind][1]
             parts.append(
-                f"<tr><td class=l>{escape(slo_name)}</td><td class=l>{escape(inc.start)}</td>"
-                f"<td class=l>{escape(inc.end)}</td><td>{inc.minutes}</td><td>{inc.requests_affected}</td></tr>"
+                "<tr>"
+                + _td("SLO", escape(slo_name), True)
+                + _td("Start", escape(inc.start), True)
+                + _td("End", escape(inc.end), True)
+                + _td("Bad minutes", f"{inc.minutes} {escape(bad.split()[0])}")
+                + _td("Requests affected", str(inc.requests_affected))
+                + "</tr>"
             )
-        parts.append("</table></div>")
+        parts.append(
+            '</table><p class="muted">Bad minutes: down minutes of an availability SLO, slow minutes'
+            " of a latency SLO.</p>"
+        )
     else:
         parts.append("<p>None this month.</p>")
     latency = f"/ui/facilities/{escape(facility_id)}/latency"
@@ -158,4 +233,4 @@ def facility_page(
         base = f"/api/v1/reports/{escape(facility_id)}/{escape(p)}"
         parts.append(f'<li>{escape(p)}: <a href="{base}.pdf">PDF</a> · <a href="{base}.html">HTML</a></li>')
     parts.append("</ul>")
-    return _page(f"vitalgate: {facility_name}", "".join(parts))
+    return _page(f"vitalgate: {facility_name}", "".join(parts), session)

@@ -20,7 +20,7 @@ import numpy as np
 
 from core.conventions import ALL_FACILITIES
 from slo.engine import ALERT_NAMES, F64, alert_states, evaluate
-from slo.spec import Facility, Maintenance, Slo
+from slo.spec import Facility, Maintenance, Slo, contractual_slos
 from slo.windows import SRE_WORKBOOK_WINDOWS, STATUS_WINDOWS_S
 
 
@@ -67,7 +67,12 @@ class StatusRow:
     exhaustion_hours: float | None
     facility_name: str = ""
     sla: float | None = None
+    """The facility's contractual SLA (None: it has none, or all facilities together)."""
     sla_met: bool | None = None
+    """The SLI against ``sla``; None where the SLA does not judge this SLO (``contractual``
+    false: a latency SLO is never compared with an availability SLA), as in the report."""
+    contractual: bool = True
+    """Whether the facility's SLA is judged on this SLO (``slo.spec.contractual_slos``)."""
     objective_met: bool | None = None
     budgeting: str = "occurrences"
     window_start: str = ""
@@ -143,6 +148,7 @@ def compute_status(
         rates = {name: rate[idx] for name, rate in ev.burn_rates.items()}
         alerts[idx] = alert_states(rates, objective[idx], periods[idx], windows)
     names = {f.id: f for f in facilities}
+    judged = {s.name for s in contractual_slos(slos)}
     hour = list(STATUS_WINDOWS_S).index("1h")
     out = []
     for i, r in enumerate(rows):
@@ -166,7 +172,10 @@ def compute_status(
                 exhaustion_hours=_num(ev.exhaustion_hours[i]),
                 facility_name=fac.name if fac else "All facilities",
                 sla=fac.sla if fac else None,
-                sla_met=None if sli is None or fac is None or fac.sla is None else sli >= fac.sla,
+                sla_met=None
+                if sli is None or fac is None or fac.sla is None or r.slo.name not in judged
+                else sli >= fac.sla,
+                contractual=r.slo.name in judged,
                 objective_met=None if sli is None else sli >= r.slo.objective,
                 budgeting=r.slo.budgeting,
                 window_start=datetime.fromtimestamp(r.window_start_s, ZoneInfo(r.timezone)).isoformat(),
@@ -230,8 +239,9 @@ def bucket_notes(rows: Sequence[StatusRow]) -> list[str]:
 
 
 def _sla(r: StatusRow) -> str:
-    """The facility's contractual SLA ("-": none, or all facilities together)."""
-    return "-" if r.sla is None else _pct(r.sla, 2)
+    """The facility's contractual SLA ("-": none, all facilities together, or an SLO the SLA
+    does not judge, such as a latency SLO)."""
+    return "-" if r.sla is None or not r.contractual else _pct(r.sla, 2)
 
 
 def to_table(rows: Sequence[StatusRow]) -> str:

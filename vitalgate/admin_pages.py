@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gateway.admin.api import AdminApi
 from gateway.admin.auth import identity_of, refuse_facility
+from gateway.admin.browser import has_session
 from reports.data import (
     PeriodError,
     ReportSource,
@@ -81,23 +82,23 @@ class AdminPages:
 
     async def fleet(self, request: web.Request) -> web.Response:
         rows = await self._run(self.admin.status_rows, None, identity_of(request))
-        return web.Response(text=fleet_page(rows), content_type="text/html")
+        return web.Response(text=fleet_page(rows, has_session(request)), content_type="text/html")
 
-    def _facility_html(self, facility_id: str) -> str:
+    def _facility_html(self, facility_id: str, session: bool) -> str:
         f = self.facilities[facility_id]
         now = time.time()
         rows = self.admin.status_rows(facility_id)
         source, store = self._open()
         try:
             slos = self.admin.config.slos
-            calendars = [(s.name, s.objective, daily_availability(source, s, f, now)) for s in slos]
+            calendars = [(s.name, s.kind, s.objective, daily_availability(source, s, f, now)) for s in slos]
             local = datetime.fromtimestamp(now, ZoneInfo(f.timezone))
             month = parse_period(f"{local.year}-{local.month:02d}")
             report = build_report(source, slos, f, month, now, previous_periods=0)
         finally:
             if store is not None:
                 store.close()
-        recent = [(s.slo, inc) for s in report.slos for inc in s.incidents][-20:]
+        recent = [(s.slo, s.kind, inc) for s in report.slos for inc in s.incidents][-20:]
         prev = local.replace(day=1) - timedelta(days=1)
         periods = [
             month.label,
@@ -105,16 +106,16 @@ class AdminPages:
             f"{local.year}-Q{(local.month - 1) // 3 + 1}",
             str(local.year),
         ]
-        return facility_page(f.id, f.name, f.timezone, rows, calendars, recent, periods)
+        return facility_page(f.id, f.name, f.timezone, rows, calendars, recent, periods, session)
 
     async def facility(self, request: web.Request) -> web.Response:
         facility_id = request.match_info["facility"]
         refused = refuse_facility(identity_of(request), facility_id, self.facilities)
         if refused is not None:
             known = facility_id if facility_id in self.facilities else None  # (never a free-text id)
-            self.admin.log_access(request, "facility_page", known, refused.status)
+            self.admin.log_access(request, "facility_page", known, refused.status, "facility")
             return refused
-        html = await self._run(self._facility_html, facility_id)
+        html = await self._run(self._facility_html, facility_id, has_session(request))
         self.admin.log_access(request, "facility_page", facility_id, 200)
         return web.Response(text=html, content_type="text/html")
 
@@ -143,15 +144,17 @@ class AdminPages:
         refused = refuse_facility(identity_of(request), facility_id, self.facilities)
         if refused is not None:
             known = facility_id if facility_id in self.facilities else None  # (never a free-text id)
-            self.admin.log_access(request, f"report_{fmt}", known, refused.status)
+            self.admin.log_access(request, f"report_{fmt}", known, refused.status, "facility", format=fmt)
             return refused
         try:
             # A period that has not begun has no figure: a 400, as a malformed one.
             check_started(parse_period(period), self.facilities[facility_id].timezone, time.time())
         except PeriodError as exc:
+            self.admin.log_access(request, f"report_{fmt}", facility_id, 400, format=fmt)
             return web.json_response({"error": "bad period", "detail": str(exc)}, status=400)
         body = await self._run(self._report, facility_id, period, fmt)
-        self.admin.log_access(request, f"report_{fmt}", facility_id, 200)
+        # (the period is logged once it parsed: a bounded label such as 2026-11, never free text)
+        self.admin.log_access(request, f"report_{fmt}", facility_id, 200, period=period, format=fmt)
         content_type = "application/pdf" if fmt == "pdf" else "text/html"
         headers = {"Content-Disposition": f'inline; filename="uptime-{facility_id}-{period}.{fmt}"'}
         return web.Response(body=body, content_type=content_type, headers=headers)

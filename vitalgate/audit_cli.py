@@ -14,7 +14,7 @@ from typing import Any
 from gateway.audit.config import AuditConfig
 from gateway.audit.events import patient_id
 from gateway.audit.keys import AuditKeyError, Keyring, keygen, read_signing_key
-from gateway.audit.search import AuditQuery, outcome_legend, summary
+from gateway.audit.search import AuditQuery, counted, outcome_legend, summary
 from gateway.audit.verify import Record, all_records, published_checkpoints, verify
 from gateway.config import Config, GatewayConfig
 
@@ -69,10 +69,20 @@ def cmd_verify(config: Config[GatewayConfig], args: argparse.Namespace) -> int:
         print(f"audit trail: BAD: {report.problem}")
         return 1
     print(
-        f"audit trail: OK: {report.records} records in {report.segments} segments,"
-        f" {report.checkpoints} checkpoints{anchor}"
+        f"audit trail: OK: {counted(report.records, 'record')} in {counted(report.segments, 'segment')},"
+        f" {counted(report.checkpoints, 'checkpoint')}{anchor}"
     )
     return 0
+
+
+def unknown_facility(config: Config[GatewayConfig], facility: str | None) -> bool:
+    """Whether ``--facility`` names no configured facility (said on stderr, as ``slo status``
+    says it): a misspelt id would otherwise find nothing and look like an empty trail."""
+    known = sorted(f.id for f in config.facilities())
+    if facility is None or facility in known:
+        return False
+    print(f"vitalgate: unknown facility {facility!r} (known: {', '.join(known) or 'none'})", file=sys.stderr)
+    return True
 
 
 def selected(config: Config[GatewayConfig], audit: AuditConfig, args: argparse.Namespace) -> Iterator[Record]:
@@ -100,6 +110,8 @@ def cmd_search(config: Config[GatewayConfig], args: argparse.Namespace) -> int:
     audit = _audit(config)
     if audit is None:
         return 1
+    if unknown_facility(config, args.facility):
+        return 2
     found = [r.event for r in selected(config, audit, args)]
     if args.format == "json":
         print(json.dumps(found, indent=1))
@@ -114,7 +126,7 @@ def cmd_search(config: Config[GatewayConfig], args: argparse.Namespace) -> int:
         for ev in found:
             s = summary(ev)
             print(TABLE.format(s.recorded, s.facility, s.interaction, s.outcome, s.patient, s.user))
-        print(f"{len(found)} AuditEvents. OC is the outcome:")
+        print(f"{counted(len(found), 'AuditEvent')}. OC is the outcome:")
         print(outcome_legend())
     return 0
 
@@ -125,6 +137,8 @@ def cmd_export(config: Config[GatewayConfig], args: argparse.Namespace) -> int:
     audit = _audit(config)
     if audit is None:
         return 1
+    if unknown_facility(config, args.facility):
+        return 2
     found = [r.event for r in selected(config, audit, args)]
     bundle = {
         "resourceType": "Bundle",
@@ -137,7 +151,7 @@ def cmd_export(config: Config[GatewayConfig], args: argparse.Namespace) -> int:
     out.write_text(json.dumps(bundle, indent=1) + "\n")
     out.chmod(0o600)  # it names patients and users
     whose = f" of Patient/{patient_id(args.patient)}" if args.patient else ""
-    print(f"{out}: {len(found)} AuditEvents{whose}")
+    print(f"{out}: {counted(len(found), 'AuditEvent')}{whose}")
     return 0
 
 

@@ -41,6 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from core import conventions as names
 from dashboards.provisioning import GRAFANA_PROVISIONING
 from gateway.audit.keys import DATA_KEY, SIGNING_KEY, AuditKeyError, Keyring, keygen, read_signing_key
+from gateway.audit.search import counted
 from gateway.audit.verify import published_checkpoints, verify
 from slo.embedded import EmbeddedBackend
 from slo.status import compute_status, now_utc, sort_worst_first, to_table
@@ -557,7 +558,7 @@ def _audit_summary(config_path: Path) -> str:
         return f"cannot be read: {exc}"
     if report.problem is not None:
         return f"BAD: {report.problem}"
-    return f"{report.records} records, chain verified"
+    return f"{counted(report.records, 'record')}, chain verified"
 
 
 def _summary(out: Path, config_path: Path, run: Run, duration_s: float) -> None:
@@ -586,6 +587,9 @@ def _summary(out: Path, config_path: Path, run: Run, duration_s: float) -> None:
     print(f"In {out} (the gateway has stopped; these stay):")
     print(f"  Config:   {config_path}, slos.yaml")
     print(f"  Logs:     {out / 'access.log'} (one JSON line per request; trace_id links to the spans)")
+    print(f"            {out / 'gateway.stderr'} (the gateway's own diagnostics, one JSON line each)")
+    store = config.resolve(config.gateway.telemetry.store.path)
+    print(f"  Store:    {store} (the embedded store the commands below read)")
     print(f"  Traces:   {out / 'traces.jsonl'} ({run.n_spans} spans received over OTLP/HTTP protobuf)")
     print(f"  Metrics:  {out / 'metrics.txt'} (the gateway's /metrics at the end)")
     print(

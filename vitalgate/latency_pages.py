@@ -13,6 +13,7 @@ from aiohttp import web
 
 from gateway.admin.api import AdminApi
 from gateway.admin.auth import identity_of, refuse_facility
+from gateway.admin.browser import has_session
 from reports.latency import latency_json, latency_page
 from slo.latency import LatencyView, WindowError, route_latency, window_seconds
 from slo.store import Store, StoreError
@@ -46,7 +47,7 @@ class LatencyPages:
         refused = refuse_facility(identity_of(request), facility_id, facilities)
         if refused is not None:
             known = facility_id if facility_id in facilities else None  # (never a free-text id)
-            self.admin.log_access(request, what, known, refused.status)
+            self.admin.log_access(request, what, known, refused.status, "facility")
             return refused
         window = request.query.get("window", DEFAULT_WINDOW)
         try:
@@ -82,7 +83,8 @@ class LatencyPages:
         view = await self._read(facility_id, window)
         name = next(f.name for f in self.admin.config.facilities() if f.id == facility_id)
         self.admin.log_access(request, "latency_page", facility_id, 200)
-        return web.Response(text=latency_page(facility_id, name, view), content_type="text/html")
+        html = latency_page(facility_id, name, view, has_session(request))
+        return web.Response(text=html, content_type="text/html")
 
     async def api(self, request: web.Request) -> web.Response:
         checked = await self._checked(request, "latency_api")

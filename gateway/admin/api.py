@@ -73,6 +73,7 @@ class AdminApi:
             admin.tokens, admin.protect_metrics, admin.sessions, config.gateway.trusted_proxies
         )
         self._collectors.append(self.auth.sessions)
+        self.auth.on_refused = self.refused
         self.reload_hook: Callable[[], Awaitable[ReloadResult]] | None = None
         """Reloads the config from its file (set by the process that decides reloads)."""
         self._access_log = access_log
@@ -98,13 +99,35 @@ class AdminApi:
             extend(app, self)
         return app
 
-    def log_access(self, request: web.Request, what: str, facility: str | None, status: int) -> None:
-        """An access to a report or facility page, in the access log, by token name (never the token)."""
+    def log_access(
+        self,
+        request: web.Request,
+        what: str,
+        facility: str | None,
+        status: int,
+        reason: str | None = None,
+        **detail: str,
+    ) -> None:
+        """An access to a page, report or the audit trail, in the access log by token name
+        (never the token): ``result`` ok, ``denied`` (401/403, with the ``reason``) or
+        ``failed``; ``detail`` adds bounded fields (a report's ``period`` and ``format``)."""
         self._access_log.event(
             time.time(),
             "admin_access",
-            {"token": identity_of(request).name, "what": what, "facility": facility, "status": status},
+            access_fields(identity_of(request).name, what, facility, status, reason, detail),
         )
+
+    def refused(self, request: web.Request, identity: Identity | None, status: int, reason: str) -> None:
+        """A refused request, whoever refused it (the auth middleware, a handler's role check):
+        an ``admin_access`` event; a refused read of the audit trail by a known token is also
+        recorded in the trail (BALP: a failed access is an AuditEvent, outcome 4)."""
+        what = what_of(request.path)
+        name = None if identity is None else identity.name
+        self._access_log.event(
+            time.time(), "admin_access", access_fields(name, what, None, status, reason, {})
+        )
+        if identity is not None and self.audit is not None and what.startswith("audit_"):
+            self.audit.record_read(identity.name, request.remote, "", time.time(), denied=f"{what}: {reason}")
 
     def _log_event(self, event: str, fields: dict[str, object]) -> None:
         self._access_log.event(time.time(), event, fields)
@@ -166,6 +189,7 @@ class AdminApi:
         known = {f.id for f in self.config.facilities()} | {ALL_FACILITIES}
         refused = refuse_facility(identity, facility, known) if facility is not None else None
         if refused is not None:
+            self.refused(request, identity, refused.status, "facility")
             return refused
         if (
             not self.config.gateway.telemetry.store.enabled
@@ -189,6 +213,7 @@ class AdminApi:
         role only; the read is itself recorded in the trail, under the token's name."""
         identity = identity_of(request)
         if identity.role != "auditor":
+            self.refused(request, identity, 403, "role")
             return web.json_response(
                 {"error": "forbidden", "detail": "the audit trail is readable by the auditor role only"},
                 status=403,
@@ -232,6 +257,54 @@ class AdminApi:
         if state.ready and not state.draining:
             return web.json_response({"status": "ready"})
         return web.json_response({"status": "draining" if state.draining else "starting"}, status=503)
+
+
+def access_fields(
+    token: str | None,
+    what: str,
+    facility: str | None,
+    status: int,
+    reason: str | None,
+    detail: dict[str, str],
+) -> dict[str, object]:
+    """An ``admin_access`` event's fields (the facility only when it is a known id)."""
+    result = "ok" if status < 400 else "denied" if status in (401, 403) else "failed"
+    fields: dict[str, object] = {"token": token, "what": what, "facility": facility, "status": status}
+    fields["result"] = result
+    if reason is not None:
+        fields["reason"] = reason
+    return fields | detail
+
+
+WHAT = (
+    ("/api/v1/audit", "audit_api"),
+    ("/ui/audit/export", "audit_export"),
+    ("/ui/audit/verify", "audit_verify"),
+    ("/ui/audit", "audit_page"),
+    ("/api/v1/slo", "slo_api"),
+    ("/api/v1/reload", "reload"),
+    ("/api/v1/latency/", "latency_api"),
+    ("/api/v1/reports/", "report"),
+    ("/ui/sign-out", "sign_out"),
+    ("/ui/facilities/", "facility_page"),
+    ("/ui", "fleet_page"),
+    ("/metrics", "metrics"),
+    ("/healthz", "healthz"),
+    ("/readyz", "readyz"),
+)
+"""What a refused request asked for, by its path: a fixed name, never the path itself (it
+may carry an id a client chose)."""
+
+
+def what_of(path: str) -> str:
+    if path.startswith("/ui/facilities/") and path.endswith("/latency"):
+        return "latency_page"
+    if path.startswith("/api/v1/reports/") and path.endswith((".pdf", ".html")):
+        return "report_" + path.rpartition(".")[2]  # (as the report handler names its accesses)
+    for prefix, name in WHAT:
+        if path == prefix or (prefix.endswith("/") and path.startswith(prefix)):
+            return name
+    return "other"
 
 
 AdminExtension = Callable[[web.Application, AdminApi], None]

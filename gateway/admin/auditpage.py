@@ -22,10 +22,10 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from gateway.admin.auth import identity_of
+from gateway.admin.auth import Identity, identity_of
 from gateway.admin.browser import AUDIT_PAGE, SIGN_OUT_FORM, html_response, page
 from gateway.audit.keys import AuditKeyError, Keyring, read_signing_key
-from gateway.audit.search import AuditQuery
+from gateway.audit.search import AuditQuery, counted
 from gateway.audit.trail import AuditTrail
 from gateway.audit.verify import Report, published_checkpoints, verify
 from gateway.config import Config, GatewayConfig
@@ -47,6 +47,9 @@ class AuditSource(Protocol):
 
     @property
     def audit(self) -> AuditTrail | None: ...
+
+    def refused(self, request: web.Request, identity: Identity | None, status: int, reason: str) -> None:
+        """Logs (and records in the trail) a refused access."""
 
 
 def verify_trail(config: Config[GatewayConfig]) -> Report:
@@ -131,8 +134,9 @@ def verify_box(report: Report | None, problem: str | None) -> str:
     anchor = f", anchored at {report.anchor['size']} records" if report.anchor else ""
     warnings = "".join(f'<p class="warnbox">Warning: {escape(w)}</p>' for w in report.warnings)
     return (
-        f'<p class="okbox">Audit trail: OK: {report.records} records in {report.segments} segments,'
-        f' {report.checkpoints} checkpoints{anchor}. <a href="/ui/audit/verify">Verify again</a></p>'
+        f'<p class="okbox">Audit trail: OK: {counted(report.records, "record")} in'
+        f" {counted(report.segments, 'segment')}, {counted(report.checkpoints, 'checkpoint')}{anchor}."
+        ' <a href="/ui/audit/verify">Verify again</a></p>'
         f"{warnings}"
     )
 
@@ -202,7 +206,9 @@ class AuditPage:
         return [(f.id, f.name) for f in self.source.config.facilities()]
 
     def _trail(self, request: web.Request) -> AuditTrail | web.Response:
-        if identity_of(request).role != "auditor":
+        identity = identity_of(request)
+        if identity.role != "auditor":
+            self.source.refused(request, identity, 403, "role")
             return forbidden()
         return self.source.audit or no_trail()
 

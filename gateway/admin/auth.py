@@ -5,15 +5,16 @@ Roles: ``sre`` (everything), ``engineer`` (read everything), ``account_manager``
 only). With tokens configured, ``/api/*`` and ``/ui*`` need ``Authorization:
 Bearer``: 401 without a valid one, 403 outside the token's facilities. A
 browser may instead sign in at ``/ui/sign-in`` and send the session cookie
-(``gateway/admin/session.py``), which opens the pages (``/ui*``) and the report
-downloads only, never the JSON API; a request that carries an
+(``gateway/admin/session.py``), which opens the pages (``/ui*``), the report
+downloads and the latency page's read-only JSON (``/api/v1/latency/*``, which the
+page links to), never the rest of the JSON API; a request that carries an
 ``Authorization`` header is judged by that header alone. A cookie-borne
 request that changes state must come from the listener's own pages
 (``same_origin``): with ``SameSite=Strict`` that is the CSRF defence, and the
 only such requests are sign-out and the audit page's search and export.
 ``/metrics``, ``/healthz`` and ``/readyz`` stay open unless
 ``admin.protect_metrics`` is set. The token itself is never logged; accesses
-are logged with the token's name.
+are logged with the token's name, and so are refusals (``on_refused``).
 """
 
 from __future__ import annotations
@@ -38,9 +39,15 @@ SIGN_OUT = "/ui/sign-out"
 SAFE_METHODS = ("GET", "HEAD")
 
 
+SESSION_READS = ("/api/v1/reports/", "/api/v1/latency/")
+"""The API paths a browser session opens besides the pages: what the pages link to, all of
+them GET only and scoped to the session's facilities as the pages are."""
+
+
 def is_page(path: str) -> bool:
-    """What a browser session opens: the pages and the report downloads (not the JSON API)."""
-    return path == "/ui" or path.startswith(("/ui/", "/api/v1/reports/"))
+    """What a browser session opens: the pages, the report downloads and the latency JSON
+    (not the rest of the JSON API)."""
+    return path == "/ui" or path.startswith(("/ui/", *SESSION_READS))
 
 
 def same_origin(request: web.Request) -> bool:
@@ -74,6 +81,10 @@ class Identity:
 ANONYMOUS = Identity("anonymous", "sre", frozenset())
 """Who you are when no tokens are configured (the gateway warns at start)."""
 
+OnRefused = Callable[[web.Request, Identity | None, int, str], None]
+"""Told of each request the middleware refuses: the identity it is known by (None: none),
+the status, and the reason (``unauthenticated``, ``cross_site``)."""
+
 
 class AdminAuth:
     def __init__(
@@ -86,6 +97,8 @@ class AdminAuth:
         cfg = sessions or SessionsConfig()
         self.sessions = Sessions(cfg.max_age, cfg.max_count)
         self._trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+        self.on_refused: OnRefused | None = None
+        """Set by the admin API: writes each refusal to the access log (and the audit trail)."""
         self.set_tokens(tokens, protect_metrics)
         self.set_sessions(cfg, trusted_proxies)
 
@@ -156,12 +169,16 @@ class AdminAuth:
         if authorization is None and self.enabled and is_page(request.path):
             # Refused whether or not a cookie came with it (SameSite=Strict withholds it from
             # another site's request): another site's page learns nothing and changes nothing.
-            if request.method not in SAFE_METHODS and not same_origin(request):
-                return cross_site()
             identity = self.session_identity(request)
+            if request.method not in SAFE_METHODS and not same_origin(request):
+                if identity is not None:  # (the refusal page knows who is signed in)
+                    request[IDENTITY_KEY] = identity
+                self._refused(request, identity, 403, "cross_site")
+                return cross_site()
         else:
             identity = self.identify(authorization)
         if identity is None:
+            self._refused(request, None, 401, "unauthenticated")
             return web.json_response(
                 {"error": "unauthorized", "detail": "send Authorization: Bearer <admin token>"},
                 status=401,
@@ -169,6 +186,10 @@ class AdminAuth:
             )
         request[IDENTITY_KEY] = identity
         return await handler(request)
+
+    def _refused(self, request: web.Request, identity: Identity | None, status: int, reason: str) -> None:
+        if self.on_refused is not None:
+            self.on_refused(request, identity, status, reason)
 
 
 SECURITY_HEADERS = {

@@ -73,6 +73,12 @@ th { background: #eef1f5; }
 SIGN_OUT_FORM = f'<form method="post" action="{SIGN_OUT}"><button type="submit">Sign out</button></form>'
 
 
+def has_session(request: web.Request) -> bool:
+    """Whether this request came with a browser session (so a page offers "Sign out"): not
+    with no tokens configured (nobody signs in) nor for a bearer token (nothing to end)."""
+    return "Authorization" not in request.headers and identity_of(request).name != "anonymous"
+
+
 def page(title: str, body: str, *, nav: str = "") -> str:
     """A whole page in the listener's look (the status pages' own are ``reports/pages.py``'s)."""
     return (
@@ -183,8 +189,7 @@ async def error_pages(request: web.Request, handler: Handler) -> web.StreamRespo
     if response.status == 401:
         wanted = request.path_qs if request.method in ("GET", "HEAD") else None
         return html_response(sign_in_page(_next_path(wanted)), 401, headers)
-    signed_in = "Authorization" not in request.headers and identity_of(request).name != "anonymous"
-    return html_response(error_page(response.status, body, signed_in), response.status, headers)
+    return html_response(error_page(response.status, body, has_session(request)), response.status, headers)
 
 
 @web.middleware
@@ -226,8 +231,12 @@ class SignIn:
         if not same_origin(request):
             self.auth.sessions.count_sign_in("refused")
             self._event("admin_sign_in", {"token": None, "result": "refused", "reason": "cross_site"})
-            log.warning("admin listener: a sign-in not posted from the sign-in page was refused")
-            return html_response(error_page(403, {"error": "cross_site"}, False), 403)
+            log.warning(
+                "admin listener: a sign-in not posted from the sign-in page was refused",
+                extra={"event": "admin_sign_in", "result": "refused", "reason": "cross_site"},
+            )
+            signed_in = self.auth.session_identity(request) is not None
+            return html_response(error_page(403, {"error": "cross_site"}, signed_in), 403)
         form = await request.post()
         token, wanted = form.get("token"), form.get("next")
         next_path = _next_path(wanted if isinstance(wanted, str) else None)
@@ -236,7 +245,10 @@ class SignIn:
             self.auth.sessions.count_sign_in("refused")
             # (nothing of the refused token is logged, not even a part or its hash)
             self._event("admin_sign_in", {"token": None, "result": "refused", "reason": "unknown_token"})
-            log.warning("admin listener: a sign-in with an unknown token was refused")
+            log.warning(
+                "admin listener: a sign-in with an unknown token was refused",
+                extra={"event": "admin_sign_in", "result": "refused", "reason": "unknown_token"},
+            )
             return html_response(sign_in_page(next_path, "That is not a valid admin token."), 401)
         token_sha256, identity = found
         secure = self.auth.secure(request)

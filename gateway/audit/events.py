@@ -291,9 +291,16 @@ def _profile(subtype: str, action: str, patient: bool) -> str | None:
 
 
 def trail_read(
-    token: str, peer: str | None, query: str, recorded_s: float, observer: str = "vitalgate"
+    token: str,
+    peer: str | None,
+    query: str,
+    recorded_s: float,
+    observer: str = "vitalgate",
+    denied: str | None = None,
 ) -> dict[str, Any]:
-    """The AuditEvent of a read of the audit trail itself (``/api/v1/audit``), by admin token."""
+    """The AuditEvent of a read of the audit trail itself (``/api/v1/audit``, the audit page),
+    by admin token; ``denied``: the reason it was refused (BALP records a failed access with
+    outcome 4, minor failure)."""
     recorded = datetime.fromtimestamp(recorded_s, UTC).isoformat(timespec="milliseconds")
     client: dict[str, Any] = {
         "type": {"coding": [_coding(DCM, "110153", "Source Role ID")]},
@@ -310,8 +317,10 @@ def trail_read(
         "subtype": [_coding(INTERACTION, "search-type", "search-type")],
         "action": "E",
         "recorded": recorded.replace("+00:00", "Z"),
-        "outcome": "0",
-        "outcomeDesc": "read of the audit trail (/api/v1/audit)",
+        "outcome": "0" if denied is None else "4",
+        "outcomeDesc": "read of the audit trail (/api/v1/audit)"
+        if denied is None
+        else f"refused read of the audit trail: {denied}",
         "agent": [
             {
                 "type": {"coding": [_coding(PARTICIPATION, "IRCP", "information recipient")]},
@@ -346,7 +355,11 @@ TRAIL_READ = "trail-read"
 """A record kind: a read of the trail through ``/api/v1/audit`` (``trail_read_facts``)."""
 PROBE = "probe"
 """A record kind: a request of the gateway's own synthetic probe, laid out as a ``REST`` one."""
-KINDS = (REST, PROBE, TRAIL_READ)
+TRAIL_READ_DENIED = "trail-read-denied"
+"""A record kind: a refused read of the trail by a known admin token (its fields are a
+``TRAIL_READ``'s, the query's place holding the reason)."""
+KINDS = (REST, PROBE, TRAIL_READ, TRAIL_READ_DENIED)
+_TRAIL_KINDS = (TRAIL_READ, TRAIL_READ_DENIED)
 _N_REQUEST = len(dataclasses.fields(Request))
 _N_WHO = len(dataclasses.fields(Who))
 
@@ -370,14 +383,20 @@ def facts_of(base: list[Any], who: Who, patients: Sequence[str], cut: int) -> li
     return rows(base, who.row(), list(patients), cut)
 
 
-def trail_read_facts(token: str, peer: str | None, query: str, recorded_s: float) -> list[Any]:
+def trail_read_facts(
+    token: str, peer: str | None, query: str, recorded_s: float, denied: str | None = None
+) -> list[Any]:
+    """A read of the trail (``denied`` None), or a refused one with its reason (the query it
+    asked is then not kept: it was not run)."""
+    if denied is not None:
+        return [FACTS_VERSION, TRAIL_READ_DENIED, recorded_s, token, peer, denied, str(uuid.uuid4())]
     return [FACTS_VERSION, TRAIL_READ, recorded_s, token, peer, query, str(uuid.uuid4())]
 
 
 def patient_of(fields: list[Any]) -> str | None:
     # A read of the trail names no patient, even when it searched for one: else each read of
     # a patient's accounting would join it, and the next read would find the last.
-    patient: str | None = fields[2 + _N_REQUEST + _N_WHO] if fields[1] != TRAIL_READ else None
+    patient: str | None = fields[2 + _N_REQUEST + _N_WHO] if fields[1] not in _TRAIL_KINDS else None
     return patient
 
 
@@ -385,7 +404,7 @@ def user_of(fields: list[Any]) -> str | None:
     """The requestor's identifier value: the verified user, the admin token's name, the
     gateway's system agent (``vitalgate-probe``), or the unverified token's SHA-256 (``none``
     when it sent none)."""
-    if fields[1] == TRAIL_READ:
+    if fields[1] in _TRAIL_KINDS:
         return str(fields[3])
     who = fields[2 + _N_REQUEST : 2 + _N_REQUEST + _N_WHO]
     # As the AuditEvent's requestor says it (``_agents``): ``none`` for no token at all.
@@ -393,7 +412,7 @@ def user_of(fields: list[Any]) -> str | None:
 
 
 def site_of(fields: list[Any]) -> str | None:
-    site: str | None = fields[10] if fields[1] != TRAIL_READ else None
+    site: str | None = fields[10] if fields[1] not in _TRAIL_KINDS else None
     return site
 
 
@@ -403,9 +422,12 @@ def render(fields: list[Any], observer: str = "vitalgate") -> dict[str, Any]:
         raise ValueError(f"an audit record of version {fields[0]!r} (this gateway reads {FACTS_VERSION})")
     if fields[1] not in KINDS:
         raise ValueError(f"an audit record of kind {fields[1]!r} (this gateway reads {', '.join(KINDS)})")
-    if fields[1] == TRAIL_READ:
-        _, _, t, token, peer, query, eid = fields
-        event = trail_read(token, peer, query, t, observer)
+    if fields[1] in _TRAIL_KINDS:
+        _, kind, t, token, peer, query, eid = fields
+        if kind == TRAIL_READ_DENIED:
+            event = trail_read(token, peer, "", t, observer, denied=query)
+        else:
+            event = trail_read(token, peer, query, t, observer)
         event["id"] = eid
         return event
     req = Request(*fields[2 : 2 + _N_REQUEST])

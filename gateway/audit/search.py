@@ -72,6 +72,11 @@ OUTCOME_CAUSES = {
 }
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 AuditEvent``, ``2 AuditEvents`` (``plural`` when it is not the noun with an s)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def outcome_legend() -> str:
     """The outcome codes explained, one a line (``   0 success (2xx/3xx)`` ...)."""
     return "\n".join(f"  {code:>2} {OUTCOMES[code]} ({OUTCOME_CAUSES[code]})" for code in OUTCOMES)

@@ -178,12 +178,15 @@ class AuditTrail:
         except TimeoutError:
             return False
 
-    def record_read(self, token: str, peer: str | None, query: str, t_s: float) -> None:
-        """A read of the trail, recorded in it like any access (by the admin token's name)."""
+    def record_read(
+        self, token: str, peer: str | None, query: str, t_s: float, denied: str | None = None
+    ) -> None:
+        """A read of the trail, recorded in it like any access (by the admin token's name);
+        ``denied``: a refused one, with the reason."""
         if len(self._queue) >= self.settings.max_queue:
             self._counters.audit_dropped(1)
             return
-        self._queue.append(events.trail_read_facts(token, peer, query, t_s))
+        self._queue.append(events.trail_read_facts(token, peer, query, t_s, denied))
 
     def search(self, query: AuditQuery) -> list[dict[str, Any]]:
         """The events ``query`` selects, of every chain of the trail, in time order (a line

@@ -136,7 +136,7 @@ def test_requests_are_recorded_verified_and_exported_as_balp_audit_events(tmp_pa
 
     out = vitalgate("audit", "verify", "--config", str(cfg)).stdout
     # 1 read + 1 search + 1 read + 3 patients found + 1 failed read
-    assert out.startswith("audit trail: OK: 7 records in 1 segments") and "anchored at 7 records" in out
+    assert out.startswith("audit trail: OK: 7 records in 1 segment,") and "anchored at 7 records" in out
 
     found = json.loads(
         vitalgate("audit", "search", "--config", str(cfg), "--patient", PATIENT, "--format", "json").stdout

@@ -112,7 +112,15 @@ async def test_roles(tmp_path: Path, upstream: Upstream) -> None:
         ("account_manager-bot", "st-marys", 403),
         ("sre-bot", "st-marys", 200),
     }
-    assert {a["what"] for a in accesses} == {"facility_page", "report_pdf", "report_html"}
+    handled = {a["what"] for a in accesses if a["status"] != 401}
+    assert handled == {"facility_page", "report_pdf", "report_html", "slo_api"}
+    # Refused without a valid token: logged too, by what was asked, with no token name.
+    unauthenticated = [a for a in accesses if a["status"] == 401]
+    assert {a["what"] for a in unauthenticated} == {"fleet_page", "facility_page", "slo_api", "report_html"}
+    assert all(
+        (a["token"], a["result"], a["reason"]) == (None, "denied", "unauthenticated") for a in unauthenticated
+    )
+    assert all(a["reason"] == "facility" for a in accesses if a["status"] == 403)
 
 
 async def test_protect_metrics(tmp_path: Path, upstream: Upstream) -> None:

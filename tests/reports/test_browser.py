@@ -68,7 +68,7 @@ def test_status_pages_render_in_chromium(tmp_path: Path) -> None:
                 assert name in fleet
             assert 'class="alert-page"' in fleet  # riverside is failing half its requests
             page = chromium(browser, tmp_path / "p2", "--dump-dom", gw.admin + "/ui/facilities/riverside")
-            assert "Daily availability, last 90 days" in page
+            assert "Daily SLI, last 90 days" in page
             assert page.count('<span class="') >= 90  # the calendar cells
             assert "/api/v1/reports/riverside/" in page and ".pdf" in page
             for name, url, size in (

@@ -147,7 +147,7 @@ async def test_account_manager_signs_in_sees_its_facility_downloads_and_signs_ou
             await screenshots(tab, "sign-in-refused")
             await _sign_in(tab, AM_TOKEN)
             assert await tab.url() == admin + "/ui/facilities/riverside"  # back to the page asked for
-            assert "Daily availability, last 90 days" in await tab.text()
+            assert "Daily SLI, last 90 days" in await tab.text()
             await screenshots(tab, "facility-signed-in")
             (cookie,) = [c for c in await browser.cookies() if c["name"] == "vitalgate_session"]
             assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and not cookie["session"]
@@ -176,7 +176,7 @@ async def test_account_manager_signs_in_sees_its_facility_downloads_and_signs_ou
             assert "another site" in await tab.text()
             await screenshots(tab, "error-cross-site")
             await tab.goto(admin + "/ui/facilities/riverside")
-            assert "Daily availability" in await tab.text()
+            assert "Daily SLI" in await tab.text()
 
             await tab.click("header button")  # Sign out
             assert await tab.url() == admin + "/ui/sign-in?signed-out=1"

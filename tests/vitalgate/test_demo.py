@@ -144,6 +144,10 @@ def test_ctrl_c_ends_the_demo_early_with_everything_written(tmp_path: Path) -> N
     admin = yaml.safe_load((out / "gateway.yaml").read_text())["admin"]["listen"]
     assert f"{admin}/metrics" not in summary
     assert re.search(rf"Audit: +{re.escape(str(out / 'audit'))}/ \((\d+) records, chain verified", summary)
+    # Every file the summary's commands and the README send a user to is listed, and exists.
+    for name in ("gateway.stderr", "vitalgate.db", "access.log"):
+        assert re.search(rf"^  (?:\w+: +| +){re.escape(str(out / name))} \(", summary, re.M), name
+        assert (out / name).stat().st_size > 0, name
     for word in PHI_WORDS:
         for name in ("access.log", "traces.jsonl", "metrics.txt", "gateway.stderr"):
             assert word not in (out / name).read_text(), (word, name)
@@ -163,7 +167,7 @@ def test_ctrl_c_ends_the_demo_early_with_everything_written(tmp_path: Path) -> N
     assert verified and int(verified[1]) > 0
     lines = runs["audit search"].stdout.splitlines()
     # The table, then its count and the legend of the outcome codes.
-    end = next(i for i, line in enumerate(lines) if re.match(r"\d+ AuditEvents\b", line))
+    end = next(i for i, line in enumerate(lines) if re.match(r"\d+ AuditEvents?\b", line))
     found = lines[:end]
     assert found[0].split()[:3] == ["RECORDED", "FACILITY", "INTERACTION"] and len(found) > 10
     assert int(lines[end].split()[0]) == len(found) - 1
