@@ -61,3 +61,13 @@ class TraceSettings:
     service_name: str
     queue_size: int
     export_timeout: float
+
+
+@dataclass(frozen=True)
+class RecorderSettings:
+    """What the store's per-request counter needs: the latency bucket bounds (the request
+    histogram's, so both count a request in the same bucket) and how many of the slowest
+    requests it keeps per series and minute (the store's exemplars)."""
+
+    bounds_s: tuple[float, ...]
+    exemplars: int
