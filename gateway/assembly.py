@@ -4,8 +4,7 @@ Everything the compiled request path (``gateway/dataplane/``) is given is decide
 its frozen settings, the upstream pools, the sinks each request's outcome goes to (spans when
 traces are exported, the request histogram of this process or of the workers' shared files,
 the store recorder when the store is kept, with its writer thread beside the data plane, the
-access log). A ``--workers`` supervisor builds
-none of it: it proxies nothing.
+access log). A ``--workers`` supervisor builds none of it: it proxies nothing.
 """
 
 from __future__ import annotations
