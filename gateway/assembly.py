@@ -3,8 +3,8 @@
 Everything the compiled request path (``gateway/dataplane/``) is given is decided here, once:
 its frozen settings, the upstream pools, the sinks each request's outcome goes to (spans when
 traces are exported, the request histogram of this process or of the workers' shared files,
-the store recorder when the store is kept, the access log). A ``--workers`` supervisor builds
-none of it: it proxies nothing.
+the store recorder when the store is kept, with its writer thread beside the data plane, the
+access log). A ``--workers`` supervisor builds none of it: it proxies nothing.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from gateway.dataplane.outcome import EntrySink, RequestSink, SpanSink
 from gateway.dataplane.proxy import Outputs, Proxy
 from gateway.dataplane.recorder import Recorder
 from gateway.dataplane.routes import Router
-from gateway.dataplane.settings import UpstreamSettings
+from gateway.dataplane.settings import RecorderSettings, UpstreamSettings
 from gateway.dataplane.spool import Spool
 from gateway.dataplane.tracing import Tracing
 from gateway.dataplane.upstream import Upstream
@@ -45,7 +45,8 @@ from gateway.exposition import GatewayMetrics, StoreHealth, request_metrics
 from gateway.probes import PROBE_TOKEN_ENV
 from gateway.roles import Role
 from gateway.startup import store_failure
-from slo.store import StoreError
+from gateway.storewriter import StoreWriterSettings, StoreWriterThread
+from slo.store import EXEMPLARS_PER_HOUR, StoreError
 
 log = logging.getLogger("vitalgate.gateway")
 HEALTH_INTERVAL_S = 1.0
@@ -113,20 +114,11 @@ class DataPlane:
         self.upstreams, self._upstream_keys = first.upstreams, first.keys
         store = cfg.telemetry.store
         self.recorder: Recorder | None = None
+        self.store_writer: StoreWriterThread | None = None
         self._store_path = str(config.resolve(store.path))
         if store.enabled:
-            self.recorder = Recorder(
-                config.resolve(store.path),
-                config.slos,
-                metrics.buckets_s,
-                lambda n: metrics.drop("store", n),
-                flush_interval_s=store.flush_interval,
-                minute_days=int(store.minute_retention // 86400),
-                hour_days=int(store.hour_retention // 86400),
-                shared=role.kind == "worker",
-                maintenance=role.index == 0,
-                on_error=metrics.store_error,
-            )
+            self.recorder = Recorder(RecorderSettings(metrics.buckets_s, EXEMPLARS_PER_HOUR))
+            self.store_writer = store_writer(config, role, self.recorder, metrics)
         # Spans first (their end time is the closest to the response), then the histogram, the
         # store (when kept) and the log.
         sinks: list[RequestSink] = [SpanSink()] if self.tracing.enabled else []
@@ -167,7 +159,7 @@ class DataPlane:
         self._retiring: set[asyncio.Task[None]] = set()
         self._health: asyncio.Task[None] | None = None
         self._store_health: StoreHealth | None = None
-        if self.recorder is not None:
+        if self.store_writer is not None:
             self._store_health = StoreHealth(registry, store.flush_interval)
 
     def _observe(self) -> None:
@@ -177,10 +169,10 @@ class DataPlane:
         m.depth["log"].set(self._access_log.depth)
         if self.tracing.processor is not None:
             m.depth["span"].set(self.tracing.processor.depth)
-        if self.recorder is not None and self._store_health is not None:
-            m.depth["store"].set(self.recorder.depth)
-            self._store_health.last_flush.set(self.recorder.last_flush_s)
-            self._store_health.flush_duration.set(self.recorder.last_flush_duration_s)
+        if self.store_writer is not None and self._store_health is not None:
+            m.depth["store"].set(self.store_writer.depth)
+            self._store_health.last_flush.set(self.store_writer.last_flush_s)
+            self._store_health.flush_duration.set(self.store_writer.last_flush_duration_s)
         if self.audit is not None:
             m.depth["audit"].set(self.audit.depth)
         for name, u in self.upstreams.items():
@@ -245,9 +237,9 @@ class DataPlane:
         telemetry.store.path if it cannot), start span export and the upstream pools."""
         if self.spool is not None:
             prepare_spool(self.spool)
-        if self.recorder is not None:
+        if self.store_writer is not None:
             try:
-                self.recorder.start()
+                self.store_writer.start()
             except (StoreError, sqlite3.Error, OSError) as exc:
                 raise store_failure(self._store_path, exc) from exc
         if self.audit is not None:
@@ -267,14 +259,34 @@ class DataPlane:
             self._health.cancel()
         for u in self.upstreams.values():
             await u.close()
-        if self.recorder is not None:
-            self.recorder.flush()
-            await asyncio.get_running_loop().run_in_executor(None, self.recorder.close)
+        if self.store_writer is not None:
+            self.store_writer.flush()
+            await asyncio.get_running_loop().run_in_executor(None, self.store_writer.close)
         if self.forwarder is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.forwarder.close)
         if self.audit is not None:
             await self.audit.close()
         await self.tracing.shutdown()
+
+
+def store_writer(
+    config: Config[GatewayConfig], role: Role, recorder: Recorder, metrics: GatewayMetrics
+) -> StoreWriterThread:
+    """The thread that writes what ``recorder`` counts to the embedded store: with
+    ``--workers`` every worker writes its own counts (added to the others'), the supervisor has
+    caught the store up before they start, and worker 0 alone compacts and purges."""
+    store = config.gateway.telemetry.store
+    settings = StoreWriterSettings(
+        config.resolve(store.path),
+        tuple(config.slos),
+        metrics.buckets_s,
+        flush_interval_s=store.flush_interval,
+        minute_days=int(store.minute_retention // 86400),
+        hour_days=int(store.hour_retention // 86400),
+        shared=role.kind == "worker",
+        maintenance=role.index == 0,
+    )
+    return StoreWriterThread(recorder, settings, lambda n: metrics.drop("store", n), metrics.store_error)
 
 
 def upstream_ca(config: Config[GatewayConfig], name: str) -> str | None:

@@ -27,7 +27,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.dataplane.outcome import Outcome
-from gateway.dataplane.tracing import NonRecordingSpan, SpanContext
+from gateway.dataplane.spans import NonRecordingSpan, SpanContext
 from gateway.server import Gateway
 from vitalgate.config import load_config
 from vitalgate.otlpsink import OtlpSink
@@ -187,15 +187,15 @@ def gateway_config(
 
 
 async def flushed(gw: Gateway, timeout_s: float = 10.0) -> None:
-    """Hand the store recorder what it holds and wait until it is written: the counts of
-    every request answered before the call are then in the store."""
-    assert gw.dataplane is not None and gw.dataplane.recorder is not None
-    recorder = gw.dataplane.recorder
-    recorder.flush()
-    target = recorder.handed_over
+    """Hand the store's writer what the recorder holds and wait until it is written: the counts
+    of every request answered before the call are then in the store."""
+    assert gw.dataplane is not None and gw.dataplane.store_writer is not None
+    writer = gw.dataplane.store_writer
+    writer.flush()
+    target = writer.handed_over
     deadline = time.monotonic() + timeout_s
-    while recorder.flushes < target:
-        assert time.monotonic() < deadline, f"{recorder.flushes} of {target} batches written"
+    while writer.flushes < target:
+        assert time.monotonic() < deadline, f"{writer.flushes} of {target} batches written"
         await asyncio.sleep(0.02)
 
 

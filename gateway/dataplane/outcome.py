@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from gateway.dataplane.tracing import AnySpan, SpanContext
+from gateway.dataplane.spans import AnySpan, SpanContext
 
 RequestKey = tuple[str, str, str, str, int]
 """facility, service, route, method, status: one label set of the request histogram."""

@@ -71,3 +71,13 @@ class SpoolSettings:
     max_file_bytes: int
     memory_bytes: int
     """What one response may hold in memory, past what the client's socket took, before its file."""
+
+
+@dataclass(frozen=True)
+class RecorderSettings:
+    """What the store's per-request counter needs: the latency bucket bounds (the request
+    histogram's, so both count a request in the same bucket) and how many of the slowest
+    requests it keeps per series and minute (the store's exemplars)."""
+
+    bounds_s: tuple[float, ...]
+    exemplars: int

@@ -7,16 +7,10 @@ import random
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
 
-from gateway.dataplane.tracing import (
-    CLIENT,
-    SERVER,
-    OtlpEncoder,
-    Span,
-    SpanContext,
-    Tracer,
-    format_traceparent,
-    parse_traceparent,
-)
+from gateway.dataplane.otlp import OtlpEncoder
+from gateway.dataplane.spans import CLIENT, SERVER, Span, SpanContext
+from gateway.dataplane.tracecontext import format_traceparent, parse_traceparent
+from gateway.dataplane.tracing import Tracer
 
 
 def _span(kind: int, parent: int, attrs: dict[str, str | int | float | bool], error: bool) -> Span:

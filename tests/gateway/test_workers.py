@@ -182,11 +182,12 @@ def test_a_dead_worker_is_replaced_and_its_counts_kept(tmp_path: Path) -> None:
 
 
 def test_the_supervisor_builds_no_data_plane(tmp_path: Path) -> None:
-    """The supervisor proxies nothing: no upstream pools, router, recorder or proxy are built in
-    it (a worker and a single process build them)."""
+    """The supervisor proxies nothing: no upstream pools, router, recorder, store writer or proxy
+    are built in it (a worker and a single process build them)."""
     config = load_config(gateway_config(tmp_path, 1))
     supervisor = Gateway(config, role=Role("supervisor", count=2, port=1, metrics_dir=str(tmp_path)))
     assert supervisor.dataplane is None
     single = Gateway(config)
     assert single.dataplane is not None and set(single.dataplane.upstreams) == set(config.gateway.upstreams)
-    assert single.dataplane.recorder is not None  # the store is on in this config
+    # The store is on in this config: the per-request counter, and its writer thread beside it.
+    assert single.dataplane.recorder is not None and single.dataplane.store_writer is not None
