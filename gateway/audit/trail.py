@@ -36,7 +36,7 @@ from gateway.audit.verify import all_records
 from gateway.audit.writer import FRAME, SHIP_INTERVAL_S, Pending, TrailSettings, WriterSpec, frame
 from gateway.dataplane.auditrecord import pending
 from gateway.dataplane.outcome import AuditFacts, Outcome
-from gateway.dataplane.tracing import AnySpan
+from gateway.dataplane.spans import AnySpan
 
 log = logging.getLogger("vitalgate.audit")
 

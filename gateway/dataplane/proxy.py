@@ -28,8 +28,10 @@ from gateway.dataplane.metrics import Gauges, LabelBudget, ProxyCounters
 from gateway.dataplane.outcome import AuditFacts, AuditGate, EntrySink, Outcome, RequestSink
 from gateway.dataplane.query import redact_query
 from gateway.dataplane.routes import Match, Router, normalize_path
+from gateway.dataplane.spans import AnySpan, Span
 from gateway.dataplane.spool import ResponseBuffer, Spool
-from gateway.dataplane.tracing import AnySpan, Span, Tracer, format_traceparent, parse_traceparent
+from gateway.dataplane.tracecontext import format_traceparent, parse_traceparent
+from gateway.dataplane.tracing import Tracer
 from gateway.dataplane.upstream import HOP_BY_HOP, Upstream, UpstreamResponse
 
 PROBE_HEADER: Final = "x-vitalgate-probe"

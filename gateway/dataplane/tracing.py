@@ -35,12 +35,6 @@ from gateway.dataplane.spans import (
     Span,
     SpanContext,
 )
-from gateway.dataplane.tracecontext import format_traceparent, parse_traceparent
-
-# AnySpan, Span and the traceparent functions are re-exported: proxy.py (being changed for
-# another issue now) and gateway/audit/trail.py still import them from here; once they import
-# them from spans and tracecontext, they leave this list.
-__all__ = ["AnySpan", "Span", "Tracer", "Tracing", "format_traceparent", "parse_traceparent"]
 
 
 class Tracer:
