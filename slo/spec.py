@@ -260,7 +260,8 @@ class Slo:
         return f"{self.name}@{hashlib.sha256(ident.encode()).hexdigest()[:10]}"
 
     def status_is_good(self, status: int) -> bool:
-        """Availability: a response below 500 and not one of ``bad_statuses``."""
+        """Availability: a response below 500 and not one of ``bad_statuses`` (the same rule,
+        as a label regex for Prometheus, is ``slo.promql.bad_status_regex``)."""
         return status < 500 and status not in self.bad_statuses
 
     def good_columns(self, status: int, upper_s: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
