@@ -192,7 +192,7 @@ def _sel(slo: Slo) -> str:
 def metadata_rules(slo: Slo) -> list[dict[str, Any]]:
     labels = _slo_labels(slo)
     period = _period_name(slo)
-    budget = round(1 - slo.objective, 12)
+    budget = slo.error_budget
     return [
         {"record": names.OBJECTIVE, "expr": repr(slo.objective), "labels": labels},
         {"record": names.ERROR_BUDGET, "expr": repr(budget), "labels": labels},
@@ -211,7 +211,7 @@ def metadata_rules(slo: Slo) -> list[dict[str, Any]]:
 
 
 def _condition(slo: Slo, w: BurnWindow) -> str:
-    budget = round(1 - slo.objective, 12)
+    budget = slo.error_budget
     factor = slo.burn_threshold(w)
     long_ratio = f"{names.error_ratio(w.long)}{_sel(slo)}"
     short_ratio = f"{names.error_ratio(w.short)}{_sel(slo)}"

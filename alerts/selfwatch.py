@@ -244,11 +244,18 @@ def self_rules(time_scale: float = 1.0) -> dict[str, Any]:
     return {"name": GROUP, "rules": rules}
 
 
-def build_self_tests(rules_file: str) -> dict[str, Any]:
+SELF_TEST_MINUTES = 30
+"""How long the synthetic series of the self-alert tests run; each alert is judged 5 minutes
+before their end."""
+
+Series = dict[str, str]
+Check = dict[str, Any]
+
+
+def _counter_alert_tests() -> tuple[list[Series], list[Check]]:
     """Per counter alert: ``failing`` (its counter grows), ``born`` (its label set appears with
-    a failure) and ``healthy`` (present, never growing); only the first two fire. Per state
-    alert: ``failing`` fires, ``healthy`` does not."""
-    minutes = 30
+    a failure) and ``healthy`` (present, never growing); only the first two fire."""
+    minutes = SELF_TEST_MINUTES
     inputs = []
     expected = []
     for a in SELF_ALERTS:
@@ -280,6 +287,13 @@ def build_self_tests(rules_file: str) -> dict[str, Any]:
         }
         for a in SELF_ALERTS
     ]
+    return inputs, checks
+
+
+def _state_alert_tests() -> tuple[list[Series], list[Check]]:
+    """Per state alert: ``failing`` fires, ``healthy`` does not."""
+    inputs: list[Series] = []
+    checks: list[Check] = []
     for st in STATE_ALERTS:
         found: dict[str, str] = {}
         for metric, failing, healthy in st.series:
@@ -292,7 +306,7 @@ def build_self_tests(rules_file: str) -> dict[str, Any]:
         checks.append(
             {
                 "alertname": st.name,
-                "eval_time": f"{minutes - 5}m",
+                "eval_time": f"{SELF_TEST_MINUTES - 5}m",
                 "exp_alerts": [
                     {
                         "exp_labels": {
@@ -306,18 +320,27 @@ def build_self_tests(rules_file: str) -> dict[str, Any]:
                 ],
             }
         )
-    checks.append(
-        {
-            "alertname": WATCHDOG,
-            "eval_time": "1m",
-            "exp_alerts": [
-                {
-                    "exp_labels": {"severity": "none", "component": "vitalgate"},
-                    "exp_annotations": self_rules()["rules"][-1]["annotations"],
-                }
-            ],
-        }
-    )
+    return inputs, checks
+
+
+def _watchdog_check() -> Check:
+    """The watchdog fires from the first evaluation on, always."""
+    return {
+        "alertname": WATCHDOG,
+        "eval_time": "1m",
+        "exp_alerts": [
+            {
+                "exp_labels": {"severity": "none", "component": "vitalgate"},
+                "exp_annotations": self_rules()["rules"][-1]["annotations"],
+            }
+        ],
+    }
+
+
+def build_self_tests(rules_file: str) -> dict[str, Any]:
+    """promtool tests of every self-alert: the counter alerts, the state alerts, the watchdog."""
+    counter_inputs, counter_checks = _counter_alert_tests()
+    state_inputs, state_checks = _state_alert_tests()
     return {
         "rule_files": [rules_file],
         "evaluation_interval": "1m",
@@ -325,8 +348,8 @@ def build_self_tests(rules_file: str) -> dict[str, Any]:
             {
                 "name": "vitalgate-self: each failure counter that grows alerts, a healthy one does not",
                 "interval": "1m",
-                "input_series": inputs,
-                "alert_rule_test": checks,
+                "input_series": counter_inputs + state_inputs,
+                "alert_rule_test": [*counter_checks, *state_checks, _watchdog_check()],
             }
         ],
     }

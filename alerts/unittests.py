@@ -41,12 +41,12 @@ def _counter(per_min: float) -> str:
 
 
 def bad_fraction(slo: Slo) -> float:
-    return min(1.0, 50 * (1 - slo.objective))
+    return min(1.0, 50 * slo.error_budget)
 
 
 def expected_severities(slo: Slo) -> list[str]:
     """What fires for ``burning`` at EVAL_MIN: every window then holds the same error ratio."""
-    burn = bad_fraction(slo) / (1 - slo.objective)
+    burn = bad_fraction(slo) / slo.error_budget
     out: list[str] = []
     for severity in ("page", "ticket"):
         if any(w.severity == severity and fires(burn, slo.burn_threshold(w)) for w in slo.alerting_windows):

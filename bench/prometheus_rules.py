@@ -33,6 +33,7 @@ import http.server
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -294,6 +295,85 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _free_port_after(port: int) -> int:
+    """The first port after ``port`` that can be bound (an HTTP probe would miss a port held
+    by something that does not speak HTTP)."""
+    while True:
+        port += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
+def _start_prometheus(
+    work: Path, data: Path, rules: Path, exporter: Exporter
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Prometheus on the backfilled ``data``, scraping the exporter and evaluating ``rules``; its
+    log in ``work/prometheus.log``."""
+    cfg = {
+        "global": {"scrape_interval": f"{SCRAPE_S}s", "evaluation_interval": "30s"},
+        # honor_labels: the exporter speaks for the gateways, whose instance labels it keeps.
+        "scrape_configs": [
+            {
+                "job_name": "vitalgate",
+                "honor_labels": True,
+                "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}],
+            }
+        ],
+        "rule_files": [str(rules)],
+    }
+    (work / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+    port = _free_port_after(exporter.port)
+    with (work / "prometheus.log").open("w") as log:  # (the child keeps its own descriptor)
+        proc = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={work / 'prometheus.yml'}",
+                f"--storage.tsdb.path={data}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--storage.tsdb.retention.time=400d",
+            ],
+            stdout=log,
+            stderr=log,
+        )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _watch_rule_groups(base: str, measure_s: float) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Every rule group's evaluations during ``measure_s`` ({group: {evaluated at: seconds}}),
+    and each group's interval."""
+    seen: dict[str, dict[str, float]] = {}
+    intervals: dict[str, float] = {}
+    wall0 = time.monotonic()
+    while time.monotonic() - wall0 < measure_s:
+        time.sleep(5)
+        for g in _get(f"{base}/api/v1/rules")["data"]["groups"]:
+            intervals[g["name"]] = float(g["interval"])
+            if g.get("lastEvaluation", "").startswith("0001"):
+                continue
+            seen.setdefault(g["name"], {})[g["lastEvaluation"]] = float(g["evaluationTime"])
+    return seen, intervals
+
+
+def _group_figures(
+    seen: dict[str, dict[str, float]], intervals: dict[str, float], missed: dict[str, float]
+) -> dict[str, dict[str, float]]:
+    groups = {}
+    for name, evals in sorted(seen.items()):
+        times = list(evals.values())
+        groups[name] = {
+            "evaluations": len(times),
+            "median_s": statistics.median(times),
+            "max_s": max(times),
+            "interval_s": intervals[name],
+            "missed": missed.get(name, 0.0),
+        }
+    return groups
+
+
 def run_size(
     size: Size, work: Path, rules: Path, slos: list[Slo], measure_s: float, status_raw: bool = False
 ) -> dict[str, Any]:
@@ -313,39 +393,7 @@ def run_size(
     om.unlink()
     prepared_s = time.perf_counter() - t0
     exporter = Exporter(h, ends, now_ms / 1000, start_ms / 1000)
-    cfg = {
-        "global": {"scrape_interval": f"{SCRAPE_S}s", "evaluation_interval": "30s"},
-        # honor_labels: the exporter speaks for the gateways, whose instance labels it keeps.
-        "scrape_configs": [
-            {
-                "job_name": "vitalgate",
-                "honor_labels": True,
-                "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}],
-            }
-        ],
-        "rule_files": [str(rules)],
-    }
-    (work / "prometheus.yml").write_text(yaml.safe_dump(cfg))
-    port = exporter.port + 1
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}", timeout=0.2):
-                port += 1
-        except OSError:
-            break
-    log = (work / "prometheus.log").open("w")
-    proc = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={work / 'prometheus.yml'}",
-            f"--storage.tsdb.path={data}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--storage.tsdb.retention.time=400d",
-        ],
-        stdout=log,
-        stderr=log,
-    )
-    base = f"http://127.0.0.1:{port}"
+    proc, base = _start_prometheus(work, data, rules, exporter)
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -355,15 +403,7 @@ def run_size(
             except OSError:
                 time.sleep(1)
         cpu0, wall0 = _cpu_s(proc.pid), time.monotonic()
-        seen: dict[str, dict[str, float]] = {}
-        intervals: dict[str, float] = {}
-        while time.monotonic() - wall0 < measure_s:
-            time.sleep(5)
-            for g in _get(f"{base}/api/v1/rules")["data"]["groups"]:
-                intervals[g["name"]] = float(g["interval"])
-                if g.get("lastEvaluation", "").startswith("0001"):
-                    continue
-                seen.setdefault(g["name"], {})[g["lastEvaluation"]] = float(g["evaluationTime"])
+        seen, intervals = _watch_rule_groups(base, measure_s)
         cpu = (_cpu_s(proc.pid) - cpu0) / (time.monotonic() - wall0)
         # What the rules counted over the last day, against the traffic generated (the live
         # minutes since add a little): the benchmark measured real work, not empty windows.
@@ -381,18 +421,7 @@ def run_size(
     finally:
         proc.terminate()
         proc.wait(60)
-        log.close()
         exporter.server.shutdown()
-    groups = {}
-    for name, evals in sorted(seen.items()):
-        times = list(evals.values())
-        groups[name] = {
-            "evaluations": len(times),
-            "median_s": statistics.median(times),
-            "max_s": max(times),
-            "interval_s": intervals[name],
-            "missed": missed.get(name, 0.0),
-        }
     return {
         "size": str(size),
         "label_sets": len(h.labels),
@@ -403,7 +432,7 @@ def run_size(
         "rss_mb": round(rss),
         "requests_1d_generated": day,
         "requests_1d_counted": float(counted[0]["value"][1]) if counted else None,
-        "groups": groups,
+        "groups": _group_figures(seen, intervals, missed),
         "status": status,
     }
 

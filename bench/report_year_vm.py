@@ -130,6 +130,92 @@ def _figures(report: Any) -> list[tuple[str, int, int, Any, Any]]:
     return [(s.slo, s.total, s.good, s.availability, s.uptime) for s in report.slos]
 
 
+def _fill_store(
+    store: Store,
+    slos: list[Slo],
+    facility: Facility,
+    per_slo: dict[str, tuple[I64, I64]],
+    d0: int,
+    minutes: int,
+) -> None:
+    """The per-SLO minute rows of the year, written as the gateway's writer would."""
+    for day in range(minutes // MINUTES_PER_DAY):
+        sl = slice(day * MINUTES_PER_DAY, (day + 1) * MINUTES_PER_DAY)
+        rows = []
+        for s in slos:
+            total, good = per_slo[s.name]
+            arr = np.stack([total[sl], good[sl]]).astype(np.uint32)
+            rows.append((s.key, facility.id, d0 + day, arr, hour_rollup(arr, s.timeslice_target)))
+        store.write((), rows)
+
+
+def _start_victoria_metrics(binary: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """VictoriaMetrics on a free port, its data and log in ``tmp``, answering its health check."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (tmp / "victoria-metrics.log").open("w") as log:  # (the child keeps its own descriptor)
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"-storageDataPath={tmp / 'vmdata'}",
+                f"-httpListenAddr=127.0.0.1:{port}",
+                "-retentionPeriod=100y",
+                "-search.latencyOffset=0s",
+                "-search.disableCache",
+            ],
+            stdout=log,
+            stderr=log,
+        )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=1).read()  # noqa: S310
+            return proc, url
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.terminate()
+                proc.wait(30)
+                raise
+            time.sleep(0.2)
+
+
+def _import_series(
+    url: str,
+    traffic: dict[str, I64],
+    per_slo: dict[str, tuple[I64, I64]],
+    slos: list[Slo],
+    facility: Facility,
+    ends_ms: I64,
+    minutes: int,
+) -> None:
+    """The raw counters and the per-SLO tiles of the year, imported as the rules would record them."""
+    t0 = time.perf_counter()
+    samples = 0
+    body: list[bytes] = []
+    for metric, counts in _raw_series(traffic, facility.id):
+        body += _lines(metric, np.cumsum(counts), ends_ms)
+        samples += minutes
+    for s in slos:
+        total, good = per_slo[s.name]
+        for name, values in ((names.TILE_REQUESTS, total), (names.TILE_GOOD, good)):
+            metric = {
+                "__name__": name,
+                names.SLO_LABEL: s.name,
+                names.SERVICE: s.service,
+                names.FACILITY: facility.id,
+            }
+            body += _lines(metric, values, ends_ms + PHASE_S * 1000)
+            samples += minutes
+    for i in range(0, len(body), 40):
+        _post(url + "/api/v1/import", b"".join(body[i : i + 40]))
+    urllib.request.urlopen(url + "/internal/force_flush", timeout=60).read()  # noqa: S310
+    t_import = time.perf_counter() - t0
+    print(
+        f"imported {samples / 1e6:.1f} M samples ({minutes} minutes x {samples // minutes} series)"
+        f" in {t_import:.1f} s"
+    )
+
+
 def run(year: int) -> int:
     binary = shutil.which("victoria-metrics")
     if binary is None:
@@ -147,68 +233,11 @@ def run(year: int) -> int:
     traffic = _traffic(minutes, np.random.default_rng(11))
     per_slo = _slo_minutes(traffic)
     ends_ms = (d0 * 86400 + 60 * (np.arange(minutes, dtype=np.int64) + 1)) * 1000
-
     store = Store(tmp / "store.db")
-    for day in range(minutes // MINUTES_PER_DAY):
-        sl = slice(day * MINUTES_PER_DAY, (day + 1) * MINUTES_PER_DAY)
-        rows = []
-        for s in slos:
-            total, good = per_slo[s.name]
-            arr = np.stack([total[sl], good[sl]]).astype(np.uint32)
-            rows.append((s.key, facility.id, d0 + day, arr, hour_rollup(arr, s.timeslice_target)))
-        store.write((), rows)
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (tmp / "victoria-metrics.log").open("w")
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"-storageDataPath={tmp / 'vmdata'}",
-            f"-httpListenAddr=127.0.0.1:{port}",
-            "-retentionPeriod=100y",
-            "-search.latencyOffset=0s",
-            "-search.disableCache",
-        ],
-        stdout=log,
-        stderr=log,
-    )
+    _fill_store(store, slos, facility, per_slo, d0, minutes)
+    proc, url = _start_victoria_metrics(binary, tmp)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1).read()  # noqa: S310
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        t0 = time.perf_counter()
-        samples = 0
-        body: list[bytes] = []
-        for metric, counts in _raw_series(traffic, facility.id):
-            body += _lines(metric, np.cumsum(counts), ends_ms)
-            samples += minutes
-        for s in slos:
-            total, good = per_slo[s.name]
-            for name, values in ((names.TILE_REQUESTS, total), (names.TILE_GOOD, good)):
-                metric = {
-                    "__name__": name,
-                    names.SLO_LABEL: s.name,
-                    names.SERVICE: s.service,
-                    names.FACILITY: facility.id,
-                }
-                body += _lines(metric, values, ends_ms + PHASE_S * 1000)
-                samples += minutes
-        for i in range(0, len(body), 40):
-            _post(url + "/api/v1/import", b"".join(body[i : i + 40]))
-        urllib.request.urlopen(url + "/internal/force_flush", timeout=60).read()  # noqa: S310
-        t_import = time.perf_counter() - t0
-        print(
-            f"imported {samples / 1e6:.1f} M samples ({minutes} minutes x {samples // minutes} series)"
-            f" in {t_import:.1f} s"
-        )
-
+        _import_series(url, traffic, per_slo, slos, facility, ends_ms, minutes)
         period = parse_period(str(year))
         now = time.time()
         t0 = time.perf_counter()
@@ -223,7 +252,6 @@ def run(year: int) -> int:
     finally:
         proc.terminate()
         proc.wait(30)
-        log.close()
     print(f"\nyear report, {facility.name}, {period.label}, {len(slos)} SLOs: figures from")
     print(f"  the embedded store:               {t_embedded:6.2f} s")
     for source, (took, queries, _report) in results.items():

@@ -402,7 +402,7 @@ def _slo_report(
     data_min = int(has.sum())
     uptime = int(up.sum()) / data_min if data_min else None
     measure = uptime if s.budgeting == "timeslices" else avail
-    budget_used = (1 - measure) / (1 - s.objective) if measure is not None else None
+    budget_used = (1 - measure) / s.error_budget if measure is not None else None
     no_data = ~has & ~mins.excluded
     traffic, probes = source.coverage(s, facility.id, mins.start_s, mins.end_s)
     with_traffic = (traffic > 0) & ~mins.excluded
@@ -412,7 +412,7 @@ def _slo_report(
     days = _days(mins, total, good, up, down, no_data)
     # Budget left after each day, against the whole period's allowance so far.
     cum_t, cum_b = np.cumsum([x.total for x in days]), np.cumsum([x.total - x.good for x in days])
-    allowed = cum_t[-1] * (1 - s.objective) if len(cum_t) and cum_t[-1] else 0.0
+    allowed = cum_t[-1] * s.error_budget if len(cum_t) and cum_t[-1] else 0.0
     curve = [round(1 - b / allowed, 6) if allowed else None for b in cum_b]
     previous = []
     p = period

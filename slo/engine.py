@@ -7,7 +7,8 @@ it, so a 90-day calendar window costs 2,160 numbers a row, not 129,600.
 
 Conventions (as in Sloth, Pyrra and the SRE Workbook):
 - ratios are 0..1; ``budget_remaining`` is 1 untouched, 0 spent, negative overspent;
-- burn rate = error ratio / (1 - objective): 1 spends exactly the budget over the period;
+- burn rate = error ratio / error budget (``Slo.error_budget``, 1 - objective): 1 spends
+  exactly the budget over the period;
 - a window with fewer events than ``min_events`` has no burn rate (NaN): no data is
   neither 100% nor 0%.
 """
@@ -69,9 +70,9 @@ def window_sums(
     return out
 
 
-def burn_rate(total: F64, good: F64, objective: F64, min_events: F64) -> F64:
+def burn_rate(total: F64, good: F64, error_budget: F64, min_events: F64) -> F64:
     with np.errstate(divide="ignore", invalid="ignore"):
-        rate = ((total - good) / total) / (1.0 - objective)
+        rate = ((total - good) / total) / error_budget
     out: F64 = np.where(total >= np.maximum(min_events, 1), rate, np.nan)
     return out
 
@@ -81,7 +82,7 @@ def evaluate(
     window_good: F64,
     burn_total: F64,
     burn_good: F64,
-    objective: F64,
+    error_budget: F64,
     period_s: F64,
     min_events: F64,
     windows: Sequence[BurnWindow] = SRE_WORKBOOK_WINDOWS,
@@ -89,23 +90,24 @@ def evaluate(
     """Everything for all rows at once.
 
     ``window_*[r]``: counts over each row's SLO window. ``burn_*[r, i]``: counts over
-    ``STATUS_WINDOWS_S`` in order. ``objective`` as a ratio, ``period_s`` the SLO period.
+    ``STATUS_WINDOWS_S`` in order. ``error_budget`` each row's ``Slo.error_budget``,
+    ``period_s`` the SLO period.
     """
     names = list(STATUS_WINDOWS_S)
     total = window_total.astype(np.float64)
     good = window_good.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         sli = np.where(total > 0, good / total, np.nan)
-    allowed = (1.0 - objective) * total
+    allowed = error_budget * total
     consumed = total - good
     with np.errstate(divide="ignore", invalid="ignore"):
         remaining = np.where(allowed > 0, 1.0 - consumed / allowed, np.where(total > 0, np.nan, 1.0))
     rates = {
-        n: burn_rate(burn_total[:, i], burn_good[:, i], objective, min_events) for i, n in enumerate(names)
+        n: burn_rate(burn_total[:, i], burn_good[:, i], error_budget, min_events) for i, n in enumerate(names)
     }
-    window_rate = burn_rate(total, good, objective, min_events)
+    window_rate = burn_rate(total, good, error_budget, min_events)
 
-    alert = alert_states(rates, objective, period_s, windows)
+    alert = alert_states(rates, error_budget, period_s, windows)
 
     # Hours until the budget is gone at the last hour's burn (the 1h rate, else the window's).
     current = np.where(np.isnan(rates["1h"]), window_rate, rates["1h"])
@@ -128,13 +130,13 @@ def evaluate(
 
 
 def alert_states(
-    rates: dict[str, F64], objective: F64, period_s: F64, windows: Sequence[BurnWindow]
+    rates: dict[str, F64], error_budget: F64, period_s: F64, windows: Sequence[BurnWindow]
 ) -> npt.NDArray[np.int8]:
     """Page, ticket or none per row, from burn rates over STATUS_WINDOWS_S and a window table:
     each window's threshold and firing test are the ones the alert rules use."""
-    alert = np.zeros(objective.shape, dtype=np.int8)
+    alert = np.zeros(error_budget.shape, dtype=np.int8)
     for bw in windows:
-        threshold = bw.threshold(period_s, objective)
+        threshold = bw.threshold(period_s, error_budget)
         both = fires(rates[bw.long], threshold) & fires(rates[bw.short], threshold)
         level = ALERT_PAGE if bw.severity == "page" else ALERT_TICKET
         alert = np.where(both & (alert < level), np.int8(level), alert)

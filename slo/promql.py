@@ -55,6 +55,7 @@ def _regex_quote(s: str) -> str:
 
 
 def bad_status_regex(slo: Slo) -> str:
+    """``Slo.status_is_good``'s rule as a status-label regex (bad: any 5xx, or a listed one)."""
     return "|".join(["5..", *(str(s) for s in sorted(slo.bad_statuses))])
 
 

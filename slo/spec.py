@@ -204,7 +204,11 @@ class Slo:
 
     @property
     def error_budget(self) -> float:
-        return 1.0 - self.objective
+        """The share of requests (or, for timeslices, minutes) allowed bad over the period:
+        ``1 - objective``, computed here only. Rounded to the objective's own 12 digits, so a
+        99.9% SLO's budget is 0.001 (not 0.0010000000000000009) in the alert rules, the
+        promtool tests, ``slo status`` and the reports alike."""
+        return round(1.0 - self.objective, 12)
 
     @property
     def alerting_windows(self) -> tuple[BurnWindow, ...]:
@@ -215,7 +219,7 @@ class Slo:
         """The burn rate at which window ``w`` fires for this SLO (of its period, capped at a
         total outage's): the one number the alert rules compare against and the dashboards
         draw."""
-        return w.threshold(self.period_s, self.objective)
+        return w.threshold(self.period_s, self.error_budget)
 
     @property
     def period_s(self) -> float:
@@ -255,11 +259,19 @@ class Slo:
         )
         return f"{self.name}@{hashlib.sha256(ident.encode()).hexdigest()[:10]}"
 
-    def counts_as_good(self, status: int, bucket_upper_s: float) -> bool:
-        """Whether a request counts as good (for latency: its duration bucket's upper bound)."""
-        if self.kind == "latency":
-            return bucket_upper_s <= (self.threshold_s or 0.0) + LE_TOLERANCE_S
+    def status_is_good(self, status: int) -> bool:
+        """Availability: a response below 500 and not one of ``bad_statuses`` (the same rule,
+        as a label regex for Prometheus, is ``slo.promql.bad_status_regex``)."""
         return status < 500 and status not in self.bad_statuses
+
+    def good_columns(self, status: int, upper_s: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+        """Which duration-bucket columns (by upper bound) of one series with this status hold
+        good requests: the good/bad rule every count of this SLO is made with (the store's
+        writer and its replay). Latency: the buckets at or below the threshold, whatever the
+        status; availability: every bucket or none, by the status."""
+        if self.kind == "latency":
+            return self.good_buckets(upper_s)
+        return np.full(upper_s.shape, self.status_is_good(status), dtype=np.bool_)
 
     def matches(self, service: str, route: str, method: str) -> bool:
         if route.startswith(PROBE_ROUTE_PREFIX):

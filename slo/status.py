@@ -129,14 +129,14 @@ def compute_status(
     if not rows:
         return []
     c = backend.counts(rows, now_s)
-    objective = np.array([r.slo.objective for r in rows])
+    budget = np.array([r.slo.error_budget for r in rows])
     periods = np.array([r.slo.period_s for r in rows])
     ev = evaluate(
         c.window_total,
         c.window_good,
         c.burn_total,
         c.burn_good,
-        objective,
+        budget,
         periods,
         np.array([float(r.slo.min_events if r.slo.budgeting == "occurrences" else 1) for r in rows]),
     )
@@ -146,7 +146,7 @@ def compute_status(
     for windows in {r.slo.alerting_windows for r in rows} - {SRE_WORKBOOK_WINDOWS}:
         idx = np.array([i for i, r in enumerate(rows) if r.slo.alerting_windows == windows])
         rates = {name: rate[idx] for name, rate in ev.burn_rates.items()}
-        alerts[idx] = alert_states(rates, objective[idx], periods[idx], windows)
+        alerts[idx] = alert_states(rates, budget[idx], periods[idx], windows)
     names = {f.id: f for f in facilities}
     judged = {s.name for s in contractual_slos(slos)}
     hour = list(STATUS_WINDOWS_S).index("1h")

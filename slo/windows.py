@@ -55,15 +55,13 @@ class BurnWindow:
         """The burn rate at which this window fires, for an SLO over ``period_s``."""
         return self.budget_fraction * period_s / self.long_s
 
-    def threshold(self, period_s: Num, objective: Num) -> Num:
+    def threshold(self, period_s: Num, error_budget: Num) -> Num:
         """The burn rate that fires, capped at a total outage's (1 / budget): a 90% SLO can
         burn at most 10x, so the Workbook's 14.4x page would never fire; here a total
         outage always does. Rounded to 6 decimals, as the alert rules write it: the one
         number the rules compare against, the dashboards draw and ``slo status`` uses (for
-        one SLO, or for arrays of periods and objectives)."""
-        capped = np.round(
-            np.minimum(self.budget_fraction * period_s / self.long_s, 1.0 / (1.0 - objective)), 6
-        )
+        one SLO, or for arrays of periods and error budgets: ``Slo.error_budget``)."""
+        capped = np.round(np.minimum(self.budget_fraction * period_s / self.long_s, 1.0 / error_budget), 6)
         return capped if isinstance(capped, np.ndarray) else float(capped)  # type: ignore[return-value]
 
 

@@ -31,12 +31,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 from zoneinfo import ZoneInfo
 
 import aiohttp
 import yaml
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 
 from core import conventions as names
 from dashboards.provisioning import GRAFANA_PROVISIONING
@@ -47,6 +47,7 @@ from slo.embedded import EmbeddedBackend
 from slo.status import compute_status, now_utc, sort_worst_first, to_table
 from slo.store import Store
 from vitalgate.config import load_config
+from vitalgate.demo_metrics import Snapshot, quantile, read_snapshot, scrape
 from vitalgate.generate import unrouted_warning, write_alerts, write_all_dashboards
 from vitalgate.otlpsink import OtlpSink
 from vitalgate.peers import UpstreamPeer, free_port, operation_outcome, reset
@@ -295,48 +296,6 @@ async def traffic(
     return dict(sent)
 
 
-@dataclass
-class Snapshot:
-    total: dict[str, float]
-    errors: dict[str, float]
-    buckets: dict[str, dict[float, float]]
-
-
-def read_snapshot(metrics_text: str) -> Snapshot:
-    total: dict[str, float] = defaultdict(float)
-    errors: dict[str, float] = defaultdict(float)
-    buckets: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
-    for family in text_string_to_metric_families(metrics_text):
-        if family.name != names.REQUEST_DURATION:
-            continue
-        for s in family.samples:
-            fac = s.labels.get(names.FACILITY, "")
-            if s.name.endswith("_count"):
-                total[fac] += s.value
-                if s.labels.get(names.STATUS, "").startswith("5"):
-                    errors[fac] += s.value
-            elif s.name.endswith("_bucket"):
-                buckets[fac][float(s.labels["le"])] += s.value
-    return Snapshot(total, errors, buckets)
-
-
-def quantile(q: float, cumulative: dict[float, float]) -> float | None:
-    """Prometheus' histogram_quantile over cumulative bucket counts."""
-    les = sorted(cumulative)
-    if not les or cumulative[les[-1]] <= 0:
-        return None
-    rank = q * cumulative[les[-1]]
-    prev_le, prev_c = 0.0, 0.0
-    for le in les:
-        c = cumulative[le]
-        if c >= rank:
-            if le == float("inf"):
-                return prev_le
-            return prev_le + (le - prev_le) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 0.0)
-        prev_le, prev_c = le, c
-    return les[-1]
-
-
 def render_table(
     prev: Snapshot, cur: Snapshot, dt: float, elapsed: float, duration: float, faults: list[Fault]
 ) -> str:
@@ -384,6 +343,45 @@ def prepare_audit(out: Path) -> None:
     shutil.rmtree(out / AUDIT_DIR, ignore_errors=True)
 
 
+def _fresh_folder(out: Path) -> bool:
+    """The output folder without the last run's logs, traces and metrics, with audit keys and
+    an empty trail; False (said on stderr) when the keys cannot be made or read."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("access.log", "traces.jsonl", "gateway.stderr", "metrics.txt"):
+        (out / name).unlink(missing_ok=True)
+    try:
+        prepare_audit(out)
+    except (AuditKeyError, OSError) as exc:
+        print(f"vitalgate demo: audit keys in {out / KEYS_DIR}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+async def _serve(app: web.Application, port: int) -> web.AppRunner:
+    """One of the demo's peers (the upstream, the OTLP receiver) listening on ``port``."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+async def _start_gateway(config_path: Path, output: IO[str]) -> asyncio.subprocess.Process:
+    """``vitalgate serve`` as a child, its output to ``output``. In its own session: a Ctrl-C
+    in the terminal reaches the demo, which stops the gateway itself once the last metrics are
+    read (the gateway would otherwise drain at once)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "vitalgate",
+        "serve",
+        "--config",
+        str(config_path),
+        stdout=output,
+        stderr=output,
+        start_new_session=True,
+    )
+
+
 async def _demo(duration_s: float, out: Path, rate: float) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -400,13 +398,7 @@ async def _demo(duration_s: float, out: Path, rate: float) -> int:
         )
 
     loop.add_signal_handler(signal.SIGINT, interrupted)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("access.log", "traces.jsonl", "gateway.stderr", "metrics.txt"):
-        (out / name).unlink(missing_ok=True)
-    try:
-        prepare_audit(out)
-    except (AuditKeyError, OSError) as exc:
-        print(f"vitalgate demo: audit keys in {out / KEYS_DIR}: {exc}", file=sys.stderr)
+    if not _fresh_folder(out):
         return 1
     ports = [free_port() for _ in range(4)]
     gw_port, admin_port, up_port, otlp_port = ports
@@ -415,27 +407,10 @@ async def _demo(duration_s: float, out: Path, rate: float) -> int:
     t0 = time.monotonic()
     upstream = DemoUpstream(faults, t0)
     sink = OtlpSink(out_file=out / "traces.jsonl")
-    runners = []
-    for app, port in ((upstream.app(), up_port), (sink.app(), otlp_port)):
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        runners.append(runner)
+    runners = [await _serve(upstream.app(), up_port), await _serve(sink.app(), otlp_port)]
     stderr = (out / "gateway.stderr").open("w")
     started = datetime.now(UTC).replace(microsecond=0)
-    # Its own session: a Ctrl-C in the terminal reaches the demo, which stops the gateway
-    # itself once the last metrics are read (the gateway would otherwise drain at once).
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "vitalgate",
-        "serve",
-        "--config",
-        str(config_path),
-        stdout=stderr,
-        stderr=stderr,
-        start_new_session=True,
-    )
+    proc = await _start_gateway(config_path, stderr)
     admin = f"http://127.0.0.1:{admin_port}"
     sent: dict[str, int] = {}
     cur = Snapshot({}, {}, {})
@@ -505,7 +480,7 @@ async def _show_while(
         if not gen.done():
             await asyncio.wait({gen}, timeout=2.0)
         done = gen.done()  # this scrape is then after the last request: the final figures
-        text = await _scrape(session, admin)
+        text = await scrape(session, admin)
         if text is not None:
             metrics_text, cur = text, read_snapshot(text)
             now = time.monotonic()
@@ -514,17 +489,6 @@ async def _show_while(
             prev, prev_t = cur, now
         if done:
             return cur, metrics_text
-
-
-async def _scrape(session: aiohttp.ClientSession, admin: str) -> str | None:
-    """The gateway's /metrics text; None (said on stderr, as it happens) when it is gone: the
-    traffic fails from then on, and the table keeps the last figures read."""
-    try:
-        async with session.get(f"{admin}/metrics") as r:
-            return await r.text()
-    except aiohttp.ClientError as exc:
-        print(f"vitalgate demo: {admin}/metrics: {exc}", file=sys.stderr, flush=True)
-        return None
 
 
 def _command() -> str:

@@ -105,6 +105,67 @@ class Record:
         return events.render(self.fields)
 
 
+def _after_deletions(
+    directory: Path, public: Ed25519PublicKey | None, heads: dict[int, str]
+) -> tuple[int, str]:
+    """Where the kept chain starts: the size and head hash the last deletion record names
+    (each checked: signed, and starting where the one before it ended), noted in ``heads``."""
+    expected, prev = 0, GENESIS
+    for d in read_jsonl(directory / DELETIONS):
+        if public is not None and not signature_ok("deletion", d, public):
+            raise _Bad(
+                f"{DELETIONS}: the deletion record of {d.get('segment')} is not signed by the audit key"
+            )
+        if int(d["first"]) != expected:
+            raise _Bad(f"{DELETIONS}: {d.get('segment')} starts at record {d['first']}, expected {expected}")
+        expected, prev = int(d["size"]), str(d["head"])
+        heads[expected] = prev
+    return expected, prev
+
+
+def _check_seal(
+    seal: Any, segment: str, where: str, expected: int, prev: str, public: Ed25519PublicKey | None
+) -> None:
+    """A segment's seal: signed, and naming this segment and the chain as read up to it."""
+    if public is not None and not signature_ok("seal", seal, public):
+        raise _Bad(f"{where}: the seal is not signed by the audit key")
+    if (seal.get("segment"), seal.get("size"), seal.get("head")) != (segment, expected, prev):
+        raise _Bad(f"{where}: the seal does not match the chain (records removed or added)")
+
+
+def _open_record(
+    rec: Any, where: str, expected: int, prev: str, keyring: Keyring
+) -> tuple[int, int, str, bytes]:
+    """(index, time ms, hash, plaintext) of the record ``expected`` after the hash ``prev``:
+    in its place in the chain, unaltered, and decrypted."""
+    try:
+        i, t, kid, nonce, ct, h = (rec[k] for k in ("i", "t", "k", "n", "c", "h"))
+    except (KeyError, TypeError):
+        raise _Bad(f"record {expected} ({where}): not a record") from None
+    if i != expected:
+        what = "missing" if isinstance(i, int) and i > expected else "out of order or inserted"
+        raise _Bad(f"record {expected} ({where}): found record {i}: records {what}")
+    if chain_hash(prev, i, t, kid, nonce, ct) != h:
+        raise _Bad(f"record {i} ({where}): its hash does not match (the record was altered)")
+    plain = keyring.open(kid, base64.b64decode(nonce), base64.b64decode(ct), aad(i, prev))
+    if plain is None:
+        known = "unknown key " + kid if kid not in keyring.keys else "does not decrypt"
+        raise _Bad(f"record {i} ({where}): {known}")
+    return i, int(t), h, plain
+
+
+def _note_due(coverage: Coverage | None, i: int, t: int) -> None:
+    """The first record past the checkpoint cut-off that no checkpoint covers."""
+    if (
+        coverage is not None
+        and coverage.cutoff_ms is not None
+        and coverage.first_due is None
+        and i >= coverage.covered
+        and t < coverage.cutoff_ms
+    ):
+        coverage.first_due = (i, t)
+
+
 def _records(
     directory: Path,
     keyring: Keyring,
@@ -119,16 +180,7 @@ def _records(
     the chain's length under -1. Raises ``_Bad`` at the first wrong thing."""
     needed = set(heads)
     heads.clear()
-    expected, prev = 0, GENESIS
-    for d in read_jsonl(directory / DELETIONS):
-        if public is not None and not signature_ok("deletion", d, public):
-            raise _Bad(
-                f"{DELETIONS}: the deletion record of {d.get('segment')} is not signed by the audit key"
-            )
-        if int(d["first"]) != expected:
-            raise _Bad(f"{DELETIONS}: {d.get('segment')} starts at record {d['first']}, expected {expected}")
-        expected, prev = int(d["size"]), str(d["head"])
-        heads[expected] = prev
+    expected, prev = _after_deletions(directory, public, heads)
     seg_dir = directory / SEGMENTS
     segments = sorted(seg_dir.glob("*.seg")) if seg_dir.exists() else []
     for n, path in enumerate(segments):
@@ -149,48 +201,20 @@ def _records(
                 if sealed:
                     raise _Bad(f"record {expected} ({where}): a line after the segment's seal")
                 if "seal" in rec:
-                    seal = rec["seal"]
-                    if public is not None and not signature_ok("seal", seal, public):
-                        raise _Bad(f"{where}: the seal is not signed by the audit key")
-                    if (seal.get("segment"), seal.get("size"), seal.get("head")) != (
-                        path.name,
-                        expected,
-                        prev,
-                    ):
-                        raise _Bad(f"{where}: the seal does not match the chain (records removed or added)")
+                    _check_seal(rec["seal"], path.name, where, expected, prev, public)
                     sealed = True
                     continue
-                try:
-                    i, t, kid, nonce, ct, h = (rec[k] for k in ("i", "t", "k", "n", "c", "h"))
-                except (KeyError, TypeError):
-                    raise _Bad(f"record {expected} ({where}): not a record") from None
-                if i != expected:
-                    what = "missing" if isinstance(i, int) and i > expected else "out of order or inserted"
-                    raise _Bad(f"record {expected} ({where}): found record {i}: records {what}")
-                if chain_hash(prev, i, t, kid, nonce, ct) != h:
-                    raise _Bad(f"record {i} ({where}): its hash does not match (the record was altered)")
-                plain = keyring.open(kid, base64.b64decode(nonce), base64.b64decode(ct), aad(i, prev))
-                if plain is None:
-                    known = "unknown key " + kid if kid not in keyring.keys else "does not decrypt"
-                    raise _Bad(f"record {i} ({where}): {known}")
-                prev = h
+                i, t, prev, plain = _open_record(rec, where, expected, prev, keyring)
                 expected += 1
                 report.records += 1
-                if (
-                    coverage is not None
-                    and coverage.cutoff_ms is not None
-                    and coverage.first_due is None
-                    and i >= coverage.covered
-                    and t < coverage.cutoff_ms
-                ):
-                    coverage.first_due = (i, int(t))
+                _note_due(coverage, i, t)
                 if expected in needed:
-                    heads[expected] = h
+                    heads[expected] = prev
                 try:
                     fields = facts_of(plain)
                 except ValueError:
                     raise _Bad(f"record {i} ({where}): decrypts, but is not an audit record") from None
-                yield Record(i, int(t), fields)
+                yield Record(i, t, fields)
         if not sealed and n < len(segments) - 1:
             raise _Bad(f"{SEGMENTS}/{path.name}: not sealed, yet a later segment exists (cut or replaced)")
     heads[expected] = prev

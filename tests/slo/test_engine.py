@@ -10,6 +10,7 @@ from slo.spec import load_slos
 from slo.windows import SRE_WORKBOOK_WINDOWS, STATUS_WINDOWS_S, BurnWindow
 
 OBJ = 0.999
+BUDGET = 0.001  # the error budget of OBJ, as the engine takes it (Slo.error_budget)
 PERIOD_30D = 30 * 86400
 N_MIN = 72 * 60  # three days of minutes, hour-aligned
 N_HOUR = 30 * 24
@@ -25,7 +26,7 @@ def _series(bad_minutes: int, per_minute: float = 1000.0, error_ratio: float = 1
 
 
 def _evaluate(
-    mt: np.ndarray, mg: np.ndarray, ht: np.ndarray, hg: np.ndarray, objective: float = OBJ
+    mt: np.ndarray, mg: np.ndarray, ht: np.ndarray, hg: np.ndarray, error_budget: float = BUDGET
 ) -> Evaluation:
     burn_w = np.array([[w // 60 for w in STATUS_WINDOWS_S.values()]], dtype=np.int64)
     window = np.array([[PERIOD_30D // 60]], dtype=np.int64)
@@ -34,7 +35,7 @@ def _evaluate(
         window_sums(mg, hg, window)[:, 0],
         window_sums(mt, ht, burn_w),
         window_sums(mg, hg, burn_w),
-        np.array([objective]),
+        np.array([error_budget]),
         np.array([float(PERIOD_30D)]),
         np.array([10.0]),
     )
@@ -133,7 +134,7 @@ def test_a_custom_window_table_changes_only_the_alert() -> None:
     ev = _evaluate(mt, mg, ht, hg)
     assert ALERT_NAMES[ev.alert[0]] == "page"  # the Workbook's 14.4x page
     strict = (BurnWindow("page", "1h", "5m", 0.05, "5% in an hour"),)  # 36x over a 30-day period
-    got = alert_states(ev.burn_rates, np.array([OBJ]), np.array([float(PERIOD_30D)]), strict)
+    got = alert_states(ev.burn_rates, np.array([BUDGET]), np.array([float(PERIOD_30D)]), strict)
     assert ALERT_NAMES[got[0]] == "none"
 
 
@@ -150,7 +151,7 @@ def test_slo_status_fires_at_the_thresholds_the_alert_rules_compare_against() ->
             for burn, expect in ((threshold, True), (threshold * (1 - 1e-6), False)):
                 rates = {n: np.array([0.0]) for n in STATUS_WINDOWS_S}
                 rates[w.long] = rates[w.short] = np.array([burn])
-                got = alert_states(rates, np.array([slo.objective]), np.array([slo.period_s]), [w])
+                got = alert_states(rates, np.array([slo.error_budget]), np.array([slo.period_s]), [w])
                 assert bool(got[0] == level) is expect, (slo.name, w, burn)
                 checked += 1
     assert checked >= 12

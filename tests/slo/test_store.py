@@ -320,3 +320,92 @@ def test_status_pages_only_when_an_alert_would(tmp_path: Path) -> None:
     got = status(store, slos, "2026-11-20T11:00:00+00:00")
     assert got[("paged", "chicago")].alert == "page"
     assert got[("quiet", "chicago")].alert == "ticket"
+
+
+def _slos_with_threshold(tmp_path: Path, threshold: str) -> list[Slo]:
+    p = tmp_path / f"slos-{threshold}.yaml"
+    p.write_text(
+        "version: 1\nslos:\n  - {name: avail, service: fhir, objective: 99, sli: {availability: {}}}\n"
+        f"  - {{name: fast, service: fhir, objective: 95, sli: {{latency: {{threshold: {threshold}}}}}}}\n"
+    )
+    return load_slos(p)
+
+
+def _raw_totals(store: Store) -> tuple[int, int]:
+    """Requests in the raw minute rows and in the daily roll-ups, over every layout."""
+    minutes = sum(int(a.sum()) for *_, a in store.raw_hours_between(0, 2**40))
+    hours = sum(int(a.sum()) for *_, a in store.raw_days_between(0, 2**31))
+    return minutes, hours
+
+
+def test_a_threshold_changed_within_the_hour_loses_no_recorded_count(tmp_path: Path) -> None:
+    """A gateway restarted with another latency threshold (so other bucket bounds) in the
+    middle of an hour continues that hour's rows: what the first run recorded is still there,
+    each count at its own bound, in the minutes, in the day's roll-up and in a replay."""
+    db = tmp_path / "s.db"
+    at_300, at_200 = _slos_with_threshold(tmp_path, "300ms"), _slos_with_threshold(tmp_path, "200ms")
+    bounds_300, bounds_200 = duration_buckets_s([0.3]), duration_buckets_s([0.2])
+    key = ("chicago", "fhir", "/fhir/Patient/{id}", "GET", 200)
+    minute = ts("2026-11-20T10:00:00+00:00")
+
+    def one(bounds: tuple[float, ...], duration_s: float, n: int) -> list[int]:
+        row = [0] * (len(bounds) + 1)
+        row[int(np.searchsorted(bounds, duration_s, side="left"))] = n
+        return row
+
+    store = Store(db)
+    # First run, threshold 300ms: 10 requests at 0.28 s, 5 at 0.1 s in 10:00; 4 at 0.28 s in 11:00.
+    StoreWriter(store, at_300, bounds_300).apply(
+        {
+            (key, minute): [
+                a + b for a, b in zip(one(bounds_300, 0.28, 10), one(bounds_300, 0.1, 5), strict=True)
+            ]
+        }
+    )
+    store.close()
+    store = Store(db)  # restarted at 10:20 with the threshold at 200ms: 7 requests at 0.15 s
+    writer = StoreWriter(store, at_200, bounds_200)
+    writer.apply({(key, minute + 1200): one(bounds_200, 0.15, 7)})
+    writer.apply({(key, minute + 1260): one(bounds_200, 0.15, 1)})  # a later flush, same hour
+    assert _raw_totals(store) == (23, 0)
+
+    # Each count is at its own bound: a 300ms SLO defined now counts the first run's 0.28 s
+    # requests good (at 300ms, exactly) and the second run's 0.15 s too; 200ms: only the 0.1 s
+    # and 0.15 s ones.
+    for threshold, good in (("300ms", 23), ("200ms", 13)):
+        later = [
+            Slo(**{**s.__dict__, "name": f"later-{threshold}"}) if s.kind == "latency" else s
+            for s in _slos_with_threshold(tmp_path, threshold)
+        ]
+        replayed = Store(db)
+        replay(replayed, later)
+        row = status(replayed, later, "2026-11-20T10:30:00+00:00")[(f"later-{threshold}", "chicago")]
+        assert (row.total, row.good, row.threshold_buckets) == (23, good, [])
+        replayed.close()
+
+    # The day's roll-up keeps both layouts' counts too.
+    store.compact_and_purge(ts("2026-11-22T00:00:00+00:00"))
+    assert _raw_totals(store) == (23, 23)
+    assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_day_counted_with_two_layouts_rolls_up_whole(tmp_path: Path) -> None:
+    """Hours of one day counted with different bucket bounds (the gateway restarted with a new
+    threshold in between) roll up into one row per series and day with every request."""
+    store = Store(tmp_path / "s.db")
+    at_300, at_200 = _slos_with_threshold(tmp_path, "300ms"), _slos_with_threshold(tmp_path, "200ms")
+    bounds_300, bounds_200 = duration_buckets_s([0.3]), duration_buckets_s([0.2])
+    key = ("chicago", "fhir", "/fhir/Patient/{id}", "GET", 500)
+    StoreWriter(store, at_300, bounds_300).apply(
+        {(key, ts("2026-11-20T09:00:00+00:00")): [3] * (len(bounds_300) + 1)}
+    )
+    StoreWriter(store, at_200, bounds_200).apply(
+        {(key, ts("2026-11-20T15:00:00+00:00")): [2] * (len(bounds_200) + 1)}
+    )
+    total = 3 * (len(bounds_300) + 1) + 2 * (len(bounds_200) + 1)
+    store.compact_and_purge(ts("2026-11-21T00:00:00+00:00"))
+    assert _raw_totals(store) == (total, total)
+    assert store.db.execute("SELECT count(*) FROM raw_hours").fetchone()[0] == 1
+    # Minutes past retention: a status of that day reads the roll-up, and finds every request.
+    store.compact_and_purge(ts("2027-01-10T00:00:00+00:00"), minute_days=35)
+    assert _raw_totals(store) == (0, total)

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from tests.helpers import fetch, vitalgate, wait_ready
-from vitalgate.demo import FACILITIES, FAMILY, GIVEN, USERS, fault_script, quantile
+from vitalgate.demo import FACILITIES, FAMILY, GIVEN, USERS, fault_script
+from vitalgate.demo_metrics import quantile
 
 PHI_WORDS = [*FAMILY, *GIVEN, *USERS, "MRN", "demo-token"]
 

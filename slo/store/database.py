@@ -1,52 +1,28 @@
-"""The embedded store: SQLite (WAL) at ``telemetry.store.path``.
+"""The store's one SQLite connection: the schema, and every read and write of its rows.
 
-Two kinds of data, both as small numpy arrays in BLOBs:
-
-- raw counts, the durable history: per series (facility, service, route template,
-  method, status) a latency-bucket histogram for every minute, one row per
-  series and hour (``raw_minutes``), rolled up to one row per series and day
-  with hourly resolution (``raw_hours``). Any SLO defined later can be replayed
-  from these.
-- per-SLO counts, what ``slo status`` and reports read: total and good requests
-  per minute, one row per (SLO key, facility, UTC day) (``slo_minutes``), and per
-  hour with timeslice counts, one row per (SLO key, facility, 32-day chunk)
-  (``slo_hours``), so a quarter's status reads a few rows a facility, not 92.
-  Facility ``*`` is all facilities.
-
-Beside the raw minutes, the slowest requests of each series and hour (``exemplars``: at most
-``EXEMPLARS_PER_HOUR``, each its duration, start, trace id and whether its trace was sampled;
-no PHI) so a latency view can name the traces to look up. They are kept as long as raw minutes.
-
-Raw minute rows are kept ``minute_days`` (35) days; hour rows and per-SLO
-minutes ``hour_days`` (400), so a contract year's report has its incidents.
-Arrays are stored sparsely (only non-zero cells), so idle series cost nothing.
-Every write is one transaction: a crash loses at most the writes not yet made
-and never leaves a half-written row.
+What the tables hold, and why in this shape, is in the package's docstring (``slo.store``).
+Every write is one transaction: a crash loses at most the writes not yet made and never
+leaves a half-written row.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import sqlite3
-import struct
-import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 
-from core.conventions import ALL_FACILITIES
-from slo.engine import good_minutes
-from slo.spec import LE_TOLERANCE_S, Slo
+from slo.spec import Slo
+from slo.store.cells import U32, pack, unpack, unpack_many
+from slo.store.errors import StoreError
+from slo.store.layouts import fold_columns, merged_bounds
 
 SCHEMA_VERSION = 2  # 2: arrays carry a dense/sparse flag; hour roll-ups in 32-day chunks
 MINUTES_PER_DAY = 1440
 CHUNK_DAYS = 32
 SeriesKey = tuple[str, str, str, str, int]  # facility, service, route, method, status
-U32 = npt.NDArray[np.uint32]
 Exemplar = tuple[float, float, str, bool]
 """One slow request: duration (s), start (s since the epoch), trace id (32 hex), sampled."""
 EXEMPLARS_PER_HOUR = 5
@@ -81,92 +57,6 @@ CREATE TABLE IF NOT EXISTS slo_bucket_bounds (
 # slo_bucket_bounds: a latency SLO replayed from raw history recorded without its threshold
 # among the bucket bounds is counted at the nearest bound below it; which bound, and up to
 # which day, so that `slo status` can say so while that history is inside the window.
-
-
-_HEADER = struct.Struct("<HHIB")  # rows, cols, non-zero cells, dense flag
-_DENSE, _SPARSE = 1, 0
-
-
-def pack(a: npt.NDArray[np.integer]) -> bytes:
-    """A 2-D count array: dense, or only its non-zero cells when that is smaller."""
-    flat = np.ascontiguousarray(a, dtype="<u4").ravel()
-    nz = np.flatnonzero(flat)
-    if nz.size * 6 >= flat.size * 4:
-        return _HEADER.pack(a.shape[0], a.shape[1], nz.size, _DENSE) + flat.tobytes()
-    return (
-        _HEADER.pack(a.shape[0], a.shape[1], nz.size, _SPARSE)
-        + nz.astype("<u2").tobytes()
-        + flat[nz].tobytes()
-    )
-
-
-def unpack(blob: bytes) -> U32:
-    out: U32 = unpack_many([blob])[0]
-    return out
-
-
-def unpack_many(blobs: Sequence[bytes]) -> U32:
-    """Decode blobs of one shape into one (n, rows, cols) array, dense and sparse in bulk."""
-    if not blobs:
-        return np.zeros((0, 0, 0), dtype=np.uint32)
-    rows, cols, _, _ = _HEADER.unpack_from(blobs[0])
-    size = rows * cols
-    out = np.zeros((len(blobs), size), dtype=np.uint32)
-    sparse_at, counts, idx_parts, val_parts = [], [], [], []
-    h = _HEADER.size
-    dense_len = h + 4 * size
-    for i, b in enumerate(blobs):
-        if b[8] == _DENSE:
-            if len(b) != dense_len:
-                raise StoreError(f"mixed array shapes in one read (expected {rows}x{cols})")
-            out[i] = np.frombuffer(b, dtype="<u4", count=size, offset=h)
-            continue
-        n = int.from_bytes(b[4:8], "little")
-        if n:
-            view = memoryview(b)
-            sparse_at.append(i)
-            counts.append(n)
-            idx_parts.append(view[h : h + 2 * n])
-            val_parts.append(view[h + 2 * n :])
-    if sparse_at:
-        where = np.repeat(np.array(sparse_at), counts)
-        cells = np.frombuffer(b"".join(idx_parts), dtype="<u2")
-        out[where, cells] = np.frombuffer(b"".join(val_parts), dtype="<u4")
-    return out.reshape(len(blobs), rows, cols)
-
-
-class StoreError(Exception):
-    pass
-
-
-class StoreLock:
-    """The one writer's claim on a store file: ``<store>.lock``, locked exclusively (flock) for
-    as long as the gateway (or its supervisor) runs, with the holder's pid in it.
-
-    Two gateways given one store would each keep their own in-memory minutes and overwrite each
-    other's rows; the second is refused at start-up instead, naming the first."""
-
-    def __init__(self, store_path: str | Path) -> None:
-        self.path = Path(f"{store_path}.lock")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise StoreError(
-                f"{store_path}: in use by another vitalgate process (pid {holder}); two gateways"
-                " cannot share one store file (give each its own telemetry.store.path)"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd: int | None = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor releases the flock
-            self._fd = None
 
 
 class Store:
@@ -422,6 +312,16 @@ class Store:
         ).fetchall()
         return [(k, f, int(d)) for k, f, d, _ in rows], unpack_many([r[3] for r in rows])
 
+    def last_slo_day(self, key: str) -> int | None:
+        """The last day with per-SLO minute counts of ``key``, None when it has none."""
+        row = self.db.execute("SELECT max(day) FROM slo_minutes WHERE key=?", (key,)).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def last_raw_hour(self) -> int | None:
+        """The start of the last hour with raw minute counts, None when there are none."""
+        row = self.db.execute("SELECT max(hour) FROM raw_minutes").fetchone()
+        return None if row[0] is None else int(row[0])
+
     def has_slo_data(self, key: str) -> bool:
         q = "SELECT 1 FROM slo_minutes WHERE key=? UNION ALL SELECT 1 FROM slo_hours WHERE key=? LIMIT 1"
         return self.db.execute(q, (key, key)).fetchone() is not None
@@ -481,6 +381,27 @@ class Store:
         """Drop the hour chunks this connection remembers (another process may write them)."""
         self._chunks.clear()
 
+    def _day_rollup(self, day: int) -> list[tuple[int, int, U32]]:
+        """(series, layout, hours x buckets) of one day's raw minute rows. A series counted with
+        two layouts that day (a threshold changed) gets one row in their merged layout: the
+        day's row is one per series, and nothing recorded is dropped."""
+        by_series: dict[int, list[tuple[int, int, U32]]] = {}
+        for hour, series, layout, a in self.raw_hours_between(day * 86400, (day + 1) * 86400):
+            by_series.setdefault(series, []).append(
+                ((hour - day * 86400) // 3600, layout, a.sum(axis=0, dtype=np.uint32))
+            )
+        known = self.layouts()
+        out = []
+        for series, hours in by_series.items():
+            used = sorted({layout for _, layout, _ in hours})
+            bounds = merged_bounds(*(known[lay] for lay in used))
+            layout = used[0] if len(used) == 1 else self.layout_id(bounds)
+            arr = np.zeros((24, len(bounds) + 1), dtype=np.uint32)
+            for at, lay, sums in hours:
+                arr[at] += sums if lay == layout else fold_columns(sums[None, :], known[lay], bounds)[0]
+            out.append((series, layout, arr))
+        return out
+
     def compact_and_purge(
         self, now_s: float, minute_days: int = 35, hour_days: int = 400, slo_minute_days: int | None = None
     ) -> None:
@@ -495,14 +416,11 @@ class Store:
         ).fetchall()
         for (day_value,) in done:
             day = int(day_value)
-            acc: dict[tuple[int, int], U32] = {}
-            for hour, series, layout, a in self.raw_hours_between(day * 86400, (day + 1) * 86400):
-                arr = acc.setdefault((series, layout), np.zeros((24, a.shape[1]), dtype=np.uint32))
-                arr[(hour - day * 86400) // 3600] += a.sum(axis=0, dtype=np.uint32)
+            rows = self._day_rollup(day)
             with self.transaction():
                 self.db.executemany(
                     "INSERT OR REPLACE INTO raw_hours VALUES (?,?,?,?)",
-                    ((day, s, lay, pack(a)) for (s, lay), a in acc.items()),
+                    ((day, s, lay, pack(a)) for s, lay, a in rows),
                 )
         with self.transaction():
             cutoff_min = (today - minute_days) * 86400
@@ -535,296 +453,3 @@ class _Transaction:
     def __exit__(self, exc_type: object, *rest: object) -> None:
         if self.outer:
             self.db.execute("ROLLBACK" if exc_type else "COMMIT")
-
-
-def hour_rollup(day_counts: U32, target: float) -> U32:
-    """[total, good, minutes with data, good minutes] per hour, from [2, 1440] minute counts."""
-    total = day_counts[0].reshape(24, 60).astype(np.float64)
-    good = day_counts[1].reshape(24, 60).astype(np.float64)
-    has = total > 0
-    ok = good_minutes(total, good, target)
-    return np.stack([total.sum(1), good.sum(1), has.sum(1), ok.sum(1)]).astype(np.uint32)
-
-
-class StoreWriter:
-    """Folds minute counts into the store: raw history and per-SLO arrays.
-
-    Keeps the current hours' and days' arrays in memory (loaded from the store on
-    first touch, so a restart continues where it left off) and writes every
-    changed row whole, in one transaction per ``apply``. Confined to one thread.
-
-    ``shared``: other processes (gateway workers) write the same store, so every
-    ``apply`` re-reads the rows it changes inside its write transaction and adds
-    to them: the counts of all writers add up exactly.
-    """
-
-    def __init__(
-        self, store: Store, slos: Sequence[Slo], bounds_s: Sequence[float], shared: bool = False
-    ) -> None:
-        self.store = store
-        self.shared = shared
-        self.slos = list(slos)
-        self.bounds_s = tuple(bounds_s)
-        self.layout = store.layout_id(self.bounds_s)
-        self.n_cols = len(self.bounds_s) + 1  # the last column is +Inf
-        store.put_slo_defs(self.slos)
-        # Upper bound of each bucket column, for latency SLIs.
-        self._upper = np.array([*self.bounds_s, np.inf])
-        self._raw: dict[tuple[int, int], U32] = {}
-        self._days: dict[tuple[str, str, int], U32] = {}
-        self._matching: dict[SeriesKey, list[tuple[Slo, npt.NDArray[np.bool_] | None, bool]]] = {}
-        self._lock = threading.Lock()
-
-    def _slos_for(self, key: SeriesKey) -> list[tuple[Slo, npt.NDArray[np.bool_] | None, bool]]:
-        found = self._matching.get(key)
-        if found is None:
-            _facility, service, route, method, status = key
-            found = []
-            for s in self.slos:
-                if s.matches(service, route, method):
-                    if s.kind == "latency":
-                        found.append((s, s.good_buckets(self._upper), False))
-                    else:
-                        found.append((s, None, s.counts_as_good(status, 0.0)))
-            self._matching[key] = found
-        return found
-
-    def _raw_state(self, hour: int, sid: int) -> U32:
-        st = self._raw.get((hour, sid))
-        if st is None:
-            loaded = self.store.raw_hour(hour, sid)
-            st = np.zeros((60, self.n_cols), dtype=np.uint32)
-            if loaded is not None and loaded[1].shape == st.shape and loaded[0] == self.layout:
-                st += loaded[1]
-            self._raw[(hour, sid)] = st
-        return st
-
-    def _day_state(self, key: str, facility: str, day: int) -> U32:
-        st = self._days.get((key, facility, day))
-        if st is None:
-            loaded = self.store.slo_day(key, facility, day)
-            st = loaded.copy() if loaded is not None else np.zeros((2, MINUTES_PER_DAY), dtype=np.uint32)
-            self._days[(key, facility, day)] = st
-        return st
-
-    def apply(
-        self,
-        batch: Mapping[tuple[SeriesKey, int], Sequence[int]],
-        replace_minutes: Iterable[int] = (),
-        exemplars: Mapping[tuple[SeriesKey, int], Sequence[Exemplar]] | None = None,
-    ) -> None:
-        """Add ``{(series key, minute start s): counts per bucket column}``.
-
-        ``replace_minutes``: minutes whose recorded counts are discarded first
-        (an import rebuilds the minutes its log covers). ``exemplars``: the slowest requests
-        of some of those series and minutes, merged into each hour's slowest.
-        """
-        with self._lock:
-            try:
-                self._apply(batch, replace_minutes, exemplars or {})
-            except BaseException:
-                # The transaction rolled back, but the in-memory hours and days had the batch
-                # added: forget them, so they are read again as stored and a retry of this
-                # batch counts it once.
-                self._raw.clear()
-                self._days.clear()
-                self.store.forget_cached_chunks()
-                raise
-
-    def _apply(
-        self,
-        batch: Mapping[tuple[SeriesKey, int], Sequence[int]],
-        replace_minutes: Iterable[int],
-        exemplars: Mapping[tuple[SeriesKey, int], Sequence[Exemplar]],
-    ) -> None:
-        with self.store.transaction():
-            if self.shared:
-                # Another writer may have changed any row since: start from what is stored.
-                self._raw.clear()
-                self._days.clear()
-                self.store.forget_cached_chunks()
-            dirty_raw: set[tuple[int, int]] = set()
-            dirty_days: set[tuple[str, str, int]] = set()
-            replaced = sorted(set(replace_minutes))
-            if replaced:
-                self._clear_minutes(replaced, dirty_raw, dirty_days)
-            for (key, minute), counts in batch.items():
-                sid = self.store.series_id(key)
-                hour = minute - minute % 3600
-                row = np.asarray(counts, dtype=np.uint32)
-                self._raw_state(hour, sid)[(minute - hour) // 60] += row
-                dirty_raw.add((hour, sid))
-                total = int(row.sum())
-                day = minute // 86400
-                m = (minute % 86400) // 60
-                for slo, good_cols, status_good in self._slos_for(key):
-                    good = (
-                        int(row[good_cols].sum()) if good_cols is not None else (total if status_good else 0)
-                    )
-                    for fac in (key[0], ALL_FACILITIES):
-                        st = self._day_state(slo.key, fac, day)
-                        st[0, m] += total
-                        st[1, m] += good
-                        dirty_days.add((slo.key, fac, day))
-            targets = {s.key: s.timeslice_target for s in self.slos}
-            self.store.write(
-                ((h, s, self.layout, self._raw[(h, s)]) for h, s in dirty_raw),
-                (
-                    (
-                        k,
-                        f,
-                        d,
-                        self._days[(k, f, d)],
-                        hour_rollup(self._days[(k, f, d)], targets.get(k, 0.95)),
-                    )
-                    for k, f, d in dirty_days
-                ),
-            )
-            if exemplars:
-                slow: dict[tuple[int, int], list[Exemplar]] = {}
-                for (key, minute), found in exemplars.items():
-                    slow.setdefault((minute - minute % 3600, self.store.series_id(key)), []).extend(found)
-                self.store.merge_exemplars(slow)
-            self._evict(max((m for (_, m) in batch), default=0))
-
-    def _clear_minutes(
-        self,
-        minutes: list[int],
-        dirty_raw: set[tuple[int, int]],
-        dirty_days: set[tuple[str, str, int]],
-    ) -> None:
-        hours = sorted({m - m % 3600 for m in minutes})
-        for hour in hours:
-            for h, sid, layout, _a in self.store.raw_hours_between(hour, hour + 3600):
-                if layout == self.layout:
-                    self._raw_state(h, sid)
-            for (h, sid), st in self._raw.items():
-                if h == hour:
-                    for m in minutes:
-                        if hour <= m < hour + 3600:
-                            st[(m - hour) // 60] = 0
-                    dirty_raw.add((h, sid))
-        days = sorted({m // 86400 for m in minutes})
-        keys = [s.key for s in self.slos]
-        for day in days:
-            for k, f, d in self.store.slo_minutes(keys, day, day):
-                self._day_state(k, f, d)
-            for (k, f, d), st in self._days.items():
-                if d == day:
-                    for m in minutes:
-                        if m // 86400 == day:
-                            st[:, (m % 86400) // 60] = 0
-                    dirty_days.add((k, f, d))
-
-    def _evict(self, latest_minute: int) -> None:
-        """Forget arrays of hours and days that can no longer change."""
-        hour_floor = latest_minute - latest_minute % 3600 - 3600
-        for raw_key in [k for k in self._raw if k[0] < hour_floor]:
-            del self._raw[raw_key]
-        day_floor = latest_minute // 86400 - 1
-        for day_key in [k for k in self._days if k[2] < day_floor]:
-            del self._days[day_key]
-
-
-def replay(store: Store, slos: Sequence[Slo]) -> list[str]:
-    """Compute per-SLO counts from the raw history for SLOs that have none yet (an SLO
-    defined, or redefined, after the traffic was recorded). Returns the keys replayed.
-
-    Minutes come from the raw minute rows; days older than those only from the hourly
-    roll-ups, so timeslice counts there are not known (left at zero).
-    """
-    missing = [s for s in slos if not store.has_slo_data(s.key)]
-    if missing:
-        rebuild(store, missing, 0)
-    return [s.key for s in missing]
-
-
-def catch_up(store: Store, slos: Sequence[Slo]) -> list[str]:
-    """Bring every SLO's counts up to the raw history before recording starts.
-
-    An SLO first replayed by ``slo status`` while a gateway without it kept recording
-    has a gap since; a restart continues in the middle of a day. Both are rebuilt from
-    the raw rows (the record of everything), from each SLO's last day on. Returns the
-    keys rebuilt in full (no counts at all before).
-    """
-    fresh = replay(store, slos)
-    known = [s for s in slos if s.key not in fresh]
-    lasts = [
-        row[0]
-        for s in known
-        if (row := store.db.execute("SELECT max(day) FROM slo_minutes WHERE key=?", (s.key,)).fetchone())[0]
-        is not None
-    ]
-    raw_last = store.db.execute("SELECT max(hour) FROM raw_minutes").fetchone()[0]
-    if known and lasts and raw_last is not None and raw_last // 86400 >= min(lasts):
-        rebuild(store, known, int(min(lasts)))
-    return fresh
-
-
-def rebuild(store: Store, slos: Sequence[Slo], from_day: int) -> None:
-    """Recompute the per-SLO rows of ``slos`` for every day from ``from_day`` on, from raw."""
-    series = store.all_series()
-    layouts = {i: np.array([*b, np.inf]) for i, b in store.layouts().items()}
-
-    def good_fraction(slo: Slo, key: SeriesKey, layout: int, arr: U32) -> npt.NDArray[np.uint64]:
-        if slo.kind == "latency":
-            cols = slo.good_buckets(layouts[layout])
-            out: npt.NDArray[np.uint64] = arr[:, cols].sum(axis=1, dtype=np.uint64)
-            return out
-        total: npt.NDArray[np.uint64] = arr.sum(axis=1, dtype=np.uint64)
-        return total if slo.counts_as_good(key[4], 0.0) else np.zeros_like(total)
-
-    days: dict[tuple[str, str, int], U32] = {}
-    hour_only: dict[tuple[str, str, int], U32] = {}
-    rounded: dict[str, dict[float, int]] = {}
-    # Per (SLO, layout): the bound its threshold is counted at, None when exact. Once per
-    # layout, not per row: a replay reads every raw row of the history.
-    inexact: dict[tuple[str, int], float | None] = {}
-
-    def note_bound(slo: Slo, layout: int, day: int) -> None:
-        key = (slo.key, layout)
-        if key not in inexact:
-            bound = slo.bucket_bound(layouts[layout])
-            exact = slo.threshold_s is None or abs(bound - slo.threshold_s) <= LE_TOLERANCE_S
-            inexact[key] = None if exact else bound
-        bound_s = inexact[key]
-        if bound_s is not None:
-            by_bound = rounded.setdefault(slo.key, {})
-            by_bound[bound_s] = max(day, by_bound.get(bound_s, day))
-
-    first_minute_day: int | None = None
-    for hour, sid, layout, arr in store.raw_hours_between(from_day * 86400, 2**62):
-        key = series[sid]
-        day = hour // 86400
-        first_minute_day = day if first_minute_day is None else min(first_minute_day, day)
-        off = (hour % 86400) // 60
-        total = arr.sum(axis=1, dtype=np.uint64)
-        for slo in slos:
-            if not slo.matches(key[1], key[2], key[3]):
-                continue
-            if slo.kind == "latency":
-                note_bound(slo, layout, day)
-            good = good_fraction(slo, key, layout, arr)
-            for fac in (key[0], ALL_FACILITIES):
-                st = days.setdefault((slo.key, fac, day), np.zeros((2, MINUTES_PER_DAY), dtype=np.uint32))
-                st[0, off : off + 60] += total.astype(np.uint32)
-                st[1, off : off + 60] += good.astype(np.uint32)
-    for day, sid, layout, arr in store.raw_days_between(from_day, 2**31):
-        if first_minute_day is not None and day >= first_minute_day:
-            continue
-        key = series[sid]
-        total = arr.sum(axis=1, dtype=np.uint64)
-        for slo in slos:
-            if slo.matches(key[1], key[2], key[3]):
-                if slo.kind == "latency":
-                    note_bound(slo, layout, day)
-                good = good_fraction(slo, key, layout, arr)
-                for fac in (key[0], ALL_FACILITIES):
-                    st = hour_only.setdefault((slo.key, fac, day), np.zeros((4, 24), dtype=np.uint32))
-                    st[0] += total.astype(np.uint32)
-                    st[1] += good.astype(np.uint32)
-    targets = {s.key: s.timeslice_target for s in slos}
-    store.put_slo_defs(slos)
-    store.write((), ((k, f, d, a, hour_rollup(a, targets[k])) for (k, f, d), a in days.items()))
-    store.write_hours((k, f, d, a) for (k, f, d), a in hour_only.items())
-    store.note_bucket_bounds(rounded)
