@@ -22,11 +22,11 @@ from prometheus_client import CollectorRegistry
 
 from core.conventions import UNKNOWN_FACILITY
 from gateway.audit.config import AuditConfig, ForwardConfig, retention_s
-from gateway.audit.forward import Forwarder, ForwardSettings
+from gateway.audit.forward import ForwardCounters, Forwarder, ForwardSettings
 from gateway.audit.identity import IdentitySettings
 from gateway.audit.keys import Keyring, read_signing_key
 from gateway.audit.store import CHECKPOINT_EVENT, CHECKPOINT_SPAN
-from gateway.audit.trail import AuditTrail
+from gateway.audit.trail import AuditCounters, AuditTrail
 from gateway.audit.writer import TrailSettings, WriterSpec
 from gateway.config import Config, GatewayConfig
 from gateway.dataplane.accesslog import AccessLog
@@ -39,7 +39,9 @@ from gateway.dataplane.routes import Router
 from gateway.dataplane.settings import UpstreamSettings
 from gateway.dataplane.tracing import Tracing
 from gateway.dataplane.upstream import Upstream
-from gateway.exposition import GatewayMetrics, StoreHealth, request_metrics
+from gateway.metrics import MetricFamilies
+from gateway.metrics.storage import MetricStorage
+from gateway.metrics.store import StoreHealth
 from gateway.probes import PROBE_TOKEN_ENV
 from gateway.roles import Role
 from gateway.startup import store_failure
@@ -63,17 +65,18 @@ class DataPlane:
         config: Config[GatewayConfig],
         role: Role,
         registry: CollectorRegistry,
-        metrics: GatewayMetrics,
+        storage: MetricStorage,
+        metrics: MetricFamilies,
         access_log: AccessLog,
         port: int,
     ) -> None:
         cfg = config.gateway
-        self.request_metrics = request_metrics(registry, metrics.buckets_s, role.kind != "single")
+        self.request_metrics = storage.request_metrics(registry, metrics.buckets_s)
         self.tracing = Tracing(
             cfg.telemetry.traces.settings(),
-            lambda n: metrics.drop("span", n),
+            lambda n: metrics.telemetry.drop("span", n),
             instance=instance_id(role),
-            on_failure=metrics.span_export_failed,
+            on_failure=metrics.telemetry.span_export_failed,
         )
         for service in cfg.upstreams:  # every service has series from start-up: silence is visible
             self.request_metrics.active.child(UNKNOWN_FACILITY, service)
@@ -90,19 +93,19 @@ class DataPlane:
                 config.resolve(store.path),
                 config.slos,
                 metrics.buckets_s,
-                lambda n: metrics.drop("store", n),
+                lambda n: metrics.telemetry.drop("store", n),
                 flush_interval_s=store.flush_interval,
                 minute_days=int(store.minute_retention // 86400),
                 hour_days=int(store.hour_retention // 86400),
                 shared=role.kind == "worker",
                 maintenance=role.index == 0,
-                on_error=metrics.store_error,
+                on_error=metrics.store.error,
             )
         # Spans first (their end time is the closest to the response), then the histogram, the
         # store (when kept) and the log.
         sinks: list[RequestSink] = [SpanSink()] if self.tracing.enabled else []
         sinks.append(self.request_metrics.histogram)
-        entry_sinks: list[EntrySink] = [metrics]
+        entry_sinks: list[EntrySink] = [metrics.requests]
         if self.recorder is not None:
             sinks.append(self.recorder)
             entry_sinks.append(self.recorder)
@@ -111,17 +114,17 @@ class DataPlane:
         self.forwarder: Forwarder | None = None
         if cfg.audit is not None:
             chain = "" if role.kind == "single" else f"worker-{role.index}"
-            self.audit = audit_trail(config, cfg.audit, metrics, access_log, self.tracing, chain)
+            self.audit = audit_trail(config, cfg.audit, metrics.audit, access_log, self.tracing, chain)
             sinks.append(self.audit)
             if cfg.audit.forward is not None:
-                self.forwarder = forwarder(config, cfg.audit, cfg.audit.forward, self.audit, metrics)
+                self.forwarder = forwarder(config, cfg.audit, cfg.audit.forward, self.audit, metrics.forward)
         identity = cfg.audit.identity if cfg.audit is not None else None
         self.probe_token = os.environ.get(PROBE_TOKEN_ENV) or secrets.token_hex(16)
         outputs = Outputs(
             self.tracing.tracer,
-            LabelBudget(cfg.telemetry.metrics.max_label_sets, metrics.folded),
+            LabelBudget(cfg.telemetry.metrics.max_label_sets, metrics.requests.folded),
             self.request_metrics.active,
-            metrics,
+            metrics.requests,
             tuple(sinks),
             tuple(entry_sinks),
             audit=self.audit is not None,
@@ -142,19 +145,18 @@ class DataPlane:
     def _observe(self) -> None:
         """The gauges of the gateway's own health that are read off its parts: queue depths,
         the store's last flush, the upstreams' certificates."""
-        m = self._metrics
-        m.depth["log"].set(self._access_log.depth)
+        telemetry = self._metrics.telemetry
+        telemetry.queue_depth("log", self._access_log.depth)
         if self.tracing.processor is not None:
-            m.depth["span"].set(self.tracing.processor.depth)
+            telemetry.queue_depth("span", self.tracing.processor.depth)
         if self.recorder is not None and self._store_health is not None:
-            m.depth["store"].set(self.recorder.depth)
-            self._store_health.last_flush.set(self.recorder.last_flush_s)
-            self._store_health.flush_duration.set(self.recorder.last_flush_duration_s)
+            telemetry.queue_depth("store", self.recorder.depth)
+            self._store_health.flushed(self.recorder.last_flush_s, self.recorder.last_flush_duration_s)
         if self.audit is not None:
-            m.depth["audit"].set(self.audit.depth)
+            telemetry.queue_depth("audit", self.audit.depth)
         for name, u in self.upstreams.items():
             if u.certificate_expiry_s:
-                m.certificate_expiry(name, u.certificate_expiry_s)
+                self._metrics.upstreams.certificate_expiry(name, u.certificate_expiry_s)
 
     async def _observe_loop(self) -> None:
         while True:
@@ -195,7 +197,7 @@ class DataPlane:
         )
         for service in cfg.upstreams:
             self.request_metrics.active.child(UNKNOWN_FACILITY, service)
-        self._metrics.set_facilities(cfg.facilities.display_names(), cfg.facilities.sla_ratios())
+        self._metrics.facilities.set_facilities(cfg.facilities.display_names(), cfg.facilities.sla_ratios())
         self.tracing.tracer.set_sample_ratio(cfg.telemetry.traces.sample_ratio)
         grace_s = cfg.limits.shutdown_timeout
         for u in retired:
@@ -290,7 +292,7 @@ def identity_settings(config: Config[GatewayConfig], audit: AuditConfig) -> Iden
 def audit_trail(
     config: Config[GatewayConfig],
     audit: AuditConfig,
-    metrics: GatewayMetrics,
+    metrics: AuditCounters,
     access_log: AccessLog,
     tracing: Tracing | None,
     chain: str = "",
@@ -334,7 +336,7 @@ def forwarder(
     audit: AuditConfig,
     fwd: ForwardConfig,
     trail: AuditTrail,
-    metrics: GatewayMetrics,
+    metrics: ForwardCounters,
 ) -> Forwarder:
     token = config.resolve(fwd.token_file).read_text().strip() if fwd.token_file else None
     settings = ForwardSettings(

@@ -33,15 +33,17 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+
+from core import conventions as names
 from core.configfile import split_listen
 from gateway import native
 from gateway.admin.api import AdminExtension
 from gateway.config import Config, GatewayConfig
-from gateway.exposition import RestartCounts
 from gateway.probes import PROBE_TOKEN_ENV
 from gateway.reload import (
     PREPARE_TIMEOUT_S,
@@ -55,45 +57,14 @@ from gateway.reload import (
     restart_required,
     write_whole,
 )
-from gateway.roles import Role, ready_file
+from gateway.roles import METRICS_DIR_ENV, WORKER_ENV, Role, ready_file
 from gateway.server import Gateway
 from gateway.startup import StartupError, reason, store_failure
 from slo.store import StoreLock
 
 log = logging.getLogger("vitalgate.supervisor")
 
-WORKER_ENV = "VITALGATE_WORKER"
-"""Set by the supervisor for its workers: ``index/count/port``."""
-METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RESTART_DELAY_S = 1.0
-
-
-def prepare_metrics_dir() -> str:
-    """A fresh folder for this gateway's multiprocess metric files, exported in the environment
-    (the workers inherit it), and this process's metrics switched to it."""
-    import tempfile  # noqa: PLC0415
-
-    path = tempfile.mkdtemp(prefix="vitalgate-metrics-")
-    os.environ[METRICS_DIR_ENV] = path
-    use_metrics_dir()
-    return path
-
-
-def use_metrics_dir() -> None:
-    """Metrics created from now on live in the multiprocess folder. prometheus_client picks its
-    value store when imported; metric objects look it up when created, so switching here works
-    whatever imported the library first."""
-    from prometheus_client import values  # noqa: PLC0415
-
-    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
-
-
-def worker_role_from_env() -> tuple[int, int, int] | None:
-    value = os.environ.get(WORKER_ENV)
-    if not value:
-        return None
-    index, count, port = (int(x) for x in value.split("/"))
-    return index, count, port
 
 
 def _reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
@@ -122,6 +93,27 @@ def _catch_up(config: Config[GatewayConfig]) -> None:
         catch_up(store, config.slos)
     finally:
         store.close()
+
+
+class RestartCounts:
+    """``vitalgate_worker_restarts_total{worker}``: workers the supervisor replaced after they
+    died, counted in the supervisor (a dead worker cannot count its own death)."""
+
+    def __init__(self, count: int) -> None:
+        self.restarts = dict.fromkeys(range(count), 0)
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        c = CounterMetricFamily(
+            names.WORKER_RESTARTS.removesuffix("_total"),
+            "Workers that died and were started again, by worker index.",
+            labels=("worker",),
+        )
+        for index, n in sorted(self.restarts.items()):
+            c.add_metric([str(index)], n)
+        yield c
 
 
 class _Workers:
