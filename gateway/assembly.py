@@ -134,8 +134,7 @@ class DataPlane:
         )
         scheme = "https" if cfg.tls else "http"
         self.proxy = Proxy(self.router, self.facilities, self.upstreams, outputs, scheme, port)
-        self._metrics = metrics
-        self._access_log = access_log
+        self._metrics, self._access_log = metrics, access_log
         self._retiring: set[asyncio.Task[None]] = set()
         self._health: asyncio.Task[None] | None = None
         self._store_health: StoreHealth | None = None

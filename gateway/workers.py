@@ -336,25 +336,11 @@ async def supervise(
         log.error("cannot start: a worker did not come up", extra={"event": "start_failed"})
         stop.set()
     watchers = [loop.create_task(workers.watch(i)) for i in range(count)]
-    reloading: set[asyncio.Task[ReloadResult]] = set()
     if load is not None:
-        reload_with = load
-
-        def on_sighup() -> None:
-            task = loop.create_task(workers.reload(gateway, reload_with))
-            reloading.add(task)
-            task.add_done_callback(reloading.discard)
-
-        loop.add_signal_handler(signal.SIGHUP, on_sighup)
-        gateway.admin.reload_hook = lambda: workers.reload(gateway, reload_with)
+        _hook_reloads(workers, gateway, load)
     if not stop.is_set():
         gateway.lifecycle.ready = True
-        proxy = f"{host}:{port}"
-        admin = f"{config.gateway.admin.listen.rsplit(':', 1)[0]}:{gateway.admin_port}"
-        build = native.build().describe()
-        fields = {"event": "listening", "proxy": proxy, "workers": count, "admin": admin, "build": build}
-        text = "proxy on %s (%d workers), admin (metrics) on %s, %s"
-        log.info(text, proxy, count, admin, build, extra=fields)
+        _announce(config, f"{host}:{port}", count, gateway.admin_port)
     await stop.wait()
     t0 = time.monotonic()
     log.info("draining", extra={"event": "draining"})
@@ -370,6 +356,29 @@ async def supervise(
     drain_s = round(time.monotonic() - t0, 3)
     log.info("stopped after %.2fs drain", drain_s, extra={"event": "stopped", "drain_s": drain_s})
     return 0 if all(c == 0 for c in codes) and gateway.lifecycle.ready else 1
+
+
+def _hook_reloads(workers: _Workers, gateway: Gateway, load: Loader) -> None:
+    """SIGHUP and the admin API's reload run every worker's reload. The running reloads are
+    held in a set the signal handler keeps (a task nothing refers to may be collected)."""
+    loop = asyncio.get_running_loop()
+    reloading: set[asyncio.Task[ReloadResult]] = set()
+
+    def on_sighup() -> None:
+        task = loop.create_task(workers.reload(gateway, load))
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    gateway.admin.reload_hook = lambda: workers.reload(gateway, load)
+
+
+def _announce(config: Config[GatewayConfig], proxy: str, count: int, admin_port: int) -> None:
+    admin = f"{config.gateway.admin.listen.rsplit(':', 1)[0]}:{admin_port}"
+    build = native.build().describe()
+    fields = {"event": "listening", "proxy": proxy, "workers": count, "admin": admin, "build": build}
+    text = "proxy on %s (%d workers), admin (metrics) on %s, %s"
+    log.info(text, proxy, count, admin, build, extra=fields)
 
 
 def _signal(procs: dict[int, asyncio.subprocess.Process], sig: signal.Signals) -> list[int]:
