@@ -23,11 +23,11 @@ from prometheus_client import CollectorRegistry
 
 from core.conventions import UNKNOWN_FACILITY
 from gateway.audit.config import AuditConfig, ForwardConfig, retention_s
-from gateway.audit.forward import Forwarder, ForwardSettings
+from gateway.audit.forward import ForwardCounters, Forwarder, ForwardSettings
 from gateway.audit.identity import IdentitySettings
 from gateway.audit.keys import Keyring, read_signing_key
 from gateway.audit.store import CHECKPOINT_EVENT, CHECKPOINT_SPAN
-from gateway.audit.trail import AuditTrail
+from gateway.audit.trail import AuditCounters, AuditTrail
 from gateway.audit.writer import TrailSettings, WriterSpec
 from gateway.config import Config, GatewayConfig
 from gateway.dataplane.accesslog import AccessLog
@@ -41,7 +41,10 @@ from gateway.dataplane.settings import RecorderSettings, UpstreamSettings
 from gateway.dataplane.spool import Spool
 from gateway.dataplane.tracing import Tracing
 from gateway.dataplane.upstream import Upstream
-from gateway.exposition import GatewayMetrics, StoreHealth, request_metrics
+from gateway.metrics import MetricFamilies
+from gateway.metrics.spool import SpoolMetrics
+from gateway.metrics.storage import MetricStorage
+from gateway.metrics.store import StoreHealth
 from gateway.probes import PROBE_TOKEN_ENV
 from gateway.roles import Role
 from gateway.startup import store_failure
@@ -53,7 +56,7 @@ HEALTH_INTERVAL_S = 1.0
 """How often the health gauges are read off the queues, the store and the pools."""
 
 
-def response_spool(config: Config[GatewayConfig], metrics: GatewayMetrics) -> Spool | None:
+def response_spool(config: Config[GatewayConfig], metrics: SpoolMetrics) -> Spool | None:
     """Response buffering (None when ``limits.max_temp_file_size`` is 0); its directory is
     made ready when the data plane starts (``prepare_spool``)."""
     limits = config.gateway.limits
@@ -93,17 +96,18 @@ class DataPlane:
         config: Config[GatewayConfig],
         role: Role,
         registry: CollectorRegistry,
-        metrics: GatewayMetrics,
+        storage: MetricStorage,
+        metrics: MetricFamilies,
         access_log: AccessLog,
         port: int,
     ) -> None:
         cfg = config.gateway
-        self.request_metrics = request_metrics(registry, metrics.buckets_s, role.kind != "single")
+        self.request_metrics = storage.request_metrics(registry, metrics.buckets_s)
         self.tracing = Tracing(
             cfg.telemetry.traces.settings(),
-            lambda n: metrics.drop("span", n),
+            lambda n: metrics.telemetry.drop("span", n),
             instance=instance_id(role),
-            on_failure=metrics.span_export_failed,
+            on_failure=metrics.telemetry.span_export_failed,
         )
         for service in cfg.upstreams:  # every service has series from start-up: silence is visible
             self.request_metrics.active.child(UNKNOWN_FACILITY, service)
@@ -123,7 +127,7 @@ class DataPlane:
         # store (when kept) and the log.
         sinks: list[RequestSink] = [SpanSink()] if self.tracing.enabled else []
         sinks.append(self.request_metrics.histogram)
-        entry_sinks: list[EntrySink] = [metrics]
+        entry_sinks: list[EntrySink] = [metrics.requests]
         if self.recorder is not None:
             sinks.append(self.recorder)
             entry_sinks.append(self.recorder)
@@ -132,18 +136,18 @@ class DataPlane:
         self.forwarder: Forwarder | None = None
         if cfg.audit is not None:
             chain = "" if role.kind == "single" else f"worker-{role.index}"
-            self.audit = audit_trail(config, cfg.audit, metrics, access_log, self.tracing, chain)
+            self.audit = audit_trail(config, cfg.audit, metrics.audit, access_log, self.tracing, chain)
             sinks.append(self.audit)
             if cfg.audit.forward is not None:
-                self.forwarder = forwarder(config, cfg.audit, cfg.audit.forward, self.audit, metrics)
+                self.forwarder = forwarder(config, cfg.audit, cfg.audit.forward, self.audit, metrics.forward)
         identity = cfg.audit.identity if cfg.audit is not None else None
         self.probe_token = os.environ.get(PROBE_TOKEN_ENV) or secrets.token_hex(16)
-        self.spool = response_spool(config, metrics)
+        self.spool = response_spool(config, metrics.spool)
         outputs = Outputs(
             self.tracing.tracer,
-            LabelBudget(cfg.telemetry.metrics.max_label_sets, metrics.folded),
+            LabelBudget(cfg.telemetry.metrics.max_label_sets, metrics.requests.folded),
             self.request_metrics.active,
-            metrics,
+            metrics.requests,
             tuple(sinks),
             tuple(entry_sinks),
             audit=self.audit is not None,
@@ -154,8 +158,7 @@ class DataPlane:
         )
         scheme = "https" if cfg.tls else "http"
         self.proxy = Proxy(self.router, self.facilities, self.upstreams, outputs, scheme, port)
-        self._metrics = metrics
-        self._access_log = access_log
+        self._metrics, self._access_log = metrics, access_log
         self._retiring: set[asyncio.Task[None]] = set()
         self._health: asyncio.Task[None] | None = None
         self._store_health: StoreHealth | None = None
@@ -165,19 +168,18 @@ class DataPlane:
     def _observe(self) -> None:
         """The gauges of the gateway's own health that are read off its parts: queue depths,
         the store's last flush, the upstreams' certificates."""
-        m = self._metrics
-        m.depth["log"].set(self._access_log.depth)
+        telemetry = self._metrics.telemetry
+        telemetry.queue_depth("log", self._access_log.depth)
         if self.tracing.processor is not None:
-            m.depth["span"].set(self.tracing.processor.depth)
+            telemetry.queue_depth("span", self.tracing.processor.depth)
         if self.store_writer is not None and self._store_health is not None:
-            m.depth["store"].set(self.store_writer.depth)
-            self._store_health.last_flush.set(self.store_writer.last_flush_s)
-            self._store_health.flush_duration.set(self.store_writer.last_flush_duration_s)
+            telemetry.queue_depth("store", self.store_writer.depth)
+            self._store_health.flushed(self.store_writer.last_flush_s, self.store_writer.last_flush_duration_s)
         if self.audit is not None:
-            m.depth["audit"].set(self.audit.depth)
+            telemetry.queue_depth("audit", self.audit.depth)
         for name, u in self.upstreams.items():
             if u.certificate_expiry_s:
-                m.certificate_expiry(name, u.certificate_expiry_s)
+                self._metrics.upstreams.certificate_expiry(name, u.certificate_expiry_s)
 
     async def _observe_loop(self) -> None:
         while True:
@@ -218,7 +220,7 @@ class DataPlane:
         )
         for service in cfg.upstreams:
             self.request_metrics.active.child(UNKNOWN_FACILITY, service)
-        self._metrics.set_facilities(cfg.facilities.display_names(), cfg.facilities.sla_ratios())
+        self._metrics.facilities.set_facilities(cfg.facilities.display_names(), cfg.facilities.sla_ratios())
         self.tracing.tracer.set_sample_ratio(cfg.telemetry.traces.sample_ratio)
         grace_s = cfg.limits.shutdown_timeout
         for u in retired:
@@ -270,7 +272,7 @@ class DataPlane:
 
 
 def store_writer(
-    config: Config[GatewayConfig], role: Role, recorder: Recorder, metrics: GatewayMetrics
+    config: Config[GatewayConfig], role: Role, recorder: Recorder, metrics: MetricFamilies
 ) -> StoreWriterThread:
     """The thread that writes what ``recorder`` counts to the embedded store: with
     ``--workers`` every worker writes its own counts (added to the others'), the supervisor has
@@ -286,7 +288,7 @@ def store_writer(
         shared=role.kind == "worker",
         maintenance=role.index == 0,
     )
-    return StoreWriterThread(recorder, settings, lambda n: metrics.drop("store", n), metrics.store_error)
+    return StoreWriterThread(recorder, settings, lambda n: metrics.telemetry.drop("store", n), metrics.store.error)
 
 
 def upstream_ca(config: Config[GatewayConfig], name: str) -> str | None:
@@ -335,7 +337,7 @@ def identity_settings(config: Config[GatewayConfig], audit: AuditConfig) -> Iden
 def audit_trail(
     config: Config[GatewayConfig],
     audit: AuditConfig,
-    metrics: GatewayMetrics,
+    metrics: AuditCounters,
     access_log: AccessLog,
     tracing: Tracing | None,
     chain: str = "",
@@ -379,7 +381,7 @@ def forwarder(
     audit: AuditConfig,
     fwd: ForwardConfig,
     trail: AuditTrail,
-    metrics: GatewayMetrics,
+    metrics: ForwardCounters,
 ) -> Forwarder:
     token = config.resolve(fwd.token_file).read_text().strip() if fwd.token_file else None
     settings = ForwardSettings(

@@ -32,7 +32,8 @@ from gateway.config import Config, GatewayConfig
 from gateway.dataplane.accesslog import AccessLog
 from gateway.dataplane.httpserver import HttpServer
 from gateway.dataplane.proxy import Proxy
-from gateway.exposition import GatewayMetrics
+from gateway.metrics import declare_families
+from gateway.metrics.storage import MetricStorage
 from gateway.probes import ProbeMetrics, Prober
 from gateway.reload import (
     Loader,
@@ -74,8 +75,9 @@ class Gateway:
         self.role = role
         cfg = config.gateway
         self.registry = CollectorRegistry()
+        self.storage = MetricStorage(role.metrics_dir)
         self.lifecycle = Lifecycle()
-        self.metrics = GatewayMetrics(
+        self.metrics = declare_families(
             self.registry,
             latency_thresholds_s(config.slos),
             cfg.facilities.display_names(),
@@ -85,8 +87,8 @@ class Gateway:
         self.access_log = AccessLog(
             log_path if log_path == "-" else config.resolve(log_path),
             cfg.telemetry.access_log.queue_size,
-            lambda n: self.metrics.drop("log", n),
-            self.metrics.access_log_error,
+            lambda n: self.metrics.telemetry.drop("log", n),
+            self.metrics.telemetry.access_log_error,
         )
         host, port = split_listen(cfg.listen)
         if role.port is not None:
@@ -96,10 +98,11 @@ class Gateway:
         # A --workers supervisor proxies nothing: it builds no data plane.
         self.dataplane: DataPlane | None = None
         if role.kind != "supervisor":
-            self.dataplane = DataPlane(config, role, self.registry, self.metrics, self.access_log, port)
-        self.admin = AdminApi(
-            config, role, self.registry, self.access_log, self.lifecycle, list(admin_extensions)
-        )
+            self.dataplane = DataPlane(
+                config, role, self.registry, self.storage, self.metrics, self.access_log, port
+            )
+        exposed = self.storage.exposed(self.registry)
+        self.admin = AdminApi(config, role, exposed, self.access_log, self.lifecycle, list(admin_extensions))
         self._audit_reads: AuditTrail | None = None
         if self.dataplane is not None and self.dataplane.audit is not None:
             self.admin.audit = self.dataplane.audit
@@ -107,7 +110,7 @@ class Gateway:
             # The workers each write a chain of their own; the supervisor serves the admin API,
             # and records the reads of the trail there in one more chain.
             self._audit_reads = audit_trail(
-                config, config.gateway.audit, self.metrics, self.access_log, None, "supervisor"
+                config, config.gateway.audit, self.metrics.audit, self.access_log, None, "supervisor"
             )
             self.admin.audit = self._audit_reads
         self._refused_logged_at = -_REFUSED_LOG_EVERY_S
@@ -141,7 +144,7 @@ class Gateway:
         return wanted
 
     def _refused(self, held: int) -> None:
-        self.metrics.connections_refused()
+        self.metrics.requests.connections_refused()
         now = time.monotonic()
         if now - self._refused_logged_at >= _REFUSED_LOG_EVERY_S:
             self._refused_logged_at = now

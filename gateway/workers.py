@@ -33,15 +33,17 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+
+from core import conventions as names
 from core.configfile import split_listen
 from gateway import native
 from gateway.admin.api import AdminExtension
 from gateway.config import Config, GatewayConfig
-from gateway.exposition import RestartCounts
 from gateway.probes import PROBE_TOKEN_ENV
 from gateway.reload import (
     PREPARE_TIMEOUT_S,
@@ -55,45 +57,14 @@ from gateway.reload import (
     restart_required,
     write_whole,
 )
-from gateway.roles import Role, ready_file
+from gateway.roles import METRICS_DIR_ENV, WORKER_ENV, Role, ready_file
 from gateway.server import Gateway
 from gateway.startup import StartupError, reason, store_failure
 from slo.store import StoreLock
 
 log = logging.getLogger("vitalgate.supervisor")
 
-WORKER_ENV = "VITALGATE_WORKER"
-"""Set by the supervisor for its workers: ``index/count/port``."""
-METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RESTART_DELAY_S = 1.0
-
-
-def prepare_metrics_dir() -> str:
-    """A fresh folder for this gateway's multiprocess metric files, exported in the environment
-    (the workers inherit it), and this process's metrics switched to it."""
-    import tempfile  # noqa: PLC0415
-
-    path = tempfile.mkdtemp(prefix="vitalgate-metrics-")
-    os.environ[METRICS_DIR_ENV] = path
-    use_metrics_dir()
-    return path
-
-
-def use_metrics_dir() -> None:
-    """Metrics created from now on live in the multiprocess folder. prometheus_client picks its
-    value store when imported; metric objects look it up when created, so switching here works
-    whatever imported the library first."""
-    from prometheus_client import values  # noqa: PLC0415
-
-    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
-
-
-def worker_role_from_env() -> tuple[int, int, int] | None:
-    value = os.environ.get(WORKER_ENV)
-    if not value:
-        return None
-    index, count, port = (int(x) for x in value.split("/"))
-    return index, count, port
 
 
 def _reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
@@ -122,6 +93,27 @@ def _catch_up(config: Config[GatewayConfig]) -> None:
         catch_up(store, config.slos)
     finally:
         store.close()
+
+
+class RestartCounts:
+    """``vitalgate_worker_restarts_total{worker}``: workers the supervisor replaced after they
+    died, counted in the supervisor (a dead worker cannot count its own death)."""
+
+    def __init__(self, count: int) -> None:
+        self.restarts = dict.fromkeys(range(count), 0)
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        c = CounterMetricFamily(
+            names.WORKER_RESTARTS.removesuffix("_total"),
+            "Workers that died and were started again, by worker index.",
+            labels=("worker",),
+        )
+        for index, n in sorted(self.restarts.items()):
+            c.add_metric([str(index)], n)
+        yield c
 
 
 class _Workers:
@@ -344,25 +336,11 @@ async def supervise(
         log.error("cannot start: a worker did not come up", extra={"event": "start_failed"})
         stop.set()
     watchers = [loop.create_task(workers.watch(i)) for i in range(count)]
-    reloading: set[asyncio.Task[ReloadResult]] = set()
     if load is not None:
-        reload_with = load
-
-        def on_sighup() -> None:
-            task = loop.create_task(workers.reload(gateway, reload_with))
-            reloading.add(task)
-            task.add_done_callback(reloading.discard)
-
-        loop.add_signal_handler(signal.SIGHUP, on_sighup)
-        gateway.admin.reload_hook = lambda: workers.reload(gateway, reload_with)
+        _hook_reloads(workers, gateway, load)
     if not stop.is_set():
         gateway.lifecycle.ready = True
-        proxy = f"{host}:{port}"
-        admin = f"{config.gateway.admin.listen.rsplit(':', 1)[0]}:{gateway.admin_port}"
-        build = native.build().describe()
-        fields = {"event": "listening", "proxy": proxy, "workers": count, "admin": admin, "build": build}
-        text = "proxy on %s (%d workers), admin (metrics) on %s, %s"
-        log.info(text, proxy, count, admin, build, extra=fields)
+        _announce(config, f"{host}:{port}", count, gateway.admin_port)
     await stop.wait()
     t0 = time.monotonic()
     log.info("draining", extra={"event": "draining"})
@@ -378,6 +356,29 @@ async def supervise(
     drain_s = round(time.monotonic() - t0, 3)
     log.info("stopped after %.2fs drain", drain_s, extra={"event": "stopped", "drain_s": drain_s})
     return 0 if all(c == 0 for c in codes) and gateway.lifecycle.ready else 1
+
+
+def _hook_reloads(workers: _Workers, gateway: Gateway, load: Loader) -> None:
+    """SIGHUP and the admin API's reload run every worker's reload. The running reloads are
+    held in a set the signal handler keeps (a task nothing refers to may be collected)."""
+    loop = asyncio.get_running_loop()
+    reloading: set[asyncio.Task[ReloadResult]] = set()
+
+    def on_sighup() -> None:
+        task = loop.create_task(workers.reload(gateway, load))
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    gateway.admin.reload_hook = lambda: workers.reload(gateway, load)
+
+
+def _announce(config: Config[GatewayConfig], proxy: str, count: int, admin_port: int) -> None:
+    admin = f"{config.gateway.admin.listen.rsplit(':', 1)[0]}:{admin_port}"
+    build = native.build().describe()
+    fields = {"event": "listening", "proxy": proxy, "workers": count, "admin": admin, "build": build}
+    text = "proxy on %s (%d workers), admin (metrics) on %s, %s"
+    log.info(text, proxy, count, admin, build, extra=fields)
 
 
 def _signal(procs: dict[int, asyncio.subprocess.Process], sig: signal.Signals) -> list[int]:

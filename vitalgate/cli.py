@@ -94,14 +94,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
-    from gateway.workers import prepare_metrics_dir, use_metrics_dir, worker_role_from_env  # noqa: PLC0415
+    from gateway.roles import METRICS_DIR_ENV, Role, prepare_metrics_dir, worker_role_from_env  # noqa: PLC0415
 
+    # Before anything imports prometheus_client (it reads the folder once, at import): a worker
+    # inherited it, a supervisor makes it for itself and its workers.
     worker = worker_role_from_env()
-    if worker is not None:
-        use_metrics_dir()
-    elif args.workers > 1:
+    if worker is None and args.workers > 1:
         prepare_metrics_dir()
-    from gateway.roles import Role  # noqa: PLC0415  (keeps `check` fast)
     from gateway.server import run  # noqa: PLC0415
     from gateway.workers import run_workers  # noqa: PLC0415
     from vitalgate.admin_pages import extend_admin  # noqa: PLC0415
@@ -113,7 +112,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if worker is not None:
         index, count, port = worker
-        role = Role("worker", index, count, port, os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        role = Role("worker", index, count, port, os.environ[METRICS_DIR_ENV])
         return run(config, role=role, load=load)
     if args.workers > 1:
         return run_workers(config, args.config, args.workers, admin_extensions=[extend_admin], load=load)

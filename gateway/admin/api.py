@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from core.conventions import ALL_FACILITIES
@@ -33,7 +32,8 @@ from gateway.audit.search import AuditQuery
 from gateway.audit.trail import AuditTrail
 from gateway.config import Config, GatewayConfig
 from gateway.dataplane.accesslog import AccessLog
-from gateway.exposition import FacilityPeriods, Joined
+from gateway.metrics.facilities import FacilityPeriods
+from gateway.metrics.storage import Joined
 from gateway.reload import ReloadCounts, ReloadResult, config_sha256
 from gateway.roles import Role
 from slo.embedded import EmbeddedBackend
@@ -55,14 +55,15 @@ class AdminApi:
         self,
         config: Config[GatewayConfig],
         role: Role,
-        registry: CollectorRegistry,
+        exposed: Collector,
         access_log: AccessLog,
         lifecycle: Lifecycle,
         extensions: list[AdminExtension],
     ) -> None:
         self.config = config
         self.role = role
-        self.registry = registry
+        self._exposed = exposed
+        """The declared families as ``/metrics`` collects them (``MetricStorage.exposed``)."""
         self._periods = FacilityPeriods({f.id: f.timezone for f in config.facilities()})
         self.reloads = ReloadCounts(config_sha256(config))
         self._collectors: list[Collector] = [self._periods]
@@ -240,12 +241,7 @@ class AdminApi:
     async def _metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         registry = CollectorRegistry()
-        if self.role.kind == "supervisor":
-            # Every worker's (and this process's) metric files, counters and histograms summed.
-            MultiProcessCollector(registry, self.role.metrics_dir)  # type: ignore[no-untyped-call]
-            registry.register(Joined(*self._collectors))
-        else:
-            registry.register(Joined(self.registry, *self._collectors))
+        registry.register(Joined(self._exposed, *self._collectors))
         body = encoder(registry)
         return web.Response(body=body, headers={"Content-Type": content_type})
 

@@ -4,9 +4,9 @@ process, the cardinality budget, and the protocols the rest of its counting goes
 In one process (no ``--workers``) the two per-request metrics are kept here
 (``LocalHistograms``, ``LocalGauges``: a bisect and two additions, no lock, as only the
 event loop touches them and /metrics is served from the same loop) and exposed by
-``gateway/exposition.py`` with exactly the samples prometheus_client's own would give.
+``gateway/metrics/requests.py`` with exactly the samples prometheus_client's own would give.
 prometheus_client's observation path, interpreted Python with a lock per value, was the
-largest single item of a request's cost. With workers, ``gateway/exposition.py`` supplies
+largest single item of a request's cost. With workers, ``gateway/metrics/requests.py`` supplies
 prometheus_client's multiprocess objects behind the same protocols: their values must live
 in its files for the supervisor to sum. Nothing here imports prometheus_client.
 

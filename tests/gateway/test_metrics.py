@@ -13,7 +13,9 @@ from core.conventions import ACTIVE_REQUESTS as ACTIVE
 from core.conventions import REQUEST_DURATION as DURATION
 from core.conventions import REQUEST_LABELS as LABELS
 from gateway.dataplane.metrics import LabelBudget
-from gateway.exposition import GatewayMetrics, request_metrics
+from gateway.metrics import MetricFamilies, declare_families
+from gateway.metrics.requests import RequestMetrics
+from gateway.metrics.storage import MetricStorage
 from tests.helpers import make_outcome
 
 
@@ -21,7 +23,15 @@ def _without_created(text: bytes) -> list[str]:
     return [line for line in text.decode().splitlines() if "_created" not in line]
 
 
-def _reference(local: GatewayMetrics) -> tuple[CollectorRegistry, Histogram]:
+def _one_process(thresholds_s: list[float]) -> tuple[CollectorRegistry, MetricFamilies, RequestMetrics]:
+    """A single gateway process's registry: every family declared, and the request metrics of
+    the storage it uses (its own memory)."""
+    registry = CollectorRegistry()
+    families = declare_families(registry, thresholds_s)
+    return registry, families, MetricStorage().request_metrics(registry, families.buckets_s)
+
+
+def _reference(local: MetricFamilies) -> tuple[CollectorRegistry, Histogram]:
     """prometheus_client's own histogram with the gateway's buckets, in a registry of its own."""
     registry = CollectorRegistry()
     help_text = "Duration of HTTP server requests through the gateway."
@@ -30,8 +40,7 @@ def _reference(local: GatewayMetrics) -> tuple[CollectorRegistry, Histogram]:
 
 def test_local_histogram_exposes_what_prometheus_client_would() -> None:
     rng = random.Random(7)
-    local = GatewayMetrics(CollectorRegistry(), [0.3, 0.0125])
-    own = request_metrics(local.registry, local.buckets_s, multiprocess=False)
+    registry, local, own = _one_process([0.3, 0.0125])
     reference_registry, reference = _reference(local)
     active_reference = Gauge(
         ACTIVE, "Number of active HTTP server requests.", ("facility", "service"), registry=reference_registry
@@ -52,7 +61,7 @@ def test_local_histogram_exposes_what_prometheus_client_would() -> None:
             gauge.dec()
             ref.dec()
 
-    ours = _without_created(generate_latest(local.registry))
+    ours = _without_created(generate_latest(registry))
     theirs = _without_created(generate_latest(reference_registry))
     # The reference registry holds only these two metrics; ours holds the others too.
     mine = (
@@ -64,15 +73,14 @@ def test_local_histogram_exposes_what_prometheus_client_would() -> None:
     assert any(f'le="{0.0125}"' in line for line in ours)
     created = [
         line
-        for line in generate_latest(local.registry).decode().splitlines()
+        for line in generate_latest(registry).decode().splitlines()
         if line.startswith(f"{DURATION}_created")
     ]
     assert len(created) == 6 and all(math.isfinite(float(line.split()[-1])) for line in created)
 
 
 def test_exemplars_and_openmetrics_match_prometheus_client() -> None:
-    local = GatewayMetrics(CollectorRegistry(), [])
-    own = request_metrics(local.registry, local.buckets_s, multiprocess=False)
+    registry, local, own = _one_process([])
     reference_registry, reference = _reference(local)
     # Sampled requests a second apart carry an exemplar each; an unsampled one none.
     for i, (v, trace) in enumerate(((0.004, "a" * 32), (0.2, "b" * 32), (0.3, None), (30.0, "c" * 32))):
@@ -99,14 +107,13 @@ def test_exemplars_and_openmetrics_match_prometheus_client() -> None:
                 out.append(line.rsplit(" ", 1)[0] if " # {" in line else line)
         return out
 
-    ours = lines(local.registry)
+    ours = lines(registry)
     assert ours == lines(reference_registry)
     assert sum(" # {trace_id=" in line for line in ours) == 3
 
 
 def test_exemplars_are_at_most_one_a_second_per_label_set() -> None:
-    local = GatewayMetrics(CollectorRegistry(), [])
-    own = request_metrics(local.registry, local.buckets_s, multiprocess=False)
+    registry, _families, own = _one_process([])
     # Each request in a bucket of its own, so every exemplar attached stays visible.
     times = (0.0, 0.5, 0.99, 1.0, 1.2, 2.5)
     durations = (0.001, 0.007, 0.02, 0.04, 0.06, 0.09)
@@ -115,7 +122,7 @@ def test_exemplars_are_at_most_one_a_second_per_label_set() -> None:
         own.histogram.request(outcome)
     unsampled = make_outcome(duration_s=3.0, started=1e9 + 9, trace_id=f"{7:032x}", sampled=False)
     own.histogram.request(unsampled)
-    text = generate_openmetrics(local.registry).decode()  # type: ignore[no-untyped-call]
+    text = generate_openmetrics(registry).decode()  # type: ignore[no-untyped-call]
     attached = {
         int(line.split('trace_id="')[1][:32], 16) for line in text.splitlines() if "trace_id=" in line
     }
@@ -124,13 +131,12 @@ def test_exemplars_are_at_most_one_a_second_per_label_set() -> None:
 
 
 def test_cardinality_fold_with_local_histograms() -> None:
-    local = GatewayMetrics(CollectorRegistry(), [])
-    own = request_metrics(local.registry, local.buckets_s, multiprocess=False)
-    budget = LabelBudget(3, local.folded)
+    registry, local, own = _one_process([])
+    budget = LabelBudget(3, local.requests.folded)
     for i in range(5):
         key = budget.key("riverside", "fhir", f"/fhir/T{i}", "GET", 200)
         own.histogram.request(make_outcome("riverside", "fhir", f"/fhir/T{i}", "GET", 200, key_route=key[2]))
-    text = generate_latest(local.registry).decode()
+    text = generate_latest(registry).decode()
     assert 'http_route="other"' in text
     assert (
         f'{DURATION}_count{{facility="riverside",http_request_method="GET",http_response_status_code="200",http_route="other",service="fhir"}} 2.0'
