@@ -174,7 +174,9 @@ class DataPlane:
             telemetry.queue_depth("span", self.tracing.processor.depth)
         if self.store_writer is not None and self._store_health is not None:
             telemetry.queue_depth("store", self.store_writer.depth)
-            self._store_health.flushed(self.store_writer.last_flush_s, self.store_writer.last_flush_duration_s)
+            self._store_health.flushed(
+                self.store_writer.last_flush_s, self.store_writer.last_flush_duration_s
+            )
         if self.audit is not None:
             telemetry.queue_depth("audit", self.audit.depth)
         for name, u in self.upstreams.items():
@@ -288,7 +290,9 @@ def store_writer(
         shared=role.kind == "worker",
         maintenance=role.index == 0,
     )
-    return StoreWriterThread(recorder, settings, lambda n: metrics.telemetry.drop("store", n), metrics.store.error)
+    return StoreWriterThread(
+        recorder, settings, lambda n: metrics.telemetry.drop("store", n), metrics.store.error
+    )
 
 
 def upstream_ca(config: Config[GatewayConfig], name: str) -> str | None:

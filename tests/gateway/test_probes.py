@@ -4,6 +4,7 @@ that count them, and the evidence of a quiet facility's outage in its report."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import datetime
 from pathlib import Path
@@ -64,7 +65,10 @@ def test_probes_are_requests_through_the_gateway_marked_as_probes(tmp_path: Path
             # at the probed facilities) and not those the probes feed.
             time.sleep(0.5)  # the store's flush
             page = fetch_text(gw.admin + "/ui/facilities/st-marys")
-            rows = {r.split("</td>", 1)[0]: r for r in page.split("<tr><td class=l>")[1:]}
+            rows = {
+                re.sub(r"<[^>]+>", "", m[1]): m[0]
+                for m in re.finditer(r"<tr><td[^>]*>(.*?)</td>.*?</tr>", page, re.S)
+            }
             assert "no data 1h" in rows["traffic-only"] and "no data 1h" not in rows["avail"]
             # A reload without probes stops them (so the counts below hold still).
             doc = yaml.safe_load(cfg.read_text())
