@@ -212,9 +212,15 @@ def trail_settings(config: Config[GatewayConfig], audit: AuditConfig, chain: str
     )
 
 
+def data_key_paths(config: Config[GatewayConfig], audit: AuditConfig) -> tuple[Path, ...]:
+    """The data key files (``key_file``, or ``key_files`` during a rotation), resolved."""
+    names = [audit.key_file] if audit.key_file is not None else list(audit.key_files or [])
+    return tuple(config.resolve(k) for k in names)
+
+
 def audit_key_files(config: Config[GatewayConfig], audit: AuditConfig) -> tuple[tuple[Path, ...], Path]:
     """The data key files and the signing key file, resolved."""
-    return tuple(config.resolve(k) for k in audit.data_key_files()), config.resolve(audit.signing_key_file)
+    return data_key_paths(config, audit), config.resolve(audit.signing_key_file)
 
 
 def forward_settings(config: Config[GatewayConfig], fwd: ForwardConfig) -> ForwardSettings:

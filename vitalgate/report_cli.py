@@ -22,8 +22,8 @@ from vitalgate.config import ProductConfig
 def cmd_report(config: Config[ProductConfig], args: argparse.Namespace) -> int:
     from reports.data import (  # noqa: PLC0415
         PeriodError,
-        ReportSource,
-        StoreSource,
+        ReportBackend,
+        StoreReportBackend,
         build_report,
         paper_of,
         parse_period,
@@ -49,27 +49,27 @@ def cmd_report(config: Config[ProductConfig], args: argparse.Namespace) -> int:
         known = ", ".join(sorted(facilities)) or "none"
         print(f"vitalgate: unknown facility {args.facility!r} (known: {known})", file=sys.stderr)
         return 2
-    source: ReportSource
+    backend: ReportBackend
     if args.backend == "prometheus":
-        from reports.prometheus_source import PrometheusSource  # noqa: PLC0415
+        from reports.prometheus_backend import PrometheusReportBackend  # noqa: PLC0415
 
         url = prometheus_url(args)
         if url is None:
             return 2
         prom = PrometheusBackend(url, source=args.source)
-        source = PrometheusSource(prom)
+        backend = PrometheusReportBackend(prom)
     else:
         prom = None
         store = open_store(config)
         if store is None:
             return 1
-        source = StoreSource(store)
+        backend = StoreReportBackend(store)
     now = now_utc()
     rows = []
     for i, facility in enumerate(chosen, 1):
         target = out if not args.all_facilities else out.with_name(f"{out.stem}-{facility.id}{out.suffix}")
         try:
-            report = build_report(source, config.slos, facility, period, now)
+            report = build_report(backend, config.slos, facility, period, now)
         except PrometheusError as exc:
             print(f"vitalgate: {exc}", file=sys.stderr)
             return 1
