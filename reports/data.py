@@ -33,7 +33,7 @@ import numpy.typing as npt
 
 from core.conventions import ENTRY_ROUTE_PREFIX
 from slo.engine import good_minutes
-from slo.spec import PAPER_SIZES, SOURCES, Facility, Slo, contractual_slos
+from slo.spec import PAPER_SIZES, REQUEST_SOURCES, Facility, Slo, contractual_slos
 from slo.store import Store
 
 F64 = npt.NDArray[np.float64]
@@ -138,7 +138,7 @@ class SloReport:
     days: list[DayFigures]
     budget_curve: list[float | None]
     previous: list[tuple[str, float | None]] = field(default_factory=list)
-    sources: list[str] = field(default_factory=lambda: list(SOURCES))
+    sources: list[str] = field(default_factory=lambda: list(REQUEST_SOURCES))
     traffic_minutes: int = 0
     """Minutes (of the period so far, maintenance excluded) with a client's request."""
     probe_only_minutes: int = 0

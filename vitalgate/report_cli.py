@@ -12,7 +12,7 @@ from gateway.config import Config
 from gateway.dataplane.metrics import duration_buckets_s
 from gateway.importer import import_file
 from reports.data import DEFAULT_PAPER, PAPERS
-from slo.prometheus import SOURCES, PrometheusBackend, PrometheusError
+from slo.prometheus import SERIES_CHOICES, PrometheusBackend, PrometheusError
 from slo.spec import latency_thresholds_s
 from slo.status import now_utc
 from vitalgate.commands import Subcommands, open_store, prometheus_url, with_config
@@ -144,7 +144,7 @@ def add_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     p.add_argument("--prometheus-url", default=None, help="Prometheus base URL (or PROMETHEUS_URL)")
     p.add_argument(
         "--source",
-        choices=SOURCES,
+        choices=SERIES_CHOICES,
         default="auto",
         help="prometheus backend: the rules' recorded tiles, the raw counters, or the tiles where they"
         " cover the window (auto, the default)",

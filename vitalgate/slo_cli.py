@@ -15,7 +15,7 @@ from core.conventions import ALL_FACILITIES
 from gateway.config import Config
 from slo.embedded import EmbeddedBackend, note_threshold_buckets
 from slo.openslo import openslo_to_slos_yaml
-from slo.prometheus import SOURCES, PrometheusBackend, PrometheusError
+from slo.prometheus import SERIES_CHOICES, PrometheusBackend, PrometheusError
 from slo.status import CountsBackend, compute_status, now_utc, sort_worst_first, to_json, to_table
 from slo.store import replay
 from vitalgate.commands import Subcommands, open_store, prometheus_url, with_config
@@ -230,7 +230,7 @@ def add_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     p.add_argument("--prometheus-url", default=None, help="Prometheus base URL (or PROMETHEUS_URL)")
     p.add_argument(
         "--source",
-        choices=SOURCES,
+        choices=SERIES_CHOICES,
         default="auto",
         help="prometheus backend: the rules' recorded tiles, the raw counters, or the tiles where they"
         " cover the window (auto, the default)",
