@@ -43,6 +43,7 @@ from gateway.exposition import GatewayMetrics, StoreHealth, request_metrics
 from gateway.probes import PROBE_TOKEN_ENV
 from gateway.roles import Role
 from gateway.startup import store_failure
+from slo.spec import Slo
 from slo.store import StoreError
 
 HEALTH_INTERVAL_S = 1.0
@@ -83,21 +84,8 @@ class DataPlane:
         self.router, self.facilities = first.router, first.facilities
         self.upstreams, self._upstream_keys = first.upstreams, first.keys
         store = settings.store_settings(config)
-        self.recorder: Recorder | None = None
+        self.recorder = None if store is None else store_recorder(store, config.slos, role, metrics)
         self._store_path = "" if store is None else str(store.path)
-        if store is not None:
-            self.recorder = Recorder(
-                store.path,
-                config.slos,
-                metrics.buckets_s,
-                lambda n: metrics.drop("store", n),
-                flush_interval_s=store.flush_interval_s,
-                minute_days=store.minute_days,
-                hour_days=store.hour_days,
-                shared=role.kind == "worker",
-                maintenance=role.index == 0,
-                on_error=metrics.store_error,
-            )
         # Spans first (their end time is the closest to the response), then the histogram, the
         # store (when kept) and the log.
         sinks: list[RequestSink] = [SpanSink()] if self.tracing.enabled else []
@@ -243,6 +231,25 @@ class DataPlane:
         if self.audit is not None:
             await self.audit.close()
         await self.tracing.shutdown()
+
+
+def store_recorder(
+    store: settings.StoreSettings, slos: list[Slo], role: Role, metrics: GatewayMetrics
+) -> Recorder:
+    """The store's sink: one writer per process; with ``--workers`` they share the file, and
+    only worker 0 compacts it."""
+    return Recorder(
+        store.path,
+        slos,
+        metrics.buckets_s,
+        lambda n: metrics.drop("store", n),
+        flush_interval_s=store.flush_interval_s,
+        minute_days=store.minute_days,
+        hour_days=store.hour_days,
+        shared=role.kind == "worker",
+        maintenance=role.index == 0,
+        on_error=metrics.store_error,
+    )
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,8 @@ class Gateway:
         """What the process started with: the settings only a restart changes keep its values."""
         self.role = role
         cfg = config.gateway
-        # (restart-only settings: a reload does not change them, ``gateway.reload.RESTART_ONLY``)
+        # Made once: a reload changes none of these (``gateway.reload.RESTART_ONLY``), except the
+        # upstream pools' sizes, which are read only when the listener starts.
         self.listener = settings.listener_settings(config, role)
         self.registry = CollectorRegistry()
         self.lifecycle = Lifecycle()
