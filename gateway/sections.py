@@ -228,7 +228,7 @@ class StoreConfig(StrictModel):
 
 class MetricsConfig(StrictModel):
     max_label_sets: int = Field(default=20000, ge=10)
-    """Cardinality budget of the request histogram; new label sets past it fold into 'other'."""
+    """Cardinality limit of the request histogram; new label sets past it fold into 'other'."""
 
 
 class TelemetryConfig(StrictModel):
