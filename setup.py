@@ -23,7 +23,7 @@ from setuptools import Extension, setup
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gateway.native import HOT_PATH
 
-SOURCES = [name.replace(".", "/") + ".py" for name in HOT_PATH]
+HOT_PATH_FILES = [name.replace(".", "/") + ".py" for name in HOT_PATH]
 
 
 def ext_modules() -> list[object]:
@@ -42,7 +42,7 @@ def ext_modules() -> list[object]:
         "--ignore-missing-imports",
         "--follow-imports=silent",
     ]
-    compiled = list(mypycify([*options, *SOURCES], opt_level="3", group_name="vitalgate_native"))
+    compiled = list(mypycify([*options, *HOT_PATH_FILES], opt_level="3", group_name="vitalgate_native"))
     # The response-body byte search (gateway/dataplane/memscan.py says why).
     compiled.append(
         Extension("gateway.dataplane._memscan", ["gateway/dataplane/_memscan.c"], extra_compile_args=["-O2"])

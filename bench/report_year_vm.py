@@ -29,7 +29,7 @@ import numpy.typing as npt
 from bench.slo_engine import SLOS_YAML
 from core import conventions as names
 from reports.data import build_report, parse_period
-from reports.prometheus_source import PrometheusSource
+from reports.prometheus_backend import PrometheusReportBackend
 from slo.prometheus import PrometheusBackend
 from slo.spec import Facility, Slo, load_slos
 from slo.store import MINUTES_PER_DAY, Store, hour_rollup
@@ -247,7 +247,7 @@ def run(year: int) -> int:
         for source in ("recorded", "raw"):
             backend = PrometheusBackend(url, timeout_s=120, source=source)
             t0 = time.perf_counter()
-            report = build_report(PrometheusSource(backend), slos, facility, period, now)
+            report = build_report(PrometheusReportBackend(backend), slos, facility, period, now)
             results[source] = (time.perf_counter() - t0, backend.queries, report)
     finally:
         proc.terminate()

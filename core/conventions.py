@@ -73,7 +73,7 @@ UNKNOWN_FACILITY: Final = "unknown"
 ALL_FACILITIES: Final = "*"
 """Status over every facility at once (``slo status --facility '*'``, the store's rows)."""
 OTHER_ROUTE: Final = "other"
-"""The route a label set folds into once the cardinality budget is spent."""
+"""The route a label set folds into once the cardinality limit is reached."""
 OTHER_METHOD: Final = "_OTHER"
 """OpenTelemetry's method for one outside the known set."""
 

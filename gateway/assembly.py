@@ -1,10 +1,11 @@
 """The composition root of one proxy process's data plane: config in, the request path out.
 
-Everything the compiled request path (``gateway/dataplane/``) is given is decided here, once:
-its frozen settings, the upstream pools, the sinks each request's outcome goes to (spans when
-traces are exported, the request histogram of this process or of the workers' shared files,
-the store recorder when the store is kept, with its writer thread beside the data plane, the
-access log). A ``--workers`` supervisor builds none of it: it proxies nothing.
+Everything the compiled request path (``gateway/dataplane/``) is given is decided here, once,
+from the settings ``gateway/settings.py`` makes of the config: the upstream pools, the sinks
+each request's outcome goes to (spans when traces are exported, the request histogram of
+this process or of the workers' shared files, the store recorder when the store is kept, with
+its writer thread beside the data plane, the access log). A ``--workers`` supervisor builds
+none of it: it proxies nothing.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from core.conventions import UNKNOWN_FACILITY
-from gateway.audit.config import AuditConfig, ForwardConfig, retention_s
-from gateway.audit.forward import ForwardCounters, Forwarder, ForwardSettings
-from gateway.audit.identity import IdentitySettings
+from gateway import settings
+from gateway.audit.config import AuditConfig, ForwardConfig
+from gateway.audit.forward import ForwardCounters, Forwarder
 from gateway.audit.keys import Keyring, read_signing_key
 from gateway.audit.store import CHECKPOINT_EVENT, CHECKPOINT_SPAN
 from gateway.audit.trail import AuditCounters, AuditTrail
-from gateway.audit.writer import TrailSettings, WriterSpec
+from gateway.audit.writer import WriterSpec
 from gateway.config import Config, GatewayConfig
 from gateway.dataplane.accesslog import AccessLog
 from gateway.dataplane.facility import FacilityResolver
@@ -49,6 +50,7 @@ from gateway.probes import PROBE_TOKEN_ENV
 from gateway.roles import Role
 from gateway.startup import store_failure
 from gateway.storewriter import StoreWriterSettings, StoreWriterThread
+from slo.spec import Slo
 from slo.store import EXEMPLARS_PER_HOUR, StoreError
 
 log = logging.getLogger("vitalgate.gateway")
@@ -59,9 +61,8 @@ HEALTH_INTERVAL_S = 1.0
 def response_spool(config: Config[GatewayConfig], metrics: SpoolMetrics) -> Spool | None:
     """Response buffering (None when ``limits.max_temp_file_size`` is 0); its directory is
     made ready when the data plane starts (``prepare_spool``)."""
-    limits = config.gateway.limits
-    settings = limits.spool(config.resolve(limits.temp_path))
-    return Spool(settings, metrics) if settings is not None else None
+    spool = settings.spool_settings(config)
+    return Spool(spool, metrics) if spool is not None else None
 
 
 def prepare_spool(spool: Spool) -> None:
@@ -104,7 +105,7 @@ class DataPlane:
         cfg = config.gateway
         self.request_metrics = storage.request_metrics(registry, metrics.buckets_s)
         self.tracing = Tracing(
-            cfg.telemetry.traces.settings(),
+            settings.trace_settings(cfg.telemetry.traces),
             lambda n: metrics.telemetry.drop("span", n),
             instance=instance_id(role),
             on_failure=metrics.telemetry.span_export_failed,
@@ -116,13 +117,13 @@ class DataPlane:
         first = self.prepare(config)  # (built as a reload builds it: nothing runs yet to keep)
         self.router, self.facilities = first.router, first.facilities
         self.upstreams, self._upstream_keys = first.upstreams, first.keys
-        store = cfg.telemetry.store
+        store = settings.store_settings(config)
         self.recorder: Recorder | None = None
         self.store_writer: StoreWriterThread | None = None
-        self._store_path = str(config.resolve(store.path))
-        if store.enabled:
+        self._store_path = "" if store is None else str(store.path)
+        if store is not None:
             self.recorder = Recorder(RecorderSettings(metrics.buckets_s, EXEMPLARS_PER_HOUR))
-            self.store_writer = store_writer(config, role, self.recorder, metrics)
+            self.store_writer = store_writer(store, config.slos, role, self.recorder, metrics)
         # Spans first (their end time is the closest to the response), then the histogram, the
         # store (when kept) and the log.
         sinks: list[RequestSink] = [SpanSink()] if self.tracing.enabled else []
@@ -140,7 +141,6 @@ class DataPlane:
             sinks.append(self.audit)
             if cfg.audit.forward is not None:
                 self.forwarder = forwarder(config, cfg.audit, cfg.audit.forward, self.audit, metrics.forward)
-        identity = cfg.audit.identity if cfg.audit is not None else None
         self.probe_token = os.environ.get(PROBE_TOKEN_ENV) or secrets.token_hex(16)
         self.spool = response_spool(config, metrics.spool)
         outputs = Outputs(
@@ -151,7 +151,7 @@ class DataPlane:
             tuple(sinks),
             tuple(entry_sinks),
             audit=self.audit is not None,
-            audit_user_header=(identity.header or "").lower() if identity is not None else "",
+            audit_user_header=settings.audit_user_header(config),
             audit_gate=self.audit if cfg.audit is not None and cfg.audit.durability == "strict" else None,
             probe_token=self.probe_token,
             spool=self.spool,
@@ -162,8 +162,8 @@ class DataPlane:
         self._retiring: set[asyncio.Task[None]] = set()
         self._health: asyncio.Task[None] | None = None
         self._store_health: StoreHealth | None = None
-        if self.store_writer is not None:
-            self._store_health = StoreHealth(registry, store.flush_interval)
+        if self.store_writer is not None and store is not None:
+            self._store_health = StoreHealth(registry, store.flush_interval_s)
 
     def _observe(self) -> None:
         """The gauges of the gateway's own health that are read off its parts: queue depths,
@@ -193,16 +193,16 @@ class DataPlane:
         (OSError, ssl.SSLError, ValueError) when a part cannot be built, nothing switched. An
         upstream whose settings did not change keeps its running pool (and its connections)."""
         cfg = config.gateway
-        facilities = FacilityResolver(cfg.facilities.settings())
-        router = Router([r.settings() for r in cfg.routes], facilities.path_segment)
-        keys = {name: (u.settings(), upstream_ca(config, name)) for name, u in cfg.upstreams.items()}
+        facilities = FacilityResolver(settings.facility_settings(cfg.facilities))
+        router = Router([settings.route_settings(r) for r in cfg.routes], facilities.path_segment)
+        keys = settings.pools(config)
         upstreams: dict[str, Upstream] = {}
-        for name, (settings, ca_file) in keys.items():
+        for name, (pool, ca_file) in keys.items():
             old = self.upstreams.get(name)
-            if old is not None and self._upstream_keys.get(name) == (settings, ca_file):
+            if old is not None and self._upstream_keys.get(name) == (pool, ca_file):
                 upstreams[name] = old
             else:
-                upstreams[name] = Upstream(name, settings, ca_file, cfg.limits.max_upstream_header_size)
+                upstreams[name] = Upstream(name, pool, ca_file, cfg.limits.max_upstream_header_size)
         return Routing(config, router, facilities, upstreams, keys)
 
     async def commit(self, routing: Routing) -> None:
@@ -222,7 +222,9 @@ class DataPlane:
         )
         for service in cfg.upstreams:
             self.request_metrics.active.child(UNKNOWN_FACILITY, service)
-        self._metrics.facilities.set_facilities(cfg.facilities.display_names(), cfg.facilities.sla_ratios())
+        self._metrics.facilities.set_facilities(
+            settings.facility_names(cfg.facilities), settings.sla_ratios(cfg.facilities)
+        )
         self.tracing.tracer.set_sample_ratio(cfg.telemetry.traces.sample_ratio)
         grace_s = cfg.limits.shutdown_timeout
         for u in retired:
@@ -274,30 +276,24 @@ class DataPlane:
 
 
 def store_writer(
-    config: Config[GatewayConfig], role: Role, recorder: Recorder, metrics: MetricFamilies
+    store: settings.StoreSettings, slos: list[Slo], role: Role, recorder: Recorder, metrics: MetricFamilies
 ) -> StoreWriterThread:
     """The thread that writes what ``recorder`` counts to the embedded store: with
     ``--workers`` every worker writes its own counts (added to the others'), the supervisor has
     caught the store up before they start, and worker 0 alone compacts and purges."""
-    store = config.gateway.telemetry.store
-    settings = StoreWriterSettings(
-        config.resolve(store.path),
-        tuple(config.slos),
+    writer = StoreWriterSettings(
+        store.path,
+        tuple(slos),
         metrics.buckets_s,
-        flush_interval_s=store.flush_interval,
-        minute_days=int(store.minute_retention // 86400),
-        hour_days=int(store.hour_retention // 86400),
+        flush_interval_s=store.flush_interval_s,
+        minute_days=store.minute_days,
+        hour_days=store.hour_days,
         shared=role.kind == "worker",
         maintenance=role.index == 0,
     )
     return StoreWriterThread(
-        recorder, settings, lambda n: metrics.telemetry.drop("store", n), metrics.store.error
+        recorder, writer, lambda n: metrics.telemetry.drop("store", n), metrics.store.error
     )
-
-
-def upstream_ca(config: Config[GatewayConfig], name: str) -> str | None:
-    ca_file = config.gateway.upstreams[name].ca_file
-    return str(config.resolve(ca_file)) if ca_file else None
 
 
 @dataclass(frozen=True)
@@ -323,21 +319,6 @@ async def _retire(upstream: Upstream, grace_s: float) -> None:
     await upstream.close()
 
 
-def identity_settings(config: Config[GatewayConfig], audit: AuditConfig) -> IdentitySettings | None:
-    ident = audit.identity
-    if ident is None:
-        return None
-    if ident.header is not None:
-        return IdentitySettings(header=True, trusted_sources=tuple(ident.trusted_sources))
-    return IdentitySettings(
-        issuer=ident.issuer,
-        audience=ident.audience,
-        jwks_file=config.resolve(ident.jwks_file) if ident.jwks_file else None,
-        jwks_url=ident.jwks_url,
-        refresh_s=ident.refresh,
-    )
-
-
 def audit_trail(
     config: Config[GatewayConfig],
     audit: AuditConfig,
@@ -349,26 +330,13 @@ def audit_trail(
     """The audit sink: its keys loaded (``vitalgate check`` has checked them), checkpoints
     published outside the audit store: in the access log, and as a span when traces are
     exported."""
-    root = config.resolve(audit.path)
-    settings = TrailSettings(
-        directory=root / chain if chain else root,
-        flush_interval_s=audit.flush_interval,
-        checkpoint_interval_s=audit.checkpoint_interval,
-        retention_s=retention_s(audit.retention),
-        max_queue=audit.max_queue,
-        max_patients=audit.max_patients,
-        upstream_addresses={name: u.url for name, u in config.gateway.upstreams.items()},
-        chain=chain,
-        root=root,
-        strict=audit.durability == "strict",
-    )
-    key_files = tuple(config.resolve(k) for k in audit.data_key_files())
-    signing_key_file = config.resolve(audit.signing_key_file)
+    trail = settings.trail_settings(config, audit, chain)
+    key_files, signing_key_file = settings.audit_key_files(config, audit)
     # Read here too, so that a key the writer could not read stops the gateway's start with
     # the key's own error; the writer process reads its own copy.
     keyring = Keyring.load(key_files)
     read_signing_key(signing_key_file)
-    spec = WriterSpec(settings, key_files, signing_key_file, identity_settings(config, audit))
+    spec = WriterSpec(trail, key_files, signing_key_file, settings.identity_settings(config, audit))
 
     def publish(checkpoint: dict[str, Any]) -> None:
         access_log.event(time.time(), CHECKPOINT_EVENT, {"checkpoint": checkpoint})
@@ -377,7 +345,7 @@ def audit_trail(
                 CHECKPOINT_SPAN, {f"vitalgate.audit.checkpoint.{k}": v for k, v in checkpoint.items()}
             )
 
-    return AuditTrail(settings, keyring, spec, metrics, publish)
+    return AuditTrail(trail, keyring, spec, metrics, publish)
 
 
 def forwarder(
@@ -387,13 +355,5 @@ def forwarder(
     trail: AuditTrail,
     metrics: ForwardCounters,
 ) -> Forwarder:
-    token = config.resolve(fwd.token_file).read_text().strip() if fwd.token_file else None
-    settings = ForwardSettings(
-        url=fwd.url,
-        batch_size=fwd.batch_size,
-        interval_s=fwd.interval,
-        timeout_s=fwd.timeout,
-        ca_file=str(config.resolve(fwd.ca_file)) if fwd.ca_file else None,
-        authorization=f"Bearer {token}" if token else None,
-    )
-    return Forwarder(settings, trail.settings.directory, trail.keyring, lambda: trail.durable_size, metrics)
+    forward = settings.forward_settings(config, fwd)
+    return Forwarder(forward, trail.settings.directory, trail.keyring, lambda: trail.durable_size, metrics)

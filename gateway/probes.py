@@ -17,86 +17,21 @@ With ``--workers`` only worker 0 probes (the kernel may hand its connection to a
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 import random
 import ssl
-from dataclasses import dataclass
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from core import conventions as names
-from core.conventions import UNKNOWN_FACILITY
-from gateway.config import Config, GatewayConfig, ProbeConfig
 from gateway.dataplane.proxy import PROBE_HEADER
+from gateway.settings import Target
 
 log = logging.getLogger("vitalgate.probes")
 
 PROBE_TOKEN_ENV = "VITALGATE_PROBE_TOKEN"  # noqa: S105  (the variable's name)
 """The token the workers of one supervisor share, so any of them knows worker 0's probes."""
-
-
-@dataclass(frozen=True)
-class Target:
-    """One probe request: an upstream, for one facility."""
-
-    upstream: str
-    facility: str
-    method: str
-    path: str
-    headers: tuple[tuple[str, str], ...]
-    interval_s: float
-    timeout_s: float
-    expect: frozenset[int]
-
-
-def _unsigned_jwt(claim: str, value: str) -> str:
-    """A bearer token that only names the facility (the gateway reads the claim unverified, for
-    attribution only; it grants nothing)."""
-
-    def part(obj: dict[str, str]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
-
-    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part({claim: value})}."
-
-
-def targets(config: Config[GatewayConfig]) -> list[Target]:
-    """Every probe request ``config`` asks for, each facility carried the way the first
-    facility source reads it (a header, a path segment, or a JWT claim)."""
-    cfg = config.gateway
-    out = []
-    for probe in cfg.probes:
-        base_path = probe.resolved_path(cfg.routes)
-        for facility in probe.facilities or [UNKNOWN_FACILITY]:
-            out.append(_target(config, probe, base_path, facility))
-    return out
-
-
-def _target(config: Config[GatewayConfig], probe: ProbeConfig, path: str, facility: str) -> Target:
-    headers = dict(probe.request.headers)
-    sources = config.gateway.facilities.from_
-    source = sources[0] if sources else None
-    if facility != UNKNOWN_FACILITY and source is not None:
-        if source.header is not None:
-            headers[source.header] = facility
-        elif source.path_segment is not None:
-            parts = path.split("/")
-            parts.insert(source.path_segment + 1, facility)
-            path = "/".join(parts)
-        elif source.jwt_claim is not None:
-            headers["Authorization"] = "Bearer " + _unsigned_jwt(source.jwt_claim, facility)
-    return Target(
-        probe.upstream,
-        facility,
-        probe.request.method,
-        path,
-        tuple(headers.items()),
-        probe.interval,
-        probe.timeout,
-        frozenset(probe.expect),
-    )
 
 
 class ProbeMetrics:
@@ -144,10 +79,10 @@ class Prober:
         # (https: its own listener, whatever certificate it has: nothing to verify)
         self._ssl: ssl.SSLContext | bool = scheme != "https"
 
-    def start(self, config: Config[GatewayConfig]) -> None:
-        """Start (or after a reload, restart) the probes of ``config``."""
+    def start(self, found: list[Target]) -> None:
+        """Start (or after a reload, restart) the probes of the config in force (its targets:
+        ``gateway.settings.probe_targets``)."""
         self._stop_tasks()
-        found = targets(config)
         self._metrics.keep_only(found)
         if found and self._session is None:
             # Its own connections, closed after each probe: a probe also checks that the

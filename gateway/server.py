@@ -22,8 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from core.configfile import split_listen
-from gateway import native
+from gateway import native, settings
 from gateway.admin.api import AdminApi, AdminExtension, Lifecycle
 from gateway.admin.listener import AdminRunner
 from gateway.assembly import DataPlane, Routing, audit_trail
@@ -74,32 +73,31 @@ class Gateway:
         """What the process started with: the settings only a restart changes keep its values."""
         self.role = role
         cfg = config.gateway
+        # Made once: a reload changes none of these (``gateway.reload.RESTART_ONLY``), except the
+        # upstream pools' sizes, which are read only when the listener starts.
+        self.listener = settings.listener_settings(config, role)
         self.registry = CollectorRegistry()
         self.storage = MetricStorage(role.metrics_dir)
         self.lifecycle = Lifecycle()
         self.metrics = declare_families(
             self.registry,
             latency_thresholds_s(config.slos),
-            cfg.facilities.display_names(),
-            cfg.facilities.sla_ratios(),
+            settings.facility_names(cfg.facilities),
+            settings.sla_ratios(cfg.facilities),
         )
-        log_path = cfg.telemetry.access_log.path
         self.access_log = AccessLog(
-            log_path if log_path == "-" else config.resolve(log_path),
+            settings.access_log_target(config),
             cfg.telemetry.access_log.queue_size,
             lambda n: self.metrics.telemetry.drop("log", n),
             self.metrics.telemetry.access_log_error,
         )
-        host, port = split_listen(cfg.listen)
-        if role.port is not None:
-            port = role.port
-        self._host, self._port = host, port
-        self._admin_host, self._admin_port = split_listen(cfg.admin.listen)
+        self._host, self._port = self.listener.host, self.listener.port
+        self._admin_host, self._admin_port = self.listener.admin_host, self.listener.admin_port
         # A --workers supervisor proxies nothing: it builds no data plane.
         self.dataplane: DataPlane | None = None
         if role.kind != "supervisor":
             self.dataplane = DataPlane(
-                config, role, self.registry, self.storage, self.metrics, self.access_log, port
+                config, role, self.registry, self.storage, self.metrics, self.access_log, self._port
             )
         exposed = self.storage.exposed(self.registry)
         self.admin = AdminApi(config, role, exposed, self.access_log, self.lifecycle, list(admin_extensions))
@@ -125,11 +123,10 @@ class Gateway:
         upstream pools and the gateway's own descriptors are set aside: a flood of client
         connections then meets a clear 503 instead of starving the admin listener and the
         upstreams of descriptors."""
-        cfg = self.config.gateway
-        reserved = _RESERVED_FDS + sum(u.max_connections for u in cfg.upstreams.values())
+        reserved = _RESERVED_FDS + self.listener.upstream_connections
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         room = max(16, soft - reserved) if soft != resource.RLIM_INFINITY else 1_000_000
-        wanted = cfg.limits.max_client_connections
+        wanted = self.listener.max_client_connections
         if wanted is None:
             return room
         if wanted > room:
@@ -155,11 +152,10 @@ class Gateway:
             )
 
     def _ssl_context(self) -> ssl.SSLContext | None:
-        tls = self.config.gateway.tls
-        if tls is None:
+        if self.listener.tls is None:
             return None
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        cert, key = self.config.resolve(tls.cert_file), self.config.resolve(tls.key_file)
+        cert, key = self.listener.tls
         for setting, path in (("tls.cert_file", cert), ("tls.key_file", key)):
             try:
                 path.open("rb").close()  # (which of the two is missing: the ssl call does not say)
@@ -183,7 +179,7 @@ class Gateway:
         if self.dataplane is not None and routing is not None:
             await self.dataplane.commit(routing)
         if self.prober is not None:
-            self.prober.start(self.config)
+            self.prober.start(settings.probe_targets(self.config))
         self.admin.apply(self.config)
 
     async def discard_reload(self, routing: Routing | None) -> None:
@@ -224,15 +220,15 @@ class Gateway:
             return
         await self.dataplane.start()
         self.access_log.start()
-        limits = self.config.gateway.limits
+        listener = self.listener
         self._server = HttpServer(
             self.proxy.handle,
-            max_header_size=limits.max_header_size,
+            max_header_size=listener.max_header_size,
             on_error=lambda: log.exception("proxy handler failed"),
-            trusted_proxies=self.config.gateway.trusted_proxies,
-            header_timeout_s=limits.header_timeout,
-            body_timeout_s=limits.client_body_timeout,
-            write_timeout_s=limits.client_write_timeout,
+            trusted_proxies=listener.trusted_proxies,
+            header_timeout_s=listener.header_timeout_s,
+            body_timeout_s=listener.body_timeout_s,
+            write_timeout_s=listener.write_timeout_s,
             max_connections=self._client_connection_cap(),
             on_reject=self.proxy.rejected,
             on_refuse=self._refused,
@@ -246,12 +242,12 @@ class Gateway:
             raise StartupError("listen", _address(self._host, self._port), reason(exc)) from exc
         self.proxy.bound(self._host, self.proxy_port)
         if self.role.kind == "single" or self.role.index == 0:
-            scheme = "https" if self.config.gateway.tls else "http"
+            scheme = "https" if self.listener.tls else "http"
             assert self.dataplane is not None
             self.prober = Prober(
                 ProbeMetrics(self.registry), self.dataplane.probe_token, scheme, self._host, self.proxy_port
             )
-            self.prober.start(self.config)
+            self.prober.start(settings.probe_targets(self.config))
         if self.role.kind == "worker":
             self.lifecycle.ready = True
             return
@@ -275,7 +271,7 @@ class Gateway:
             await self.prober.stop()
         if self._server is not None:
             await self._server.stop_accepting()  # open connections finish their requests
-        timeout_s = self.config.gateway.limits.shutdown_timeout
+        timeout_s = self.listener.shutdown_timeout_s
         if self.dataplane is not None:
             try:
                 await asyncio.wait_for(self.proxy.idle.wait(), timeout_s)

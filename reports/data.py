@@ -33,7 +33,7 @@ import numpy.typing as npt
 
 from core.conventions import ENTRY_ROUTE_PREFIX
 from slo.engine import good_minutes
-from slo.spec import PAPER_SIZES, SOURCES, Facility, Slo, contractual_slos
+from slo.spec import PAPER_SIZES, REQUEST_SOURCES, Facility, Slo, contractual_slos
 from slo.store import Store
 
 F64 = npt.NDArray[np.float64]
@@ -140,7 +140,7 @@ class SloReport:
     days: list[DayFigures]
     budget_curve: list[float | None]
     previous: list[tuple[str, float | None]] = field(default_factory=list)
-    sources: list[str] = field(default_factory=lambda: list(SOURCES))
+    sources: list[str] = field(default_factory=lambda: list(REQUEST_SOURCES))
     traffic_minutes: int = 0
     """Minutes (of the period so far, maintenance excluded) with a client's request."""
     probe_only_minutes: int = 0
@@ -249,7 +249,7 @@ def _per_day(day_index: npt.NDArray[np.intp], values: npt.NDArray[np.generic], n
     return [int(v) for v in sums[:n_days]]
 
 
-class ReportSource(Protocol):
+class ReportBackend(Protocol):
     """Where a report's counts come from: the embedded store or Prometheus."""
 
     def minutes(self, slo: Slo, facility: str, start_s: int, end_s: int) -> tuple[F64, F64]: ...
@@ -265,7 +265,9 @@ class ReportSource(Protocol):
     ) -> dict[str, list[tuple[str, float | None, float | None, float | None]]]: ...
 
 
-class StoreSource:
+class StoreReportBackend:
+    """A report's counts read from the embedded store."""
+
     def __init__(self, store: Store) -> None:
         self.store = store
 
@@ -309,8 +311,8 @@ def raw_coverage(store: Store, slo: Slo, facility: str, start_s: int, end_s: int
     return out
 
 
-def source_of(data: Store | ReportSource) -> ReportSource:
-    return StoreSource(data) if isinstance(data, Store) else data
+def backend_of(data: Store | ReportBackend) -> ReportBackend:
+    return StoreReportBackend(data) if isinstance(data, Store) else data
 
 
 @dataclass(frozen=True)
@@ -383,7 +385,7 @@ def _days(
 
 
 def _slo_report(
-    source: ReportSource,
+    backend: ReportBackend,
     s: Slo,
     facility: Facility,
     period: Period,
@@ -391,7 +393,7 @@ def _slo_report(
     previous_periods: int,
     contractual: bool,
 ) -> SloReport:
-    total, good = source.minutes(s, facility.id, mins.start_s, mins.end_s)
+    total, good = backend.minutes(s, facility.id, mins.start_s, mins.end_s)
     total = np.where(mins.excluded, 0.0, total)
     good = np.where(mins.excluded, 0.0, good)
     has = total > 0
@@ -404,7 +406,7 @@ def _slo_report(
     measure = uptime if s.budgeting == "timeslices" else avail
     budget_used = (1 - measure) / s.error_budget if measure is not None else None
     no_data = ~has & ~mins.excluded
-    traffic, probes = source.coverage(s, facility.id, mins.start_s, mins.end_s)
+    traffic, probes = backend.coverage(s, facility.id, mins.start_s, mins.end_s)
     with_traffic = (traffic > 0) & ~mins.excluded
     probe_only = (probes > 0) & ~with_traffic & ~mins.excluded
     # Requests counted in a minute neither clients nor probes cover: its raw minute was dropped.
@@ -419,7 +421,7 @@ def _slo_report(
     for _ in range(previous_periods):
         p = p.previous()
         ps, pe = p.bounds_s(facility.timezone)
-        pt, pg = source.totals(s, facility.id, ps, pe)
+        pt, pg = backend.totals(s, facility.id, ps, pe)
         previous.append((p.label, round(pg / pt, 6) if pt else None))
     return SloReport(
         slo=s.name,
@@ -462,19 +464,19 @@ def _slo_report(
 
 
 def build_report(
-    store: Store | ReportSource,
+    store: Store | ReportBackend,
     slos: Sequence[Slo],
     facility: Facility,
     period: Period,
     now_s: float,
     previous_periods: int = 3,
 ) -> Report:
-    source = source_of(store)
+    backend = backend_of(store)
     check_started(period, facility.timezone, now_s)
     mins, listed = _minutes(facility, period, now_s)
     contract = {s.name for s in contractual_slos(slos)}
     slo_reports = [
-        _slo_report(source, s, facility, period, mins, previous_periods, s.name in contract) for s in slos
+        _slo_report(backend, s, facility, period, mins, previous_periods, s.name in contract) for s in slos
     ]
     judged = [x.sla_met for x in slo_reports if x.contractual]
     report = Report(
@@ -487,7 +489,7 @@ def build_report(
         generated_at=_local(now_s, mins.tz),
         slos=slo_reports,
         maintenance=listed,
-        latency_weeks=source.latency_weeks(slos, facility.id, period, mins.tz),
+        latency_weeks=backend.latency_weeks(slos, facility.id, period, mins.tz),
         sla=facility.sla,
         contractual_marked=any(s.contractual is True for s in slos),
         sla_met=_all_met(judged),
@@ -590,7 +592,7 @@ def latency_by_week(
 
 
 def daily_availability(
-    data: Store | ReportSource, slo: Slo, facility: Facility, now_s: float, days: int = 90
+    data: Store | ReportBackend, slo: Slo, facility: Facility, now_s: float, days: int = 90
 ) -> list[tuple[str, float | None, int]]:
     """(local date, availability or None, requests) for the last ``days`` local days, oldest first."""
     tz = ZoneInfo(facility.timezone)
@@ -599,7 +601,7 @@ def daily_availability(
     start_s = int(datetime(first.year, first.month, first.day, tzinfo=tz).timestamp())
     after = today + timedelta(days=1)
     end_s = int(datetime(after.year, after.month, after.day, tzinfo=tz).timestamp())
-    total, good = source_of(data).minutes(slo, facility.id, start_s, end_s)
+    total, good = backend_of(data).minutes(slo, facility.id, start_s, end_s)
     out = []
     d = first
     while d <= today:

@@ -25,9 +25,10 @@ from slo.spec import Slo
 from slo.status import Counts, RowSpec
 from slo.windows import STATUS_WINDOWS_S
 
-SOURCES = ("auto", "recorded", "raw")
-"""Where counts come from: the recorded tiles of the generated rules (``recorded``), the raw
-counters (``raw``), or the tiles where they cover the window (``auto``)."""
+SERIES_CHOICES = ("auto", "recorded", "raw")
+"""Which series a Prometheus backend reads its counts from (``--source``): the recorded tiles
+of the generated rules (``recorded``), the raw counters (``raw``), or the tiles where they
+cover the window (``auto``)."""
 
 
 class PrometheusError(Exception):
@@ -36,8 +37,8 @@ class PrometheusError(Exception):
 
 class PrometheusBackend:
     def __init__(self, url: str, timeout_s: float = 30.0, source: str = "auto") -> None:
-        if source not in SOURCES:
-            raise ValueError(f"source must be one of {', '.join(SOURCES)}, not {source!r}")
+        if source not in SERIES_CHOICES:
+            raise ValueError(f"source must be one of {', '.join(SERIES_CHOICES)}, not {source!r}")
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self.source = source

@@ -30,7 +30,8 @@ NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 SourceName = Literal["traffic", "probe"]
 _BOTH: tuple[SourceName, ...] = ("traffic", "probe")
-SOURCES: tuple[str, ...] = _BOTH
+REQUEST_SOURCES: tuple[str, ...] = _BOTH
+"""Where an SLO's requests may come from (its ``sources:``): clients, the gateway's probes."""
 LE_TOLERANCE_S = 1e-9
 """A duration bucket's bound and a latency threshold closer than this are the same number."""
 
@@ -197,7 +198,7 @@ class Slo:
     bundle_entries: bool = False
     """Availability: each entry of a batch or transaction response is an event too (its
     own method, route template and status), beside the batch request itself."""
-    sources: tuple[str, ...] = SOURCES
+    sources: tuple[str, ...] = REQUEST_SOURCES
     """``traffic`` (clients' requests), ``probe`` (the gateway's synthetic probes), or both."""
     contractual: bool | None = None
     """As written in ``slos.yaml`` (None: not said); ``contractual_slos`` decides."""
@@ -253,7 +254,7 @@ class Slo:
                 sorted(self.routes),
                 *(["bundle_entries"] if self.bundle_entries else []),
                 # (named only when not both: the keys of SLOs defined before sources existed stay)
-                *([sorted(self.sources)] if set(self.sources) != set(SOURCES) else []),
+                *([sorted(self.sources)] if set(self.sources) != set(REQUEST_SOURCES) else []),
             ],
             separators=(",", ":"),
         )

@@ -19,8 +19,8 @@ from gateway.admin.auth import identity_of, refuse_facility
 from gateway.admin.browser import has_session
 from reports.data import (
     PeriodError,
-    ReportSource,
-    StoreSource,
+    ReportBackend,
+    StoreReportBackend,
     build_report,
     check_started,
     daily_availability,
@@ -28,7 +28,7 @@ from reports.data import (
     parse_period,
 )
 from reports.pages import facility_page, fleet_page
-from reports.prometheus_source import PrometheusSource
+from reports.prometheus_backend import PrometheusReportBackend
 from slo.prometheus import PrometheusError
 from slo.spec import Facility
 from slo.store import Store, StoreError
@@ -54,15 +54,15 @@ class AdminPages:
         """The facilities of the config in force (a reload may add or remove one)."""
         return {f.id: f for f in self.admin.config.facilities()}
 
-    def _open(self) -> tuple[ReportSource, Store | None]:
-        """The figures' source (the configured Prometheus, else the embedded store) and the
+    def _open(self) -> tuple[ReportBackend, Store | None]:
+        """The figures' backend (the configured Prometheus, else the embedded store) and the
         store to close after."""
         prom = self.admin.prometheus()
         if prom is not None:
-            return PrometheusSource(prom), None
+            return PrometheusReportBackend(prom), None
         cfg = self.admin.config
         store = Store(cfg.resolve(cfg.gateway.telemetry.store.path), readonly=True)
-        return StoreSource(store), store
+        return StoreReportBackend(store), store
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Store reads, numpy and rendering run off the event loop: the proxy keeps serving.
@@ -88,13 +88,13 @@ class AdminPages:
         f = self.facilities[facility_id]
         now = time.time()
         rows = self.admin.status_rows(facility_id)
-        source, store = self._open()
+        backend, store = self._open()
         try:
             slos = self.admin.config.slos
-            calendars = [(s.name, s.kind, s.objective, daily_availability(source, s, f, now)) for s in slos]
+            calendars = [(s.name, s.kind, s.objective, daily_availability(backend, s, f, now)) for s in slos]
             local = datetime.fromtimestamp(now, ZoneInfo(f.timezone))
             month = parse_period(f"{local.year}-{local.month:02d}")
-            report = build_report(source, slos, f, month, now, previous_periods=0)
+            report = build_report(backend, slos, f, month, now, previous_periods=0)
         finally:
             if store is not None:
                 store.close()
@@ -124,10 +124,10 @@ class AdminPages:
         from reports.render import render_html, render_pdf_bytes  # noqa: PLC0415
 
         facility = self.facilities[facility_id]
-        source, store = self._open()
+        backend, store = self._open()
         try:
             report = build_report(
-                source,
+                backend,
                 self.admin.config.slos,
                 facility,
                 parse_period(period_label),

@@ -17,6 +17,7 @@ from gateway.audit.keys import AuditKeyError, Keyring, keygen, read_signing_key
 from gateway.audit.search import AuditQuery, counted, outcome_legend, summary
 from gateway.audit.verify import Record, all_records, published_checkpoints, verify
 from gateway.config import Config, GatewayConfig
+from gateway.settings import data_key_paths
 
 
 def _audit(config: Config[GatewayConfig]) -> AuditConfig | None:
@@ -26,7 +27,7 @@ def _audit(config: Config[GatewayConfig]) -> AuditConfig | None:
 
 
 def _keyring(config: Config[GatewayConfig], audit: AuditConfig) -> Keyring:
-    return Keyring.load([config.resolve(k) for k in audit.data_key_files()])
+    return Keyring.load(data_key_paths(config, audit))
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:

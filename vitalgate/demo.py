@@ -43,6 +43,7 @@ from dashboards.provisioning import GRAFANA_PROVISIONING
 from gateway.audit.keys import DATA_KEY, SIGNING_KEY, AuditKeyError, Keyring, keygen, read_signing_key
 from gateway.audit.search import counted
 from gateway.audit.verify import published_checkpoints, verify
+from gateway.settings import data_key_paths
 from slo.embedded import EmbeddedBackend
 from slo.status import compute_status, now_utc, sort_worst_first, to_table
 from slo.store import Store
@@ -514,7 +515,7 @@ def _audit_summary(config_path: Path) -> str:
             anchors = published_checkpoints(f)
         report = verify(
             config.resolve(audit.path),
-            Keyring.load([config.resolve(k) for k in audit.data_key_files()]),
+            Keyring.load(data_key_paths(config, audit)),
             read_signing_key(config.resolve(audit.signing_key_file)).public_key(),
             anchors,
         )

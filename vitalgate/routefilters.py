@@ -14,9 +14,11 @@ import difflib
 from collections.abc import Sequence
 
 from core.configfile import Problem, Source, items_of, mapping_at
-from gateway.config import GatewayConfig, RouteConfig
+from gateway.config import GatewayConfig
 from gateway.dataplane.fhir import RESOURCE_TYPES
 from gateway.dataplane.routes import Router
+from gateway.sections import RouteConfig
+from gateway.settings import route_settings
 
 MAX_LISTED = 6
 """Templates named in one message; a route with more says how many it has."""
@@ -28,7 +30,7 @@ def route_filter_problems(gateway: GatewayConfig, slos: Source) -> list[Problem]
     path_segment = next(
         (s.path_segment for s in gateway.facilities.from_ if s.path_segment is not None), None
     )
-    router = Router([r.settings() for r in gateway.routes], path_segment)
+    router = Router([route_settings(r) for r in gateway.routes], path_segment)
     problems = []
     listed = slos.data.get("slos") if isinstance(slos.data, dict) else None
     for i, slo in items_of(listed if isinstance(listed, list) else []):

@@ -158,9 +158,9 @@ class AdminApi:
         self._collectors.append(collector)
 
     def prometheus(self) -> PrometheusBackend | None:
-        """A reader of the configured ``admin.status_source`` (one per request: it counts its
+        """A reader of the configured ``admin.status_backend`` (one per request: it counts its
         queries and notes), or None to read the embedded store."""
-        src = self.config.gateway.admin.status_source
+        src = self.config.gateway.admin.status_backend
         if src is None:
             return None
         return PrometheusBackend(src.prometheus_url, timeout_s=src.timeout, source=src.source)
@@ -194,7 +194,7 @@ class AdminApi:
             return refused
         if (
             not self.config.gateway.telemetry.store.enabled
-            and self.config.gateway.admin.status_source is None
+            and self.config.gateway.admin.status_backend is None
         ):
             return web.json_response(
                 {"error": "the embedded store is disabled (telemetry.store.enabled)"}, status=503

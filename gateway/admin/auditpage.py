@@ -29,6 +29,7 @@ from gateway.audit.search import AuditQuery, counted
 from gateway.audit.trail import AuditTrail
 from gateway.audit.verify import Report, published_checkpoints, verify
 from gateway.config import Config, GatewayConfig
+from gateway.settings import data_key_paths
 
 log = logging.getLogger("vitalgate.admin")
 
@@ -58,7 +59,7 @@ def verify_trail(config: Config[GatewayConfig]) -> Report:
     audit = config.gateway.audit
     if audit is None:
         raise AuditKeyError("no audit: section")
-    keyring = Keyring.load([config.resolve(k) for k in audit.data_key_files()])
+    keyring = Keyring.load(data_key_paths(config, audit))
     public = read_signing_key(config.resolve(audit.signing_key_file)).public_key()
     anchors: list[dict[str, Any]] = []
     log_path = config.gateway.telemetry.access_log.path

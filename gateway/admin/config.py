@@ -6,10 +6,10 @@ importing the admin listener it configures.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from core.configfile import DurationS, ListenAddr, StrictModel
 
@@ -22,7 +22,7 @@ class TokenConfig(StrictModel):
     facilities: list[str] = Field(default_factory=list)
 
 
-class StatusSourceConfig(StrictModel):
+class StatusBackendConfig(StrictModel):
     """Where ``/api/v1/slo``, the status pages and the report downloads read their figures
     when not from this gateway's embedded store: a Prometheus (or VictoriaMetrics, Thanos,
     Mimir) that scrapes every replica, so that each replica serves the fleet's figures."""
@@ -58,6 +58,16 @@ class AdminConfig(StrictModel):
     tokens: list[TokenConfig] = Field(default_factory=list)
     protect_metrics: bool = False
     """Also require a token for /metrics, /healthz and /readyz."""
-    status_source: StatusSourceConfig | None = None
-    """Serve status and reports from Prometheus instead of the embedded store."""
+    status_backend: StatusBackendConfig | None = Field(
+        default=None, validation_alias=AliasChoices("status_backend", "status_source")
+    )
+    """Serve status and reports from Prometheus instead of the embedded store. Also accepted
+    under its first name, ``status_source`` (the count readers are backends everywhere now)."""
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "status_backend" in data and "status_source" in data:
+            raise ValueError("status_source is the old name of status_backend: give only status_backend")
+        return data

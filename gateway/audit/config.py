@@ -95,9 +95,6 @@ class AuditConfig(StrictModel):
             raise ValueError("exactly one of key_file or key_files is required")
         return self
 
-    def data_key_files(self) -> list[str]:
-        return [self.key_file] if self.key_file is not None else list(self.key_files or [])
-
 
 def file_problems(audit: dict[str, Any], source: Source, base: Path) -> list[Problem]:
     """The audit section's key and JWKS files exist, are private where secret, and load."""

@@ -67,7 +67,10 @@ class Match:
         audit: bool = False,
     ) -> None:
         self.service = service
+        """The ``service`` label: the upstream's name (one name, written down in the README's Words)."""
         self.upstream = upstream
+        """The pool the request goes to. The same name as ``service`` (``Route`` holds one);
+        the proxy reads both, so both stay until the proxy is next reworked."""
         self.route = route
         """The route template: the ``http.route`` value."""
         self.prefix = prefix
@@ -111,7 +114,7 @@ class Route:
     def __init__(self, cfg: RouteSettings, facility_segment: int | None = None) -> None:
         self.prefix = cfg.prefix
         self.upstream = cfg.upstream
-        self.service = cfg.upstream
+        """The upstream's name: also the ``service`` label of what the route records."""
         self.kind = cfg.kind
         self.fold = f"{cfg.prefix}{{path}}"
         self._templates = _Templates(cfg.templates) if cfg.templates else None
@@ -160,7 +163,7 @@ class Route:
         m = self._matches.get(route)
         if m is None:
             m = self._matches[route] = Match(
-                self.service,
+                self.upstream,
                 self.upstream,
                 route,
                 self.prefix,
@@ -227,4 +230,4 @@ class Router:
 
     @property
     def services(self) -> list[str]:
-        return sorted({r.service for r in self._routes})
+        return sorted({r.upstream for r in self._routes})

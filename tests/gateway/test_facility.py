@@ -3,8 +3,9 @@ import json
 
 from multidict import CIMultiDict
 
-from gateway.config import FacilitiesConfig
 from gateway.dataplane.facility import UNKNOWN, FacilityResolver, jwt_claim
+from gateway.sections import FacilitiesConfig
+from gateway.settings import facility_settings
 
 
 def _jwt(claims: object) -> str:
@@ -14,12 +15,14 @@ def _jwt(claims: object) -> str:
     return f"Bearer {enc({'alg': 'RS256'})}.{enc(claims)}.c2lnbmF0dXJl"
 
 
-CFG = FacilitiesConfig.model_validate(
-    {
-        "from": [{"header": "X-Facility-ID"}, {"path_segment": 1}, {"jwt_claim": "facility"}],
-        "known": {"st-marys": {"name": "St Mary's"}, "riverside": {"name": "Riverside"}},
-    }
-).settings()
+CFG = facility_settings(
+    FacilitiesConfig.model_validate(
+        {
+            "from": [{"header": "X-Facility-ID"}, {"path_segment": 1}, {"jwt_claim": "facility"}],
+            "known": {"st-marys": {"name": "St Mary's"}, "riverside": {"name": "Riverside"}},
+        }
+    )
+)
 
 
 def test_sources_in_order() -> None:

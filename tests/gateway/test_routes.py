@@ -1,7 +1,8 @@
 import pytest
 
-from gateway.config import RouteConfig
 from gateway.dataplane.routes import Router, normalize_path
+from gateway.sections import RouteConfig
+from gateway.settings import route_settings
 
 ROUTES = [
     RouteConfig(prefix="/fhir/", upstream="fhir", kind="fhir", operations=["custom-op"]),
@@ -16,7 +17,7 @@ ROUTES = [
     ),
     RouteConfig(prefix="/fhir/r5/", upstream="fhir5", kind="fhir"),
 ]
-SETTINGS = [r.settings() for r in ROUTES]
+SETTINGS = [route_settings(r) for r in ROUTES]
 
 
 @pytest.mark.parametrize(
@@ -77,7 +78,7 @@ def test_service_and_no_route() -> None:
 def test_facility_partition_in_path() -> None:
     # /fhir/{tenant}/Patient/123 as in HAPI FHIR partitioning: segment 1 is the facility.
     router = Router(
-        [RouteConfig(prefix="/fhir/", upstream="fhir", kind="fhir").settings()], facility_segment=1
+        [route_settings(RouteConfig(prefix="/fhir/", upstream="fhir", kind="fhir"))], facility_segment=1
     )
     m = router.match("/fhir/st-marys/Patient/123")
     assert m is not None

@@ -22,7 +22,6 @@ import pytest
 import uvloop
 from aiohttp import web
 
-from gateway.config import TimeoutConfig, UpstreamConfig
 from gateway.dataplane.errors import (
     UpstreamConnectError,
     UpstreamProtocolError,
@@ -30,6 +29,8 @@ from gateway.dataplane.errors import (
     UpstreamTimeout,
 )
 from gateway.dataplane.upstream import Upstream, UpstreamResponse
+from gateway.sections import TimeoutConfig, UpstreamConfig
+from gateway.settings import upstream_settings
 from tests.helpers import require_binary
 from vitalgate.peers import free_port
 
@@ -75,7 +76,7 @@ def client(
         timeout=TimeoutConfig.model_validate(timeout or {}),
         max_connections=max_connections,
     )
-    return Upstream("test", cfg.settings(), None)
+    return Upstream("test", upstream_settings(cfg), None)
 
 
 async def read_all(resp: UpstreamResponse) -> bytes:

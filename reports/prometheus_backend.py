@@ -1,4 +1,4 @@
-"""Report counts from Prometheus (``--backend prometheus``), with the same PromQL as
+"""A report's counts from Prometheus (``--backend prometheus``), with the same PromQL as
 ``slo status``: the rules' one-minute tiles where they cover the period (one series per
 facility), else per-minute increases of the raw counters without extrapolation; fetched with
 range queries in chunks Prometheus accepts (at most 11,000 points a query). Latency
@@ -30,7 +30,9 @@ def _finite(x: float | None) -> float | None:
     return None if x is None or math.isnan(x) or math.isinf(x) else x
 
 
-class PrometheusSource:
+class PrometheusReportBackend:
+    """A report's counts read from Prometheus, through the SLO package's reader."""
+
     def __init__(self, backend: PrometheusBackend) -> None:
         self.backend = backend
         self._chosen: dict[tuple[str, int], bool] = {}
