@@ -1,10 +1,20 @@
+"""Set-up every test package shares: the peers a gateway talks to, a gateway child process,
+and the rules of the run (what counts as slow, no skips in CI, no stale compiled code)."""
+
 import os
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.helpers import Upstream, start_sink
+from tests.support.gateway import GatewayProcess
+from tests.support.peers import BackgroundPeers, Upstream, start_sink
 from vitalgate.otlpsink import OtlpSink
+
+PROCESS_FIXTURES = frozenset({"peers", "gateway_process"})
+"""Fixtures that start a gateway process or the peers one talks to: a test using one is
+``slow`` (left out of the developer's loop, ``pytest -m "not slow"``; ``make test`` runs it)."""
 
 
 @pytest.fixture
@@ -21,6 +31,44 @@ async def sink() -> AsyncIterator[tuple[OtlpSink, int]]:
     runner, port = await start_sink(s)
     yield s, port
     await runner.cleanup()
+
+
+@pytest.fixture
+def peers() -> Iterator[BackgroundPeers]:
+    """A test upstream and an OTLP sink on a thread of their own, for a synchronous test that
+    runs the gateway as a child process."""
+    with BackgroundPeers() as background:
+        yield background
+
+
+@pytest.fixture
+def gateway_process() -> Iterator[Callable[..., GatewayProcess]]:
+    """Start ``vitalgate serve`` children (arguments as ``GatewayProcess``); any still running
+    when the test ends is stopped, so a failed assertion never leaves one behind. A test that
+    checks how the gateway stops calls ``terminate()`` itself."""
+    started: list[GatewayProcess] = []
+
+    def start(config_path: Path, **options: Any) -> GatewayProcess:
+        gw = GatewayProcess(config_path, **options)
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        try:
+            # SIGTERM first: a supervisor takes its --workers down with it, SIGKILL would orphan them.
+            if gw.proc.poll() is None:
+                gw.terminate()
+        finally:
+            gw.kill()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that uses a process fixture; modules whose tests start
+    processes inline carry ``pytestmark = pytest.mark.slow`` themselves."""
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.helpers import require_binary, vitalgate
+from tests.support.cli import vitalgate
+from tests.support.services import require_binary
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "alerts"
 STEP_S = 15

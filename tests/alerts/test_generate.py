@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import require_binary, vitalgate
+from tests.support.cli import vitalgate
+from tests.support.services import require_binary
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "alerts"
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import yaml
 
 from tests import slos
-from tests.helpers import gateway_config, require_binary, vitalgate
+from tests.support.cli import vitalgate
+from tests.support.gateway import gateway_config
+from tests.support.services import require_binary
 
 METRIC = "http_server_request_duration_seconds_count"
 

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from dashboards.build import queries
-from tests.helpers import require_binary, vitalgate
+from tests.support.cli import vitalgate
+from tests.support.services import require_binary
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 CONFIG = GOLDEN / "alerts" / "gateway.yaml"  # the same config as the alert golden files

@@ -11,7 +11,8 @@ import yaml
 from aiohttp import web
 
 from tests.fakegrafana import EDITOR, VIEWER, FakeGrafana
-from tests.helpers import BackgroundPeers, vitalgate
+from tests.support.cli import vitalgate
+from tests.support.peers import BackgroundPeers
 from vitalgate.peers import free_port
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "alerts"

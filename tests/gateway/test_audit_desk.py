@@ -24,7 +24,11 @@ from fhir.resources.R4B.auditevent import AuditEvent
 from gateway.audit.keys import Keyring, read_signing_key
 from gateway.audit.verify import verify
 from tests.gateway.test_audit import Idp, _admin_get, _audit_config, _get
-from tests.helpers import BackgroundPeers, GatewayProcess, eventually, read_log, vitalgate
+from tests.support.cli import vitalgate
+from tests.support.gateway import GatewayProcess
+from tests.support.peers import BackgroundPeers
+from tests.support.readers import read_log
+from tests.support.waiting import wait_until
 
 AUDITOR_TOKEN = "token-compliance-0123456789"
 PROBE_USER = "vitalgate-probe"
@@ -108,10 +112,10 @@ def desk(tmp_path_factory: pytest.TempPathFactory) -> Desk:
             api: dict[str, dict[str, Any]] = {}
             for query in ("patient=pat-1", "patient=Patient/pat-1", "user=dr-house"):
                 url = f"{gw.admin}/api/v1/audit?{query}"
-                eventually(partial(_two_found, url), "recorded")
+                wait_until(partial(_two_found, url), "recorded")
                 status, api[query] = _admin_get(url, AUDITOR_TOKEN)
                 assert status == 200
-            eventually(
+            wait_until(
                 lambda: all(
                     sum(1 for r in read_log(tmp / "access.log") if r.get("http.route") == route) >= 2
                     for route in ("probe /fhir/metadata", "probe /fhir/Patient/{id}", "probe /fhir/Patient")
@@ -336,33 +340,32 @@ def test_a_running_writer_has_a_checkpoint_interval_to_cover_its_records(desk: D
     assert stopped.records == fresh.records
 
 
-def test_a_strict_trail_holds_a_probe_as_the_system_agent_too(tmp_path: Path) -> None:
+def test_a_strict_trail_holds_a_probe_as_the_system_agent_too(tmp_path: Path, peers: BackgroundPeers) -> None:
     """Under ``durability: strict`` a probe's record is made while its response waits (not
     from its telemetry route): the same system agent, the same leaving out of the metadata probe."""
     Idp(tmp_path)
-    with BackgroundPeers() as peers:
-        cfg = _audit_config(tmp_path, peers.upstream.port, durability="strict")
-        doc = yaml.safe_load(cfg.read_text())
-        doc["probes"] = [
-            {"upstream": "fhir", "interval": "1s", "facilities": ["st-marys"]},
-            {"upstream": "fhir", "interval": "1s", "request": {"path": "/fhir/Patient/pat-strict"}},
-        ]
-        cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
-        gw = GatewayProcess(cfg)
-        try:
-            eventually(
-                lambda: (
-                    sum(
-                        1
-                        for r in read_log(tmp_path / "access.log")
-                        if r.get("http.route") == "probe /fhir/metadata"
-                    )
-                    >= 2
-                ),
-                "two metadata probes",
-            )
-        finally:
-            assert gw.terminate() == 0
+    cfg = _audit_config(tmp_path, peers.upstream.port, durability="strict")
+    doc = yaml.safe_load(cfg.read_text())
+    doc["probes"] = [
+        {"upstream": "fhir", "interval": "1s", "facilities": ["st-marys"]},
+        {"upstream": "fhir", "interval": "1s", "request": {"path": "/fhir/Patient/pat-strict"}},
+    ]
+    cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+    gw = GatewayProcess(cfg)
+    try:
+        wait_until(
+            lambda: (
+                sum(
+                    1
+                    for r in read_log(tmp_path / "access.log")
+                    if r.get("http.route") == "probe /fhir/metadata"
+                )
+                >= 2
+            ),
+            "two metadata probes",
+        )
+    finally:
+        assert gw.terminate() == 0
     found = _search(cfg)
     assert found and all(_user(ev)["who"]["identifier"]["value"] == PROBE_USER for ev in found)
     assert {(ev["subtype"][0]["code"], ev["source"]["site"]) for ev in found} == {("read", "unknown")}

@@ -14,14 +14,10 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import (
-    GatewayProcess,
-    Upstream,
-    counter_value,
-    gateway_config,
-    read_log,
-    running_gateway,
-)
+from tests.support.gateway import GatewayProcess, gateway_config, running_gateway
+from tests.support.peers import Upstream
+from tests.support.readers import counter_value, read_log
+from tests.support.waiting import wait_until_async
 from vitalgate.peers import free_port
 
 
@@ -76,11 +72,7 @@ class RawUpstream:
             self._server.close()
 
     async def wait(self, predicate: Any, what: str) -> None:
-        for _ in range(200):
-            if predicate():
-                return
-            await asyncio.sleep(0.025)
-        raise AssertionError(f"the upstream never saw {what}: {self.conns}")
+        await wait_until_async(predicate, f"the upstream sees {what}", 5)
 
 
 @asynccontextmanager
@@ -189,7 +181,7 @@ async def test_a_slow_upload_is_not_charged_to_the_upstream(tmp_path: Path) -> N
             reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy_port)
             writer.write(POST + b"Content-Length: 10\r\n\r\n")
             for _ in range(10):
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # a slow client: 1 s in all, inside the 2 s timeout
                 writer.write(b"x")
             status, _, _ = await _read_response(reader)
             assert status == 200
@@ -393,7 +385,7 @@ async def test_waiting_for_a_pool_connection_is_bounded(tmp_path: Path, upstream
         slow_writer.write(
             b"GET /fhir/Patient/1 HTTP/1.1\r\nHost: gw\r\nX-Test-Fault: slow\r\nX-Test-Sleep: 2\r\n\r\n"
         )
-        await asyncio.sleep(0.2)  # it holds the only connection
+        await wait_until_async(lambda: len(upstream.seen) == 1, "the slow request holds the only connection")
         status, _, body = await _ask(gw.proxy_port, b"GET /fhir/Patient/2 HTTP/1.1\r\nHost: gw\r\n\r\n")
         assert status == 503 and json.loads(body)["error"] == "upstream_pool_exhausted"
         assert (await _read_response(slow_reader))[0] == 200

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.helpers import Upstream, gateway_config, histogram_counts, read_log, running_gateway
+from tests.support.gateway import gateway_config, running_gateway
+from tests.support.peers import Upstream
+from tests.support.readers import histogram_counts, read_log
 from vitalgate.otlpsink import OtlpSink
 
 N_REQUESTS = 3000

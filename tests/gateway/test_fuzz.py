@@ -16,7 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import BackgroundPeers, GatewayProcess, fetch, gateway_config
+from tests.support.gateway import GatewayProcess, gateway_config
+from tests.support.peers import BackgroundPeers
+from tests.support.readers import fetch
 
 SEEDS = [
     b"GET /fhir/Patient/1?name=x HTTP/1.1\r\nHost: gw\r\nX-Facility-ID: riverside\r\nAccept: */*\r\n\r\n",

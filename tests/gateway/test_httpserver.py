@@ -15,7 +15,9 @@ from pathlib import Path
 
 import httptools
 
-from tests.helpers import Upstream, gateway_config, histogram_counts, read_log, running_gateway
+from tests.support.gateway import gateway_config, running_gateway
+from tests.support.peers import Upstream
+from tests.support.readers import histogram_counts, read_log
 
 
 class Responses:

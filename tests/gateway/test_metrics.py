@@ -14,7 +14,7 @@ from core.conventions import REQUEST_DURATION as DURATION
 from core.conventions import REQUEST_LABELS as LABELS
 from gateway.dataplane.metrics import LabelBudget
 from gateway.exposition import GatewayMetrics, request_metrics
-from tests.helpers import make_outcome
+from tests.support.outcomes import make_outcome
 
 
 def _without_created(text: bytes) -> list[str]:

@@ -12,7 +12,8 @@ import yaml
 
 from gateway.server import Gateway
 from gateway.startup import StartupError
-from tests.helpers import gateway_config, vitalgate
+from tests.support.cli import vitalgate
+from tests.support.gateway import gateway_config
 from vitalgate.config import load_config
 from vitalgate.peers import free_port
 

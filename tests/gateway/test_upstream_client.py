@@ -30,7 +30,7 @@ from gateway.dataplane.errors import (
     UpstreamTimeout,
 )
 from gateway.dataplane.upstream import Upstream, UpstreamResponse
-from tests.helpers import require_binary
+from tests.support.services import require_binary
 from vitalgate.peers import free_port
 
 # Overriding event_loop_policy is deprecated in pytest-asyncio 1.4 in favour of a conftest-wide

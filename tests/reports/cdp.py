@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.helpers import require_binary
+from tests.support.services import require_binary
 
 FLAGS = (
     "--headless",

@@ -11,7 +11,9 @@ import aiohttp
 
 from gateway.server import Gateway
 from tests import slos
-from tests.helpers import GatewayProcess, Upstream, flushed, gateway_config, read_log
+from tests.support.gateway import GatewayProcess, flushed, gateway_config
+from tests.support.peers import Upstream
+from tests.support.readers import read_log
 from vitalgate.admin_pages import extend_admin
 from vitalgate.config import load_config
 from vitalgate.peers import free_port

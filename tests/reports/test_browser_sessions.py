@@ -19,8 +19,11 @@ from aiohttp import ClientSession, web
 from gateway.audit.search import AuditQuery
 from gateway.server import Gateway
 from tests import slos
-from tests.helpers import Upstream, flushed, gateway_config, read_log, vitalgate
 from tests.reports.cdp import Browser, Tab, chromium
+from tests.support.cli import vitalgate
+from tests.support.gateway import flushed, gateway_config
+from tests.support.peers import Upstream
+from tests.support.readers import read_log
 from vitalgate.admin_pages import extend_admin
 from vitalgate.config import load_config
 from vitalgate.peers import free_port

@@ -25,16 +25,12 @@ from gateway.server import Gateway
 from slo.latency import route_latency
 from slo.store import Store
 from tests import slos
-from tests.helpers import (
-    BackgroundPeers,
-    GatewayProcess,
-    eventually,
-    fetch,
-    gateway_config,
-    read_log,
-    require_binary,
-    vitalgate,
-)
+from tests.support.cli import vitalgate
+from tests.support.gateway import GatewayProcess, gateway_config
+from tests.support.peers import BackgroundPeers
+from tests.support.readers import fetch, read_log
+from tests.support.services import require_binary
+from tests.support.waiting import wait_until
 from vitalgate.admin_pages import extend_admin
 from vitalgate.config import load_config
 from vitalgate.peers import free_port
@@ -124,14 +120,14 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             def stored() -> bool:
                 return bool(sum(r["requests"] for r in latency(gw.admin, "st-marys")["routes"]) == total)
 
-            eventually(stored, "every request in the store")
-            eventually(lambda: len(peers.sink.spans) >= 2 * len(calls), "spans exported")
+            wait_until(stored, "every request in the store")
+            wait_until(lambda: len(peers.sink.spans) >= 2 * len(calls), "spans exported")
             log = tmp / "access.log"
 
             def logged() -> bool:
                 return sum(1 for e in read_log(log) if e.get("event") == "request") == len(calls)
 
-            eventually(logged, "every request in the access log")
+            wait_until(logged, "every request in the access log")
             spans = {s.trace_id for s in peers.sink.spans if s.kind == "SERVER"}
             yield Run(gw.admin, gw, read_log(log), spans, tmp)
         finally:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import require_binary, vitalgate
+from tests.support.cli import vitalgate
+from tests.support.services import require_binary
 
 CHICAGO = "America/Chicago"  # local October 2026 = 2026-10-01T05:00Z .. 2026-11-01T05:00Z (CDT, UTC-5)
 OUTAGES_LOCAL = [("2026-10-10T14:00", 30, 503), ("2026-10-20T02:00", 5, 500)]

@@ -15,7 +15,9 @@ import yaml
 from gateway.config import Config, GatewayConfig
 from gateway.server import Gateway
 from tests import slos
-from tests.helpers import Upstream, counter_value, gateway_config, read_log
+from tests.support.gateway import gateway_config
+from tests.support.peers import Upstream
+from tests.support.readers import counter_value, read_log
 from vitalgate.admin_pages import extend_admin
 from vitalgate.config import load_config
 

@@ -15,14 +15,9 @@ from pathlib import Path
 from tests import slos
 from tests.fhirpeer import FhirPeer
 from tests.fhirpeer import batch as fhir_batch
-from tests.helpers import (
-    GatewayProcess,
-    PrometheusProcess,
-    gateway_config,
-    require_binary,
-    slo_status,
-    vitalgate,
-)
+from tests.support.cli import slo_status, vitalgate
+from tests.support.gateway import GatewayProcess, gateway_config
+from tests.support.services import PrometheusProcess, require_binary
 
 SLOS = slos.ENTRIES
 BATCH = fhir_batch({"request": {"method": "DELETE", "url": "Patient/p2"}})

@@ -17,7 +17,9 @@ import pytest
 import yaml
 
 from tests import slos
-from tests.helpers import GatewayProcess, gateway_config, require_binary, vitalgate
+from tests.support.cli import vitalgate
+from tests.support.gateway import GatewayProcess, gateway_config
+from tests.support.services import require_binary
 from vitalgate.cli import build_parser
 from vitalgate.peers import free_port
 

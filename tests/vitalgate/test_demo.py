@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import fetch, vitalgate, wait_ready
+from tests.support.cli import vitalgate
+from tests.support.readers import fetch
+from tests.support.waiting import wait_ready
 from vitalgate.demo import FACILITIES, FAMILY, GIVEN, USERS, fault_script, quantile
 
 PHI_WORDS = [*FAMILY, *GIVEN, *USERS, "MRN", "demo-token"]

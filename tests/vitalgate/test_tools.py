@@ -11,7 +11,9 @@ import urllib.request
 from pathlib import Path
 
 from tests import slos
-from tests.helpers import BackgroundPeers, GatewayProcess, gateway_config
+from tests.support.gateway import GatewayProcess, gateway_config
+from tests.support.peers import BackgroundPeers
+from tests.support.waiting import wait_until
 from vitalgate.peers import free_port
 
 SLOS = [slos.availability("fhir-availability", 99.9, window="30d")]
@@ -38,10 +40,7 @@ def test_otlpsink_receives_the_gateways_spans(tmp_path: Path) -> None:
                     assert r.status == 200
             finally:
                 assert gw.terminate() == 0  # flushes the spans
-        for _ in range(100):
-            if out.exists() and out.read_text().count("\n") >= 2:
-                break
-            time.sleep(0.05)
+        wait_until(lambda: out.exists() and out.read_text().count("\n") >= 2, "two spans written", 5)
         spans = [json.loads(line) for line in out.read_text().splitlines()]
         assert {(s["kind"], s["name"]) for s in spans} == {
             ("SERVER", "GET /fhir/Patient/{id}"),
