@@ -12,7 +12,7 @@ from tests.support.gateway import GatewayProcess
 from tests.support.peers import BackgroundPeers, Upstream, start_sink
 from vitalgate.otlpsink import OtlpSink
 
-PROCESS_FIXTURES = frozenset({"peers", "gateway_process"})
+PROCESS_FIXTURES = frozenset({"peers", "module_peers", "gateway_process"})
 """Fixtures that start a gateway process or the peers one talks to: a test using one is
 ``slow`` (left out of the developer's loop, ``pytest -m "not slow"``; ``make test`` runs it)."""
 
@@ -37,6 +37,14 @@ async def sink() -> AsyncIterator[tuple[OtlpSink, int]]:
 def peers() -> Iterator[BackgroundPeers]:
     """A test upstream and an OTLP sink on a thread of their own, for a synchronous test that
     runs the gateway as a child process."""
+    with BackgroundPeers() as background:
+        yield background
+
+
+@pytest.fixture(scope="module")
+def module_peers() -> Iterator[BackgroundPeers]:
+    """``peers`` shared by a module's tests, for a module-scoped fixture that runs one gateway
+    for all of them."""
     with BackgroundPeers() as background:
         yield background
 

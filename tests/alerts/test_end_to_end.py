@@ -92,21 +92,20 @@ def test_faults_at_one_facility_page_that_facility_only(
                 headers["X-Test-Fault"] = "500"  # riverside's upstream starts failing
             fetch(gw.proxy + "/fhir/Patient/1", headers)
             i += 1
-            time.sleep(0.02)
+            time.sleep(0.02)  # paced traffic
 
     sender = threading.Thread(target=traffic, daemon=True)
     sender.start()
     try:
-        deadline = time.monotonic() + 90
-        delivered: list[tuple[str, dict[str, str]]] = []
-        while time.monotonic() < deadline:
-            delivered = hook.alerts()
-            if any(
+        wait_until(
+            lambda: any(
                 lab.get("alertname") == "ErrorBudgetBurn" and lab.get("severity") == "page"
-                for _, lab in delivered
-            ):
-                break
-            time.sleep(0.5)
+                for _, lab in hook.alerts()
+            ),
+            "an ErrorBudgetBurn page delivered to the webhook",
+            timeout_s=90,
+        )
+        delivered = hook.alerts()
         alerts = 'ALERTS{alertname="ErrorBudgetBurn", alertstate="firing"}'
         # vmalert writes the ALERTS series back through remote write, seconds later.
         wait_until(lambda: bool(prom.query(alerts)), "the ALERTS series stored", timeout_s=30)

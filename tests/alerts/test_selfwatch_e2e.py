@@ -33,7 +33,7 @@ def test_a_locked_store_fires_the_stale_flush_alert(tmp_path: Path, peers: Backg
     def traffic() -> None:
         while not stop.is_set():
             fetch(gw.proxy + "/fhir/Patient/1", {"X-Facility-ID": "st-marys"})
-            time.sleep(0.05)
+            time.sleep(0.05)  # paced traffic
 
     sender = threading.Thread(target=traffic, daemon=True)
     sender.start()
@@ -44,7 +44,7 @@ def test_a_locked_store_fires_the_stale_flush_alert(tmp_path: Path, peers: Backg
             "the flush gauge scraped",
             timeout_s=30,
         )
-        time.sleep(5)
+        time.sleep(5)  # (healthy for a while: a stale-flush alert would have had time to fire)
         assert not firing(prom, "VitalgateStoreFlushStale")  # healthy: flushing each second
 
         locker.execute("BEGIN EXCLUSIVE")  # another process holds the store: writes wait

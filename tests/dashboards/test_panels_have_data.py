@@ -40,7 +40,7 @@ def test_every_panel_query_returns_data(tmp_path: Path, peers: BackgroundPeers) 
             path = ["/fhir/Patient/1", "/fhir/Observation", "/scheduling/appointments/3"][i % 4 % 3]
             fetch(gw.proxy + path, headers)
             i += 1
-            time.sleep(0.01)
+            time.sleep(0.01)  # paced traffic: about a hundred requests a second
 
     sender = threading.Thread(target=traffic, daemon=True)
     sender.start()
@@ -57,7 +57,7 @@ def test_every_panel_query_returns_data(tmp_path: Path, peers: BackgroundPeers) 
             empty = [(uid, title, expr) for uid, title, expr in all_queries if not prom.query(expr)]
             if not empty:
                 break
-            time.sleep(2)
+            time.sleep(2)  # (between rounds: each one runs every panel's query)
     finally:
         stop.set()
         sender.join(10)

@@ -201,17 +201,16 @@ def test_requests_are_recorded_verified_and_exported_as_balp_audit_events(
 
 
 @pytest.fixture
-def trail(tmp_path: Path) -> tuple[Path, Path]:
+def trail(tmp_path: Path, peers: BackgroundPeers) -> tuple[Path, Path]:
     """A gateway that wrote 12 records; its config and audit folder."""
     Idp(tmp_path)
-    with BackgroundPeers() as peers:
-        cfg = _audit_config(tmp_path, peers.upstream.port, checkpoint_interval="1s")
-        gw = GatewayProcess(cfg)
-        try:
-            for i in range(12):
-                assert _get(gw.proxy, f"/fhir/Patient/t{i}") == 200
-        finally:
-            assert gw.terminate() == 0
+    cfg = _audit_config(tmp_path, peers.upstream.port, checkpoint_interval="1s")
+    gw = GatewayProcess(cfg)
+    try:
+        for i in range(12):
+            assert _get(gw.proxy, f"/fhir/Patient/t{i}") == 200
+    finally:
+        assert gw.terminate() == 0
     return cfg, tmp_path / "audit"
 
 

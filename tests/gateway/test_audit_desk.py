@@ -66,7 +66,7 @@ def _patients(ev: dict[str, Any]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def desk(tmp_path_factory: pytest.TempPathFactory) -> Desk:
+def desk(tmp_path_factory: pytest.TempPathFactory, module_peers: BackgroundPeers) -> Desk:
     tmp = tmp_path_factory.mktemp("desk")
     idp = Idp(tmp)
     probes = [
@@ -86,45 +86,45 @@ def desk(tmp_path_factory: pytest.TempPathFactory) -> Desk:
             "request": {"path": "/fhir/Patient", "headers": {"X-Test-Fault": "searchset"}},
         },
     ]
-    with BackgroundPeers() as peers:
-        cfg = _audit_config(tmp, peers.upstream.port, checkpoint_interval="1s", max_patients=2)
-        doc = yaml.safe_load(cfg.read_text())
-        doc["admin"]["tokens"] = [
-            {
-                "name": "compliance",
-                "sha256": hashlib.sha256(AUDITOR_TOKEN.encode()).hexdigest(),
-                "role": "auditor",
-            }
-        ]
-        doc["probes"] = probes
-        cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
-        gw = GatewayProcess(cfg)
-        try:
-            good = idp.token("dr-house", azp="ehr-web")
-            assert _get(gw.proxy, "/fhir/Patient/pat-1", good) == 200  # read, a patient
-            assert _get(gw.proxy, "/fhir/Patient/pat-1") == 200  # unverified: no credentials
-            # A client's probe header is not believed: an unverified user, not the gateway.
-            assert _get(gw.proxy, "/fhir/Patient/pat-forged", None, **{"X-Vitalgate-Probe": "guess"}) == 200
-            assert _get(gw.proxy, "/fhir/metadata", good) == 200  # capabilities, no patient
-            assert _get(gw.proxy, "/fhir/Patient?name=x", good, **{"X-Test-Fault": "searchset"}) == 200
-            assert _get(gw.proxy, "/fhir/Patient/pat-2", good, **{"X-Test-Fault": "status:404"}) == 404
-            assert _get(gw.proxy, "/fhir/Patient/pat-3", good, **{"X-Test-Fault": "500"}) == 500
-            api: dict[str, dict[str, Any]] = {}
-            for query in ("patient=pat-1", "patient=Patient/pat-1", "user=dr-house"):
-                url = f"{gw.admin}/api/v1/audit?{query}"
-                wait_until(partial(_two_found, url), "recorded")
-                status, api[query] = _admin_get(url, AUDITOR_TOKEN)
-                assert status == 200
-            wait_until(
-                lambda: all(
-                    sum(1 for r in read_log(tmp / "access.log") if r.get("http.route") == route) >= 2
-                    for route in ("probe /fhir/metadata", "probe /fhir/Patient/{id}", "probe /fhir/Patient")
-                ),
-                "two runs of each probe",
-            )
-            live = _verify(cfg)
-        finally:
-            assert gw.terminate() == 0
+    peers = module_peers
+    cfg = _audit_config(tmp, peers.upstream.port, checkpoint_interval="1s", max_patients=2)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["admin"]["tokens"] = [
+        {
+            "name": "compliance",
+            "sha256": hashlib.sha256(AUDITOR_TOKEN.encode()).hexdigest(),
+            "role": "auditor",
+        }
+    ]
+    doc["probes"] = probes
+    cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+    gw = GatewayProcess(cfg)
+    try:
+        good = idp.token("dr-house", azp="ehr-web")
+        assert _get(gw.proxy, "/fhir/Patient/pat-1", good) == 200  # read, a patient
+        assert _get(gw.proxy, "/fhir/Patient/pat-1") == 200  # unverified: no credentials
+        # A client's probe header is not believed: an unverified user, not the gateway.
+        assert _get(gw.proxy, "/fhir/Patient/pat-forged", None, **{"X-Vitalgate-Probe": "guess"}) == 200
+        assert _get(gw.proxy, "/fhir/metadata", good) == 200  # capabilities, no patient
+        assert _get(gw.proxy, "/fhir/Patient?name=x", good, **{"X-Test-Fault": "searchset"}) == 200
+        assert _get(gw.proxy, "/fhir/Patient/pat-2", good, **{"X-Test-Fault": "status:404"}) == 404
+        assert _get(gw.proxy, "/fhir/Patient/pat-3", good, **{"X-Test-Fault": "500"}) == 500
+        api: dict[str, dict[str, Any]] = {}
+        for query in ("patient=pat-1", "patient=Patient/pat-1", "user=dr-house"):
+            url = f"{gw.admin}/api/v1/audit?{query}"
+            wait_until(partial(_two_found, url), "recorded")
+            status, api[query] = _admin_get(url, AUDITOR_TOKEN)
+            assert status == 200
+        wait_until(
+            lambda: all(
+                sum(1 for r in read_log(tmp / "access.log") if r.get("http.route") == route) >= 2
+                for route in ("probe /fhir/metadata", "probe /fhir/Patient/{id}", "probe /fhir/Patient")
+            ),
+            "two runs of each probe",
+        )
+        live = _verify(cfg)
+    finally:
+        assert gw.terminate() == 0
     counts: dict[str, int] = {}
     for r in read_log(tmp / "access.log"):
         route = str(r.get("http.route", ""))

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from gateway.server import Gateway
 from tests.support.gateway import GatewayProcess, gateway_config, running_gateway
 from tests.support.peers import Upstream
 from tests.support.readers import counter_value, read_log
@@ -230,6 +231,12 @@ async def test_a_head_that_trickles_in_is_cut_with_408(tmp_path: Path, upstream:
     assert not upstream.seen
 
 
+def _client_connections(gw: Gateway) -> int:
+    """Client connections the proxy listener holds now (no metric counts half-sent heads)."""
+    assert gw._server is not None
+    return len(gw._server.conns)
+
+
 async def test_the_connection_cap_answers_503_and_the_admin_listener_stays_reachable(
     tmp_path: Path, upstream: Upstream
 ) -> None:
@@ -237,7 +244,7 @@ async def test_the_connection_cap_answers_503_and_the_admin_listener_stays_reach
         held = [await asyncio.open_connection("127.0.0.1", gw.proxy_port) for _ in range(3)]
         for _, w in held:
             w.write(b"GET /fhir/Patient/1 HTTP/1.1\r\n")  # half-sent heads
-        await asyncio.sleep(0.1)
+        await wait_until_async(lambda: _client_connections(gw) == 3, "the three held connections accepted", 5)
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy_port)
         refused = await asyncio.wait_for(reader.read(), 5)
         assert refused.startswith(b"HTTP/1.1 503 ") and b"too_many_connections" in refused
@@ -251,7 +258,7 @@ async def test_the_connection_cap_answers_503_and_the_admin_listener_stays_reach
         _, metrics = await asyncio.to_thread(admin, "/metrics")
         assert counter_value(metrics, "vitalgate_client_connections_refused_total") == 1
         held[0][1].close()  # room again
-        await asyncio.sleep(0.1)
+        await wait_until_async(lambda: _client_connections(gw) == 2, "the closed connection let go", 5)
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy_port)
         writer.write(b"GET /fhir/Patient/1 HTTP/1.1\r\nHost: gw\r\n\r\n")
         status, _, _ = await _read_response(reader)

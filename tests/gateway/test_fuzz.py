@@ -93,16 +93,17 @@ def _exchange(port: int, data: bytes) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BackgroundPeers, GatewayProcess]]:
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, module_peers: BackgroundPeers
+) -> Iterator[tuple[BackgroundPeers, GatewayProcess]]:
     tmp: Path = tmp_path_factory.mktemp("fuzz")
-    peers = BackgroundPeers().__enter__()
+    peers = module_peers
     cfg = gateway_config(
         tmp, peers.upstream.port, extra={"limits": {"header_timeout": "1s", "client_body_timeout": "1s"}}
     )
     gw = GatewayProcess(cfg)
     yield peers, gw
     gw.terminate()
-    peers.__exit__(None, None, None)
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -193,7 +193,7 @@ class _Load:
                         self.failures[f"HTTP {resp.status}"] += 1
             i += 1
             next_at += self._interval
-            time.sleep(max(0.0, next_at - time.monotonic()))
+            time.sleep(max(0.0, next_at - time.monotonic()))  # paced: rate_each requests a second per client
         conn.close()
 
 
@@ -212,7 +212,7 @@ def test_reload_under_load_fails_no_request_and_loses_no_count(
         probe_hdr = {"X-Facility-ID": "riverside"}
         with _Load(proxy, clients=6, rate_each=50.0) as load:
             for step in range(10):
-                time.sleep(1.0)
+                time.sleep(1.0)  # the load runs on between reloads: one every 2 s for 20 s
                 if step % 2 == 0:
                     prefix = f"/v{step}/"
                     _with_route(cfg, prefix)
@@ -231,7 +231,7 @@ def test_reload_under_load_fails_no_request_and_loses_no_count(
                         "the invalid config is refused",
                     )
                     results.append(("invalid", 0, ""))
-                time.sleep(1.0)
+                time.sleep(1.0)  # (the second half of the 2 s)
         metrics = fetch_text(gw.admin + "/metrics")
     finally:
         assert gw.terminate() == 0

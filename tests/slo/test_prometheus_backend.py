@@ -104,14 +104,14 @@ def test_prometheus_totals_equal_requests_sent_to_both_replicas(
                 slow[facility] += 1
             fetch(gw.proxy + f"/fhir/Patient/{i}", headers)
             sent[facility] += 1
+
         # Wait until Prometheus has scraped everything from both replicas.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        def scraped() -> float:
             res = prom.query("sum(http_server_request_duration_seconds_count)")
-            if res and float(res[0]["value"][1]) == 240:
-                break
-            time.sleep(0.5)
-        time.sleep(2)  # a few more scrapes with no new traffic
+            return float(res[0]["value"][1]) if res else 0.0
+
+        wait_until(lambda: scraped() == 240, "every request scraped from both replicas", timeout_s=30)
+        time.sleep(2)  # a few more scrapes with no new traffic (what the tiles' windows then hold)
         assert_period_gauges(fetch_text(replicas[0][1].admin + "/metrics"))
 
         # Every SLO's tiles have counted every request, and every good one.

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -178,3 +178,8 @@ class GatewayProcess:
             self.proc.kill()
             self.proc.wait()
         self._stderr.close()
+
+
+StartGateway = Callable[..., GatewayProcess]
+"""The ``gateway_process`` fixture: starts ``vitalgate serve`` (arguments as ``GatewayProcess``)
+and stops it when the test ends."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import socket
 import subprocess
 import time
 import urllib.request
@@ -57,3 +58,12 @@ def wait_ready(url: str, what: str, proc: subprocess.Popen[bytes], timeout_s: fl
             # Not listening yet (refused) or not ready (503): the normal state while it starts.
             time.sleep(0.1)
     raise TimeoutError(f"{what} not ready at {url}")
+
+
+def listening(port: int) -> bool:
+    """Does something accept connections on this loopback port yet?"""
+    try:
+        with socket.create_connection(("127.0.0.1", port), 0.2):
+            return True
+    except OSError:
+        return False  # refused: not listening yet, the state being waited out
