@@ -112,6 +112,24 @@ def _starts(modules: dict[str, Module], module: str, name: str, seen: set[tuple[
     return bool(used & STARTERS) or any(_starts(modules, module, n, seen) for n in used)
 
 
+def _takes_process_fixture(
+    modules: dict[str, Module], module: str, name: str, seen: set[tuple[str, str]]
+) -> bool:
+    """Is a process fixture among ``name``'s fixtures, directly or through its fixtures' own
+    (pytest's fixture closure, which the conftest hook reads)?"""
+    if (module, name) in seen:
+        return False
+    seen.add((module, name))
+    mod = modules[module]
+    if name in mod.imports:
+        source, original = mod.imports[name]
+        return source in modules and _takes_process_fixture(modules, source, original, seen)
+    params = set(mod.params.get(name, []))
+    return bool(params & PROCESS_FIXTURES) or any(
+        _takes_process_fixture(modules, module, p, seen) for p in params
+    )
+
+
 def _unmarked_process_tests() -> list[str]:
     modules = _modules()
     found = []
@@ -121,7 +139,7 @@ def _unmarked_process_tests() -> list[str]:
         for name in mod.calls:
             if not name.startswith("test_") or name in mod.slow:
                 continue
-            if PROCESS_FIXTURES & set(mod.params[name]):
+            if _takes_process_fixture(modules, mod.name, name, set()):
                 continue  # marked by tests/conftest.py
             if _starts(modules, mod.name, name, set()):
                 found.append(f"{mod.name}.{name}")

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests import slos
@@ -30,6 +31,7 @@ def _verify(cfg: Path, url: str) -> tuple[int, str]:
     return res.returncode, res.stdout + res.stderr
 
 
+@pytest.mark.slow
 def test_verify_finds_every_group_running_and_names_the_one_left_out(tmp_path: Path) -> None:
     cfg = gateway_config(tmp_path, free_port(), slos=SLOS)
     out = tmp_path / "generated"
@@ -56,6 +58,7 @@ def test_verify_finds_every_group_running_and_names_the_one_left_out(tmp_path: P
     assert code == 1 and "api/v1/rules" in said
 
 
+@pytest.mark.slow
 def test_verify_reads_vmalert_as_it_reads_prometheus(tmp_path: Path) -> None:
     cfg = gateway_config(tmp_path, free_port(), slos=SLOS)
     out = tmp_path / "generated"

@@ -267,6 +267,7 @@ async def test_the_connection_cap_answers_503_and_the_admin_listener_stays_reach
             w.close()
 
 
+@pytest.mark.slow
 def test_under_a_descriptor_limit_half_sent_heads_leave_the_admin_listener_up(tmp_path: Path) -> None:
     """At a 128-descriptor limit, 108 half-sent heads: the default cap (the limit less the
     upstream pools and the gateway's own files) refuses the excess with 503, and /healthz and a

@@ -151,6 +151,7 @@ def _make_cert(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+@pytest.mark.slow
 def test_tls_listener_and_verified_https_upstream(tmp_path: Path) -> None:
     import asyncio
 

@@ -525,6 +525,7 @@ def nginx(tmp_path: Path) -> Iterator[int]:
     proc.wait(10)
 
 
+@pytest.mark.slow
 async def test_nginx_keepalive_limits_and_idle_timeout(nginx: int) -> None:
     up = client(nginx)
     try:

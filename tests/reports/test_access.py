@@ -8,6 +8,7 @@ import urllib.request
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from gateway.server import Gateway
 from tests import slos
@@ -156,6 +157,7 @@ async def test_unreadable_store_is_a_503_not_a_traceback(tmp_path: Path, upstrea
         await gw.stop()
 
 
+@pytest.mark.slow
 def test_the_admin_listener_echoes_nothing_and_tells_nothing(tmp_path: Path) -> None:
     """Malformed requests get a fixed answer and leave no request bytes in stderr; a token
     limited to riverside gets the same 403 for a facility that exists and one that does not;

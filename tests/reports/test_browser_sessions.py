@@ -97,6 +97,7 @@ async def _sign_in(tab: Tab, token: str) -> None:
     await tab.click("button[type=submit]")
 
 
+@pytest.mark.slow
 async def test_account_manager_signs_in_sees_its_facility_downloads_and_signs_out(
     tmp_path: Path, upstream: Upstream
 ) -> None:

@@ -11,6 +11,8 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
+import pytest
+
 from tests import slos
 from tests.fhirpeer import FhirPeer
 from tests.fhirpeer import batch as fhir_batch
@@ -52,6 +54,7 @@ def _post(url: str, body: Mapping[str, object]) -> int:
         return int(r.status)
 
 
+@pytest.mark.slow
 def test_entries_count_as_events_in_both_backends(tmp_path: Path) -> None:
     with _PeerThread() as peer:
         cfg = gateway_config(

@@ -18,7 +18,7 @@ import yaml
 
 from tests import slos
 from tests.support.cli import vitalgate
-from tests.support.gateway import GatewayProcess, gateway_config
+from tests.support.gateway import StartGateway, gateway_config
 from tests.support.services import require_binary
 from vitalgate.cli import build_parser
 from vitalgate.peers import free_port
@@ -80,27 +80,28 @@ def _token_config(tmp_path: Path, token: str) -> Path:
     return gateway_config(tmp_path, free_port(), slos=slos.AVAIL, extra={"admin": {"tokens": tokens}})
 
 
-def test_reload_names_the_token_variable_in_its_help_and_on_401(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_reload_names_the_token_variable_in_its_help_and_on_401(
+    tmp_path: Path, gateway_process: StartGateway
+) -> None:
     assert "VITALGATE_ADMIN_TOKEN" in vitalgate("reload", "--help").stdout
     cfg = _token_config(tmp_path, "s3cret-admin-token")
-    gw = GatewayProcess(cfg)
-    try:
-        env = {k: v for k, v in os.environ.items() if k != "VITALGATE_ADMIN_TOKEN"}
-        unset = vitalgate("reload", "--config", str(cfg), check=False, env=env)
-        assert unset.returncode == 1
-        assert "HTTP 401" in unset.stderr
-        assert "VITALGATE_ADMIN_TOKEN is not set: set it to an admin token with role sre" in unset.stderr
-        wrong = vitalgate(
-            "reload", "--config", str(cfg), check=False, env={**env, "VITALGATE_ADMIN_TOKEN": "nope"}
-        )
-        assert wrong.returncode == 1
-        assert "VITALGATE_ADMIN_TOKEN was refused" in wrong.stderr
-        right = vitalgate(
-            "reload", "--config", str(cfg), env={**env, "VITALGATE_ADMIN_TOKEN": "s3cret-admin-token"}
-        )
-        assert right.stdout.startswith("reloaded: config ")
-    finally:
-        assert gw.terminate() == 0
+    gw = gateway_process(cfg)
+    env = {k: v for k, v in os.environ.items() if k != "VITALGATE_ADMIN_TOKEN"}
+    unset = vitalgate("reload", "--config", str(cfg), check=False, env=env)
+    assert unset.returncode == 1
+    assert "HTTP 401" in unset.stderr
+    assert "VITALGATE_ADMIN_TOKEN is not set: set it to an admin token with role sre" in unset.stderr
+    wrong = vitalgate(
+        "reload", "--config", str(cfg), check=False, env={**env, "VITALGATE_ADMIN_TOKEN": "nope"}
+    )
+    assert wrong.returncode == 1
+    assert "VITALGATE_ADMIN_TOKEN was refused" in wrong.stderr
+    right = vitalgate(
+        "reload", "--config", str(cfg), env={**env, "VITALGATE_ADMIN_TOKEN": "s3cret-admin-token"}
+    )
+    assert right.stdout.startswith("reloaded: config ")
+    assert gw.terminate() == 0
 
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "alerts"

@@ -10,6 +10,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests import slos
 from tests.support.gateway import GatewayProcess, gateway_config
 from tests.support.peers import BackgroundPeers
@@ -19,6 +21,7 @@ from vitalgate.peers import free_port
 SLOS = [slos.availability("fhir-availability", 99.9, window="30d")]
 
 
+@pytest.mark.slow
 def test_otlpsink_receives_the_gateways_spans(tmp_path: Path) -> None:
     port = free_port()
     out = tmp_path / "traces.jsonl"
