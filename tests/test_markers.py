@@ -170,6 +170,7 @@ def test_the_check_finds_a_process_started_through_a_fixture_and_a_helper(tmp_pa
     assert not _starts(modules, mod.name, "test_quick", set())
 
 
+@pytest.mark.slow
 def test_the_fast_loop_leaves_out_every_process_fixture_test() -> None:
     """``-m "not slow"`` as a developer runs it: no test taking ``peers`` or
     ``gateway_process`` is collected, and the suite's quick tests are."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.support.cli import vitalgate
@@ -117,6 +118,7 @@ def _facility_counts(end_s: int, window_s: int) -> dict[str, tuple[float, float]
     return out
 
 
+@pytest.mark.slow
 def test_windows_count_exactly_what_the_scrapes_saw(tmp_path: Path) -> None:
     promtool = require_binary("promtool")
     out = tmp_path / "out"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests import slos
@@ -23,6 +24,7 @@ def _series(route: str, status: int) -> str:
     )
 
 
+@pytest.mark.slow
 def test_each_slo_counts_its_sources(tmp_path: Path) -> None:
     promtool = require_binary("promtool")
     cfg = gateway_config(

@@ -242,6 +242,7 @@ LONG_IDS = {
 }
 
 
+@pytest.mark.slow
 def test_long_facility_ids_get_unique_uids_that_every_link_names(tmp_path: Path) -> None:
     """Ids of up to 63 characters: every dashboard and folder uid fits Grafana's 40 and is
     unique (two ids sharing 35 characters included), and the links a real Prometheus renders

@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.support.gateway import gateway_config, running_gateway
 from tests.support.peers import Upstream
@@ -15,6 +16,7 @@ from vitalgate.otlpsink import OtlpSink
 N_REQUESTS = 3000
 
 
+@pytest.mark.slow
 async def test_counts_agree_per_facility(
     tmp_path: Path, upstream: Upstream, sink: tuple[OtlpSink, int]
 ) -> None:

@@ -73,6 +73,7 @@ def _source_copy(tmp: Path) -> Path:
     return tmp
 
 
+@pytest.mark.slow
 def test_a_stale_extension_is_reported(tmp_path: Path) -> None:
     src = _source_copy(tmp_path / "src")
     plane = ROOT / "gateway" / "dataplane"

@@ -53,6 +53,7 @@ def _start_failed(config: Path, workers: int) -> dict[str, Any]:
     return event
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_proxy_port_taken_names_listen(tmp_path: Path, taken: int, workers: int) -> None:
     event = _start_failed(_config(tmp_path, listen=f"127.0.0.1:{taken}"), workers)
@@ -60,6 +61,7 @@ def test_proxy_port_taken_names_listen(tmp_path: Path, taken: int, workers: int)
     assert event["setting"] == "listen"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_admin_port_taken_names_admin_listen(tmp_path: Path, taken: int, workers: int) -> None:
     event = _start_failed(_config(tmp_path, admin__listen=f"127.0.0.1:{taken}"), workers)
@@ -67,6 +69,7 @@ def test_admin_port_taken_names_admin_listen(tmp_path: Path, taken: int, workers
     assert event["setting"] == "admin.listen"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_store_path_that_cannot_be_written_names_the_store_setting(tmp_path: Path, workers: int) -> None:
     (tmp_path / "blocker").write_text("a file where the store's directory should be\n")
@@ -77,6 +80,7 @@ def test_store_path_that_cannot_be_written_names_the_store_setting(tmp_path: Pat
     assert event["setting"] == "telemetry.store.path"
 
 
+@pytest.mark.slow
 def test_store_path_that_is_a_directory_names_the_store_setting(tmp_path: Path) -> None:
     (tmp_path / "var").mkdir()
     event = _start_failed(_config(tmp_path, telemetry__store__path="var"), 1)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests import slos
 from tests.support.cli import slo_status, vitalgate
@@ -21,6 +22,7 @@ from tests.support.waiting import wait_until
 SLOS = slos.STORE
 
 
+@pytest.mark.slow
 async def test_slo_status_counts_exactly_what_was_sent(tmp_path: Path, upstream: Upstream) -> None:
     cfg = gateway_config(
         tmp_path,

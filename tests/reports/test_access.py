@@ -39,6 +39,7 @@ def _tokens() -> list[dict[str, object]]:
 SLOS = slos.AVAIL
 
 
+@pytest.mark.slow
 async def test_roles(tmp_path: Path, upstream: Upstream) -> None:
     cfg = gateway_config(
         tmp_path,

@@ -53,6 +53,7 @@ def test_a_command_group_alone_asks_for_a_COMMAND(group: str) -> None:
     assert "_command" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_every_config_option_says_what_it_takes() -> None:
     commands = [c for c in _commands(build_parser()) if c != ("audit", "keygen")]
     with_config = 0
@@ -107,6 +108,7 @@ def test_reload_names_the_token_variable_in_its_help_and_on_401(
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "alerts"
 
 
+@pytest.mark.slow
 def test_pages_that_reach_nobody_are_said_by_check_generate_and_the_file(tmp_path: Path) -> None:
     amtool = require_binary("amtool")
     cfg = gateway_config(tmp_path, free_port(), slos=slos.FHIR_AVAILABILITY)  # no alerting: section
@@ -161,6 +163,7 @@ def _filtered(name: str, service: str, routes: list[str]) -> dict[str, Any]:
     return {**slos.availability(name), "service": service, "filter": {"routes": routes}}
 
 
+@pytest.mark.slow
 def test_route_filters_that_no_route_produces_are_errors_at_their_place(tmp_path: Path) -> None:
     good = [
         _filtered("patient-reads", "fhir", ["/fhir/Patient/{id}", "/fhir/Observation", "/fhir/metadata"]),
@@ -248,6 +251,7 @@ def _rows(cfg: Path, *extra: str) -> list[dict[str, Any]]:
     return rows
 
 
+@pytest.mark.slow
 def test_what_if_replay_says_which_bucket_bound_a_threshold_was_counted_at(replayed: Path) -> None:
     rows = {r["slo"]: r for r in _rows(replayed, "--facility", "riverside")}
     within_777 = sum(ms <= 777 for ms in DURATIONS_MS)
@@ -269,6 +273,7 @@ def test_what_if_replay_says_which_bucket_bound_a_threshold_was_counted_at(repla
     assert "reads-750:" not in table
 
 
+@pytest.mark.slow
 def test_history_recorded_with_the_threshold_is_exact(tmp_path: Path) -> None:
     cfg = gateway_config(tmp_path, free_port(), slos=[slos.latency("reads-777", "777ms", 99)])
     log = tmp_path / "recorded.log"
@@ -281,6 +286,7 @@ def test_history_recorded_with_the_threshold_is_exact(tmp_path: Path) -> None:
     assert "note:" not in vitalgate("slo", "status", "--config", str(cfg)).stdout
 
 
+@pytest.mark.slow
 def test_slo_status_table_full_names_sla_and_filters(replayed: Path) -> None:
     table = vitalgate("slo", "status", "--config", str(replayed)).stdout.splitlines()
     head = table[0].split()

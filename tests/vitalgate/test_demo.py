@@ -27,6 +27,7 @@ def _summary_rows(out: str) -> dict[str, tuple[int, int, int]]:
     return summary
 
 
+@pytest.mark.slow
 def test_demo_runs_and_every_request_is_counted(tmp_path: Path) -> None:
     proc = vitalgate(
         "demo", "--duration", "8", "--rate", "80", "--out", str(tmp_path), check=False, timeout=120
