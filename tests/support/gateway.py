@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import yaml
 
 from gateway.server import Gateway
-from tests.support.waiting import wait_ready
+from tests.support.waiting import wait_ready, wait_until_async
 from vitalgate.config import load_config
 from vitalgate.peers import free_port
 
@@ -90,10 +89,7 @@ async def flushed(gw: Gateway, timeout_s: float = 10.0) -> None:
     recorder = gw.dataplane.recorder
     recorder.flush()
     target = recorder.handed_over
-    deadline = time.monotonic() + timeout_s
-    while recorder.flushes < target:
-        assert time.monotonic() < deadline, f"{recorder.flushes} of {target} batches written"
-        await asyncio.sleep(0.02)
+    await wait_until_async(lambda: recorder.flushes >= target, f"{target} store batches written", timeout_s)
 
 
 @asynccontextmanager
@@ -154,11 +150,29 @@ class GatewayProcess:
         (listening,) = self.events("listening")
         return "http://" + str(listening["proxy"])
 
-    def wait_ready(self, timeout_s: float = 20.0) -> None:
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Wait for ``/readyz`` (every worker serving). A gateway that never gets there is
+        stopped before the error is raised: the test holds no handle to it yet, and it must
+        not outlive the test."""
         try:
             wait_ready(self.admin + "/readyz", "gateway", self.proc, timeout_s)
-        except RuntimeError as exc:
+        except (RuntimeError, TimeoutError) as exc:
+            self._stop_unready()
             raise RuntimeError(f"{exc}: {self.stderr_path.read_text()}") from exc
+
+    def _stop_unready(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # the supervisor takes its workers with it
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                # Stuck as well: SIGKILL, its workers first (they would outlive it).
+                pid = self.proc.pid
+                for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+                    os.kill(int(child), signal.SIGKILL)
+                self.proc.kill()
+                self.proc.wait()
+        self._stderr.close()
 
     def rss_kb(self, field: str = "VmRSS") -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
