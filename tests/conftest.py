@@ -2,13 +2,13 @@
 and the rules of the run (what counts as slow, no skips in CI, no stale compiled code)."""
 
 import os
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import GatewayProcess, StartGateway
 from tests.support.peers import BackgroundPeers, Upstream, start_sink
 from vitalgate.otlpsink import OtlpSink
 
@@ -50,7 +50,7 @@ def module_peers() -> Iterator[BackgroundPeers]:
 
 
 @pytest.fixture
-def gateway_process() -> Iterator[Callable[..., GatewayProcess]]:
+def gateway_process() -> Iterator[StartGateway]:
     """Start ``vitalgate serve`` children (arguments as ``GatewayProcess``); any still running
     when the test ends is stopped, so a failed assertion never leaves one behind. A test that
     checks how the gateway stops calls ``terminate()`` itself."""
@@ -63,17 +63,13 @@ def gateway_process() -> Iterator[Callable[..., GatewayProcess]]:
 
     yield start
     for gw in started:
-        try:
-            # SIGTERM first: a supervisor takes its --workers down with it, SIGKILL would orphan them.
-            if gw.proc.poll() is None:
-                gw.terminate()
-        finally:
-            gw.kill()
+        gw.stop()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark ``slow`` every test that uses a process fixture; modules whose tests start
-    processes inline carry ``pytestmark = pytest.mark.slow`` themselves."""
+    """Mark ``slow`` every test that uses a process fixture (through any of its fixtures); a
+    test that starts a process inline carries ``@pytest.mark.slow`` itself, or its module
+    ``pytestmark`` (tests/test_markers.py checks)."""
     for item in items:
         if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)

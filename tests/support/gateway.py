@@ -157,16 +157,19 @@ class GatewayProcess:
         try:
             wait_ready(self.admin + "/readyz", "gateway", self.proc, timeout_s)
         except (RuntimeError, TimeoutError) as exc:
-            self._stop_unready()
+            self.stop()
             raise RuntimeError(f"{exc}: {self.stderr_path.read_text()}") from exc
 
-    def _stop_unready(self) -> None:
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop it whatever its state, for clean-up: SIGTERM, then SIGKILL for it and its
+        workers if it has not exited within ``timeout_s``. (A test that checks how the gateway
+        stops calls ``terminate()`` and asserts on its exit code.)"""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)  # the supervisor takes its workers with it
             try:
-                self.proc.wait(10)
+                self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                # Stuck as well: SIGKILL, its workers first (they would outlive it).
+                # Stuck: SIGKILL, its workers first (they would outlive it).
                 pid = self.proc.pid
                 for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
                     os.kill(int(child), signal.SIGKILL)
