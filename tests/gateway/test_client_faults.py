@@ -73,7 +73,7 @@ class RawUpstream:
             self._server.close()
 
     async def wait(self, predicate: Any, what: str) -> None:
-        await wait_until_async(predicate, f"the upstream sees {what}", 5)
+        await wait_until_async(predicate, f"the upstream sees {what}")
 
 
 @asynccontextmanager
@@ -244,7 +244,7 @@ async def test_the_connection_cap_answers_503_and_the_admin_listener_stays_reach
         held = [await asyncio.open_connection("127.0.0.1", gw.proxy_port) for _ in range(3)]
         for _, w in held:
             w.write(b"GET /fhir/Patient/1 HTTP/1.1\r\n")  # half-sent heads
-        await wait_until_async(lambda: _client_connections(gw) == 3, "the three held connections accepted", 5)
+        await wait_until_async(lambda: _client_connections(gw) == 3, "the three held connections accepted")
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy_port)
         refused = await asyncio.wait_for(reader.read(), 5)
         assert refused.startswith(b"HTTP/1.1 503 ") and b"too_many_connections" in refused
@@ -258,7 +258,7 @@ async def test_the_connection_cap_answers_503_and_the_admin_listener_stays_reach
         _, metrics = await asyncio.to_thread(admin, "/metrics")
         assert counter_value(metrics, "vitalgate_client_connections_refused_total") == 1
         held[0][1].close()  # room again
-        await wait_until_async(lambda: _client_connections(gw) == 2, "the closed connection let go", 5)
+        await wait_until_async(lambda: _client_connections(gw) == 2, "the closed connection let go")
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy_port)
         writer.write(b"GET /fhir/Patient/1 HTTP/1.1\r\nHost: gw\r\n\r\n")
         status, _, _ = await _read_response(reader)

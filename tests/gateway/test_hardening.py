@@ -63,7 +63,7 @@ async def test_tracestate_is_forwarded_but_never_exported(tmp_path: Path, upstre
         )
         assert reply.startswith(b"HTTP/1.1 200 ")
     assert upstream.seen[0]["headers"]["tracestate"] == state
-    await wait_until_async(lambda: len(spans.spans) >= 2, "two spans", 5)
+    await wait_until_async(lambda: len(spans.spans) >= 2, "two spans")
     assert len(spans.spans) == 2
     assert all(s.trace_id == "0af7651916cd43dd8448eb211c80319c" for s in spans.spans)
     await runner.cleanup()

@@ -188,7 +188,7 @@ async def test_batch_entries_are_counted_by_outcome(tmp_path: Path, sink: tuple[
     assert entries("DELETE", "/fhir/Patient/{id}", "5xx") == 1
     assert entries("GET", "/fhir/Patient", "5xx") == 1
     assert counter_value(metrics, "vitalgate_fhir_bundle_entries_total") == 6
-    await wait_until_async(lambda: any(x.kind == "SERVER" for x in spans.spans), "the server span", 5)
+    await wait_until_async(lambda: any(x.kind == "SERVER" for x in spans.spans), "the server span")
     server = next(x for x in spans.spans if x.kind == "SERVER")
     assert server.name == "POST /fhir/"
     assert server.attributes["vitalgate.bundle.entries.2xx"] == 2

@@ -15,7 +15,7 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 async def _wait_spans(sink: OtlpSink, n: int) -> None:
-    await wait_until_async(lambda: len(sink.spans) >= n, f"{n} spans", 5)
+    await wait_until_async(lambda: len(sink.spans) >= n, f"{n} spans")
 
 
 async def test_forwarding_and_telemetry_agree(

@@ -519,7 +519,7 @@ def nginx(tmp_path: Path) -> Iterator[int]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    wait_until(lambda: listening(port), "nginx listening", 10)
+    wait_until(lambda: listening(port), "nginx listening")
     yield port
     proc.terminate()
     proc.wait(10)

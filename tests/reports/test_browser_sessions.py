@@ -174,7 +174,7 @@ async def test_account_manager_signs_in_sees_its_facility_downloads_and_signs_ou
             async def back_at_the_listener() -> bool:  # (the form submits itself on load)
                 return (await tab.url()).startswith(admin)
 
-            await wait_until_async(back_at_the_listener, "the cross-site form lands on the listener", 10)
+            await wait_until_async(back_at_the_listener, "the cross-site form lands on the listener")
             assert "another site" in await tab.text()
             await screenshots(tab, "error-cross-site")
             await tab.goto(admin + "/ui/facilities/riverside")
@@ -246,7 +246,7 @@ async def test_auditor_searches_exports_and_verifies_on_the_audit_page(
             trail = gw.admin.audit
             assert trail is not None
             await wait_until_async(  # the writer writes within its flush interval
-                lambda: asyncio.to_thread(lambda: len(trail.search(AuditQuery())) >= 3), "three records", 10
+                lambda: asyncio.to_thread(lambda: len(trail.search(AuditQuery())) >= 3), "three records", 60
             )
 
         async with chromium(tmp_path / "profile") as browser:
@@ -319,7 +319,7 @@ async def test_auditor_searches_exports_and_verifies_on_the_audit_page(
         await wait_until_async(
             lambda: asyncio.to_thread(lambda: len(trail.search(AuditQuery(user="auditor-1"))) >= 6),
             "the auditor's six reads recorded",
-            10,
+            60,
         )
         reads = await asyncio.to_thread(trail.search, AuditQuery(user="auditor-1"))
         queries = [
