@@ -12,118 +12,116 @@ import yaml
 from aiohttp import web
 
 from tests import slos
-from tests.helpers import (
+from tests.support.cli import vitalgate
+from tests.support.gateway import GatewayProcess, gateway_config
+from tests.support.peers import BackgroundPeers, Webhook
+from tests.support.readers import fetch
+from tests.support.services import (
     AlertmanagerProcess,
-    BackgroundPeers,
-    GatewayProcess,
     PrometheusProcess,
     VictoriaMetricsProcess,
     VmalertProcess,
-    Webhook,
-    eventually,
-    fetch,
-    gateway_config,
-    vitalgate,
 )
+from tests.support.waiting import wait_until
 from vitalgate.peers import free_port
 
 SLOS = slos.FHIR_AVAILABILITY
 
 
 @pytest.mark.parametrize("evaluator", ["prometheus", "vmalert"])
-def test_faults_at_one_facility_page_that_facility_only(tmp_path: Path, evaluator: str) -> None:
+def test_faults_at_one_facility_page_that_facility_only(
+    tmp_path: Path, evaluator: str, peers: BackgroundPeers
+) -> None:
     """With Prometheus evaluating the rules, or vmalert evaluating them against VictoriaMetrics:
     alerting does not depend on one Prometheus."""
-    with BackgroundPeers() as peers:
-        hook = Webhook()
-        hook_port = free_port()
+    hook = Webhook()
+    hook_port = free_port()
 
-        async def start_hook() -> web.AppRunner:
-            runner = web.AppRunner(hook.app(), access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", hook_port).start()
-            return runner
+    async def start_hook() -> web.AppRunner:
+        runner = web.AppRunner(hook.app(), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", hook_port).start()
+        return runner
 
-        hook_runner = peers.run(start_hook())
-        alerting = {
-            "receivers": {
-                "oncall": {"webhook_url": f"http://127.0.0.1:{hook_port}/oncall"},
-                "riverside-it": {"webhook_url": f"http://127.0.0.1:{hook_port}/riverside-it"},
-            },
-            "default_receiver": "oncall",
-            "facility_receivers": {"riverside": ["riverside-it"]},
-        }
-        replicas = []
-        for name in ("a", "b"):
-            d = tmp_path / name
-            d.mkdir()
-            cfg = gateway_config(d, peers.upstream.port, slos=SLOS, extra={"alerting": alerting})
-            replicas.append(GatewayProcess(cfg))
-        out = tmp_path / "generated"
-        vitalgate(
-            "alerts",
-            "generate",
-            "--config",
-            str(tmp_path / "a" / "gateway.yaml"),
-            "--out",
-            str(out),
-            "--time-scale",
-            "60",
+    hook_runner = peers.run(start_hook())
+    alerting = {
+        "receivers": {
+            "oncall": {"webhook_url": f"http://127.0.0.1:{hook_port}/oncall"},
+            "riverside-it": {"webhook_url": f"http://127.0.0.1:{hook_port}/riverside-it"},
+        },
+        "default_receiver": "oncall",
+        "facility_receivers": {"riverside": ["riverside-it"]},
+    }
+    replicas = []
+    for name in ("a", "b"):
+        d = tmp_path / name
+        d.mkdir()
+        cfg = gateway_config(d, peers.upstream.port, slos=SLOS, extra={"alerting": alerting})
+        replicas.append(GatewayProcess(cfg))
+    out = tmp_path / "generated"
+    vitalgate(
+        "alerts",
+        "generate",
+        "--config",
+        str(tmp_path / "a" / "gateway.yaml"),
+        "--out",
+        str(out),
+        "--time-scale",
+        "60",
+    )
+    am = AlertmanagerProcess(tmp_path, out / "alertmanager.yml")
+    targets = [g.admin.removeprefix("http://") for g in replicas]
+    vmalert: VmalertProcess | None = None
+    prom: PrometheusProcess | VictoriaMetricsProcess
+    if evaluator == "prometheus":
+        prom = PrometheusProcess(
+            tmp_path, targets, rule_files=[out / "rules.yaml"], alertmanager=f"127.0.0.1:{am.port}"
         )
-        am = AlertmanagerProcess(tmp_path, out / "alertmanager.yml")
-        targets = [g.admin.removeprefix("http://") for g in replicas]
-        vmalert: VmalertProcess | None = None
-        prom: PrometheusProcess | VictoriaMetricsProcess
-        if evaluator == "prometheus":
-            prom = PrometheusProcess(
-                tmp_path, targets, rule_files=[out / "rules.yaml"], alertmanager=f"127.0.0.1:{am.port}"
-            )
-        else:
-            prom = VictoriaMetricsProcess(tmp_path, targets)
-            vmalert = VmalertProcess(tmp_path, [out / "rules.yaml"], prom.url, f"127.0.0.1:{am.port}")
-        stop = threading.Event()
+    else:
+        prom = VictoriaMetricsProcess(tmp_path, targets)
+        vmalert = VmalertProcess(tmp_path, [out / "rules.yaml"], prom.url, f"127.0.0.1:{am.port}")
+    stop = threading.Event()
 
-        def traffic() -> None:
-            i = 0
-            while not stop.is_set():
-                gw = replicas[i % 2]
-                facility = ["st-marys", "riverside", "lakeside"][i % 3]
-                headers = {"X-Facility-ID": facility}
-                if facility == "riverside" and i > 60:
-                    headers["X-Test-Fault"] = "500"  # riverside's upstream starts failing
-                fetch(gw.proxy + "/fhir/Patient/1", headers)
-                i += 1
-                time.sleep(0.02)
+    def traffic() -> None:
+        i = 0
+        while not stop.is_set():
+            gw = replicas[i % 2]
+            facility = ["st-marys", "riverside", "lakeside"][i % 3]
+            headers = {"X-Facility-ID": facility}
+            if facility == "riverside" and i > 60:
+                headers["X-Test-Fault"] = "500"  # riverside's upstream starts failing
+            fetch(gw.proxy + "/fhir/Patient/1", headers)
+            i += 1
+            time.sleep(0.02)  # paced traffic
 
-        sender = threading.Thread(target=traffic, daemon=True)
-        sender.start()
-        try:
-            deadline = time.monotonic() + 90
-            delivered: list[tuple[str, dict[str, str]]] = []
-            while time.monotonic() < deadline:
-                delivered = hook.alerts()
-                if any(
-                    lab.get("alertname") == "ErrorBudgetBurn" and lab.get("severity") == "page"
-                    for _, lab in delivered
-                ):
-                    break
-                time.sleep(0.5)
-            alerts = 'ALERTS{alertname="ErrorBudgetBurn", alertstate="firing"}'
-            # vmalert writes the ALERTS series back through remote write, seconds later.
-            eventually(lambda: bool(prom.query(alerts)), "the ALERTS series stored", timeout_s=30)
-            firing = prom.query(alerts)
-            am_alerts = am.alerts()
-            groups = vmalert.groups() if vmalert is not None else []
-        finally:
-            stop.set()
-            sender.join(10)
-            if vmalert is not None:
-                vmalert.stop()
-            prom.stop()
-            am.stop()
-            for gw in replicas:
-                gw.terminate()
-            peers.run(hook_runner.cleanup())
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
+    try:
+        wait_until(
+            lambda: any(
+                lab.get("alertname") == "ErrorBudgetBurn" and lab.get("severity") == "page"
+                for _, lab in hook.alerts()
+            ),
+            "an ErrorBudgetBurn page delivered to the webhook",
+            timeout_s=90,
+        )
+        delivered = hook.alerts()
+        alerts = 'ALERTS{alertname="ErrorBudgetBurn", alertstate="firing"}'
+        # vmalert writes the ALERTS series back through remote write, seconds later.
+        wait_until(lambda: bool(prom.query(alerts)), "the ALERTS series stored", timeout_s=30)
+        firing = prom.query(alerts)
+        am_alerts = am.alerts()
+        groups = vmalert.groups() if vmalert is not None else []
+    finally:
+        stop.set()
+        sender.join(10)
+        if vmalert is not None:
+            vmalert.stop()
+        prom.stop()
+        am.stop()
+        for gw in replicas:
+            gw.terminate()
+        peers.run(hook_runner.cleanup())
 
     if evaluator == "vmalert":  # every generated group loaded, and every rule evaluating cleanly
         generated = yaml.safe_load((out / "rules.yaml").read_text())["groups"]

@@ -11,9 +11,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
-from tests.helpers import require_binary, vitalgate
+from tests.support.cli import vitalgate
+from tests.support.services import require_binary
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "alerts"
 STEP_S = 15
@@ -116,6 +118,7 @@ def _facility_counts(end_s: int, window_s: int) -> dict[str, tuple[float, float]
     return out
 
 
+@pytest.mark.slow
 def test_windows_count_exactly_what_the_scrapes_saw(tmp_path: Path) -> None:
     promtool = require_binary("promtool")
     out = tmp_path / "out"

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import require_binary, vitalgate
+from tests.support.cli import vitalgate
+from tests.support.services import require_binary
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "alerts"
 
@@ -48,6 +49,7 @@ def test_rules_pass_promtool_check(generated: Path) -> None:
     assert "SUCCESS: 117 rules found" in proc.stdout
 
 
+@pytest.mark.slow
 def test_generated_unit_tests_pass_promtool(generated: Path) -> None:
     promtool = require_binary("promtool")
     tests = sorted((generated / "tests").glob("*.yaml"))
@@ -69,6 +71,7 @@ def test_generated_unit_tests_pass_promtool(generated: Path) -> None:
     assert proc.stdout.count("SUCCESS") == 5
 
 
+@pytest.mark.slow
 def test_unit_tests_catch_a_broken_rule(generated: Path, tmp_path: Path) -> None:
     """The generated tests have teeth: drop the low-traffic guard and they fail."""
     promtool = require_binary("promtool")

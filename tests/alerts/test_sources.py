@@ -6,10 +6,13 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests import slos
-from tests.helpers import gateway_config, require_binary, vitalgate
+from tests.support.cli import vitalgate
+from tests.support.gateway import gateway_config
+from tests.support.services import require_binary
 
 METRIC = "http_server_request_duration_seconds_count"
 
@@ -21,6 +24,7 @@ def _series(route: str, status: int) -> str:
     )
 
 
+@pytest.mark.slow
 def test_each_slo_counts_its_sources(tmp_path: Path) -> None:
     promtool = require_binary("promtool")
     cfg = gateway_config(

@@ -2,17 +2,14 @@
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests import slos
-from tests.helpers import (
-    PrometheusProcess,
-    VictoriaMetricsProcess,
-    VmalertProcess,
-    eventually,
-    gateway_config,
-    vitalgate,
-)
+from tests.support.cli import vitalgate
+from tests.support.gateway import gateway_config
+from tests.support.services import PrometheusProcess, VictoriaMetricsProcess, VmalertProcess
+from tests.support.waiting import wait_until
 from vitalgate.peers import free_port
 
 SLOS = slos.DASHBOARDS
@@ -34,6 +31,7 @@ def _verify(cfg: Path, url: str) -> tuple[int, str]:
     return res.returncode, res.stdout + res.stderr
 
 
+@pytest.mark.slow
 def test_verify_finds_every_group_running_and_names_the_one_left_out(tmp_path: Path) -> None:
     cfg = gateway_config(tmp_path, free_port(), slos=SLOS)
     out = tmp_path / "generated"
@@ -45,10 +43,10 @@ def test_verify_finds_every_group_running_and_names_the_one_left_out(tmp_path: P
     (tmp_path / "partial").mkdir()
     partial = PrometheusProcess(tmp_path / "partial", [], rule_files=[partial_rules])
     try:
-        eventually(lambda: _verify(cfg, full.url)[0] == 0, "every group evaluated", timeout_s=30)
+        wait_until(lambda: _verify(cfg, full.url)[0] == 0, "every group evaluated", timeout_s=30)
         code, said = _verify(cfg, full.url)
         assert code == 0 and f"all {len(groups)} groups" in said, said
-        eventually(lambda: "not evaluated yet" not in _verify(cfg, partial.url)[1], "evaluated", timeout_s=30)
+        wait_until(lambda: "not evaluated yet" not in _verify(cfg, partial.url)[1], "evaluated", timeout_s=30)
         code, said = _verify(cfg, partial.url)
         assert code == 1
         assert said.splitlines()[0].startswith(f"group {groups[0]['name']}: not loaded"), said
@@ -60,6 +58,7 @@ def test_verify_finds_every_group_running_and_names_the_one_left_out(tmp_path: P
     assert code == 1 and "api/v1/rules" in said
 
 
+@pytest.mark.slow
 def test_verify_reads_vmalert_as_it_reads_prometheus(tmp_path: Path) -> None:
     cfg = gateway_config(tmp_path, free_port(), slos=SLOS)
     out = tmp_path / "generated"
@@ -67,7 +66,7 @@ def test_verify_reads_vmalert_as_it_reads_prometheus(tmp_path: Path) -> None:
     vm = VictoriaMetricsProcess(tmp_path, [])
     vmalert = VmalertProcess(tmp_path, [out / "rules.yaml"], vm.url, f"127.0.0.1:{free_port()}")
     try:
-        eventually(lambda: _verify(cfg, vmalert.url)[0] == 0, "every group evaluated", timeout_s=30)
+        wait_until(lambda: _verify(cfg, vmalert.url)[0] == 0, "every group evaluated", timeout_s=30)
     finally:
         vmalert.stop()
         vm.stop()

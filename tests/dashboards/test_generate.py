@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from dashboards.build import queries
-from tests.helpers import require_binary, vitalgate
+from tests.support.cli import vitalgate
+from tests.support.services import require_binary
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 CONFIG = GOLDEN / "alerts" / "gateway.yaml"  # the same config as the alert golden files
@@ -241,6 +242,7 @@ LONG_IDS = {
 }
 
 
+@pytest.mark.slow
 def test_long_facility_ids_get_unique_uids_that_every_link_names(tmp_path: Path) -> None:
     """Ids of up to 63 characters: every dashboard and folder uid fits Grafana's 40 and is
     unique (two ids sharing 35 characters included), and the links a real Prometheus renders

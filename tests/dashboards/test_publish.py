@@ -11,27 +11,27 @@ import yaml
 from aiohttp import web
 
 from tests.fakegrafana import EDITOR, VIEWER, FakeGrafana
-from tests.helpers import BackgroundPeers, vitalgate
+from tests.support.cli import vitalgate
+from tests.support.peers import BackgroundPeers
 from vitalgate.peers import free_port
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "alerts"
 
 
 @pytest.fixture
-def grafana() -> Iterator[tuple[FakeGrafana, str]]:
+def grafana(peers: BackgroundPeers) -> Iterator[tuple[FakeGrafana, str]]:
     fake = FakeGrafana()
     port = free_port()
-    with BackgroundPeers() as peers:
 
-        async def start() -> web.AppRunner:
-            runner = web.AppRunner(fake.app(), access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            return runner
+    async def start() -> web.AppRunner:
+        runner = web.AppRunner(fake.app(), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return runner
 
-        runner = peers.run(start())
-        yield fake, f"http://127.0.0.1:{port}"
-        peers.run(runner.cleanup())
+    runner = peers.run(start())
+    yield fake, f"http://127.0.0.1:{port}"
+    peers.run(runner.cleanup())
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from gateway.dataplane.accesslog import RequestFormatter, rfc3339
-from tests.helpers import make_outcome
+from tests.support.outcomes import make_outcome
 
 
 @pytest.mark.parametrize(

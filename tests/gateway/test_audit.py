@@ -19,72 +19,20 @@ import jwt
 import pytest
 import yaml
 from aiohttp import web
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from fhir.resources.R4B.auditevent import AuditEvent
 
-from tests.helpers import (
-    BackgroundPeers,
-    GatewayProcess,
-    counter_value,
-    eventually,
-    fetch,
-    gateway_config,
-    read_log,
-    vitalgate,
-)
+from tests.gateway.auditsetup import AUDIENCE, ISSUER, Idp, admin_get, audit_config, get_as, jwk
+from tests.support.cli import vitalgate
+from tests.support.gateway import GatewayProcess
+from tests.support.peers import BackgroundPeers
+from tests.support.readers import counter_value, read_log
+from tests.support.waiting import wait_until
 from vitalgate.peers import UpstreamPeer, operation_outcome
 
-ISSUER = "https://idp.example.org"
-AUDIENCE = "vitalgate-fhir"
 # Synthetic PHI: none of it may be readable anywhere but through the audit commands.
 PATIENT = "mrn-778812"
 SECRET_NAMES = (b"Smithfield", b"Jonesworth")
-
-
-def _jwk(key: Any, kid: str) -> dict[str, Any]:
-    if isinstance(key, rsa.RSAPrivateKey):
-        doc = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
-    else:
-        doc = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
-    return {**doc, "kid": kid, "use": "sig"}
-
-
-class Idp:
-    """A test identity provider: an RSA and an EC key, their JWKS, and tokens signed by them."""
-
-    def __init__(self, folder: Path) -> None:
-        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.ec = ec.generate_private_key(ec.SECP256R1())
-        self.jwks = folder / "jwks.json"
-        self.jwks.write_text(json.dumps({"keys": [_jwk(self.rsa, "r1"), _jwk(self.ec, "e1")]}))
-
-    def token(self, sub: str, *, alg: str = "RS256", exp_in: float = 300, **claims: Any) -> str:
-        key, kid = (self.rsa, "r1") if alg == "RS256" else (self.ec, "e1")
-        body = {"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "exp": int(time.time() + exp_in), **claims}
-        return jwt.encode(body, key, algorithm=alg, headers={"kid": kid})
-
-
-def _audit_config(
-    tmp_path: Path, upstream_port: int, keygen: bool = True, otlp_port: int | None = None, **audit: Any
-) -> Path:
-    if keygen:
-        vitalgate("audit", "keygen", "--out", str(tmp_path / "keys"))
-    section = {
-        "path": "audit",
-        "key_file": "keys/audit.key",
-        "signing_key_file": "keys/audit-signing.key",
-        "identity": {"jwks_file": "jwks.json", "issuer": ISSUER, "audience": AUDIENCE},
-        "flush_interval": "200ms",
-        **audit,
-    }
-    return gateway_config(tmp_path, upstream_port, otlp_port, extra={"audit": section})
-
-
-def _get(base: str, path: str, token: str | None = None, **headers: str) -> int:
-    h = {"X-Facility-ID": "st-marys", **headers}
-    if token:
-        h["Authorization"] = f"Bearer {token}"
-    return fetch(base + path, h)
 
 
 def test_keygen_writes_private_keys_and_never_overwrites(tmp_path: Path) -> None:
@@ -96,9 +44,8 @@ def test_keygen_writes_private_keys_and_never_overwrites(tmp_path: Path) -> None
     assert again.returncode == 1 and "never overwritten" in again.stderr
 
 
-def test_check_reports_audit_problems_with_positions(tmp_path: Path) -> None:
-    with BackgroundPeers() as peers:
-        cfg = _audit_config(tmp_path, peers.upstream.port)
+def test_check_reports_audit_problems_with_positions(tmp_path: Path, peers: BackgroundPeers) -> None:
+    cfg = audit_config(tmp_path, peers.upstream.port)
     (tmp_path / "keys" / "audit.key").chmod(0o644)
     text = cfg.read_text().replace(
         "signing_key_file: keys/audit-signing.key", "signing_key_file: keys/nope.key"
@@ -112,27 +59,25 @@ def test_check_reports_audit_problems_with_positions(tmp_path: Path) -> None:
     assert all(line.count(":") >= 3 for line in lines[:-1])  # file:line:column: field: message
 
 
-def test_requests_are_recorded_verified_and_exported_as_balp_audit_events(tmp_path: Path) -> None:
-    idp = Idp(tmp_path)
-    with BackgroundPeers() as peers:
-        cfg = _audit_config(tmp_path, peers.upstream.port, otlp_port=peers.sink_port)
-        gw = GatewayProcess(cfg)
-        try:
-            good = idp.token("dr-house", azp="ehr-web")
-            assert _get(gw.proxy, f"/fhir/Patient/{PATIENT}", good, **{"X-Request-Id": "req-1"}) == 200
-            assert (
-                _get(
-                    gw.proxy, f"/fhir/Observation?patient={PATIENT}&_count=5", idp.token("nurse", alg="ES256")
-                )
-                == 200
-            )
-            expired = idp.token("dr-house", exp_in=-60)
-            assert _get(gw.proxy, f"/fhir/Patient/{PATIENT}", expired) == 200
-            assert _get(gw.proxy, "/fhir/Patient?name=smith", good, **{"X-Test-Fault": "searchset"}) == 200
-            assert _get(gw.proxy, "/fhir/Patient/p-2", good, **{"X-Test-Fault": "500"}) == 500
-            assert _get(gw.proxy, "/scheduling/appointments/9", good) == 200  # not a FHIR route: not audited
-        finally:
-            assert gw.terminate() == 0
+def test_requests_are_recorded_verified_and_exported_as_balp_audit_events(
+    tmp_path: Path, peers: BackgroundPeers, idp: Idp
+) -> None:
+    cfg = audit_config(tmp_path, peers.upstream.port, otlp_port=peers.sink_port)
+    gw = GatewayProcess(cfg)
+    try:
+        good = idp.token("dr-house", azp="ehr-web")
+        assert get_as(gw.proxy, f"/fhir/Patient/{PATIENT}", good, **{"X-Request-Id": "req-1"}) == 200
+        assert (
+            get_as(gw.proxy, f"/fhir/Observation?patient={PATIENT}&_count=5", idp.token("nurse", alg="ES256"))
+            == 200
+        )
+        expired = idp.token("dr-house", exp_in=-60)
+        assert get_as(gw.proxy, f"/fhir/Patient/{PATIENT}", expired) == 200
+        assert get_as(gw.proxy, "/fhir/Patient?name=smith", good, **{"X-Test-Fault": "searchset"}) == 200
+        assert get_as(gw.proxy, "/fhir/Patient/p-2", good, **{"X-Test-Fault": "500"}) == 500
+        assert get_as(gw.proxy, "/scheduling/appointments/9", good) == 200  # not a FHIR route: not audited
+    finally:
+        assert gw.terminate() == 0
 
     out = vitalgate("audit", "verify", "--config", str(cfg)).stdout
     # 1 read + 1 search + 1 read + 3 patients found + 1 failed read
@@ -208,17 +153,15 @@ def test_requests_are_recorded_verified_and_exported_as_balp_audit_events(tmp_pa
 
 
 @pytest.fixture
-def trail(tmp_path: Path) -> tuple[Path, Path]:
+def trail(tmp_path: Path, peers: BackgroundPeers, idp: Idp) -> tuple[Path, Path]:
     """A gateway that wrote 12 records; its config and audit folder."""
-    Idp(tmp_path)
-    with BackgroundPeers() as peers:
-        cfg = _audit_config(tmp_path, peers.upstream.port, checkpoint_interval="1s")
-        gw = GatewayProcess(cfg)
-        try:
-            for i in range(12):
-                assert _get(gw.proxy, f"/fhir/Patient/t{i}") == 200
-        finally:
-            assert gw.terminate() == 0
+    cfg = audit_config(tmp_path, peers.upstream.port, checkpoint_interval="1s")
+    gw = GatewayProcess(cfg)
+    try:
+        for i in range(12):
+            assert get_as(gw.proxy, f"/fhir/Patient/t{i}") == 200
+    finally:
+        assert gw.terminate() == 0
     return cfg, tmp_path / "audit"
 
 
@@ -237,7 +180,9 @@ def _rewrite(path: Path, lines: list[bytes]) -> None:
     path.write_bytes(b"".join(lines))
 
 
-def test_verify_names_the_first_bad_record_of_every_tampering(trail: tuple[Path, Path]) -> None:
+def test_verify_names_the_first_bad_record_of_every_tampering(
+    trail: tuple[Path, Path], peers: BackgroundPeers
+) -> None:
     cfg, audit = trail
     assert _verify(cfg)[0] == 0
     seg = _segment(audit)
@@ -269,14 +214,13 @@ def test_verify_names_the_first_bad_record_of_every_tampering(trail: tuple[Path,
     for p in [*audit.rglob("*.seg"), audit / "checkpoints.jsonl"]:
         p.chmod(0o600)
         p.unlink()
-    with BackgroundPeers() as peers:
-        cfg = _audit_config(cfg.parent, peers.upstream.port, keygen=False)
-        gw = GatewayProcess(cfg)
-        try:
-            for i in range(12):
-                assert _get(gw.proxy, f"/fhir/Patient/forged{i}") == 200
-        finally:
-            assert gw.terminate() == 0
+    cfg = audit_config(cfg.parent, peers.upstream.port, keygen=False)
+    gw = GatewayProcess(cfg)
+    try:
+        for i in range(12):
+            assert get_as(gw.proxy, f"/fhir/Patient/forged{i}") == 200
+    finally:
+        assert gw.terminate() == 0
     code, out = _verify(cfg)  # the access log holds both runs' checkpoints
     assert code == 1 and "the store was replaced" in out, out
     code, out = _verify(cfg, "--anchor", str(anchor))
@@ -312,34 +256,30 @@ def _records_in(cfg: Path) -> int:
 
 @pytest.mark.parametrize("durability", ["strict", "batched"])
 def test_kill_9_under_load_loses_nothing_strict_and_at_most_the_window_batched(
-    tmp_path: Path, durability: str
+    tmp_path: Path, durability: str, peers: BackgroundPeers, idp: Idp
 ) -> None:
     """Each answered request's record: on disk before the answer (strict), or at most one
     flush interval behind it (batched)."""
-    Idp(tmp_path)
     window_s = 0.5
-    with BackgroundPeers() as peers:
-        cfg = _audit_config(
-            tmp_path, peers.upstream.port, durability=durability, flush_interval=f"{window_s}s"
-        )
-        gw = GatewayProcess(cfg)
-        answered: list[float] = []
-        deadline = time.monotonic() + 2.0
+    cfg = audit_config(tmp_path, peers.upstream.port, durability=durability, flush_interval=f"{window_s}s")
+    gw = GatewayProcess(cfg)
+    answered: list[float] = []
+    deadline = time.monotonic() + 2.0
 
-        def client(n: int) -> None:
-            i = 0
-            while time.monotonic() < deadline:
-                assert _get(gw.proxy, f"/fhir/Patient/k{n}-{i}") == 200
-                answered.append(time.monotonic())
-                i += 1
+    def client(n: int) -> None:
+        i = 0
+        while time.monotonic() < deadline:
+            assert get_as(gw.proxy, f"/fhir/Patient/k{n}-{i}") == 200
+            answered.append(time.monotonic())
+            i += 1
 
-        threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        killed_at = time.monotonic()
-        gw.kill()
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    killed_at = time.monotonic()
+    gw.kill()
     kept = _records_in(cfg)
     lost = len(answered) - kept
     if durability == "strict":
@@ -352,31 +292,30 @@ def test_kill_9_under_load_loses_nothing_strict_and_at_most_the_window_batched(
 
 @pytest.mark.parametrize("durability", ["strict", "batched"])
 def test_a_full_disk_refuses_strict_and_serves_batched_and_nothing_is_lost(
-    tmp_path: Path, durability: str
+    tmp_path: Path, durability: str, peers: BackgroundPeers, idp: Idp
 ) -> None:
     """No file may grow (RLIMIT_FSIZE on the running gateway's audit writer), then it may again."""
-    Idp(tmp_path)
-    with BackgroundPeers() as peers:
-        cfg = _audit_config(tmp_path, peers.upstream.port, durability=durability, flush_interval="200ms")
-        gw = GatewayProcess(cfg)
-        try:
-            assert _get(gw.proxy, "/fhir/Patient/d1") == 200
-            time.sleep(0.5)  # the first record on disk (the segment exists and has grown)
-            writer = _writer_pid(gw.proc.pid)
-            subprocess.run(["prlimit", f"--pid={writer}", "--fsize=0:unlimited"], check=True)
-            during = [_get(gw.proxy, f"/fhir/Patient/d{i}") for i in range(2, 6)]
-            assert _get(gw.proxy, "/scheduling/appointments/1") == 200  # not audited: unaffected
-            eventually(
-                lambda: counter_value(_metrics(gw), "vitalgate_audit_write_errors_total") >= 1,
-                "a failed write",
-            )
-            subprocess.run(["prlimit", f"--pid={writer}", "--fsize=unlimited:unlimited"], check=True)
-            eventually(
-                lambda: counter_value(_metrics(gw), "vitalgate_audit_records_total") >= 5, "all recorded"
-            )
-            metrics = _metrics(gw)
-        finally:
-            assert gw.terminate() == 0
+    cfg = audit_config(tmp_path, peers.upstream.port, durability=durability, flush_interval="200ms")
+    gw = GatewayProcess(cfg)
+    try:
+        assert get_as(gw.proxy, "/fhir/Patient/d1") == 200
+        wait_until(
+            lambda: counter_value(_metrics(gw), "vitalgate_audit_records_total") >= 1,
+            "the first record on disk",
+        )
+        writer = _writer_pid(gw.proc.pid)
+        subprocess.run(["prlimit", f"--pid={writer}", "--fsize=0:unlimited"], check=True)
+        during = [get_as(gw.proxy, f"/fhir/Patient/d{i}") for i in range(2, 6)]
+        assert get_as(gw.proxy, "/scheduling/appointments/1") == 200  # not audited: unaffected
+        wait_until(
+            lambda: counter_value(_metrics(gw), "vitalgate_audit_write_errors_total") >= 1,
+            "a failed write",
+        )
+        subprocess.run(["prlimit", f"--pid={writer}", "--fsize=unlimited:unlimited"], check=True)
+        wait_until(lambda: counter_value(_metrics(gw), "vitalgate_audit_records_total") >= 5, "all recorded")
+        metrics = _metrics(gw)
+    finally:
+        assert gw.terminate() == 0
     assert during == ([503] * 4 if durability == "strict" else [200] * 4)
     assert counter_value(metrics, "vitalgate_audit_write_errors_total") >= 1
     assert counter_value(metrics, "vitalgate_telemetry_dropped_total", signal="audit") == 0
@@ -388,42 +327,40 @@ def test_a_full_disk_refuses_strict_and_serves_batched_and_nothing_is_lost(
 
 @pytest.mark.parametrize("durability", ["strict", "batched"])
 def test_a_writer_killed_under_load_is_replaced_and_every_request_is_recorded_or_counted(
-    tmp_path: Path, durability: str
+    tmp_path: Path, durability: str, peers: BackgroundPeers, idp: Idp
 ) -> None:
     """kill -9 of the audit writer process mid-traffic: the gateway says so, starts another,
     which continues the same chain; every request is on disk or counted as dropped, and a
     strict response is never a 200 without its record."""
-    Idp(tmp_path)
-    with BackgroundPeers() as peers:
-        cfg = _audit_config(tmp_path, peers.upstream.port, durability=durability)
-        gw = GatewayProcess(cfg)
-        statuses: list[int] = []
-        stop = threading.Event()
+    cfg = audit_config(tmp_path, peers.upstream.port, durability=durability)
+    gw = GatewayProcess(cfg)
+    statuses: list[int] = []
+    stop = threading.Event()
 
-        def client(n: int) -> None:
-            i = 0
-            while not stop.is_set():
-                statuses.append(_get(gw.proxy, f"/fhir/Patient/w{n}-{i}"))
-                i += 1
+    def client(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            statuses.append(get_as(gw.proxy, f"/fhir/Patient/w{n}-{i}"))
+            i += 1
 
-        threads = [threading.Thread(target=client, args=(n,)) for n in range(3)]
-        try:
-            for t in threads:
-                t.start()
-            eventually(lambda: len(statuses) > 200, "traffic")
-            first = _writer_pid(gw.proc.pid)
-            subprocess.run(["kill", "-9", str(first)], check=True)
-            eventually(lambda: "audit_writer_restarted" in gw.stderr_path.read_text(), "a new writer")
-            assert _writer_pid(gw.proc.pid) != first
-            at_restart = len(statuses)
-            eventually(lambda: len(statuses) > at_restart + 100, "traffic after the restart")
-            stop.set()
-            for t in threads:
-                t.join()
-            metrics = _metrics(gw)
-        finally:
-            stop.set()
-            assert gw.terminate() == 0
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        wait_until(lambda: len(statuses) > 200, "traffic")
+        first = _writer_pid(gw.proc.pid)
+        subprocess.run(["kill", "-9", str(first)], check=True)
+        wait_until(lambda: "audit_writer_restarted" in gw.stderr_path.read_text(), "a new writer")
+        assert _writer_pid(gw.proc.pid) != first
+        at_restart = len(statuses)
+        wait_until(lambda: len(statuses) > at_restart + 100, "traffic after the restart")
+        stop.set()
+        for t in threads:
+            t.join()
+        metrics = _metrics(gw)
+    finally:
+        stop.set()
+        assert gw.terminate() == 0
     sent = len(statuses)
     kept = _records_in(cfg)  # and verify accepts the chain across both writers
     dropped = counter_value(metrics, "vitalgate_telemetry_dropped_total", signal="audit")
@@ -455,70 +392,68 @@ def _metrics(gw: GatewayProcess) -> str:
         return str(r.read().decode())
 
 
-def _admin_get(url: str, token: str | None) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
-
-
-def test_only_the_auditor_reads_the_trail_and_every_read_is_recorded(tmp_path: Path) -> None:
-    Idp(tmp_path)
+def test_only_the_auditor_reads_the_trail_and_every_read_is_recorded(
+    tmp_path: Path, peers: BackgroundPeers, idp: Idp
+) -> None:
     tokens = {role: f"token-{role}-0123456789" for role in ("sre", "engineer", "account_manager", "auditor")}
     admin_tokens = [
         {"name": f"{role}-1", "sha256": hashlib.sha256(t.encode()).hexdigest(), "role": role}
         | ({"facilities": ["st-marys"]} if role == "account_manager" else {})
         for role, t in tokens.items()
     ]
-    with BackgroundPeers() as peers:
-        cfg = _audit_config(tmp_path, peers.upstream.port)
-        doc = yaml.safe_load(cfg.read_text())
-        doc["admin"]["tokens"] = admin_tokens
-        cfg.write_text(yaml.safe_dump(doc))
-        gw = GatewayProcess(cfg)
-        try:
-            assert _get(gw.proxy, f"/fhir/Patient/{PATIENT}") == 200
-            url = f"{gw.admin}/api/v1/audit?patient={PATIENT}"
-            eventually(lambda: _admin_get(url, tokens["auditor"])[1].get("total") == 1, "the read recorded")
-            assert _admin_get(url, None)[0] == 401
-            assert _admin_get(url, "not-a-token")[0] == 401
-            for role in ("sre", "engineer", "account_manager"):
-                assert _admin_get(url, tokens[role])[0] == 403, role
-            status, bundle = _admin_get(url, tokens["auditor"])
-            assert status == 200 and bundle["type"] == "searchset"
-            (entry,) = bundle["entry"]
-            assert entry["resource"]["entity"][-1]["what"]["reference"] == f"Patient/{PATIENT}"
-            assert _admin_get(f"{gw.admin}/api/v1/audit?since=yesterday", tokens["auditor"])[0] == 400
-        finally:
-            assert gw.terminate() == 0
+    cfg = audit_config(tmp_path, peers.upstream.port)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["admin"]["tokens"] = admin_tokens
+    cfg.write_text(yaml.safe_dump(doc))
+    gw = GatewayProcess(cfg)
+    try:
+        assert get_as(gw.proxy, f"/fhir/Patient/{PATIENT}") == 200
+        url = f"{gw.admin}/api/v1/audit?patient={PATIENT}"
+        answered: list[int] = []  # the statuses of the auditor's reads while waiting: each 200 is a read
+
+        def recorded() -> bool:
+            status, found = admin_get(url, tokens["auditor"])
+            answered.append(status)
+            return found.get("total") == 1
+
+        wait_until(recorded, "the read recorded")
+        assert admin_get(url, None)[0] == 401
+        assert admin_get(url, "not-a-token")[0] == 401
+        for role in ("sre", "engineer", "account_manager"):
+            assert admin_get(url, tokens[role])[0] == 403, role
+        status, bundle = admin_get(url, tokens["auditor"])
+        assert status == 200 and bundle["type"] == "searchset"
+        (entry,) = bundle["entry"]
+        assert entry["resource"]["entity"][-1]["what"]["reference"] == f"Patient/{PATIENT}"
+        assert admin_get(f"{gw.admin}/api/v1/audit?since=yesterday", tokens["auditor"])[0] == 400
+    finally:
+        assert gw.terminate() == 0
     reads = json.loads(
         vitalgate("audit", "search", "--config", str(cfg), "--user", "auditor-1", "--format", "json").stdout
     )
-    assert len(reads) >= 3  # every auditor read above, the refused ones not
+    # Every auditor read above (the waiting ones, then the one checked), the refused ones not.
+    assert len(reads) == answered.count(200) + 1
     query = next(e for e in reads[0]["entity"] if e["role"]["code"] == "24")
     assert base64.b64decode(query["query"]).decode() == f"patient={PATIENT}"
     assert not (tmp_path / "access.log").read_text().count(PATIENT)
 
 
-def test_a_header_identity_is_believed_only_from_its_trusted_sources(tmp_path: Path) -> None:
-    with BackgroundPeers() as peers:
-        for sources, expected in ((["127.0.0.1/32"], "alice"), (["10.0.0.0/8"], "unverified")):
-            folder = tmp_path / sources[0].replace("/", "_")
-            folder.mkdir()
-            identity = {"header": "X-Authenticated-User", "trusted_sources": sources}
-            cfg = _audit_config(folder, peers.upstream.port, identity=identity)
-            gw = GatewayProcess(cfg)
-            try:
-                assert _get(gw.proxy, "/fhir/Patient/h1", **{"X-Authenticated-User": "alice"}) == 200
-            finally:
-                assert gw.terminate() == 0
-            (ev,) = json.loads(vitalgate("audit", "search", "--config", str(cfg), "--format", "json").stdout)
-            who = ev["agent"][0]["who"]
-            assert (who["identifier"]["value"] if expected == "alice" else who["display"]).startswith(
-                expected
-            )
+def test_a_header_identity_is_believed_only_from_its_trusted_sources(
+    tmp_path: Path, peers: BackgroundPeers
+) -> None:
+    for sources, expected in ((["127.0.0.1/32"], "alice"), (["10.0.0.0/8"], "unverified")):
+        folder = tmp_path / sources[0].replace("/", "_")
+        folder.mkdir()
+        identity = {"header": "X-Authenticated-User", "trusted_sources": sources}
+        cfg = audit_config(folder, peers.upstream.port, identity=identity)
+        gw = GatewayProcess(cfg)
+        try:
+            assert get_as(gw.proxy, "/fhir/Patient/h1", **{"X-Authenticated-User": "alice"}) == 200
+        finally:
+            assert gw.terminate() == 0
+        (ev,) = json.loads(vitalgate("audit", "search", "--config", str(cfg), "--format", "json").stdout)
+        who = ev["agent"][0]["who"]
+        assert (who["identifier"]["value"] if expected == "alice" else who["display"]).startswith(expected)
 
 
 def test_retention_removes_old_segments_only_with_a_signed_deletion_record(tmp_path: Path) -> None:
@@ -584,36 +519,36 @@ class Repository(UpstreamPeer):
 
 def test_forwarding_survives_a_failing_repository_and_a_restart_exactly_once_in_effect(
     tmp_path: Path,
+    peers: BackgroundPeers,
+    idp: Idp,
 ) -> None:
-    Idp(tmp_path)
-    with BackgroundPeers() as peers:
-        repo = Repository(refuse_first=2)
-        peers.run(repo.start())
+    repo = Repository(refuse_first=2)
+    peers.run(repo.start())
+    try:
+        forward = {"url": f"http://127.0.0.1:{repo.port}/fhir", "batch_size": 5, "interval": "100ms"}
+        cfg = audit_config(tmp_path, peers.upstream.port, forward=forward)
+        gw = GatewayProcess(cfg)
         try:
-            forward = {"url": f"http://127.0.0.1:{repo.port}/fhir", "batch_size": 5, "interval": "100ms"}
-            cfg = _audit_config(tmp_path, peers.upstream.port, forward=forward)
-            gw = GatewayProcess(cfg)
-            try:
-                for i in range(12):
-                    assert _get(gw.proxy, f"/fhir/Patient/f{i}") == 200
-                eventually(lambda: len(repo.events) == 12, "12 events forwarded", timeout_s=30)
-                eventually(
-                    lambda: counter_value(_metrics(gw), "vitalgate_audit_forward_lag_records") == 0, "no lag"
-                )
-                metrics = _metrics(gw)
-            finally:
-                assert gw.terminate() == 0
-            assert counter_value(metrics, "vitalgate_audit_forward_failures_total", reason="http_5xx") == 2
-            assert counter_value(metrics, "vitalgate_audit_forwarded_total") == 12
-            gw = GatewayProcess(cfg)  # resumes at its cursor
-            try:
-                for i in range(3):
-                    assert _get(gw.proxy, f"/fhir/Patient/g{i}") == 200
-                eventually(lambda: len(repo.events) == 15, "the 3 new events forwarded", timeout_s=30)
-            finally:
-                assert gw.terminate() == 0
+            for i in range(12):
+                assert get_as(gw.proxy, f"/fhir/Patient/f{i}") == 200
+            wait_until(lambda: len(repo.events) == 12, "12 events forwarded", timeout_s=30)
+            wait_until(
+                lambda: counter_value(_metrics(gw), "vitalgate_audit_forward_lag_records") == 0, "no lag"
+            )
+            metrics = _metrics(gw)
         finally:
-            peers.run(repo.stop())
+            assert gw.terminate() == 0
+        assert counter_value(metrics, "vitalgate_audit_forward_failures_total", reason="http_5xx") == 2
+        assert counter_value(metrics, "vitalgate_audit_forwarded_total") == 12
+        gw = GatewayProcess(cfg)  # resumes at its cursor
+        try:
+            for i in range(3):
+                assert get_as(gw.proxy, f"/fhir/Patient/g{i}") == 200
+            wait_until(lambda: len(repo.events) == 15, "the 3 new events forwarded", timeout_s=30)
+        finally:
+            assert gw.terminate() == 0
+    finally:
+        peers.run(repo.stop())
     assert repo.received == 15  # none sent twice: the cursor held across the restart
     assert (tmp_path / "audit" / "forward.cursor").read_text().strip() == "15"
     stored = json.loads(vitalgate("audit", "search", "--config", str(cfg), "--format", "json").stdout)
@@ -634,48 +569,44 @@ class JwksServer(UpstreamPeer):
         return web.json_response({"keys": self.keys})
 
 
-def test_a_jwks_url_is_refetched_for_a_new_key_and_search_results_are_capped(tmp_path: Path) -> None:
-    idp = Idp(tmp_path)
+def test_a_jwks_url_is_refetched_for_a_new_key_and_search_results_are_capped(
+    tmp_path: Path, peers: BackgroundPeers, idp: Idp
+) -> None:
     rotated = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    with BackgroundPeers() as peers:
-        jwks = JwksServer([_jwk(idp.rsa, "r1")])
-        peers.run(jwks.start())
+    jwks = JwksServer([jwk(idp.rsa, "r1")])
+    peers.run(jwks.start())
+    try:
+        identity = {
+            "jwks_url": f"http://127.0.0.1:{jwks.port}/jwks",
+            "issuer": ISSUER,
+            "audience": AUDIENCE,
+            "refresh": "1s",
+        }
+        cfg = audit_config(tmp_path, peers.upstream.port, identity=identity, max_patients=2)
+        gw = GatewayProcess(cfg)
         try:
-            identity = {
-                "jwks_url": f"http://127.0.0.1:{jwks.port}/jwks",
-                "issuer": ISSUER,
-                "audience": AUDIENCE,
-                "refresh": "1s",
+            assert get_as(gw.proxy, "/fhir/Patient/j1", idp.token("before-rotation")) == 200
+            wait_until(
+                lambda: counter_value(_metrics(gw), "vitalgate_audit_records_total") == 1, "j1 written"
+            )
+            body = {
+                "iss": ISSUER,
+                "aud": AUDIENCE,
+                "sub": "after-rotation",
+                "exp": int(time.time() + 300),
             }
-            cfg = _audit_config(tmp_path, peers.upstream.port, identity=identity, max_patients=2)
-            gw = GatewayProcess(cfg)
-            try:
-                assert _get(gw.proxy, "/fhir/Patient/j1", idp.token("before-rotation")) == 200
-                eventually(
-                    lambda: counter_value(_metrics(gw), "vitalgate_audit_records_total") == 1, "j1 written"
-                )
-                body = {
-                    "iss": ISSUER,
-                    "aud": AUDIENCE,
-                    "sub": "after-rotation",
-                    "exp": int(time.time() + 300),
-                }
-                new_token = jwt.encode(body, rotated, algorithm="RS256", headers={"kid": "r2"})
-                rogue = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-                forged = jwt.encode(
-                    {**body, "sub": "mallory"}, rogue, algorithm="RS256", headers={"kid": "r1"}
-                )
-                assert _get(gw.proxy, "/fhir/Patient/j2", forged) == 200  # the proxy is no access control
-                jwks.keys = [_jwk(idp.rsa, "r1"), _jwk(rotated, "r2")]  # the IdP rotates in r2
-                time.sleep(1.1)  # past the refetch cooldown (the refresh period) since j1's fetch
-                assert _get(gw.proxy, "/fhir/Patient/j3", new_token) == 200
-                assert (
-                    _get(gw.proxy, "/fhir/Patient?name=x", new_token, **{"X-Test-Fault": "searchset"}) == 200
-                )
-            finally:
-                assert gw.terminate() == 0
+            new_token = jwt.encode(body, rotated, algorithm="RS256", headers={"kid": "r2"})
+            rogue = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            forged = jwt.encode({**body, "sub": "mallory"}, rogue, algorithm="RS256", headers={"kid": "r1"})
+            assert get_as(gw.proxy, "/fhir/Patient/j2", forged) == 200  # the proxy is no access control
+            jwks.keys = [jwk(idp.rsa, "r1"), jwk(rotated, "r2")]  # the IdP rotates in r2
+            time.sleep(1.1)  # past the refetch cooldown (the refresh period) since j1's fetch
+            assert get_as(gw.proxy, "/fhir/Patient/j3", new_token) == 200
+            assert get_as(gw.proxy, "/fhir/Patient?name=x", new_token, **{"X-Test-Fault": "searchset"}) == 200
         finally:
-            peers.run(jwks.stop())
+            assert gw.terminate() == 0
+    finally:
+        peers.run(jwks.stop())
     events = json.loads(vitalgate("audit", "search", "--config", str(cfg), "--format", "json").stdout)
     who = [ev["agent"][0]["who"] for ev in events]
     assert who[0]["identifier"]["value"] == "before-rotation"
@@ -690,27 +621,27 @@ def test_a_jwks_url_is_refetched_for_a_new_key_and_search_results_are_capped(tmp
     assert found[-1]["outcomeDesc"].endswith("1 more patients in the results not recorded (audit limit)")
 
 
-def test_with_workers_each_writes_a_chain_and_the_supervisor_serves_and_records_reads(tmp_path: Path) -> None:
-    Idp(tmp_path)
+def test_with_workers_each_writes_a_chain_and_the_supervisor_serves_and_records_reads(
+    tmp_path: Path, peers: BackgroundPeers, idp: Idp
+) -> None:
     token = "token-auditor-0123456789"
-    with BackgroundPeers() as peers:
-        cfg = _audit_config(tmp_path, peers.upstream.port)
-        doc = yaml.safe_load(cfg.read_text())
-        doc["admin"]["tokens"] = [
-            {"name": "auditor-1", "sha256": hashlib.sha256(token.encode()).hexdigest(), "role": "auditor"}
-        ]
-        cfg.write_text(yaml.safe_dump(doc))
-        gw = GatewayProcess(cfg, workers=2)
-        try:
-            for i in range(40):  # new connections: SO_REUSEPORT spreads them over both workers
-                assert _get(gw.proxy, f"/fhir/Patient/w{i}") == 200
-            url = f"{gw.admin}/api/v1/audit?facility=st-marys"
-            eventually(
-                lambda: _admin_get(url, token)[1].get("total") == 40,
-                "40 events readable through the supervisor",
-            )
-        finally:
-            assert gw.terminate() == 0
+    cfg = audit_config(tmp_path, peers.upstream.port)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["admin"]["tokens"] = [
+        {"name": "auditor-1", "sha256": hashlib.sha256(token.encode()).hexdigest(), "role": "auditor"}
+    ]
+    cfg.write_text(yaml.safe_dump(doc))
+    gw = GatewayProcess(cfg, workers=2)
+    try:
+        for i in range(40):  # new connections: SO_REUSEPORT spreads them over both workers
+            assert get_as(gw.proxy, f"/fhir/Patient/w{i}") == 200
+        url = f"{gw.admin}/api/v1/audit?facility=st-marys"
+        wait_until(
+            lambda: admin_get(url, token)[1].get("total") == 40,
+            "40 events readable through the supervisor",
+        )
+    finally:
+        assert gw.terminate() == 0
     chains = sorted(p.name for p in (tmp_path / "audit").iterdir() if p.is_dir())
     assert chains == ["supervisor", "worker-0", "worker-1"]
     out = vitalgate("audit", "verify", "--config", str(cfg)).stdout

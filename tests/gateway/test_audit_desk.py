@@ -23,8 +23,12 @@ from fhir.resources.R4B.auditevent import AuditEvent
 
 from gateway.audit.keys import Keyring, read_signing_key
 from gateway.audit.verify import verify
-from tests.gateway.test_audit import Idp, _admin_get, _audit_config, _get
-from tests.helpers import BackgroundPeers, GatewayProcess, eventually, read_log, vitalgate
+from tests.gateway.auditsetup import Idp, admin_get, audit_config, get_as
+from tests.support.cli import vitalgate
+from tests.support.gateway import GatewayProcess
+from tests.support.peers import BackgroundPeers
+from tests.support.readers import read_log
+from tests.support.waiting import wait_until
 
 AUDITOR_TOKEN = "token-compliance-0123456789"
 PROBE_USER = "vitalgate-probe"
@@ -42,7 +46,7 @@ class Desk:
 
 
 def _two_found(url: str) -> bool:
-    total: int = _admin_get(url, AUDITOR_TOKEN)[1].get("total", 0)
+    total: int = admin_get(url, AUDITOR_TOKEN)[1].get("total", 0)
     return total >= 2
 
 
@@ -62,7 +66,7 @@ def _patients(ev: dict[str, Any]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def desk(tmp_path_factory: pytest.TempPathFactory) -> Desk:
+def desk(tmp_path_factory: pytest.TempPathFactory, module_peers: BackgroundPeers) -> Desk:
     tmp = tmp_path_factory.mktemp("desk")
     idp = Idp(tmp)
     probes = [
@@ -82,45 +86,45 @@ def desk(tmp_path_factory: pytest.TempPathFactory) -> Desk:
             "request": {"path": "/fhir/Patient", "headers": {"X-Test-Fault": "searchset"}},
         },
     ]
-    with BackgroundPeers() as peers:
-        cfg = _audit_config(tmp, peers.upstream.port, checkpoint_interval="1s", max_patients=2)
-        doc = yaml.safe_load(cfg.read_text())
-        doc["admin"]["tokens"] = [
-            {
-                "name": "compliance",
-                "sha256": hashlib.sha256(AUDITOR_TOKEN.encode()).hexdigest(),
-                "role": "auditor",
-            }
-        ]
-        doc["probes"] = probes
-        cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
-        gw = GatewayProcess(cfg)
-        try:
-            good = idp.token("dr-house", azp="ehr-web")
-            assert _get(gw.proxy, "/fhir/Patient/pat-1", good) == 200  # read, a patient
-            assert _get(gw.proxy, "/fhir/Patient/pat-1") == 200  # unverified: no credentials
-            # A client's probe header is not believed: an unverified user, not the gateway.
-            assert _get(gw.proxy, "/fhir/Patient/pat-forged", None, **{"X-Vitalgate-Probe": "guess"}) == 200
-            assert _get(gw.proxy, "/fhir/metadata", good) == 200  # capabilities, no patient
-            assert _get(gw.proxy, "/fhir/Patient?name=x", good, **{"X-Test-Fault": "searchset"}) == 200
-            assert _get(gw.proxy, "/fhir/Patient/pat-2", good, **{"X-Test-Fault": "status:404"}) == 404
-            assert _get(gw.proxy, "/fhir/Patient/pat-3", good, **{"X-Test-Fault": "500"}) == 500
-            api: dict[str, dict[str, Any]] = {}
-            for query in ("patient=pat-1", "patient=Patient/pat-1", "user=dr-house"):
-                url = f"{gw.admin}/api/v1/audit?{query}"
-                eventually(partial(_two_found, url), "recorded")
-                status, api[query] = _admin_get(url, AUDITOR_TOKEN)
-                assert status == 200
-            eventually(
-                lambda: all(
-                    sum(1 for r in read_log(tmp / "access.log") if r.get("http.route") == route) >= 2
-                    for route in ("probe /fhir/metadata", "probe /fhir/Patient/{id}", "probe /fhir/Patient")
-                ),
-                "two runs of each probe",
-            )
-            live = _verify(cfg)
-        finally:
-            assert gw.terminate() == 0
+    peers = module_peers
+    cfg = audit_config(tmp, peers.upstream.port, checkpoint_interval="1s", max_patients=2)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["admin"]["tokens"] = [
+        {
+            "name": "compliance",
+            "sha256": hashlib.sha256(AUDITOR_TOKEN.encode()).hexdigest(),
+            "role": "auditor",
+        }
+    ]
+    doc["probes"] = probes
+    cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+    gw = GatewayProcess(cfg)
+    try:
+        good = idp.token("dr-house", azp="ehr-web")
+        assert get_as(gw.proxy, "/fhir/Patient/pat-1", good) == 200  # read, a patient
+        assert get_as(gw.proxy, "/fhir/Patient/pat-1") == 200  # unverified: no credentials
+        # A client's probe header is not believed: an unverified user, not the gateway.
+        assert get_as(gw.proxy, "/fhir/Patient/pat-forged", None, **{"X-Vitalgate-Probe": "guess"}) == 200
+        assert get_as(gw.proxy, "/fhir/metadata", good) == 200  # capabilities, no patient
+        assert get_as(gw.proxy, "/fhir/Patient?name=x", good, **{"X-Test-Fault": "searchset"}) == 200
+        assert get_as(gw.proxy, "/fhir/Patient/pat-2", good, **{"X-Test-Fault": "status:404"}) == 404
+        assert get_as(gw.proxy, "/fhir/Patient/pat-3", good, **{"X-Test-Fault": "500"}) == 500
+        api: dict[str, dict[str, Any]] = {}
+        for query in ("patient=pat-1", "patient=Patient/pat-1", "user=dr-house"):
+            url = f"{gw.admin}/api/v1/audit?{query}"
+            wait_until(partial(_two_found, url), "recorded")
+            status, api[query] = admin_get(url, AUDITOR_TOKEN)
+            assert status == 200
+        wait_until(
+            lambda: all(
+                sum(1 for r in read_log(tmp / "access.log") if r.get("http.route") == route) >= 2
+                for route in ("probe /fhir/metadata", "probe /fhir/Patient/{id}", "probe /fhir/Patient")
+            ),
+            "two runs of each probe",
+        )
+        live = _verify(cfg)
+    finally:
+        assert gw.terminate() == 0
     counts: dict[str, int] = {}
     for r in read_log(tmp / "access.log"):
         route = str(r.get("http.route", ""))
@@ -336,33 +340,33 @@ def test_a_running_writer_has_a_checkpoint_interval_to_cover_its_records(desk: D
     assert stopped.records == fresh.records
 
 
-def test_a_strict_trail_holds_a_probe_as_the_system_agent_too(tmp_path: Path) -> None:
+def test_a_strict_trail_holds_a_probe_as_the_system_agent_too(
+    tmp_path: Path, peers: BackgroundPeers, idp: Idp
+) -> None:
     """Under ``durability: strict`` a probe's record is made while its response waits (not
     from its telemetry route): the same system agent, the same leaving out of the metadata probe."""
-    Idp(tmp_path)
-    with BackgroundPeers() as peers:
-        cfg = _audit_config(tmp_path, peers.upstream.port, durability="strict")
-        doc = yaml.safe_load(cfg.read_text())
-        doc["probes"] = [
-            {"upstream": "fhir", "interval": "1s", "facilities": ["st-marys"]},
-            {"upstream": "fhir", "interval": "1s", "request": {"path": "/fhir/Patient/pat-strict"}},
-        ]
-        cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
-        gw = GatewayProcess(cfg)
-        try:
-            eventually(
-                lambda: (
-                    sum(
-                        1
-                        for r in read_log(tmp_path / "access.log")
-                        if r.get("http.route") == "probe /fhir/metadata"
-                    )
-                    >= 2
-                ),
-                "two metadata probes",
-            )
-        finally:
-            assert gw.terminate() == 0
+    cfg = audit_config(tmp_path, peers.upstream.port, durability="strict")
+    doc = yaml.safe_load(cfg.read_text())
+    doc["probes"] = [
+        {"upstream": "fhir", "interval": "1s", "facilities": ["st-marys"]},
+        {"upstream": "fhir", "interval": "1s", "request": {"path": "/fhir/Patient/pat-strict"}},
+    ]
+    cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+    gw = GatewayProcess(cfg)
+    try:
+        wait_until(
+            lambda: (
+                sum(
+                    1
+                    for r in read_log(tmp_path / "access.log")
+                    if r.get("http.route") == "probe /fhir/metadata"
+                )
+                >= 2
+            ),
+            "two metadata probes",
+        )
+    finally:
+        assert gw.terminate() == 0
     found = _search(cfg)
     assert found and all(_user(ev)["who"]["identifier"]["value"] == PROBE_USER for ev in found)
     assert {(ev["subtype"][0]["code"], ev["source"]["site"]) for ev in found} == {("read", "unknown")}

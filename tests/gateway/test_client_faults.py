@@ -14,14 +14,11 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import (
-    GatewayProcess,
-    Upstream,
-    counter_value,
-    gateway_config,
-    read_log,
-    running_gateway,
-)
+from gateway.server import Gateway
+from tests.support.gateway import GatewayProcess, gateway_config, running_gateway
+from tests.support.peers import Upstream
+from tests.support.readers import counter_value, read_log
+from tests.support.waiting import wait_until_async
 from vitalgate.peers import free_port
 
 
@@ -76,11 +73,7 @@ class RawUpstream:
             self._server.close()
 
     async def wait(self, predicate: Any, what: str) -> None:
-        for _ in range(200):
-            if predicate():
-                return
-            await asyncio.sleep(0.025)
-        raise AssertionError(f"the upstream never saw {what}: {self.conns}")
+        await wait_until_async(predicate, f"the upstream sees {what}")
 
 
 @asynccontextmanager
@@ -189,7 +182,7 @@ async def test_a_slow_upload_is_not_charged_to_the_upstream(tmp_path: Path) -> N
             reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy_port)
             writer.write(POST + b"Content-Length: 10\r\n\r\n")
             for _ in range(10):
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # a slow client: 1 s in all, inside the 2 s timeout
                 writer.write(b"x")
             status, _, _ = await _read_response(reader)
             assert status == 200
@@ -238,6 +231,12 @@ async def test_a_head_that_trickles_in_is_cut_with_408(tmp_path: Path, upstream:
     assert not upstream.seen
 
 
+def _client_connections(gw: Gateway) -> int:
+    """Client connections the proxy listener holds now (no metric counts half-sent heads)."""
+    assert gw._server is not None
+    return len(gw._server.conns)
+
+
 async def test_the_connection_cap_answers_503_and_the_admin_listener_stays_reachable(
     tmp_path: Path, upstream: Upstream
 ) -> None:
@@ -245,7 +244,7 @@ async def test_the_connection_cap_answers_503_and_the_admin_listener_stays_reach
         held = [await asyncio.open_connection("127.0.0.1", gw.proxy_port) for _ in range(3)]
         for _, w in held:
             w.write(b"GET /fhir/Patient/1 HTTP/1.1\r\n")  # half-sent heads
-        await asyncio.sleep(0.1)
+        await wait_until_async(lambda: _client_connections(gw) == 3, "the three held connections accepted")
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy_port)
         refused = await asyncio.wait_for(reader.read(), 5)
         assert refused.startswith(b"HTTP/1.1 503 ") and b"too_many_connections" in refused
@@ -259,7 +258,7 @@ async def test_the_connection_cap_answers_503_and_the_admin_listener_stays_reach
         _, metrics = await asyncio.to_thread(admin, "/metrics")
         assert counter_value(metrics, "vitalgate_client_connections_refused_total") == 1
         held[0][1].close()  # room again
-        await asyncio.sleep(0.1)
+        await wait_until_async(lambda: _client_connections(gw) == 2, "the closed connection let go")
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy_port)
         writer.write(b"GET /fhir/Patient/1 HTTP/1.1\r\nHost: gw\r\n\r\n")
         status, _, _ = await _read_response(reader)
@@ -268,6 +267,7 @@ async def test_the_connection_cap_answers_503_and_the_admin_listener_stays_reach
             w.close()
 
 
+@pytest.mark.slow
 def test_under_a_descriptor_limit_half_sent_heads_leave_the_admin_listener_up(tmp_path: Path) -> None:
     """At a 128-descriptor limit, 108 half-sent heads: the default cap (the limit less the
     upstream pools and the gateway's own files) refuses the excess with 503, and /healthz and a
@@ -398,7 +398,7 @@ async def test_waiting_for_a_pool_connection_is_bounded(tmp_path: Path, upstream
         slow_writer.write(
             b"GET /fhir/Patient/1 HTTP/1.1\r\nHost: gw\r\nX-Test-Fault: slow\r\nX-Test-Sleep: 2\r\n\r\n"
         )
-        await asyncio.sleep(0.2)  # it holds the only connection
+        await wait_until_async(lambda: len(upstream.seen) == 1, "the slow request holds the only connection")
         status, _, body = await _ask(gw.proxy_port, b"GET /fhir/Patient/2 HTTP/1.1\r\nHost: gw\r\n\r\n")
         assert status == 503 and json.loads(body)["error"] == "upstream_pool_exhausted"
         assert (await _read_response(slow_reader))[0] == 200

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from core.configfile import ConfigError
-from tests.helpers import vitalgate
+from tests.support.cli import vitalgate
 from vitalgate.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,13 +6,17 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
+import pytest
 
-from tests.helpers import Upstream, gateway_config, histogram_counts, read_log, running_gateway
+from tests.support.gateway import gateway_config, running_gateway
+from tests.support.peers import Upstream
+from tests.support.readers import histogram_counts, read_log
 from vitalgate.otlpsink import OtlpSink
 
 N_REQUESTS = 3000
 
 
+@pytest.mark.slow
 async def test_counts_agree_per_facility(
     tmp_path: Path, upstream: Upstream, sink: tuple[OtlpSink, int]
 ) -> None:

@@ -16,7 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import BackgroundPeers, GatewayProcess, fetch, gateway_config
+from tests.support.gateway import GatewayProcess, gateway_config
+from tests.support.peers import BackgroundPeers
+from tests.support.readers import fetch
 
 SEEDS = [
     b"GET /fhir/Patient/1?name=x HTTP/1.1\r\nHost: gw\r\nX-Facility-ID: riverside\r\nAccept: */*\r\n\r\n",
@@ -91,16 +93,17 @@ def _exchange(port: int, data: bytes) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BackgroundPeers, GatewayProcess]]:
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, module_peers: BackgroundPeers
+) -> Iterator[tuple[BackgroundPeers, GatewayProcess]]:
     tmp: Path = tmp_path_factory.mktemp("fuzz")
-    peers = BackgroundPeers().__enter__()
+    peers = module_peers
     cfg = gateway_config(
         tmp, peers.upstream.port, extra={"limits": {"header_timeout": "1s", "client_body_timeout": "1s"}}
     )
     gw = GatewayProcess(cfg)
     yield peers, gw
     gw.terminate()
-    peers.__exit__(None, None, None)
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

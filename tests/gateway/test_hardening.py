@@ -6,7 +6,10 @@ import asyncio
 import json
 from pathlib import Path
 
-from tests.helpers import Upstream, gateway_config, read_log, running_gateway, start_sink
+from tests.support.gateway import gateway_config, running_gateway
+from tests.support.peers import Upstream, start_sink
+from tests.support.readers import read_log
+from tests.support.waiting import wait_until_async
 from vitalgate.otlpsink import OtlpSink
 
 
@@ -60,10 +63,7 @@ async def test_tracestate_is_forwarded_but_never_exported(tmp_path: Path, upstre
         )
         assert reply.startswith(b"HTTP/1.1 200 ")
     assert upstream.seen[0]["headers"]["tracestate"] == state
-    for _ in range(100):
-        if len(spans.spans) >= 2:
-            break
-        await asyncio.sleep(0.05)
+    await wait_until_async(lambda: len(spans.spans) >= 2, "two spans")
     assert len(spans.spans) == 2
     assert all(s.trace_id == "0af7651916cd43dd8448eb211c80319c" for s in spans.spans)
     await runner.cleanup()

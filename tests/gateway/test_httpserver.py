@@ -15,7 +15,10 @@ from pathlib import Path
 
 import httptools
 
-from tests.helpers import Upstream, gateway_config, histogram_counts, read_log, running_gateway
+from tests.support.gateway import gateway_config, running_gateway
+from tests.support.peers import Upstream
+from tests.support.readers import histogram_counts, read_log
+from tests.support.waiting import wait_until_async
 
 
 class Responses:
@@ -68,7 +71,7 @@ async def exchange(
         writer.write(part)
         await writer.drain()
         if pause_s:
-            await asyncio.sleep(pause_s)
+            await asyncio.sleep(pause_s)  # a client that pauses between its writes
     got = Responses(head_requests)
     closed = False
     while len(got.done) < n:
@@ -208,7 +211,12 @@ async def test_client_leaving_mid_response_is_recorded_as_499(tmp_path: Path, up
         await writer.drain()
         await reader.read(100000)
         writer.transport.abort()  # reset, mid-body
-        await asyncio.sleep(0.5)
+
+        async def recorded_499() -> bool:
+            counts = histogram_counts(await _metrics(gw.admin_port))
+            return any(key[4] == "499" for key in counts)
+
+        await wait_until_async(recorded_499, "the cut request recorded as 499")
         # The gateway keeps serving.
         got, _ = await exchange(gw.proxy_port, get("/fhir/Patient/1"), 1)
         assert got[0][0] == 200

@@ -3,7 +3,6 @@ what still names the upstream is counted; batch entries are counted by outcome."
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +13,9 @@ import pytest
 
 from tests.fhirpeer import FhirPeer
 from tests.fhirpeer import batch as fhir_batch
-from tests.helpers import counter_value, gateway_config, read_log, running_gateway
+from tests.support.gateway import gateway_config, running_gateway
+from tests.support.readers import counter_value, read_log
+from tests.support.waiting import wait_until_async
 from vitalgate.otlpsink import OtlpSink
 
 
@@ -187,10 +188,7 @@ async def test_batch_entries_are_counted_by_outcome(tmp_path: Path, sink: tuple[
     assert entries("DELETE", "/fhir/Patient/{id}", "5xx") == 1
     assert entries("GET", "/fhir/Patient", "5xx") == 1
     assert counter_value(metrics, "vitalgate_fhir_bundle_entries_total") == 6
-    for _ in range(100):
-        if any(x.kind == "SERVER" for x in spans.spans):
-            break
-        await asyncio.sleep(0.05)
+    await wait_until_async(lambda: any(x.kind == "SERVER" for x in spans.spans), "the server span")
     server = next(x for x in spans.spans if x.kind == "SERVER")
     assert server.name == "POST /fhir/"
     assert server.attributes["vitalgate.bundle.entries.2xx"] == 2

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import counter_value, histogram_counts
+from tests.support.readers import counter_value, histogram_counts
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from gateway.metrics import declare_families
 from gateway.metrics.storage import MetricStorage
 from gateway.roles import METRICS_DIR_ENV
-from tests.helpers import make_outcome
+from tests.support.outcomes import make_outcome
 
 storage = MetricStorage(os.environ[METRICS_DIR_ENV])
 registry = CollectorRegistry()

@@ -16,7 +16,7 @@ from gateway.dataplane.metrics import LabelBudget
 from gateway.metrics import MetricFamilies, declare_families
 from gateway.metrics.requests import RequestMetrics
 from gateway.metrics.storage import MetricStorage
-from tests.helpers import make_outcome
+from tests.support.outcomes import make_outcome
 
 
 def _without_created(text: bytes) -> list[str]:

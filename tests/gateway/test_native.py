@@ -22,7 +22,9 @@ from hypothesis import strategies as st
 
 from gateway import native
 from gateway.dataplane import memscan
-from tests.helpers import BackgroundPeers, GatewayProcess, gateway_config, histogram_counts, read_log
+from tests.support.gateway import GatewayProcess, gateway_config
+from tests.support.peers import BackgroundPeers
+from tests.support.readers import histogram_counts, read_log
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("gateway", "slo", "alerts", "dashboards", "reports", "vitalgate")
@@ -71,6 +73,7 @@ def _source_copy(tmp: Path) -> Path:
     return tmp
 
 
+@pytest.mark.slow
 def test_a_stale_extension_is_reported(tmp_path: Path) -> None:
     src = _source_copy(tmp_path / "src")
     plane = ROOT / "gateway" / "dataplane"
@@ -87,35 +90,34 @@ def test_a_stale_extension_is_reported(tmp_path: Path) -> None:
     assert out.stdout.count("STALE") == 1 and "request path compiled (mypyc)" in out.stdout
 
 
-def test_pure_python_sources_serve_and_count_exactly(tmp_path: Path) -> None:
+def test_pure_python_sources_serve_and_count_exactly(tmp_path: Path, peers: BackgroundPeers) -> None:
     src = _source_copy(tmp_path / "src")
     out = _version(src)
     assert out.returncode == 0 and "request path pure Python" in out.stdout, out
 
     sent: Counter[tuple[str, int]] = Counter()
-    with BackgroundPeers() as peers:
-        cfg = gateway_config(tmp_path, peers.upstream.port, peers.sink_port)
-        gw = GatewayProcess(cfg, env={**os.environ, "PYTHONPATH": str(src)}, cwd=src)
-        try:
-            host = gw.proxy.removeprefix("http://")
-            conn = http.client.HTTPConnection(host, timeout=10)
-            for i in range(60):
-                facility = ("st-marys", "riverside", "lakeside")[i % 3]
-                headers = {"X-Facility-ID": facility}
-                if i % 7 == 0:
-                    headers["X-Test-Fault"] = "500"
-                conn.request("GET", f"/fhir/Observation/{i}?patient=Patient/{i}", headers=headers)
-                resp = conn.getresponse()
-                resp.read()
-                sent[(facility, resp.status)] += 1
-            conn.close()
-            admin = http.client.HTTPConnection(gw.admin.removeprefix("http://"), timeout=10)
-            admin.request("GET", "/metrics")
-            metrics = admin.getresponse().read().decode()
-            admin.close()
-        finally:
-            assert gw.terminate() == 0
-        assert "request path pure Python" in gw.stderr_path.read_text()
+    cfg = gateway_config(tmp_path, peers.upstream.port, peers.sink_port)
+    gw = GatewayProcess(cfg, env={**os.environ, "PYTHONPATH": str(src)}, cwd=src)
+    try:
+        host = gw.proxy.removeprefix("http://")
+        conn = http.client.HTTPConnection(host, timeout=10)
+        for i in range(60):
+            facility = ("st-marys", "riverside", "lakeside")[i % 3]
+            headers = {"X-Facility-ID": facility}
+            if i % 7 == 0:
+                headers["X-Test-Fault"] = "500"
+            conn.request("GET", f"/fhir/Observation/{i}?patient=Patient/{i}", headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            sent[(facility, resp.status)] += 1
+        conn.close()
+        admin = http.client.HTTPConnection(gw.admin.removeprefix("http://"), timeout=10)
+        admin.request("GET", "/metrics")
+        metrics = admin.getresponse().read().decode()
+        admin.close()
+    finally:
+        assert gw.terminate() == 0
+    assert "request path pure Python" in gw.stderr_path.read_text()
     by_key = {
         (facility, int(status)): int(n)
         for (facility, _service, _route, _method, status), n in histogram_counts(metrics).items()

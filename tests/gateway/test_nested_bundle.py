@@ -14,7 +14,8 @@ from fhirpy import AsyncFHIRClient
 
 from gateway.dataplane.bundle import base_literals, inspect
 from tests.fhirpeer import FhirPeer
-from tests.helpers import counter_value, gateway_config, read_log, running_gateway
+from tests.support.gateway import gateway_config, running_gateway
+from tests.support.readers import counter_value, read_log
 
 OLD = "http://fhir.internal:8081/base"
 NEW = "https://ehr.example.org"

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import BackgroundPeers, GatewayProcess, gateway_config
+from tests.support.gateway import GatewayProcess, gateway_config
+from tests.support.peers import BackgroundPeers
 
 
 class Harness:
@@ -28,15 +29,15 @@ class Harness:
 
 
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+def harness(tmp_path_factory: pytest.TempPathFactory, module_peers: BackgroundPeers) -> Iterator[Harness]:
     workdir = tmp_path_factory.mktemp("phi")
-    with BackgroundPeers() as peers:
-        cfg = gateway_config(workdir, peers.upstream.port, peers.sink_port)
-        gw = GatewayProcess(cfg)
-        try:
-            yield Harness(peers, gw, workdir)
-        finally:
-            gw.kill()
+    peers = module_peers
+    cfg = gateway_config(workdir, peers.upstream.port, peers.sink_port)
+    gw = GatewayProcess(cfg)
+    try:
+        yield Harness(peers, gw, workdir)
+    finally:
+        gw.kill()
 
 
 def _send(

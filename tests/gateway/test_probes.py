@@ -14,18 +14,11 @@ from zoneinfo import ZoneInfo
 import yaml
 
 from tests import slos
-from tests.helpers import (
-    BackgroundPeers,
-    GatewayProcess,
-    counter_value,
-    eventually,
-    fetch,
-    fetch_text,
-    gateway_config,
-    read_log,
-    slo_status,
-    vitalgate,
-)
+from tests.support.cli import slo_status, vitalgate
+from tests.support.gateway import GatewayProcess, gateway_config
+from tests.support.peers import BackgroundPeers
+from tests.support.readers import counter_value, fetch, fetch_text, read_log
+from tests.support.waiting import wait_until
 
 SLOS = [
     slos.availability("avail"),  # traffic and probes (the default)
@@ -41,51 +34,54 @@ def _probe_results(gw: GatewayProcess, result: str, facility: str) -> float:
     )
 
 
-def test_probes_are_requests_through_the_gateway_marked_as_probes(tmp_path: Path) -> None:
-    with BackgroundPeers() as peers:
-        cfg = gateway_config(
-            tmp_path,
-            peers.upstream.port,
-            peers.sink_port,
-            slos=SLOS,
-            extra={"probes": PROBES, "telemetry": {"store": {"path": "store.db", "flush_interval": "300ms"}}},
+def test_probes_are_requests_through_the_gateway_marked_as_probes(
+    tmp_path: Path, peers: BackgroundPeers
+) -> None:
+    cfg = gateway_config(
+        tmp_path,
+        peers.upstream.port,
+        peers.sink_port,
+        slos=SLOS,
+        extra={"probes": PROBES, "telemetry": {"store": {"path": "store.db", "flush_interval": "300ms"}}},
+    )
+    gw = GatewayProcess(cfg)
+    try:
+        wait_until(
+            lambda: all(_probe_results(gw, "success", f) >= 3 for f in ("st-marys", "riverside")),
+            "3 successful probes per facility",
         )
-        gw = GatewayProcess(cfg)
-        try:
-            eventually(
-                lambda: all(_probe_results(gw, "success", f) >= 3 for f in ("st-marys", "riverside")),
-                "3 successful probes per facility",
-            )
-            # A client that sends the probe header is not believed (nor is the header passed on).
-            assert (
-                fetch(gw.proxy + "/fhir/metadata", {"X-Facility-ID": "lakeside", "X-Vitalgate-Probe": "x"})
-                == 200
-            )
-            # The status page marks the SLOs that counted nothing in the last hour (traffic-only
-            # at the probed facilities) and not those the probes feed.
-            time.sleep(0.5)  # the store's flush
+        # A client that sends the probe header is not believed (nor is the header passed on).
+        assert (
+            fetch(gw.proxy + "/fhir/metadata", {"X-Facility-ID": "lakeside", "X-Vitalgate-Probe": "x"}) == 200
+        )
+
+        # The status page marks the SLOs that counted nothing in the last hour (traffic-only
+        # at the probed facilities) and not those the probes feed.
+        def status_rows() -> dict[str, str]:
             page = fetch_text(gw.admin + "/ui/facilities/st-marys")
-            rows = {
+            return {
                 re.sub(r"<[^>]+>", "", m[1]): m[0]
                 for m in re.finditer(r"<tr><td[^>]*>(.*?)</td>.*?</tr>", page, re.S)
             }
-            assert "no data 1h" in rows["traffic-only"] and "no data 1h" not in rows["avail"]
-            # A reload without probes stops them (so the counts below hold still).
-            doc = yaml.safe_load(cfg.read_text())
-            del doc["probes"]
-            cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
-            assert vitalgate("reload", "--config", str(cfg), check=False).returncode == 0
-            time.sleep(2.5)  # longer than a probe's interval: one in flight has been recorded
-            metrics = fetch_text(gw.admin + "/metrics")
-            time.sleep(1.5)
-            hist = "http_server_request_duration_seconds_count"
-            sent = counter_value(metrics, hist, http_route="probe /fhir/metadata")
-            assert (
-                counter_value(fetch_text(gw.admin + "/metrics"), hist, http_route="probe /fhir/metadata")
-                == sent
-            )
-        finally:
-            assert gw.terminate() == 0
+
+        wait_until(lambda: "no data 1h" not in status_rows()["avail"], "the probes' minutes in the store")
+        rows = status_rows()
+        assert "no data 1h" in rows["traffic-only"] and "no data 1h" not in rows["avail"]
+        # A reload without probes stops them (so the counts below hold still).
+        doc = yaml.safe_load(cfg.read_text())
+        del doc["probes"]
+        cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+        assert vitalgate("reload", "--config", str(cfg), check=False).returncode == 0
+        time.sleep(2.5)  # longer than a probe's interval: one in flight has been recorded
+        metrics = fetch_text(gw.admin + "/metrics")
+        time.sleep(1.5)  # (a probe still running would be counted by now: the counts must hold still)
+        hist = "http_server_request_duration_seconds_count"
+        sent = counter_value(metrics, hist, http_route="probe /fhir/metadata")
+        assert (
+            counter_value(fetch_text(gw.admin + "/metrics"), hist, http_route="probe /fhir/metadata") == sent
+        )
+    finally:
+        assert gw.terminate() == 0
     probes = [s for s in peers.upstream.seen if s["path_qs"] == "/fhir/metadata"]
     assert all(not any(k.lower() == "x-vitalgate-probe" for k in s["headers"]) for s in probes)
     by_facility = {
@@ -120,30 +116,28 @@ def _report(tmp_path: Path, cfg: Path, facility: str) -> dict[str, Any]:
     return dict(figures)
 
 
-def test_an_upstream_down_at_night_burns_the_slo_from_probe_minutes(tmp_path: Path) -> None:
+def test_an_upstream_down_at_night_burns_the_slo_from_probe_minutes(
+    tmp_path: Path, peers: BackgroundPeers
+) -> None:
     """No client calls st-marys; the upstream goes down: the probes fail, the SLOs that count
     probes burn, the report shows the downtime from probe minutes, and an SLO that counts
     traffic only says it has no evidence instead of 100%."""
-    with BackgroundPeers() as peers:
-        cfg = gateway_config(
-            tmp_path,
-            peers.upstream.port,
-            slos=SLOS,
-            extra={"probes": PROBES, "telemetry": {"store": {"path": "store.db", "flush_interval": "300ms"}}},
-        )
-        gw = GatewayProcess(cfg)
-        try:
-            eventually(lambda: _probe_results(gw, "success", "st-marys") >= 2, "probes succeed")
-            peers.run(peers.upstream.stop())  # the upstream goes down; nobody is calling
-            eventually(lambda: _probe_results(gw, "failure", "st-marys") >= 12, "probes fail", timeout_s=40)
-            metrics = fetch_text(gw.admin + "/metrics")
-            assert (
-                counter_value(metrics, "vitalgate_probe_success", facility="st-marys", upstream="fhir") == 0
-            )
-            time.sleep(1)  # the store's last flush
-        finally:
-            assert gw.terminate() == 0
-        peers.run(peers.upstream.start())  # (so the peers stop cleanly)
+    cfg = gateway_config(
+        tmp_path,
+        peers.upstream.port,
+        slos=SLOS,
+        extra={"probes": PROBES, "telemetry": {"store": {"path": "store.db", "flush_interval": "300ms"}}},
+    )
+    gw = GatewayProcess(cfg)
+    try:
+        wait_until(lambda: _probe_results(gw, "success", "st-marys") >= 2, "probes succeed")
+        peers.run(peers.upstream.stop())  # the upstream goes down; nobody is calling
+        wait_until(lambda: _probe_results(gw, "failure", "st-marys") >= 12, "probes fail", timeout_s=40)
+        metrics = fetch_text(gw.admin + "/metrics")
+        assert counter_value(metrics, "vitalgate_probe_success", facility="st-marys", upstream="fhir") == 0
+    finally:  # (a clean stop flushes the store: slo status below reads every probe)
+        assert gw.terminate() == 0
+    peers.run(peers.upstream.start())  # (so the peers stop cleanly)
 
     status = slo_status(cfg)
     both, traffic, probe = (status[(name, "st-marys")] for name in ("avail", "traffic-only", "probe-only"))
@@ -170,19 +164,18 @@ def test_an_upstream_down_at_night_burns_the_slo_from_probe_minutes(tmp_path: Pa
     )
 
 
-def test_probe_config_errors_name_the_field(tmp_path: Path) -> None:
-    with BackgroundPeers() as peers:
-        cfg = gateway_config(
-            tmp_path,
-            peers.upstream.port,
-            extra={
-                "probes": [
-                    {"upstream": "nowhere"},
-                    {"upstream": "scheduling"},  # no kind: fhir route and no path
-                    {"upstream": "fhir", "facilities": ["atlantis"], "request": {"method": "POST"}},
-                ]
-            },
-        )
+def test_probe_config_errors_name_the_field(tmp_path: Path, peers: BackgroundPeers) -> None:
+    cfg = gateway_config(
+        tmp_path,
+        peers.upstream.port,
+        extra={
+            "probes": [
+                {"upstream": "nowhere"},
+                {"upstream": "scheduling"},  # no kind: fhir route and no path
+                {"upstream": "fhir", "facilities": ["atlantis"], "request": {"method": "POST"}},
+            ]
+        },
+    )
     out = vitalgate("check", "--config", str(cfg), check=False)
     assert out.returncode == 1
     lines = out.stderr.splitlines()

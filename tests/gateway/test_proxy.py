@@ -5,24 +5,17 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.helpers import (
-    Upstream,
-    counter_value,
-    gateway_config,
-    histogram_counts,
-    read_log,
-    running_gateway,
-)
+from tests.support.gateway import gateway_config, running_gateway
+from tests.support.peers import Upstream
+from tests.support.readers import counter_value, histogram_counts, read_log
+from tests.support.waiting import wait_until_async
 from vitalgate.otlpsink import OtlpSink
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 async def _wait_spans(sink: OtlpSink, n: int) -> None:
-    for _ in range(100):
-        if len(sink.spans) >= n:
-            return
-        await asyncio.sleep(0.05)
+    await wait_until_async(lambda: len(sink.spans) >= n, f"{n} spans")
 
 
 async def test_forwarding_and_telemetry_agree(

@@ -16,17 +16,11 @@ from typing import Any
 import yaml
 
 from tests import slos
-from tests.helpers import (
-    BackgroundPeers,
-    GatewayProcess,
-    counter_value,
-    eventually,
-    fetch,
-    fetch_text,
-    gateway_config,
-    histogram_counts,
-    vitalgate,
-)
+from tests.support.cli import vitalgate
+from tests.support.gateway import GatewayProcess, StartGateway, gateway_config
+from tests.support.peers import BackgroundPeers
+from tests.support.readers import counter_value, fetch, fetch_text, histogram_counts
+from tests.support.waiting import wait_until
 
 FACILITIES = ["st-marys", "riverside", "lakeside"]
 
@@ -63,59 +57,58 @@ def _broken_line(cfg: Path) -> int:
     return cfg.read_text().splitlines().index(INVALID_ROUTE.rstrip("\n")) + 1
 
 
-def test_sighup_applies_a_valid_config_and_keeps_the_running_one_on_errors(tmp_path: Path) -> None:
-    with BackgroundPeers() as peers:
-        cfg = _config(tmp_path, peers)
-        gw = GatewayProcess(cfg)
-        try:
-            proxy = gw.bound_proxy()
-            hdr = {"X-Facility-ID": "st-marys"}
-            assert fetch(proxy + "/v2/Patient/1", hdr) == 404  # no such route yet
-            before = fetch_text(gw.admin + "/metrics")
-            old_sha = next(k[1] for k in _info(before))  # the sha256 label of vitalgate_config_info
+def test_sighup_applies_a_valid_config_and_keeps_the_running_one_on_errors(
+    tmp_path: Path, peers: BackgroundPeers, gateway_process: StartGateway
+) -> None:
+    cfg = _config(tmp_path, peers)
+    gw = gateway_process(cfg)
+    proxy = gw.bound_proxy()
+    hdr = {"X-Facility-ID": "st-marys"}
+    assert fetch(proxy + "/v2/Patient/1", hdr) == 404  # no such route yet
+    before = fetch_text(gw.admin + "/metrics")
+    old_sha = next(k[1] for k in _info(before))  # the sha256 label of vitalgate_config_info
 
-            _with_route(cfg, "/v2/")
-            gw.proc.send_signal(signal.SIGHUP)
-            eventually(lambda: bool(gw.events("config_reloaded")), "the reload is logged")
-            assert fetch(proxy + "/v2/Patient/1", hdr) == 200
-            metrics = fetch_text(gw.admin + "/metrics")
-            assert counter_value(metrics, "vitalgate_config_reloads_total", result="success") == 1
-            assert counter_value(metrics, "vitalgate_config_last_reload_successful") == 1
-            (new_sha,) = (k[1] for k in _info(metrics))
-            assert new_sha != old_sha
-            # Counters carried on: the request before the reload is still counted.
-            assert sum(histogram_counts(metrics).values()) == 2
+    _with_route(cfg, "/v2/")
+    gw.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: bool(gw.events("config_reloaded")), "the reload is logged")
+    assert fetch(proxy + "/v2/Patient/1", hdr) == 200
+    metrics = fetch_text(gw.admin + "/metrics")
+    assert counter_value(metrics, "vitalgate_config_reloads_total", result="success") == 1
+    assert counter_value(metrics, "vitalgate_config_last_reload_successful") == 1
+    (new_sha,) = (k[1] for k in _info(metrics))
+    assert new_sha != old_sha
+    # Counters carried on: the request before the reload is still counted.
+    assert sum(histogram_counts(metrics).values()) == 2
 
-            _broken(cfg)
-            line = _broken_line(cfg)
-            gw.proc.send_signal(signal.SIGHUP)
-            eventually(lambda: bool(gw.events("config_reload_failed")), "the failure is logged")
-            (failed,) = gw.events("config_reload_failed")
-            assert failed["level"] == "error"
-            assert any(e.startswith(f"{cfg}:{line}:") and "nowhere" in e for e in failed["errors"])
-            assert fetch(proxy + "/v2/Patient/1", hdr) == 200  # the running config stayed
-            metrics = fetch_text(gw.admin + "/metrics")
-            assert counter_value(metrics, "vitalgate_config_reloads_total", result="failure") == 1
-            assert counter_value(metrics, "vitalgate_config_last_reload_successful") == 0
-            assert [k[1] for k in _info(metrics)] == [new_sha]
+    _broken(cfg)
+    line = _broken_line(cfg)
+    gw.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: bool(gw.events("config_reload_failed")), "the failure is logged")
+    (failed,) = gw.events("config_reload_failed")
+    assert failed["level"] == "error"
+    assert any(e.startswith(f"{cfg}:{line}:") and "nowhere" in e for e in failed["errors"])
+    assert fetch(proxy + "/v2/Patient/1", hdr) == 200  # the running config stayed
+    metrics = fetch_text(gw.admin + "/metrics")
+    assert counter_value(metrics, "vitalgate_config_reloads_total", result="failure") == 1
+    assert counter_value(metrics, "vitalgate_config_last_reload_successful") == 0
+    assert [k[1] for k in _info(metrics)] == [new_sha]
 
-            # `vitalgate reload` checks the file first: the gateway is not even asked.
-            out = vitalgate("reload", "--config", str(cfg), check=False)
-            assert out.returncode == 1 and f"{cfg}:{line}:" in out.stderr
+    # `vitalgate reload` checks the file first: the gateway is not even asked.
+    out = vitalgate("reload", "--config", str(cfg), check=False)
+    assert out.returncode == 1 and f"{cfg}:{line}:" in out.stderr
 
-            # A valid file through the admin API, with a setting only a restart applies.
-            _with_route(cfg, None)
-            doc = yaml.safe_load(cfg.read_text())
-            doc["limits"]["shutdown_timeout"] = "20s"
-            cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
-            out = vitalgate("reload", "--config", str(cfg), check=False)
-            assert out.returncode == 0, out.stderr
-            assert "needs a restart to change: limits" in out.stdout
-            assert fetch(proxy + "/v2/Patient/1", hdr) == 404  # the route is gone again
-            metrics = fetch_text(gw.admin + "/metrics")
-            assert counter_value(metrics, "vitalgate_config_reloads_total", result="success") == 2
-        finally:
-            assert gw.terminate() == 0
+    # A valid file through the admin API, with a setting only a restart applies.
+    _with_route(cfg, None)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["limits"]["shutdown_timeout"] = "20s"
+    cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+    out = vitalgate("reload", "--config", str(cfg), check=False)
+    assert out.returncode == 0, out.stderr
+    assert "needs a restart to change: limits" in out.stdout
+    assert fetch(proxy + "/v2/Patient/1", hdr) == 404  # the route is gone again
+    metrics = fetch_text(gw.admin + "/metrics")
+    assert counter_value(metrics, "vitalgate_config_reloads_total", result="success") == 2
+    assert gw.terminate() == 0
 
 
 def _info(metrics: str) -> list[tuple[str, str]]:
@@ -127,28 +120,27 @@ def _info(metrics: str) -> list[tuple[str, str]]:
     return out
 
 
-def test_reload_needs_the_sre_role(tmp_path: Path) -> None:
+def test_reload_needs_the_sre_role(
+    tmp_path: Path, peers: BackgroundPeers, gateway_process: StartGateway
+) -> None:
     import hashlib
 
     tokens = [
         {"name": "ops", "sha256": hashlib.sha256(b"ops-token").hexdigest(), "role": "sre"},
         {"name": "eng", "sha256": hashlib.sha256(b"eng-token").hexdigest(), "role": "engineer"},
     ]
-    with BackgroundPeers() as peers:
-        cfg = _config(tmp_path, peers)
-        doc = yaml.safe_load(cfg.read_text())
-        doc["admin"]["tokens"] = tokens
-        cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
-        gw = GatewayProcess(cfg)
-        try:
-            env = dict(os.environ, VITALGATE_ADMIN_TOKEN="eng-token")
-            out = vitalgate("reload", "--config", str(cfg), check=False, env=env)
-            assert out.returncode == 1 and "HTTP 403" in out.stderr
-            env["VITALGATE_ADMIN_TOKEN"] = "ops-token"
-            out = vitalgate("reload", "--config", str(cfg), check=False, env=env)
-            assert out.returncode == 0, out.stderr
-        finally:
-            assert gw.terminate() == 0
+    cfg = _config(tmp_path, peers)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["admin"]["tokens"] = tokens
+    cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+    gw = gateway_process(cfg)
+    env = dict(os.environ, VITALGATE_ADMIN_TOKEN="eng-token")
+    out = vitalgate("reload", "--config", str(cfg), check=False, env=env)
+    assert out.returncode == 1 and "HTTP 403" in out.stderr
+    env["VITALGATE_ADMIN_TOKEN"] = "ops-token"
+    out = vitalgate("reload", "--config", str(cfg), check=False, env=env)
+    assert out.returncode == 0, out.stderr
+    assert gw.terminate() == 0
 
 
 class _Load:
@@ -199,47 +191,48 @@ class _Load:
                         self.failures[f"HTTP {resp.status}"] += 1
             i += 1
             next_at += self._interval
-            time.sleep(max(0.0, next_at - time.monotonic()))
+            time.sleep(max(0.0, next_at - time.monotonic()))  # paced: rate_each requests a second per client
         conn.close()
 
 
-def test_reload_under_load_fails_no_request_and_loses_no_count(tmp_path: Path) -> None:
+def test_reload_under_load_fails_no_request_and_loses_no_count(
+    tmp_path: Path, peers: BackgroundPeers
+) -> None:
     """Two workers at a few hundred requests a second for 20 s, reloaded every 2 s, alternating
     a route change and an invalid config: no request fails, the new route takes effect in
     both workers, the invalid configs are refused with their messages, and sent = counted =
     logged = spans."""
-    with BackgroundPeers() as peers:
-        cfg = _config(tmp_path, peers)
-        gw = GatewayProcess(cfg, workers=2)
-        results: list[tuple[str, int, str]] = []
-        try:
-            proxy = gw.bound_proxy()
-            probe_hdr = {"X-Facility-ID": "riverside"}
-            with _Load(proxy, clients=6, rate_each=50.0) as load:
-                for step in range(10):
-                    time.sleep(1.0)
-                    if step % 2 == 0:
-                        prefix = f"/v{step}/"
-                        _with_route(cfg, prefix)
-                        out = vitalgate("reload", "--config", str(cfg), check=False)
-                        results.append(("route", out.returncode, out.stdout + out.stderr))
-                        # Both workers took it: new connections (each may land on either) see it.
-                        statuses = {fetch(proxy + prefix + "Patient/1", probe_hdr) for _ in range(8)}
-                        assert statuses == {200}, (step, statuses)
-                    else:
-                        _broken(cfg)
-                        # Straight to the gateway (SIGHUP to the supervisor): it must refuse it itself.
-                        gw.proc.send_signal(signal.SIGHUP)
-                        n = step // 2 + 1
-                        eventually(
-                            lambda n=n: len(gw.events("config_reload_failed")) == n,  # type: ignore[misc]
-                            "the invalid config is refused",
-                        )
-                        results.append(("invalid", 0, ""))
-                    time.sleep(1.0)
-            metrics = fetch_text(gw.admin + "/metrics")
-        finally:
-            assert gw.terminate() == 0
+    cfg = _config(tmp_path, peers)
+    gw = GatewayProcess(cfg, workers=2)
+    results: list[tuple[str, int, str]] = []
+    try:
+        proxy = gw.bound_proxy()
+        probe_hdr = {"X-Facility-ID": "riverside"}
+        with _Load(proxy, clients=6, rate_each=50.0) as load:
+            for step in range(10):
+                time.sleep(1.0)  # the load runs on between reloads: one every 2 s for 20 s
+                if step % 2 == 0:
+                    prefix = f"/v{step}/"
+                    _with_route(cfg, prefix)
+                    out = vitalgate("reload", "--config", str(cfg), check=False)
+                    results.append(("route", out.returncode, out.stdout + out.stderr))
+                    # Both workers took it: new connections (each may land on either) see it.
+                    statuses = {fetch(proxy + prefix + "Patient/1", probe_hdr) for _ in range(8)}
+                    assert statuses == {200}, (step, statuses)
+                else:
+                    _broken(cfg)
+                    # Straight to the gateway (SIGHUP to the supervisor): it must refuse it itself.
+                    gw.proc.send_signal(signal.SIGHUP)
+                    n = step // 2 + 1
+                    wait_until(
+                        lambda n=n: len(gw.events("config_reload_failed")) == n,  # type: ignore[misc]
+                        "the invalid config is refused",
+                    )
+                    results.append(("invalid", 0, ""))
+                time.sleep(1.0)  # (the second half of the 2 s)
+        metrics = fetch_text(gw.admin + "/metrics")
+    finally:
+        assert gw.terminate() == 0
     sent = sum(load.sent.values())
     print(f"reload under load: {sent} requests, {len(results)} reloads, failures {dict(load.failures)}")
     assert not load.failures, load.failures
@@ -267,36 +260,35 @@ def test_reload_under_load_fails_no_request_and_loses_no_count(tmp_path: Path) -
     assert Counter(str(s.attributes["facility"]) for s in server) == expected
 
 
-def test_a_worker_that_does_not_prepare_keeps_every_worker_on_the_running_config(tmp_path: Path) -> None:
+def test_a_worker_that_does_not_prepare_keeps_every_worker_on_the_running_config(
+    tmp_path: Path, peers: BackgroundPeers, gateway_process: StartGateway
+) -> None:
     """All or none: with one of two workers stopped (SIGSTOP) the reload cannot complete; the
     other worker discards what it prepared, and once the stopped one runs again it discards
     its own: neither serves the new route."""
-    with BackgroundPeers() as peers:
-        cfg = _config(tmp_path, peers)
-        gw = GatewayProcess(cfg, workers=2)
-        try:
-            proxy = gw.bound_proxy()
-            children = Path(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read_text().split()
-            stalled = int(children[1])
-            _with_route(cfg, "/v9/")
-            os.kill(stalled, signal.SIGSTOP)
-            try:
-                out = vitalgate("reload", "--config", str(cfg), check=False)
-            finally:
-                os.kill(stalled, signal.SIGCONT)
-            assert out.returncode == 1
-            assert "did not prepare within 15 s" in out.stderr
-            time.sleep(1)  # the stalled worker handles its pending signals: prepare, then discard
-            statuses = {fetch(proxy + "/v9/Patient/1", {"X-Facility-ID": "riverside"}) for _ in range(12)}
-            assert statuses == {404}  # no worker took the new route
-            assert fetch(proxy + "/fhir/Patient/1", {"X-Facility-ID": "riverside"}) == 200
-            metrics = fetch_text(gw.admin + "/metrics")
-            assert counter_value(metrics, "vitalgate_config_reloads_total", result="failure") == 1
-            assert gw.events("worker_reloaded") == []
-            # Once every worker answers, the same file reloads.
-            out = vitalgate("reload", "--config", str(cfg), check=False)
-            assert out.returncode == 0, out.stderr
-            statuses = {fetch(proxy + "/v9/Patient/1", {"X-Facility-ID": "riverside"}) for _ in range(12)}
-            assert statuses == {200}
-        finally:
-            assert gw.terminate() == 0
+    cfg = _config(tmp_path, peers)
+    gw = gateway_process(cfg, workers=2)
+    proxy = gw.bound_proxy()
+    children = Path(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read_text().split()
+    stalled = int(children[1])
+    _with_route(cfg, "/v9/")
+    os.kill(stalled, signal.SIGSTOP)
+    try:
+        out = vitalgate("reload", "--config", str(cfg), check=False)
+    finally:
+        os.kill(stalled, signal.SIGCONT)
+    assert out.returncode == 1
+    assert "did not prepare within 15 s" in out.stderr
+    time.sleep(1)  # the stalled worker handles its pending signals: prepare, then discard
+    statuses = {fetch(proxy + "/v9/Patient/1", {"X-Facility-ID": "riverside"}) for _ in range(12)}
+    assert statuses == {404}  # no worker took the new route
+    assert fetch(proxy + "/fhir/Patient/1", {"X-Facility-ID": "riverside"}) == 200
+    metrics = fetch_text(gw.admin + "/metrics")
+    assert counter_value(metrics, "vitalgate_config_reloads_total", result="failure") == 1
+    assert gw.events("worker_reloaded") == []
+    # Once every worker answers, the same file reloads.
+    out = vitalgate("reload", "--config", str(cfg), check=False)
+    assert out.returncode == 0, out.stderr
+    statuses = {fetch(proxy + "/v9/Patient/1", {"X-Facility-ID": "riverside"}) for _ in range(12)}
+    assert statuses == {200}
+    assert gw.terminate() == 0

@@ -14,7 +14,8 @@ from pydantic import BaseModel
 from core.configfile import ConfigError
 from gateway import settings
 from gateway.roles import Role
-from tests.helpers import gateway_config, vitalgate
+from tests.support.cli import vitalgate
+from tests.support.gateway import gateway_config
 from vitalgate.config import ProductConfig, load_config
 
 

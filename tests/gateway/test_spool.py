@@ -19,14 +19,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.helpers import (
-    GatewayProcess,
-    counter_value,
-    gateway_config,
-    read_log,
-    running_gateway,
-    vitalgate,
-)
+from tests.support.cli import vitalgate
+from tests.support.gateway import GatewayProcess, gateway_config, running_gateway
+from tests.support.readers import counter_value, read_log
 from vitalgate.peers import AppPeer
 
 RECORD = (
@@ -310,6 +305,7 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+@pytest.mark.slow
 async def test_each_worker_spools_on_its_own(tmp_path: Path, big: BigAnswers) -> None:
     spool = tmp_path / "spool"
     big.bodies[20971520] = body_of(20971520)
@@ -332,6 +328,7 @@ async def test_each_worker_spools_on_its_own(tmp_path: Path, big: BigAnswers) ->
         gw.terminate()
 
 
+@pytest.mark.slow
 async def test_a_spool_file_that_cannot_grow_falls_back_to_streaming(tmp_path: Path, big: BigAnswers) -> None:
     """A write that fails (here the file-size limit, EFBIG, as a full disk's ENOSPC would):
     counted, logged, and the response goes on at the client's pace, whole."""

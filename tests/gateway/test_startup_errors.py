@@ -12,7 +12,8 @@ import yaml
 
 from gateway.server import Gateway
 from gateway.startup import StartupError
-from tests.helpers import gateway_config, vitalgate
+from tests.support.cli import vitalgate
+from tests.support.gateway import gateway_config
 from vitalgate.config import load_config
 from vitalgate.peers import free_port
 
@@ -52,6 +53,7 @@ def _start_failed(config: Path, workers: int) -> dict[str, Any]:
     return event
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_proxy_port_taken_names_listen(tmp_path: Path, taken: int, workers: int) -> None:
     event = _start_failed(_config(tmp_path, listen=f"127.0.0.1:{taken}"), workers)
@@ -59,6 +61,7 @@ def test_proxy_port_taken_names_listen(tmp_path: Path, taken: int, workers: int)
     assert event["setting"] == "listen"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_admin_port_taken_names_admin_listen(tmp_path: Path, taken: int, workers: int) -> None:
     event = _start_failed(_config(tmp_path, admin__listen=f"127.0.0.1:{taken}"), workers)
@@ -66,6 +69,7 @@ def test_admin_port_taken_names_admin_listen(tmp_path: Path, taken: int, workers
     assert event["setting"] == "admin.listen"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_store_path_that_cannot_be_written_names_the_store_setting(tmp_path: Path, workers: int) -> None:
     (tmp_path / "blocker").write_text("a file where the store's directory should be\n")
@@ -76,6 +80,7 @@ def test_store_path_that_cannot_be_written_names_the_store_setting(tmp_path: Pat
     assert event["setting"] == "telemetry.store.path"
 
 
+@pytest.mark.slow
 def test_store_path_that_is_a_directory_names_the_store_setting(tmp_path: Path) -> None:
     (tmp_path / "var").mkdir()
     event = _start_failed(_config(tmp_path, telemetry__store__path="var"), 1)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -31,7 +30,8 @@ from gateway.dataplane.errors import (
 from gateway.dataplane.upstream import Upstream, UpstreamResponse
 from gateway.sections import TimeoutConfig, UpstreamConfig
 from gateway.settings import upstream_settings
-from tests.helpers import require_binary
+from tests.support.services import require_binary
+from tests.support.waiting import listening, wait_until
 from vitalgate.peers import free_port
 
 # Overriding event_loop_policy is deprecated in pytest-asyncio 1.4 in favour of a conftest-wide
@@ -61,7 +61,7 @@ class Body:
 
     async def readany(self) -> bytes:
         if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+            await asyncio.sleep(self.delay_s)  # the scripted upstream's delay
         if not self.parts:
             return b""
         self.read_parts += 1
@@ -131,7 +131,7 @@ class AioUpstream:
                 }
             )
             if request.path == "/sleep":
-                await asyncio.sleep(float(request.query.get("s", "0.2")))
+                await asyncio.sleep(float(request.query.get("s", "0.2")))  # an upstream slow on purpose
             if request.path == "/chunked":
                 resp = web.StreamResponse(headers={"X-Kind": "chunked"})
                 resp.enable_chunked_encoding()
@@ -343,7 +343,7 @@ async def test_body_until_close_and_half_close() -> None:
         for i in range(5):
             writer.write(b"part%d;" % i)
             await writer.drain()
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # the body arrives in parts
         writer.write_eof()  # half-close: the body ends here
 
     async with scripted(handler) as (port, _conns):
@@ -414,7 +414,7 @@ async def test_invalid_response_and_extra_bytes() -> None:
             # A response, then bytes nobody asked for.
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 200 OK\r\n")
         await writer.drain()
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # (the upstream holds the connection open after its bytes)
 
     async with scripted(handler) as (port, _conns):
         up = client(port)
@@ -520,16 +520,13 @@ def nginx(tmp_path: Path) -> Iterator[int]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            break
-        time.sleep(0.05)
+    wait_until(lambda: listening(port), "nginx listening")
     yield port
     proc.terminate()
     proc.wait(10)
 
 
+@pytest.mark.slow
 async def test_nginx_keepalive_limits_and_idle_timeout(nginx: int) -> None:
     up = client(nginx)
     try:
@@ -539,7 +536,7 @@ async def test_nginx_keepalive_limits_and_idle_timeout(nginx: int) -> None:
             st, hd, data = await fetch(up, "GET", "/fhir/Patient.json")
             assert (st, data) == (200, body)
         # keepalive_timeout 1s: idle connections are closed by nginx; the next request works.
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(1.5)  # past nginx's 1 s keepalive_timeout: time itself must pass
         for _ in range(3):
             assert (await fetch(up, "GET", "/fhir/Patient.json"))[0] == 200
         # HEAD: nginx announces the length, sends no body; the connection stays usable.

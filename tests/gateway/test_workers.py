@@ -14,18 +14,11 @@ from pathlib import Path
 from gateway.roles import Role
 from gateway.server import Gateway
 from tests import slos
-from tests.helpers import (
-    BackgroundPeers,
-    GatewayProcess,
-    assert_period_gauges,
-    counter_value,
-    eventually,
-    fetch,
-    fetch_text,
-    gateway_config,
-    histogram_counts,
-    slo_status,
-)
+from tests.support.cli import slo_status
+from tests.support.gateway import GatewayProcess, StartGateway, gateway_config
+from tests.support.peers import BackgroundPeers
+from tests.support.readers import assert_period_gauges, counter_value, fetch, fetch_text, histogram_counts
+from tests.support.waiting import wait_until
 from vitalgate.config import load_config
 
 SLOS = slos.AVAIL
@@ -94,17 +87,16 @@ def _by_facility(metrics: str) -> Counter[str]:
     return out
 
 
-def test_workers_share_the_port_and_keep_every_count_exact(tmp_path: Path) -> None:
-    with BackgroundPeers() as peers:
-        cfg = _config(tmp_path, peers)
-        gw = GatewayProcess(cfg, workers=2)
-        try:
-            base = _proxy_base(gw)
-            assert len(_worker_pids(gw.proc.pid)) == 2
-            sent = _drive(base, clients=8, each=150)
-            metrics = fetch_text(gw.admin + "/metrics")
-        finally:
-            assert gw.terminate() == 0  # SIGTERM: every worker drains and flushes
+def test_workers_share_the_port_and_keep_every_count_exact(tmp_path: Path, peers: BackgroundPeers) -> None:
+    cfg = _config(tmp_path, peers)
+    gw = GatewayProcess(cfg, workers=2)
+    try:
+        base = _proxy_base(gw)
+        assert len(_worker_pids(gw.proc.pid)) == 2
+        sent = _drive(base, clients=8, each=150)
+        metrics = fetch_text(gw.admin + "/metrics")
+    finally:
+        assert gw.terminate() == 0  # SIGTERM: every worker drains and flushes
     assert sum(sent.values()) == 1200
     per_facility: Counter[str] = Counter()
     for (facility, _status), n in sent.items():
@@ -139,45 +131,42 @@ def test_workers_share_the_port_and_keep_every_count_exact(tmp_path: Path) -> No
     assert got[("avail", "*")]["total"] == 1200
 
 
-def test_a_dead_worker_is_replaced_and_its_counts_kept(tmp_path: Path) -> None:
-    with BackgroundPeers() as peers:
-        gw = GatewayProcess(_config(tmp_path, peers), workers=2)
-        try:
-            base = _proxy_base(gw)
-            sent = _drive(base, clients=4, each=50)
-            before = _by_facility(fetch_text(gw.admin + "/metrics"))
-            assert sum(before.values()) == sum(sent.values()) == 200
-            victim = _worker_pids(gw.proc.pid)[0]
-            os.kill(victim, signal.SIGKILL)
+def test_a_dead_worker_is_replaced_and_its_counts_kept(
+    tmp_path: Path, peers: BackgroundPeers, gateway_process: StartGateway
+) -> None:
+    gw = gateway_process(_config(tmp_path, peers), workers=2)
+    base = _proxy_base(gw)
+    sent = _drive(base, clients=4, each=50)
+    before = _by_facility(fetch_text(gw.admin + "/metrics"))
+    assert sum(before.values()) == sum(sent.values()) == 200
+    victim = _worker_pids(gw.proc.pid)[0]
+    os.kill(victim, signal.SIGKILL)
 
-            def replaced() -> bool:
-                pids = _worker_pids(gw.proc.pid)
-                return len(pids) == 2 and victim not in pids
+    def replaced() -> bool:
+        pids = _worker_pids(gw.proc.pid)
+        return len(pids) == 2 and victim not in pids
 
-            # Until the new worker binds, SO_REUSEPORT hands every connection to the other.
-            eventually(replaced, "the killed worker replaced", timeout_s=30)
-            for _ in range(20):
-                assert fetch(base + "/fhir/Patient/x", {"X-Facility-ID": "lakeside"}) == 200
-            # A request is counted as its response ends, which the client may see a moment
-            # before the worker has recorded it: wait for the last one, not a fixed time.
-            expected = before + Counter({"lakeside": 20})
-            eventually(
-                lambda: _by_facility(fetch_text(gw.admin + "/metrics")) == expected,
-                "the requests after the replacement counted",
-                timeout_s=10,
-            )
-            metrics = fetch_text(gw.admin + "/metrics")
-            after = _by_facility(metrics)
-            assert "exited" in gw.stderr_path.read_text()
-            # The supervisor counts the replacement (what VitalgateWorkerRestarting alerts on).
-            assert counter_value(metrics, "vitalgate_worker_restarts_total") == 1
-            assert (
-                counter_value(metrics, "vitalgate_worker_restarts_total", worker="0")
-                + counter_value(metrics, "vitalgate_worker_restarts_total", worker="1")
-                == 1
-            )
-        finally:
-            gw.terminate()
+    # Until the new worker binds, SO_REUSEPORT hands every connection to the other.
+    wait_until(replaced, "the killed worker replaced", timeout_s=30)
+    for _ in range(20):
+        assert fetch(base + "/fhir/Patient/x", {"X-Facility-ID": "lakeside"}) == 200
+    # A request is counted as its response ends, which the client may see a moment
+    # before the worker has recorded it: wait for the last one, not a fixed time.
+    expected = before + Counter({"lakeside": 20})
+    wait_until(
+        lambda: _by_facility(fetch_text(gw.admin + "/metrics")) == expected,
+        "the requests after the replacement counted",
+    )
+    metrics = fetch_text(gw.admin + "/metrics")
+    after = _by_facility(metrics)
+    assert "exited" in gw.stderr_path.read_text()
+    # The supervisor counts the replacement (what VitalgateWorkerRestarting alerts on).
+    assert counter_value(metrics, "vitalgate_worker_restarts_total") == 1
+    assert (
+        counter_value(metrics, "vitalgate_worker_restarts_total", worker="0")
+        + counter_value(metrics, "vitalgate_worker_restarts_total", worker="1")
+        == 1
+    )
     assert after == before + Counter({"lakeside": 20})
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.helpers import require_binary
+from tests.support.services import require_binary
 
 FLAGS = (
     "--headless",
@@ -205,7 +205,7 @@ async def chromium(profile: Path) -> AsyncIterator[Browser]:
         while not (active.exists() and len(active.read_text().splitlines()) >= 2):
             if proc.returncode is not None or time.monotonic() > deadline:
                 raise CdpError(f"chromium did not start: {stderr.read_text()}")
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # (chromium writes the file once it listens)
         port, path = active.read_text().splitlines()[:2]
         async with (
             aiohttp.ClientSession() as s,

@@ -8,10 +8,13 @@ import urllib.request
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from gateway.server import Gateway
 from tests import slos
-from tests.helpers import GatewayProcess, Upstream, flushed, gateway_config, read_log
+from tests.support.gateway import GatewayProcess, flushed, gateway_config
+from tests.support.peers import Upstream
+from tests.support.readers import read_log
 from vitalgate.admin_pages import extend_admin
 from vitalgate.config import load_config
 from vitalgate.peers import free_port
@@ -36,6 +39,7 @@ def _tokens() -> list[dict[str, object]]:
 SLOS = slos.AVAIL
 
 
+@pytest.mark.slow
 async def test_roles(tmp_path: Path, upstream: Upstream) -> None:
     cfg = gateway_config(
         tmp_path,
@@ -165,6 +169,7 @@ async def test_unreadable_store_is_a_503_not_a_traceback(tmp_path: Path, upstrea
         await gw.stop()
 
 
+@pytest.mark.slow
 def test_the_admin_listener_echoes_nothing_and_tells_nothing(tmp_path: Path) -> None:
     """Malformed requests get a fixed answer and leave no request bytes in stderr; a token
     limited to riverside gets the same 403 for a facility that exists and one that does not;

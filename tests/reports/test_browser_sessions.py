@@ -19,8 +19,12 @@ from aiohttp import ClientSession, web
 from gateway.audit.search import AuditQuery
 from gateway.server import Gateway
 from tests import slos
-from tests.helpers import Upstream, flushed, gateway_config, read_log, vitalgate
 from tests.reports.cdp import Browser, Tab, chromium
+from tests.support.cli import vitalgate
+from tests.support.gateway import flushed, gateway_config
+from tests.support.peers import Upstream
+from tests.support.readers import read_log
+from tests.support.waiting import wait_until_async
 from vitalgate.admin_pages import extend_admin
 from vitalgate.config import load_config
 from vitalgate.peers import free_port
@@ -83,12 +87,9 @@ async def download(browser: Browser, directory: Path, start: Callable[[], Awaita
                 return str(params["state"])
         return None
 
-    for _ in range(1200):
-        if (state := finished()) is not None:
-            assert state == "completed"
-            return directory / str(guid)
-        await asyncio.sleep(0.05)
-    raise AssertionError("the download did not finish in 60 s")
+    await wait_until_async(lambda: finished() is not None, "the download finishes", 60)
+    assert finished() == "completed"
+    return directory / str(guid)
 
 
 async def _sign_in(tab: Tab, token: str) -> None:
@@ -96,6 +97,7 @@ async def _sign_in(tab: Tab, token: str) -> None:
     await tab.click("button[type=submit]")
 
 
+@pytest.mark.slow
 async def test_account_manager_signs_in_sees_its_facility_downloads_and_signs_out(
     tmp_path: Path, upstream: Upstream
 ) -> None:
@@ -168,11 +170,11 @@ async def test_account_manager_signs_in_sees_its_facility_downloads_and_signs_ou
 
             # A page of another site posts to sign-out: refused, and the session lives on.
             await tab.goto(f"http://localhost:{evil_port}/")
-            await asyncio.sleep(0)  # (the form submits itself on load)
-            for _ in range(100):
-                if (await tab.url()).startswith(admin):
-                    break
-                await asyncio.sleep(0.1)
+
+            async def back_at_the_listener() -> bool:  # (the form submits itself on load)
+                return (await tab.url()).startswith(admin)
+
+            await wait_until_async(back_at_the_listener, "the cross-site form lands on the listener")
             assert "another site" in await tab.text()
             await screenshots(tab, "error-cross-site")
             await tab.goto(admin + "/ui/facilities/riverside")
@@ -243,10 +245,9 @@ async def test_auditor_searches_exports_and_verifies_on_the_audit_page(
                     assert r.status == 200
             trail = gw.admin.audit
             assert trail is not None
-            for _ in range(200):  # the writer writes within its flush interval
-                if len(await asyncio.to_thread(trail.search, AuditQuery())) >= 3:
-                    break
-                await asyncio.sleep(0.05)
+            await wait_until_async(  # the writer writes within its flush interval
+                lambda: asyncio.to_thread(lambda: len(trail.search(AuditQuery())) >= 3), "three records", 60
+            )
 
         async with chromium(tmp_path / "profile") as browser:
             tab = await browser.new_tab()
@@ -315,17 +316,19 @@ async def test_auditor_searches_exports_and_verifies_on_the_audit_page(
 
         # Every search and the export were recorded, under the token's name, with their query,
         # as reads of /api/v1/audit are.
-        for _ in range(200):
-            reads = await asyncio.to_thread(trail.search, AuditQuery(user="auditor-1"))
-            if len(reads) >= 6:
-                break
-            await asyncio.sleep(0.05)
-        queries = [
-            base64.b64decode(e["query"]).decode()
-            for ev in reads
-            for e in ev["entity"]
-            if e["role"]["code"] == "24"
-        ]
+        def recorded_queries() -> list[str]:
+            return [
+                base64.b64decode(e["query"]).decode()
+                for ev in trail.search(AuditQuery(user="auditor-1"))
+                for e in ev["entity"]
+                if e["role"]["code"] == "24"
+            ]
+
+        await wait_until_async(
+            lambda: asyncio.to_thread(lambda: len(recorded_queries()) >= 5),
+            "the auditor's five queries recorded",
+        )
+        queries = await asyncio.to_thread(recorded_queries)
         assert queries == [
             f"patient={PATIENT}",
             f"patient={PATIENT}&facility=st-marys",

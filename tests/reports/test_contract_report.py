@@ -27,7 +27,9 @@ from reports.fleet import fleet_pdf, fleet_row
 from reports.render import MARGINS_MM, budget_figure, chart_figures
 from slo.store import Store
 from tests import slos
-from tests.helpers import GatewayProcess, require_binary, vitalgate
+from tests.support.cli import vitalgate
+from tests.support.gateway import GatewayProcess
+from tests.support.services import require_binary
 from vitalgate.config import load_config
 from vitalgate.peers import free_port
 

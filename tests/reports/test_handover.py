@@ -26,18 +26,13 @@ from fhir.resources.R4B.auditevent import AuditEvent
 
 from gateway.server import Gateway
 from tests import slos
-from tests.helpers import (
-    BackgroundPeers,
-    GatewayProcess,
-    Upstream,
-    eventually,
-    fetch,
-    gateway_config,
-    read_log,
-    vitalgate,
-)
 from tests.reports.cdp import Tab, chromium
 from tests.reports.test_browser_sessions import _token, screenshots
+from tests.support.cli import vitalgate
+from tests.support.gateway import GatewayProcess, gateway_config
+from tests.support.peers import BackgroundPeers, Upstream
+from tests.support.readers import fetch, read_log
+from tests.support.waiting import wait_until
 from vitalgate.admin_pages import extend_admin
 from vitalgate.config import load_config
 
@@ -118,7 +113,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             for _ in range(12):  # over the 250 ms threshold: slow minutes for fhir-latency
                 slow = {"X-Facility-ID": "lakeside", "X-Test-Fault": "slow", "X-Test-Sleep": "0.3"}
                 assert fetch(gw.proxy + "/fhir/Observation", slow) == 200
-            eventually(lambda: _counted(gw.admin, "fhir-availability", "*") == 52, "flushed to the store")
+            wait_until(lambda: _counted(gw.admin, "fhir-availability", "*") == 52, "flushed to the store")
             yield Served(cfg, gw.admin, gw)
         finally:
             assert gw.terminate() == 0
@@ -189,6 +184,7 @@ def test_latency_slos_are_not_judged_against_the_sla(served: Served) -> None:
     assert "Down minutes" not in page
 
 
+@pytest.mark.slow
 def test_counts_read_as_english_and_a_spent_budget_is_exhausted(served: Served) -> None:
     rows = _status(served.admin)
     paging = {r["slo"] for r in rows if r["alert"] == "page"}
@@ -216,6 +212,7 @@ async def _signed_in(s: aiohttp.ClientSession, admin: str, token: str) -> dict[s
         return {"Cookie": f"vitalgate_session={r.cookies['vitalgate_session'].value}"}
 
 
+@pytest.mark.slow
 async def test_a_session_opens_the_latency_json_it_links_to(served: Served) -> None:
     admin = served.admin
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
@@ -272,7 +269,7 @@ async def test_refused_reads_of_the_audit_trail_are_logged_and_recorded(served: 
         (None, "audit_api", 401, "denied", "unauthenticated"),
         ("riverside-am", "audit_page", 403, "denied", "cross_site"),
     }
-    eventually(lambda: refused <= set(logged()), "the refusals in the access log")
+    wait_until(lambda: refused <= set(logged()), "the refusals in the access log")
 
     def reports() -> list[tuple[Any, ...]]:
         return [
@@ -281,14 +278,14 @@ async def test_refused_reads_of_the_audit_trail_are_logged_and_recorded(served: 
             if e["event"] == "admin_access" and e["what"] == "report_html" and e["status"] == 200
         ]
 
-    eventually(lambda: bool(reports()), "the report download in the access log")
+    wait_until(lambda: bool(reports()), "the report download in the access log")
     assert reports() == [("2026-11", "html", "riverside")]
 
     def denied(user: str) -> list[dict[str, Any]]:
         out = vitalgate("audit", "search", "--config", str(served.cfg), "--user", user, "--format", "json")
         return [ev for ev in json.loads(out.stdout) if ev["outcome"] == "4"]
 
-    eventually(lambda: len(denied("riverside-am")) == 2 and len(denied("sre-oncall")) == 1, "recorded")
+    wait_until(lambda: len(denied("riverside-am")) == 2 and len(denied("sre-oncall")) == 1, "recorded")
     for ev in [*denied("riverside-am"), *denied("sre-oncall")]:
         AuditEvent.model_validate(ev)  # a valid FHIR R4 AuditEvent, as every other record
     descs = sorted(ev["outcomeDesc"] for ev in denied("riverside-am"))
@@ -300,6 +297,7 @@ async def test_refused_reads_of_the_audit_trail_are_logged_and_recorded(served: 
     assert "1 AuditEvent. OC is the outcome:" in table and " 4 " in table
 
 
+@pytest.mark.slow
 def test_the_audit_cli_refuses_a_facility_it_does_not_know(served: Served) -> None:
     for command, extra in (("search", ()), ("export", ("--out", str(served.cfg.parent / "x.json")))):
         proc = vitalgate(
@@ -313,13 +311,14 @@ def test_the_audit_cli_refuses_a_facility_it_does_not_know(served: Served) -> No
     assert re.search(r"^\d+ AuditEvents?\. OC is the outcome:", ok.stdout, re.M)
 
 
+@pytest.mark.slow
 async def test_a_refused_sign_in_is_a_diagnostic_event(served: Served) -> None:
     async with aiohttp.ClientSession() as s:
         async with s.post(
             served.admin + "/ui/sign-in", data={"token": "wrong"}, headers={"Origin": served.admin}
         ) as r:
             assert r.status == 401
-    eventually(
+    wait_until(
         lambda: any(e.get("reason") == "unknown_token" for e in served.gw.events("admin_sign_in")),
         "the warning on stderr with its event",
     )
@@ -344,6 +343,7 @@ async def _fits(tab: Tab, width: int) -> dict[str, Any]:
     return found
 
 
+@pytest.mark.slow
 async def test_the_pages_fit_a_phone_without_sideways_scrolling(served: Served, tmp_path: Path) -> None:
     async with chromium(tmp_path / "profile") as browser:
         tab = await browser.new_tab()

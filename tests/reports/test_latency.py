@@ -25,16 +25,12 @@ from gateway.server import Gateway
 from slo.latency import route_latency
 from slo.store import Store
 from tests import slos
-from tests.helpers import (
-    BackgroundPeers,
-    GatewayProcess,
-    eventually,
-    fetch,
-    gateway_config,
-    read_log,
-    require_binary,
-    vitalgate,
-)
+from tests.support.cli import vitalgate
+from tests.support.gateway import GatewayProcess, gateway_config
+from tests.support.peers import BackgroundPeers
+from tests.support.readers import fetch, read_log
+from tests.support.services import require_binary
+from tests.support.waiting import wait_until
 from vitalgate.admin_pages import extend_admin
 from vitalgate.config import load_config
 from vitalgate.peers import free_port
@@ -91,51 +87,51 @@ def latency(admin: str, facility: str, window: str = "1h", headers: dict[str, st
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+def run(tmp_path_factory: pytest.TempPathFactory, module_peers: BackgroundPeers) -> Iterator[Run]:
     tmp = tmp_path_factory.mktemp("latency")
-    with BackgroundPeers() as peers:
-        cfg = gateway_config(
-            tmp,
-            peers.upstream.port,
-            peers.sink_port,
-            slos=[*slos.STORE, slos.latency("reads-300ms", "300ms", 90, ["GET"])],
-            extra={
-                "admin": {"tokens": _tokens()},
-                "telemetry": {"store": {"path": "store.db", "flush_interval": "200ms"}},
-            },
-        )
-        gw = GatewayProcess(cfg, workers=2)
-        try:
-            calls = []
-            for path, _route, n, sleep_s, errors in PLAN:
-                for i in range(n):
-                    headers = {"X-Facility-ID": "st-marys"}
-                    if sleep_s:
-                        headers |= {"X-Test-Fault": "slow", "X-Test-Sleep": str(sleep_s)}
-                    elif i < errors:
-                        headers |= {"X-Test-Fault": "500"}
-                    calls.append((gw.proxy + path, headers))
-            calls += [(gw.proxy + "/fhir/Patient/r1", {"X-Facility-ID": "riverside"})] * RIVERSIDE_REQUESTS
-            with ThreadPoolExecutor(8) as pool:
-                statuses = list(pool.map(lambda c: fetch(*c), calls))
-            assert sorted(set(statuses)) == [200, 500]
-            total = sum(n for _, _, n, _, _ in PLAN)
+    peers = module_peers
+    cfg = gateway_config(
+        tmp,
+        peers.upstream.port,
+        peers.sink_port,
+        slos=[*slos.STORE, slos.latency("reads-300ms", "300ms", 90, ["GET"])],
+        extra={
+            "admin": {"tokens": _tokens()},
+            "telemetry": {"store": {"path": "store.db", "flush_interval": "200ms"}},
+        },
+    )
+    gw = GatewayProcess(cfg, workers=2)
+    try:
+        calls = []
+        for path, _route, n, sleep_s, errors in PLAN:
+            for i in range(n):
+                headers = {"X-Facility-ID": "st-marys"}
+                if sleep_s:
+                    headers |= {"X-Test-Fault": "slow", "X-Test-Sleep": str(sleep_s)}
+                elif i < errors:
+                    headers |= {"X-Test-Fault": "500"}
+                calls.append((gw.proxy + path, headers))
+        calls += [(gw.proxy + "/fhir/Patient/r1", {"X-Facility-ID": "riverside"})] * RIVERSIDE_REQUESTS
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda c: fetch(*c), calls))
+        assert sorted(set(statuses)) == [200, 500]
+        total = sum(n for _, _, n, _, _ in PLAN)
 
-            def stored() -> bool:
-                return bool(sum(r["requests"] for r in latency(gw.admin, "st-marys")["routes"]) == total)
+        def stored() -> bool:
+            return bool(sum(r["requests"] for r in latency(gw.admin, "st-marys")["routes"]) == total)
 
-            eventually(stored, "every request in the store")
-            eventually(lambda: len(peers.sink.spans) >= 2 * len(calls), "spans exported")
-            log = tmp / "access.log"
+        wait_until(stored, "every request in the store")
+        wait_until(lambda: len(peers.sink.spans) >= 2 * len(calls), "spans exported")
+        log = tmp / "access.log"
 
-            def logged() -> bool:
-                return sum(1 for e in read_log(log) if e.get("event") == "request") == len(calls)
+        def logged() -> bool:
+            return sum(1 for e in read_log(log) if e.get("event") == "request") == len(calls)
 
-            eventually(logged, "every request in the access log")
-            spans = {s.trace_id for s in peers.sink.spans if s.kind == "SERVER"}
-            yield Run(gw.admin, gw, read_log(log), spans, tmp)
-        finally:
-            gw.terminate()
+        wait_until(logged, "every request in the access log")
+        spans = {s.trace_id for s in peers.sink.spans if s.kind == "SERVER"}
+        yield Run(gw.admin, gw, read_log(log), spans, tmp)
+    finally:
+        gw.terminate()
 
 
 def _true_percentile(durations_s: list[float], q: float) -> float:

@@ -12,7 +12,12 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from tests.helpers import require_binary, vitalgate
+from tests.support.cli import vitalgate
+from tests.support.services import require_binary
+
+# One module fixture renders a month of reports for every test here (about 20 s on a loaded
+# machine): the module is left out of the developer's loop.
+pytestmark = pytest.mark.slow
 
 CHICAGO = "America/Chicago"  # local October 2026 = 2026-10-01T05:00Z .. 2026-11-01T05:00Z (CDT, UTC-5)
 OUTAGES_LOCAL = [("2026-10-10T14:00", 30, 503), ("2026-10-20T02:00", 5, 500)]

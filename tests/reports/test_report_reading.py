@@ -28,8 +28,9 @@ from reports.data import build_report, parse_period
 from reports.render import chart_figures
 from slo.store import Store
 from tests import slos
-from tests.helpers import require_binary, vitalgate
 from tests.reports.cdp import chromium
+from tests.support.cli import vitalgate
+from tests.support.services import require_binary
 from vitalgate.config import load_config
 from vitalgate.peers import free_port
 

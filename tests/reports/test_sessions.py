@@ -15,7 +15,9 @@ import yaml
 from gateway.config import Config, GatewayConfig
 from gateway.server import Gateway
 from tests import slos
-from tests.helpers import Upstream, counter_value, gateway_config, read_log
+from tests.support.gateway import gateway_config
+from tests.support.peers import Upstream
+from tests.support.readers import counter_value, read_log
 from vitalgate.admin_pages import extend_admin
 from vitalgate.config import load_config
 
@@ -220,7 +222,7 @@ async def test_sessions_expire_are_bounded_and_end_with_their_token(
             gw.admin.apply(_variant(gw.config.path, lambda d: d["admin"].update(sessions={"max_age": "1s"})))
             short = await session(SRE_TOKEN)
             assert await status(short) == 200
-            await asyncio.sleep(1.2)
+            await asyncio.sleep(1.2)  # past the 1 s max_age: time itself must pass
             assert await status(short) == 401
             gw.admin.apply(running)
             assert await status(b) == 200  # held all along: the reloads ended none but the token's

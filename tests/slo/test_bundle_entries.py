@@ -7,22 +7,19 @@ import asyncio
 import json
 import subprocess
 import threading
-import time
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
+import pytest
+
 from tests import slos
 from tests.fhirpeer import FhirPeer
 from tests.fhirpeer import batch as fhir_batch
-from tests.helpers import (
-    GatewayProcess,
-    PrometheusProcess,
-    gateway_config,
-    require_binary,
-    slo_status,
-    vitalgate,
-)
+from tests.support.cli import slo_status, vitalgate
+from tests.support.gateway import GatewayProcess, gateway_config
+from tests.support.services import PrometheusProcess, require_binary
+from tests.support.waiting import wait_until
 
 SLOS = slos.ENTRIES
 BATCH = fhir_batch({"request": {"method": "DELETE", "url": "Patient/p2"}})
@@ -57,6 +54,7 @@ def _post(url: str, body: Mapping[str, object]) -> int:
         return int(r.status)
 
 
+@pytest.mark.slow
 def test_entries_count_as_events_in_both_backends(tmp_path: Path) -> None:
     with _PeerThread() as peer:
         cfg = gateway_config(
@@ -78,14 +76,19 @@ def test_entries_count_as_events_in_both_backends(tmp_path: Path) -> None:
                     assert r.status == 200
             # Requests: 2 batches and 3 reads, all 200. Entries: 12, of which 4 are 5xx.
             expected = {"avail": (5, 5), "entries": (17, 13), "entry-deletes": (4, 2)}
-            deadline = time.monotonic() + 30
-            while True:
-                result = prom.query('sum(vitalgate_fhir_bundle_entries_total{facility="st-marys"})')
-                if result and float(result[0]["value"][1]) == 12:
-                    break
-                assert time.monotonic() < deadline, result
-                time.sleep(0.5)
-            time.sleep(1.5)  # a scrape after the last request's metrics
+
+            def scraped(expr: str) -> float:
+                result = prom.query(expr)
+                return float(result[0]["value"][1]) if result else 0.0
+
+            wait_until(
+                lambda: (
+                    scraped('sum(vitalgate_fhir_bundle_entries_total{facility="st-marys"})') == 12
+                    and scraped('sum(http_server_request_duration_seconds_count{facility="st-marys"})') == 5
+                ),
+                "every entry and every request scraped",
+                timeout_s=30,
+            )
             from_prom = slo_status(cfg, "--backend", "prometheus", "--prometheus-url", prom.url)
             for name, (total, good) in expected.items():
                 row = from_prom[(name, "st-marys")]

@@ -11,7 +11,7 @@ import yaml
 
 from slo.latency import histogram_quantile, route_latency
 from slo.store import EXEMPLARS_PER_HOUR, Store, StoreWriter
-from tests.helpers import require_binary
+from tests.support.services import require_binary
 
 OTEL = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 

@@ -13,7 +13,7 @@ import yaml
 
 from alerts.unittests import PER_MIN
 from slo.spec import load_slos
-from tests.helpers import slo_status, vitalgate
+from tests.support.cli import slo_status, vitalgate
 
 pytestmark = pytest.mark.slow  # four `vitalgate` commands
 

@@ -5,7 +5,7 @@ import pytest
 from core.configfile import ConfigError
 from slo.openslo import openslo_to_slos_yaml
 from slo.spec import load_slos
-from tests.helpers import vitalgate
+from tests.support.cli import vitalgate
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 

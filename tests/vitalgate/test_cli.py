@@ -17,7 +17,9 @@ import pytest
 import yaml
 
 from tests import slos
-from tests.helpers import GatewayProcess, gateway_config, require_binary, vitalgate
+from tests.support.cli import vitalgate
+from tests.support.gateway import StartGateway, gateway_config
+from tests.support.services import require_binary
 from vitalgate.cli import build_parser
 from vitalgate.peers import free_port
 
@@ -51,6 +53,7 @@ def test_a_command_group_alone_asks_for_a_COMMAND(group: str) -> None:
     assert "_command" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_every_config_option_says_what_it_takes() -> None:
     commands = [c for c in _commands(build_parser()) if c != ("audit", "keygen")]
     with_config = 0
@@ -78,32 +81,34 @@ def _token_config(tmp_path: Path, token: str) -> Path:
     return gateway_config(tmp_path, free_port(), slos=slos.AVAIL, extra={"admin": {"tokens": tokens}})
 
 
-def test_reload_names_the_token_variable_in_its_help_and_on_401(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_reload_names_the_token_variable_in_its_help_and_on_401(
+    tmp_path: Path, gateway_process: StartGateway
+) -> None:
     assert "VITALGATE_ADMIN_TOKEN" in vitalgate("reload", "--help").stdout
     cfg = _token_config(tmp_path, "s3cret-admin-token")
-    gw = GatewayProcess(cfg)
-    try:
-        env = {k: v for k, v in os.environ.items() if k != "VITALGATE_ADMIN_TOKEN"}
-        unset = vitalgate("reload", "--config", str(cfg), check=False, env=env)
-        assert unset.returncode == 1
-        assert "HTTP 401" in unset.stderr
-        assert "VITALGATE_ADMIN_TOKEN is not set: set it to an admin token with role sre" in unset.stderr
-        wrong = vitalgate(
-            "reload", "--config", str(cfg), check=False, env={**env, "VITALGATE_ADMIN_TOKEN": "nope"}
-        )
-        assert wrong.returncode == 1
-        assert "VITALGATE_ADMIN_TOKEN was refused" in wrong.stderr
-        right = vitalgate(
-            "reload", "--config", str(cfg), env={**env, "VITALGATE_ADMIN_TOKEN": "s3cret-admin-token"}
-        )
-        assert right.stdout.startswith("reloaded: config ")
-    finally:
-        assert gw.terminate() == 0
+    gw = gateway_process(cfg)
+    env = {k: v for k, v in os.environ.items() if k != "VITALGATE_ADMIN_TOKEN"}
+    unset = vitalgate("reload", "--config", str(cfg), check=False, env=env)
+    assert unset.returncode == 1
+    assert "HTTP 401" in unset.stderr
+    assert "VITALGATE_ADMIN_TOKEN is not set: set it to an admin token with role sre" in unset.stderr
+    wrong = vitalgate(
+        "reload", "--config", str(cfg), check=False, env={**env, "VITALGATE_ADMIN_TOKEN": "nope"}
+    )
+    assert wrong.returncode == 1
+    assert "VITALGATE_ADMIN_TOKEN was refused" in wrong.stderr
+    right = vitalgate(
+        "reload", "--config", str(cfg), env={**env, "VITALGATE_ADMIN_TOKEN": "s3cret-admin-token"}
+    )
+    assert right.stdout.startswith("reloaded: config ")
+    assert gw.terminate() == 0
 
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "alerts"
 
 
+@pytest.mark.slow
 def test_pages_that_reach_nobody_are_said_by_check_generate_and_the_file(tmp_path: Path) -> None:
     amtool = require_binary("amtool")
     cfg = gateway_config(tmp_path, free_port(), slos=slos.FHIR_AVAILABILITY)  # no alerting: section
@@ -158,6 +163,7 @@ def _filtered(name: str, service: str, routes: list[str]) -> dict[str, Any]:
     return {**slos.availability(name), "service": service, "filter": {"routes": routes}}
 
 
+@pytest.mark.slow
 def test_route_filters_that_no_route_produces_are_errors_at_their_place(tmp_path: Path) -> None:
     good = [
         _filtered("patient-reads", "fhir", ["/fhir/Patient/{id}", "/fhir/Observation", "/fhir/metadata"]),
@@ -245,6 +251,7 @@ def _rows(cfg: Path, *extra: str) -> list[dict[str, Any]]:
     return rows
 
 
+@pytest.mark.slow
 def test_what_if_replay_says_which_bucket_bound_a_threshold_was_counted_at(replayed: Path) -> None:
     rows = {r["slo"]: r for r in _rows(replayed, "--facility", "riverside")}
     within_777 = sum(ms <= 777 for ms in DURATIONS_MS)
@@ -266,6 +273,7 @@ def test_what_if_replay_says_which_bucket_bound_a_threshold_was_counted_at(repla
     assert "reads-750:" not in table
 
 
+@pytest.mark.slow
 def test_history_recorded_with_the_threshold_is_exact(tmp_path: Path) -> None:
     cfg = gateway_config(tmp_path, free_port(), slos=[slos.latency("reads-777", "777ms", 99)])
     log = tmp_path / "recorded.log"
@@ -278,6 +286,7 @@ def test_history_recorded_with_the_threshold_is_exact(tmp_path: Path) -> None:
     assert "note:" not in vitalgate("slo", "status", "--config", str(cfg)).stdout
 
 
+@pytest.mark.slow
 def test_slo_status_table_full_names_sla_and_filters(replayed: Path) -> None:
     table = vitalgate("slo", "status", "--config", str(replayed)).stdout.splitlines()
     head = table[0].split()

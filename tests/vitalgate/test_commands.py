@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import vitalgate
+from tests.support.cli import vitalgate
 from vitalgate.cli import build_parser
 
 # What each command needs besides --config to get as far as reading it (argparse refuses a

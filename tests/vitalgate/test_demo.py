@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import fetch, vitalgate, wait_ready
+from tests.support.cli import vitalgate
+from tests.support.readers import fetch
+from tests.support.waiting import wait_ready
 from vitalgate.demo import FACILITIES, FAMILY, GIVEN, USERS, fault_script
 from vitalgate.demo_metrics import quantile
 
@@ -26,6 +28,7 @@ def _summary_rows(out: str) -> dict[str, tuple[int, int, int]]:
     return summary
 
 
+@pytest.mark.slow
 def test_demo_runs_and_every_request_is_counted(tmp_path: Path) -> None:
     proc = vitalgate(
         "demo", "--duration", "8", "--rate", "80", "--out", str(tmp_path), check=False, timeout=120

@@ -13,7 +13,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.helpers import require_binary, vitalgate
+from tests.support.cli import vitalgate
+from tests.support.services import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "deploy" / "kubernetes" / "base"
@@ -104,6 +105,7 @@ def test_every_base_manifest_is_valid_and_the_base_is_complete() -> None:
     assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
 
 
+@pytest.mark.slow
 def test_the_config_the_base_ships_is_one_the_gateway_accepts(tmp_path: Path) -> None:
     configmap = next(d for d in _base() if d["kind"] == "ConfigMap")
     for name, text in configmap["data"].items():
@@ -127,6 +129,7 @@ def test_the_validators_reject_what_the_api_server_would() -> None:
     assert "interval" in str(errors["ServiceMonitor/vitalgate"])
 
 
+@pytest.mark.slow
 def test_operator_resources_carry_exactly_the_generated_rules_and_routes(tmp_path: Path) -> None:
     out = tmp_path / "alerts"
     _generate(
@@ -180,6 +183,7 @@ def test_operator_resources_carry_exactly_the_generated_rules_and_routes(tmp_pat
         }
 
 
+@pytest.mark.slow
 def test_dashboards_as_configmaps_for_the_grafana_sidecar(tmp_path: Path) -> None:
     out = tmp_path / "dashboards"
     _generate("dashboards", out, "configmaps")

@@ -10,14 +10,18 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests import slos
-from tests.helpers import BackgroundPeers, GatewayProcess, gateway_config
+from tests.support.gateway import GatewayProcess, gateway_config
+from tests.support.peers import BackgroundPeers
+from tests.support.waiting import wait_until
 from vitalgate.peers import free_port
 
 SLOS = [slos.availability("fhir-availability", 99.9, window="30d")]
 
 
-def test_otlpsink_receives_the_gateways_spans(tmp_path: Path) -> None:
+def test_otlpsink_receives_the_gateways_spans(tmp_path: Path, peers: BackgroundPeers) -> None:
     port = free_port()
     out = tmp_path / "traces.jsonl"
     sink = subprocess.Popen(
@@ -28,20 +32,14 @@ def test_otlpsink_receives_the_gateways_spans(tmp_path: Path) -> None:
     try:
         assert sink.stderr is not None
         assert "receiving OTLP/HTTP traces" in sink.stderr.readline()
-        with BackgroundPeers() as peers:
-            gw = GatewayProcess(gateway_config(tmp_path, peers.upstream.port, port))
-            try:
-                req = urllib.request.Request(
-                    gw.proxy + "/fhir/Patient/1", headers={"X-Facility-ID": "riverside"}
-                )
-                with urllib.request.urlopen(req, timeout=10) as r:
-                    assert r.status == 200
-            finally:
-                assert gw.terminate() == 0  # flushes the spans
-        for _ in range(100):
-            if out.exists() and out.read_text().count("\n") >= 2:
-                break
-            time.sleep(0.05)
+        gw = GatewayProcess(gateway_config(tmp_path, peers.upstream.port, port))
+        try:
+            req = urllib.request.Request(gw.proxy + "/fhir/Patient/1", headers={"X-Facility-ID": "riverside"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                assert r.status == 200
+        finally:
+            assert gw.terminate() == 0  # flushes the spans
+        wait_until(lambda: out.exists() and out.read_text().count("\n") >= 2, "two spans written")
         spans = [json.loads(line) for line in out.read_text().splitlines()]
         assert {(s["kind"], s["name"]) for s in spans} == {
             ("SERVER", "GET /fhir/Patient/{id}"),
@@ -52,6 +50,7 @@ def test_otlpsink_receives_the_gateways_spans(tmp_path: Path) -> None:
         assert sink.wait(10) == 0
 
 
+@pytest.mark.slow
 def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     cfg = gateway_config(tmp_path, free_port(), slos=SLOS)
     line = {
