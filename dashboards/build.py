@@ -54,6 +54,10 @@ class DashboardOptions:
     """Default of the ``datasource`` variable."""
     trace_datasource_uid: str = "tempo"
     """Where exemplar trace ids link to (the provisioned Prometheus datasource's setting)."""
+    datasource_name: str = "Prometheus"
+    """The provisioned Prometheus datasource's name."""
+    datasource_url: str = "http://127.0.0.1:9090"
+    """The provisioned Prometheus datasource's URL, as Grafana's server reaches it."""
 
 
 @dataclass(frozen=True)

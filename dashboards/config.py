@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from core.configfile import Problem, Source, StrictModel, mapping_at
 
 
+def _http_url(value: str) -> str:
+    if not re.match(r"https?://[^\s/]+", value):
+        example = "http://prometheus:9090"
+        raise ValueError(f"must be an http:// or https:// URL, such as {example} (got {value!r})")
+    return value
+
+
 class DashboardsConfig(StrictModel):
     datasource_uid: str = "prometheus"
+    datasource_name: str = Field("Prometheus", min_length=1)
+    """The provisioned datasource's name: Grafana refuses two datasources of one name, so a
+    Grafana that already has a "Prometheus" needs another one here."""
+    datasource_url: Annotated[str, AfterValidator(_http_url)] = "http://127.0.0.1:9090"
+    """Where Grafana's server reaches Prometheus (or any PromQL API: VictoriaMetrics, Thanos,
+    Mimir), as seen from Grafana, not from the gateway."""
     trace_datasource_uid: str = "tempo"
     folder_teams: dict[str, str] = Field(default_factory=dict)
     """Facility id -> Grafana team that alone may view that facility's folder."""

@@ -74,11 +74,11 @@ def write_dashboards(
         "apiVersion": 1,
         "datasources": [
             {
-                "name": "Prometheus",
+                "name": opts.datasource_name,
                 "uid": opts.datasource_uid,
                 "type": "prometheus",
                 "access": "proxy",
-                "url": "http://127.0.0.1:9090",
+                "url": opts.datasource_url,
                 "jsonData": {
                     "exemplarTraceIdDestinations": [
                         {"name": "trace_id", "datasourceUid": opts.trace_datasource_uid}

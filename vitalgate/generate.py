@@ -100,7 +100,12 @@ def write_alerts(
 
 def dashboard_options(config: Config[ProductConfig]) -> DashboardOptions:
     d = config.gateway.dashboards
-    return DashboardOptions(datasource_uid=d.datasource_uid, trace_datasource_uid=d.trace_datasource_uid)
+    return DashboardOptions(
+        datasource_uid=d.datasource_uid,
+        trace_datasource_uid=d.trace_datasource_uid,
+        datasource_name=d.datasource_name,
+        datasource_url=d.datasource_url,
+    )
 
 
 def dashboards(config: Config[ProductConfig]) -> list[GeneratedDashboard]:

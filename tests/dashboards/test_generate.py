@@ -348,3 +348,29 @@ def test_long_facility_ids_get_unique_uids_that_every_link_names(tmp_path: Path)
         timeout=60,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_provisioned_datasource_is_the_one_the_config_names(tmp_path: Path) -> None:
+    """Name and URL of the provisioned datasource come from ``dashboards:`` (a Grafana with a
+    "Prometheus" of its own, a Prometheus on another host); a URL that is not one is refused
+    at its place in the file."""
+    shutil.copy(CONFIG.parent / "slos.yaml", tmp_path / "slos.yaml")
+    doc = yaml.safe_load(CONFIG.read_text())
+    doc["dashboards"] = {
+        **doc.get("dashboards", {}),
+        "datasource_name": "vitalgate-prometheus",
+        "datasource_url": "http://prometheus.monitoring:9090",
+    }
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+    vitalgate("dashboards", "generate", "--config", str(cfg), "--out", str(tmp_path / "out"), timeout=120)
+    (datasource_doc,) = _grafana_reads(tmp_path / "out" / "provisioning", "datasources")
+    (source,) = datasource_doc["datasources"]
+    assert (source["name"], source["url"]) == ("vitalgate-prometheus", "http://prometheus.monitoring:9090")
+
+    doc["dashboards"]["datasource_url"] = "prometheus:9090"
+    cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+    run = vitalgate("check", "--config", str(cfg), check=False)
+    assert run.returncode == 1
+    line = next(n for n, text in enumerate(cfg.read_text().splitlines(), 1) if "datasource_url" in text)
+    assert re.search(rf"gateway\.yaml:{line}:\d+: dashboards\.datasource_url: ", run.stdout + run.stderr)
