@@ -17,19 +17,10 @@ from typing import Any
 
 import aiohttp
 
+from tests.support.browser import HEADLESS_FLAGS
 from tests.support.services import require_binary
 
-FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-    "--remote-debugging-port=0",
-)
+FLAGS = (*HEADLESS_FLAGS, "--remote-debugging-port=0")
 
 
 class CdpError(RuntimeError):

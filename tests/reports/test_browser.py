@@ -2,10 +2,10 @@
 Screenshots are saved as test artifacts (test-artifacts/, or VITALGATE_TEST_ARTIFACTS)."""
 
 import os
-import subprocess
 from pathlib import Path
 
 from tests import slos
+from tests.support.browser import chromium
 from tests.support.gateway import StartGateway, gateway_config
 from tests.support.peers import BackgroundPeers
 from tests.support.readers import fetch, live_total
@@ -13,29 +13,6 @@ from tests.support.services import require_binary
 from tests.support.waiting import wait_until
 
 SLOS = slos.BROWSER
-
-
-def chromium(binary: str, profile: Path, *args: str) -> str:
-    proc = subprocess.run(
-        [
-            binary,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-quic",
-            f"--user-data-dir={profile}",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return proc.stdout
 
 
 def test_status_pages_render_in_chromium(

@@ -7,7 +7,6 @@ import hashlib
 import json
 import math
 import os
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +24,7 @@ from gateway.server import Gateway
 from slo.latency import route_latency
 from slo.store import Store
 from tests import slos
+from tests.support.browser import chromium
 from tests.support.cli import vitalgate
 from tests.support.gateway import GatewayProcess, gateway_config
 from tests.support.peers import BackgroundPeers
@@ -283,25 +283,13 @@ def test_page_in_chromium_desktop_and_phone(run: Run, tmp_path: Path) -> None:
     for name, size in (("latency-desktop.png", "1280,1100"), ("latency-phone.png", "390,844")):
         shot = artifacts / name
         shot.unlink(missing_ok=True)
-        subprocess.run(
-            [
-                browser,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={tmp_path / name}",
-                f"--screenshot={shot}",
-                f"--window-size={size}",
-                "--hide-scrollbars",
-                page.as_uri(),
-            ],
-            capture_output=True,
-            timeout=120,
-            check=True,
+        chromium(
+            browser,
+            tmp_path / name,
+            f"--screenshot={shot}",
+            f"--window-size={size}",
+            "--hide-scrollbars",
+            page.as_uri(),
         )
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert shot.stat().st_size > 5000
