@@ -162,7 +162,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], with_
         "audit", help="the audit trail: keys, verification, search, export"
     ).add_subparsers(dest="audit_command", required=True)
     p = audit.add_parser("keygen", help="write a data key and a signing key pair into a folder")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder for the keys (existing keys are never overwritten)")
     p.set_defaults(func=cmd_keygen)
     p = audit.add_parser("verify", help="check every record, the chain, the seals and the checkpoints")
     p.add_argument("--config", required=True)
@@ -180,9 +180,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], with_
         p.add_argument("--config", required=True)
         p.add_argument("--patient", help="pat-1 or Patient/pat-1")
         p.add_argument("--user", help="a user's id (sub), an admin token's name, or vitalgate-probe")
-        p.add_argument("--facility")
+        p.add_argument("--facility", help="a facility id of the config (reads of the trail have none)")
         p.add_argument("--since", help="ISO 8601 time (UTC if no offset)")
-        p.add_argument("--until")
+        p.add_argument("--until", help="ISO 8601 time (UTC if no offset), excluded")
         if name == "search":
             p.add_argument(
                 "--format",

@@ -36,15 +36,25 @@ class _VersionAction(argparse.Action):
 CONFIG_HELP = "the gateway config, gateway.yaml (it names slos.yaml)"
 
 
-def _complete_help(parser: argparse.ArgumentParser) -> None:
-    """Every subcommand group shows COMMAND (not its internal dest) in usage and errors, and
-    every ``--config`` says what it takes, whichever module added the command."""
+def _list_commands(parser: argparse.ArgumentParser) -> int:
+    """A command group run alone: its commands, on stderr, and the usage error's status."""
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _complete_help(parser: argparse.ArgumentParser, top: bool = True) -> None:
+    """Every subcommand group shows COMMAND (not its internal dest) in usage and errors, lists
+    its commands when run alone, and every ``--config`` says what it takes, whichever module
+    added the command."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             if action.metavar is None:
                 action.metavar = "COMMAND"
+            if not top:
+                action.required = False
+                parser.set_defaults(func=lambda _args, group=parser: _list_commands(group))
             for child in dict.fromkeys(action.choices.values()):
-                _complete_help(child)
+                _complete_help(child, top=False)
         elif "--config" in action.option_strings and not action.help:
             action.help = CONFIG_HELP
 

@@ -131,7 +131,7 @@ def add_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("report", help="uptime report for a facility and period (PDF or HTML)")
     p.add_argument("--config", required=True)
     who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--facility")
+    who.add_argument("--facility", help="a facility id of the config (facilities.known)")
     who.add_argument(
         "--all-facilities",
         action="store_true",
@@ -145,7 +145,12 @@ def add_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
         default=None,
         help=f"printed page size (default: the facility's paper in the config, else {DEFAULT_PAPER})",
     )
-    p.add_argument("--backend", choices=["embedded", "prometheus"], default="embedded")
+    p.add_argument(
+        "--backend",
+        choices=["embedded", "prometheus"],
+        default="embedded",
+        help="where the counts are read: the embedded store (default) or a Prometheus-compatible API",
+    )
     p.add_argument("--prometheus-url", default=None, help="Prometheus base URL (or PROMETHEUS_URL)")
     p.add_argument(
         "--source",
@@ -161,5 +166,5 @@ def add_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     )
     p = store.add_parser("import", help="backfill from the gateway's JSON access log (idempotent)")
     p.add_argument("--config", required=True)
-    p.add_argument("--access-log", required=True)
+    p.add_argument("--access-log", required=True, help="the gateway's JSON access log (one request a line)")
     p.set_defaults(func=with_config(cmd_store_import))

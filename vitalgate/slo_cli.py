@@ -240,7 +240,7 @@ def add_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     p.add_argument("--slo", action="append", default=[], metavar="NAME", help="only this SLO (repeatable)")
     p.set_defaults(func=with_config(cmd_slo_status))
     p = slo.add_parser("import-openslo", help="print the slos.yaml equivalent of OpenSLO v1 SLOs")
-    p.add_argument("file")
+    p.add_argument("file", help="an OpenSLO v1 YAML file (kind: SLO documents and the SLIs they name)")
     p.set_defaults(func=cmd_import_openslo)
 
     alerts = sub.add_parser("alerts", help="Prometheus rules and Alertmanager config").add_subparsers(
@@ -283,6 +283,6 @@ def add_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=with_config(cmd_dashboards_generate))
     p = dash.add_parser("publish", help="upsert the dashboards into Grafana (token from GRAFANA_TOKEN)")
     p.add_argument("--config", required=True)
-    p.add_argument("--grafana-url", required=True)
+    p.add_argument("--grafana-url", required=True, help="Grafana's base URL (https://grafana.example.org)")
     p.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
     p.set_defaults(func=with_config(cmd_dashboards_publish))

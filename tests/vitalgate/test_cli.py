@@ -45,12 +45,30 @@ def test_version_option_prints_what_the_version_command_prints() -> None:
 
 
 @pytest.mark.parametrize("group", GROUPS)
-def test_a_command_group_alone_asks_for_a_COMMAND(group: str) -> None:
+def test_a_command_group_alone_lists_its_commands(group: str) -> None:
     proc = vitalgate(group, check=False)
     assert proc.returncode == 2
     assert f"usage: vitalgate {group} [-h] COMMAND ..." in proc.stderr
-    assert "the following arguments are required: COMMAND" in proc.stderr
+    commands = proc.stderr.split("positional arguments:", 1)[1].split("options:", 1)[0]
+    listed = set(re.findall(r"^    (\S+)", commands, re.M))
+    assert {c[1] for c in _commands(build_parser()) if c[0] == group} <= listed
     assert "_command" not in proc.stderr
+
+
+def test_every_option_and_argument_says_what_it_takes() -> None:
+    """``--help`` describes every option of every command (the README promises it)."""
+
+    def silent(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> list[tuple[str, ...]]:
+        found = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in dict.fromkeys(action.choices.items()):
+                    found += silent(child, (*path, name))
+            elif not action.help:
+                found.append((*path, *(action.option_strings or [action.dest])))
+        return found
+
+    assert silent(build_parser(), ()) == []
 
 
 @pytest.mark.slow
