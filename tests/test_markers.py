@@ -92,7 +92,7 @@ def _module(path: Path, name: str) -> Module:
 
 
 def _modules() -> dict[str, Module]:
-    paths = [p for p in TESTS.rglob("*.py") if "support" not in p.parts and p.name != "helpers.py"]
+    paths = [p for p in TESTS.rglob("*.py") if "support" not in p.parts]
     names = [".".join(p.relative_to(ROOT).with_suffix("").parts) for p in paths]
     return {name: _module(path, name) for path, name in zip(paths, names, strict=True)}
 
