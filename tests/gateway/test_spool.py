@@ -178,6 +178,14 @@ async def test_clients_that_never_read_do_not_hold_the_upstream(tmp_path: Path, 
             w.transport.abort()
         await _until(lambda: not _spool_fds(pid, spool), "spool files closed after the clients left")
         assert os.listdir(spool) == []
+        # Their log lines go out through the access log's queue: wait for them before the
+        # kill -9 below, which loses what is still queued (as any kill -9 does).
+        await _until(
+            lambda: (
+                sum(r["http.route"] == "/fhir/Binary/{id}" for r in read_log(tmp_path / "access.log")) == 4
+            ),
+            "the four clients' requests logged",
+        )
 
         # kill -9 with responses spooled: nothing is left on disk.
         stalled = [await _stalled(port, f"/fhir/Binary/{BIG}") for _ in range(2)]
